@@ -1,0 +1,221 @@
+//! UML's device-specification grammar, parsed into typed configuration.
+//!
+//! Two forms are accepted:
+//! - vector: `vecN:transport=NAME,key=value,...`
+//! - legacy: `ethN=TRANSPORT,positional,...`
+//!
+//! Unlike UML, which drops what it does not understand, every mistake is reported at parse
+//! time with the key and the value that caused it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// A MAC address. Multicast addresses are rejected by the parser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+/// One network device: its name, the options every transport shares, and the transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    /// The device name as written: `vec0`, `eth1`, ...
+    pub name: String,
+    /// Options common to every transport.
+    pub common: CommonOpts,
+    /// The transport and its own options.
+    pub transport: TransportConfig,
+}
+
+/// Options that every transport accepts (UML's defaults in [`CommonOpts::default`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommonOpts {
+    /// Packets per vector system call (`depth`, default 64).
+    pub depth: u16,
+    /// Interface MTU (`mtu`, default 1500, 576..=65535).
+    pub mtu: u16,
+    /// Bytes reserved before each frame (`headroom`, default 2).
+    pub headroom: u16,
+    /// Offloads: a `virtio_net_hdr` on the wire, checksum and TSO (`gro`, default off).
+    pub gro: bool,
+    /// Multi-packet I/O (`vec`, default on; `vec=0` is one packet per call).
+    pub vec: bool,
+    /// The device's MAC; `None` means a random locally administered one.
+    pub mac: Option<MacAddr>,
+    /// Classic BPF program attached as the receive filter (`bpffile`).
+    pub bpffile: Option<PathBuf>,
+    /// Allow the guest to replace the filter (`bpfflash`, default off).
+    pub bpfflash: bool,
+}
+
+impl Default for CommonOpts {
+    fn default() -> Self {
+        CommonOpts {
+            depth: 64,
+            mtu: 1500,
+            headroom: 2,
+            gro: false,
+            vec: true,
+            mac: None,
+            bpffile: None,
+            bpfflash: false,
+        }
+    }
+}
+
+/// The transport of a device, with its own options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportConfig {
+    Tap(TapConfig),
+    Hybrid(HybridConfig),
+    Raw(RawConfig),
+    Gre(GreConfig),
+    L2tpv3(L2tpv3Config),
+    Bess(BessConfig),
+    Fd(FdConfig),
+    /// Legacy `ethN=tuntap,...`.
+    TunTap(TunTapConfig),
+    /// Legacy `ethN=mcast,...`.
+    Mcast(McastConfig),
+    /// Legacy `ethN=ucast,...`.
+    Ucast(UcastConfig),
+    /// Legacy `ethN=pcap,...` (receive only).
+    Pcap(PcapConfig),
+    /// Legacy `ethN=daemon,...` (a `uml_switch` port).
+    Daemon(DaemonConfig),
+    /// Legacy `ethN=vde,...` (a `vde_switch` port).
+    Vde(VdeConfig),
+}
+
+/// `transport=tap`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TapConfig {
+    /// `ifname`; `None` creates a new `tapXXXXXX`.
+    pub ifname: Option<String>,
+}
+
+/// `transport=hybrid`: transmit through a tap, receive through AF_PACKET on the same interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HybridConfig {
+    pub ifname: String,
+}
+
+/// `transport=raw`: AF_PACKET on an existing interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawConfig {
+    pub ifname: String,
+}
+
+/// `transport=gre`: Ethernet over GRE (IP protocol 47).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GreConfig {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// `v6=1`: both addresses are IPv6.
+    pub v6: bool,
+    /// `rx_key` and `tx_key`: both or neither.
+    pub keys: Option<GreKeys>,
+    pub sequence: bool,
+    pub pin_sequence: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GreKeys {
+    pub rx: u32,
+    pub tx: u32,
+}
+
+/// `transport=l2tpv3`: Ethernet over L2TPv3, raw IP (protocol 115) or UDP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L2tpv3Config {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// `udp=1`: UDP encapsulation, with `srcport`/`dstport`.
+    pub udp: bool,
+    pub srcport: Option<u16>,
+    pub dstport: Option<u16>,
+    pub v6: bool,
+    pub rx_session: u32,
+    pub tx_session: u32,
+    /// `rx_cookie` and `tx_cookie`: both or neither; 64-bit with `cookie64=1`.
+    pub cookies: Option<L2tpCookies>,
+    pub cookie64: bool,
+    pub counter: bool,
+    pub pin_counter: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2tpCookies {
+    pub rx: u64,
+    pub tx: u64,
+}
+
+/// `transport=bess`: a unix seqpacket socket, bound to `src` if given, connected to `dst`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BessConfig {
+    pub src: Option<PathBuf>,
+    pub dst: PathBuf,
+}
+
+/// `transport=fd`: an inherited descriptor used both ways.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdConfig {
+    pub fd: i32,
+}
+
+/// Legacy `ethN=tuntap,IFNAME,MAC,GATE_IP`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunTapConfig {
+    pub ifname: String,
+    pub gate_ip: Option<IpAddr>,
+}
+
+/// Legacy `ethN=mcast,MAC,GROUP,PORT,TTL`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct McastConfig {
+    /// Default 239.192.168.1.
+    pub group: IpAddr,
+    /// Default 1102.
+    pub port: u16,
+    /// Default 1.
+    pub ttl: u8,
+}
+
+/// Legacy `ethN=ucast,MAC,REMOTE_IP,LPORT,RPORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UcastConfig {
+    pub remote: IpAddr,
+    /// Default 1102.
+    pub local_port: u16,
+    /// Default 1102.
+    pub remote_port: u16,
+}
+
+/// Legacy `ethN=pcap,IFNAME,FILTER,OPT,OPT,MAC`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PcapConfig {
+    pub ifname: String,
+    /// A pcap filter expression; `None` passes everything.
+    pub filter: Option<String>,
+    /// Default on.
+    pub promisc: bool,
+    /// Default off.
+    pub optimize: bool,
+}
+
+/// Legacy `ethN=daemon,MAC,unix,CTL_PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Default `/tmp/uml.ctl`.
+    pub ctl: PathBuf,
+}
+
+/// Legacy `ethN=vde,SWITCH,MAC,PORT,GROUP,MODE,DESCR`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VdeConfig {
+    /// The switch's directory; `None` is vde's default.
+    pub switch: Option<PathBuf>,
+    pub port: Option<u32>,
+    pub group: Option<String>,
+    /// Octal permission bits of the port's socket.
+    pub mode: Option<u32>,
+    pub descr: Option<String>,
+}

@@ -1,0 +1,12 @@
+//! UML's network transports behind a vhost-user net backend.
+//!
+//! - [`config`]: the grammar of UML's `vecN:transport=...` and legacy `ethN=...` device
+//!   specifications, parsed into typed configuration.
+//! - [`transport`]: the host side of a device: sockets and tap descriptors that move Ethernet
+//!   frames (optionally prefixed with a `virtio_net_hdr`) in batches.
+//! - [`backend`]: the vhost-user-net device that moves frames between a frontend's virtqueues
+//!   and a transport, and the server that accepts frontends.
+
+pub mod backend;
+pub mod config;
+pub mod transport;

@@ -1,0 +1,225 @@
+//! The host side of a network device: descriptors that move Ethernet frames in batches.
+//!
+//! A transport never sees virtqueues. The backend copies frames between guest memory and a
+//! [`PacketBatch`] of buffers allocated once per device, so the hot path allocates nothing.
+//! When [`Transport::vnet_hdr_len`] is non-zero every packet in a batch, in both directions,
+//! starts with that many bytes of `struct virtio_net_hdr` (little-endian, no `num_buffers`).
+
+use std::os::fd::RawFd;
+
+/// One packet buffer of fixed capacity, allocated once and reused.
+pub struct PacketBuf {
+    buf: Box<[u8]>,
+    len: usize,
+}
+
+impl PacketBuf {
+    /// A zeroed buffer that can hold `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        PacketBuf {
+            buf: vec![0u8; capacity].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    /// The packet: the first `len` bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The whole buffer, to be filled before [`PacketBuf::set_len`].
+    pub fn space(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Sets the packet length, clamped to the capacity.
+    pub fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.buf.len());
+    }
+}
+
+/// A batch of up to `depth` packets: what one `recvmmsg`/`sendmmsg` moves.
+pub struct PacketBatch {
+    bufs: Vec<PacketBuf>,
+    count: usize,
+}
+
+impl PacketBatch {
+    /// `depth` buffers of `capacity` bytes each.
+    pub fn new(depth: usize, capacity: usize) -> Self {
+        PacketBatch {
+            bufs: (0..depth.max(1)).map(|_| PacketBuf::new(capacity)).collect(),
+            count: 0,
+        }
+    }
+
+    /// How many packets the batch can hold.
+    pub fn depth(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// The filled packets.
+    pub fn packets(&self) -> &[PacketBuf] {
+        &self.bufs[..self.count]
+    }
+
+    /// Every buffer, filled or not (for a transport's receive).
+    pub fn bufs_mut(&mut self) -> &mut [PacketBuf] {
+        &mut self.bufs
+    }
+
+    /// How many packets are filled.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Marks the first `count` buffers as filled (clamped to the depth).
+    pub fn set_count(&mut self, count: usize) {
+        self.count = count.min(self.bufs.len());
+    }
+
+    /// The next free buffer, or `None` when the batch is full. Call [`PacketBatch::commit`]
+    /// once it holds a packet.
+    pub fn next_free(&mut self) -> Option<&mut PacketBuf> {
+        self.bufs.get_mut(self.count)
+    }
+
+    /// Counts the buffer returned by [`PacketBatch::next_free`] as filled.
+    pub fn commit(&mut self) {
+        if self.count < self.bufs.len() {
+            self.count += 1;
+        }
+    }
+
+    /// Drops the first `n` packets (those already sent), keeping the rest in order.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.count);
+        self.bufs[..self.count].rotate_left(n);
+        self.count -= n;
+    }
+
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+}
+
+/// Offloads the guest negotiated, to be mirrored on the host side of the transport.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offloads {
+    /// The guest accepts partially checksummed frames (`VIRTIO_NET_F_GUEST_CSUM`).
+    pub csum: bool,
+    /// `VIRTIO_NET_F_GUEST_TSO4`.
+    pub tso4: bool,
+    /// `VIRTIO_NET_F_GUEST_TSO6`.
+    pub tso6: bool,
+    /// `VIRTIO_NET_F_GUEST_ECN`.
+    pub ecn: bool,
+}
+
+/// Errors of the transports.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{transport}: {op}: {source}")]
+    Io {
+        transport: &'static str,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{transport}: interface `{ifname}`: {source}")]
+    Interface {
+        transport: &'static str,
+        ifname: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bpffile `{path}`: {reason}")]
+    Bpf { path: String, reason: String },
+    #[error("transport `{0}` is not implemented yet")]
+    Unsupported(&'static str),
+    #[error("{transport}: {reason}")]
+    Invalid {
+        transport: &'static str,
+        reason: String,
+    },
+}
+
+/// The host side of one network device.
+pub trait Transport: Send {
+    /// The transport's name, as in `transport=NAME`.
+    fn name(&self) -> &'static str;
+
+    /// Bytes of `struct virtio_net_hdr` (10) that precede every packet on this transport, or 0.
+    fn vnet_hdr_len(&self) -> usize;
+
+    /// The descriptor that becomes readable when packets arrive.
+    fn rx_fd(&self) -> RawFd;
+
+    /// The descriptor to wait on (for writability) after [`Transport::send`] fell short.
+    fn tx_fd(&self) -> RawFd;
+
+    /// Receives up to `batch.depth()` packets without blocking and sets the batch's count.
+    /// Returns how many arrived; 0 means none is waiting.
+    fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError>;
+
+    /// Sends the batch's packets without blocking. Returns how many the host accepted; fewer
+    /// than `batch.count()` means the host would block: wait on [`Transport::tx_fd`].
+    /// Packets the host refuses outright (too big, ...) count as sent and are dropped.
+    fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError>;
+
+    /// Mirrors the offloads the guest negotiated on the host side (`TUNSETOFFLOAD`, ...).
+    /// Transports without offloads ignore it.
+    fn set_offloads(&mut self, offloads: Offloads) -> Result<(), TransportError>;
+}
+
+/// Opens the transport a spec describes.
+pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, TransportError> {
+    use crate::config::TransportConfig as T;
+    match &spec.transport {
+        T::Tap(_) => Err(TransportError::Unsupported("tap")),
+        T::Hybrid(_) => Err(TransportError::Unsupported("hybrid")),
+        T::Raw(_) => Err(TransportError::Unsupported("raw")),
+        T::Gre(_) => Err(TransportError::Unsupported("gre")),
+        T::L2tpv3(_) => Err(TransportError::Unsupported("l2tpv3")),
+        T::Bess(_) => Err(TransportError::Unsupported("bess")),
+        T::Fd(_) => Err(TransportError::Unsupported("fd")),
+        T::TunTap(_) => Err(TransportError::Unsupported("tuntap")),
+        T::Mcast(_) => Err(TransportError::Unsupported("mcast")),
+        T::Ucast(_) => Err(TransportError::Unsupported("ucast")),
+        T::Pcap(_) => Err(TransportError::Unsupported("pcap")),
+        T::Daemon(_) => Err(TransportError::Unsupported("daemon")),
+        T::Vde(_) => Err(TransportError::Unsupported("vde")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consume_keeps_unsent_packets_in_order() {
+        let mut b = PacketBatch::new(4, 8);
+        for i in 0..3u8 {
+            let p = b.next_free().unwrap();
+            p.space()[0] = i;
+            p.set_len(1);
+            b.commit();
+        }
+        b.consume(1);
+        assert_eq!(b.count(), 2);
+        assert_eq!(b.packets()[0].data(), &[1]);
+        assert_eq!(b.packets()[1].data(), &[2]);
+    }
+}

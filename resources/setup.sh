@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and guests need and builds the guest images into
+# resources/out/. Idempotent: a second run only checks.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+pkgs=(user-mode-linux busybox-static iperf3 tshark uml-utilities vde2 tcpdump socat
+      iproute2 cpio qemu-system-x86 libpcap-dev ethtool)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+for script in "$here"/images/*.sh; do
+    [ -e "$script" ] || continue
+    bash "$script"
+done
