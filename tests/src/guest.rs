@@ -1,0 +1,169 @@
+//! The UML test guest (resources/images/uml-guest.sh), run with its console streamed to the
+//! test so it can act when the guest says it is ready.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// The UML guest's initramfs, built by resources/setup.sh.
+pub fn uml_initrd() -> PathBuf {
+    let p = crate::workspace_root().join("resources/out/uml/initramfs.cpio.gz");
+    assert!(
+        p.exists(),
+        "{} missing: run `bash resources/setup.sh` first",
+        p.display()
+    );
+    p
+}
+
+/// How the guest's network device reaches the host.
+pub enum GuestNet<'a> {
+    /// virtio_uml: a vhost-user frontend on this socket (our backend serves it).
+    VhostUser(&'a Path),
+    /// UML's own transport, e.g. `vec0:transport=raw,ifname=X`.
+    Uml(&'a str),
+}
+
+/// What the guest does.
+pub struct GuestConfig<'a> {
+    pub net: GuestNet<'a>,
+    /// `ADDR/PREFIX` for the guest's interface.
+    pub ip: Option<&'a str>,
+    /// A shell script the guest runs; its directory is mounted read-write at /host.
+    pub script: &'a Path,
+    /// Run UML inside this network namespace (for UML's own transports).
+    pub netns: Option<&'a str>,
+    pub mem: &'a str,
+}
+
+/// A running UML guest.
+pub struct UmlGuest {
+    child: Option<Child>,
+    lines: Receiver<String>,
+    console: Vec<String>,
+    _dir: crate::TempDir,
+}
+
+impl UmlGuest {
+    pub fn start(cfg: &GuestConfig) -> UmlGuest {
+        crate::require_root();
+        let dir = crate::TempDir::new("uml");
+        let mut cmd = match cfg.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "linux.uml"]);
+                c
+            }
+            None => Command::new("linux.uml"),
+        };
+        cmd.env("TMPDIR", dir.path())
+            .arg(format!("mem={}", cfg.mem))
+            .arg(format!("initrd={}", uml_initrd().display()))
+            .arg("umid=vmtest")
+            .arg(format!("uml_dir={}", dir.path().display()))
+            .args(["con=null", "con0=fd:0,fd:1", "quiet"]);
+        match &cfg.net {
+            GuestNet::VhostUser(sock) => {
+                cmd.arg(format!("virtio_uml.device={}:1", sock.display()));
+            }
+            GuestNet::Uml(spec) => {
+                cmd.arg(spec);
+            }
+        }
+        if let Some(ip) = cfg.ip {
+            cmd.arg(format!("vmtest.ip={ip}"));
+        }
+        cmd.arg(format!("vmtest.run={}", cfg.script.display()));
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn linux.uml (is user-mode-linux installed? run resources/setup.sh)");
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        UmlGuest {
+            child: Some(child),
+            lines: rx,
+            console: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Everything the console printed so far.
+    pub fn console(&self) -> String {
+        self.console.join("\n")
+    }
+
+    /// Waits for a console line containing `needle`; panics with the console on timeout or
+    /// when the guest stops first.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.console.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("guest did not print {needle:?} in {timeout:?}; console:\n{}", self.console())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("guest stopped before printing {needle:?}; console:\n{}", self.console())
+                }
+            }
+        }
+    }
+
+    /// Waits for the guest's script to finish and returns its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let line = self.expect("VMTEST-EXIT=", timeout);
+        let status = line
+            .split("VMTEST-EXIT=")
+            .nth(1)
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(-1);
+        // Let UML power off; it exits right after.
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        while let Ok(line) = self.lines.try_recv() {
+            self.console.push(line);
+        }
+        status
+    }
+}
+
+impl Drop for UmlGuest {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

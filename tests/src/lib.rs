@@ -1,0 +1,70 @@
+//! Shared scaffolding for the integration tests: network namespaces and interfaces that are
+//! removed even when a test fails, the `vmm` binary run as a backend process, and the UML test
+//! guest run with a streaming console.
+//!
+//! Every name a test creates is unique (prefix, process id, counter) and at most 15 bytes, so
+//! tests can run in parallel and never touch interfaces they did not make.
+
+pub mod guest;
+pub mod netns;
+pub mod process;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A name unique to this process and call, at most 15 bytes (IFNAMSIZ - 1).
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{:x}{n:x}", std::process::id() & 0xffff);
+    assert!(name.len() <= 15, "interface name {name} too long");
+    name
+}
+
+/// A per-test /24 inside 10.0.0.0/8, unique per call in this process: `10.a.b.0/24`.
+pub fn unique_subnet() -> (u8, u8) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let id = (std::process::id() as u8).wrapping_add(n as u8);
+    (100 + (n % 100) as u8, id)
+}
+
+/// Fails the test with a clear message unless it runs as root: the tests create namespaces,
+/// veth pairs and taps.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests create network namespaces and interfaces: run them as root"
+    );
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique_name(prefix));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,110 @@
+//! Network namespaces and interfaces owned by a test, deleted on drop (also on panic).
+
+use std::process::Command;
+
+/// Runs `ip ARGS`, panicking with its stderr when it fails.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A network namespace, deleted on drop with everything in it.
+pub struct NetNs {
+    name: String,
+    /// Interfaces made here, deleted explicitly: a persistent tap may outlive its namespace.
+    links: std::cell::RefCell<Vec<String>>,
+}
+
+impl NetNs {
+    pub fn new() -> NetNs {
+        crate::require_root();
+        let name = crate::unique_name("vt");
+        ip(&["netns", "add", &name]);
+        let ns = NetNs {
+            name,
+            links: Default::default(),
+        };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NS ARGS`.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs a program in the namespace; returns whether it succeeded and what it printed.
+    pub fn run(&self, program: &str, args: &[&str]) -> (bool, String) {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .expect("run in namespace");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Creates a veth pair with both ends in this namespace, up, the first with `addr`.
+    pub fn veth_pair(&self, addr: Option<&str>) -> (String, String) {
+        let a = crate::unique_name("va");
+        let b = crate::unique_name("vb");
+        self.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        self.links.borrow_mut().push(a.clone());
+        if let Some(addr) = addr {
+            self.ip(&["addr", "add", addr, "dev", &a]);
+        }
+        self.ip(&["link", "set", &a, "up"]);
+        self.ip(&["link", "set", &b, "up"]);
+        (a, b)
+    }
+
+    /// Creates a persistent tap in this namespace, up, with `addr`.
+    pub fn tap(&self, addr: Option<&str>) -> String {
+        let t = crate::unique_name("vtap");
+        self.ip(&["tuntap", "add", "name", &t, "mode", "tap"]);
+        self.links.borrow_mut().push(t.clone());
+        if let Some(addr) = addr {
+            self.ip(&["addr", "add", addr, "dev", &t]);
+        }
+        self.ip(&["link", "set", &t, "up"]);
+        t
+    }
+}
+
+impl Default for NetNs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        for link in self.links.borrow().iter() {
+            let _ = Command::new("ip")
+                .args(["-n", &self.name, "link", "del", link])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

@@ -1,0 +1,124 @@
+//! The `vmm` binary, run as a child process that is stopped on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `vmm` binary cargo built beside the test executable (`target/<profile>/vmm`).
+pub fn vmm_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/vmm
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("vmm"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} not built: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process with its stderr in a file, SIGTERMed (then killed) on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cmd` with stdout and stderr sent to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Daemon {
+        let file = std::fs::File::create(&log).expect("create log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn daemon");
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// What the process has written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits until `path` exists (a socket the daemon binds), or panics with its log.
+    pub fn wait_for_path(&mut self, path: &Path, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !path.exists() {
+            assert!(
+                self.running(),
+                "daemon exited before creating {}:\n{}",
+                path.display(),
+                self.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not create {} in {timeout:?}:\n{}",
+                path.display(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        // SAFETY: kill(2) on our own child's pid; a stale pid is harmless since we have not
+        // reaped it yet (try_wait below reaps).
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.terminate(Duration::from_secs(3));
+    }
+}
+
+/// `vmm net-backend --socket SOCK SPEC`, in namespace `netns` if given.
+pub fn net_backend(netns: Option<&str>, socket: &Path, spec: &str, log: PathBuf) -> Daemon {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(vmm_bin());
+            c
+        }
+        None => Command::new(vmm_bin()),
+    };
+    cmd.arg("net-backend").arg("--socket").arg(socket).arg(spec);
+    cmd.env("RUST_LOG", "info");
+    let mut d = Daemon::spawn(cmd, log);
+    d.wait_for_path(socket, Duration::from_secs(10));
+    d
+}
