@@ -1,5 +1,6 @@
-//! The UML test guest (resources/images/uml-guest.sh), run with its console streamed to the
-//! test so it can act when the guest says it is ready.
+//! Test guests with their console streamed to the test, so it can act when the guest says it
+//! is ready: the UML guest (resources/images/uml-guest.sh) and the stock Debian kernel under
+//! QEMU/TCG (resources/images/stock-guest.sh), both vhost-user frontends of our backend.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -7,15 +8,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-/// The UML guest's initramfs, built by resources/setup.sh.
-pub fn uml_initrd() -> PathBuf {
-    let p = crate::workspace_root().join("resources/out/uml/initramfs.cpio.gz");
+/// A file resources/setup.sh builds under resources/out/.
+pub fn built(rel: &str) -> PathBuf {
+    let p = crate::workspace_root().join("resources/out").join(rel);
     assert!(
         p.exists(),
         "{} missing: run `bash resources/setup.sh` first",
         p.display()
     );
     p
+}
+
+/// The UML guest's initramfs.
+pub fn uml_initrd() -> PathBuf {
+    built("uml/initramfs.cpio.gz")
 }
 
 /// How the guest's network device reaches the host.
@@ -38,16 +44,16 @@ pub struct GuestConfig<'a> {
     pub mem: &'a str,
 }
 
-/// A running UML guest.
-pub struct UmlGuest {
+/// A running guest (UML or QEMU).
+pub struct Guest {
     child: Option<Child>,
     lines: Receiver<String>,
     console: Vec<String>,
     _dir: crate::TempDir,
 }
 
-impl UmlGuest {
-    pub fn start(cfg: &GuestConfig) -> UmlGuest {
+impl Guest {
+    pub fn uml(cfg: &GuestConfig) -> Guest {
         crate::require_root();
         let dir = crate::TempDir::new("uml");
         let mut cmd = match cfg.netns {
@@ -76,12 +82,42 @@ impl UmlGuest {
             cmd.arg(format!("vmtest.ip={ip}"));
         }
         cmd.arg(format!("vmtest.run={}", cfg.script.display()));
+        Guest::spawn(cmd, dir)
+    }
+
+    /// The stock Debian kernel under QEMU/TCG (q35), its virtio-net device a vhost-user
+    /// frontend on `sock`, guest memory a shared memfd; runs `cmd` (see resources/guest/init).
+    pub fn qemu(sock: &Path, ip: &str, cmd: &[&str]) -> Guest {
+        crate::require_root();
+        let dir = crate::TempDir::new("qemu");
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(["-M", "q35", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot"])
+            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
+            .args(["-numa", "node,memdev=mem"])
+            .arg("-chardev")
+            .arg(format!("socket,id=c0,path={}", sock.display()))
+            .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
+            .args(["-device", "virtio-net-pci,netdev=n0"])
+            .arg("-kernel")
+            .arg(built("stock/vmlinuz"))
+            .arg("-initrd")
+            .arg(built("stock/initramfs.cpio.gz"))
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 quiet vmtest.ip={ip} vmtest.cmd={}",
+                cmd.join(",")
+            ));
+        Guest::spawn(c, dir)
+    }
+
+    fn spawn(mut cmd: Command, dir: crate::TempDir) -> Guest {
+        let program = cmd.get_program().to_string_lossy().into_owned();
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn linux.uml (is user-mode-linux installed? run resources/setup.sh)");
+            .unwrap_or_else(|e| panic!("spawn {program}: {e} (run resources/setup.sh)"));
         let (tx, rx) = mpsc::channel();
         for stream in [
             child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
@@ -99,7 +135,7 @@ impl UmlGuest {
                 }
             });
         }
-        UmlGuest {
+        Guest {
             child: Some(child),
             lines: rx,
             console: Vec::new(),
@@ -159,7 +195,7 @@ impl UmlGuest {
     }
 }
 
-impl Drop for UmlGuest {
+impl Drop for Guest {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
