@@ -1,1 +1,3 @@
-//! placeholder
+//! The VMM's devices.
+
+pub mod vhost_user;
