@@ -7,12 +7,95 @@
 //! Unlike UML, which drops what it does not understand, every mistake is reported at parse
 //! time with the key and the value that caused it.
 
+mod error;
+mod help;
+mod legacy;
+mod value;
+mod vector;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
+
+pub use error::ConfigError;
+pub use help::SPEC_HELP;
+
+/// Parses a device specification: `vecN:transport=NAME,key=value,...` or
+/// `ethN=TRANSPORT,positional,...`.
+pub fn parse_spec(spec: &str) -> Result<NetSpec, ConfigError> {
+    let spec = spec.trim();
+    let form = || ConfigError::Form {
+        spec: spec.to_string(),
+    };
+    let numbered = |name: &str, prefix: &str| {
+        name.strip_prefix(prefix)
+            .is_some_and(|n| !n.is_empty() && n.len() <= 4 && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if let Some((dev, rest)) = spec.split_once(':') {
+        if numbered(dev, "vec") {
+            return vector::parse(dev, rest);
+        }
+    }
+    if let Some((dev, rest)) = spec.split_once('=') {
+        if numbered(dev, "eth") {
+            return legacy::parse(dev, rest);
+        }
+    }
+    Err(form())
+}
+
+impl FromStr for NetSpec {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_spec(s)
+    }
+}
 
 /// A MAC address. Multicast addresses are rejected by the parser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A random locally administered unicast address, as UML picks when `mac` is absent.
+    pub fn random_local() -> MacAddr {
+        let mut b = [0u8; 6];
+        // Without /dev/urandom (a bare chroot) fall back to the clock and pid: uniqueness on
+        // one host is all that matters.
+        let filled = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+            .is_ok();
+        if !filled {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let seed = t as u64 ^ (u64::from(std::process::id()) << 32);
+            b.copy_from_slice(&seed.to_le_bytes()[..6]);
+        }
+        b[0] = (b[0] & 0xfe) | 0x02;
+        MacAddr(b)
+    }
+}
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        value::mac(s)
+    }
+}
 
 /// One network device: its name, the options every transport shares, and the transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,3 +302,6 @@ pub struct VdeConfig {
     pub mode: Option<u32>,
     pub descr: Option<String>,
 }
+
+#[cfg(test)]
+mod tests;

@@ -60,7 +60,9 @@ impl PacketBatch {
     /// `depth` buffers of `capacity` bytes each.
     pub fn new(depth: usize, capacity: usize) -> Self {
         PacketBatch {
-            bufs: (0..depth.max(1)).map(|_| PacketBuf::new(capacity)).collect(),
+            bufs: (0..depth.max(1))
+                .map(|_| PacketBuf::new(capacity))
+                .collect(),
             count: 0,
         }
     }

@@ -1,0 +1,165 @@
+//! Parsers of single option values. Each returns the reason a value is wrong; the caller adds
+//! the device and key.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use super::MacAddr;
+
+/// An unsigned number in decimal or `0x` hexadecimal, at most `max`.
+///
+/// UML parses keys and sessions as signed 32-bit numbers, so its own `rx_session=0xffffffff`
+/// example fails there; we accept the whole unsigned range.
+pub fn number(value: &str, max: u64) -> Result<u64, String> {
+    let (digits, radix) = match value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+    {
+        Some(hex) => (hex, 16),
+        None => (value, 10),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err("not a number (decimal or 0x hexadecimal)".into());
+    }
+    match u64::from_str_radix(digits, radix) {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("larger than {max}")),
+    }
+}
+
+/// A number in `min..=max`.
+pub fn ranged(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    let n = number(value, u64::MAX).map_err(|e| {
+        if e.starts_with("larger") {
+            format!("must be {min}..={max}")
+        } else {
+            e
+        }
+    })?;
+    if n < min || n > max {
+        return Err(format!("must be {min}..={max}"));
+    }
+    Ok(n)
+}
+
+/// `0`/`1` (UML's spelling), also `false`/`true`, `no`/`yes`, `off`/`on`.
+pub fn flag(value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected 0 or 1".into()),
+    }
+}
+
+/// A unicast MAC address `xx:xx:xx:xx:xx:xx`.
+pub fn mac(value: &str) -> Result<MacAddr, String> {
+    let mut bytes = [0u8; 6];
+    let mut parts = value.split(':');
+    for b in bytes.iter_mut() {
+        let part = parts
+            .next()
+            .ok_or("expected six hex bytes xx:xx:xx:xx:xx:xx")?;
+        if part.len() != 2 || !part.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err("expected six hex bytes xx:xx:xx:xx:xx:xx".into());
+        }
+        *b = u8::from_str_radix(part, 16).map_err(|_| "bad hex byte")?;
+    }
+    if parts.next().is_some() {
+        return Err("expected six hex bytes xx:xx:xx:xx:xx:xx".into());
+    }
+    if bytes[0] & 1 != 0 {
+        return Err("multicast MAC (bit 0 of the first byte is set)".into());
+    }
+    if bytes == [0; 6] {
+        return Err("all-zero MAC".into());
+    }
+    Ok(MacAddr(bytes))
+}
+
+/// An IPv4 or IPv6 address.
+pub fn ip(value: &str) -> Result<IpAddr, String> {
+    value
+        .parse()
+        .map_err(|_| "not an IPv4 or IPv6 address".to_string())
+}
+
+/// A host interface name: 1..=15 bytes (IFNAMSIZ - 1), no `/`, whitespace or `:`.
+pub fn ifname(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > 15 {
+        return Err("interface names are 1..=15 bytes".into());
+    }
+    if value == "."
+        || value == ".."
+        || value
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err("not a valid interface name".into());
+    }
+    Ok(value.to_string())
+}
+
+/// A unix socket path: non-empty, at most 107 bytes (`sun_path` less its terminating NUL).
+pub fn socket_path(value: &str) -> Result<PathBuf, String> {
+    if value.is_empty() || value.len() > 107 {
+        return Err("unix socket paths are 1..=107 bytes".into());
+    }
+    if value.contains('\0') {
+        return Err("NUL in path".into());
+    }
+    Ok(PathBuf::from(value))
+}
+
+/// A file path (non-empty).
+pub fn path(value: &str) -> Result<PathBuf, String> {
+    if value.is_empty() || value.contains('\0') {
+        return Err("empty path".into());
+    }
+    Ok(PathBuf::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_cover_the_unsigned_range_in_both_radixes() {
+        assert_eq!(number("0xffffffff", u32::MAX.into()), Ok(0xffff_ffff));
+        assert_eq!(number("4294967295", u32::MAX.into()), Ok(0xffff_ffff));
+        assert!(number("4294967296", u32::MAX.into()).is_err());
+        assert!(number("-1", u32::MAX.into()).is_err());
+        assert!(number("", 10).is_err());
+        assert!(number("0x", 10).is_err());
+        assert!(number("12a", 1000).is_err());
+        assert_eq!(ranged("1500", 576, 65535), Ok(1500));
+        assert_eq!(
+            ranged("70000", 576, 65535),
+            Err("must be 576..=65535".into())
+        );
+        assert_eq!(
+            ranged("99999999999999999999999", 576, 65535),
+            Err("must be 576..=65535".into())
+        );
+    }
+
+    #[test]
+    fn macs_must_be_unicast_and_well_formed() {
+        assert_eq!(mac("02:00:00:00:00:01"), Ok(MacAddr([2, 0, 0, 0, 0, 1])));
+        assert!(mac("01:00:5e:00:00:01").unwrap_err().contains("multicast"));
+        assert!(mac("00:00:00:00:00:00").is_err());
+        assert!(mac("02:00:00:00:00").is_err());
+        assert!(mac("02:00:00:00:00:01:02").is_err());
+        assert!(mac("02:00:00:00:00:1").is_err());
+        assert!(mac("02-00-00-00-00-01").is_err());
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernel_rules() {
+        assert!(ifname("veth0").is_ok());
+        assert!(ifname("0123456789abcdef").is_err());
+        assert!(ifname("a/b").is_err());
+        assert!(ifname("a b").is_err());
+        assert!(ifname("").is_err());
+        assert!(ifname("..").is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! The vector form: `vecN:transport=NAME,key=value,...`.
+//!
+//! UML splits on `,` then `=`, drops items it does not understand and matches the transport by
+//! prefix; every such mistake is an error here, naming the option and its value.
+
+use super::error::ConfigError;
+use super::value;
+use super::*;
+
+/// The vector transports, in UML's order.
+pub const TRANSPORTS: &str = "tap, hybrid, raw, gre, l2tpv3, bess, fd";
+
+/// Every transport: options common to all.
+const ALL: &[&str] = &["tap", "hybrid", "raw", "gre", "l2tpv3", "bess", "fd"];
+/// Transports that carry a `virtio_net_hdr` and so can offload.
+const VNET: &[&str] = &["tap", "hybrid", "raw"];
+
+/// Each option and the transports it belongs to.
+const OPTIONS: &[(&str, &[&str])] = &[
+    ("transport", ALL),
+    ("depth", ALL),
+    ("mtu", ALL),
+    ("headroom", ALL),
+    ("vec", ALL),
+    ("mac", ALL),
+    ("gro", VNET),
+    ("bpffile", &["raw", "hybrid"]),
+    ("bpfflash", &["raw", "hybrid"]),
+    ("ifname", VNET),
+    ("src", &["gre", "l2tpv3", "bess"]),
+    ("dst", &["gre", "l2tpv3", "bess"]),
+    ("v6", &["gre", "l2tpv3"]),
+    ("rx_key", &["gre"]),
+    ("tx_key", &["gre"]),
+    ("sequence", &["gre"]),
+    ("pin_sequence", &["gre"]),
+    ("udp", &["l2tpv3"]),
+    ("srcport", &["l2tpv3"]),
+    ("dstport", &["l2tpv3"]),
+    ("rx_session", &["l2tpv3"]),
+    ("tx_session", &["l2tpv3"]),
+    ("rx_cookie", &["l2tpv3"]),
+    ("tx_cookie", &["l2tpv3"]),
+    ("cookie64", &["l2tpv3"]),
+    ("counter", &["l2tpv3"]),
+    ("pin_counter", &["l2tpv3"]),
+    ("fd", &["fd"]),
+];
+
+/// Spellings of UML's how-to that its code does not accept; harmless to accept both.
+const ALIASES: &[(&str, &str)] = &[("src_port", "srcport"), ("dst_port", "dstport")];
+
+/// The options of one device, checked for duplicates and membership, with typed getters whose
+/// errors name the device, key and value.
+struct Opts<'a> {
+    dev: &'a str,
+    items: Vec<(&'static str, &'a str)>,
+}
+
+impl<'a> Opts<'a> {
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.items.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    fn bad(&self, key: &str, value: &str, reason: String) -> ConfigError {
+        ConfigError::BadValue {
+            dev: self.dev.to_string(),
+            key: key.to_string(),
+            value: value.to_string(),
+            reason,
+        }
+    }
+
+    fn parse<T>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => f(v).map(Some).map_err(|e| self.bad(key, v, e)),
+        }
+    }
+
+    fn flag(&self, key: &str) -> Result<bool, ConfigError> {
+        Ok(self.parse(key, value::flag)?.unwrap_or(false))
+    }
+
+    fn ranged(&self, key: &str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
+        self.parse(key, |v| value::ranged(v, min, max))
+    }
+
+    fn required<T>(
+        &self,
+        transport: &'static str,
+        key: &'static str,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        self.parse(key, f)?.ok_or_else(|| ConfigError::Missing {
+            dev: self.dev.to_string(),
+            transport,
+            key,
+        })
+    }
+
+    /// Both or neither of a pair of options.
+    fn pair<T>(
+        &self,
+        rx: &'static str,
+        tx: &'static str,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<(T, T)>, ConfigError> {
+        match (self.parse(rx, &f)?, self.parse(tx, &f)?) {
+            (Some(r), Some(t)) => Ok(Some((r, t))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(ConfigError::Unpaired {
+                dev: self.dev.to_string(),
+                given: rx,
+                missing: tx,
+            }),
+            (None, Some(_)) => Err(ConfigError::Unpaired {
+                dev: self.dev.to_string(),
+                given: tx,
+                missing: rx,
+            }),
+        }
+    }
+}
+
+/// Parses `rest`, the part after `vecN:`.
+pub fn parse(dev: &str, rest: &str) -> Result<NetSpec, ConfigError> {
+    let mut items: Vec<(&'static str, &str)> = Vec::new();
+    let mut unknown: Option<(&str, &str)> = None;
+    for item in rest.split(',').filter(|i| !i.is_empty()) {
+        let (key, val) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::NotKeyValue {
+                dev: dev.to_string(),
+                item: item.to_string(),
+            })?;
+        let key = ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == key)
+            .map_or(key, |(_, canonical)| canonical);
+        let Some(&(canonical, _)) = OPTIONS.iter().find(|(k, _)| *k == key) else {
+            unknown.get_or_insert((key, val));
+            continue;
+        };
+        if items.iter().any(|(k, _)| *k == canonical) {
+            return Err(ConfigError::Duplicate {
+                dev: dev.to_string(),
+                key: canonical.to_string(),
+            });
+        }
+        items.push((canonical, val));
+    }
+    let opts = Opts { dev, items };
+    let name = opts
+        .get("transport")
+        .ok_or_else(|| ConfigError::MissingTransport {
+            dev: dev.to_string(),
+        })?;
+    let transport =
+        *ALL.iter()
+            .find(|t| **t == name)
+            .ok_or_else(|| ConfigError::UnknownTransport {
+                dev: dev.to_string(),
+                name: name.to_string(),
+                expected: TRANSPORTS,
+            })?;
+    if let Some((key, val)) = unknown {
+        return Err(ConfigError::UnknownKey {
+            dev: dev.to_string(),
+            key: key.to_string(),
+            value: val.to_string(),
+        });
+    }
+    for (key, val) in &opts.items {
+        let belongs = OPTIONS
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(ALL, |(_, t)| *t);
+        if !belongs.contains(&transport) {
+            return Err(ConfigError::WrongTransport {
+                dev: dev.to_string(),
+                key: key.to_string(),
+                value: val.to_string(),
+                transport,
+                belongs: belongs.join(", "),
+            });
+        }
+    }
+    let common = common(&opts)?;
+    let transport = match transport {
+        "tap" => TransportConfig::Tap(TapConfig {
+            ifname: opts.parse("ifname", value::ifname)?,
+        }),
+        "hybrid" => TransportConfig::Hybrid(HybridConfig {
+            ifname: opts.required("hybrid", "ifname", value::ifname)?,
+        }),
+        "raw" => TransportConfig::Raw(RawConfig {
+            ifname: opts.required("raw", "ifname", value::ifname)?,
+        }),
+        "gre" => TransportConfig::Gre(gre(&opts)?),
+        "l2tpv3" => TransportConfig::L2tpv3(l2tpv3(&opts)?),
+        "bess" => TransportConfig::Bess(BessConfig {
+            src: opts.parse("src", value::socket_path)?,
+            dst: opts.required("bess", "dst", value::socket_path)?,
+        }),
+        _ => TransportConfig::Fd(FdConfig {
+            fd: opts.required("fd", "fd", |v| {
+                value::number(v, i32::MAX as u64).map(|n| n as i32)
+            })?,
+        }),
+    };
+    Ok(NetSpec {
+        name: dev.to_string(),
+        common,
+        transport,
+    })
+}
+
+fn common(opts: &Opts) -> Result<CommonOpts, ConfigError> {
+    let d = CommonOpts::default();
+    Ok(CommonOpts {
+        depth: opts.ranged("depth", 1, 1024)?.map_or(d.depth, |n| n as u16),
+        mtu: opts.ranged("mtu", 576, 65535)?.map_or(d.mtu, |n| n as u16),
+        headroom: opts
+            .ranged("headroom", 0, 256)?
+            .map_or(d.headroom, |n| n as u16),
+        gro: opts.flag("gro")?,
+        vec: opts.parse("vec", value::flag)?.unwrap_or(d.vec),
+        mac: opts.parse("mac", value::mac)?,
+        bpffile: opts.parse("bpffile", value::path)?,
+        bpfflash: opts.flag("bpfflash")?,
+    })
+}
+
+/// The two tunnel endpoints: both IPv4, or both IPv6 with `v6=1`.
+fn endpoints(opts: &Opts, transport: &'static str) -> Result<(IpAddr, IpAddr, bool), ConfigError> {
+    let v6 = opts.flag("v6")?;
+    let src = opts.required(transport, "src", value::ip)?;
+    let dst = opts.required(transport, "dst", value::ip)?;
+    for (key, addr) in [("src", src), ("dst", dst)] {
+        if addr.is_ipv6() != v6 {
+            let want = if v6 {
+                "IPv6 (v6=1)"
+            } else {
+                "IPv4 (add v6=1 for IPv6)"
+            };
+            return Err(opts.bad(key, &addr.to_string(), format!("must be {want}")));
+        }
+    }
+    Ok((src, dst, v6))
+}
+
+fn gre(opts: &Opts) -> Result<GreConfig, ConfigError> {
+    let (src, dst, v6) = endpoints(opts, "gre")?;
+    let keys = opts
+        .pair("rx_key", "tx_key", |v| {
+            value::number(v, u32::MAX.into()).map(|n| n as u32)
+        })?
+        .map(|(rx, tx)| GreKeys { rx, tx });
+    Ok(GreConfig {
+        src,
+        dst,
+        v6,
+        keys,
+        sequence: opts.flag("sequence")?,
+        pin_sequence: opts.flag("pin_sequence")?,
+    })
+}
+
+fn l2tpv3(opts: &Opts) -> Result<L2tpv3Config, ConfigError> {
+    let (src, dst, v6) = endpoints(opts, "l2tpv3")?;
+    let udp = opts.flag("udp")?;
+    let port = |v: &str| value::ranged(v, 1, 65535).map(|n| n as u16);
+    let (srcport, dstport) = if udp {
+        (
+            Some(opts.required("l2tpv3", "srcport", port)?),
+            Some(opts.required("l2tpv3", "dstport", port)?),
+        )
+    } else {
+        for key in ["srcport", "dstport"] {
+            if let Some(v) = opts.get(key) {
+                return Err(opts.bad(key, v, "ports need udp=1".into()));
+            }
+        }
+        (None, None)
+    };
+    let session = |v: &str| value::number(v, u32::MAX.into()).map(|n| n as u32);
+    let cookie64 = opts.flag("cookie64")?;
+    let cookie_max = if cookie64 { u64::MAX } else { u32::MAX.into() };
+    let cookies = opts
+        .pair("rx_cookie", "tx_cookie", |v| {
+            value::number(v, cookie_max).map_err(|e| {
+                if cookie64 {
+                    e
+                } else {
+                    format!("{e} (32-bit cookie; cookie64=1 for 64-bit)")
+                }
+            })
+        })?
+        .map(|(rx, tx)| L2tpCookies { rx, tx });
+    Ok(L2tpv3Config {
+        src,
+        dst,
+        udp,
+        srcport,
+        dstport,
+        v6,
+        rx_session: opts.required("l2tpv3", "rx_session", session)?,
+        tx_session: opts.required("l2tpv3", "tx_session", session)?,
+        cookies,
+        cookie64,
+        counter: opts.flag("counter")?,
+        pin_counter: opts.flag("pin_counter")?,
+    })
+}
