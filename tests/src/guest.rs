@@ -91,22 +91,31 @@ impl Guest {
         crate::require_root();
         let dir = crate::TempDir::new("qemu");
         let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-M", "q35", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
-            .args(["-numa", "node,memdev=mem"])
-            .arg("-chardev")
-            .arg(format!("socket,id=c0,path={}", sock.display()))
-            .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
-            .args(["-device", "virtio-net-pci,netdev=n0"])
-            .arg("-kernel")
-            .arg(built("stock/vmlinuz"))
-            .arg("-initrd")
-            .arg(built("stock/initramfs.cpio.gz"))
-            .arg("-append")
-            .arg(format!(
-                "console=ttyS0 quiet vmtest.ip={ip} vmtest.cmd={}",
-                cmd.join(",")
-            ));
+        c.args([
+            "-M",
+            "q35",
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
+        .args(["-numa", "node,memdev=mem"])
+        .arg("-chardev")
+        .arg(format!("socket,id=c0,path={}", sock.display()))
+        .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
+        .args(["-device", "virtio-net-pci,netdev=n0"])
+        .arg("-kernel")
+        .arg(built("stock/vmlinuz"))
+        .arg("-initrd")
+        .arg(built("stock/initramfs.cpio.gz"))
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet vmtest.ip={ip} vmtest.cmd={}",
+            cmd.join(",")
+        ));
         Guest::spawn(c, dir)
     }
 
@@ -120,8 +129,14 @@ impl Guest {
             .unwrap_or_else(|e| panic!("spawn {program}: {e} (run resources/setup.sh)"));
         let (tx, rx) = mpsc::channel();
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -162,10 +177,16 @@ impl Guest {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!("guest did not print {needle:?} in {timeout:?}; console:\n{}", self.console())
+                    panic!(
+                        "guest did not print {needle:?} in {timeout:?}; console:\n{}",
+                        self.console()
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    panic!("guest stopped before printing {needle:?}; console:\n{}", self.console())
+                    panic!(
+                        "guest stopped before printing {needle:?}; console:\n{}",
+                        self.console()
+                    )
                 }
             }
         }

@@ -7,6 +7,7 @@
 
 pub mod guest;
 pub mod netns;
+pub mod peer;
 pub mod process;
 
 use std::path::PathBuf;

@@ -63,6 +63,26 @@ impl NetNs {
         (out.status.success(), text)
     }
 
+    /// Runs `f` on a thread that has entered this namespace, returning its result. Sockets and
+    /// taps opened there stay in the namespace and can be used from any thread.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).expect("open netns");
+                // SAFETY: setns on a namespace file we opened; it only changes this thread's
+                // network namespace, and the thread ends after `f`.
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET)
+                };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread in namespace panicked")
+        })
+    }
+
     /// Creates a veth pair with both ends in this namespace, up, the first with `addr`.
     pub fn veth_pair(&self, addr: Option<&str>) -> (String, String) {
         let a = crate::unique_name("va");

@@ -5,7 +5,19 @@
 //! When [`Transport::vnet_hdr_len`] is non-zero every packet in a batch, in both directions,
 //! starts with that many bytes of `struct virtio_net_hdr` (little-endian, no `num_buffers`).
 
+mod bpf;
+mod fd;
+mod hybrid;
+mod packet;
+mod raw;
+mod sys;
+mod tap;
+mod tapdev;
+pub mod vnet;
+
 use std::os::fd::RawFd;
+
+pub use bpf::BpfProgram;
 
 /// One packet buffer of fixed capacity, allocated once and reused.
 pub struct PacketBuf {
@@ -130,6 +142,15 @@ pub struct Offloads {
     pub ecn: bool,
 }
 
+/// Frames a transport dropped, by reason (never silently).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Received frames larger than a buffer (the MTU and headroom allow for).
+    pub rx_dropped_truncated: u64,
+    /// Frames the host refused to send (too big for the interface, malformed header).
+    pub tx_dropped: u64,
+}
+
 /// Errors of the transports.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -184,26 +205,42 @@ pub trait Transport: Send {
     /// Mirrors the offloads the guest negotiated on the host side (`TUNSETOFFLOAD`, ...).
     /// Transports without offloads ignore it.
     fn set_offloads(&mut self, offloads: Offloads) -> Result<(), TransportError>;
+
+    /// What the transport dropped so far.
+    fn stats(&self) -> TransportStats {
+        TransportStats::default()
+    }
 }
 
 /// Opens the transport a spec describes.
 pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, TransportError> {
     use crate::config::TransportConfig as T;
-    match &spec.transport {
-        T::Tap(_) => Err(TransportError::Unsupported("tap")),
-        T::Hybrid(_) => Err(TransportError::Unsupported("hybrid")),
-        T::Raw(_) => Err(TransportError::Unsupported("raw")),
-        T::Gre(_) => Err(TransportError::Unsupported("gre")),
-        T::L2tpv3(_) => Err(TransportError::Unsupported("l2tpv3")),
-        T::Bess(_) => Err(TransportError::Unsupported("bess")),
-        T::Fd(_) => Err(TransportError::Unsupported("fd")),
-        T::TunTap(_) => Err(TransportError::Unsupported("tuntap")),
-        T::Mcast(_) => Err(TransportError::Unsupported("mcast")),
-        T::Ucast(_) => Err(TransportError::Unsupported("ucast")),
-        T::Pcap(_) => Err(TransportError::Unsupported("pcap")),
-        T::Daemon(_) => Err(TransportError::Unsupported("daemon")),
-        T::Vde(_) => Err(TransportError::Unsupported("vde")),
-    }
+    let depth = if spec.common.vec {
+        usize::from(spec.common.depth)
+    } else {
+        1
+    };
+    let filter = spec
+        .common
+        .bpffile
+        .as_deref()
+        .map(BpfProgram::load)
+        .transpose()?;
+    Ok(match &spec.transport {
+        T::Tap(c) => Box::new(tap::Tap::open("tap", c.ifname.as_deref(), spec.common.vec)?),
+        T::TunTap(c) => Box::new(tap::Tap::open("tuntap", Some(&c.ifname), spec.common.vec)?),
+        T::Raw(c) => Box::new(raw::Raw::open(&c.ifname, depth, filter.as_ref())?),
+        T::Hybrid(c) => Box::new(hybrid::Hybrid::open(&c.ifname, depth, filter.as_ref())?),
+        T::Fd(c) => Box::new(fd::Fd::open(c.fd, depth, spec.common.vec)?),
+        T::Gre(_) => return Err(TransportError::Unsupported("gre")),
+        T::L2tpv3(_) => return Err(TransportError::Unsupported("l2tpv3")),
+        T::Bess(_) => return Err(TransportError::Unsupported("bess")),
+        T::Mcast(_) => return Err(TransportError::Unsupported("mcast")),
+        T::Ucast(_) => return Err(TransportError::Unsupported("ucast")),
+        T::Pcap(_) => return Err(TransportError::Unsupported("pcap")),
+        T::Daemon(_) => return Err(TransportError::Unsupported("daemon")),
+        T::Vde(_) => return Err(TransportError::Unsupported("vde")),
+    })
 }
 
 #[cfg(test)]

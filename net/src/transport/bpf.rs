@@ -1,0 +1,102 @@
+//! Classic BPF programs from `bpffile=`: an array of `struct sock_filter` (8 bytes each: u16
+//! code, u8 jt, u8 jf, u32 k, host byte order), as UML loads them.
+
+use std::path::Path;
+
+use super::TransportError;
+
+/// The kernel's limit on a classic program (BPF_MAXINSNS).
+pub const MAX_INSNS: usize = 4096;
+
+/// A validated program, ready for `SO_ATTACH_FILTER`.
+#[derive(Debug)]
+pub struct BpfProgram {
+    insns: Vec<libc::sock_filter>,
+}
+
+impl BpfProgram {
+    /// Reads and checks the file: non-empty, a whole number of instructions, at most
+    /// [`MAX_INSNS`], and ending in a return (the kernel's verifier checks the rest when the
+    /// program is attached; that error also names the file).
+    pub fn load(path: &Path) -> Result<BpfProgram, TransportError> {
+        let err = |reason: String| TransportError::Bpf {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        Self::parse(&bytes).map_err(err)
+    }
+
+    /// Checks a program image; the error is the reason it is refused.
+    pub fn parse(bytes: &[u8]) -> Result<BpfProgram, String> {
+        if bytes.is_empty() {
+            return Err("empty file".into());
+        }
+        if bytes.len() % 8 != 0 {
+            return Err(format!(
+                "{} bytes is not a whole number of 8-byte instructions",
+                bytes.len()
+            ));
+        }
+        let insns: Vec<libc::sock_filter> = bytes
+            .chunks_exact(8)
+            .map(|c| libc::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        if insns.len() > MAX_INSNS {
+            return Err(format!(
+                "{} instructions, more than {MAX_INSNS}",
+                insns.len()
+            ));
+        }
+        const BPF_CLASS_MASK: u16 = 0x07;
+        const BPF_RET: u16 = 0x06;
+        if insns
+            .last()
+            .is_some_and(|i| i.code & BPF_CLASS_MASK != BPF_RET)
+        {
+            return Err("the last instruction is not a return".into());
+        }
+        Ok(BpfProgram { insns })
+    }
+
+    pub fn instructions(&self) -> &[libc::sock_filter] {
+        &self.insns
+    }
+
+    /// A program of one `ret #k`: accept k bytes of every packet (0 drops all).
+    pub fn ret(k: u32) -> Vec<u8> {
+        let mut b = Vec::with_capacity(8);
+        b.extend_from_slice(&0x0006u16.to_ne_bytes());
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&k.to_ne_bytes());
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_programs_are_refused_with_a_reason() {
+        assert!(BpfProgram::parse(&[]).unwrap_err().contains("empty"));
+        assert!(BpfProgram::parse(&[0; 7]).unwrap_err().contains("8-byte"));
+        // ld #0 without a return.
+        assert!(BpfProgram::parse(&[0; 8]).unwrap_err().contains("return"));
+        assert!(BpfProgram::parse(&vec![0; 8 * 5000])
+            .unwrap_err()
+            .contains("4096"));
+        assert_eq!(
+            BpfProgram::parse(&BpfProgram::ret(0))
+                .unwrap()
+                .instructions()
+                .len(),
+            1
+        );
+    }
+}

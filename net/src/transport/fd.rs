@@ -1,0 +1,185 @@
+//! `transport=fd`: an inherited descriptor used both ways, bare Ethernet frames.
+//!
+//! Vector mode needs message boundaries: a datagram or seqpacket socket (e.g. one end of a
+//! `socketpair`), driven with recvmmsg/sendmmsg. With `vec=0` any descriptor that keeps frame
+//! boundaries per read/write works, such as a tap opened without a vnet header. A stream socket
+//! is refused: it has no frame boundaries.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::sys::{self, Mmsg, RecvMeta};
+use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+
+pub struct Fd {
+    fd: OwnedFd,
+    /// `None`: plain read/write, one frame per call.
+    mmsg: Option<(Mmsg, Vec<RecvMeta>)>,
+    stats: TransportStats,
+}
+
+fn invalid(reason: String) -> TransportError {
+    TransportError::Invalid {
+        transport: "fd",
+        reason,
+    }
+}
+
+impl Fd {
+    /// Takes ownership of descriptor `fd` (inherited from the parent; it is closed when the
+    /// transport is dropped).
+    pub fn open(fd: i32, depth: usize, vec: bool) -> Result<Fd, TransportError> {
+        if fd < 0 || !sys::is_open(fd) {
+            return Err(invalid(format!("fd={fd} is not an open descriptor")));
+        }
+        if fd <= 2 {
+            return Err(invalid(format!(
+                "fd={fd} is standard input, output or error"
+            )));
+        }
+        let ty = sys::socket_type(fd).map_err(|source| TransportError::Io {
+            transport: "fd",
+            op: "getsockopt(SO_TYPE)",
+            source,
+        })?;
+        let mmsg = match ty {
+            Some(libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) if vec => Some((
+                Mmsg::new(depth),
+                vec![
+                    RecvMeta {
+                        truncated: false,
+                        pkttype: 0
+                    };
+                    depth.max(1)
+                ],
+            )),
+            Some(libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) | Some(libc::SOCK_RAW) => None,
+            Some(libc::SOCK_STREAM) => {
+                return Err(invalid(format!(
+                    "fd={fd} is a stream socket: frames need a datagram or seqpacket socket"
+                )))
+            }
+            Some(other) => {
+                return Err(invalid(format!("fd={fd}: unsupported socket type {other}")))
+            }
+            None if vec => {
+                return Err(invalid(format!(
+                    "fd={fd} is not a socket: multi-packet I/O needs one (use vec=0 for a tap)"
+                )))
+            }
+            None => None,
+        };
+        sys::set_nonblocking(fd).map_err(|source| TransportError::Io {
+            transport: "fd",
+            op: "fcntl(O_NONBLOCK)",
+            source,
+        })?;
+        // SAFETY: the descriptor is open (checked above) and, by the user's contract for
+        // `fd=N`, handed to us to own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Fd {
+            fd,
+            mmsg,
+            stats: TransportStats::default(),
+        })
+    }
+
+    fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> TransportError {
+        move |source| TransportError::Io {
+            transport: "fd",
+            op,
+            source,
+        }
+    }
+}
+
+impl Transport for Fd {
+    fn name(&self) -> &'static str {
+        "fd"
+    }
+
+    fn vnet_hdr_len(&self) -> usize {
+        0
+    }
+
+    fn rx_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn tx_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
+        let fd = self.fd.as_raw_fd();
+        match &mut self.mmsg {
+            Some((mmsg, meta)) => {
+                let got = mmsg.recv(fd, batch, meta).map_err(Self::io("recvmmsg"))?;
+                let mut kept = 0;
+                for (i, m) in meta.iter().enumerate().take(got) {
+                    if m.truncated {
+                        self.stats.rx_dropped_truncated += 1;
+                    } else {
+                        batch.bufs_mut().swap(kept, i);
+                        kept += 1;
+                    }
+                }
+                batch.set_count(kept);
+                Ok(kept)
+            }
+            None => {
+                let buf = &mut batch.bufs_mut()[0];
+                let cap = buf.capacity();
+                match sys::read(fd, buf.space()) {
+                    Ok(len) if len < cap => {
+                        buf.set_len(len);
+                        batch.set_count(1);
+                        Ok(1)
+                    }
+                    Ok(_) => {
+                        self.stats.rx_dropped_truncated += 1;
+                        batch.set_count(0);
+                        Ok(0)
+                    }
+                    Err(e) if sys::would_block(&e) => {
+                        batch.set_count(0);
+                        Ok(0)
+                    }
+                    Err(e) => Err(Self::io("read")(e)),
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
+        let fd = self.fd.as_raw_fd();
+        let mut done = 0;
+        while done < batch.count() {
+            let r = match &mut self.mmsg {
+                Some((mmsg, _)) => mmsg.send(fd, batch, done, None),
+                None => match sys::write(fd, batch.packets()[done].data()) {
+                    Ok(_) => Ok(1),
+                    Err(e) if sys::would_block(&e) => Ok(0),
+                    Err(e) => Err(e),
+                },
+            };
+            match r {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::EINVAL)) => {
+                    self.stats.tx_dropped += 1;
+                    done += 1;
+                }
+                Err(e) => return Err(Self::io("send")(e)),
+            }
+        }
+        Ok(done)
+    }
+
+    fn set_offloads(&mut self, _offloads: Offloads) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    fn stats(&self) -> TransportStats {
+        self.stats
+    }
+}

@@ -1,0 +1,309 @@
+//! Thin, safe wrappers over the system calls the transports use. Everything that touches raw
+//! pointers is here, each with its `// SAFETY:` argument.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use super::PacketBatch;
+
+/// Converts a -1 return into the errno.
+pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Converts a -1 `ssize_t` return into the errno.
+pub fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Whether an error means "try again later" on a non-blocking descriptor.
+pub fn would_block(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
+}
+
+/// An interface name as a NUL-terminated `IFNAMSIZ` array (the parser limits names to 15
+/// bytes; longer ones are refused here too).
+pub fn ifname_bytes(name: &str) -> io::Result<[libc::c_char; libc::IFNAMSIZ]> {
+    let mut out = [0 as libc::c_char; libc::IFNAMSIZ];
+    if name.len() >= libc::IFNAMSIZ || name.bytes().any(|b| b == 0) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (o, b) in out.iter_mut().zip(name.bytes()) {
+        *o = b as libc::c_char;
+    }
+    Ok(out)
+}
+
+/// The index of interface `name` in the current network namespace.
+pub fn ifindex(name: &str) -> io::Result<i32> {
+    let c = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(idx as i32)
+    }
+}
+
+/// Sets `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we were given; no memory is passed.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// `setsockopt` of an `int` option.
+pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: the option value is a live local int and its exact size is passed.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `getsockopt` of an `int` option.
+pub fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: value and len are live locals; the kernel writes at most `len` bytes.
+    cvt(unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut i32).cast(), &mut len) })?;
+    Ok(value)
+}
+
+/// A new socket, close-on-exec and non-blocking.
+pub fn socket(domain: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) takes no pointers.
+    let fd = cvt(unsafe {
+        libc::socket(
+            domain,
+            ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            protocol,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches a classic BPF program as the socket's receive filter.
+pub fn attach_filter(fd: RawFd, program: &[libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `read(2)` into a buffer.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `write(2)` of a buffer.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
+    cvt_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+/// The headers of one `recvmmsg`/`sendmmsg` call, allocated once per transport so the hot
+/// path allocates nothing. Pointers into the batch's buffers are refreshed on each call
+/// because a batch reorders its buffers ([`PacketBatch::consume`]).
+pub struct Mmsg {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_ll>,
+}
+
+// SAFETY: the raw pointers inside point only into this struct's own vectors and into the
+// batch passed to each call; they are rewritten before every use and never dereferenced
+// between calls, so moving the struct to another thread is sound.
+unsafe impl Send for Mmsg {}
+
+/// What a received message said beyond its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct RecvMeta {
+    /// The frame did not fit its buffer (`MSG_TRUNC`).
+    pub truncated: bool,
+    /// `sll_pkttype` for AF_PACKET sockets (`PACKET_OUTGOING`, ...); 0 otherwise.
+    pub pkttype: u8,
+}
+
+impl Mmsg {
+    pub fn new(depth: usize) -> Mmsg {
+        let depth = depth.max(1);
+        // SAFETY: mmsghdr, iovec and sockaddr_ll are plain C structs for which all-zero is a
+        // valid value.
+        let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let zero_addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        Mmsg {
+            hdrs: vec![zero_hdr; depth],
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                depth
+            ],
+            addrs: vec![zero_addr; depth],
+        }
+    }
+
+    /// Receives up to the batch's depth (and this struct's) messages without blocking. Sets
+    /// each buffer's length; `meta` gets one entry per message. Returns the count, 0 when none
+    /// is waiting.
+    pub fn recv(
+        &mut self,
+        fd: RawFd,
+        batch: &mut PacketBatch,
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        let n = batch.depth().min(self.hdrs.len()).min(meta.len());
+        for (i, buf) in batch.bufs_mut().iter_mut().take(n).enumerate() {
+            let space = buf.space();
+            self.iovs[i] = libc::iovec {
+                iov_base: space.as_mut_ptr().cast(),
+                iov_len: space.len(),
+            };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_ll).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: the first `n` headers point at live iovecs, which point at the batch's
+        // buffers with their true lengths, and at live sockaddr_ll slots with their sizes; the
+        // kernel writes within those bounds. MSG_DONTWAIT keeps the call non-blocking.
+        let ret = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let got = match cvt(ret) {
+            Ok(got) => got as usize,
+            Err(e) if would_block(&e) => 0,
+            Err(e) => return Err(e),
+        };
+        let full = std::mem::size_of::<libc::sockaddr_ll>() - 8;
+        for (i, m) in meta.iter_mut().enumerate().take(got) {
+            let h = &self.hdrs[i];
+            *m = RecvMeta {
+                truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                // Only AF_PACKET fills a sockaddr_ll; other families leave a shorter name.
+                pkttype: if h.msg_hdr.msg_namelen as usize >= full {
+                    self.addrs[i].sll_pkttype
+                } else {
+                    0
+                },
+            };
+            batch.bufs_mut()[i].set_len(h.msg_len as usize);
+        }
+        batch.set_count(got);
+        Ok(got)
+    }
+
+    /// Sends the batch's packets from `start` without blocking, to the socket's connected or
+    /// bound peer, or to `dest` when given. Returns how many the kernel accepted (0 when it
+    /// would block).
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        batch: &PacketBatch,
+        start: usize,
+        dest: Option<(&libc::sockaddr_storage, libc::socklen_t)>,
+    ) -> io::Result<usize> {
+        let packets = batch.packets().get(start..).unwrap_or_default();
+        let n = packets.len().min(self.hdrs.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        for (i, p) in packets.iter().take(n).enumerate() {
+            let data = p.data();
+            self.iovs[i] = libc::iovec {
+                iov_base: data.as_ptr() as *mut libc::c_void,
+                iov_len: data.len(),
+            };
+            let h = &mut self.hdrs[i].msg_hdr;
+            match dest {
+                Some((addr, len)) => {
+                    h.msg_name = (addr as *const libc::sockaddr_storage) as *mut libc::c_void;
+                    h.msg_namelen = len;
+                }
+                None => {
+                    h.msg_name = std::ptr::null_mut();
+                    h.msg_namelen = 0;
+                }
+            }
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        // SAFETY: the first `n` headers point at live iovecs describing the batch's packets
+        // (read-only for the kernel) and at `dest`, which outlives the call.
+        let ret = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match cvt(ret) {
+            Ok(sent) => Ok(sent as usize),
+            Err(e) if would_block(&e) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The socket type (`SOCK_DGRAM`, ...) of `fd`, or `None` if it is not a socket.
+pub fn socket_type(fd: RawFd) -> io::Result<Option<i32>> {
+    match getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `fd` is an open descriptor.
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD takes no pointers and only queries the descriptor table.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
