@@ -1,1 +1,71 @@
-fn main() {}
+//! `vmm`: a KVM VMM whose networking is User-Mode Linux's transport set, and the same
+//! transports as a stand-alone vhost-user net backend for QEMU, Cloud Hypervisor or UML.
+//!
+//! Exit status: 0 on success (for a VM: the guest's status), 1 on a run-time failure, 2 on bad
+//! input (options, device specifications, files), with a one-line message.
+
+mod backend_cmd;
+mod signals;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit status for bad input, as clap uses for usage errors.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "vmm",
+    version,
+    about = "A KVM VMM whose networking is User-Mode Linux's transport set",
+    long_about = "A KVM VMM whose networking is User-Mode Linux's transport set.\n\n\
+        Every network device's packets run through a vhost-user datapath whose host side is one \
+        of UML's transports (tap, hybrid, raw, gre, l2tpv3, bess, fd, and the legacy tuntap, \
+        mcast, ucast, pcap, daemon, vde), configured with UML's own syntax.",
+    after_long_help = umlnet::config::SPEC_HELP
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one network device to vhost-user frontends (QEMU, Cloud Hypervisor, UML's
+    /// virtio_uml) over a unix socket.
+    #[command(
+        long_about = "Serve one network device to vhost-user frontends over a unix socket.\n\n\
+            The transport is opened once and kept while frontends come and go: one frontend at \
+            a time; when it disconnects the next one is served. SIGINT or SIGTERM stops the \
+            backend cleanly and removes the socket.\n\n\
+            Example:\n  vmm net-backend --socket /tmp/vec0.sock vec0:transport=tap,ifname=tap0\n  \
+            qemu-system-x86_64 ... -chardev socket,id=c0,path=/tmp/vec0.sock \\\n    \
+            -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0",
+        after_long_help = umlnet::config::SPEC_HELP
+    )]
+    NetBackend {
+        /// The unix socket to listen on (a stale socket file there is replaced).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// The device: `vecN:transport=NAME,key=value,...` or `ethN=TRANSPORT,...`.
+        #[arg(value_name = "SPEC")]
+        spec: String,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::NetBackend { socket, spec } => backend_cmd::run(&socket, &spec),
+    }
+}
+
+/// Prints a one-line error and returns the exit status for it.
+fn fail(status: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("vmm: {msg}");
+    ExitCode::from(status)
+}

@@ -83,11 +83,12 @@ pub struct VhostUserNet {
 impl VhostUserNet {
     /// Connects to a backend listening on `path`.
     pub fn connect(path: &Path) -> Result<Self, FrontendError> {
-        let frontend =
-            Frontend::connect(path, NUM_QUEUES as u64).map_err(|source| FrontendError::Connect {
+        let frontend = Frontend::connect(path, NUM_QUEUES as u64).map_err(|source| {
+            FrontendError::Connect {
                 path: path.display().to_string(),
                 source,
-            })?;
+            }
+        })?;
         Self::setup(frontend)
     }
 
@@ -202,9 +203,12 @@ impl VhostUserNet {
                 });
             }
             let host = |addr: GuestAddress| {
-                mem.get_host_address(addr)
-                    .map(|p| p as u64)
-                    .map_err(|_| FrontendError::RingAddress { index, addr: addr.0 })
+                mem.get_host_address(addr).map(|p| p as u64).map_err(|_| {
+                    FrontendError::RingAddress {
+                        index,
+                        addr: addr.0,
+                    }
+                })
             };
             let config = VringConfigData {
                 queue_max_size: q.size,

@@ -1,1 +1,54 @@
 //! The vhost-user-net backend: moves frames between a frontend's virtqueues and a transport.
+//!
+//! - [`features`]: what the device offers and its config space;
+//! - [`datapath`]: the receive and transmit paths;
+//! - [`device`]: the device as vhost-user-backend drives it;
+//! - [`interop`]: a relay that lets real frontends (UML, QEMU) past the `vhost` crate's
+//!   strictness;
+//! - [`server`]: the listening socket, reconnection, and the connection API the VMM uses.
+
+pub mod datapath;
+pub mod device;
+pub mod features;
+pub mod interop;
+pub mod server;
+
+pub use datapath::NetStats;
+pub use server::{serve, NetBackend};
+
+use crate::transport::TransportError;
+
+/// Errors of the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vhost-user daemon: {0}")]
+    Daemon(String),
+}
+
+impl BackendError {
+    /// The process exit status for this error: 2 for a problem with what the user gave
+    /// (a descriptor or filter file that cannot be used), 1 for a run-time failure.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            BackendError::Transport(
+                TransportError::Invalid { .. } | TransportError::Bpf { .. },
+            ) => 2,
+            BackendError::Socket { .. } => 2,
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! `vmm net-backend`: one device served to vhost-user frontends over a unix socket.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::{fail, signals, EXIT_USAGE};
+
+pub fn run(socket: &Path, spec: &str) -> ExitCode {
+    let spec = match umlnet::config::parse_spec(spec) {
+        Ok(spec) => spec,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return fail(
+                EXIT_USAGE,
+                format_args!(
+                    "--socket {}: directory {} does not exist",
+                    socket.display(),
+                    dir.display()
+                ),
+            );
+        }
+    }
+    let shutdown = match signals::install() {
+        Ok(event) => event,
+        Err(e) => return fail(1, format_args!("installing signal handlers: {e}")),
+    };
+    match umlnet::backend::serve(socket, spec, shutdown) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e.exit_status(), e),
+    }
+}

@@ -1,0 +1,124 @@
+//! The virtio-net features and configuration space the backend offers.
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::*;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+use crate::config::MacAddr;
+use crate::transport::Offloads;
+
+/// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user bit in the virtio feature word.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+const fn bit(b: u32) -> u64 {
+    1 << b
+}
+
+/// Features offered whatever the transport.
+const BASE: u64 = bit(VIRTIO_F_VERSION_1)
+    | bit(VIRTIO_NET_F_MAC)
+    | bit(VIRTIO_NET_F_MTU)
+    | bit(VIRTIO_NET_F_STATUS)
+    | bit(VIRTIO_NET_F_MRG_RXBUF)
+    | bit(VIRTIO_RING_F_EVENT_IDX)
+    | bit(VIRTIO_RING_F_INDIRECT_DESC)
+    | VHOST_USER_F_PROTOCOL_FEATURES;
+
+/// Checksum and segmentation offloads, offered with `gro=1` on a transport that carries a
+/// `virtio_net_hdr` (the host side can then take and give partial and GSO frames).
+const OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_TSO4)
+    | bit(VIRTIO_NET_F_GUEST_TSO6)
+    | bit(VIRTIO_NET_F_GUEST_ECN)
+    | bit(VIRTIO_NET_F_HOST_TSO4)
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+    | bit(VIRTIO_NET_F_HOST_ECN);
+
+/// The virtio features to offer.
+pub fn offered(gro: bool, transport_hdr_len: usize) -> u64 {
+    if gro && transport_hdr_len > 0 {
+        BASE | OFFLOADS
+    } else {
+        BASE
+    }
+}
+
+/// What the driver agreed to, in the terms the datapath needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Bytes of `virtio_net_hdr` before every frame in the virtqueues: 12 with VERSION_1 or
+    /// MRG_RXBUF (`num_buffers` present), else 10.
+    pub hdr_len: usize,
+    /// Receive buffers may be merged (`num_buffers` > 1).
+    pub mrg_rxbuf: bool,
+    /// What the guest accepts on receive.
+    pub rx: Offloads,
+}
+
+impl Negotiated {
+    pub fn from_features(acked: u64) -> Negotiated {
+        let has = |b: u32| acked & bit(b) != 0;
+        let mrg_rxbuf = has(VIRTIO_NET_F_MRG_RXBUF);
+        Negotiated {
+            hdr_len: if has(VIRTIO_F_VERSION_1) || mrg_rxbuf {
+                12
+            } else {
+                10
+            },
+            mrg_rxbuf,
+            rx: Offloads {
+                csum: has(VIRTIO_NET_F_GUEST_CSUM),
+                tso4: has(VIRTIO_NET_F_GUEST_TSO4),
+                tso6: has(VIRTIO_NET_F_GUEST_TSO6),
+                ecn: has(VIRTIO_NET_F_GUEST_ECN),
+            },
+        }
+    }
+}
+
+/// `struct virtio_net_config` as far as we offer it: mac, status, max_virtqueue_pairs, mtu.
+pub fn config_space(mac: MacAddr, mtu: u16) -> [u8; 12] {
+    let mut c = [0u8; 12];
+    c[..6].copy_from_slice(&mac.0);
+    c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+    c[8..10].copy_from_slice(&1u16.to_le_bytes());
+    c[10..12].copy_from_slice(&mtu.to_le_bytes());
+    c
+}
+
+/// The bytes of `config` at `offset..offset+size`; what lies outside reads as zero, so no
+/// offset or size a frontend sends can fail or panic.
+pub fn read_config(config: &[u8], offset: u32, size: u32) -> Vec<u8> {
+    let size = size.min(256) as usize;
+    (0..size)
+        .map(|i| {
+            (offset as usize)
+                .checked_add(i)
+                .and_then(|o| config.get(o).copied())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offloads_need_gro_and_a_header() {
+        assert_eq!(offered(true, 10) & OFFLOADS, OFFLOADS);
+        assert_eq!(offered(false, 10) & OFFLOADS, 0);
+        assert_eq!(offered(true, 0) & OFFLOADS, 0);
+    }
+
+    #[test]
+    fn config_reads_are_bounded() {
+        let c = config_space(MacAddr([2, 0, 0, 0, 0, 7]), 1500);
+        assert_eq!(read_config(&c, 0, 6), vec![2, 0, 0, 0, 0, 7]);
+        assert_eq!(read_config(&c, 10, 2), 1500u16.to_le_bytes().to_vec());
+        assert_eq!(read_config(&c, 11, 4), vec![(1500u16 >> 8) as u8, 0, 0, 0]);
+        assert_eq!(read_config(&c, u32::MAX, 4), vec![0; 4]);
+        assert_eq!(read_config(&c, 0, u32::MAX).len(), 256);
+    }
+}

@@ -1,0 +1,296 @@
+//! Serving frontends: the transport is opened once and outlives connections; one frontend is
+//! served at a time; when it goes away (or breaks the protocol) the device is reset and the
+//! next one is served. The VMM uses [`NetBackend::serve_connection`] on one end of a
+//! socketpair to run the same backend in a thread of its own.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::datapath::{Datapath, NetStats};
+use super::device::{self, NetDevice, TRANSPORT_EVENT, TRANSPORT_TX_EVENT};
+use super::features;
+use super::interop::Relay;
+use super::BackendError;
+use crate::config::{MacAddr, NetSpec};
+use crate::transport;
+
+/// One network device's backend: its transport and datapath, ready to serve frontends.
+pub struct NetBackend {
+    dp: Arc<Mutex<Datapath>>,
+    offered: u64,
+    config: [u8; 12],
+    name: String,
+}
+
+impl NetBackend {
+    /// Opens the transport the spec describes.
+    pub fn open(spec: &NetSpec) -> Result<NetBackend, BackendError> {
+        let transport = transport::open(spec)?;
+        let offered = features::offered(spec.common.gro, transport.vnet_hdr_len());
+        let mac = spec.common.mac.unwrap_or_else(MacAddr::random_local);
+        log::info!(
+            "{}: transport {} ready, mac {mac}, mtu {}",
+            spec.name,
+            transport.name(),
+            spec.common.mtu
+        );
+        let depth = if spec.common.vec {
+            usize::from(spec.common.depth)
+        } else {
+            1
+        };
+        Ok(NetBackend {
+            dp: Arc::new(Mutex::new(Datapath::new(
+                transport,
+                depth,
+                spec.common.headroom,
+            ))),
+            offered,
+            config: features::config_space(mac, spec.common.mtu),
+            name: spec.name.clone(),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<NetStats> {
+        device::lock(&self.dp).stats()
+    }
+
+    /// Serves one connected frontend until it disconnects, breaks the protocol, or `stop`
+    /// becomes readable. The device is reset afterwards, ready for the next one.
+    pub fn serve_connection(
+        &self,
+        frontend: UnixStream,
+        stop: Option<RawFd>,
+    ) -> Result<(), BackendError> {
+        let dev = Arc::new(RwLock::new(
+            NetDevice::new(self.dp.clone(), self.offered, self.config).map_err(|source| {
+                BackendError::Io {
+                    op: "creating the exit event",
+                    source,
+                }
+            })?,
+        ));
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = VhostUserDaemon::new(self.name.clone(), dev.clone(), mem)
+            .map_err(|e| BackendError::Daemon(e.to_string()))?;
+        self.register_transport(&daemon)?;
+
+        // The crate's handler gets its own stream, through a private listener; the relay sits
+        // between it and the real frontend (see interop.rs for why).
+        let private = PrivateSocket::new().map_err(|source| BackendError::Io {
+            op: "creating the relay socket",
+            source,
+        })?;
+        daemon
+            .start_client(&private.path.to_string_lossy())
+            .map_err(|e| BackendError::Daemon(e.to_string()))?;
+        let (handler, _) = private
+            .listener
+            .accept()
+            .map_err(|source| BackendError::Io {
+                op: "accepting the handler's connection",
+                source,
+            })?;
+        drop(private);
+        let done = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BackendError::Io {
+            op: "eventfd",
+            source,
+        })?;
+        let relay = Relay::start(frontend, handler, done.try_clone().ok()).map_err(|source| {
+            BackendError::Io {
+                op: "starting the relay",
+                source,
+            }
+        })?;
+        let mut fds = vec![done.as_raw_fd()];
+        fds.extend(stop);
+        let stopped = wait_any(&fds) != Some(done.as_raw_fd());
+        relay.close();
+        relay.join();
+        if let Err(e) = daemon.wait() {
+            log::info!("{}: frontend connection ended: {e}", self.name);
+        }
+        // Stop the worker threads of this connection and forget its state.
+        dev.read().unwrap_or_else(|p| p.into_inner()).notify_exit();
+        device::lock(&self.dp).reset();
+        log::info!("{}: frontend gone; {}", self.name, self.stats().summary());
+        if stopped {
+            log::info!("{}: stop requested", self.name);
+        }
+        Ok(())
+    }
+
+    /// Puts the transport's descriptors on the connection's worker epoll, edge-triggered: the
+    /// datapath drains until the host would block or the guest is out of buffers, and resumes
+    /// on the guest's kick, so a full receive queue never spins the worker.
+    fn register_transport(
+        &self,
+        daemon: &VhostUserDaemon<Arc<RwLock<NetDevice>>>,
+    ) -> Result<(), BackendError> {
+        let (rx, tx) = {
+            let dp = device::lock(&self.dp);
+            (dp.transport().rx_fd(), dp.transport().tx_fd())
+        };
+        let err = |source| BackendError::Io {
+            op: "registering the transport",
+            source,
+        };
+        for h in daemon.get_epoll_handlers() {
+            if rx == tx {
+                h.register_listener(
+                    rx,
+                    EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
+                    TRANSPORT_EVENT,
+                )
+                .map_err(err)?;
+            } else {
+                h.register_listener(rx, EventSet::IN | EventSet::EDGE_TRIGGERED, TRANSPORT_EVENT)
+                    .map_err(err)?;
+                h.register_listener(
+                    tx,
+                    EventSet::OUT | EventSet::EDGE_TRIGGERED,
+                    TRANSPORT_TX_EVENT,
+                )
+                .map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Listens on `socket` and serves one frontend at a time until `shutdown` becomes readable,
+/// then removes the socket.
+pub fn serve(socket: &Path, spec: NetSpec, shutdown: EventFd) -> Result<(), BackendError> {
+    let backend = NetBackend::open(&spec)?;
+    let listener = bind(socket)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| BackendError::Io {
+            op: "O_NONBLOCK on the listener",
+            source,
+        })?;
+    log::info!("{}: listening on {}", spec.name, socket.display());
+    let result = loop {
+        let fds = [listener.as_raw_fd(), shutdown.as_raw_fd()];
+        match wait_any(&fds) {
+            Some(fd) if fd == shutdown.as_raw_fd() => break Ok(()),
+            Some(_) => {}
+            None => continue,
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(source) => {
+                break Err(BackendError::Io {
+                    op: "accept",
+                    source,
+                })
+            }
+        };
+        if let Err(e) = stream.set_nonblocking(false) {
+            log::warn!("{}: frontend socket: {e}", spec.name);
+            continue;
+        }
+        log::info!("{}: frontend connected", spec.name);
+        if let Err(e) = backend.serve_connection(stream, Some(shutdown.as_raw_fd())) {
+            log::warn!("{}: {e}", spec.name);
+        }
+        if readable(shutdown.as_raw_fd()) {
+            break Ok(());
+        }
+    };
+    let _ = std::fs::remove_file(socket);
+    log::info!("{}: stopped; {}", spec.name, backend.stats().summary());
+    result
+}
+
+/// Binds the listening socket, replacing a stale socket file but nothing else.
+fn bind(socket: &Path) -> Result<UnixListener, BackendError> {
+    let err = |source| BackendError::Socket {
+        path: socket.display().to_string(),
+        source,
+    };
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(socket).map_err(err)?,
+        Ok(_) => {
+            return Err(err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )))
+        }
+        Err(_) => {}
+    }
+    UnixListener::bind(socket).map_err(err)
+}
+
+/// Polls the descriptors; returns the first readable one, `None` if interrupted.
+fn wait_any(fds: &[RawFd]) -> Option<RawFd> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `pfds` is a live array of pollfd of the length passed.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+    if rc <= 0 {
+        return None;
+    }
+    pfds.iter().find(|p| p.revents != 0).map(|p| p.fd)
+}
+
+fn readable(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd; zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
+/// A listening socket in a fresh 0700 directory, both removed on drop.
+struct PrivateSocket {
+    dir: PathBuf,
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+impl PrivateSocket {
+    fn new() -> io::Result<PrivateSocket> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vmm-relay-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let path = dir.join("h.sock");
+        let listener = UnixListener::bind(&path)?;
+        Ok(PrivateSocket {
+            dir,
+            path,
+            listener,
+        })
+    }
+}
+
+impl Drop for PrivateSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
