@@ -4,7 +4,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 pkgs=(user-mode-linux busybox-static iperf3 tshark uml-utilities vde2 tcpdump socat
-      iproute2 cpio qemu-system-x86 libpcap-dev ethtool)
+      iproute2 iputils-ping binutils cpio qemu-system-x86 libpcap-dev ethtool)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

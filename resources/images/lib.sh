@@ -33,14 +33,36 @@ make_root() {
     echo "127.0.0.1 localhost" > "$root/etc/hosts"
 }
 
-# add_modules ROOT MODULE_PATH...: copies the modules and lists them, in the order given, in
-# /etc/modules for /init to insmod.
+# add_modules ROOT MODULE_PATH...: copies the modules and lists them in /etc/modules for
+# /init to insmod, dependencies first (from each module's own `depends=` field, as depmod
+# would; a dependency outside the list must be built in).
 add_modules() {
     local root="$1"; shift
-    local m
+    local -A deps=()
+    local m name pending placed=" "
     for m in "$@"; do
         cp "$m" "$root/lib/modules/"
-        basename "$m" .ko >> "$root/etc/modules"
+        name="$(basename "$m" .ko)"
+        deps[$name]="$(strings -a "$m" | sed -n 's/^depends=//p' | tr ',' ' ')"
+    done
+    pending="${!deps[*]}"
+    while [ -n "${pending// /}" ]; do
+        local next="" progress=0
+        for name in $pending; do
+            local ready=1 d
+            for d in ${deps[$name]}; do
+                [ -n "${deps[$d]+x}" ] && [[ "$placed" != *" $d "* ]] && ready=0
+            done
+            if [ $ready = 1 ]; then
+                echo "$name" >> "$root/etc/modules"
+                placed="$placed$name "
+                progress=1
+            else
+                next="$next $name"
+            fi
+        done
+        [ $progress = 1 ] || { echo "add_modules: dependency cycle in:$next" >&2; return 1; }
+        pending="$next"
     done
 }
 

@@ -162,6 +162,7 @@ impl VhostUserBackendMut for NetDevice {
             return Ok(());
         };
         let mem = mem.memory();
+        log::trace!("event {device_event} {evset:?}");
         let mut dp = lock(&self.dp);
         match u64::from(device_event) {
             e if e == u64::from(RX_QUEUE) => run_queue(&mut dp, rx, &mem, true),

@@ -8,9 +8,11 @@
 //!   -EIO. We cut the payload to the regions it declares.
 //! - QEMU 7.2 sends `SET_VRING_ENABLE` right after connecting, **before** `SET_FEATURES` has
 //!   acked `VHOST_USER_F_PROTOCOL_FEATURES`; the crate answers InactiveFeature and drops the
-//!   connection. Per the vhost-user spec, without that feature rings are enabled when started,
-//!   so the message has no effect yet: we absorb it (acking it ourselves if the frontend asked
-//!   for a reply) and QEMU sends it again once features are set.
+//!   connection. QEMU does not send it again when it starts the device, yet once the feature
+//!   is acked the rings start disabled. So we absorb it (acking it ourselves if the frontend
+//!   asked for a reply), remember the last state per ring, and replay those states to the
+//!   handler right after the `SET_FEATURES` that acks the feature: the device ends up as QEMU
+//!   believes it is.
 //!
 //! Everything else is relayed unchanged, with its file descriptors (SCM_RIGHTS). Only control
 //! messages cross the relay: the datapath is shared memory and eventfds.
@@ -146,6 +148,31 @@ pub fn send_message(sock: &UnixStream, msg: &Message) -> Result<(), RelayError> 
     Ok(())
 }
 
+impl Normaliser {
+    /// The held-back ring-enable messages to send the handler now, after a message was
+    /// forwarded: non-empty once, right after `SET_FEATURES` acked PROTOCOL_FEATURES.
+    pub fn replay(&mut self) -> Vec<Message> {
+        if self.acked_features & VHOST_USER_F_PROTOCOL_FEATURES == 0
+            || self.early_enables.is_empty()
+        {
+            return Vec::new();
+        }
+        log::debug!(
+            "replaying {} held-back SET_VRING_ENABLE",
+            self.early_enables.len()
+        );
+        self.early_enables
+            .drain(..)
+            .map(|(_, payload)| Message {
+                request: SET_VRING_ENABLE,
+                flags: VERSION_1,
+                payload,
+                fds: Vec::new(),
+            })
+            .collect()
+    }
+}
+
 /// What the relay decides for one frontend message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -155,10 +182,12 @@ pub enum Verdict {
     Absorb { reply: bool },
 }
 
-/// The state the normaliser keeps: the features the frontend acked.
+/// The state the normaliser keeps: the features the frontend acked, and the ring-enable
+/// states it sent too early, in order (ring index, payload).
 #[derive(Debug, Default)]
 pub struct Normaliser {
     acked_features: u64,
+    early_enables: Vec<(u32, Vec<u8>)>,
 }
 
 impl Normaliser {
@@ -167,6 +196,7 @@ impl Normaliser {
         match msg.request {
             SET_FEATURES => {
                 if let Some(v) = msg.u64_payload() {
+                    log::debug!("SET_FEATURES {v:#x}");
                     self.acked_features = v;
                 }
                 Verdict::Forward
@@ -190,7 +220,22 @@ impl Normaliser {
                 Verdict::Forward
             }
             SET_VRING_ENABLE if self.acked_features & VHOST_USER_F_PROTOCOL_FEATURES == 0 => {
-                log::debug!("SET_VRING_ENABLE before PROTOCOL_FEATURES was acked: absorbed");
+                log::debug!(
+                    "SET_VRING_ENABLE {:02x?} before PROTOCOL_FEATURES was acked: held back",
+                    msg.payload
+                );
+                if let Some(index) = msg
+                    .payload
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                {
+                    // Only the latest state of a ring matters; a frontend cannot make this grow
+                    // past the rings it names (bounded by the 32-bit index, kept small below).
+                    self.early_enables.retain(|(i, _)| *i != index);
+                    if self.early_enables.len() < 64 {
+                        self.early_enables.push((index, msg.payload.clone()));
+                    }
+                }
                 Verdict::Absorb {
                     reply: msg.flags & NEED_REPLY != 0,
                 }
@@ -243,7 +288,9 @@ impl Relay {
                                 msg.fds.len()
                             );
                             let sent = match norm.frontend_message(&mut msg) {
-                                Verdict::Forward => send_message(&h, &msg),
+                                Verdict::Forward => send_message(&h, &msg).and_then(|()| {
+                                    norm.replay().iter().try_for_each(|m| send_message(&h, m))
+                                }),
                                 Verdict::Absorb { reply: false } => Ok(()),
                                 Verdict::Absorb { reply: true } => {
                                     let ack = Message {

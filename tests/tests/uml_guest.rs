@@ -1,0 +1,145 @@
+//! A real Linux guest (UML's `virtio_uml`, a vhost-user frontend) on our backend: ping both
+//! ways and iperf3 TCP both ways, over `raw` (veth into a namespace), `tap` and `hybrid`.
+
+use std::time::Duration;
+use vmm_tests::guest::{Guest, GuestConfig, GuestNet};
+use vmm_tests::netns::NetNs;
+use vmm_tests::process::{net_backend, Daemon};
+use vmm_tests::{unique_subnet, TempDir};
+
+/// How the backend reaches the peer namespace.
+enum Host {
+    Raw,
+    Tap,
+    Hybrid,
+}
+
+fn guest_pings_and_iperfs(host: Host) {
+    let ns = NetNs::new();
+    let (a, b) = unique_subnet();
+    let peer = format!("10.{a}.{b}.1");
+    let guest_ip = format!("10.{a}.{b}.2");
+    let peer_cidr = format!("{peer}/24");
+    let spec = match host {
+        Host::Raw => {
+            let (_peer_end, backend_end) = ns.veth_pair(Some(&peer_cidr));
+            // Offloads on: the veth peer hands over TSO frames, which pass through whole.
+            format!("vec0:transport=raw,ifname={backend_end},gro=1")
+        }
+        // No offloads: the host segments and checksums before the tap.
+        Host::Tap => format!("vec0:transport=tap,ifname={}", ns.tap(Some(&peer_cidr))),
+        Host::Hybrid => format!(
+            "vec0:transport=hybrid,ifname={},gro=1",
+            ns.tap(Some(&peer_cidr))
+        ),
+    };
+    let dir = TempDir::new("ug");
+    let sock = dir.path().join("net.sock");
+    let mut backend = net_backend(
+        Some(ns.name()),
+        &sock,
+        &spec,
+        dir.path().join("backend.log"),
+    );
+    let _iperf = Daemon::spawn(
+        {
+            let mut c = ns.command("iperf3");
+            c.args(["-s", "-B", &peer]);
+            c
+        },
+        dir.path().join("iperf3.log"),
+    );
+    let script = dir.path().join("run.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "set -e\n\
+             ping -c 3 -W 3 {peer}\n\
+             iperf3 -c {peer} -t 2\n\
+             iperf3 -c {peer} -t 2 -R\n\
+             echo READY-FOR-HOST-PING\n\
+             i=0; while [ ! -e /host/done ] && [ $i -lt 150 ]; do sleep 0.2; i=$((i+1)); done\n\
+             [ -e /host/done ]\n"
+        ),
+    )
+    .expect("write guest script");
+    let mut guest = Guest::uml(&GuestConfig {
+        net: GuestNet::VhostUser(&sock),
+        ip: Some(&format!("{guest_ip}/24")),
+        script: &script,
+        netns: None,
+        mem: "256M",
+    });
+    guest.expect("READY-FOR-HOST-PING", Duration::from_secs(90));
+    let (ok, out) = ns.run("ping", &["-c", "3", "-W", "3", &guest_ip]);
+    std::fs::write(dir.path().join("done"), b"").expect("write done");
+    let status = guest.wait_exit(Duration::from_secs(30));
+    assert!(
+        ok,
+        "host -> guest ping failed:\n{out}\nbackend log:\n{}",
+        backend.log()
+    );
+    assert_eq!(
+        status,
+        0,
+        "guest script failed; console:\n{}\nbackend log:\n{}",
+        guest.console(),
+        backend.log()
+    );
+    let console = guest.console();
+    assert!(console.contains("3 packets received"), "{console}");
+    assert!(
+        console.matches("receiver").count() >= 2,
+        "two iperf3 runs expected:\n{console}"
+    );
+    assert!(backend.running(), "backend died:\n{}", backend.log());
+}
+
+#[test]
+fn uml_guest_over_raw() {
+    guest_pings_and_iperfs(Host::Raw);
+}
+
+#[test]
+fn uml_guest_over_tap() {
+    guest_pings_and_iperfs(Host::Tap);
+}
+
+#[test]
+fn uml_guest_over_hybrid() {
+    guest_pings_and_iperfs(Host::Hybrid);
+}
+
+/// QEMU 7.2 (the second real vhost-user frontend) booting Debian's cloud kernel under TCG,
+/// with shared memfd memory and `-netdev vhost-user`: the guest pings the host through our
+/// backend on `tap`.
+#[test]
+fn qemu_guest_pings_over_tap() {
+    let ns = NetNs::new();
+    let (a, b) = unique_subnet();
+    let peer = format!("10.{a}.{b}.1");
+    let tap = ns.tap(Some(&format!("{peer}/24")));
+    let dir = TempDir::new("qg");
+    let sock = dir.path().join("net.sock");
+    let mut backend = net_backend(
+        Some(ns.name()),
+        &sock,
+        &format!("vec0:transport=tap,ifname={tap}"),
+        dir.path().join("backend.log"),
+    );
+    let mut guest = Guest::qemu(
+        &sock,
+        &format!("10.{a}.{b}.2/24"),
+        &["ping", "-c", "3", "-W", "3", &peer],
+    );
+    let status = guest.wait_exit(Duration::from_secs(120));
+    assert_eq!(
+        status,
+        0,
+        "guest ping failed; console:\n{}\nbackend log:\n{}",
+        guest.console(),
+        backend.log()
+    );
+    assert!(guest.console().contains("3 packets received"));
+    assert!(backend.running(), "backend died:\n{}", backend.log());
+}
