@@ -186,6 +186,8 @@ pub trait Transport: Send {
     fn set_offloads(&mut self, offloads: Offloads) -> Result<(), TransportError>;
 }
 
+pub mod wire;
+
 /// Opens the transport a spec describes.
 pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, TransportError> {
     use crate::config::TransportConfig as T;
