@@ -149,3 +149,6 @@ impl GreCodec {
         r.frame()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -187,3 +187,6 @@ impl L2tpv3Codec {
         r.frame()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,6 +25,8 @@ pub mod gre;
 mod ipv4;
 pub mod l2tpv3;
 mod reader;
+#[cfg(test)]
+mod test_util;
 
 pub use error::WireError;
 pub use gre::GreCodec;
