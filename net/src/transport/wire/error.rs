@@ -4,7 +4,8 @@
 /// ([`WireError::reason`] gives a short stable label for that).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    /// The datagram ends inside a header field.
+    /// The datagram ends inside a header field. `need` and `got` count from the start of the
+    /// header being read: the IPv4 header, else the tunnel header (after any IPv4 header).
     #[error("truncated: {field} needs {need} bytes, the packet has {got}")]
     Truncated {
         field: &'static str,
