@@ -212,6 +212,8 @@ pub trait Transport: Send {
     }
 }
 
+pub mod wire;
+
 /// Opens the transport a spec describes.
 pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, TransportError> {
     use crate::config::TransportConfig as T;
