@@ -462,3 +462,6 @@ fn write_at(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
