@@ -58,12 +58,14 @@ setup_host() {
 
 rates() { sed -n 's/^BENCH \(tx\|rx\) \([0-9.]*\).*/\1 \2/p' "$1"; }
 
-ip netns exec "$ns" iperf3 -s -B $peer >/dev/null 2>&1 &
-sleep 0.5
 printf '%-8s %-12s %10s %10s %8s\n' transport direction "UML Gb/s" "ours Gb/s" ratio
 for t in $transports; do
     ifname="$(setup_host "$t")"
     spec="vec0:transport=$t,ifname=$ifname$opts"
+    # The server binds the peer address, which exists only once the interface does.
+    ip netns exec "$ns" iperf3 -s -B $peer >/dev/null 2>&1 &
+    iperf_pid=$!
+    sleep 0.3
     # (a) UML's own transport: UML runs in the namespace.
     ip netns exec "$ns" "$run" --uml-net "$spec" --ip $guest/24 --run "$work/guest.sh" \
         > "$work/uml.$t" 2>&1 || true
@@ -75,6 +77,7 @@ for t in $transports; do
     "$run" --vhost-user "$sock" --ip $guest/24 --run "$work/guest.sh" > "$work/ours.$t" 2>&1 || true
     kill "$backend_pid" 2>/dev/null; wait "$backend_pid" 2>/dev/null || true
     backend_pid=""
+    kill "$iperf_pid" 2>/dev/null; wait "$iperf_pid" 2>/dev/null || true
     for dir in tx rx; do
         u="$(rates "$work/uml.$t" | awk -v d=$dir '$1==d {print $2/1000}')"
         o="$(rates "$work/ours.$t" | awk -v d=$dir '$1==d {print $2/1000}')"
