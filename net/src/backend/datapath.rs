@@ -189,7 +189,7 @@ impl Datapath {
     fn deliver(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Delivery {
         let n = self.negotiated;
         let thl = self.transport.vnet_hdr_len();
-        let stats = self.stats.clone();
+        let stats = &*self.stats;
         let packet = &mut self.rx.bufs_mut()[index];
         let len = packet.len();
         if len < thl + 14 {
@@ -347,7 +347,7 @@ impl Datapath {
     ) {
         let ghl = self.negotiated.hdr_len.max(10);
         let thl = self.transport.vnet_hdr_len();
-        let stats = self.stats.clone();
+        let stats = &*self.stats;
         let Some(buf) = self.tx.next_free() else {
             return;
         };
