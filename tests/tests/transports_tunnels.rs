@@ -537,23 +537,39 @@ fn uml_interop(uml_spec: &str, our_spec: &str) {
         dir.path().join("backend.log"),
     );
     // Both guests mount `dir` at /host and meet there through files.
+    let wait = |f: &str| {
+        format!("i=0; while [ ! -e /host/{f} ] && [ $i -lt 400 ]; do sleep 0.2; i=$((i+1)); done\n")
+    };
     let uml_script = dir.path().join("uml.sh");
     std::fs::write(
         &uml_script,
-        "set -e\n\
-         iperf3 -s -D -B 10.77.0.1\n\
-         touch /host/server-up\n\
-         i=0; while [ ! -e /host/ours-done ] && [ $i -lt 300 ]; do sleep 0.2; i=$((i+1)); done\n\
-         ping -c 3 -W 3 10.77.0.2\n",
+        format!(
+            "set -e\n\
+             iperf3 -s -D -B 10.77.0.1\n\
+             touch /host/server-up\n\
+             {}\
+             ping -c 3 -W 3 10.77.0.2 || s=1\n\
+             touch /host/uml-pinged\n\
+             {}\
+             exit ${{s:-0}}\n",
+            wait("ours-up"),
+            wait("ours-done")
+        ),
     )
     .expect("write script");
     let our_script = dir.path().join("ours.sh");
     std::fs::write(
         &our_script,
-        "i=0; while [ ! -e /host/server-up ] && [ $i -lt 300 ]; do sleep 0.2; i=$((i+1)); done\n\
-         ping -c 3 -W 3 10.77.0.1 && iperf3 -c 10.77.0.1 -t 3; s=$?\n\
-         touch /host/ours-done\n\
-         exit $s\n",
+        format!(
+            "touch /host/ours-up\n\
+             {}\
+             ping -c 3 -W 3 10.77.0.1 && iperf3 -c 10.77.0.1 -t 3 && iperf3 -c 10.77.0.1 -t 3 -R; s=$?\n\
+             {}\
+             touch /host/ours-done\n\
+             exit $s\n",
+            wait("server-up"),
+            wait("uml-pinged")
+        ),
     )
     .expect("write script");
     let mut uml = Guest::uml(&GuestConfig {
@@ -582,14 +598,13 @@ fn uml_interop(uml_spec: &str, our_spec: &str) {
     assert_eq!(uml_status, 0, "{report}");
     assert!(ours.console().contains("3 packets received"), "{report}");
     assert!(uml.console().contains("3 packets received"), "{report}");
-    let rate = ours
-        .console()
-        .lines()
-        .filter(|l| l.contains("receiver"))
-        .map(str::to_string)
-        .next();
-    assert!(rate.is_some(), "no iperf3 result: {report}");
-    eprintln!("{uml_spec}: iperf3 {}", rate.unwrap_or_default());
+    let console = ours.console();
+    let rates: Vec<&str> = console.lines().filter(|l| l.contains("receiver")).collect();
+    assert_eq!(rates.len(), 2, "two iperf3 results expected: {report}");
+    eprintln!(
+        "{uml_spec}\n  ours -> UML: {}\n  UML -> ours: {}",
+        rates[0], rates[1]
+    );
     assert!(backend.running(), "{report}");
 }
 
