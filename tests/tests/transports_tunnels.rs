@@ -528,6 +528,9 @@ fn ucast_swapped_ports_both_ways() {
 /// with `our_spec` (the other end) ping each other and run iperf3 (TCP, 3 s).
 fn uml_interop(uml_spec: &str, our_spec: &str) {
     let ns = tunnel_ns();
+    // For mcast: loopback carries the group.
+    ns.ip(&["link", "set", "lo", "multicast", "on"]);
+    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
     let dir = TempDir::new("ui");
     let sock = dir.path().join("net.sock");
     let mut backend = net_backend(
@@ -622,4 +625,10 @@ fn uml_l2tpv3_udp_interop_ping_and_iperf() {
         "vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1701,dst=127.0.0.2,dstport=1702,rx_session=0x30,tx_session=0x40,rx_cookie=0x1234,tx_cookie=0x5678,counter=1",
         "vec0:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1702,dst=127.0.0.1,dstport=1701,rx_session=0x40,tx_session=0x30,rx_cookie=0x5678,tx_cookie=0x1234,counter=1",
     );
+}
+
+/// Legacy multicast: UML's `eth0=mcast` and ours on the same default group and port.
+#[test]
+fn uml_mcast_interop_ping_and_iperf() {
+    uml_interop("eth0=mcast", "eth0=mcast");
 }

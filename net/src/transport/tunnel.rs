@@ -424,11 +424,14 @@ impl<E: Encap> Tunnel<E> {
             }
             let decoded = {
                 let data = buf.data();
-                self.encap.decode(data).map(|frame| {
-                    (
-                        frame.as_ptr() as usize - data.as_ptr() as usize,
-                        frame.len(),
-                    )
+                // The frame is a sub-slice of the datagram: its offset is pointer arithmetic,
+                // checked anyway so that no decoder can make the move below go out of bounds.
+                self.encap.decode(data).and_then(|frame| {
+                    let offset = (frame.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+                    match offset.checked_add(frame.len()) {
+                        Some(end) if end <= data.len() => Ok((offset, frame.len())),
+                        _ => Err(WireError::TooShort { got: data.len() }),
+                    }
                 })
             };
             match decoded {
