@@ -5,19 +5,26 @@
 //! When [`Transport::vnet_hdr_len`] is non-zero every packet in a batch, in both directions,
 //! starts with that many bytes of `struct virtio_net_hdr` (little-endian, no `num_buffers`).
 
+mod bess;
 mod bpf;
 mod fd;
+mod gre;
 mod hybrid;
+mod ipsock;
+mod l2tpv3;
 mod packet;
 mod raw;
 mod sys;
 mod tap;
 mod tapdev;
+mod tunnel;
+mod udp;
 pub mod vnet;
 
 use std::os::fd::RawFd;
 
 pub use bpf::BpfProgram;
+pub use tunnel::HeaderDrops;
 
 /// One packet buffer of fixed capacity, allocated once and reused.
 pub struct PacketBuf {
@@ -149,6 +156,12 @@ pub struct TransportStats {
     pub rx_dropped_truncated: u64,
     /// Frames the host refused to send (too big for the interface, malformed header).
     pub tx_dropped: u64,
+    /// Tunnels: received datagrams whose tunnel header is not this tunnel's, by reason.
+    pub rx_dropped_header: HeaderDrops,
+    /// Tunnels: received datagrams from another source than the configured peer.
+    pub rx_dropped_foreign: u64,
+    /// mcast: our own transmissions, looped back by the host and not delivered to the guest.
+    pub rx_dropped_own: u64,
 }
 
 /// Errors of the transports.
@@ -234,11 +247,11 @@ pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, Transpo
         T::Raw(c) => Box::new(raw::Raw::open(&c.ifname, depth, filter.as_ref())?),
         T::Hybrid(c) => Box::new(hybrid::Hybrid::open(&c.ifname, depth, filter.as_ref())?),
         T::Fd(c) => Box::new(fd::Fd::open(c.fd, depth, spec.common.vec)?),
-        T::Gre(_) => return Err(TransportError::Unsupported("gre")),
-        T::L2tpv3(_) => return Err(TransportError::Unsupported("l2tpv3")),
-        T::Bess(_) => return Err(TransportError::Unsupported("bess")),
-        T::Mcast(_) => return Err(TransportError::Unsupported("mcast")),
-        T::Ucast(_) => return Err(TransportError::Unsupported("ucast")),
+        T::Gre(c) => Box::new(gre::open(c, depth)?),
+        T::L2tpv3(c) => Box::new(l2tpv3::open(c, depth)?),
+        T::Bess(c) => Box::new(bess::open(c, depth)?),
+        T::Mcast(c) => Box::new(udp::open_mcast(c, depth)?),
+        T::Ucast(c) => Box::new(udp::open_ucast(c, depth)?),
         T::Pcap(_) => return Err(TransportError::Unsupported("pcap")),
         T::Daemon(_) => return Err(TransportError::Unsupported("daemon")),
         T::Vde(_) => return Err(TransportError::Unsupported("vde")),

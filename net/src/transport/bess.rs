@@ -1,0 +1,61 @@
+//! `transport=bess`: bare Ethernet frames over an `AF_UNIX`/`SOCK_SEQPACKET` socket, bound to
+//! `src` when given and connected to `dst`, as UML's client side of a BESS unix port (BESS
+//! listens; one client per port). A seqpacket socket keeps frame boundaries, so frames move in
+//! batches with recvmmsg/sendmmsg like the other tunnels (through [`Tunnel`], with no header).
+//!
+//! When the switch side closes, receive reports an error instead of spinning on end-of-file.
+//! A stale socket file at `src` (left by an earlier run) is not removed for the user: bind
+//! then fails with "address in use", which names the path.
+
+use std::os::fd::OwnedFd;
+
+use super::ipsock::{self, SockAddr};
+use super::sys;
+use super::tunnel::{Bare, Tunnel, TunnelOpts};
+use super::TransportError;
+use crate::config::BessConfig;
+
+pub type Bess = Tunnel<Bare>;
+
+fn invalid(reason: String) -> TransportError {
+    TransportError::Invalid {
+        transport: "bess",
+        reason,
+    }
+}
+
+pub fn open(config: &BessConfig, depth: usize) -> Result<Bess, TransportError> {
+    let dst = SockAddr::unix(&config.dst).map_err(|e| invalid(e.to_string()))?;
+    let fd: OwnedFd = match &config.src {
+        Some(src) => {
+            let src = SockAddr::unix(src).map_err(|e| invalid(e.to_string()))?;
+            ipsock::bound_socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, &src, false)
+                .map_err(invalid)?
+        }
+        None => sys::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0)
+            .map_err(|e| invalid(format!("socket: {e}")))?,
+    };
+    ipsock::connect(&fd, &dst).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ECONNREFUSED) => {
+                " (is the switch's unix port listening there?)"
+            }
+            Some(libc::EAGAIN) => " (the switch's port has a full accept queue)",
+            _ => "",
+        };
+        invalid(format!("connect {}: {e}{hint}", config.dst.display()))
+    })?;
+    Ok(Tunnel::new(
+        "bess",
+        fd,
+        Bare,
+        depth,
+        TunnelOpts {
+            tx: None,
+            dest: None,
+            accept_from: None,
+            own: None,
+            hangup_check: true,
+        },
+    ))
+}

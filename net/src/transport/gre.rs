@@ -1,0 +1,62 @@
+//! `transport=gre`: Ethernet frames in GRE (Transparent Ethernet Bridging, IP protocol 47)
+//! over a raw IPv4 or IPv6 socket bound to `src`, every packet sent to `dst`.
+//!
+//! Headers are written and checked by [`GreCodec`] (key, sequence number, as UML speaks them);
+//! the datapath is [`Tunnel`]'s.
+//!
+//! One tunnel per local address, as in UML: a raw socket receives every GRE packet addressed to
+//! its bound address, and GRE has nothing to demultiplex on but the key. Binding never fails
+//! (raw sockets share addresses), so two tunnels on the same `src` would both see every packet.
+//! We narrow that down: only packets whose source is `dst` are accepted (the others are counted
+//! in `rx_dropped_foreign`), then the key must be `rx_key` (`rx_dropped_header.wrong_key`). So
+//! tunnels sharing a local address work when their remote addresses differ, or, with the same
+//! remote, when their keys differ (each then counts the other's packets as wrong-key drops).
+
+use super::ipsock::{self, SockAddr, SourceMatch};
+use super::tunnel::{Tunnel, TunnelOpts};
+use super::wire::{GreCodec, IPPROTO_GRE};
+use super::TransportError;
+use crate::config::GreConfig;
+
+pub type Gre = Tunnel<GreCodec>;
+
+pub fn open(config: &GreConfig, depth: usize) -> Result<Gre, TransportError> {
+    if config.src.is_ipv6() != config.v6 || config.dst.is_ipv6() != config.v6 {
+        return Err(TransportError::Invalid {
+            transport: "gre",
+            reason: format!(
+                "src {} and dst {} must both be {}",
+                config.src,
+                config.dst,
+                if config.v6 { "IPv6 (v6=1)" } else { "IPv4" }
+            ),
+        });
+    }
+    let fd = ipsock::bound_socket(
+        ipsock::family(config.src),
+        libc::SOCK_RAW,
+        i32::from(IPPROTO_GRE),
+        &SockAddr::ip(config.src, 0),
+        false,
+    )
+    .map_err(|reason| TransportError::Invalid {
+        transport: "gre",
+        reason,
+    })?;
+    Ok(Tunnel::new(
+        "gre",
+        fd,
+        GreCodec::new(config),
+        depth,
+        TunnelOpts {
+            tx: None,
+            dest: Some(SockAddr::ip(config.dst, 0)),
+            accept_from: Some(SourceMatch {
+                ip: Some(config.dst),
+                port: None,
+            }),
+            own: None,
+            hangup_check: false,
+        },
+    ))
+}

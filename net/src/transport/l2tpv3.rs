@@ -1,0 +1,77 @@
+//! `transport=l2tpv3`: Ethernet pseudowires in L2TPv3 data messages, over raw IP (protocol
+//! 115, `udp=0`) or UDP (`udp=1`, bound to `src:srcport`, sending to `dst:dstport`), IPv4 or
+//! IPv6.
+//!
+//! Headers (session, 32/64-bit cookie, UML's plain 32-bit counter) are written and checked by
+//! [`L2tpv3Codec`]; the datapath is [`Tunnel`]'s. Only datagrams from the configured peer
+//! (`dst`, and `dstport` over UDP) are accepted (others count as `rx_dropped_foreign`); then
+//! cookie and session must match. Over raw IP, several tunnels may share a local address and
+//! are told apart by peer address, then session and cookie; over UDP the local port is the
+//! tunnel's own (bind fails with "address in use" for a second one).
+
+use super::ipsock::{self, SockAddr, SourceMatch};
+use super::tunnel::{Tunnel, TunnelOpts};
+use super::wire::{L2tpv3Codec, IPPROTO_L2TP};
+use super::TransportError;
+use crate::config::L2tpv3Config;
+
+pub type L2tpv3 = Tunnel<L2tpv3Codec>;
+
+fn invalid(reason: String) -> TransportError {
+    TransportError::Invalid {
+        transport: "l2tpv3",
+        reason,
+    }
+}
+
+pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportError> {
+    if config.src.is_ipv6() != config.v6 || config.dst.is_ipv6() != config.v6 {
+        return Err(invalid(format!(
+            "src {} and dst {} must both be {}",
+            config.src,
+            config.dst,
+            if config.v6 { "IPv6 (v6=1)" } else { "IPv4" }
+        )));
+    }
+    let family = ipsock::family(config.src);
+    let (fd, dest, peer_port) = if config.udp {
+        let (Some(srcport), Some(dstport)) = (config.srcport, config.dstport) else {
+            return Err(invalid("udp=1 needs srcport and dstport".into()));
+        };
+        let fd = ipsock::bound_socket(
+            family,
+            libc::SOCK_DGRAM,
+            libc::IPPROTO_UDP,
+            &SockAddr::ip(config.src, srcport),
+            false,
+        )
+        .map_err(invalid)?;
+        (fd, SockAddr::ip(config.dst, dstport), Some(dstport))
+    } else {
+        let fd = ipsock::bound_socket(
+            family,
+            libc::SOCK_RAW,
+            i32::from(IPPROTO_L2TP),
+            &SockAddr::ip(config.src, 0),
+            false,
+        )
+        .map_err(invalid)?;
+        (fd, SockAddr::ip(config.dst, 0), None)
+    };
+    Ok(Tunnel::new(
+        "l2tpv3",
+        fd,
+        L2tpv3Codec::new(config),
+        depth,
+        TunnelOpts {
+            tx: None,
+            dest: Some(dest),
+            accept_from: Some(SourceMatch {
+                ip: Some(config.dst),
+                port: peer_port,
+            }),
+            own: None,
+            hangup_check: false,
+        },
+    ))
+}

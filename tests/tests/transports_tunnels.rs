@@ -1,0 +1,634 @@
+//! The tunnel transports (gre, l2tpv3, bess, mcast, ucast) against real peers, each test in a
+//! namespace of its own (loopback only):
+//!
+//! - two of our transports back to back (127.0.0.1 <-> 127.0.0.2, fd00::1 <-> fd00::2): frames
+//!   of 60 and 1514 bytes cross both ways byte-exact; packets with another key, session or
+//!   cookie, or from another source, are dropped and counted by reason;
+//! - tshark on the namespace's loopback decodes the GRE key and sequence numbers and the
+//!   L2TPv3 session, cookie and inner Ethernet addresses of what we sent;
+//! - UML's own `gre` and `l2tpv3,udp=1` transports as the far end: a UML guest there and a UML
+//!   guest on our backend ping each other and run iperf3;
+//! - bess against a listening seqpacket socket (the switch side), mcast between two of ours on
+//!   one group (no echo of our own frames), ucast with swapped ports.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use umlnet::config::parse_spec;
+use umlnet::transport::{self, PacketBatch, Transport};
+use vmm_tests::guest::{Guest, GuestConfig, GuestNet};
+use vmm_tests::netns::NetNs;
+use vmm_tests::peer::{is_test_frame, test_frame, wait_readable};
+use vmm_tests::process::net_backend;
+use vmm_tests::TempDir;
+
+const A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const BUF: usize = 65_600;
+
+fn open(spec: &str) -> Box<dyn Transport> {
+    let s = parse_spec(spec).unwrap_or_else(|e| panic!("parse {spec}: {e}"));
+    transport::open(&s).unwrap_or_else(|e| panic!("open {spec}: {e}"))
+}
+
+/// Opens the transports inside the namespace (their sockets stay there).
+fn open_in(ns: &NetNs, specs: &[&str]) -> Vec<Box<dyn Transport>> {
+    ns.enter(|| specs.iter().map(|s| open(s)).collect())
+}
+
+/// A namespace with loopback up and the second IPv4/IPv6 tunnel endpoints on it.
+fn tunnel_ns() -> NetNs {
+    let ns = NetNs::new();
+    ns.ip(&["addr", "add", "127.0.0.2/8", "dev", "lo"]);
+    ns.ip(&["-6", "addr", "add", "fd00::1/128", "dev", "lo", "nodad"]);
+    ns.ip(&["-6", "addr", "add", "fd00::2/128", "dev", "lo", "nodad"]);
+    ns
+}
+
+fn send(t: &mut dyn Transport, packets: &[Vec<u8>]) {
+    let mut batch = PacketBatch::new(packets.len(), BUF);
+    for p in packets {
+        let b = batch.next_free().expect("room");
+        b.space()[..p.len()].copy_from_slice(p);
+        b.set_len(p.len());
+        batch.commit();
+    }
+    let sent = t.send(&batch).expect("send");
+    assert_eq!(sent, packets.len(), "{} took only {sent} packets", t.name());
+}
+
+/// Everything the transport delivers within `timeout` (stops early once `count` arrived).
+fn recv(t: &mut dyn Transport, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+    let mut batch = PacketBatch::new(64, BUF);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !wait_readable(t.rx_fd(), left) {
+            break;
+        }
+        t.recv(&mut batch).expect("recv");
+        out.extend(
+            batch
+                .packets()
+                .iter()
+                .filter(|p| is_test_frame(p.data(), 0))
+                .map(|p| p.data().to_vec()),
+        );
+    }
+    out
+}
+
+fn frames(src: [u8; 6], dst: [u8; 6], seed: u8) -> Vec<Vec<u8>> {
+    vec![
+        test_frame(60, src, dst, seed),
+        test_frame(1514, src, dst, seed + 1),
+        test_frame(60, src, dst, seed + 2),
+    ]
+}
+
+/// Frames cross `from` -> `to` byte-exact and in order, and none comes back to `from`.
+fn one_way(from: &mut dyn Transport, to: &mut dyn Transport, src: [u8; 6], dst: [u8; 6], seed: u8) {
+    let sent = frames(src, dst, seed);
+    send(from, &sent);
+    let got = recv(to, sent.len(), Duration::from_secs(3));
+    assert_eq!(got.len(), sent.len(), "{}: frames lost", to.name());
+    for (g, s) in got.iter().zip(&sent) {
+        assert!(
+            g == s,
+            "{}: frame of {} bytes changed on the way",
+            to.name(),
+            s.len()
+        );
+    }
+    assert!(
+        recv(from, 1, Duration::from_millis(200)).is_empty(),
+        "{}: our own frames came back",
+        from.name()
+    );
+}
+
+/// Frames cross a -> b and b -> a.
+fn both_ways(a: &mut dyn Transport, b: &mut dyn Transport) {
+    one_way(a, b, A_MAC, B_MAC, 10);
+    one_way(b, a, B_MAC, A_MAC, 20);
+}
+
+/// Sends from `bad` towards `victim`, asserting the victim delivers nothing.
+fn rejected(bad: &mut dyn Transport, victim: &mut dyn Transport) {
+    send(bad, &frames(A_MAC, B_MAC, 40));
+    let got = recv(victim, 1, Duration::from_millis(500));
+    assert!(
+        got.is_empty(),
+        "{} delivered a packet it must drop",
+        victim.name()
+    );
+}
+
+#[test]
+fn gre_v4_keys_and_sequence_both_ways_and_wrong_key_dropped() {
+    let ns = tunnel_ns();
+    let mut t = open_in(
+        &ns,
+        &[
+            "vec0:transport=gre,src=127.0.0.1,dst=127.0.0.2,rx_key=0x11,tx_key=0x22,sequence=1",
+            "vec1:transport=gre,src=127.0.0.2,dst=127.0.0.1,rx_key=0x22,tx_key=0x11,sequence=1,vec=0",
+            // Right addresses, wrong key.
+            "vec2:transport=gre,src=127.0.0.1,dst=127.0.0.2,rx_key=0x11,tx_key=0x99,sequence=1",
+            // Right key, another source address.
+            "vec3:transport=gre,src=127.0.0.3,dst=127.0.0.2,rx_key=0x11,tx_key=0x22,sequence=1",
+            // No key at all: other flags.
+            "vec4:transport=gre,src=127.0.0.1,dst=127.0.0.2",
+        ],
+    );
+    let (ab, rest) = t.split_at_mut(2);
+    let (a, b) = ab.split_at_mut(1);
+    both_ways(a[0].as_mut(), b[0].as_mut());
+    let s = b[0].stats();
+    assert_eq!(s.rx_dropped_header.total(), 0, "{s:?}");
+    rejected(rest[0].as_mut(), b[0].as_mut());
+    rejected(rest[1].as_mut(), b[0].as_mut());
+    rejected(rest[2].as_mut(), b[0].as_mut());
+    let s = b[0].stats();
+    assert_eq!(s.rx_dropped_header.wrong_key, 3, "{s:?}");
+    assert_eq!(s.rx_dropped_foreign, 3, "{s:?}");
+    assert_eq!(s.rx_dropped_header.wrong_flags, 3, "{s:?}");
+    assert_eq!(s.rx_dropped_header.total(), 6, "{s:?}");
+}
+
+#[test]
+fn gre_v6_both_ways() {
+    let ns = tunnel_ns();
+    let mut t = open_in(
+        &ns,
+        &[
+            "vec0:transport=gre,v6=1,src=fd00::1,dst=fd00::2,rx_key=7,tx_key=8,sequence=1,pin_sequence=1",
+            "vec1:transport=gre,v6=1,src=fd00::2,dst=fd00::1,rx_key=8,tx_key=7,sequence=1",
+        ],
+    );
+    let (a, b) = t.split_at_mut(1);
+    both_ways(a[0].as_mut(), b[0].as_mut());
+}
+
+#[test]
+fn l2tpv3_ip_v4_sessions_cookies_counter_and_wrong_ones_dropped() {
+    let ns = tunnel_ns();
+    let mut t = open_in(
+        &ns,
+        &[
+            "vec0:transport=l2tpv3,src=127.0.0.1,dst=127.0.0.2,rx_session=0xffffffff,tx_session=0x1234,rx_cookie=0xaabbccdd,tx_cookie=0x11223344,counter=1",
+            "vec1:transport=l2tpv3,src=127.0.0.2,dst=127.0.0.1,rx_session=0x1234,tx_session=0xffffffff,rx_cookie=0x11223344,tx_cookie=0xaabbccdd,counter=1,depth=2",
+            // Wrong session.
+            "vec2:transport=l2tpv3,src=127.0.0.1,dst=127.0.0.2,rx_session=1,tx_session=0x1235,rx_cookie=1,tx_cookie=0x11223344,counter=1",
+            // Wrong cookie.
+            "vec3:transport=l2tpv3,src=127.0.0.1,dst=127.0.0.2,rx_session=1,tx_session=0x1234,rx_cookie=1,tx_cookie=0x11223345,counter=1",
+        ],
+    );
+    let (ab, rest) = t.split_at_mut(2);
+    let (a, b) = ab.split_at_mut(1);
+    both_ways(a[0].as_mut(), b[0].as_mut());
+    rejected(rest[0].as_mut(), b[0].as_mut());
+    rejected(rest[1].as_mut(), b[0].as_mut());
+    let s = b[0].stats();
+    assert_eq!(s.rx_dropped_header.wrong_session, 3, "{s:?}");
+    assert_eq!(s.rx_dropped_header.wrong_cookie, 3, "{s:?}");
+}
+
+#[test]
+fn l2tpv3_udp_v4_cookie64_counter_and_wrong_ones_dropped() {
+    let ns = tunnel_ns();
+    let mut t = open_in(
+        &ns,
+        &[
+            "vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1701,dst=127.0.0.2,dstport=1702,rx_session=5,tx_session=6,rx_cookie=0x0102030405060708,tx_cookie=0x1112131415161718,cookie64=1,counter=1",
+            "vec1:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1702,dst=127.0.0.1,dstport=1701,rx_session=6,tx_session=5,rx_cookie=0x1112131415161718,tx_cookie=0x0102030405060708,cookie64=1,counter=1,pin_counter=1",
+            // Right peer address, another port: not the configured peer.
+            "vec2:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1703,dst=127.0.0.2,dstport=1702,rx_session=5,tx_session=6,rx_cookie=0x0102030405060708,tx_cookie=0x1112131415161718,cookie64=1,counter=1",
+        ],
+    );
+    let (ab, rest) = t.split_at_mut(2);
+    let (a, b) = ab.split_at_mut(1);
+    both_ways(a[0].as_mut(), b[0].as_mut());
+    rejected(rest[0].as_mut(), b[0].as_mut());
+    assert_eq!(b[0].stats().rx_dropped_foreign, 3, "{:?}", b[0].stats());
+    // The same peer speaking with a wrong cookie.
+    drop(t);
+    let mut t = open_in(
+        &ns,
+        &[
+            "vec1:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1702,dst=127.0.0.1,dstport=1701,rx_session=6,tx_session=5,rx_cookie=0x1112131415161718,tx_cookie=1,cookie64=1,counter=1",
+            "vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1701,dst=127.0.0.2,dstport=1702,rx_session=5,tx_session=6,rx_cookie=0x0102030405060708,tx_cookie=2,cookie64=1,counter=1",
+        ],
+    );
+    let (bad, victim) = t.split_at_mut(1);
+    rejected(bad[0].as_mut(), victim[0].as_mut());
+    assert_eq!(victim[0].stats().rx_dropped_header.wrong_cookie, 3);
+}
+
+#[test]
+fn l2tpv3_udp_v6_and_ip_v6_both_ways() {
+    let ns = tunnel_ns();
+    let mut t = open_in(
+        &ns,
+        &[
+            "vec0:transport=l2tpv3,udp=1,v6=1,src=fd00::1,srcport=1701,dst=fd00::2,dstport=1701,rx_session=1,tx_session=2",
+            "vec1:transport=l2tpv3,udp=1,v6=1,src=fd00::2,srcport=1701,dst=fd00::1,dstport=1701,rx_session=2,tx_session=1",
+            "vec2:transport=l2tpv3,v6=1,src=fd00::1,dst=fd00::2,rx_session=3,tx_session=4,rx_cookie=9,tx_cookie=10",
+            "vec3:transport=l2tpv3,v6=1,src=fd00::2,dst=fd00::1,rx_session=4,tx_session=3,rx_cookie=10,tx_cookie=9",
+        ],
+    );
+    let (a, rest) = t.split_at_mut(1);
+    let (b, rest) = rest.split_at_mut(1);
+    both_ways(a[0].as_mut(), b[0].as_mut());
+    let (c, d) = rest.split_at_mut(1);
+    both_ways(c[0].as_mut(), d[0].as_mut());
+}
+
+#[test]
+fn l2tpv3_udp_port_in_use_is_explained() {
+    let ns = tunnel_ns();
+    let err = ns.enter(|| {
+        let spec = "vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1701,dst=127.0.0.2,dstport=1701,rx_session=1,tx_session=2";
+        let _first = open(spec);
+        transport::open(&parse_spec(spec).expect("parse"))
+            .err()
+            .expect("second bind must fail")
+            .to_string()
+    });
+    assert!(
+        err.contains("127.0.0.1:1701") && err.contains("in use"),
+        "{err}"
+    );
+}
+
+/// Captures on the namespace's loopback while `send` runs; returns tshark's field lines.
+fn capture(ns: &NetNs, send: impl FnOnce(), read_args: &[&str]) -> Vec<String> {
+    let dir = TempDir::new("cap");
+    let file = dir.path().join("cap.pcapng");
+    let file_s = file.to_str().expect("utf-8 path").to_string();
+    let mut cap = ns
+        .command("tshark")
+        .args(["-i", "lo", "-a", "duration:4", "-w", &file_s])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tshark (installed by resources/setup.sh)");
+    // tshark says "Capturing on 'Loopback: lo'" once the capture runs.
+    let mut stderr = cap.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("Capturing on") {
+        match stderr.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => panic!("tshark stopped: {}", String::from_utf8_lossy(&seen)),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    send();
+    let status = cap.wait().expect("wait tshark");
+    assert!(status.success(), "tshark capture failed");
+    let out = Command::new("tshark")
+        .args(["-r", &file_s])
+        .args(read_args)
+        .output()
+        .expect("run tshark -r");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The last of tshark's comma-separated occurrences of a field (the inner one).
+fn inner(field: &str) -> &str {
+    field.rsplit(',').next().unwrap_or("")
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[test]
+fn tshark_decodes_our_gre_key_and_sequence() {
+    let ns = tunnel_ns();
+    let mut t = open_in(
+        &ns,
+        &["vec0:transport=gre,src=127.0.0.1,dst=127.0.0.2,rx_key=1,tx_key=0xdeadbeef,sequence=1"],
+    );
+    let lines = capture(
+        &ns,
+        || {
+            send(t[0].as_mut(), &frames(A_MAC, B_MAC, 1));
+            send(t[0].as_mut(), &frames(A_MAC, B_MAC, 4)[..1]);
+        },
+        // Nobody listens at 127.0.0.2: the ICMP errors quoting our packets are left out.
+        &[
+            "-Y",
+            "gre && !icmp",
+            "-T",
+            "fields",
+            "-e",
+            "gre.key",
+            "-e",
+            "gre.sequence_number",
+            "-e",
+            "eth.src",
+            "-e",
+            "eth.dst",
+            "-e",
+            "frame.len",
+        ],
+    );
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f.len(), 5, "{line}");
+        assert_eq!(f[0], "0xdeadbeef", "{line}");
+        assert_eq!(f[1], (i + 1).to_string(), "{line}");
+        assert_eq!(inner(f[2]), mac(A_MAC), "{line}");
+        assert_eq!(inner(f[3]), mac(B_MAC), "{line}");
+    }
+    // Loopback's 14-byte link header + IPv4 20 + GRE 12 + the 1514-byte frame.
+    assert_eq!(lines[1].split('\t').nth(4), Some("1560"), "{lines:?}");
+}
+
+#[test]
+fn tshark_decodes_our_l2tpv3_udp_session_cookie_and_frame() {
+    let ns = tunnel_ns();
+    let mut t = open_in(
+        &ns,
+        &["vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1701,dst=127.0.0.2,dstport=1701,rx_session=1,tx_session=0xabcd,rx_cookie=1,tx_cookie=0xcafef00d"],
+    );
+    let lines = capture(
+        &ns,
+        || send(t[0].as_mut(), &frames(A_MAC, B_MAC, 1)),
+        &[
+            "-d",
+            "udp.port==1701,l2tp",
+            "-o",
+            "l2tp.cookie_size:4 Byte Cookie",
+            "-o",
+            "l2tp.l2_specific:None",
+            "-d",
+            "l2tp.pw_type==0,eth",
+            "-Y",
+            "l2tp && !icmp",
+            "-T",
+            "fields",
+            "-e",
+            "l2tp.sid",
+            "-e",
+            "l2tp.cookie",
+            "-e",
+            "eth.src",
+            "-e",
+            "eth.dst",
+        ],
+    );
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f.len(), 4, "{line}");
+        assert_eq!(f[0], "0x0000abcd", "{line}");
+        assert_eq!(f[1].replace(':', ""), "cafef00d", "{line}");
+        assert_eq!(inner(f[2]), mac(A_MAC), "{line}");
+        assert_eq!(inner(f[3]), mac(B_MAC), "{line}");
+    }
+}
+
+#[test]
+fn bess_frames_cross_a_seqpacket_switch_port_byte_exact() {
+    let dir = TempDir::new("bess");
+    let port = dir.path().join("bess_unix_port");
+    let client = dir.path().join("client");
+    // The switch side: a listening seqpacket socket, as BESS's unix port.
+    let listener = seqpacket_listener(&port);
+    let mut t = open(&format!(
+        "vec0:transport=bess,src={},dst={}",
+        client.display(),
+        port.display()
+    ));
+    let conn = accept(&listener);
+    let sent = frames(A_MAC, B_MAC, 1);
+    send(t.as_mut(), &sent);
+    for s in &sent {
+        let mut buf = vec![0u8; 4096];
+        assert!(wait_readable(conn.as_raw_fd(), Duration::from_secs(2)));
+        // SAFETY: the kernel writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert_eq!(&buf[..n as usize], &s[..]);
+    }
+    let back = frames(B_MAC, A_MAC, 7);
+    for f in &back {
+        // SAFETY: the kernel reads f.len() bytes from a live slice.
+        let n = unsafe { libc::send(conn.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+        assert_eq!(n as usize, f.len());
+    }
+    assert_eq!(recv(t.as_mut(), back.len(), Duration::from_secs(2)), back);
+    // A runt is dropped and counted; a hang-up becomes an error, not a busy loop.
+    // SAFETY: as above.
+    unsafe { libc::send(conn.as_raw_fd(), [1u8; 5].as_ptr().cast(), 5, 0) };
+    std::thread::sleep(Duration::from_millis(100));
+    let mut batch = PacketBatch::new(4, BUF);
+    assert_eq!(t.recv(&mut batch).expect("recv"), 0);
+    assert_eq!(t.stats().rx_dropped_header.too_short, 1);
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(100));
+    let err = t.recv(&mut batch).expect_err("hang-up must be reported");
+    assert!(err.to_string().contains("closed"), "{err}");
+    drop(listener);
+}
+
+fn seqpacket_listener(path: &std::path::Path) -> OwnedFd {
+    // std's UnixListener is SOCK_STREAM only: a seqpacket listener by hand.
+    // SAFETY: socket(2) takes no pointers.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut sun = libc::sockaddr_un {
+        sun_family: libc::AF_UNIX as libc::sa_family_t,
+        sun_path: [0; 108],
+    };
+    let bytes = path.to_str().expect("utf-8").as_bytes();
+    for (o, b) in sun.sun_path.iter_mut().zip(bytes) {
+        *o = *b as libc::c_char;
+    }
+    // SAFETY: a live, initialised sockaddr_un with its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sun as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    // SAFETY: listen(2) takes no pointers.
+    assert_eq!(unsafe { libc::listen(fd.as_raw_fd(), 1) }, 0);
+    fd
+}
+
+fn accept(listener: &OwnedFd) -> OwnedFd {
+    // SAFETY: no address is requested; the result is checked.
+    let fd = unsafe {
+        libc::accept(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    assert!(fd >= 0, "accept: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+#[test]
+fn mcast_two_members_see_each_other_but_not_themselves() {
+    let ns = NetNs::new();
+    ns.ip(&["link", "set", "lo", "multicast", "on"]);
+    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+    let mut t = open_in(
+        &ns,
+        &[
+            "eth0=mcast,,239.192.168.1,1102,1",
+            "eth1=mcast,,239.192.168.1,1102,1",
+        ],
+    );
+    let (a, b) = t.split_at_mut(1);
+    both_ways(a[0].as_mut(), b[0].as_mut());
+    // Each saw its own three frames come back and dropped them.
+    assert_eq!(a[0].stats().rx_dropped_own, 3, "{:?}", a[0].stats());
+    assert_eq!(b[0].stats().rx_dropped_own, 3, "{:?}", b[0].stats());
+}
+
+#[test]
+fn ucast_swapped_ports_both_ways() {
+    let ns = NetNs::new();
+    let mut t = open_in(
+        &ns,
+        &[
+            "eth0=ucast,,127.0.0.1,5001,5002",
+            "eth1=ucast,,127.0.0.1,5002,5001",
+        ],
+    );
+    let (a, b) = t.split_at_mut(1);
+    both_ways(a[0].as_mut(), b[0].as_mut());
+}
+
+/// A UML guest on UML's own transport `uml_spec` (inside `ns`) and a UML guest on our backend
+/// with `our_spec` (the other end) ping each other and run iperf3 (TCP, 3 s).
+fn uml_interop(uml_spec: &str, our_spec: &str) {
+    let ns = tunnel_ns();
+    // For mcast: loopback carries the group.
+    ns.ip(&["link", "set", "lo", "multicast", "on"]);
+    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+    let dir = TempDir::new("ui");
+    let sock = dir.path().join("net.sock");
+    let mut backend = net_backend(
+        Some(ns.name()),
+        &sock,
+        our_spec,
+        dir.path().join("backend.log"),
+    );
+    // Both guests mount `dir` at /host and meet there through files.
+    let wait = |f: &str| {
+        format!("i=0; while [ ! -e /host/{f} ] && [ $i -lt 400 ]; do sleep 0.2; i=$((i+1)); done\n")
+    };
+    let uml_script = dir.path().join("uml.sh");
+    std::fs::write(
+        &uml_script,
+        format!(
+            "set -e\n\
+             iperf3 -s -D -B 10.77.0.1\n\
+             touch /host/server-up\n\
+             {}\
+             ping -c 3 -W 3 10.77.0.2 || s=1\n\
+             touch /host/uml-pinged\n\
+             {}\
+             exit ${{s:-0}}\n",
+            wait("ours-up"),
+            wait("ours-done")
+        ),
+    )
+    .expect("write script");
+    let our_script = dir.path().join("ours.sh");
+    std::fs::write(
+        &our_script,
+        format!(
+            "touch /host/ours-up\n\
+             {}\
+             ping -c 3 -W 3 10.77.0.1 && iperf3 -c 10.77.0.1 -t 3 && iperf3 -c 10.77.0.1 -t 3 -R; s=$?\n\
+             {}\
+             touch /host/ours-done\n\
+             exit $s\n",
+            wait("server-up"),
+            wait("uml-pinged")
+        ),
+    )
+    .expect("write script");
+    let mut uml = Guest::uml(&GuestConfig {
+        net: GuestNet::Uml(uml_spec),
+        ip: Some("10.77.0.1/24"),
+        script: &uml_script,
+        netns: Some(ns.name()),
+        mem: "256M",
+    });
+    let mut ours = Guest::uml(&GuestConfig {
+        net: GuestNet::VhostUser(&sock),
+        ip: Some("10.77.0.2/24"),
+        script: &our_script,
+        netns: None,
+        mem: "256M",
+    });
+    let ours_status = ours.wait_exit(Duration::from_secs(120));
+    let uml_status = uml.wait_exit(Duration::from_secs(60));
+    let report = format!(
+        "guest on our backend:\n{}\nguest on UML's transport:\n{}\nbackend log:\n{}",
+        ours.console(),
+        uml.console(),
+        backend.log()
+    );
+    assert_eq!(ours_status, 0, "{report}");
+    assert_eq!(uml_status, 0, "{report}");
+    assert!(ours.console().contains("3 packets received"), "{report}");
+    assert!(uml.console().contains("3 packets received"), "{report}");
+    let console = ours.console();
+    let rates: Vec<&str> = console.lines().filter(|l| l.contains("receiver")).collect();
+    assert_eq!(rates.len(), 2, "two iperf3 results expected: {report}");
+    eprintln!(
+        "{uml_spec}\n  ours -> UML: {}\n  UML -> ours: {}",
+        rates[0], rates[1]
+    );
+    assert!(backend.running(), "{report}");
+}
+
+#[test]
+fn uml_gre_interop_ping_and_iperf() {
+    uml_interop(
+        "vec0:transport=gre,src=127.0.0.1,dst=127.0.0.2,rx_key=0x10,tx_key=0x20,sequence=1",
+        "vec0:transport=gre,src=127.0.0.2,dst=127.0.0.1,rx_key=0x20,tx_key=0x10,sequence=1",
+    );
+}
+
+#[test]
+fn uml_l2tpv3_udp_interop_ping_and_iperf() {
+    uml_interop(
+        "vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1701,dst=127.0.0.2,dstport=1702,rx_session=0x30,tx_session=0x40,rx_cookie=0x1234,tx_cookie=0x5678,counter=1",
+        "vec0:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1702,dst=127.0.0.1,dstport=1701,rx_session=0x40,tx_session=0x30,rx_cookie=0x5678,tx_cookie=0x1234,counter=1",
+    );
+}
+
+/// Legacy multicast: UML's `eth0=mcast` and ours on the same default group and port.
+#[test]
+fn uml_mcast_interop_ping_and_iperf() {
+    uml_interop("eth0=mcast", "eth0=mcast");
+}
