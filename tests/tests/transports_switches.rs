@@ -307,3 +307,128 @@ fn daemon_uml_guest_pings_a_guest_on_our_backend() {
     uml_guest_pings_guest_on_our_backend(&spec, &spec, &dir);
     assert!(switch.running(), "uml_switch died:\n{}", switch.log());
 }
+
+/// Every frame the transport receives (test frames or not) within `timeout`.
+fn recv_all(t: &mut dyn Transport, timeout: Duration) -> Vec<Vec<u8>> {
+    let mut batch = PacketBatch::new(64, BUF);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !wait_readable(t.rx_fd(), left) {
+            return out;
+        }
+        t.recv(&mut batch).expect("recv");
+        out.extend(batch.packets().iter().map(|p| p.data().to_vec()));
+    }
+}
+
+/// The kernel's promiscuity count of an interface in `ns` (`ip -d link show`).
+fn promiscuity(ns: &NetNs, ifname: &str) -> u32 {
+    let (ok, out) = ns.run("ip", &["-d", "link", "show", ifname]);
+    assert!(ok, "{out}");
+    out.split_whitespace()
+        .skip_while(|w| *w != "promiscuity")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no promiscuity in {out}"))
+}
+
+/// On a veth in a test namespace, the filter `ether proto 0x88b5 and ether[14] = 1` passes
+/// exactly the test frames whose first payload byte is 1: they arrive byte-exact and in
+/// order, and nothing else arrives (not the rejected test frames, not the kernel's own IPv6
+/// chatter). Transmit is taken, refused and counted; nothing reaches the wire.
+fn pcap_filters(optimize: bool, promisc: bool) {
+    let ns = NetNs::new();
+    let (peer_end, our_end) = ns.veth_pair(None);
+    let spec = format!(
+        "eth0=pcap,{our_end},ether proto 0x88b5 and ether[14] = 1,{},{}",
+        if promisc { "promisc" } else { "nopromisc" },
+        if optimize { "optimize" } else { "nooptimize" },
+    );
+    let (mut t, peer) = ns.enter(|| (open(&spec), PacketPeer::open(&peer_end, false)));
+    assert_eq!((t.name(), t.vnet_hdr_len()), ("pcap", 0));
+    assert_eq!(promiscuity(&ns, &our_end), u32::from(promisc));
+    // test_frame's first payload byte (frame offset 14) is its seed.
+    let pass = [
+        test_frame(60, B, A, 1),
+        test_frame(1514, B, A, 1),
+        test_frame(333, A, B, 1),
+    ];
+    let mut other_type = test_frame(60, B, A, 1);
+    other_type[12..14].copy_from_slice(&[0x08, 0x00]);
+    let reject = [
+        test_frame(60, B, A, 2),
+        test_frame(1514, B, A, 0),
+        other_type,
+    ];
+    for (p, r) in pass.iter().zip(&reject) {
+        peer.send(r);
+        peer.send(p);
+    }
+    let got = recv_all(t.as_mut(), Duration::from_secs(1));
+    assert_eq!(
+        got.len(),
+        pass.len(),
+        "want exactly the {} passing frames, got {} (lengths {:?})",
+        pass.len(),
+        got.len(),
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    for (i, (g, p)) in got.iter().zip(&pass).enumerate() {
+        assert_eq!(g, p, "passing frame {i} changed on the way");
+    }
+
+    let out = frames(A, B, 1);
+    let mut batch = PacketBatch::new(out.len(), BUF);
+    for f in &out {
+        let b = batch.next_free().expect("room");
+        b.space()[..f.len()].copy_from_slice(f);
+        b.set_len(f.len());
+        batch.commit();
+    }
+    assert_eq!(
+        t.send(&batch).expect("send"),
+        out.len(),
+        "refused frames must be taken"
+    );
+    assert_eq!(t.stats().tx_refused, out.len() as u64);
+    assert!(
+        peer.recv_matching(Duration::from_millis(300), |b| is_test_frame(b, 0))
+            .is_none(),
+        "a refused frame reached the wire"
+    );
+    drop(t);
+    assert_eq!(promiscuity(&ns, &our_end), 0, "promiscuity left behind");
+}
+
+#[test]
+fn pcap_filter_passes_and_rejects_byte_exact_promisc() {
+    pcap_filters(false, true);
+}
+
+#[test]
+fn pcap_optimized_filter_without_promisc() {
+    pcap_filters(true, false);
+}
+
+#[test]
+fn pcap_bad_filter_is_refused_naming_it() {
+    let ns = NetNs::new();
+    let (_peer_end, our_end) = ns.veth_pair(None);
+    let s = parse_spec(&format!("eth0=pcap,{our_end},ether proto (0x88b5")).expect("parse");
+    let err = ns
+        .enter(|| transport::open(&s).err())
+        .expect("a malformed filter was accepted")
+        .to_string();
+    assert!(
+        err.contains("ether proto (0x88b5") && err.contains("syntax error"),
+        "{err}"
+    );
+    let s = parse_spec("eth0=pcap,nosuchif0,udp").expect("parse");
+    let err = ns
+        .enter(|| transport::open(&s).err())
+        .expect("a missing interface was accepted")
+        .to_string();
+    assert!(err.contains("nosuchif0"), "{err}");
+}

@@ -10,6 +10,7 @@ mod daemon;
 mod fd;
 mod hybrid;
 mod packet;
+mod pcap;
 mod raw;
 mod sys;
 mod tap;
@@ -243,7 +244,14 @@ pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, Transpo
         T::Bess(_) => return Err(TransportError::Unsupported("bess")),
         T::Mcast(_) => return Err(TransportError::Unsupported("mcast")),
         T::Ucast(_) => return Err(TransportError::Unsupported("ucast")),
-        T::Pcap(_) => return Err(TransportError::Unsupported("pcap")),
+        T::Pcap(c) => Box::new(pcap::Pcap::open(
+            &c.ifname,
+            c.filter.as_deref(),
+            filter.as_ref(),
+            c.promisc,
+            c.optimize,
+            depth,
+        )?),
         T::Daemon(c) => Box::new(daemon::Daemon::open(&c.ctl, depth)?),
         T::Vde(_) => return Err(TransportError::Unsupported("vde")),
     })
