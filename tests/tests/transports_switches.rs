@@ -432,3 +432,40 @@ fn pcap_bad_filter_is_refused_naming_it() {
         .to_string();
     assert!(err.contains("nosuchif0"), "{err}");
 }
+
+#[test]
+fn vde_two_ports_exchange_frames_byte_exact() {
+    let dir = TempDir::new("vs");
+    let (mut switch, sw) = vde_switch(&dir);
+    let mut a = open(&format!("eth0=vde,{}", sw.display()));
+    // The second port asks for a port number, a mode and a description.
+    let mut b = open(&format!("eth0=vde,{},,7,,0770,second port", sw.display()));
+    assert_eq!((a.name(), a.vnet_hdr_len()), ("vde", 0));
+    two_ports_exchange(a.as_mut(), b.as_mut());
+    assert!(switch.running(), "vde_switch died:\n{}", switch.log());
+    // Our data sockets' names are removed once the switch holds them.
+    let stale: Vec<_> = std::fs::read_dir(&sw)
+        .expect("read switch dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!(".{:05}-", std::process::id())))
+        .collect();
+    assert!(stale.is_empty(), "data socket names left: {stale:?}");
+}
+
+#[test]
+fn vde_without_a_switch_is_an_error_naming_the_socket() {
+    let dir = TempDir::new("vn");
+    let s = parse_spec(&format!("eth0=vde,{}/no-switch", dir.path().display())).expect("parse");
+    let err = transport::open(&s).err().expect("opened without a switch");
+    assert!(err.to_string().contains("no-switch/ctl"), "{err}");
+}
+
+#[test]
+fn vde_uml_guest_pings_a_guest_on_our_backend() {
+    let dir = TempDir::new("vg");
+    let (mut switch, sw) = vde_switch(&dir);
+    let spec = format!("eth0=vde,{}", sw.display());
+    uml_guest_pings_guest_on_our_backend(&spec, &spec, &dir);
+    assert!(switch.running(), "vde_switch died:\n{}", switch.log());
+}

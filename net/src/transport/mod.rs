@@ -15,6 +15,7 @@ mod raw;
 mod sys;
 mod tap;
 mod tapdev;
+mod vde;
 pub mod vnet;
 
 use std::os::fd::RawFd;
@@ -253,7 +254,16 @@ pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, Transpo
             depth,
         )?),
         T::Daemon(c) => Box::new(daemon::Daemon::open(&c.ctl, depth)?),
-        T::Vde(_) => return Err(TransportError::Unsupported("vde")),
+        T::Vde(c) => Box::new(vde::Vde::open(
+            c.switch.as_deref(),
+            &vde::VdeOptions {
+                port: c.port.unwrap_or(0),
+                group: c.group.as_deref(),
+                mode: c.mode.unwrap_or(0o700),
+                descr: c.descr.as_deref().unwrap_or(vde::DEFAULT_DESCR),
+            },
+            depth,
+        )?),
     })
 }
 
