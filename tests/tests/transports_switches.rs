@@ -93,15 +93,42 @@ fn uml_switch(dir: &TempDir) -> (Switch, PathBuf) {
     )
 }
 
-/// `vde_switch -s DIR/sw`.
+/// `vde_switch -s DIR/sw -M DIR/mgmt`.
 fn vde_switch(dir: &TempDir) -> (Switch, PathBuf) {
     require_root();
     let sw = dir.path().join("sw");
     let sw_s = sw.to_str().expect("utf-8 path");
-    (
-        Switch::start("vde_switch", &["-s", sw_s], dir.path(), &sw.join("ctl")),
-        sw,
-    )
+    let mgmt = dir.path().join("mgmt");
+    let mgmt_s = mgmt.to_str().expect("utf-8 path");
+    let switch = Switch::start(
+        "vde_switch",
+        &["-s", sw_s, "-M", mgmt_s],
+        dir.path(),
+        &sw.join("ctl"),
+    );
+    (switch, sw)
+}
+
+/// Runs one command on vde_switch's management console and returns its output (up to the
+/// `1000 Success` or an error code line).
+fn vde_mgmt(mgmt: &Path, cmd: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(mgmt).expect("connect mgmt");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    s.write_all(format!("{cmd}\n").as_bytes())
+        .expect("write mgmt");
+    let mut out = String::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline && !out.contains("\n1000 ") {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => continue,
+        }
+    }
+    out
 }
 
 fn open(spec: &str) -> Box<dyn Transport> {
@@ -443,6 +470,23 @@ fn vde_two_ports_exchange_frames_byte_exact() {
     assert_eq!((a.name(), a.vnet_hdr_len()), ("vde", 0));
     two_ports_exchange(a.as_mut(), b.as_mut());
     assert!(switch.running(), "vde_switch died:\n{}", switch.log());
+    // The switch put the second port where it asked, under its description, and counted the
+    // frames both ways.
+    let ports = vde_mgmt(&dir.path().join("mgmt"), "port/allprint");
+    let port7 = ports
+        .split("Port ")
+        .find(|p| p.starts_with("0007"))
+        .unwrap_or_else(|| panic!("no port 7:\n{ports}"));
+    assert!(port7.contains(": second port"), "{ports}");
+    let pkts = |dir: &str| {
+        let words: Vec<&str> = port7.split_whitespace().collect();
+        words
+            .windows(3)
+            .find(|w| w[0] == dir && w[1] == "pkts")
+            .and_then(|w| w[2].parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {dir} count:\n{ports}"))
+    };
+    assert_eq!((pkts("IN:"), pkts("OUT:")), (32, 32), "{ports}");
     // Our data sockets' names are removed once the switch holds them.
     let stale: Vec<_> = std::fs::read_dir(&sw)
         .expect("read switch dir")
