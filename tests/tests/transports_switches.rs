@@ -70,6 +70,12 @@ impl Switch {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Kills the switch and waits for it to exit.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -77,8 +83,7 @@ impl Switch {
 
 impl Drop for Switch {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -512,4 +517,40 @@ fn vde_uml_guest_pings_a_guest_on_our_backend() {
     let spec = format!("eth0=vde,{}", sw.display());
     uml_guest_pings_guest_on_our_backend(&spec, &spec, &dir);
     assert!(switch.running(), "vde_switch died:\n{}", switch.log());
+}
+
+/// When the switch dies the port cannot come back: frames sent to it are taken and counted as
+/// dropped (the device is not failed), and receive reports nothing rather than an error.
+fn switch_gone(mut switch: Switch, spec: &str) {
+    let mut t = open(spec);
+    switch.kill();
+    let out = frames(A, B, 3);
+    let mut batch = PacketBatch::new(out.len(), BUF);
+    for f in &out {
+        let b = batch.next_free().expect("room");
+        b.space()[..f.len()].copy_from_slice(f);
+        b.set_len(f.len());
+        batch.commit();
+    }
+    assert_eq!(
+        t.send(&batch).expect("send after the switch died"),
+        out.len()
+    );
+    assert_eq!(t.stats().tx_dropped, out.len() as u64);
+    let mut rx = PacketBatch::new(8, BUF);
+    assert_eq!(t.recv(&mut rx).expect("recv after the switch died"), 0);
+}
+
+#[test]
+fn daemon_switch_gone_drops_and_counts() {
+    let dir = TempDir::new("dx");
+    let (switch, ctl) = uml_switch(&dir);
+    switch_gone(switch, &format!("eth0=daemon,,unix,{}", ctl.display()));
+}
+
+#[test]
+fn vde_switch_gone_drops_and_counts() {
+    let dir = TempDir::new("vx");
+    let (switch, sw) = vde_switch(&dir);
+    switch_gone(switch, &format!("eth0=vde,{}", sw.display()));
 }
