@@ -7,18 +7,21 @@
 
 mod bess;
 mod bpf;
+mod daemon;
 mod fd;
 mod gre;
 mod hybrid;
 mod ipsock;
 mod l2tpv3;
 mod packet;
+mod pcap;
 mod raw;
 mod sys;
 mod tap;
 mod tapdev;
 mod tunnel;
 mod udp;
+mod vde;
 pub mod vnet;
 
 use std::os::fd::RawFd;
@@ -162,6 +165,9 @@ pub struct TransportStats {
     pub rx_dropped_foreign: u64,
     /// mcast: our own transmissions, looped back by the host and not delivered to the guest.
     pub rx_dropped_own: u64,
+    /// Frames a receive-only transport (`pcap`) was asked to send: taken from the guest and
+    /// counted here, never sent.
+    pub tx_refused: u64,
 }
 
 /// Errors of the transports.
@@ -252,9 +258,25 @@ pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, Transpo
         T::Bess(c) => Box::new(bess::open(c, depth)?),
         T::Mcast(c) => Box::new(udp::open_mcast(c, depth)?),
         T::Ucast(c) => Box::new(udp::open_ucast(c, depth)?),
-        T::Pcap(_) => return Err(TransportError::Unsupported("pcap")),
-        T::Daemon(_) => return Err(TransportError::Unsupported("daemon")),
-        T::Vde(_) => return Err(TransportError::Unsupported("vde")),
+        T::Pcap(c) => Box::new(pcap::Pcap::open(
+            &c.ifname,
+            c.filter.as_deref(),
+            filter.as_ref(),
+            c.promisc,
+            c.optimize,
+            depth,
+        )?),
+        T::Daemon(c) => Box::new(daemon::Daemon::open(&c.ctl, depth)?),
+        T::Vde(c) => Box::new(vde::Vde::open(
+            c.switch.as_deref(),
+            &vde::VdeOptions {
+                port: c.port.unwrap_or(0),
+                group: c.group.as_deref(),
+                mode: c.mode.unwrap_or(0o700),
+                descr: c.descr.as_deref().unwrap_or(vde::DEFAULT_DESCR),
+            },
+            depth,
+        )?),
     })
 }
 

@@ -1,0 +1,436 @@
+//! Legacy `ethN=daemon,MAC,unix,CTL_PATH`: a port on a `uml_switch` (Debian's uml-utilities).
+//!
+//! The switch speaks a small control protocol on a unix stream socket (`CTL_PATH`, default
+//! `/tmp/uml.ctl`) and moves frames as unix datagrams, one bare Ethernet frame per message:
+//!
+//! 1. We bind a datagram socket to an abstract unix address (no file to clean up, nothing for
+//!    other users to open) and connect a stream socket to `CTL_PATH`.
+//! 2. We write the version-3 request, 124 bytes in host byte order, laid out as
+//!    `struct request_v3` in uml_switch's `uml_switch.h` and UML's `daemon_user.c`:
+//!    `u32 magic 0xfeedface`, `u32 version 3`, `enum request_type` (an `int`, 0 =
+//!    `REQ_NEW_CONTROL`), the 110-byte `struct sockaddr_un` of our data socket, and 2 bytes of
+//!    tail padding (the struct is 4-byte aligned).
+//! 3. The switch answers with the 110-byte `sockaddr_un` of its own data socket.
+//! 4. The control connection stays open: the switch drops the port when it closes.
+//!
+//! The switch recognises a port by the sender address of each datagram, compared with the one
+//! in the request as a whole `sockaddr_un`; so, like UML, we bind with the full structure
+//! length (the abstract name then includes its trailing zero bytes) and the request carries
+//! exactly the bound address.
+//!
+//! Unlike UML we also `connect` the data socket to the switch's address. uml_switch sends every
+//! frame from that one socket, so nothing legitimate is lost; what we gain is that (a) no
+//! other local process can inject frames into the port and (b) a connected unix datagram
+//! socket reports itself writable only when the switch's receive queue has room, which is what
+//! the backend's edge-triggered wait on [`Transport::tx_fd`] needs after a short send (an
+//! unconnected sender gets `EAGAIN` with no later wake-up when the switch's queue is full).
+//!
+//! The control protocol and datagram plumbing are shared with `vde` ([`SwitchPort`]), whose
+//! switch speaks a close relative of the same protocol.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::sys::{self, cvt, Mmsg, RecvMeta};
+use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+
+/// `SWITCH_MAGIC` of uml_switch and vde_switch.
+pub(super) const SWITCH_MAGIC: u32 = 0xfeed_face;
+/// The request version both switches expect.
+pub(super) const SWITCH_VERSION: u32 = 3;
+/// `sizeof(struct sockaddr_un)` on Linux: 2 bytes of family, 108 of path.
+pub(super) const SUN_LEN: usize = std::mem::size_of::<libc::sockaddr_un>();
+/// `sizeof(struct request_v3)` for uml_switch: 3 × 4 + 110, padded to a multiple of 4.
+pub const DAEMON_REQUEST_LEN: usize = 124;
+
+/// How long the control handshake may take before the switch is declared unresponsive.
+const CTL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `sockaddr_un` as raw bytes (exactly [`SUN_LEN`] of them), the unit of both protocols.
+pub(super) fn sockaddr_bytes(addr: &libc::sockaddr_un) -> [u8; SUN_LEN] {
+    let mut out = [0u8; SUN_LEN];
+    out[..2].copy_from_slice(&addr.sun_family.to_ne_bytes());
+    for (o, c) in out[2..].iter_mut().zip(addr.sun_path.iter()) {
+        *o = *c as u8;
+    }
+    out
+}
+
+/// Parses the switch's reply: a whole `sockaddr_un` of family `AF_UNIX`.
+pub(super) fn parse_sockaddr(bytes: &[u8; SUN_LEN]) -> Result<libc::sockaddr_un, String> {
+    let family = u16::from_ne_bytes([bytes[0], bytes[1]]);
+    if i32::from(family) != libc::AF_UNIX {
+        return Err(format!(
+            "the switch replied with address family {family}, not AF_UNIX"
+        ));
+    }
+    if bytes[2..].iter().all(|&b| b == 0) {
+        return Err("the switch replied with an empty address".into());
+    }
+    // SAFETY: sockaddr_un is a plain C struct; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = family;
+    for (p, b) in addr.sun_path.iter_mut().zip(&bytes[2..]) {
+        *p = *b as libc::c_char;
+    }
+    Ok(addr)
+}
+
+/// The 124-byte uml_switch request announcing `data` as a new port.
+pub fn daemon_request(data: &libc::sockaddr_un) -> [u8; DAEMON_REQUEST_LEN] {
+    let mut req = [0u8; DAEMON_REQUEST_LEN];
+    req[0..4].copy_from_slice(&SWITCH_MAGIC.to_ne_bytes());
+    req[4..8].copy_from_slice(&SWITCH_VERSION.to_ne_bytes());
+    // type: REQ_NEW_CONTROL = 0 (bytes 8..12 stay zero).
+    req[12..12 + SUN_LEN].copy_from_slice(&sockaddr_bytes(data));
+    req
+}
+
+/// Binds `fd` to `addr` with the whole structure's length.
+pub(super) fn bind_un(fd: RawFd, addr: &libc::sockaddr_un) -> std::io::Result<()> {
+    // SAFETY: `addr` is a live, initialised sockaddr_un and its exact size is passed.
+    cvt(unsafe {
+        libc::bind(
+            fd,
+            (addr as *const libc::sockaddr_un).cast(),
+            SUN_LEN as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Connects datagram socket `fd` to `addr` (whole structure length, as the switches send it).
+fn connect_un(fd: RawFd, addr: &libc::sockaddr_un) -> std::io::Result<()> {
+    // SAFETY: as in `bind_un`.
+    cvt(unsafe {
+        libc::connect(
+            fd,
+            (addr as *const libc::sockaddr_un).cast(),
+            SUN_LEN as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// A readable rendering of a unix address for messages (`@name` for abstract ones).
+pub(super) fn describe(addr: &libc::sockaddr_un) -> String {
+    let path: Vec<u8> = addr.sun_path.iter().map(|&c| c as u8).collect();
+    match path.first() {
+        Some(0) => {
+            let name: Vec<u8> = path[1..].iter().copied().take_while(|&b| b != 0).collect();
+            format!("@{}", String::from_utf8_lossy(&name))
+        }
+        _ => {
+            let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+            String::from_utf8_lossy(&path[..end]).into_owned()
+        }
+    }
+}
+
+/// Connects the control stream with timeouts, so a stuck switch cannot hang `open`.
+pub(super) fn connect_ctl(
+    transport: &'static str,
+    ctl: &Path,
+) -> Result<UnixStream, TransportError> {
+    let ctl_err = |what: &str, e: std::io::Error| TransportError::Invalid {
+        transport,
+        reason: format!("control socket {}: {what}: {e}", ctl.display()),
+    };
+    let stream = UnixStream::connect(ctl).map_err(|e| ctl_err("connect", e))?;
+    stream
+        .set_read_timeout(Some(CTL_TIMEOUT))
+        .and_then(|_| stream.set_write_timeout(Some(CTL_TIMEOUT)))
+        .map_err(|e| ctl_err("timeouts", e))?;
+    Ok(stream)
+}
+
+/// Sends `request` and reads the switch's data address.
+pub(super) fn handshake(
+    transport: &'static str,
+    ctl_path: &Path,
+    ctl: &mut UnixStream,
+    request: &[u8],
+) -> Result<libc::sockaddr_un, TransportError> {
+    let err = |reason: String| TransportError::Invalid {
+        transport,
+        reason: format!("control socket {}: {reason}", ctl_path.display()),
+    };
+    ctl.write_all(request)
+        .map_err(|e| err(format!("sending the request: {e}")))?;
+    let mut reply = [0u8; SUN_LEN];
+    ctl.read_exact(&mut reply).map_err(|e| {
+        err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "the switch closed the connection instead of replying (refused the port?)".into()
+        } else {
+            format!("reading the reply: {e}")
+        })
+    })?;
+    parse_sockaddr(&reply).map_err(err)
+}
+
+/// One port on a unix-socket switch: the control connection (held), the data socket
+/// (connected to the switch's) and the multi-packet state.
+pub(super) struct SwitchPort {
+    transport: &'static str,
+    /// Never read after the handshake: held because closing it unplugs the port.
+    _ctl: UnixStream,
+    data: OwnedFd,
+    mmsg: Mmsg,
+    meta: Vec<RecvMeta>,
+    stats: TransportStats,
+    /// The switch went away (its data socket refuses us); warned once.
+    gone_warned: bool,
+}
+
+impl SwitchPort {
+    /// Finishes a port: connects `data` to the switch's `peer` address.
+    pub(super) fn new(
+        transport: &'static str,
+        ctl: UnixStream,
+        data: OwnedFd,
+        peer: &libc::sockaddr_un,
+        depth: usize,
+    ) -> Result<SwitchPort, TransportError> {
+        connect_un(data.as_raw_fd(), peer).map_err(|e| TransportError::Invalid {
+            transport,
+            reason: format!(
+                "connecting to the switch's data socket {}: {e}",
+                describe(peer)
+            ),
+        })?;
+        Ok(SwitchPort {
+            transport,
+            _ctl: ctl,
+            data,
+            mmsg: Mmsg::new(depth),
+            meta: vec![
+                RecvMeta {
+                    truncated: false,
+                    pkttype: 0
+                };
+                depth.max(1)
+            ],
+            stats: TransportStats::default(),
+            gone_warned: false,
+        })
+    }
+
+    pub(super) fn fd(&self) -> RawFd {
+        self.data.as_raw_fd()
+    }
+
+    pub(super) fn stats(&self) -> TransportStats {
+        self.stats
+    }
+
+    fn io(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> TransportError {
+        let transport = self.transport;
+        move |source| TransportError::Io {
+            transport,
+            op,
+            source,
+        }
+    }
+
+    fn warn_gone(&mut self, e: &std::io::Error) {
+        if !self.gone_warned {
+            self.gone_warned = true;
+            log::warn!(
+                "{}: the switch's data socket is gone ({e}); frames to it are dropped and counted",
+                self.transport
+            );
+        }
+    }
+
+    pub(super) fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
+        let got = match self.mmsg.recv(self.fd(), batch, &mut self.meta) {
+            Ok(got) => got,
+            // The connected switch socket closed: reported once as an error on our socket.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ECONNRESET | libc::ECONNREFUSED)
+                ) =>
+            {
+                self.warn_gone(&e);
+                batch.set_count(0);
+                return Ok(0);
+            }
+            Err(e) => return Err(self.io("recvmmsg")(e)),
+        };
+        let mut kept = 0;
+        for i in 0..got {
+            if self.meta[i].truncated {
+                self.stats.rx_dropped_truncated += 1;
+            } else {
+                batch.bufs_mut().swap(kept, i);
+                kept += 1;
+            }
+        }
+        batch.set_count(kept);
+        Ok(kept)
+    }
+
+    pub(super) fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
+        let mut done = 0;
+        while done < batch.count() {
+            // Connected: no per-message address (for vde's path sockets that would be a path
+            // lookup per frame).
+            match self.mmsg.send(self.fd(), batch, done, None) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                // Larger than a unix datagram may be: this frame only.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::ENOBUFS)) => {
+                    self.stats.tx_dropped += 1;
+                    done += 1;
+                }
+                // The switch is gone: the port cannot come back, drop (counted) rather than
+                // fail the device.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::ENOENT | libc::EPIPE)
+                    ) =>
+                {
+                    self.warn_gone(&e);
+                    self.stats.tx_dropped += (batch.count() - done) as u64;
+                    done = batch.count();
+                }
+                Err(e) => return Err(self.io("sendmmsg")(e)),
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// A fresh abstract address, unique to this process and call: `\0vmm-<tag>-<pid>-<n>`, the
+/// rest of `sun_path` zero (significant, as we bind with the whole structure).
+fn abstract_addr(tag: &str) -> libc::sockaddr_un {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("vmm-{tag}-{}-{n}", std::process::id());
+    // SAFETY: sockaddr_un is a plain C struct; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (p, b) in addr.sun_path[1..].iter_mut().zip(name.bytes()) {
+        *p = b as libc::c_char;
+    }
+    addr
+}
+
+/// `ethN=daemon`: see the module documentation.
+pub struct Daemon {
+    port: SwitchPort,
+}
+
+impl Daemon {
+    pub fn open(ctl_path: &Path, depth: usize) -> Result<Daemon, TransportError> {
+        const T: &str = "daemon";
+        let data = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0).map_err(|source| {
+            TransportError::Io {
+                transport: T,
+                op: "socket(AF_UNIX, SOCK_DGRAM)",
+                source,
+            }
+        })?;
+        let local = loop {
+            let addr = abstract_addr("uml");
+            match bind_un(data.as_raw_fd(), &addr) {
+                Ok(()) => break addr,
+                Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue,
+                Err(source) => {
+                    return Err(TransportError::Io {
+                        transport: T,
+                        op: "binding the data socket",
+                        source,
+                    })
+                }
+            }
+        };
+        let mut ctl = connect_ctl(T, ctl_path)?;
+        let peer = handshake(T, ctl_path, &mut ctl, &daemon_request(&local))?;
+        log::info!(
+            "daemon: port {} on uml_switch {} (switch data socket {})",
+            describe(&local),
+            ctl_path.display(),
+            describe(&peer)
+        );
+        Ok(Daemon {
+            port: SwitchPort::new(T, ctl, data, &peer, depth)?,
+        })
+    }
+}
+
+impl Transport for Daemon {
+    fn name(&self) -> &'static str {
+        "daemon"
+    }
+
+    fn vnet_hdr_len(&self) -> usize {
+        0
+    }
+
+    fn rx_fd(&self) -> RawFd {
+        self.port.fd()
+    }
+
+    fn tx_fd(&self) -> RawFd {
+        self.port.fd()
+    }
+
+    fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
+        self.port.recv(batch)
+    }
+
+    fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
+        self.port.send(batch)
+    }
+
+    fn set_offloads(&mut self, _offloads: Offloads) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    fn stats(&self) -> TransportStats {
+        self.port.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_layout_matches_request_v3() {
+        let addr = abstract_addr("t");
+        let req = daemon_request(&addr);
+        assert_eq!(req.len(), 124);
+        assert_eq!(&req[0..4], &0xfeed_faceu32.to_ne_bytes());
+        assert_eq!(&req[4..8], &3u32.to_ne_bytes());
+        assert_eq!(&req[8..12], &[0, 0, 0, 0]);
+        assert_eq!(
+            &req[12..14],
+            &(libc::AF_UNIX as libc::sa_family_t).to_ne_bytes()
+        );
+        assert_eq!(req[14], 0, "abstract address");
+        assert!(req[15..].starts_with(b"vmm-t-"));
+        assert_eq!(&req[122..], &[0, 0], "tail padding");
+    }
+
+    #[test]
+    fn replies_are_checked() {
+        let mut bad = [0u8; SUN_LEN];
+        bad[..2].copy_from_slice(&2u16.to_ne_bytes());
+        bad[2] = b'x';
+        assert!(parse_sockaddr(&bad).unwrap_err().contains("family 2"));
+        let mut empty = [0u8; SUN_LEN];
+        empty[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+        assert!(parse_sockaddr(&empty).unwrap_err().contains("empty"));
+        let good = sockaddr_bytes(&abstract_addr("r"));
+        let addr = parse_sockaddr(&good).unwrap();
+        assert!(describe(&addr).starts_with("@vmm-r-"));
+    }
+}
