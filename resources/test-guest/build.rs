@@ -17,7 +17,10 @@ fn run(cmd: &mut Command) {
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("test-guest build: cannot run {cmd:?}: {e}"));
-    assert!(status.success(), "test-guest build: {cmd:?} failed: {status}");
+    assert!(
+        status.success(),
+        "test-guest build: {cmd:?} failed: {status}"
+    );
 }
 
 /// Bytes of the real-mode setup area: `(setup_sects + 1) * 512`.
@@ -42,7 +45,7 @@ fn setup_header(payload_len: usize) -> Vec<u8> {
     put32(&mut s, 0x1f4, syssize);
     put16(&mut s, 0x1fa, 0xffff); // vid_mode: normal
     put16(&mut s, 0x1fe, 0xaa55); // boot_flag
-    // 0x200: real-mode entry: `jmp 0x280`, where `cli; hlt; jmp .` waits forever.
+                                  // 0x200: real-mode entry: `jmp 0x280`, where `cli; hlt; jmp .` waits forever.
     s[0x200] = 0xeb;
     s[0x201] = (0x280 - 0x202) as u8;
     s[0x280..0x284].copy_from_slice(&[0xfa, 0xf4, 0xeb, 0xfc]);
@@ -83,7 +86,13 @@ fn main() {
         .arg(&obj));
     let elf = out.join("test-guest.elf");
     run(Command::new("ld")
-        .args(["-nostdlib", "-static", "--build-id=none", "-z", "max-page-size=4096"])
+        .args([
+            "-nostdlib",
+            "-static",
+            "--build-id=none",
+            "-z",
+            "max-page-size=4096",
+        ])
         .arg("-T")
         .arg(src.join("guest.ld"))
         .arg("-o")

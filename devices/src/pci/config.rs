@@ -27,7 +27,8 @@ impl ConfigSpace {
     pub fn new(vendor: u16, device: u16, class: u8, subclass: u8, prog_if: u8) -> Self {
         let mut c = Self::default();
         c.regs[0] = u32::from(vendor) | (u32::from(device) << 16);
-        c.regs[2] = (u32::from(class) << 24) | (u32::from(subclass) << 16) | (u32::from(prog_if) << 8);
+        c.regs[2] =
+            (u32::from(class) << 24) | (u32::from(subclass) << 16) | (u32::from(prog_if) << 8);
         c
     }
 
