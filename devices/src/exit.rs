@@ -18,6 +18,8 @@ pub enum ExitRequest {
     Shutdown,
     /// A vCPU failed; the VMM holds the error.
     VcpuFailed,
+    /// The host asked the VM to stop (a timeout, a signal to the VMM process).
+    Stop,
 }
 
 /// Shared by every device and vCPU thread: records the first [`ExitRequest`] and wakes the

@@ -21,6 +21,7 @@ pub mod bus;
 pub mod console;
 pub mod cpuid;
 pub mod kvm;
+pub mod legacy;
 pub mod memory;
 pub mod mptable;
 pub mod vcpu;
@@ -33,10 +34,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vmm_devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
-use vmm_devices::i8042::{I8042, I8042_BASE, I8042_LEN};
-use vmm_devices::pci::{PciBus, PciConfigIo, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
-use vmm_devices::serial::{SerialConsole, SharedBuffer, COM1_BASE, COM1_IRQ, COM_LEN};
+use vmm_devices::pci::PciBus;
+use vmm_devices::serial::{SerialConsole, SharedBuffer, COM1_IRQ};
 use vmm_devices::{ExitNotifier, ExitRequest};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -106,14 +105,18 @@ pub enum VmExit {
     /// A vCPU triple-faulted or KVM reported a shutdown. Linux's `reboot=t` does this on
     /// purpose, so it is not treated as an error (the VMM cannot tell it from a crash).
     Shutdown,
+    /// The host stopped the VM through [`Vmm::exit_notifier`] (`ExitRequest::Stop`).
+    Stopped,
 }
 
 impl VmExit {
-    /// Process exit status for this exit: the debug-exit byte, or 0.
+    /// Process exit status for this exit: the debug-exit byte; 0 for a guest reset or
+    /// shutdown (the guest's normal "I am done"); 1 when the host stopped the VM.
     pub fn exit_code(self) -> i32 {
         match self {
             VmExit::DebugExit(v) => i32::from(v),
             VmExit::Reset | VmExit::Shutdown => 0,
+            VmExit::Stopped => 1,
         }
     }
 }
@@ -212,14 +215,6 @@ impl Vmm {
                 mptable::MAX_CPUS
             )));
         }
-        let kvm = kvm::open()?;
-        let max_vcpus = kvm.get_max_vcpus();
-        if usize::from(config.cpus) > max_vcpus {
-            return Err(VmmError::Config(format!(
-                "{} vCPUs requested; this KVM allows {max_vcpus}",
-                config.cpus
-            )));
-        }
         let ram = GuestRam::new(config.mem_mib)?;
         let boot = boot::load(
             &ram,
@@ -230,6 +225,16 @@ impl Vmm {
             },
         )?;
         mptable::write(&ram, config.cpus)?;
+
+        // KVM last: a bad kernel path is reported the same with or without /dev/kvm.
+        let kvm = kvm::open()?;
+        let max_vcpus = kvm.get_max_vcpus();
+        if usize::from(config.cpus) > max_vcpus {
+            return Err(VmmError::Config(format!(
+                "{} vCPUs requested; this KVM allows {max_vcpus}",
+                config.cpus
+            )));
+        }
 
         let vm = vm::Vm::new(&kvm)?;
         ram.register(vm.fd())?;
@@ -245,23 +250,7 @@ impl Vmm {
         let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
         let pci = Arc::new(Mutex::new(PciBus::with_host_bridge()));
 
-        let mut pio = bus::Bus::new();
-        pio.insert(u64::from(COM1_BASE), u64::from(COM_LEN), serial.clone())?;
-        pio.insert(
-            u64::from(I8042_BASE),
-            u64::from(I8042_LEN),
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
-        )?;
-        pio.insert(
-            u64::from(DEBUG_EXIT_PORT),
-            1,
-            Arc::new(Mutex::new(DebugExit::new(exit.clone()))),
-        )?;
-        pio.insert(
-            u64::from(PCI_CONFIG_IO_BASE),
-            u64::from(PCI_CONFIG_IO_LEN),
-            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
-        )?;
+        let pio = legacy::pio_bus(&exit, &serial, &pci)?;
 
         let policy = config.cpuid.resolve();
         log::info!("CPUID policy: {policy:?}");
@@ -382,6 +371,7 @@ impl Vmm {
             Some(ExitRequest::DebugExit(v)) => VmExit::DebugExit(v),
             Some(ExitRequest::Reset) => VmExit::Reset,
             Some(ExitRequest::Shutdown) => VmExit::Shutdown,
+            Some(ExitRequest::Stop) => VmExit::Stopped,
             Some(ExitRequest::VcpuFailed) | None => {
                 let e = error.lock().unwrap_or_else(|p| p.into_inner()).take();
                 return Err(match e {

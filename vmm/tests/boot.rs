@@ -78,3 +78,19 @@ fn bzimage_boots() {
     let (report, text) = boot(vmm_test_guest::BZIMAGE_PATH, 1);
     assert_guest_ok(&report, &text, "bzImage 64-bit entry");
 }
+
+#[test]
+fn two_vcpus_both_run() {
+    if !kvm_available() {
+        return;
+    }
+    let (report, text) = boot(vmm_test_guest::ELF_PATH, 2);
+    assert_guest_ok(&report, &text, "PVH entry");
+    // The MP table the VMM wrote lists both vCPUs...
+    assert!(text.contains("cpus in MP table: 2\n"), "{text}");
+    // ...both vCPU threads entered KVM_RUN...
+    assert_eq!(report.vcpus_entered, vec![true, true]);
+    // ...and the AP actually executed guest code: the BSP's INIT/SIPI started it, and its
+    // trampoline bumped the counter the BSP reports.
+    assert!(text.contains("APs started: 1\n"), "AP did not run: {text}");
+}
