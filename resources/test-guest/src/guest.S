@@ -8,7 +8,8 @@
  *     flat image, so the 64-bit Linux boot protocol enters at LOAD_ADDR + 0x200 (rsi = zero page).
  *
  * Both entries end up in main64, which:
- *   1. prints a banner naming the entry it came through (serial, COM1);
+ *   1. prints a banner naming the entry it came through (serial, COM1), then the command line
+ *      it found in the zero page / hvm_start_info (after checking their magic);
  *   2. enumerates PCI bus 0 with configuration mechanism #1 (0xcf8/0xcfc) and prints
  *      vendor:device of every present function;
  *   3. counts the enabled processors in the VMM's MP table (scanning only the 1 KiB at 0x9fc00
@@ -42,6 +43,7 @@
 #define MP_SCAN_START   0x9fc00
 #define MP_SCAN_END     0xa0000
 #define AP_WAIT_LOOPS   300000
+#define CMDLINE_PRINT_MAX 200
 #define KERNEL_CS       0x08
 #define KERNEL_DS       0x10
 
@@ -53,6 +55,7 @@
     .globl startup_32
 startup_32:
     mov $kind_linux32, %edi
+    xor %ebp, %ebp          /* boot info is a zero page (esi) */
     jmp enter_long_mode
 
     /* +0x200: the 64-bit Linux boot protocol entry of a bzImage (rsi = boot_params). */
@@ -61,6 +64,7 @@ startup_32:
     .globl startup_64
 startup_64:
     lea kind_bzimage(%rip), %rdi
+    xor %ebp, %ebp          /* boot info is a zero page (rsi) */
     jmp main64
 
     /* PVH entry (the ELF note points here): 32-bit protected mode, paging off, ebx = start_info. */
@@ -68,9 +72,11 @@ startup_64:
     .globl pvh_start
 pvh_start:
     mov $kind_pvh, %edi
+    mov %ebx, %esi
+    mov $1, %ebp            /* boot info is hvm_start_info (esi) */
     /* fall through */
 
-/* edi = banner suffix. Turns on PAE paging with our tables and long mode, then goes to main64. */
+/* edi = banner suffix, esi = boot info, ebp = its kind (preserved). Turns on PAE paging with our tables and long mode, then goes to main64. */
 enter_long_mode:
     lgdt gdt_desc
     mov %cr4, %eax
@@ -89,11 +95,15 @@ enter_long_mode:
     .code64
 1:
     mov %edi, %edi          /* upper halves are undefined after the mode switch */
+    mov %esi, %esi
+    mov %ebp, %ebp
     /* fall through */
 
-/* rdi = banner suffix. Common 64-bit code: our own GDT, segments, stack and page tables. */
+/* rdi = banner suffix, rsi = boot info, ebp = 0 (zero page) or 1 (PVH start_info). Common 64-bit code: our own GDT, segments, stack and page tables. */
 main64:
     cli
+    mov %rsi, boot_info(%rip)
+    mov %ebp, boot_proto(%rip)
     lgdt gdt_desc(%rip)
     mov $KERNEL_DS, %eax
     mov %eax, %ds
@@ -118,6 +128,7 @@ main64:
     lea msg_nl(%rip), %rsi
     call puts
 
+    call print_cmdline
     call pci_scan
     call count_cpus         /* eax = CPUs in the MP table */
     mov %eax, %ebx
@@ -219,6 +230,39 @@ put_dec:
 3:  mov %r9d, %eax
     add $'0', %eax
     jmp putc
+
+/*
+ * print_cmdline: prints "cmdline: <text>" from the boot info (at most CMDLINE_PRINT_MAX bytes),
+ * after checking the structure's magic ("HdrS" in the zero page, XEN_HVM_START_MAGIC in PVH).
+ * Clobbers: eax, ecx, edx, rsi, r8-r11.
+ */
+print_cmdline:
+    mov boot_info(%rip), %rsi
+    cmpl $1, boot_proto(%rip)
+    je 1f
+    cmpl $0x53726448, 0x202(%rsi)       /* "HdrS" */
+    jne 8f
+    mov 0x228(%rsi), %r11d              /* hdr.cmd_line_ptr */
+    jmp 2f
+1:  cmpl $0x336ec578, (%rsi)            /* XEN_HVM_START_MAGIC_VALUE */
+    jne 8f
+    mov 0x18(%rsi), %r11                /* cmdline_paddr */
+2:  lea msg_cmdline(%rip), %rsi
+    call puts
+    test %r11, %r11
+    jz 4f
+    mov $CMDLINE_PRINT_MAX, %r10d
+3:  movzbl (%r11), %eax
+    test %al, %al
+    jz 4f
+    call putc
+    inc %r11
+    dec %r10d
+    jnz 3b
+4:  lea msg_nl(%rip), %rsi
+    jmp puts
+8:  lea msg_bad_boot_info(%rip), %rsi
+    jmp puts
 
 /*
  * pci_scan: prints "pci 00:DD.F VVVV:DDDD" for each present function on bus 0.
@@ -394,6 +438,8 @@ msg_cpus:     .asciz "vmm-test-guest: cpus in MP table: "
 msg_smp:      .asciz "vmm-test-guest: APs started: "
 msg_smp_tail: .asciz "\n"
 msg_done:     .asciz "vmm-test-guest: done\n"
+msg_cmdline:  .asciz "vmm-test-guest: cmdline: "
+msg_bad_boot_info: .asciz "vmm-test-guest: bad boot info (no HdrS / PVH magic)\n"
 hexdigits:    .ascii "0123456789abcdef"
 
     .balign 8
@@ -407,6 +453,9 @@ gdt_desc:
     .quad gdt
 
     .section .data
+    .balign 8
+boot_info:  .quad 0
+boot_proto: .long 0
     .balign 16
 stack:
     .fill 4096, 1, 0
