@@ -94,3 +94,41 @@ fn two_vcpus_both_run() {
     // trampoline bumped the counter the BSP reports.
     assert!(text.contains("APs started: 1\n"), "AP did not run: {text}");
 }
+
+#[test]
+fn bzimage_with_initrd_and_custom_cmdline_on_two_vcpus() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vmm-boot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let initrd = dir.join("initrd");
+    std::fs::write(&initrd, vec![0xa5u8; 3 << 20]).unwrap();
+    let out = ConsoleBuffer::new();
+    let mut cfg = VmConfig::new(vmm_test_guest::BZIMAGE_PATH);
+    cfg.mem_mib = 32;
+    cfg.cpus = 2;
+    cfg.initrd = Some(initrd);
+    cfg.cmdline = "hello=world quiet".into();
+    cfg.console = Console::Capture(out.clone());
+    let report = run(cfg).unwrap();
+    let text = out.contents();
+    assert!(text.contains("cmdline: hello=world quiet\n"), "{text}");
+    assert!(text.contains("APs started: 1\n"), "{text}");
+    assert_eq!(report.exit, VmExit::DebugExit(vmm_test_guest::EXIT_SUCCESS));
+}
+
+#[test]
+fn host_stop_ends_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let mut cfg = VmConfig::new(vmm_test_guest::ELF_PATH);
+    cfg.mem_mib = 16;
+    cfg.console = Console::Null;
+    let vmm = vmm_vmm::Vmm::new(cfg).unwrap();
+    vmm.exit_notifier().request(vmm_devices::ExitRequest::Stop);
+    let report = vmm.run().unwrap();
+    assert_eq!(report.exit, VmExit::Stopped);
+    assert_eq!(report.exit_code(), 1);
+}
