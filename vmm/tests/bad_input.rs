@@ -37,9 +37,15 @@ fn guest(path: &str) -> Vec<u8> {
 fn missing_kernel() {
     let p = Path::new("/nonexistent/vmlinuz");
     let e = boot_err(config(p));
-    assert!(matches!(&e, BootError::KernelOpen { path, .. } if path == p), "{e:?}");
+    assert!(
+        matches!(&e, BootError::KernelOpen { path, .. } if path == p),
+        "{e:?}"
+    );
     let msg = e.to_string();
-    assert!(msg.contains("/nonexistent/vmlinuz") && msg.contains("No such file"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/vmlinuz") && msg.contains("No such file"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -61,14 +67,20 @@ fn truncated_images() {
     for cut in [3, 40, 2000] {
         let p = scratch(&format!("elf-cut-{cut}"), &elf[..cut]);
         let e = boot_err(config(&p));
-        assert!(matches!(e, BootError::Truncated { .. }), "cut at {cut}: {e:?}");
+        assert!(
+            matches!(e, BootError::Truncated { .. }),
+            "cut at {cut}: {e:?}"
+        );
         assert!(e.to_string().contains("truncated"), "{e}");
     }
     let bz = guest(vmm_test_guest::BZIMAGE_PATH);
     for cut in [0x300, 1024, 1500] {
         let p = scratch(&format!("bz-cut-{cut}"), &bz[..cut]);
         let e = boot_err(config(&p));
-        assert!(matches!(e, BootError::Truncated { .. }), "cut at {cut}: {e:?}");
+        assert!(
+            matches!(e, BootError::Truncated { .. }),
+            "cut at {cut}: {e:?}"
+        );
     }
 }
 
@@ -106,7 +118,10 @@ fn memory_too_small_for_initrd() {
     c.mem_mib = 4;
     c.initrd = Some(initrd.clone());
     let e = boot_err(c);
-    assert!(matches!(&e, BootError::InitrdDoesNotFit { path, .. } if *path == initrd), "{e:?}");
+    assert!(
+        matches!(&e, BootError::InitrdDoesNotFit { path, .. } if *path == initrd),
+        "{e:?}"
+    );
 
     let mut c = config(Path::new(vmm_test_guest::ELF_PATH));
     c.initrd = Some("/nonexistent/initrd".into());

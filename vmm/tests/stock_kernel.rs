@@ -44,7 +44,11 @@ fn stock_kernel_boots_and_reboots() {
         );
         return;
     };
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         eprintln!("skipping stock-kernel boot: /dev/kvm is not usable ({e})");
         return;
     }
@@ -77,5 +81,9 @@ fn stock_kernel_boots_and_reboots() {
     let report = report.unwrap_or_else(|e| panic!("VM failed: {e}\nconsole:\n{text}"));
     eprintln!("stock kernel: {:?} after {:?}", report.exit, report.elapsed);
     assert!(text.contains("Linux version"), "no kernel banner:\n{text}");
-    assert_ne!(report.exit, VmExit::Stopped, "timed out after {timeout} s:\n{text}");
+    assert_ne!(
+        report.exit,
+        VmExit::Stopped,
+        "timed out after {timeout} s:\n{text}"
+    );
 }
