@@ -1,1 +1,484 @@
-//! placeholder
+//! `vmm-vmm`: a small KVM VMM library (x86_64).
+//!
+//! ```no_run
+//! use vmm_vmm::{run, VmConfig};
+//! let report = run(VmConfig::new("bzImage")).expect("VM failed");
+//! std::process::exit(report.exit_code());
+//! ```
+//!
+//! [`run`] is [`Vmm::new`] followed by [`Vmm::run`]. Between the two, callers can add devices:
+//! [`Vmm::pci_bus`] is the PCI bus 0 (a host bridge sits at 00:00.0) where virtio-pci devices
+//! go, [`Vmm::mmio_bus_mut`] maps their BARs, [`Vmm::vm`] registers irqfds/ioeventfds, and
+//! [`Vmm::guest_ram`] gives the memfd a vhost-user backend needs.
+//!
+//! The guest's machine: `cpus` vCPUs described by an MP table, RAM in one memfd (with a hole at
+//! 3..4 GiB), in-kernel PIC/IOAPIC/LAPIC/PIT, COM1 (0x3f8, IRQ 4), an i8042 whose reset
+//! command ends the VM with status 0, a debug-exit port (0xf4: writing `V` ends the VM with
+//! status `V`), and PCI configuration mechanism #1 (0xcf8/0xcfc).
+
+pub mod boot;
+pub mod bus;
+pub mod console;
+pub mod cpuid;
+pub mod kvm;
+pub mod legacy;
+pub mod memory;
+pub mod mptable;
+pub mod vcpu;
+pub mod vm;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmm_devices::pci::PciBus;
+use vmm_devices::serial::{SerialConsole, SharedBuffer, COM1_IRQ};
+use vmm_devices::{ExitNotifier, ExitRequest};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub use boot::{BootEntry, EntryMode};
+pub use cpuid::CpuidPolicy;
+pub use memory::GuestRam;
+pub use vmm_devices::serial::SharedBuffer as ConsoleBuffer;
+
+/// Default kernel command line: serial console, reboot through the i8042 (which the VMM
+/// turns into exit status 0), and reboot right away on panic.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, Default)]
+pub enum Console {
+    /// Output to stdout; input from stdin (raw mode while the VM runs if stdin is a terminal).
+    #[default]
+    Stdio,
+    /// Output collected in a buffer; no input (tests, embedders).
+    Capture(SharedBuffer),
+    /// Output discarded; no input.
+    Null,
+}
+
+/// What VM to build.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Kernel image: ELF (PVH note preferred) or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// vCPUs (1..=[`mptable::MAX_CPUS`]).
+    pub cpus: u8,
+    /// Serial console routing.
+    pub console: Console,
+    /// CPU features shown to the guest.
+    pub cpuid: CpuidPolicy,
+}
+
+impl VmConfig {
+    /// 1 vCPU, 256 MiB, [`DEFAULT_CMDLINE`], console on stdio.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.into(),
+            mem_mib: 256,
+            cpus: 1,
+            console: Console::Stdio,
+            cpuid: CpuidPolicy::Auto,
+        }
+    }
+}
+
+/// Why the VM ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest wrote this byte to the debug-exit port.
+    DebugExit(u8),
+    /// The guest reset the machine (i8042 0xFE or a KVM reset event).
+    Reset,
+    /// A vCPU triple-faulted or KVM reported a shutdown. Linux's `reboot=t` does this on
+    /// purpose, so it is not treated as an error (the VMM cannot tell it from a crash).
+    Shutdown,
+    /// The host stopped the VM through [`Vmm::exit_notifier`] (`ExitRequest::Stop`).
+    Stopped,
+}
+
+impl VmExit {
+    /// Process exit status for this exit: the debug-exit byte; 0 for a guest reset or
+    /// shutdown (the guest's normal "I am done"); 1 when the host stopped the VM.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            VmExit::DebugExit(v) => i32::from(v),
+            VmExit::Reset | VmExit::Shutdown => 0,
+            VmExit::Stopped => 1,
+        }
+    }
+}
+
+/// The outcome of [`Vmm::run`].
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// Why the VM ended.
+    pub exit: VmExit,
+    /// Per vCPU: whether its thread entered `KVM_RUN`.
+    pub vcpus_entered: Vec<bool>,
+    /// Per vCPU: `KVM_RUN` returns handled (userspace exits and interruptions).
+    pub vcpu_exits: Vec<u64>,
+    /// From starting the vCPUs to the exit request.
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    /// Process exit status, see [`VmExit::exit_code`].
+    pub fn exit_code(&self) -> i32 {
+        self.exit.exit_code()
+    }
+}
+
+/// Any error building or running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// KVM is not usable.
+    #[error(transparent)]
+    Kvm(#[from] kvm::Error),
+    /// VM creation failed.
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    /// Guest memory failed.
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    /// Loading the kernel/initrd failed.
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    /// CPUID setup failed.
+    #[error(transparent)]
+    Cpuid(#[from] cpuid::Error),
+    /// MP table setup failed.
+    #[error(transparent)]
+    MpTable(#[from] mptable::Error),
+    /// A vCPU failed.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    /// Mapping a device failed.
+    #[error("cannot map a device: {0}")]
+    Bus(#[from] bus::Error),
+    /// Host I/O (eventfd, epoll, terminal) failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { what, source }
+}
+
+/// Boots `config` and runs it to the end. See [`Vmm`] to add devices first.
+pub fn run(config: VmConfig) -> Result<RunReport, VmmError> {
+    Vmm::new(config)?.run()
+}
+
+/// A built VM, ready to run. Field order matters: vCPUs and the VM drop before guest memory.
+pub struct Vmm {
+    vcpus: Vec<vcpu::Vcpu>,
+    vm: vm::Vm,
+    pio: bus::Bus,
+    mmio: bus::Bus,
+    pci: Arc<Mutex<PciBus>>,
+    serial: Arc<Mutex<SerialConsole>>,
+    exit: Arc<ExitNotifier>,
+    console: Console,
+    boot: BootEntry,
+    ram: GuestRam,
+}
+
+impl Vmm {
+    /// Creates the VM, loads the kernel, wires the legacy devices and configures the vCPUs.
+    pub fn new(config: VmConfig) -> Result<Self, VmmError> {
+        if config.cpus == 0 || config.cpus > mptable::MAX_CPUS {
+            return Err(VmmError::Config(format!(
+                "{} vCPUs requested; 1..={} supported",
+                config.cpus,
+                mptable::MAX_CPUS
+            )));
+        }
+        let ram = GuestRam::new(config.mem_mib)?;
+        let boot = boot::load(
+            &ram,
+            &boot::BootSpec {
+                kernel: &config.kernel,
+                initrd: config.initrd.as_deref(),
+                cmdline: &config.cmdline,
+            },
+        )?;
+        mptable::write(&ram, config.cpus)?;
+
+        // KVM last: a bad kernel path is reported the same with or without /dev/kvm.
+        let kvm = kvm::open()?;
+        let max_vcpus = kvm.get_max_vcpus();
+        if usize::from(config.cpus) > max_vcpus {
+            return Err(VmmError::Config(format!(
+                "{} vCPUs requested; this KVM allows {max_vcpus}",
+                config.cpus
+            )));
+        }
+
+        let vm = vm::Vm::new(&kvm)?;
+        ram.register(vm.fd())?;
+
+        let exit = Arc::new(ExitNotifier::new().map_err(io_err("creating the exit eventfd"))?);
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the serial irqfd"))?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+        let out: Box<dyn std::io::Write + Send> = match &config.console {
+            Console::Stdio => Box::new(std::io::stdout()),
+            Console::Capture(buf) => Box::new(buf.clone()),
+            Console::Null => Box::new(std::io::sink()),
+        };
+        let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
+        let pci = Arc::new(Mutex::new(PciBus::with_host_bridge()));
+
+        let pio = legacy::pio_bus(&exit, &serial, &pci)?;
+
+        let policy = config.cpuid.resolve();
+        log::info!("CPUID policy: {policy:?}");
+        let base_cpuid = cpuid::base(&kvm, policy)?;
+        let vcpus = (0..config.cpus)
+            .map(|i| {
+                vcpu::Vcpu::new(
+                    vm.fd(),
+                    i,
+                    &cpuid::for_vcpu(&base_cpuid, i, config.cpus),
+                    &boot,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Self {
+            vcpus,
+            vm,
+            pio,
+            mmio: bus::Bus::new(),
+            pci,
+            serial,
+            exit,
+            console: config.console,
+            boot,
+            ram,
+        })
+    }
+
+    /// PCI bus 0, to add devices before [`Vmm::run`].
+    pub fn pci_bus(&self) -> &Arc<Mutex<PciBus>> {
+        &self.pci
+    }
+
+    /// The MMIO bus (for BARs), before [`Vmm::run`].
+    pub fn mmio_bus_mut(&mut self) -> &mut bus::Bus {
+        &mut self.mmio
+    }
+
+    /// The port-I/O bus, before [`Vmm::run`].
+    pub fn pio_bus_mut(&mut self) -> &mut bus::Bus {
+        &mut self.pio
+    }
+
+    /// The VM (irqfd, ioeventfd, MSI routing).
+    pub fn vm(&self) -> &vm::Vm {
+        &self.vm
+    }
+
+    /// Guest RAM and its memfd.
+    pub fn guest_ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// How the BSP will enter the kernel.
+    pub fn boot_entry(&self) -> BootEntry {
+        self.boot
+    }
+
+    /// The stop request shared by devices and vCPUs (devices added later report through it).
+    pub fn exit_notifier(&self) -> &Arc<ExitNotifier> {
+        &self.exit
+    }
+
+    /// Runs the vCPUs until the guest ends the VM (debug exit, reset, shutdown) or a vCPU fails.
+    pub fn run(mut self) -> Result<RunReport, VmmError> {
+        vcpu::install_kick_handler();
+        let pio = Arc::new(std::mem::take(&mut self.pio));
+        let mmio = Arc::new(std::mem::take(&mut self.mmio));
+        let error: Arc<Mutex<Option<vcpu::Error>>> = Arc::new(Mutex::new(None));
+        let stats: Vec<Arc<vcpu::VcpuStats>> = (0..self.vcpus.len())
+            .map(|_| Arc::new(vcpu::VcpuStats::default()))
+            .collect();
+
+        let raw_mode = match self.console {
+            Console::Stdio => console::RawMode::stdin().map_err(io_err("setting stdin raw"))?,
+            _ => None,
+        };
+
+        let started = Instant::now();
+        let mut threads = Vec::new();
+        for (vcpu, st) in std::mem::take(&mut self.vcpus).into_iter().zip(&stats) {
+            let shared = vcpu::VcpuShared {
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                exit: self.exit.clone(),
+                error: error.clone(),
+            };
+            let st = st.clone();
+            let index = vcpu.index();
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    vcpu.run(&shared.pio, &shared.mmio, &shared.exit, &st, &shared.error)
+                })
+                .map_err(|source| vcpu::Error::Spawn { index, source });
+            match handle {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    self.exit.request(ExitRequest::VcpuFailed);
+                    stop_threads(threads);
+                    return Err(e.into());
+                }
+            }
+        }
+
+        let loop_result = self.event_loop();
+        let elapsed = started.elapsed();
+        if !self.exit.is_requested() {
+            // The loop failed; stop the guest anyway.
+            self.exit.request(ExitRequest::VcpuFailed);
+        }
+        stop_threads(threads);
+        drop(raw_mode);
+        loop_result?;
+
+        let exit = match self.exit.pending() {
+            Some(ExitRequest::DebugExit(v)) => VmExit::DebugExit(v),
+            Some(ExitRequest::Reset) => VmExit::Reset,
+            Some(ExitRequest::Shutdown) => VmExit::Shutdown,
+            Some(ExitRequest::Stop) => VmExit::Stopped,
+            Some(ExitRequest::VcpuFailed) | None => {
+                let e = error.lock().unwrap_or_else(|p| p.into_inner()).take();
+                return Err(match e {
+                    Some(e) => e.into(),
+                    None => VmmError::Config("the VM stopped without a reason".into()),
+                });
+            }
+        };
+        Ok(RunReport {
+            exit,
+            vcpus_entered: stats
+                .iter()
+                .map(|s| s.entered_run.load(Ordering::Relaxed))
+                .collect(),
+            vcpu_exits: stats
+                .iter()
+                .map(|s| s.exits.load(Ordering::Relaxed))
+                .collect(),
+            elapsed,
+        })
+    }
+
+    /// Waits for the exit request, feeding stdin to the serial console meanwhile.
+    fn event_loop(&self) -> Result<(), VmmError> {
+        const EXIT: u64 = 0;
+        const STDIN: u64 = 1;
+        let epoll = Epoll::new().map_err(io_err("creating epoll"))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                self.exit.eventfd().as_raw_fd(),
+                EpollEvent::new(EventSet::IN, EXIT),
+            )
+            .map_err(io_err("watching the exit eventfd"))?;
+        let mut stdin_open = false;
+        if matches!(self.console, Console::Stdio) {
+            // epoll refuses regular files and /dev/null (EPERM): then there is simply no input.
+            match epoll.ctl(
+                ControlOperation::Add,
+                libc::STDIN_FILENO,
+                EpollEvent::new(EventSet::IN, STDIN),
+            ) {
+                Ok(()) => stdin_open = true,
+                Err(e) => log::debug!("stdin not pollable ({e}); console input disabled"),
+            }
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        let mut events = vec![EpollEvent::default(); 4];
+        while !self.exit.is_requested() {
+            // While input waits for room in the UART FIFO, poll for the guest to drain it.
+            let timeout = if pending.is_empty() { -1 } else { 20 };
+            let n = match epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(VmmError::Io {
+                        what: "epoll_wait",
+                        source: e,
+                    })
+                }
+            };
+            for ev in &events[..n] {
+                if ev.data() == STDIN && stdin_open && pending.len() < 4096 {
+                    let mut buf = [0u8; 256];
+                    match console::read_stdin(&mut buf) {
+                        Ok(Some(k)) => pending.extend_from_slice(&buf[..k]),
+                        Ok(None) | Err(_) => {
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                libc::STDIN_FILENO,
+                                EpollEvent::default(),
+                            );
+                            stdin_open = false;
+                        }
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                let taken = self
+                    .serial
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .enqueue_input(&pending);
+                pending.drain(..taken);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Kicks every vCPU thread out of `KVM_RUN` until it notices the exit request, then joins it.
+/// Re-kicks because a signal that lands just before a thread re-enters `KVM_RUN` is lost.
+fn stop_threads(threads: Vec<std::thread::JoinHandle<()>>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for handle in threads {
+        while !handle.is_finished() && Instant::now() < deadline {
+            // SAFETY: the thread has not been joined, so its pthread_t is valid; the signal has
+            // a no-op handler installed by `install_kick_handler`.
+            unsafe { libc::pthread_kill(handle.as_pthread_t(), vcpu::kick_signal()) };
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if handle.is_finished() {
+            if handle.join().is_err() {
+                log::error!("a vCPU thread panicked");
+            }
+        } else {
+            log::error!("a vCPU thread did not stop; leaving it detached");
+        }
+    }
+}

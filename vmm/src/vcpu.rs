@@ -1,0 +1,302 @@
+//! vCPUs: creation, boot state, and the run loop that dispatches exits to the buses.
+//!
+//! Only the BSP (vCPU 0) gets boot registers. APs are left in KVM's reset state; with the
+//! in-kernel LAPIC they wait inside `KVM_RUN` for the guest's INIT/SIPI, as on real hardware.
+//!
+//! Stopping: every loop checks the shared [`ExitNotifier`] before entering the guest, and the
+//! VMM kicks threads blocked in `KVM_RUN` (halted, or waiting for SIPI) with [`KICK_SIGNAL`],
+//! whose no-op handler makes `KVM_RUN` return `EINTR`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, CpuId, Msrs};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vmm_devices::{ExitNotifier, ExitRequest};
+
+use crate::boot::regs::{boot_regs, boot_sregs};
+use crate::boot::BootEntry;
+use crate::bus::Bus;
+
+/// Errors setting up or running a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A vCPU ioctl failed.
+    #[error("vCPU {index}: {what} failed: {source}")]
+    Ioctl {
+        /// vCPU index.
+        index: u8,
+        /// Which ioctl.
+        what: &'static str,
+        /// Underlying error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM could not enter the guest.
+    #[error(
+        "vCPU {index}: KVM could not enter the guest (hardware entry failure reason {reason:#x})"
+    )]
+    FailEntry {
+        /// vCPU index.
+        index: u8,
+        /// Hardware reason.
+        reason: u64,
+    },
+    /// KVM could not handle something the guest did (commonly an instruction its emulator
+    /// lacks, e.g. XRSTOR under PVM).
+    #[error("vCPU {index}: KVM internal error (emulation failure?) at rip {rip:#x}")]
+    Internal {
+        /// vCPU index.
+        index: u8,
+        /// Guest instruction pointer, if it could be read.
+        rip: u64,
+    },
+    /// An exit the VMM does not handle.
+    #[error("vCPU {index}: unexpected exit {exit}")]
+    UnexpectedExit {
+        /// vCPU index.
+        index: u8,
+        /// Description.
+        exit: String,
+    },
+    /// The vCPU thread could not be spawned.
+    #[error("cannot spawn the thread of vCPU {index}: {source}")]
+    Spawn {
+        /// vCPU index.
+        index: u8,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Signal used to kick vCPU threads out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Installs the no-op handler for [`kick_signal`] (once per process).
+pub fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), noop) {
+            log::warn!("cannot install the vCPU kick handler: {e}");
+        }
+    });
+}
+
+/// What each vCPU thread reports about itself (for tests and diagnostics).
+#[derive(Debug, Default)]
+pub struct VcpuStats {
+    /// Set once the thread has called `KVM_RUN`.
+    pub entered_run: AtomicBool,
+    /// Userspace exits handled.
+    pub exits: AtomicU64,
+}
+
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
+
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 4;
+const APIC_MODE_EXTINT: u32 = 7;
+
+/// One vCPU, configured and ready to run on its own thread.
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u8,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` and gives it CPUID, MSRs, LAPIC LINT wiring and, for the BSP, the
+    /// boot registers.
+    pub fn new(vm: &VmFd, index: u8, cpuid: &CpuId, boot: &BootEntry) -> Result<Self, Error> {
+        let err = |what| {
+            move |source| Error::Ioctl {
+                index,
+                what,
+                source,
+            }
+        };
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(err("KVM_CREATE_VCPU"))?;
+        fd.set_cpuid2(cpuid).map_err(err("KVM_SET_CPUID2"))?;
+        let vcpu = Self { fd, index };
+        vcpu.set_msrs()?;
+        vcpu.set_lint()?;
+        if index == 0 {
+            let sregs = vcpu.fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+            vcpu.fd
+                .set_sregs(&boot_sregs(sregs, boot.mode))
+                .map_err(err("KVM_SET_SREGS"))?;
+            vcpu.fd
+                .set_regs(&boot_regs(boot.rip, boot.mode))
+                .map_err(err("KVM_SET_REGS"))?;
+            let fpu = kvm_fpu {
+                fcw: 0x37f,
+                mxcsr: 0x1f80,
+                ..Default::default()
+            };
+            vcpu.fd.set_fpu(&fpu).map_err(err("KVM_SET_FPU"))?;
+        }
+        Ok(vcpu)
+    }
+
+    /// Index (also the APIC ID).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    fn set_msrs(&self) -> Result<(), Error> {
+        let entry = |index, data| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        };
+        let entries = [
+            entry(MSR_IA32_SYSENTER_CS, 0),
+            entry(MSR_IA32_SYSENTER_ESP, 0),
+            entry(MSR_IA32_SYSENTER_EIP, 0),
+            entry(MSR_STAR, 0),
+            entry(MSR_CSTAR, 0),
+            entry(MSR_KERNEL_GS_BASE, 0),
+            entry(MSR_SYSCALL_MASK, 0),
+            entry(MSR_LSTAR, 0),
+            entry(MSR_IA32_TSC, 0),
+            entry(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+            entry(MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
+        ];
+        let msrs = Msrs::from_entries(&entries).map_err(|_| Error::Ioctl {
+            index: self.index,
+            what: "building the MSR list",
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        })?;
+        let set = self.fd.set_msrs(&msrs).map_err(|source| Error::Ioctl {
+            index: self.index,
+            what: "KVM_SET_MSRS",
+            source,
+        })?;
+        // KVM stops at the first MSR it refuses; the rest are defaults a kernel rewrites, so a
+        // partial set is worth a warning, not a failure.
+        if set != entries.len() {
+            log::warn!(
+                "vCPU {}: KVM set {set} of {} boot MSRs (stopped at {:#x})",
+                self.index,
+                entries.len(),
+                entries[set].index
+            );
+        }
+        Ok(())
+    }
+
+    /// LINT0 = ExtINT (the PIC's output) and LINT1 = NMI, as a PC BIOS leaves them.
+    fn set_lint(&self) -> Result<(), Error> {
+        let err = |what| {
+            let index = self.index;
+            move |source| Error::Ioctl {
+                index,
+                what,
+                source,
+            }
+        };
+        let mut lapic = self.fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
+        for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
+            let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i] as u8);
+            let v = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+            for (i, b) in v.to_le_bytes().iter().enumerate() {
+                lapic.regs[reg + i] = *b as _;
+            }
+        }
+        self.fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))
+    }
+
+    /// Runs the guest until an exit is requested (by a device, another vCPU, or this one).
+    /// Errors are stored in `error` and reported as [`ExitRequest::VcpuFailed`].
+    pub fn run(
+        mut self,
+        pio: &Bus,
+        mmio: &Bus,
+        exit: &ExitNotifier,
+        stats: &VcpuStats,
+        error: &Mutex<Option<Error>>,
+    ) {
+        let index = self.index;
+        while !exit.is_requested() {
+            stats.entered_run.store(true, Ordering::Relaxed);
+            let outcome = match self.fd.run() {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    pio.write(u64::from(port), data);
+                    Ok(None)
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    pio.read(u64::from(port), data);
+                    Ok(None)
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    mmio.read(addr, data);
+                    Ok(None)
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    mmio.write(addr, data);
+                    Ok(None)
+                }
+                Ok(VcpuExit::Hlt) => Ok(None),
+                Ok(VcpuExit::Shutdown) => Ok(Some(ExitRequest::Shutdown)),
+                Ok(VcpuExit::SystemEvent(kind, _)) => Ok(Some(match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitRequest::Reset,
+                    _ => ExitRequest::Shutdown,
+                })),
+                Ok(VcpuExit::FailEntry(reason, _)) => Err(Error::FailEntry { index, reason }),
+                Ok(VcpuExit::InternalError) => Err(Error::Internal {
+                    index,
+                    rip: self.fd.get_regs().map(|r| r.rip).unwrap_or(0),
+                }),
+                Ok(other) => Err(Error::UnexpectedExit {
+                    index,
+                    exit: format!("{other:?}"),
+                }),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(None),
+                Err(source) => Err(Error::Ioctl {
+                    index,
+                    what: "KVM_RUN",
+                    source,
+                }),
+            };
+            stats.exits.fetch_add(1, Ordering::Relaxed);
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(req)) => exit.request(req),
+                Err(e) => {
+                    log::error!("{e}");
+                    error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                    exit.request(ExitRequest::VcpuFailed);
+                }
+            }
+        }
+    }
+}
+
+/// Shared state handed to each vCPU thread.
+pub(crate) struct VcpuShared {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exit: Arc<ExitNotifier>,
+    pub error: Arc<Mutex<Option<Error>>>,
+}

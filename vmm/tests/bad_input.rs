@@ -1,0 +1,143 @@
+//! Bad `--kernel`/`--initrd`/`--mem` input gives a typed error that names the file and says
+//! what is wrong. None of these needs /dev/kvm: files are checked before KVM is opened.
+
+use std::path::{Path, PathBuf};
+
+use vmm_vmm::boot::Error as BootError;
+use vmm_vmm::{run, Console, VmConfig, VmmError};
+
+fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn config(kernel: &Path) -> VmConfig {
+    let mut c = VmConfig::new(kernel);
+    c.mem_mib = 16;
+    c.console = Console::Null;
+    c
+}
+
+fn boot_err(c: VmConfig) -> BootError {
+    let shown = c.kernel.clone();
+    match run(c) {
+        Err(VmmError::Boot(e)) => e,
+        other => panic!("{}: expected a boot error, got {other:?}", shown.display()),
+    }
+}
+
+fn guest(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn missing_kernel() {
+    let p = Path::new("/nonexistent/vmlinuz");
+    let e = boot_err(config(p));
+    assert!(
+        matches!(&e, BootError::KernelOpen { path, .. } if path == p),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/nonexistent/vmlinuz") && msg.contains("No such file"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn empty_and_non_kernel_files() {
+    let empty = scratch("empty", b"");
+    let e = boot_err(config(&empty));
+    assert!(matches!(e, BootError::NotAKernel { .. }), "{e:?}");
+    assert!(e.to_string().contains("empty"), "{e}");
+
+    let text = scratch("text", &b"#!/bin/sh\necho I am not a kernel\n".repeat(100));
+    let e = boot_err(config(&text));
+    assert!(matches!(e, BootError::NotAKernel { .. }), "{e:?}");
+    assert!(e.to_string().contains(&*text.to_string_lossy()), "{e}");
+}
+
+#[test]
+fn truncated_images() {
+    let elf = guest(vmm_test_guest::ELF_PATH);
+    for cut in [3, 40, 2000] {
+        let p = scratch(&format!("elf-cut-{cut}"), &elf[..cut]);
+        let e = boot_err(config(&p));
+        assert!(
+            matches!(e, BootError::Truncated { .. }),
+            "cut at {cut}: {e:?}"
+        );
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+    let bz = guest(vmm_test_guest::BZIMAGE_PATH);
+    for cut in [0x300, 1024, 1500] {
+        let p = scratch(&format!("bz-cut-{cut}"), &bz[..cut]);
+        let e = boot_err(config(&p));
+        assert!(
+            matches!(e, BootError::Truncated { .. }),
+            "cut at {cut}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn unsupported_images() {
+    // A 32-bit ELF.
+    let mut elf = guest(vmm_test_guest::ELF_PATH);
+    elf[4] = 1;
+    let p = scratch("elf32", &elf);
+    let e = boot_err(config(&p));
+    assert!(matches!(e, BootError::UnsupportedKernel { .. }), "{e:?}");
+    // A bzImage without a 64-bit entry point.
+    let mut bz = guest(vmm_test_guest::BZIMAGE_PATH);
+    bz[0x236] = 0;
+    let p = scratch("bz-no64", &bz);
+    let e = boot_err(config(&p));
+    assert!(e.to_string().contains("XLF_KERNEL_64"), "{e}");
+}
+
+#[test]
+fn memory_too_small_for_kernel() {
+    // The same guest, claiming (like a real bzImage) it needs 32 MiB to decompress.
+    let mut bz = guest(vmm_test_guest::BZIMAGE_PATH);
+    bz[0x260..0x264].copy_from_slice(&(32u32 << 20).to_le_bytes());
+    let p = scratch("bz-big", &bz);
+    let e = boot_err(config(&p));
+    assert!(matches!(e, BootError::KernelDoesNotFit { .. }), "{e:?}");
+    assert!(e.to_string().contains("more memory"), "{e}");
+}
+
+#[test]
+fn memory_too_small_for_initrd() {
+    let initrd = scratch("initrd-3m", &vec![0x5a; 3 << 20]);
+    let mut c = config(Path::new(vmm_test_guest::ELF_PATH));
+    c.mem_mib = 4;
+    c.initrd = Some(initrd.clone());
+    let e = boot_err(c);
+    assert!(
+        matches!(&e, BootError::InitrdDoesNotFit { path, .. } if *path == initrd),
+        "{e:?}"
+    );
+
+    let mut c = config(Path::new(vmm_test_guest::ELF_PATH));
+    c.initrd = Some("/nonexistent/initrd".into());
+    let e = boot_err(c);
+    assert!(e.to_string().contains("/nonexistent/initrd"), "{e}");
+}
+
+#[test]
+fn bad_sizes() {
+    let mut c = config(Path::new(vmm_test_guest::ELF_PATH));
+    c.mem_mib = 1;
+    assert!(matches!(run(c), Err(VmmError::Memory(_))));
+    let mut c = config(Path::new(vmm_test_guest::ELF_PATH));
+    c.cpus = 0;
+    assert!(matches!(run(c), Err(VmmError::Config(_))));
+    let mut c = config(Path::new(vmm_test_guest::ELF_PATH));
+    c.cmdline = "x".repeat(10_000);
+    assert!(matches!(run(c), Err(VmmError::Boot(BootError::Cmdline(_)))));
+}
