@@ -6,6 +6,7 @@
 
 mod backend_cmd;
 mod signals;
+mod vm_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,11 +24,15 @@ const EXIT_USAGE: u8 = 2;
         Every network device's packets run through a vhost-user datapath whose host side is one \
         of UML's transports (tap, hybrid, raw, gre, l2tpv3, bess, fd, and the legacy tuntap, \
         mcast, ucast, pcap, daemon, vde), configured with UML's own syntax.",
-    after_long_help = umlnet::config::SPEC_HELP
+    after_long_help = umlnet::config::SPEC_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    vm: vm_cmd::VmArgs,
 }
 
 #[derive(Subcommand)]
@@ -58,9 +63,13 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
+    // A peer closing a socket must be an error to handle, not a signal that kills us.
+    // SAFETY: setting SIGPIPE's disposition to ignore has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let cli = Cli::parse();
     match cli.command {
-        Command::NetBackend { socket, spec } => backend_cmd::run(&socket, &spec),
+        Some(Command::NetBackend { socket, spec }) => backend_cmd::run(&socket, &spec),
+        None => vm_cmd::run(cli.vm),
     }
 }
 

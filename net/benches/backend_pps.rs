@@ -1,0 +1,245 @@
+//! Packets per second through the backend's datapath with no guest: a synthetic frontend (a
+//! split virtqueue in memory, refilled each round) moves 64-byte frames through `raw` on a veth
+//! into a namespace, both directions, on one core. The anchor, in the same run: the same
+//! AF_PACKET socket driven directly with sendmmsg/recvmmsg and no virtqueue, i.e. the host
+//! side's own ceiling; the ratio is what the datapath costs.
+//!
+//! Run as root: `cargo bench -p vmm-net --bench backend_pps` (`SECS=N` per measurement).
+
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use umlnet::backend::datapath::Datapath;
+use umlnet::backend::features::Negotiated;
+use umlnet::config::{CommonOpts, NetSpec, RawConfig, TransportConfig};
+use umlnet::transport::{self, PacketBatch, Transport};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+const QSIZE: u16 = 256;
+const DATA: u64 = 0x10_0000;
+const FRAME: usize = 64;
+
+fn ip(args: &[&str]) {
+    let ok = Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "ip {}", args.join(" "));
+}
+
+/// Runs `f` in namespace `ns` (sockets opened there stay there).
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).expect("netns");
+            // SAFETY: setns on a namespace file we opened; affects this thread only.
+            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            f()
+        })
+        .join()
+        .expect("thread")
+    })
+}
+
+fn raw_spec(ifname: &str) -> NetSpec {
+    NetSpec {
+        name: "vec0".into(),
+        common: CommonOpts::default(),
+        transport: TransportConfig::Raw(RawConfig {
+            ifname: ifname.into(),
+        }),
+    }
+}
+
+fn frame(seed: u8) -> [u8; FRAME] {
+    let mut f = [seed; FRAME];
+    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    f
+}
+
+/// Writes the descriptor table once.
+fn store_descs(vq: &MockSplitQueue<GuestMemoryMmap>, descs: &[RawDescriptor]) {
+    for (i, d) in descs.iter().enumerate() {
+        vq.desc_table().store(i as u16, *d).unwrap();
+    }
+}
+
+/// Makes the chains at `heads` available again, as a driver refilling its ring would:
+/// entries go at avail_idx modulo the ring size, and avail_idx wraps.
+fn publish(m: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>, heads: impl Iterator<Item = u16>) {
+    let idx_addr = vq.avail_addr().unchecked_add(2);
+    let mut idx: u16 = m.read_obj(idx_addr).unwrap();
+    for h in heads {
+        let slot = vq.avail_addr().unchecked_add(4 + u64::from(idx % QSIZE) * 2);
+        m.write_obj(h, slot).unwrap();
+        idx = idx.wrapping_add(1);
+    }
+    m.write_obj(idx, idx_addr).unwrap();
+}
+
+fn secs() -> Duration {
+    Duration::from_secs(std::env::var("SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3))
+}
+
+/// Guest → host through the datapath: the ring is refilled with QSIZE transmit chains, the
+/// datapath drains it into the transport.
+fn datapath_tx(t: Box<dyn Transport>) -> f64 {
+    let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+    let vq = MockSplitQueue::create(&m, GuestAddress(0), QSIZE);
+    let mut descs = Vec::new();
+    for i in 0..QSIZE / 2 {
+        let a = DATA + u64::from(i) * 0x100;
+        m.write_slice(&[0u8; 12], GuestAddress(a)).unwrap();
+        m.write_slice(&frame(i as u8), GuestAddress(a + 12)).unwrap();
+        let d = |addr, len, flags, next| RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next));
+        descs.push(d(a, 12, VRING_DESC_F_NEXT, 2 * i + 1));
+        descs.push(d(a + 12, FRAME as u32, 0, 0));
+    }
+    store_descs(&vq, &descs);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut dp = Datapath::new(t, 64, 2);
+    dp.set_negotiated(Negotiated::from_features(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF))
+        .unwrap();
+    let (mut sent, start) = (0u64, Instant::now());
+    let chains = QSIZE / 2;
+    let mut next = 0u16;
+    while start.elapsed() < secs() {
+        // Refill only what the datapath gave back: a ring never holds more than its size.
+        let in_flight = m
+            .read_obj::<u16>(vq.avail_addr().unchecked_add(2))
+            .unwrap()
+            .wrapping_sub(q.next_used());
+        let free = chains - in_flight.min(chains);
+        publish(&m, &vq, (0..free).map(|k| 2 * ((next + k) % chains)));
+        next = (next + free) % chains;
+        let before = q.next_used();
+        dp.process_tx(&mut q, &m).unwrap();
+        sent += u64::from(q.next_used().wrapping_sub(before));
+    }
+    sent as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Host → guest through the datapath: a generator thread floods the veth peer; the datapath
+/// delivers into QSIZE receive buffers, refilled each round.
+fn datapath_rx(t: Box<dyn Transport>, flood: impl FnOnce(Instant) + Send) -> f64 {
+    let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+    let vq = MockSplitQueue::create(&m, GuestAddress(0), QSIZE);
+    let descs: Vec<RawDescriptor> = (0..QSIZE)
+        .map(|i| RawDescriptor::from(Descriptor::new(DATA + u64::from(i) * 0x800, 2048, VRING_DESC_F_WRITE as u16, 0)))
+        .collect();
+    store_descs(&vq, &descs);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut dp = Datapath::new(t, 64, 2);
+    dp.set_negotiated(Negotiated::from_features(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF))
+        .unwrap();
+    let end = Instant::now() + secs();
+    std::thread::scope(|s| {
+        s.spawn(|| flood(end));
+        let (mut got, start) = (0u64, Instant::now());
+        let mut next_head = 0u16;
+        while Instant::now() < end {
+            // Refill what the datapath used since the last round.
+            let used = q.next_used();
+            let free = QSIZE - (m.read_obj::<u16>(vq.avail_addr().unchecked_add(2)).unwrap().wrapping_sub(used));
+            publish(&m, &vq, (0..free).map(|k| (next_head + k) % QSIZE));
+            next_head = (next_head + free) % QSIZE;
+            let before = q.next_used();
+            dp.process_rx(&mut q, &m).unwrap();
+            got += u64::from(q.next_used().wrapping_sub(before));
+        }
+        got as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+/// The anchor: the bare transport, batches of 64 frames, no virtqueue.
+fn bare_tx(mut t: Box<dyn Transport>) -> f64 {
+    let mut b = PacketBatch::new(64, 2048);
+    for _ in 0..64 {
+        let p = b.next_free().unwrap();
+        p.space()[..10].fill(0);
+        p.space()[10..10 + FRAME].copy_from_slice(&frame(1));
+        p.set_len(10 + FRAME);
+        b.commit();
+    }
+    let (mut sent, start) = (0u64, Instant::now());
+    while start.elapsed() < secs() {
+        sent += t.send(&b).unwrap() as u64;
+    }
+    sent as f64 / start.elapsed().as_secs_f64()
+}
+
+fn bare_rx(mut t: Box<dyn Transport>, flood: impl FnOnce(Instant) + Send) -> f64 {
+    let mut b = PacketBatch::new(64, 2048);
+    let end = Instant::now() + secs();
+    std::thread::scope(|s| {
+        s.spawn(|| flood(end));
+        let (mut got, start) = (0u64, Instant::now());
+        while Instant::now() < end {
+            got += t.recv(&mut b).unwrap() as u64;
+        }
+        got as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+fn main() {
+    if unsafe_euid() != 0 {
+        eprintln!("backend_pps: needs root (it makes a namespace and a veth pair)");
+        return;
+    }
+    let ns = format!("vpps{}", std::process::id());
+    ip(&["netns", "add", &ns]);
+    let cleanup = scopeguard(ns.clone());
+    ip(&["-n", &ns, "link", "add", "pa", "type", "veth", "peer", "name", "pb"]);
+    ip(&["-n", &ns, "link", "set", "pa", "up"]);
+    ip(&["-n", &ns, "link", "set", "pb", "up"]);
+    let open = |ifname: &str| in_ns(&ns, || transport::open(&raw_spec(ifname)).expect("open raw"));
+    // The generator: a raw transport on the peer end, sending 64-frame batches until `end`.
+    let flood = |end: Instant| {
+        let mut g = in_ns(&ns, || transport::open(&raw_spec("pa")).expect("open generator"));
+        let mut b = PacketBatch::new(64, 2048);
+        for _ in 0..64 {
+            let p = b.next_free().unwrap();
+            p.space()[..10].fill(0);
+            p.space()[10..10 + FRAME].copy_from_slice(&frame(2));
+            p.set_len(10 + FRAME);
+            b.commit();
+        }
+        while Instant::now() < end {
+            let _ = g.send(&b);
+        }
+    };
+    let rows = [
+        ("guest->host", datapath_tx(open("pb")), bare_tx(open("pb"))),
+        ("host->guest", datapath_rx(open("pb"), flood), bare_rx(open("pb"), flood)),
+    ];
+    println!("64-byte frames, raw on a veth, one core for the datapath ({:?} each)", secs());
+    println!("{:<12} {:>14} {:>16} {:>7}", "direction", "datapath Mpps", "bare socket Mpps", "ratio");
+    for (dir, dp, bare) in rows {
+        println!("{dir:<12} {:>14.3} {:>16.3} {:>7.2}", dp / 1e6, bare / 1e6, dp / bare);
+    }
+    drop(cleanup);
+}
+
+fn unsafe_euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Deletes the namespace (and its veth) when dropped, also on panic.
+fn scopeguard(ns: String) -> impl Drop {
+    struct Guard(String);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    Guard(ns)
+}
