@@ -28,7 +28,11 @@ const DATA: u64 = 0x10_0000;
 const FRAME: usize = 64;
 
 fn ip(args: &[&str]) {
-    let ok = Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("ip")
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     assert!(ok, "ip {}", args.join(" "));
 }
 
@@ -39,7 +43,8 @@ fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
         s.spawn(|| {
             let file = std::fs::File::open(&path).expect("netns");
             // SAFETY: setns on a namespace file we opened; affects this thread only.
-            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
             f()
         })
         .join()
@@ -74,11 +79,17 @@ fn store_descs(vq: &MockSplitQueue<GuestMemoryMmap>, descs: &[RawDescriptor]) {
 
 /// Makes the chains at `heads` available again, as a driver refilling its ring would:
 /// entries go at avail_idx modulo the ring size, and avail_idx wraps.
-fn publish(m: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>, heads: impl Iterator<Item = u16>) {
+fn publish(
+    m: &GuestMemoryMmap,
+    vq: &MockSplitQueue<GuestMemoryMmap>,
+    heads: impl Iterator<Item = u16>,
+) {
     let idx_addr = vq.avail_addr().unchecked_add(2);
     let mut idx: u16 = m.read_obj(idx_addr).unwrap();
     for h in heads {
-        let slot = vq.avail_addr().unchecked_add(4 + u64::from(idx % QSIZE) * 2);
+        let slot = vq
+            .avail_addr()
+            .unchecked_add(4 + u64::from(idx % QSIZE) * 2);
         m.write_obj(h, slot).unwrap();
         idx = idx.wrapping_add(1);
     }
@@ -86,7 +97,12 @@ fn publish(m: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>, heads: imp
 }
 
 fn secs() -> Duration {
-    Duration::from_secs(std::env::var("SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3))
+    Duration::from_secs(
+        std::env::var("SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3),
+    )
 }
 
 /// Guest → host through the datapath: the ring is refilled with QSIZE transmit chains, the
@@ -98,16 +114,21 @@ fn datapath_tx(t: Box<dyn Transport>) -> f64 {
     for i in 0..QSIZE / 2 {
         let a = DATA + u64::from(i) * 0x100;
         m.write_slice(&[0u8; 12], GuestAddress(a)).unwrap();
-        m.write_slice(&frame(i as u8), GuestAddress(a + 12)).unwrap();
-        let d = |addr, len, flags, next| RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next));
+        m.write_slice(&frame(i as u8), GuestAddress(a + 12))
+            .unwrap();
+        let d = |addr, len, flags, next| {
+            RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+        };
         descs.push(d(a, 12, VRING_DESC_F_NEXT, 2 * i + 1));
         descs.push(d(a + 12, FRAME as u32, 0, 0));
     }
     store_descs(&vq, &descs);
     let mut q: Queue = vq.create_queue().unwrap();
     let mut dp = Datapath::new(t, 64, 2);
-    dp.set_negotiated(Negotiated::from_features(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF))
-        .unwrap();
+    dp.set_negotiated(Negotiated::from_features(
+        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF,
+    ))
+    .unwrap();
     let (mut sent, start) = (0u64, Instant::now());
     let chains = QSIZE / 2;
     let mut next = 0u16;
@@ -133,13 +154,22 @@ fn datapath_rx(t: Box<dyn Transport>, flood: impl FnOnce(Instant) + Send) -> f64
     let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
     let vq = MockSplitQueue::create(&m, GuestAddress(0), QSIZE);
     let descs: Vec<RawDescriptor> = (0..QSIZE)
-        .map(|i| RawDescriptor::from(Descriptor::new(DATA + u64::from(i) * 0x800, 2048, VRING_DESC_F_WRITE as u16, 0)))
+        .map(|i| {
+            RawDescriptor::from(Descriptor::new(
+                DATA + u64::from(i) * 0x800,
+                2048,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            ))
+        })
         .collect();
     store_descs(&vq, &descs);
     let mut q: Queue = vq.create_queue().unwrap();
     let mut dp = Datapath::new(t, 64, 2);
-    dp.set_negotiated(Negotiated::from_features(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF))
-        .unwrap();
+    dp.set_negotiated(Negotiated::from_features(
+        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF,
+    ))
+    .unwrap();
     let end = Instant::now() + secs();
     std::thread::scope(|s| {
         s.spawn(|| flood(end));
@@ -148,7 +178,10 @@ fn datapath_rx(t: Box<dyn Transport>, flood: impl FnOnce(Instant) + Send) -> f64
         while Instant::now() < end {
             // Refill what the datapath used since the last round.
             let used = q.next_used();
-            let free = QSIZE - (m.read_obj::<u16>(vq.avail_addr().unchecked_add(2)).unwrap().wrapping_sub(used));
+            let free = QSIZE
+                - (m.read_obj::<u16>(vq.avail_addr().unchecked_add(2))
+                    .unwrap()
+                    .wrapping_sub(used));
             publish(&m, &vq, (0..free).map(|k| (next_head + k) % QSIZE));
             next_head = (next_head + free) % QSIZE;
             let before = q.next_used();
@@ -197,13 +230,21 @@ fn main() {
     let ns = format!("vpps{}", std::process::id());
     ip(&["netns", "add", &ns]);
     let cleanup = scopeguard(ns.clone());
-    ip(&["-n", &ns, "link", "add", "pa", "type", "veth", "peer", "name", "pb"]);
+    ip(&[
+        "-n", &ns, "link", "add", "pa", "type", "veth", "peer", "name", "pb",
+    ]);
     ip(&["-n", &ns, "link", "set", "pa", "up"]);
     ip(&["-n", &ns, "link", "set", "pb", "up"]);
-    let open = |ifname: &str| in_ns(&ns, || transport::open(&raw_spec(ifname)).expect("open raw"));
+    let open = |ifname: &str| {
+        in_ns(&ns, || {
+            transport::open(&raw_spec(ifname)).expect("open raw")
+        })
+    };
     // The generator: a raw transport on the peer end, sending 64-frame batches until `end`.
     let flood = |end: Instant| {
-        let mut g = in_ns(&ns, || transport::open(&raw_spec("pa")).expect("open generator"));
+        let mut g = in_ns(&ns, || {
+            transport::open(&raw_spec("pa")).expect("open generator")
+        });
         let mut b = PacketBatch::new(64, 2048);
         for _ in 0..64 {
             let p = b.next_free().unwrap();
@@ -218,12 +259,27 @@ fn main() {
     };
     let rows = [
         ("guest->host", datapath_tx(open("pb")), bare_tx(open("pb"))),
-        ("host->guest", datapath_rx(open("pb"), flood), bare_rx(open("pb"), flood)),
+        (
+            "host->guest",
+            datapath_rx(open("pb"), flood),
+            bare_rx(open("pb"), flood),
+        ),
     ];
-    println!("64-byte frames, raw on a veth, one core for the datapath ({:?} each)", secs());
-    println!("{:<12} {:>14} {:>16} {:>7}", "direction", "datapath Mpps", "bare socket Mpps", "ratio");
+    println!(
+        "64-byte frames, raw on a veth, one core for the datapath ({:?} each)",
+        secs()
+    );
+    println!(
+        "{:<12} {:>14} {:>16} {:>7}",
+        "direction", "datapath Mpps", "bare socket Mpps", "ratio"
+    );
     for (dir, dp, bare) in rows {
-        println!("{dir:<12} {:>14.3} {:>16.3} {:>7.2}", dp / 1e6, bare / 1e6, dp / bare);
+        println!(
+            "{dir:<12} {:>14.3} {:>16.3} {:>7.2}",
+            dp / 1e6,
+            bare / 1e6,
+            dp / bare
+        );
     }
     drop(cleanup);
 }

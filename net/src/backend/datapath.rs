@@ -153,6 +153,10 @@ impl Datapath {
         mem: &GuestMemoryMmap,
     ) -> Result<bool, TransportError> {
         let mut delivered = false;
+        // Whether we already looked again after the guest's ring claimed more buffers without
+        // yielding any: a hostile avail index (more than a ring ahead) makes enable_notification
+        // report work that pop never returns, so we retry once, then wait for the next kick.
+        let mut rechecked = false;
         loop {
             if self.rx_next >= self.rx.count() {
                 self.rx_next = 0;
@@ -164,6 +168,7 @@ impl Datapath {
                 match self.deliver(self.rx_next, queue, mem) {
                     Delivery::Delivered => {
                         delivered = true;
+                        rechecked = false;
                         self.rx_next += 1;
                     }
                     Delivery::Dropped => self.rx_next += 1,
@@ -171,7 +176,10 @@ impl Datapath {
                         // Ask the guest to kick us when it adds buffers; if some appeared in
                         // the meantime, go on.
                         match queue.enable_notification(mem) {
-                            Ok(true) => continue,
+                            Ok(true) if !rechecked => {
+                                rechecked = true;
+                                continue;
+                            }
                             _ => return Ok(delivered && self.must_notify(queue, mem)),
                         }
                     }
@@ -309,6 +317,8 @@ impl Datapath {
         mem: &GuestMemoryMmap,
     ) -> Result<bool, TransportError> {
         let mut returned = false;
+        // See process_rx: a ring that claims chains it never yields gets one look, not a spin.
+        let mut rechecked = false;
         loop {
             // Leftovers first: while the host refuses them, take nothing more from the guest.
             if self.tx.count() > 0 {
@@ -331,9 +341,14 @@ impl Datapath {
             if self.tx.count() == 0 {
                 // Nothing taken: re-arm notifications; chains that raced in are taken now.
                 match queue.enable_notification(mem) {
-                    Ok(true) => continue,
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
+                        continue;
+                    }
                     _ => break,
                 }
+            } else {
+                rechecked = false;
             }
         }
         Ok(returned && self.must_notify(queue, mem))

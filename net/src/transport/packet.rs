@@ -85,7 +85,14 @@ impl PacketSocket {
     /// `dropped_trunc` counts frames larger than a buffer.
     pub fn recv(&mut self, batch: &mut PacketBatch, dropped_trunc: &mut u64) -> io::Result<usize> {
         loop {
-            let got = self.mmsg.recv(self.fd(), batch, &mut self.meta)?;
+            let got = match self.mmsg.recv(self.fd(), batch, &mut self.meta) {
+                Ok(got) => got,
+                // A packet socket reports ENETDOWN once when its interface goes (or was)
+                // down: a link event, not a failure. With edge-triggered polling an error here
+                // would leave frames queued behind it unread until the next arrival.
+                Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
+                Err(e) => return Err(e),
+            };
             let mut kept = 0;
             for i in 0..got {
                 let m = self.meta[i];

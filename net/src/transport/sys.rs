@@ -282,7 +282,7 @@ impl Mmsg {
                 fd,
                 self.hdrs.as_mut_ptr(),
                 n as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
         };
         match cvt(ret) {

@@ -273,7 +273,7 @@ impl MsgVec {
                 fd,
                 self.hdrs.as_mut_ptr(),
                 n as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
         };
         let r = match cvt(ret) {

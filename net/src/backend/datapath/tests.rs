@@ -408,3 +408,20 @@ fn hostile_chains_are_counted_and_returned_empty() {
         assert_eq!(used(&vq, i).1, 0);
     }
 }
+
+/// A guest that publishes an avail index far beyond its ring (invalid) must not make the
+/// datapath spin: both directions return.
+#[test]
+fn an_invalid_avail_index_does_not_hang_either_direction() {
+    use vm_memory::Address;
+    let m = mem();
+    let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
+    m.write_obj(1000u16, vq.avail_addr().unchecked_add(2))
+        .unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (mut dp, _host) = datapath(10, vec![with_hdr([0; 10], &frame(60, 1))], MRG);
+    let start = std::time::Instant::now();
+    dp.process_rx(&mut q, &m).unwrap();
+    dp.process_tx(&mut q, &m).unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+}
