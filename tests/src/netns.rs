@@ -83,6 +83,28 @@ impl NetNs {
         })
     }
 
+    /// Waits (up to 5 s) until `link` is operationally up with a real queueing discipline:
+    /// attaching a tap's descriptor raises its carrier, but the kernel activates the qdisc
+    /// asynchronously and frames sent before that vanish in the noop qdisc.
+    pub fn wait_link_up(&self, link: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let out = Command::new("ip")
+                .args(["-n", &self.name, "-o", "link", "show", "dev", link])
+                .output()
+                .expect("ip link show");
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.contains("state UP") && !text.contains("qdisc noop") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{link} did not come up: {text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Creates a veth pair with both ends in this namespace, up, the first with `addr`.
     pub fn veth_pair(&self, addr: Option<&str>) -> (String, String) {
         let a = crate::unique_name("va");

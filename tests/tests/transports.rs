@@ -143,10 +143,13 @@ fn tso_both_ways(t: &mut dyn Transport, peer: &PacketPeer) {
 }
 
 fn open_in(ns: &NetNs, s: NetSpec, peer_if: &str, vnet: bool) -> (Box<dyn Transport>, PacketPeer) {
-    ns.enter(|| {
+    let (t, peer) = ns.enter(|| {
         let t = transport::open(&s).unwrap_or_else(|e| panic!("open: {e}"));
         (t, PacketPeer::open(peer_if, vnet))
-    })
+    });
+    // A tap's carrier comes with our descriptor; wait until the kernel really passes frames.
+    ns.wait_link_up(peer_if);
+    (t, peer)
 }
 
 #[test]
