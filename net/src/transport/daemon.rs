@@ -174,7 +174,7 @@ pub(super) fn handshake(
 
 /// One port on a unix-socket switch: the control connection (held), the data socket
 /// (connected to the switch's) and the multi-packet state.
-pub(super) struct SwitchPort {
+pub struct SwitchPort {
     transport: &'static str,
     /// Never read after the handshake: held because closing it unplugs the port.
     _ctl: UnixStream,
@@ -323,12 +323,11 @@ fn abstract_addr(tag: &str) -> libc::sockaddr_un {
 }
 
 /// `ethN=daemon`: see the module documentation.
-pub struct Daemon {
-    port: SwitchPort,
-}
+/// Opens `daemon` ports; the port itself is a [`SwitchPort`], as for `vde`.
+pub struct Daemon;
 
 impl Daemon {
-    pub fn open(ctl_path: &Path, depth: usize) -> Result<Daemon, TransportError> {
+    pub fn open(ctl_path: &Path, depth: usize) -> Result<SwitchPort, TransportError> {
         const T: &str = "daemon";
         let data = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0).map_err(|source| {
             TransportError::Io {
@@ -359,15 +358,14 @@ impl Daemon {
             ctl_path.display(),
             describe(&peer)
         );
-        Ok(Daemon {
-            port: SwitchPort::new(T, ctl, data, &peer, depth)?,
-        })
+        SwitchPort::new(T, ctl, data, &peer, depth)
     }
 }
 
-impl Transport for Daemon {
+/// `daemon` and `vde` ports are the same thing once the switch has answered.
+impl Transport for SwitchPort {
     fn name(&self) -> &'static str {
-        "daemon"
+        self.transport
     }
 
     fn vnet_hdr_len(&self) -> usize {
@@ -375,19 +373,19 @@ impl Transport for Daemon {
     }
 
     fn rx_fd(&self) -> RawFd {
-        self.port.fd()
+        self.fd()
     }
 
     fn tx_fd(&self) -> RawFd {
-        self.port.fd()
+        self.fd()
     }
 
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
-        self.port.recv(batch)
+        SwitchPort::recv(self, batch)
     }
 
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
-        self.port.send(batch)
+        SwitchPort::send(self, batch)
     }
 
     fn set_offloads(&mut self, _offloads: Offloads) -> Result<(), TransportError> {
@@ -395,7 +393,7 @@ impl Transport for Daemon {
     }
 
     fn stats(&self) -> TransportStats {
-        self.port.stats()
+        SwitchPort::stats(self)
     }
 }
 

@@ -34,7 +34,7 @@ use super::daemon::{
     SWITCH_VERSION,
 };
 use super::sys::{self, cvt};
-use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use super::TransportError;
 
 const T: &str = "vde";
 /// libvdeplug's `MAXDESCR`.
@@ -137,9 +137,8 @@ impl Drop for Unlink {
 }
 
 /// `ethN=vde`: see the module documentation.
-pub struct Vde {
-    port: SwitchPort,
-}
+/// Opens `vde` ports; the port itself is a [`SwitchPort`], as for `daemon`.
+pub struct Vde;
 
 /// What `ethN=vde,...` asks for, beyond the switch.
 pub struct VdeOptions<'a> {
@@ -154,7 +153,7 @@ impl Vde {
         switch: Option<&Path>,
         opts: &VdeOptions,
         depth: usize,
-    ) -> Result<Vde, TransportError> {
+    ) -> Result<SwitchPort, TransportError> {
         if opts.port > MAX_PORT {
             return Err(invalid(format!(
                 "port {} is larger than {MAX_PORT}",
@@ -225,7 +224,7 @@ impl Vde {
             describe(&local),
             describe(&peer)
         );
-        Ok(Vde { port })
+        Ok(port)
     }
 
     /// Binds `fd` to `DIR/.PID-N`, or a fallback directory, returning the address and a guard
@@ -255,40 +254,6 @@ impl Vde {
             }
         }
         Err(invalid(format!("binding the data socket: {last}")))
-    }
-}
-
-impl Transport for Vde {
-    fn name(&self) -> &'static str {
-        "vde"
-    }
-
-    fn vnet_hdr_len(&self) -> usize {
-        0
-    }
-
-    fn rx_fd(&self) -> RawFd {
-        self.port.fd()
-    }
-
-    fn tx_fd(&self) -> RawFd {
-        self.port.fd()
-    }
-
-    fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
-        self.port.recv(batch)
-    }
-
-    fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
-        self.port.send(batch)
-    }
-
-    fn set_offloads(&mut self, _offloads: Offloads) -> Result<(), TransportError> {
-        Ok(())
-    }
-
-    fn stats(&self) -> TransportStats {
-        self.port.stats()
     }
 }
 
