@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end on a fresh machine (root): installs what is missing, builds `vmm`
 # and the guest images, then boots a real Linux guest (UML's virtio_uml, a vhost-user frontend)
-# on our backend with `vec0:transport=raw` on a veth into a fresh namespace, pings the host,
+# on our backend with `vec0:transport=raw,gro=1` on a veth into a fresh namespace, pings the host,
 # runs iperf3 both ways, and cleans up.
-#   resources/demo.sh [TRANSPORT_OPTIONS]      e.g. resources/demo.sh gro=1
+#   resources/demo.sh [TRANSPORT_OPTIONS]      e.g. resources/demo.sh depth=128
 # Exit status: the guest's.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,7 +29,9 @@ ip -n "$ns" link set host0 up
 ip -n "$ns" link set guest0 up
 ip netns exec "$ns" iperf3 -s -B 10.0.2.1 >/dev/null 2>&1 &
 
-spec="vec0:transport=raw,ifname=guest0$extra"
+# gro=1: the veth hands over TSO frames; with offloads on they reach the guest whole (gro=0
+# would need the host side's TSO turned off, as with UML).
+spec="vec0:transport=raw,ifname=guest0,gro=1$extra"
 echo "demo: vmm net-backend $spec"
 RUST_LOG=info ip netns exec "$ns" "$root/target/release/vmm" net-backend \
     --socket "$work/vec0.sock" "$spec" 2> "$work/backend.log" &
