@@ -627,6 +627,15 @@ fn uml_l2tpv3_udp_interop_ping_and_iperf() {
     );
 }
 
+/// L2TPv3 straight over IP (protocol 115), 32-bit cookies and the counter, against UML's own.
+#[test]
+fn uml_l2tpv3_ip_interop_ping_and_iperf() {
+    uml_interop(
+        "vec0:transport=l2tpv3,src=127.0.0.1,dst=127.0.0.2,rx_session=0x31,tx_session=0x41,rx_cookie=0xa1,tx_cookie=0xb2,counter=1",
+        "vec0:transport=l2tpv3,src=127.0.0.2,dst=127.0.0.1,rx_session=0x41,tx_session=0x31,rx_cookie=0xb2,tx_cookie=0xa1,counter=1",
+    );
+}
+
 /// Legacy multicast: UML's `eth0=mcast` and ours on the same default group and port.
 #[test]
 fn uml_mcast_interop_ping_and_iperf() {

@@ -65,6 +65,17 @@ impl NetBackend {
         device::lock(&self.dp).stats()
     }
 
+    /// The device's counters and the transport's drops, for the log.
+    pub fn summary(&self) -> String {
+        let dp = device::lock(&self.dp);
+        format!(
+            "{}; transport {}: {}",
+            dp.stats().summary(),
+            dp.transport().name(),
+            dp.transport().stats()
+        )
+    }
+
     /// Serves one connected frontend until it disconnects, breaks the protocol, or `stop`
     /// becomes readable. The device is reset afterwards, ready for the next one.
     pub fn serve_connection(
@@ -123,7 +134,7 @@ impl NetBackend {
         // Stop the worker threads of this connection and forget its state.
         dev.read().unwrap_or_else(|p| p.into_inner()).notify_exit();
         device::lock(&self.dp).reset();
-        log::info!("{}: frontend gone; {}", self.name, self.stats().summary());
+        log::info!("{}: frontend gone; {}", self.name, self.summary());
         if stopped {
             log::info!("{}: stop requested", self.name);
         }
@@ -210,7 +221,7 @@ pub fn serve(socket: &Path, spec: NetSpec, shutdown: EventFd) -> Result<(), Back
         }
     };
     let _ = std::fs::remove_file(socket);
-    log::info!("{}: stopped; {}", spec.name, backend.stats().summary());
+    log::info!("{}: stopped; {}", spec.name, backend.summary());
     result
 }
 

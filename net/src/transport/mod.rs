@@ -170,6 +170,33 @@ pub struct TransportStats {
     pub tx_refused: u64,
 }
 
+impl std::fmt::Display for TransportStats {
+    /// One line for the log: only the counters that are not zero.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let h = &self.rx_dropped_header;
+        let fields = [
+            ("rx truncated", self.rx_dropped_truncated),
+            ("rx bad tunnel header", h.total()),
+            ("rx wrong key", h.wrong_key),
+            ("rx wrong session", h.wrong_session),
+            ("rx wrong cookie", h.wrong_cookie),
+            ("rx foreign source", self.rx_dropped_foreign),
+            ("rx own echo", self.rx_dropped_own),
+            ("tx dropped", self.tx_dropped),
+            ("tx refused", self.tx_refused),
+        ];
+        let mut any = false;
+        for (name, n) in fields.iter().filter(|(_, n)| *n > 0) {
+            write!(f, "{}{name} {n}", if any { ", " } else { "" })?;
+            any = true;
+        }
+        if !any {
+            write!(f, "no drops")?;
+        }
+        Ok(())
+    }
+}
+
 /// Errors of the transports.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
