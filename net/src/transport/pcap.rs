@@ -43,19 +43,63 @@ struct PcapBpfProgram {
     bf_insns: *mut libc::sock_filter,
 }
 
-#[link(name = "pcap")]
-extern "C" {
-    fn pcap_open_dead(linktype: c_int, snaplen: c_int) -> *mut c_void;
-    fn pcap_compile(
-        p: *mut c_void,
-        fp: *mut PcapBpfProgram,
-        expr: *const c_char,
-        optimize: c_int,
-        netmask: u32,
-    ) -> c_int;
-    fn pcap_geterr(p: *mut c_void) -> *mut c_char;
-    fn pcap_freecode(fp: *mut PcapBpfProgram);
-    fn pcap_close(p: *mut c_void);
+type OpenDead = unsafe extern "C" fn(c_int, c_int) -> *mut c_void;
+type Compile =
+    unsafe extern "C" fn(*mut c_void, *mut PcapBpfProgram, *const c_char, c_int, u32) -> c_int;
+type GetErr = unsafe extern "C" fn(*mut c_void) -> *mut c_char;
+type FreeCode = unsafe extern "C" fn(*mut PcapBpfProgram);
+type Close = unsafe extern "C" fn(*mut c_void);
+
+/// libpcap's entry points, loaded on first use with dlopen rather than linked: linking would
+/// pull libpcap and its own dependencies (dbus, systemd, gcrypt, ...) into every `vmm`
+/// process, costing start-up time and resident memory for a transport most never use.
+struct Libpcap {
+    open_dead: OpenDead,
+    compile: Compile,
+    geterr: GetErr,
+    freecode: FreeCode,
+    close: Close,
+}
+
+fn libpcap() -> Result<&'static Libpcap, String> {
+    static LIB: std::sync::OnceLock<Result<Libpcap, String>> = std::sync::OnceLock::new();
+    LIB.get_or_init(load_libpcap).as_ref().map_err(Clone::clone)
+}
+
+fn load_libpcap() -> Result<Libpcap, String> {
+    let handle = [c"libpcap.so.0.8", c"libpcap.so.1", c"libpcap.so"]
+        .iter()
+        // SAFETY: dlopen with a NUL-terminated name; the handle is never closed, so symbols
+        // taken from it stay valid for the life of the process.
+        .map(|name| unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) })
+        .find(|h| !h.is_null())
+        .ok_or("libpcap is not installed (Debian: libpcap0.8)")?;
+    let sym = |name: &CStr| {
+        // SAFETY: dlsym on the live handle with a NUL-terminated name.
+        let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+        if p.is_null() {
+            Err(format!("libpcap lacks {}", name.to_string_lossy()))
+        } else {
+            Ok(p)
+        }
+    };
+    let open_dead = sym(c"pcap_open_dead")?;
+    let compile = sym(c"pcap_compile")?;
+    let geterr = sym(c"pcap_geterr")?;
+    let freecode = sym(c"pcap_freecode")?;
+    let close = sym(c"pcap_close")?;
+    Ok(Libpcap {
+        // SAFETY: the symbol is libpcap's pcap_open_dead, of this C signature (pcap.h).
+        open_dead: unsafe { std::mem::transmute::<*mut c_void, OpenDead>(open_dead) },
+        // SAFETY: the symbol is libpcap's pcap_compile, of this C signature (pcap.h).
+        compile: unsafe { std::mem::transmute::<*mut c_void, Compile>(compile) },
+        // SAFETY: the symbol is libpcap's pcap_geterr, of this C signature (pcap.h).
+        geterr: unsafe { std::mem::transmute::<*mut c_void, GetErr>(geterr) },
+        // SAFETY: the symbol is libpcap's pcap_freecode, of this C signature (pcap.h).
+        freecode: unsafe { std::mem::transmute::<*mut c_void, FreeCode>(freecode) },
+        // SAFETY: the symbol is libpcap's pcap_close, of this C signature (pcap.h).
+        close: unsafe { std::mem::transmute::<*mut c_void, Close>(close) },
+    })
 }
 
 /// libpcap's compiler kept global state before 1.8; one compile at a time is cheap insurance.
@@ -66,9 +110,10 @@ static COMPILE: Mutex<()> = Mutex::new(());
 pub fn compile(expr: &str, optimize: bool) -> Result<Vec<libc::sock_filter>, String> {
     let c_expr =
         CString::new(expr).map_err(|_| "the expression contains a NUL byte".to_string())?;
+    let lib = libpcap()?;
     let _guard = COMPILE.lock().unwrap_or_else(|p| p.into_inner());
     // SAFETY: pcap_open_dead takes no pointers; it returns a handle we close below or NULL.
-    let handle = unsafe { pcap_open_dead(DLT_EN10MB, SNAPLEN) };
+    let handle = unsafe { (lib.open_dead)(DLT_EN10MB, SNAPLEN) };
     if handle.is_null() {
         return Err("pcap_open_dead failed (out of memory)".into());
     }
@@ -79,7 +124,7 @@ pub fn compile(expr: &str, optimize: bool) -> Result<Vec<libc::sock_filter>, Str
     // SAFETY: `handle` is a live pcap handle, `prog` a live struct libpcap fills, `c_expr` a
     // NUL-terminated string alive for the call.
     let rc = unsafe {
-        pcap_compile(
+        (lib.compile)(
             handle,
             &mut prog,
             c_expr.as_ptr(),
@@ -90,7 +135,7 @@ pub fn compile(expr: &str, optimize: bool) -> Result<Vec<libc::sock_filter>, Str
     let result = if rc != 0 {
         // SAFETY: pcap_geterr returns a NUL-terminated buffer owned by the live handle; we
         // copy it before closing the handle.
-        let msg = unsafe { CStr::from_ptr(pcap_geterr(handle)) };
+        let msg = unsafe { CStr::from_ptr((lib.geterr)(handle)) };
         Err(msg.to_string_lossy().into_owned())
     } else if prog.bf_insns.is_null() || prog.bf_len == 0 {
         Err("libpcap returned an empty program".into())
@@ -100,11 +145,11 @@ pub fn compile(expr: &str, optimize: bool) -> Result<Vec<libc::sock_filter>, Str
         let insns = unsafe { std::slice::from_raw_parts(prog.bf_insns, prog.bf_len as usize) };
         let insns = insns.to_vec();
         // SAFETY: frees the program libpcap allocated in pcap_compile, once.
-        unsafe { pcap_freecode(&mut prog) };
+        unsafe { (lib.freecode)(&mut prog) };
         Ok(insns)
     };
     // SAFETY: closes the handle opened above, once; nothing refers to it afterwards.
-    unsafe { pcap_close(handle) };
+    unsafe { (lib.close)(handle) };
     result
 }
 
