@@ -1,5 +1,6 @@
 //! `vmm --kernel ...`: boot a guest on KVM. The exit status is the guest's (its debug-exit
-//! byte, 0 after an i8042 reset or a shutdown), 2 for bad input, 1 for a VMM failure.
+//! byte, 0 after an i8042 reset), 1 for a triple fault or a VMM failure, 2 for bad input, 130
+//! when stopped by SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,7 +62,7 @@ pub fn run(args: VmArgs) -> ExitCode {
         Ok(v) => v,
         Err(e) => return fail(exit_status(&e), e),
     };
-    // SIGINT/SIGTERM stop the VM (status 1, "stopped by the host").
+    // SIGINT/SIGTERM stop the VM (status 130, "stopped by the host").
     let stop = match signals::install() {
         Ok(fd) => fd,
         Err(e) => return fail(1, format_args!("installing signal handlers: {e}")),
@@ -80,6 +81,14 @@ pub fn run(args: VmArgs) -> ExitCode {
     match vmm.run() {
         Ok(report) => {
             log::info!("{:?} after {:?}", report.exit, report.elapsed);
+            match report.exit {
+                vmm_vmm::VmExit::Shutdown => eprintln!(
+                    "vmm: the guest triple-faulted after {:?} (or rebooted with reboot=t)",
+                    report.elapsed
+                ),
+                vmm_vmm::VmExit::Stopped => eprintln!("vmm: stopped by a signal"),
+                _ => {}
+            }
             ExitCode::from(report.exit_code().clamp(0, 255) as u8)
         }
         Err(e) => fail(exit_status(&e), e),

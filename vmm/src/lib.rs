@@ -103,20 +103,23 @@ pub enum VmExit {
     /// The guest reset the machine (i8042 0xFE or a KVM reset event).
     Reset,
     /// A vCPU triple-faulted or KVM reported a shutdown. Linux's `reboot=t` does this on
-    /// purpose, so it is not treated as an error (the VMM cannot tell it from a crash).
+    /// purpose, but a crash looks the same and our default command line says `reboot=k`, so
+    /// it is reported as a failure: a CI run must not pass because its guest crashed.
     Shutdown,
     /// The host stopped the VM through [`Vmm::exit_notifier`] (`ExitRequest::Stop`).
     Stopped,
 }
 
 impl VmExit {
-    /// Process exit status for this exit: the debug-exit byte; 0 for a guest reset or
-    /// shutdown (the guest's normal "I am done"); 1 when the host stopped the VM.
+    /// Process exit status for this exit: the debug-exit byte; 0 for a guest reset (the
+    /// guest's normal "I am done" with `reboot=k`); 1 for a triple fault; 130 when the host
+    /// stopped the VM (the shell's convention for a process ended by SIGINT).
     pub fn exit_code(self) -> i32 {
         match self {
             VmExit::DebugExit(v) => i32::from(v),
-            VmExit::Reset | VmExit::Shutdown => 0,
-            VmExit::Stopped => 1,
+            VmExit::Reset => 0,
+            VmExit::Shutdown => 1,
+            VmExit::Stopped => 130,
         }
     }
 }
@@ -480,5 +483,20 @@ fn stop_threads(threads: Vec<std::thread::JoinHandle<()>>) {
         } else {
             log::error!("a vCPU thread did not stop; leaving it detached");
         }
+    }
+}
+
+#[cfg(test)]
+mod exit_code_tests {
+    use super::VmExit;
+
+    /// A CI user's pass/fail: only a guest that says so (debug-exit 0, or a reset) passes.
+    #[test]
+    fn only_a_clean_guest_exit_is_success() {
+        assert_eq!(VmExit::DebugExit(0).exit_code(), 0);
+        assert_eq!(VmExit::DebugExit(0x31).exit_code(), 0x31);
+        assert_eq!(VmExit::Reset.exit_code(), 0);
+        assert_eq!(VmExit::Shutdown.exit_code(), 1, "a triple fault is a failure");
+        assert_eq!(VmExit::Stopped.exit_code(), 130);
     }
 }

@@ -130,5 +130,5 @@ fn host_stop_ends_the_vm() {
     vmm.exit_notifier().request(vmm_devices::ExitRequest::Stop);
     let report = vmm.run().unwrap();
     assert_eq!(report.exit, VmExit::Stopped);
-    assert_eq!(report.exit_code(), 1);
+    assert_eq!(report.exit_code(), 130);
 }
