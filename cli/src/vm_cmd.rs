@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 use vmm_devices::ExitRequest;
 
-use crate::{fail, signals, EXIT_USAGE};
+use crate::{fail, signals, vm_net, EXIT_USAGE};
 
 #[derive(Args)]
 pub struct VmArgs {
@@ -28,8 +28,9 @@ pub struct VmArgs {
     /// vCPUs (each a thread; the guest finds them in the MP table).
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u8,
-    /// A network device (repeatable): `vecN:transport=...` or `ethN=...`, see
-    /// `vmm net-backend --help`.
+    /// A virtio-net device (repeatable, one PCI slot each): `vecN:transport=...` or `ethN=...`
+    /// served by a backend thread of the VMM (the grammar is below), or
+    /// `vhost-user,socket=PATH` for an external vhost-user backend (e.g. `vmm net-backend`).
     #[arg(long = "net", value_name = "SPEC")]
     net: Vec<String>,
 }
@@ -38,30 +39,33 @@ pub fn run(args: VmArgs) -> ExitCode {
     let Some(kernel) = args.kernel else {
         return fail(EXIT_USAGE, "--kernel is required");
     };
-    for spec in &args.net {
-        if let Err(e) = umlnet::config::parse_spec(spec) {
-            return fail(EXIT_USAGE, format_args!("--net: {e}"));
+    let mut nets = Vec::new();
+    for arg in &args.net {
+        match vm_net::NetArg::parse(arg) {
+            Ok(n) => nets.push((arg, n)),
+            Err(e) => return fail(EXIT_USAGE, e),
         }
-    }
-    if let Some(spec) = args.net.first() {
-        // Refuse rather than boot a guest without the network it was asked for.
-        return fail(
-            EXIT_USAGE,
-            format_args!(
-                "--net {spec}: virtio-net devices are not attached to KVM guests yet; serve the \
-                 device with `vmm net-backend` to QEMU or UML meanwhile"
-            ),
-        );
     }
     let mut config = vmm_vmm::VmConfig::new(kernel);
     config.initrd = args.initrd;
     config.cmdline = args.cmdline;
     config.mem_mib = args.mem;
     config.cpus = args.cpus;
-    let vmm = match vmm_vmm::Vmm::new(config) {
+    let mut vmm = match vmm_vmm::Vmm::new(config) {
         Ok(v) => v,
         Err(e) => return fail(exit_status(&e), e),
     };
+    let mut backends = Vec::new();
+    for (arg, net) in nets {
+        let (dev, thread) = match vm_net::open(arg, net, vmm.guest_ram().memory()) {
+            Ok(d) => d,
+            Err(e) => return fail(if e.usage { EXIT_USAGE } else { 1 }, e),
+        };
+        backends.extend(thread);
+        if let Err(e) = vmm.add_virtio_device(Box::new(dev)) {
+            return fail(1, format_args!("--net {arg}: {e}"));
+        }
+    }
     // SIGINT/SIGTERM stop the VM (status 130, "stopped by the host").
     let stop = match signals::install() {
         Ok(fd) => fd,
@@ -78,7 +82,14 @@ pub fn run(args: VmArgs) -> ExitCode {
         while unsafe { libc::poll(&mut p, 1, -1) } <= 0 {}
         notifier.request(ExitRequest::Stop);
     });
-    match vmm.run() {
+    let result = vmm.run();
+    // The VM (and with it every frontend) is gone: each backend sees its connection close,
+    // logs its counters and ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for b in backends {
+        b.join(deadline);
+    }
+    match result {
         Ok(report) => {
             log::info!("{:?} after {:?}", report.exit, report.elapsed);
             match report.exit {

@@ -70,9 +70,18 @@ fn bad_kernels_and_options_exit_2_with_one_line() {
                 "--kernel",
                 vmm_test_guest::ELF_PATH,
                 "--net",
-                "vec0:transport=tap",
+                "vec0:transport=raw,ifname=nonexistent0",
             ],
-            "not attached",
+            "nonexistent0",
+        ),
+        (
+            vec![
+                "--kernel",
+                vmm_test_guest::ELF_PATH,
+                "--net",
+                "vhost-user,socket=/nonexistent/vhost.sock",
+            ],
+            "/nonexistent/vhost.sock",
         ),
     ];
     for (args, needle) in cases {

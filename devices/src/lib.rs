@@ -13,6 +13,7 @@ pub mod i8042;
 pub mod pci;
 pub mod serial;
 pub mod vhost_user;
+pub mod virtio_pci;
 
 pub use exit::{ExitNotifier, ExitRequest};
 

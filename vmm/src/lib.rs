@@ -20,6 +20,7 @@ pub mod boot;
 pub mod bus;
 pub mod console;
 pub mod cpuid;
+pub mod irq;
 pub mod kvm;
 pub mod legacy;
 pub mod memory;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use vmm_devices::pci::PciBus;
 use vmm_devices::serial::{SerialConsole, SharedBuffer, COM1_IRQ};
+use vmm_devices::virtio_pci::{self, VirtioDevice, VirtioPciDevice};
 use vmm_devices::{ExitNotifier, ExitRequest};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -194,9 +196,18 @@ pub fn run(config: VmConfig) -> Result<RunReport, VmmError> {
     Vmm::new(config)?.run()
 }
 
-/// A built VM, ready to run. Field order matters: vCPUs and the VM drop before guest memory.
+/// First BAR address handed to virtio-pci devices: the bottom of the 32-bit hole.
+pub const PCI_BAR_BASE: u64 = memory::MMIO_HOLE_START;
+/// End of the BAR window: the IOAPIC and LAPIC live above.
+pub const PCI_BAR_END: u64 = 0xfe00_0000;
+
+/// A built VM, ready to run. Field order matters: devices and vCPUs drop before the VM, the VM
+/// before guest memory.
 pub struct Vmm {
     vcpus: Vec<vcpu::Vcpu>,
+    virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    routing: Arc<irq::GsiRouting>,
+    next_bar: u64,
     vm: vm::Vm,
     pio: bus::Bus,
     mmio: bus::Bus,
@@ -271,6 +282,9 @@ impl Vmm {
 
         Ok(Self {
             vcpus,
+            virtio: Vec::new(),
+            routing: Arc::new(irq::GsiRouting::new(vm.shared_fd())),
+            next_bar: PCI_BAR_BASE,
             vm,
             pio,
             mmio: bus::Bus::new(),
@@ -281,6 +295,48 @@ impl Vmm {
             boot,
             ram,
         })
+    }
+
+    /// Plugs a virtio device into PCI bus 0 behind the virtio-pci transport: a BAR in the 32-bit
+    /// hole, one MSI-X vector per queue plus one for configuration (each on its own GSI), and
+    /// an ioeventfd on each queue's notify address so a guest's kick never exits to the VMM.
+    /// Returns the PCI slot.
+    pub fn add_virtio_device(&mut self, dev: Box<dyn VirtioDevice>) -> Result<usize, VmmError> {
+        let bar = self.next_bar;
+        if bar + virtio_pci::BAR_SIZE > PCI_BAR_END {
+            return Err(VmmError::Config("no room left for another PCI BAR".into()));
+        }
+        let vectors = dev.queue_max_sizes().len() as u32 + 1;
+        let gsis = self.routing.allocate(vectors);
+        let router: Arc<dyn virtio_pci::MsiRouter> = self.routing.clone();
+        let pci_dev = VirtioPciDevice::new(dev, bar, &gsis, router)
+            .map_err(|e| VmmError::Config(format!("virtio-pci device: {e}")))?;
+        for (offset, kick) in pci_dev.notifiers() {
+            self.vm
+                .fd()
+                .register_ioevent(
+                    kick,
+                    &kvm_ioctls::IoEventAddress::Mmio(bar + offset),
+                    kvm_ioctls::NoDatamatch,
+                )
+                .map_err(|e| VmmError::Io {
+                    what: "registering a queue notify ioeventfd",
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                })?;
+        }
+        let pci_dev = Arc::new(Mutex::new(pci_dev));
+        self.mmio
+            .insert(bar, virtio_pci::BAR_SIZE, pci_dev.clone())?;
+        let slot = self
+            .pci
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_device(pci_dev.clone())
+            .map_err(|e| VmmError::Config(e.to_string()))?;
+        self.next_bar += virtio_pci::BAR_SIZE;
+        self.virtio.push(pci_dev);
+        log::info!("virtio-pci device in slot {slot}, BAR {bar:#x}, GSIs {gsis:?}");
+        Ok(slot)
     }
 
     /// PCI bus 0, to add devices before [`Vmm::run`].
@@ -496,7 +552,11 @@ mod exit_code_tests {
         assert_eq!(VmExit::DebugExit(0).exit_code(), 0);
         assert_eq!(VmExit::DebugExit(0x31).exit_code(), 0x31);
         assert_eq!(VmExit::Reset.exit_code(), 0);
-        assert_eq!(VmExit::Shutdown.exit_code(), 1, "a triple fault is a failure");
+        assert_eq!(
+            VmExit::Shutdown.exit_code(),
+            1,
+            "a triple fault is a failure"
+        );
         assert_eq!(VmExit::Stopped.exit_code(), 130);
     }
 }

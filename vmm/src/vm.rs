@@ -1,6 +1,8 @@
 //! The KVM VM: in-kernel irqchip (PIC + IOAPIC + LAPICs), PIT, and the TSS/identity-map pages
 //! that VMX needs somewhere in guest-physical space.
 
+use std::sync::Arc;
+
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -34,7 +36,7 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 
 /// A VM with its interrupt controllers and timer.
 pub struct Vm {
-    fd: VmFd,
+    fd: Arc<VmFd>,
 }
 
 impl Vm {
@@ -53,12 +55,17 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
-        Ok(Self { fd })
+        Ok(Self { fd: Arc::new(fd) })
     }
 
     /// The VM fd (vCPU creation, irqfd/ioeventfd registration, memory slots).
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// The VM fd, shared (devices that reprogram interrupt routes from vCPU threads).
+    pub fn shared_fd(&self) -> Arc<VmFd> {
+        self.fd.clone()
     }
 
     /// Makes writes to `evt` raise interrupt line `gsi` (IOAPIC pin / PIC IRQ for 0..15).

@@ -17,7 +17,8 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
+
+use crate::virtio_pci::{ActivateError, QueueSetup, VirtioDevice};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user bit, never offered to the guest.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -55,18 +56,6 @@ pub enum FrontendError {
 
 fn proto(op: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
     move |source| FrontendError::Protocol { op, source }
-}
-
-/// What the guest's driver programmed for one queue, handed to the backend at activation.
-pub struct QueueSetup<'a> {
-    pub size: u16,
-    pub desc_table: GuestAddress,
-    pub avail_ring: GuestAddress,
-    pub used_ring: GuestAddress,
-    /// Signalled by the VMM (ioeventfd) when the guest notifies the queue.
-    pub kick: &'a EventFd,
-    /// Signalled by the backend to interrupt the guest (irqfd).
-    pub call: &'a EventFd,
 }
 
 /// A connected vhost-user net backend.
@@ -264,5 +253,57 @@ impl VhostUserNet {
                 .map_err(proto("GET_VRING_BASE"))?;
         }
         Ok(())
+    }
+}
+
+/// Largest queue the guest may ask for (Linux's virtio-net sizes its rings to this).
+pub const QUEUE_MAX_SIZE: u16 = 256;
+
+/// A [`VhostUserNet`] as a virtio device: the transport drives it, this supplies the guest
+/// memory the backend must map at activation.
+pub struct VhostUserNetDevice {
+    net: VhostUserNet,
+    mem: GuestMemoryMmap,
+    max_sizes: [u16; NUM_QUEUES],
+}
+
+impl VhostUserNetDevice {
+    /// `mem` must be the VM's memfd-backed memory (the backend maps the same pages).
+    pub fn new(net: VhostUserNet, mem: GuestMemoryMmap) -> Self {
+        Self {
+            net,
+            mem,
+            max_sizes: [QUEUE_MAX_SIZE; NUM_QUEUES],
+        }
+    }
+}
+
+impl VirtioDevice for VhostUserNetDevice {
+    fn device_type(&self) -> u16 {
+        virtio_bindings::virtio_ids::VIRTIO_ID_NET as u16
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.max_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.net.device_features()
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.net.read_config(offset, data)
+    }
+
+    fn activate(&mut self, acked: u64, queues: &[QueueSetup]) -> Result<(), ActivateError> {
+        self.net
+            .activate(acked, &self.mem, queues)
+            .map_err(ActivateError::from)
+    }
+
+    fn reset(&mut self) {
+        if let Err(e) = self.net.reset() {
+            log::warn!("vhost-user net: reset: {e}");
+        }
     }
 }

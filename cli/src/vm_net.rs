@@ -1,0 +1,178 @@
+//! `--net` for a VM: each device is a virtio-net (virtio-pci) whose datapath is a vhost-user
+//! backend, either ours in a thread of this process (`vecN:...`, `ethN=...`) or an external one
+//! (`vhost-user,socket=PATH`).
+//!
+//! The in-process backend is the very `NetBackend` that `vmm net-backend` serves, talking
+//! vhost-user over a socketpair: one datapath, one protocol, whichever way it is deployed. The
+//! VMM only handles configuration; frames move between the guest's rings and the transport in
+//! the backend's thread.
+
+use std::fmt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use umlnet::backend::NetBackend;
+use umlnet::config::NetSpec;
+use vmm_devices::vhost_user::net::{FrontendError, VhostUserNet, VhostUserNetDevice};
+
+/// One `--net` argument, parsed.
+pub enum NetArg {
+    /// A UML transport served by a backend thread of the VMM.
+    Builtin(Box<NetSpec>),
+    /// An external vhost-user backend listening on a unix socket.
+    External(PathBuf),
+}
+
+/// Why a `--net` argument cannot be used; every message names the argument.
+#[derive(Debug)]
+pub struct NetArgError {
+    /// The argument as given.
+    arg: String,
+    msg: String,
+    /// Bad input (exit 2) rather than a run-time failure (exit 1).
+    pub usage: bool,
+}
+
+impl fmt::Display for NetArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "--net {}: {}", self.arg, self.msg)
+    }
+}
+
+const EXTERNAL_PREFIX: &str = "vhost-user";
+
+impl NetArg {
+    /// Parses `vecN:...`/`ethN=...` (UML's grammar) or `vhost-user,socket=PATH`.
+    pub fn parse(arg: &str) -> Result<NetArg, NetArgError> {
+        let err = |msg: String| NetArgError {
+            arg: arg.to_string(),
+            msg,
+            usage: true,
+        };
+        if let Some(rest) = arg.strip_prefix(EXTERNAL_PREFIX) {
+            let rest = rest.strip_prefix(',').unwrap_or(rest);
+            let mut socket = None;
+            for kv in rest.split(',').filter(|s| !s.is_empty()) {
+                match kv.split_once('=') {
+                    Some(("socket", p)) if !p.is_empty() => {
+                        if socket.replace(PathBuf::from(p)).is_some() {
+                            return Err(err("socket given twice".into()));
+                        }
+                    }
+                    Some(("socket", _)) => return Err(err("socket= needs a path".into())),
+                    _ => {
+                        return Err(err(format!(
+                            "unknown option '{kv}' (vhost-user takes only socket=PATH)"
+                        )))
+                    }
+                }
+            }
+            return socket
+                .map(NetArg::External)
+                .ok_or_else(|| err("vhost-user needs socket=PATH".into()));
+        }
+        umlnet::config::parse_spec(arg)
+            .map(|s| NetArg::Builtin(Box::new(s)))
+            .map_err(|e| err(e.to_string()))
+    }
+}
+
+/// A backend thread serving one device of this VM.
+pub struct BackendThread {
+    name: String,
+    handle: JoinHandle<()>,
+}
+
+impl BackendThread {
+    /// Waits (bounded) for the backend to notice the frontend is gone and log its counters.
+    pub fn join(self, deadline: Instant) {
+        while !self.handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.handle.is_finished() {
+            let _ = self.handle.join();
+        } else {
+            log::warn!("{}: backend thread still running at exit", self.name);
+        }
+    }
+}
+
+/// Opens the device's backend (the transport first, so a missing interface or a taken tunnel
+/// address fails before the guest boots) and returns the virtio device to plug in.
+pub fn open(
+    arg: &str,
+    net: NetArg,
+    mem: &vmm_vmm::memory::GuestMemoryMmap,
+) -> Result<(VhostUserNetDevice, Option<BackendThread>), NetArgError> {
+    let runtime = |msg: String| NetArgError {
+        arg: arg.to_string(),
+        msg,
+        usage: false,
+    };
+    match net {
+        NetArg::External(path) => {
+            // Nothing listening there is the user's input; a backend that breaks the protocol
+            // is a run-time failure.
+            let frontend = VhostUserNet::connect(&path).map_err(|e| NetArgError {
+                arg: arg.to_string(),
+                usage: matches!(e, FrontendError::Connect { .. }),
+                msg: e.to_string(),
+            })?;
+            Ok((VhostUserNetDevice::new(frontend, mem.clone()), None))
+        }
+        NetArg::Builtin(spec) => {
+            // A transport that cannot open is the user's input (no such interface, address in
+            // use, unreadable bpffile): exit 2 like the option parser.
+            let backend = NetBackend::open(&spec).map_err(|e| NetArgError {
+                arg: arg.to_string(),
+                msg: e.to_string(),
+                usage: true,
+            })?;
+            let (ours, theirs) =
+                UnixStream::pair().map_err(|e| runtime(format!("socketpair: {e}")))?;
+            let name = spec.name.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("net-{name}"))
+                .spawn(move || {
+                    if let Err(e) = backend.serve_connection(theirs, None) {
+                        log::error!("{}: backend: {e}", spec.name);
+                    }
+                })
+                .map_err(|e| runtime(format!("starting the backend thread: {e}")))?;
+            let frontend = VhostUserNet::from_stream(ours).map_err(|e| runtime(e.to_string()))?;
+            Ok((
+                VhostUserNetDevice::new(frontend, mem.clone()),
+                Some(BackendThread { name, handle }),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_backend_syntax() {
+        assert!(matches!(
+            NetArg::parse("vhost-user,socket=/tmp/x.sock"),
+            Ok(NetArg::External(p)) if p == std::path::Path::new("/tmp/x.sock")
+        ));
+        for (bad, why) in [
+            ("vhost-user", "needs socket=PATH"),
+            ("vhost-user,socket=", "needs a path"),
+            ("vhost-user,socket=a,socket=b", "twice"),
+            ("vhost-user,path=/x", "unknown option 'path=/x'"),
+        ] {
+            let e = NetArg::parse(bad).err().unwrap();
+            assert!(e.usage);
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("--net {bad}: ")), "{msg}");
+            assert!(msg.contains(why), "{msg}");
+        }
+        let e = NetArg::parse("vec0:transport=nope").err().unwrap();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+}
