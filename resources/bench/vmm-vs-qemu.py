@@ -4,8 +4,13 @@
 The guest is the project's test guest as a PVH ELF (built by `cargo build --release`): it prints
 to the serial port and ends through the debug-exit port, so both VMMs run the same instructions.
 For each VMM, RUNS runs (default 20): time from process start to the first serial byte, to the
-process's exit, and its peak RSS (ru_maxrss from wait4). The guest touches a few pages of its
-64 MiB, so peak RSS is the VMM's own memory. Prints medians and the ratio ours/QEMU.
+process's exit, and its peak RSS. The guest touches a few pages of its 64 MiB, so peak RSS is
+the VMM's own memory. Prints medians and the ratio ours/QEMU.
+
+Peak RSS comes from `peak-rss.c` (built here with cc), which forks and execs the VMM and reports
+ru_maxrss from wait4. Not from Python's own wait4: Linux folds the RSS high-water mark of the
+forked child's pre-exec memory (a copy of this ~10 MiB Python) into the exec'd program's
+ru_maxrss, which would hide any VMM smaller than Python. The shim's own RSS is ~1 MiB.
 
     python3 resources/bench/vmm-vs-qemu.py [RUNS]     (needs /dev/kvm; run after a release build)
 """
@@ -15,6 +20,7 @@ import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,6 +31,8 @@ elfs = sorted(glob.glob(os.path.join(root, "target/release/build/vmm-test-guest-
 if not os.path.exists(vmm) or not elfs:
     sys.exit("build first: cargo build --release --workspace (vmm and the test guest)")
 elf = elfs[-1]
+shim = os.path.join(tempfile.mkdtemp(prefix="peak-rss-"), "peak-rss")
+subprocess.run(["cc", "-O2", "-o", shim, os.path.join(root, "resources/bench/peak-rss.c")], check=True)
 
 commands = {
     "vmm": [vmm, "--kernel", elf, "--mem", "64"],
@@ -37,7 +45,8 @@ commands = {
 
 def once(cmd):
     start = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    p = subprocess.Popen([shim] + cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL)
     first = None
     out = b""
     while True:
@@ -51,11 +60,15 @@ def once(cmd):
         if not chunk:
             break
         out += chunk
-    _, status, usage = os.wait4(p.pid, 0)
+    err = p.stderr.read().decode(errors="replace")
+    p.wait()
     end = time.monotonic() - start
     if b"vmm-test-guest: done" not in out:
         raise RuntimeError(f"{cmd[0]}: the guest did not finish: {out[-200:]!r}")
-    return first, end, usage.ru_maxrss / 1024.0
+    rss = [line.split()[1] for line in err.splitlines() if line.startswith("peak-rss-kib ")]
+    if not rss:
+        raise RuntimeError(f"{cmd[0]}: no peak RSS reported: {err[-200:]}")
+    return first, end, int(rss[-1]) / 1024.0
 
 
 results = {}
