@@ -80,6 +80,7 @@ fn main() {
         .args(["-c", "-nostdinc", "-ffreestanding", "-m64"])
         .arg(format!("-DDEBUG_EXIT_PORT={DEBUG_EXIT_PORT:#x}"))
         .arg(format!("-DEXIT_SUCCESS={EXIT_SUCCESS:#x}"))
+        .arg(format!("-DEXIT_NET_FAILED={EXIT_NET_FAILED:#x}"))
         .arg(format!("-DAP_TRAMPOLINE={AP_TRAMPOLINE:#x}"))
         .arg(src.join("guest.S"))
         .arg("-o")

@@ -132,3 +132,45 @@ fn host_stop_ends_the_vm() {
     assert_eq!(report.exit, VmExit::Stopped);
     assert_eq!(report.exit_code(), 130);
 }
+
+/// `vmtest.arp=` without a virtio-net device, or malformed: the guest says why and its failure
+/// status is the VMM's.
+#[test]
+fn net_check_without_device_or_with_bad_argument_fails_cleanly() {
+    if !kvm_available() {
+        return;
+    }
+    for (cmdline, message) in [
+        (
+            "console=ttyS0 vmtest.arp=10.0.0.2,10.0.0.1",
+            "net: no virtio-net device",
+        ),
+        ("vmtest.arp=10.0.0.256,10.0.0.1", "net: bad vmtest.arp"),
+        ("vmtest.arp=10.0.0.2;10.0.0.1", "net: bad vmtest.arp"),
+        ("vmtest.arp=10.0.0.2,10.0.0", "net: bad vmtest.arp"),
+        ("vmtest.arp=10.0.0.2,10.0.0.1x", "net: bad vmtest.arp"),
+    ] {
+        let out = ConsoleBuffer::new();
+        let mut cfg = VmConfig::new(vmm_test_guest::ELF_PATH);
+        cfg.mem_mib = 64;
+        cfg.cmdline = cmdline.into();
+        cfg.console = Console::Capture(out.clone());
+        let report = run(cfg).expect("boot");
+        let text = out.contents();
+        assert!(text.contains(message), "{cmdline}: {text}");
+        assert!(!text.contains(vmm_test_guest::DONE), "{cmdline}: {text}");
+        assert_eq!(
+            report.exit,
+            VmExit::DebugExit(vmm_test_guest::EXIT_NET_FAILED),
+            "{cmdline}: {text}"
+        );
+    }
+    // A token that merely ends in the key is not the key.
+    let out = ConsoleBuffer::new();
+    let mut cfg = VmConfig::new(vmm_test_guest::ELF_PATH);
+    cfg.mem_mib = 64;
+    cfg.cmdline = "xvmtest.arp=1.2.3.4,5.6.7.8".into();
+    cfg.console = Console::Capture(out.clone());
+    let report = run(cfg).expect("boot");
+    assert_guest_ok(&report, &out.contents(), "PVH entry");
+}

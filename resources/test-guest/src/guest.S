@@ -16,13 +16,17 @@
  *      where the VMM puts the floating pointer: a BIOS-wide scan would cost ~20k instructions);
  *   4. if there are more CPUs, starts them with INIT/SIPI; each AP bumps a counter from its 16-bit
  *      trampoline and halts; the BSP waits for them with a bounded loop and prints how many came;
- *   5. writes EXIT_SUCCESS to the debug-exit port.
+ *   5. if the command line has `vmtest.arp=OURS,PEER` (dotted IPv4 addresses): drives the first
+ *      modern virtio-net device (1af4:1041) through virtio-pci by polling (no interrupts):
+ *      broadcasts an ARP request for PEER from OURS and waits for the reply, printing
+ *      "net: arp reply from PEER is-at MAC"; any failure prints why and writes EXIT_NET_FAILED;
+ *   6. writes EXIT_SUCCESS to the debug-exit port.
  *
  * Constraints (KVM here may be PVM, which instruction-emulates ordinary guests at ~1 MIPS, and
  * each port I/O exit costs ~12 us): a few thousand instructions in all, no SSE/AVX/XSAVE/CX16,
  * every loop bounded. Register use is documented per routine; there is no ABI beyond that.
  *
- * Macros from build.rs: DEBUG_EXIT_PORT, EXIT_SUCCESS, AP_TRAMPOLINE.
+ * Macros from build.rs: DEBUG_EXIT_PORT, EXIT_SUCCESS, EXIT_NET_FAILED, AP_TRAMPOLINE.
  */
 
 #define COM1            0x3f8
@@ -44,6 +48,35 @@
 #define MP_SCAN_END     0xa0000
 #define AP_WAIT_LOOPS   300000
 #define CMDLINE_PRINT_MAX 200
+/* virtio-net (step 5): rings and buffers live in RAM above the image, at fixed addresses. */
+#define NET_AREA        0x400000            /* needs >= 5 MiB of guest RAM */
+#define RXQ_DESC        (NET_AREA)          /* queue 0: desc, avail +0x1000, used +0x2000 */
+#define TXQ_DESC        (NET_AREA + 0x3000) /* queue 1: likewise */
+#define TX_BUF          (NET_AREA + 0x8000) /* 12-byte virtio_net_hdr + 60-byte frame */
+#define RX_BUFS         (NET_AREA + 0x10000)
+#define RX_BUF_SIZE     0x800
+#define RX_BUF_COUNT    4
+#define NET_QUEUE_MAX   16
+#define NET_HDR_LEN     12                  /* virtio_net_hdr with VERSION_1 */
+#define TX_LEN          (NET_HDR_LEN + 60)
+#define NET_TX_CYCLES   2000000000          /* TSC cycles to wait for the tx completion */
+#define NET_RX_CYCLES   3000000000          /* ... and for a reply, per attempt */
+#define NET_ATTEMPTS    3
+#define NET_SPIN_MAX    20000000            /* iteration bound if the TSC misbehaves */
+/* virtio_pci_common_cfg offsets */
+#define CC_DFSELECT     0x00
+#define CC_DF           0x04
+#define CC_GFSELECT     0x08
+#define CC_GF           0x0c
+#define CC_STATUS       0x14
+#define CC_Q_SELECT     0x16
+#define CC_Q_SIZE       0x18
+#define CC_Q_MSIX       0x1a
+#define CC_Q_ENABLE     0x1c
+#define CC_Q_NOFF       0x1e
+#define CC_Q_DESC       0x20
+#define CC_Q_DRIVER     0x28
+#define CC_Q_DEVICE     0x30
 #define KERNEL_CS       0x08
 #define KERNEL_DS       0x10
 
@@ -150,6 +183,7 @@ main64:
     lea msg_smp_tail(%rip), %rsi
     call puts
 3:
+    call net_test
     lea msg_done(%rip), %rsi
     call puts
     mov $EXIT_SUCCESS, %al
@@ -232,22 +266,37 @@ put_dec:
     jmp putc
 
 /*
- * print_cmdline: prints "cmdline: <text>" from the boot info (at most CMDLINE_PRINT_MAX bytes),
- * after checking the structure's magic ("HdrS" in the zero page, XEN_HVM_START_MAGIC in PVH).
- * Clobbers: eax, ecx, edx, rsi, r8-r11.
+ * cmdline_addr: rax = address of the kernel command line from the boot info (0 if there is
+ * none), CF clear; CF set if the boot info lacks its magic ("HdrS" in the zero page,
+ * XEN_HVM_START_MAGIC in PVH). Clobbers: eax, rsi.
  */
-print_cmdline:
+cmdline_addr:
     mov boot_info(%rip), %rsi
+    xor %eax, %eax
     cmpl $1, boot_proto(%rip)
     je 1f
     cmpl $0x53726448, 0x202(%rsi)       /* "HdrS" */
-    jne 8f
-    mov 0x228(%rsi), %r11d              /* hdr.cmd_line_ptr */
-    jmp 2f
+    jne 2f
+    mov 0x228(%rsi), %eax               /* hdr.cmd_line_ptr */
+    clc
+    ret
 1:  cmpl $0x336ec578, (%rsi)            /* XEN_HVM_START_MAGIC_VALUE */
-    jne 8f
-    mov 0x18(%rsi), %r11                /* cmdline_paddr */
-2:  lea msg_cmdline(%rip), %rsi
+    jne 2f
+    mov 0x18(%rsi), %rax                /* cmdline_paddr */
+    clc
+    ret
+2:  stc
+    ret
+
+/*
+ * print_cmdline: prints "cmdline: <text>" (at most CMDLINE_PRINT_MAX bytes).
+ * Clobbers: eax, ecx, edx, rsi, r8-r11.
+ */
+print_cmdline:
+    call cmdline_addr
+    jc 8f
+    mov %rax, %r11
+    lea msg_cmdline(%rip), %rsi
     call puts
     test %r11, %r11
     jz 4f
@@ -411,6 +460,578 @@ start_aps:
 2:  movzwl (%rdx), %eax
     ret
 
+/* ------------------------------------------------------------------------------------------
+ * Step 5: virtio-net. State lives in the .data variables net_* (see the end of the file).
+ */
+
+/*
+ * net_test: runs the ARP exchange if the command line asks for it (`vmtest.arp=OURS,PEER`),
+ * else returns at once. Returns only on success; every failure goes to net_fail.
+ * Clobbers: everything but rbx, rsp (saves rbx, r12-r15).
+ */
+net_test:
+    push %rbx
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    call cmdline_addr
+    jc net_done
+    test %rax, %rax
+    jz net_done
+    /* Find "vmtest.arp=" at the start of the line or after a space. */
+    mov %rax, %r12                  /* r12 = start of the command line */
+    mov %rax, %rsi
+    lea arp_key(%rip), %rdi
+    mov $4096, %ecx
+1:  cmpb $0, (%rsi)
+    je net_done
+    cmp %r12, %rsi
+    je 2f
+    cmpb $' ', -1(%rsi)
+    jne 4f
+2:  xor %edx, %edx
+3:  movzbl (%rdi,%rdx), %eax
+    test %al, %al
+    jz 5f                           /* the whole key matched */
+    cmp %al, (%rsi,%rdx)
+    jne 4f
+    inc %edx
+    jmp 3b
+4:  inc %rsi
+    dec %ecx
+    jnz 1b
+    jmp net_done
+5:  add %rdx, %rsi
+    call parse_ip
+    jc 6f
+    mov %eax, net_our_ip(%rip)
+    cmpb $',', (%rsi)
+    jne 6f
+    inc %rsi
+    call parse_ip
+    jc 6f
+    mov %eax, net_peer_ip(%rip)
+    movzbl (%rsi), %eax
+    test %al, %al
+    jz 7f
+    cmp $' ', %al
+    je 7f
+6:  lea msg_net_bad_arg(%rip), %rsi
+    jmp net_fail
+7:  call net_find
+    call net_init
+    call net_post_rx
+    mov $NET_ATTEMPTS, %r14d
+8:  call net_send_arp
+    call net_wait_reply             /* CF clear: got it */
+    jnc 9f
+    dec %r14d
+    jnz 8b
+    lea msg_net_no_reply(%rip), %rsi
+    jmp net_fail
+9:  lea msg_net_reply(%rip), %rsi
+    call puts
+    lea net_peer_ip(%rip), %rdi
+    call put_ip
+    lea msg_net_is_at(%rip), %rsi
+    call puts
+    lea net_reply_mac(%rip), %rdi
+    call put_mac
+    lea msg_nl(%rip), %rsi
+    call puts
+net_done:
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %rbx
+    ret
+
+/* net_fail: rsi = message. Prints it and ends the VM with EXIT_NET_FAILED. Does not return. */
+net_fail:
+    call puts
+    mov $EXIT_NET_FAILED, %al
+    out %al, $DEBUG_EXIT_PORT
+1:  cli
+    hlt
+    jmp 1b
+
+/*
+ * parse_ip: parses a dotted IPv4 address at rsi. eax = the address as stored on the wire (first
+ * octet in the low byte), rsi past it, CF clear; CF set if malformed (an octet without digits,
+ * over 3 digits or over 255, or a missing dot). Clobbers: eax, ecx, edx, r9d, r10d.
+ */
+parse_ip:
+    xor %r9d, %r9d                  /* the address */
+    xor %r10d, %r10d                /* octets done */
+1:  xor %eax, %eax                  /* octet value */
+    xor %ecx, %ecx                  /* digits */
+2:  movzbl (%rsi), %edx
+    sub $'0', %edx
+    cmp $9, %edx
+    ja 3f
+    imul $10, %eax, %eax
+    add %edx, %eax
+    inc %rsi
+    inc %ecx
+    cmp $3, %ecx
+    ja 9f
+    jmp 2b
+3:  test %ecx, %ecx
+    jz 9f
+    cmp $255, %eax
+    ja 9f
+    mov %r10d, %ecx
+    shl $3, %ecx
+    shl %cl, %eax
+    or %eax, %r9d
+    inc %r10d
+    cmp $4, %r10d
+    je 4f
+    cmpb $'.', (%rsi)
+    jne 9f
+    inc %rsi
+    jmp 1b
+4:  mov %r9d, %eax
+    clc
+    ret
+9:  stc
+    ret
+
+/* cfg_rd32: ecx = register offset in the device's configuration space (r15d = its CONFIG_ADDRESS
+ * base). eax = the aligned dword. Clobbers: eax, edx. */
+cfg_rd32:
+    mov %ecx, %eax
+    and $0xfc, %eax
+    or %r15d, %eax
+    mov $PCI_CONFIG_ADDR, %dx
+    out %eax, %dx
+    mov $PCI_CONFIG_DATA, %dx
+    in %dx, %eax
+    ret
+
+/* cfg_rd8: ecx = offset. eax = the byte there. Clobbers: eax, edx. */
+cfg_rd8:
+    call cfg_rd32
+    push %rcx
+    and $3, %ecx
+    shl $3, %ecx
+    shr %cl, %eax
+    movzbl %al, %eax
+    pop %rcx
+    ret
+
+/*
+ * net_find: finds the first 1af4:1041 function on bus 0 (r15d = its CONFIG_ADDRESS base),
+ * enables memory decoding and bus mastering, and walks its capabilities for the common,
+ * notify and device-config structures (net_common, net_notify + net_notify_mult, net_devcfg).
+ * Clobbers: eax, ecx, edx, rsi, r8-r13, r15.
+ */
+net_find:
+    xor %ebx, %ebx
+1:  mov %ebx, %r15d
+    shl $11, %r15d
+    or $0x80000000, %r15d
+    xor %ecx, %ecx
+    call cfg_rd32
+    cmp $0x10411af4, %eax
+    je 2f
+    inc %ebx
+    cmp $32, %ebx
+    jb 1b
+    lea msg_net_no_dev(%rip), %rsi
+    jmp net_fail
+2:  mov %ebx, net_slot(%rip)
+    /* Command: memory space | bus master (a zero status half clears nothing). */
+    mov $4, %ecx
+    call cfg_rd32
+    and $0xffff, %eax
+    or $6, %eax
+    mov %eax, %r8d
+    mov %r15d, %eax
+    or $4, %eax
+    mov $PCI_CONFIG_ADDR, %dx
+    out %eax, %dx
+    mov %r8d, %eax
+    mov $PCI_CONFIG_DATA, %dx
+    out %eax, %dx
+    /* Capability list: bounded walk. */
+    mov $0x34, %ecx
+    call cfg_rd8
+    mov %eax, %r12d                 /* r12d = current capability offset */
+    mov $48, %r13d
+3:  test %r12d, %r12d
+    jz 6f
+    mov %r12d, %ecx
+    call cfg_rd8
+    cmp $0x09, %eax
+    jne 5f
+    lea 3(%r12), %ecx
+    call cfg_rd8
+    mov %eax, %r10d                 /* cfg_type */
+    lea 4(%r12), %ecx
+    call cfg_rd8
+    mov %eax, %r8d                  /* bar */
+    call bar_addr                   /* rax = the BAR's address, 0 if unusable */
+    test %rax, %rax
+    jz 5f
+    mov %rax, %r11
+    lea 8(%r12), %ecx
+    call cfg_rd32
+    add %rax, %r11                  /* structure address */
+    cmp $1, %r10d
+    jne 4f
+    mov %r11, net_common(%rip)
+    jmp 5f
+4:  cmp $2, %r10d
+    jne 7f
+    mov %r11, net_notify(%rip)
+    lea 16(%r12), %ecx
+    call cfg_rd32
+    mov %eax, net_notify_mult(%rip)
+    jmp 5f
+7:  cmp $4, %r10d
+    jne 5f
+    mov %r11, net_devcfg(%rip)
+5:  lea 1(%r12), %ecx
+    call cfg_rd8
+    mov %eax, %r12d
+    dec %r13d
+    jnz 3b
+6:  cmpq $0, net_common(%rip)
+    je 8f
+    cmpq $0, net_notify(%rip)
+    je 8f
+    cmpq $0, net_devcfg(%rip)
+    je 8f
+    lea msg_net_dev(%rip), %rsi
+    call puts
+    mov net_slot(%rip), %eax
+    mov $2, %ecx
+    call put_hex
+    lea msg_net_bar(%rip), %rsi
+    call puts
+    mov net_common(%rip), %rax
+    mov $8, %ecx
+    call put_hex
+    lea msg_nl(%rip), %rsi
+    jmp puts
+8:  lea msg_net_no_caps(%rip), %rsi
+    jmp net_fail
+
+/* bar_addr: r8d = BAR index. rax = its memory address (64-bit BARs combined), or 0 for an I/O
+ * BAR, an index over 5 or an unassigned BAR. Clobbers: eax, ecx, edx, r9. */
+bar_addr:
+    xor %eax, %eax
+    cmp $5, %r8d
+    ja 2f
+    lea 0x10(,%r8d,4), %ecx
+    call cfg_rd32
+    test $1, %eax
+    jnz 1f
+    mov %eax, %r9d
+    and $0xfffffff0, %r9d
+    and $6, %eax
+    cmp $4, %eax
+    jne 3f
+    add $4, %ecx
+    call cfg_rd32
+    shl $32, %rax
+    or %rax, %r9
+3:  mov %r9, %rax
+    ret
+1:  xor %eax, %eax
+2:  ret
+
+/*
+ * net_init: reset, feature negotiation (VERSION_1, and MAC if offered), both queues, DRIVER_OK,
+ * then reads and prints the MAC. rbx = common config throughout.
+ * Clobbers: eax, ecx, edx, rsi, rdi, r8-r12, rbx.
+ */
+net_init:
+    mov net_common(%rip), %rbx
+    movb $0, CC_STATUS(%rbx)
+    mov $1000, %ecx
+1:  cmpb $0, CC_STATUS(%rbx)
+    je 2f
+    dec %ecx
+    jnz 1b
+    lea msg_net_no_reset(%rip), %rsi
+    jmp net_fail
+2:  movb $1, CC_STATUS(%rbx)        /* ACKNOWLEDGE */
+    movb $3, CC_STATUS(%rbx)        /* | DRIVER */
+    movl $1, CC_DFSELECT(%rbx)
+    mov CC_DF(%rbx), %eax
+    test $1, %eax                   /* VIRTIO_F_VERSION_1 = bit 32 */
+    jnz 3f
+    lea msg_net_no_v1(%rip), %rsi
+    jmp net_fail
+3:  movl $0, CC_DFSELECT(%rbx)
+    mov CC_DF(%rbx), %eax
+    and $0x20, %eax                 /* VIRTIO_NET_F_MAC */
+    movl $0, CC_GFSELECT(%rbx)
+    mov %eax, CC_GF(%rbx)
+    movl $1, CC_GFSELECT(%rbx)
+    movl $1, CC_GF(%rbx)
+    movb $0xb, CC_STATUS(%rbx)      /* | FEATURES_OK */
+    testb $8, CC_STATUS(%rbx)
+    jnz 4f
+    lea msg_net_features(%rip), %rsi
+    jmp net_fail
+4:  xor %edi, %edi
+    mov $RXQ_DESC, %esi
+    call net_queue
+    mov $1, %edi
+    mov $TXQ_DESC, %esi
+    call net_queue
+    movb $0xf, CC_STATUS(%rbx)      /* | DRIVER_OK */
+    testb $0x40, CC_STATUS(%rbx)    /* DEVICE_NEEDS_RESET: the device could not start */
+    jz 5f
+    lea msg_net_not_started(%rip), %rsi
+    jmp net_fail
+5:  mov net_devcfg(%rip), %rsi
+    lea net_mac(%rip), %rdi
+    mov $6, %ecx
+6:  movb (%rsi), %al                /* byte reads: config fields have no wider alignment */
+    movb %al, (%rdi)
+    inc %rsi
+    inc %rdi
+    dec %ecx
+    jnz 6b
+    lea msg_net_mac(%rip), %rsi
+    call puts
+    lea net_mac(%rip), %rdi
+    call put_mac
+    lea msg_nl(%rip), %rsi
+    jmp puts
+
+/*
+ * net_queue: edi = queue index (0 rx, 1 tx), esi = its descriptor table (avail ring at +0x1000,
+ * used ring at +0x2000), rbx = common config. Sets the size to min(offered, NET_QUEUE_MAX), no
+ * MSI-X vector (we poll), the ring addresses, records size and notify address in
+ * net_qsize[edi] / net_qnotify[edi], and enables the queue. Clobbers: eax, ecx, edx, r8.
+ */
+net_queue:
+    mov %di, CC_Q_SELECT(%rbx)
+    movzwl CC_Q_SIZE(%rbx), %eax
+    test %eax, %eax
+    jnz 1f
+    lea msg_net_no_queue(%rip), %rsi
+    jmp net_fail
+1:  cmp $NET_QUEUE_MAX, %eax
+    jbe 2f
+    mov $NET_QUEUE_MAX, %eax
+2:  mov %ax, CC_Q_SIZE(%rbx)
+    lea net_qsize(%rip), %rdx
+    mov %eax, (%rdx,%rdi,4)
+    movw $0xffff, CC_Q_MSIX(%rbx)
+    mov %esi, CC_Q_DESC(%rbx)
+    movl $0, CC_Q_DESC+4(%rbx)
+    lea 0x1000(%rsi), %eax
+    mov %eax, CC_Q_DRIVER(%rbx)
+    movl $0, CC_Q_DRIVER+4(%rbx)
+    lea 0x2000(%rsi), %eax
+    mov %eax, CC_Q_DEVICE(%rbx)
+    movl $0, CC_Q_DEVICE+4(%rbx)
+    movzwl CC_Q_NOFF(%rbx), %eax
+    imul net_notify_mult(%rip), %eax
+    add net_notify(%rip), %rax
+    lea net_qnotify(%rip), %rdx
+    mov %rax, (%rdx,%rdi,8)
+    movw $1, CC_Q_ENABLE(%rbx)
+    ret
+
+/* net_post_rx: makes RX_BUF_COUNT device-writable buffers available on queue 0 and notifies.
+ * Clobbers: eax, ecx, edx, rsi. */
+net_post_rx:
+    mov $RXQ_DESC, %esi
+    xor %ecx, %ecx
+1:  mov %ecx, %eax
+    imul $RX_BUF_SIZE, %eax
+    add $RX_BUFS, %eax
+    mov %rax, (%rsi)                /* addr */
+    movl $RX_BUF_SIZE, 8(%rsi)      /* len */
+    movl $2, 12(%rsi)               /* flags = VIRTQ_DESC_F_WRITE, next = 0 */
+    mov %cx, RXQ_DESC + 0x1000 + 4(,%rcx,2)   /* avail.ring[i] = i */
+    add $16, %esi
+    inc %ecx
+    cmp $RX_BUF_COUNT, %ecx
+    jb 1b
+    movl $RX_BUF_COUNT, net_rx_avail(%rip)
+    movw $RX_BUF_COUNT, RXQ_DESC + 0x1000 + 2  /* avail.idx (after the entries) */
+    mov net_qnotify(%rip), %rdx
+    movw $0, (%rdx)
+    ret
+
+/*
+ * net_send_arp: builds the ARP request in TX_BUF, makes it available on queue 1, notifies, and
+ * waits (bounded) until the device has used it. Clobbers: eax, ecx, edx, rsi, rdi, r8-r10.
+ */
+net_send_arp:
+    mov $TX_BUF, %edi
+    mov $TX_LEN, %ecx
+    xor %eax, %eax
+    cld
+    rep stosb
+    mov $TX_BUF + NET_HDR_LEN, %edi
+    movl $0xffffffff, (%rdi)        /* destination: broadcast */
+    movw $0xffff, 4(%rdi)
+    mov net_mac(%rip), %eax         /* source: our MAC */
+    mov %eax, 6(%rdi)
+    movzwl net_mac+4(%rip), %eax
+    mov %ax, 10(%rdi)
+    movl $0x01000608, 12(%rdi)      /* type 0x0806, htype 0x0001 */
+    movl $0x04060008, 16(%rdi)      /* ptype 0x0800, hlen 6, plen 4 */
+    movw $0x0100, 20(%rdi)          /* op 1: request */
+    mov net_mac(%rip), %eax         /* sha */
+    mov %eax, 22(%rdi)
+    movzwl net_mac+4(%rip), %eax
+    mov %ax, 26(%rdi)
+    mov net_our_ip(%rip), %eax      /* spa */
+    mov %eax, 28(%rdi)
+    mov net_peer_ip(%rip), %eax     /* tpa (tha stays zero) */
+    mov %eax, 38(%rdi)
+    /* Descriptor 0, device-readable. */
+    movq $TX_BUF, TXQ_DESC
+    movl $TX_LEN, TXQ_DESC + 8
+    movl $0, TXQ_DESC + 12
+    mov net_tx_avail(%rip), %eax
+    mov net_qsize+4(%rip), %ecx
+    dec %ecx
+    and %eax, %ecx
+    movw $0, TXQ_DESC + 0x1000 + 4(,%rcx,2)
+    inc %eax
+    mov %eax, net_tx_avail(%rip)
+    mov %ax, TXQ_DESC + 0x1000 + 2
+    mov net_qnotify+8(%rip), %rdx
+    movw $1, (%rdx)
+    mov $NET_TX_CYCLES, %edi
+    call tsc_deadline
+    mov %rax, %r8
+    mov $NET_SPIN_MAX, %r9d
+1:  movzwl TXQ_DESC + 0x2000 + 2, %eax      /* used.idx */
+    cmp net_tx_avail(%rip), %ax
+    je 2f
+    pause
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    cmp %r8, %rax
+    jae 3f
+    dec %r9d
+    jnz 1b
+3:  lea msg_net_tx_stuck(%rip), %rsi
+    jmp net_fail
+2:  ret
+
+/* tsc_deadline: rdi = cycles. rax = TSC now + rdi. Clobbers: eax, edx. */
+tsc_deadline:
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    add %rdi, %rax
+    ret
+
+/*
+ * net_wait_reply: polls queue 0's used ring until an ARP reply from the peer to our MAC arrives
+ * (CF clear, its sender MAC in net_reply_mac) or NET_RX_CYCLES pass (CF set). Every other frame
+ * goes back to the device. Clobbers: eax, ecx, edx, rsi, rdi, r8-r12.
+ */
+net_wait_reply:
+    mov $NET_RX_CYCLES, %edi
+    call tsc_deadline
+    mov %rax, %r8
+    mov $NET_SPIN_MAX, %r9d
+1:  movzwl RXQ_DESC + 0x2000 + 2, %eax      /* used.idx */
+    cmp net_rx_used(%rip), %ax
+    jne 2f
+    pause
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    cmp %r8, %rax
+    jae 9f
+    dec %r9d
+    jnz 1b
+9:  stc
+    ret
+2:  mov net_rx_used(%rip), %eax
+    mov net_qsize(%rip), %ecx
+    dec %ecx
+    and %eax, %ecx
+    inc %eax
+    mov %eax, net_rx_used(%rip)
+    mov RXQ_DESC + 0x2000 + 4(,%rcx,8), %r10d   /* used.ring[i].id */
+    mov RXQ_DESC + 0x2000 + 8(,%rcx,8), %r11d   /* used.ring[i].len */
+    cmp $RX_BUF_COUNT, %r10d
+    jae 1b                          /* not a buffer we gave: ignore it */
+    mov %r10d, %esi
+    imul $RX_BUF_SIZE, %esi
+    add $RX_BUFS + NET_HDR_LEN, %esi            /* rsi = the frame */
+    cmp $NET_HDR_LEN + 42, %r11d
+    jb 5f
+    cmpw $0x0608, 12(%rsi)          /* ARP */
+    jne 5f
+    cmpw $0x0200, 20(%rsi)          /* op 2: reply */
+    jne 5f
+    mov net_peer_ip(%rip), %eax
+    cmp %eax, 28(%rsi)              /* from the peer */
+    jne 5f
+    mov net_mac(%rip), %eax
+    cmp %eax, 32(%rsi)              /* to us */
+    jne 5f
+    movzwl net_mac+4(%rip), %eax
+    cmp %ax, 36(%rsi)
+    jne 5f
+    mov 22(%rsi), %eax              /* sha */
+    mov %eax, net_reply_mac(%rip)
+    movzwl 26(%rsi), %eax
+    mov %ax, net_reply_mac+4(%rip)
+    clc
+    ret
+5:  /* Not ours: hand the buffer back. */
+    mov net_rx_avail(%rip), %eax
+    mov net_qsize(%rip), %ecx
+    dec %ecx
+    and %eax, %ecx
+    mov %r10w, RXQ_DESC + 0x1000 + 4(,%rcx,2)
+    inc %eax
+    mov %eax, net_rx_avail(%rip)
+    mov %ax, RXQ_DESC + 0x1000 + 2
+    mov net_qnotify(%rip), %rdx
+    movw $0, (%rdx)
+    jmp 1b
+
+/* put_mac: rdi = 6 bytes. Prints them as xx:xx:xx:xx:xx:xx. Clobbers: eax, ecx, edx, rdi,
+ * r8-r10, r12. */
+put_mac:
+    mov $6, %r12d
+1:  movzbl (%rdi), %eax
+    mov $2, %ecx
+    call put_hex
+    inc %rdi
+    dec %r12d
+    jz 2f
+    mov $':', %al
+    call putc
+    jmp 1b
+2:  ret
+
+/* put_ip: rdi = 4 bytes. Prints them as a.b.c.d. Clobbers: eax, ecx, edx, rdi, r8, r9, r11,
+ * r12. */
+put_ip:
+    mov $4, %r12d
+1:  movzbl (%rdi), %eax
+    call put_dec
+    inc %rdi
+    dec %r12d
+    jz 2f
+    mov $'.', %al
+    call putc
+    jmp 1b
+2:  ret
+
 /* The AP start-up trampoline: copied to AP_TRAMPOLINE, entered in real mode at CS:IP = page:0. */
     .code16
 ap_trampoline:
@@ -439,6 +1060,22 @@ msg_smp:      .asciz "vmm-test-guest: APs started: "
 msg_smp_tail: .asciz "\n"
 msg_done:     .asciz "vmm-test-guest: done\n"
 msg_cmdline:  .asciz "vmm-test-guest: cmdline: "
+arp_key:      .asciz "vmtest.arp="
+msg_net_bad_arg:  .asciz "vmm-test-guest: net: bad vmtest.arp\n"
+msg_net_no_dev:   .asciz "vmm-test-guest: net: no virtio-net device\n"
+msg_net_no_caps:  .asciz "vmm-test-guest: net: virtio capabilities missing or BAR unassigned\n"
+msg_net_dev:      .asciz "vmm-test-guest: net: virtio-net at 00:"
+msg_net_bar:      .asciz ".0 bar "
+msg_net_no_reset: .asciz "vmm-test-guest: net: device did not reset\n"
+msg_net_no_v1:    .asciz "vmm-test-guest: net: no VIRTIO_F_VERSION_1\n"
+msg_net_features: .asciz "vmm-test-guest: net: FEATURES_OK refused\n"
+msg_net_no_queue: .asciz "vmm-test-guest: net: queue missing\n"
+msg_net_not_started: .asciz "vmm-test-guest: net: device needs reset after DRIVER_OK\n"
+msg_net_mac:      .asciz "vmm-test-guest: net: mac "
+msg_net_tx_stuck: .asciz "vmm-test-guest: net: tx not completed\n"
+msg_net_no_reply: .asciz "vmm-test-guest: net: no arp reply\n"
+msg_net_reply:    .asciz "vmm-test-guest: net: arp reply from "
+msg_net_is_at:    .asciz " is-at "
 msg_bad_boot_info: .asciz "vmm-test-guest: bad boot info (no HdrS / PVH magic)\n"
 hexdigits:    .ascii "0123456789abcdef"
 
@@ -456,6 +1093,21 @@ gdt_desc:
     .balign 8
 boot_info:  .quad 0
 boot_proto: .long 0
+    .balign 8
+net_common:      .quad 0        /* virtio structures, from the capabilities */
+net_notify:      .quad 0
+net_devcfg:      .quad 0
+net_qnotify:     .quad 0, 0     /* notify address of queue 0, 1 */
+net_notify_mult: .long 0
+net_qsize:       .long 0, 0     /* size of queue 0, 1 */
+net_slot:        .long 0
+net_rx_avail:    .long 0        /* next avail index, free-running (low 16 bits used) */
+net_rx_used:     .long 0        /* used entries consumed */
+net_tx_avail:    .long 0
+net_our_ip:      .long 0        /* wire order */
+net_peer_ip:     .long 0
+net_mac:         .fill 8, 1, 0
+net_reply_mac:   .fill 8, 1, 0
     .balign 16
 stack:
     .fill 4096, 1, 0

@@ -14,3 +14,5 @@ pub const BZIMAGE_PATH: &str = concat!(env!("OUT_DIR"), "/test-guest.bzImage");
 pub const BANNER: &str = "vmm-test-guest: hello from the ";
 /// Last line the guest prints before reporting [`EXIT_SUCCESS`].
 pub const DONE: &str = "vmm-test-guest: done";
+/// What the guest prints when its ARP request was answered, followed by `PEER is-at MAC`.
+pub const ARP_REPLY: &str = "vmm-test-guest: net: arp reply from ";
