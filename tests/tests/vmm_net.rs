@@ -4,8 +4,9 @@
 //! The guest is the project's test guest (resources/test-guest): with `vmtest.arp=OURS,PEER` on
 //! its command line it drives the virtio-net device itself, broadcasts an ARP request for PEER
 //! and waits for the reply. The peer is a real kernel: the other end of a veth, or a tap's host
-//! side, in a namespace the test made. The test checks the VMM's exit status (the guest's) and
-//! that the MAC the guest got back is the peer interface's own.
+//! side, in a namespace the test made. The test checks the VMM's exit status (the guest's), that
+//! the MAC the guest got back is the peer interface's own, and that the rx queue's MSI-X message
+//! (backend → irqfd → KVM GSI route) reached the guest's local APIC.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -106,6 +107,10 @@ fn assert_arp_answered(run: &VmRun, peer_ip: &str, peer_mac: &str) {
     let ctx = format!("console:\n{}\nvmm log:\n{}", run.console, run.log);
     let expect = format!("{}{peer_ip} is-at {peer_mac}", vmm_test_guest::ARP_REPLY);
     assert!(run.console.contains(&expect), "no `{expect}`\n{ctx}");
+    assert!(
+        run.console.contains(vmm_test_guest::MSIX_RECEIVED),
+        "the rx completion's MSI-X message did not reach the guest\n{ctx}"
+    );
     assert_eq!(
         run.code,
         Some(i32::from(vmm_test_guest::EXIT_SUCCESS)),

@@ -17,9 +17,10 @@
  *   4. if there are more CPUs, starts them with INIT/SIPI; each AP bumps a counter from its 16-bit
  *      trampoline and halts; the BSP waits for them with a bounded loop and prints how many came;
  *   5. if the command line has `vmtest.arp=OURS,PEER` (dotted IPv4 addresses): drives the first
- *      modern virtio-net device (1af4:1041) through virtio-pci by polling (no interrupts):
- *      broadcasts an ARP request for PEER from OURS and waits for the reply, printing
- *      "net: arp reply from PEER is-at MAC"; any failure prints why and writes EXIT_NET_FAILED;
+ *      modern virtio-net device (1af4:1041) through virtio-pci: broadcasts an ARP request for
+ *      PEER from OURS, polls for the reply and prints "net: arp reply from PEER is-at MAC", then
+ *      checks that the rx queue's MSI-X message reached the LAPIC (its IRR; interrupts stay
+ *      off); any failure prints why and writes EXIT_NET_FAILED;
  *   6. writes EXIT_SUCCESS to the debug-exit port.
  *
  * Constraints (KVM here may be PVM, which instruction-emulates ordinary guests at ~1 MIPS, and
@@ -57,6 +58,8 @@
 #define RX_BUF_SIZE     0x800
 #define RX_BUF_COUNT    4
 #define NET_QUEUE_MAX   16
+#define NET_IRQ_VECTOR  0x40                /* the rx queue's MSI-X message */
+#define LAPIC_IRR       0x200
 #define NET_HDR_LEN     12                  /* virtio_net_hdr with VERSION_1 */
 #define TX_LEN          (NET_HDR_LEN + 60)
 #define NET_TX_CYCLES   2000000000          /* TSC cycles to wait for the tx completion */
@@ -540,6 +543,7 @@ net_test:
     call put_mac
     lea msg_nl(%rip), %rsi
     call puts
+    call net_check_irq
 net_done:
     pop %r15
     pop %r14
@@ -665,7 +669,11 @@ net_find:
     jz 6f
     mov %r12d, %ecx
     call cfg_rd8
-    cmp $0x09, %eax
+    cmp $0x11, %eax                 /* MSI-X */
+    jne 10f
+    mov %r12d, net_msix_cap(%rip)
+    jmp 5f
+10: cmp $0x09, %eax
     jne 5f
     lea 3(%r12), %ecx
     call cfg_rd8
@@ -705,6 +713,20 @@ net_find:
     je 8f
     cmpq $0, net_devcfg(%rip)
     je 8f
+    mov net_msix_cap(%rip), %ecx    /* MSI-X table: BIR and offset at cap + 4 */
+    test %ecx, %ecx
+    jz 8f
+    add $4, %ecx
+    call cfg_rd32
+    mov %eax, %r8d
+    and $7, %r8d
+    and $0xfffffff8, %eax
+    mov %rax, %r11
+    call bar_addr
+    test %rax, %rax
+    jz 8f
+    add %r11, %rax
+    mov %rax, net_msix_table(%rip)
     lea msg_net_dev(%rip), %rsi
     call puts
     mov net_slot(%rip), %eax
@@ -779,7 +801,8 @@ net_init:
     jnz 4f
     lea msg_net_features(%rip), %rsi
     jmp net_fail
-4:  xor %edi, %edi
+4:  call net_msix_on
+    xor %edi, %edi
     mov $RXQ_DESC, %esi
     call net_queue
     mov $1, %edi
@@ -808,8 +831,8 @@ net_init:
 
 /*
  * net_queue: edi = queue index (0 rx, 1 tx), esi = its descriptor table (avail ring at +0x1000,
- * used ring at +0x2000), rbx = common config. Sets the size to min(offered, NET_QUEUE_MAX), no
- * MSI-X vector (we poll), the ring addresses, records size and notify address in
+ * used ring at +0x2000), rbx = common config. Sets the size to min(offered, NET_QUEUE_MAX), the
+ * MSI-X vector (0 for rx, checked on read-back; none for tx), the ring addresses, records size and notify address in
  * net_qsize[edi] / net_qnotify[edi], and enables the queue. Clobbers: eax, ecx, edx, r8.
  */
 net_queue:
@@ -825,8 +848,16 @@ net_queue:
 2:  mov %ax, CC_Q_SIZE(%rbx)
     lea net_qsize(%rip), %rdx
     mov %eax, (%rdx,%rdi,4)
-    movw $0xffff, CC_Q_MSIX(%rbx)
-    mov %esi, CC_Q_DESC(%rbx)
+    mov $0xffff, %eax               /* tx: no vector */
+    test %edi, %edi
+    jnz 3f
+    xor %eax, %eax                  /* rx: MSI-X vector 0 */
+3:  mov %ax, CC_Q_MSIX(%rbx)
+    cmp CC_Q_MSIX(%rbx), %ax
+    je 4f
+    lea msg_net_vector(%rip), %rsi
+    jmp net_fail
+4:  mov %esi, CC_Q_DESC(%rbx)
     movl $0, CC_Q_DESC+4(%rbx)
     lea 0x1000(%rsi), %eax
     mov %eax, CC_Q_DRIVER(%rbx)
@@ -924,6 +955,62 @@ net_send_arp:
 3:  lea msg_net_tx_stuck(%rip), %rsi
     jmp net_fail
 2:  ret
+
+/*
+ * net_msix_on: MSI-X table entry 0 = fixed interrupt NET_IRQ_VECTOR to APIC ID 0, unmasked; then
+ * the capability's enable bit; and the local APIC software-enabled so it accepts the message.
+ * Interrupts stay disabled (IF=0): net_check_irq finds the delivered vector in the LAPIC's IRR,
+ * which proves the route (vector -> KVM GSI -> irqfd the backend signals) without an IDT.
+ * Clobbers: eax, ecx, edx, rdi.
+ */
+net_msix_on:
+    mov net_msix_table(%rip), %rdi
+    movl $LAPIC_BASE, (%rdi)        /* address: destination APIC ID 0, physical */
+    movl $0, 4(%rdi)
+    movl $NET_IRQ_VECTOR, 8(%rdi)   /* data: fixed delivery, edge */
+    movl $0, 12(%rdi)               /* vector control: unmasked */
+    mov net_msix_cap(%rip), %ecx
+    call cfg_rd32
+    and $0x3fffffff, %eax           /* keep the table size; clear enable and function mask */
+    or $0x80000000, %eax            /* MSI-X enable */
+    mov %eax, %edi
+    mov net_msix_cap(%rip), %eax
+    or %r15d, %eax
+    mov $PCI_CONFIG_ADDR, %dx
+    out %eax, %dx
+    mov %edi, %eax
+    mov $PCI_CONFIG_DATA, %dx
+    out %eax, %dx
+    mov $LAPIC_BASE, %edi
+    movl $0x1ff, LAPIC_SVR(%rdi)
+    ret
+
+/*
+ * net_check_irq: waits (bounded) for NET_IRQ_VECTOR in the LAPIC's IRR, the trace of the MSI-X
+ * message the device sent when it filled an rx buffer. Prints "net: msi-x interrupt received"
+ * or fails. Clobbers: eax, ecx, edx, rsi, rdi, r8, r9.
+ */
+net_check_irq:
+    mov $NET_TX_CYCLES, %edi
+    call tsc_deadline
+    mov %rax, %r8
+    mov $NET_SPIN_MAX, %r9d
+    mov $(LAPIC_BASE + LAPIC_IRR + (NET_IRQ_VECTOR / 32) * 0x10), %esi
+1:  mov (%rsi), %eax
+    test $(1 << (NET_IRQ_VECTOR % 32)), %eax
+    jnz 2f
+    pause
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    cmp %r8, %rax
+    jae 3f
+    dec %r9d
+    jnz 1b
+3:  lea msg_net_no_irq(%rip), %rsi
+    jmp net_fail
+2:  lea msg_net_irq(%rip), %rsi
+    jmp puts
 
 /* tsc_deadline: rdi = cycles. rax = TSC now + rdi. Clobbers: eax, edx. */
 tsc_deadline:
@@ -1063,7 +1150,7 @@ msg_cmdline:  .asciz "vmm-test-guest: cmdline: "
 arp_key:      .asciz "vmtest.arp="
 msg_net_bad_arg:  .asciz "vmm-test-guest: net: bad vmtest.arp\n"
 msg_net_no_dev:   .asciz "vmm-test-guest: net: no virtio-net device\n"
-msg_net_no_caps:  .asciz "vmm-test-guest: net: virtio capabilities missing or BAR unassigned\n"
+msg_net_no_caps:  .asciz "vmm-test-guest: net: virtio or MSI-X capabilities missing, or BAR unassigned\n"
 msg_net_dev:      .asciz "vmm-test-guest: net: virtio-net at 00:"
 msg_net_bar:      .asciz ".0 bar "
 msg_net_no_reset: .asciz "vmm-test-guest: net: device did not reset\n"
@@ -1075,6 +1162,9 @@ msg_net_mac:      .asciz "vmm-test-guest: net: mac "
 msg_net_tx_stuck: .asciz "vmm-test-guest: net: tx not completed\n"
 msg_net_no_reply: .asciz "vmm-test-guest: net: no arp reply\n"
 msg_net_reply:    .asciz "vmm-test-guest: net: arp reply from "
+msg_net_vector:   .asciz "vmm-test-guest: net: MSI-X vector refused\n"
+msg_net_irq:      .asciz "vmm-test-guest: net: msi-x interrupt received\n"
+msg_net_no_irq:   .asciz "vmm-test-guest: net: no msi-x interrupt\n"
 msg_net_is_at:    .asciz " is-at "
 msg_bad_boot_info: .asciz "vmm-test-guest: bad boot info (no HdrS / PVH magic)\n"
 hexdigits:    .ascii "0123456789abcdef"
@@ -1098,7 +1188,9 @@ net_common:      .quad 0        /* virtio structures, from the capabilities */
 net_notify:      .quad 0
 net_devcfg:      .quad 0
 net_qnotify:     .quad 0, 0     /* notify address of queue 0, 1 */
+net_msix_table:  .quad 0
 net_notify_mult: .long 0
+net_msix_cap:    .long 0        /* config-space offset of the MSI-X capability */
 net_qsize:       .long 0, 0     /* size of queue 0, 1 */
 net_slot:        .long 0
 net_rx_avail:    .long 0        /* next avail index, free-running (low 16 bits used) */
