@@ -226,6 +226,18 @@ impl Vcpu {
 
     /// Runs the guest until an exit is requested (by a device, another vCPU, or this one).
     /// Errors are stored in `error` and reported as [`ExitRequest::VcpuFailed`].
+    /// A one-line summary of the vCPU's registers, for diagnostics.
+    fn state(&self) -> String {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => format!(
+                "rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 \
+                 {:#x} efer {:#x}",
+                r.rip, r.rsp, r.rflags, s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+            ),
+            (Err(e), _) | (_, Err(e)) => format!("registers unavailable ({e})"),
+        }
+    }
+
     pub fn run(
         mut self,
         pio: &Bus,
@@ -255,7 +267,11 @@ impl Vcpu {
                     Ok(None)
                 }
                 Ok(VcpuExit::Hlt) => Ok(None),
-                Ok(VcpuExit::Shutdown) => Ok(Some(ExitRequest::Shutdown)),
+                Ok(VcpuExit::Shutdown) => {
+                    // Where the guest died is the first thing its developer needs.
+                    log::warn!("vCPU {index}: shutdown (triple fault): {}", self.state());
+                    Ok(Some(ExitRequest::Shutdown))
+                }
                 Ok(VcpuExit::SystemEvent(kind, _)) => Ok(Some(match kind {
                     kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitRequest::Reset,
                     _ => ExitRequest::Shutdown,
