@@ -64,6 +64,36 @@ impl BpfProgram {
         Ok(BpfProgram { insns })
     }
 
+    /// A program that keeps only frames of packet type `pkttype` (e.g. `PACKET_OUTGOING`) and
+    /// hands those to `then` (or accepts them whole). The kernel runs it before it copies a
+    /// frame to the socket, so the frames it rejects cost no copy and no wake-up.
+    ///
+    /// Classic BPF only jumps forward, so `then`'s own jumps stay valid behind the prefix.
+    pub fn only_pkttype(pkttype: u8, then: Option<&BpfProgram>) -> Result<BpfProgram, String> {
+        const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+        const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+        const RET_K: u16 = 0x06;
+        // SKF_AD_OFF (-0x1000) + SKF_AD_PKTTYPE (4): the skb's packet type.
+        const PKTTYPE: u32 = (-0x1000i32 + 4) as u32;
+        let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+        let mut insns = vec![
+            insn(LD_B_ABS, 0, 0, PKTTYPE),
+            insn(JEQ_K, 1, 0, u32::from(pkttype)),
+            insn(RET_K, 0, 0, 0),
+        ];
+        match then {
+            Some(p) => insns.extend_from_slice(&p.insns),
+            None => insns.push(insn(RET_K, 0, 0, u32::MAX)),
+        }
+        if insns.len() > MAX_INSNS {
+            return Err(format!(
+                "{} instructions with the direction check, more than {MAX_INSNS}",
+                insns.len()
+            ));
+        }
+        Ok(BpfProgram { insns })
+    }
+
     pub fn instructions(&self) -> &[libc::sock_filter] {
         &self.insns
     }
@@ -81,6 +111,23 @@ impl BpfProgram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The direction check goes in front; the user's program keeps its own (relative) jumps.
+    #[test]
+    fn direction_check_prefixes_the_users_program() {
+        let user = BpfProgram::parse(&BpfProgram::ret(96)).unwrap();
+        let p = BpfProgram::only_pkttype(4, Some(&user)).unwrap();
+        let i = p.instructions();
+        assert_eq!(i.len(), 4);
+        assert_eq!((i[0].code, i[0].k), (0x30, 0xffff_f004), "ld pkttype");
+        assert_eq!((i[1].code, i[1].jt, i[1].jf, i[1].k), (0x15, 1, 0, 4));
+        assert_eq!((i[2].code, i[2].k), (0x06, 0), "others: dropped");
+        assert_eq!((i[3].code, i[3].k), (0x06, 96), "the user's program");
+        let alone = BpfProgram::only_pkttype(4, None).unwrap();
+        assert_eq!(alone.instructions()[3].k, u32::MAX, "accept whole frames");
+        let full = BpfProgram::parse(&BpfProgram::ret(1).repeat(MAX_INSNS)).unwrap();
+        assert!(BpfProgram::only_pkttype(4, Some(&full)).is_err());
+    }
 
     #[test]
     fn malformed_programs_are_refused_with_a_reason() {
