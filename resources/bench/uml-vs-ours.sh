@@ -3,6 +3,9 @@
 # + our vhost-user backend with transport X, for raw, tap and hybrid, in one run.
 #   resources/bench/uml-vs-ours.sh [SECONDS]      (default 10; needs root and resources/setup.sh)
 # Env: TRANSPORTS="raw tap hybrid", OPTS=",gro=1" (appended to both specs), VMM=path/to/vmm.
+# With gro=0 the peer interface's TSO/GSO are turned off: UML's rule is that gro must match the
+# host side, and without it both UML's transports and ours see 64 KiB GSO frames they must drop,
+# and host->guest TCP stalls for both.
 # Prints one row per transport and direction: Gbit/s for UML, for ours, and ours/UML.
 set -euo pipefail
 secs="${1:-10}"
@@ -37,6 +40,13 @@ for dir in tx rx; do
 done
 SCRIPT
 
+# no_gso IFNAME: with gro=0, the host must not hand the transport GSO frames.
+no_gso() {
+    case "$opts" in
+        *gro=0*) ip netns exec "$ns" ethtool -K "$1" tso off gso off >/dev/null 2>&1 || true ;;
+    esac
+}
+
 # setup_host TRANSPORT: makes the peer interface (with the iperf3 server) and prints the
 # interface the transport attaches to.
 setup_host() {
@@ -47,11 +57,13 @@ setup_host() {
             ip -n "$ns" link add bpeer type veth peer name bdp
             ip -n "$ns" addr add $peer/24 dev bpeer
             ip -n "$ns" link set bpeer up; ip -n "$ns" link set bdp up
+            no_gso bpeer
             echo bdp ;;
         tap|hybrid)
             ip -n "$ns" tuntap add name btap mode tap
             ip -n "$ns" addr add $peer/24 dev btap
             ip -n "$ns" link set btap up
+            no_gso btap
             echo btap ;;
     esac
 }

@@ -67,8 +67,9 @@ const REGION: u64 = 0x1000;
 const COMMON_LEN: u32 = 0x38;
 /// "No MSI-X vector" in `msix_config` / `queue_msix_vector`.
 pub const NO_VECTOR: u16 = 0xffff;
-/// Most queues a device may have (the notify window holds 1024).
-pub const MAX_QUEUES: usize = (REGION / NOTIFY_MULTIPLIER as u64) as usize;
+/// Most queues a device may have: one MSI-X vector each plus one for configuration must fit the
+/// table's window (256 entries of 16 bytes).
+pub const MAX_QUEUES: usize = (REGION / msix::ENTRY_SIZE) as usize - 1;
 
 /// Device status bits (virtio 1.x §2.1).
 pub mod status {
