@@ -6,8 +6,9 @@
 //!   cookie, or from another source, are dropped and counted by reason;
 //! - tshark on the namespace's loopback decodes the GRE key and sequence numbers and the
 //!   L2TPv3 session, cookie and inner Ethernet addresses of what we sent;
-//! - UML's own `gre` and `l2tpv3,udp=1` transports as the far end: a UML guest there and a UML
-//!   guest on our backend ping each other and run iperf3;
+//! - UML's own `gre`, `l2tpv3` (IP and UDP), `bess` (through a relay that plays the switch:
+//!   both UML and we are clients of a BESS port) and legacy `mcast` as the far end: a UML guest
+//!   there and a UML guest on our backend ping each other and run iperf3;
 //! - bess against a listening seqpacket socket (the switch side), mcast between two of ours on
 //!   one group (no echo of our own frames), ucast with swapped ports.
 
@@ -640,4 +641,109 @@ fn uml_l2tpv3_ip_interop_ping_and_iperf() {
 #[test]
 fn uml_mcast_interop_ping_and_iperf() {
     uml_interop("eth0=mcast", "eth0=mcast");
+}
+
+/// A stand-in for a BESS switch: two listening seqpacket ports, and every message from the
+/// connection on one forwarded, as is, to the connection on the other. UML's `transport=bess`
+/// and ours are both clients of a port (bind `src`, connect `dst`), so two of them meet only
+/// through something that listens. Returns how many messages it forwarded each way when stopped.
+struct BessRelay {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u64, u64)>>,
+}
+
+impl BessRelay {
+    fn start(a: &std::path::Path, b: &std::path::Path) -> BessRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listeners = [seqpacket_listener(a), seqpacket_listener(b)];
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // Accept one connection on each port, in whatever order the clients come.
+            let mut conns: [Option<OwnedFd>; 2] = [None, None];
+            while conns.iter().any(Option::is_none) {
+                if flag.load(Ordering::Relaxed) {
+                    return (0, 0);
+                }
+                for (l, c) in listeners.iter().zip(conns.iter_mut()) {
+                    if c.is_none() && wait_readable(l.as_raw_fd(), Duration::from_millis(50)) {
+                        *c = Some(accept(l));
+                    }
+                }
+            }
+            let conns = conns.map(|c| c.expect("accepted"));
+            let mut forwarded = [0u64; 2];
+            let mut buf = vec![0u8; 70_000];
+            while !flag.load(Ordering::Relaxed) {
+                let mut fds = conns.each_ref().map(|c| libc::pollfd {
+                    fd: c.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                // SAFETY: two live pollfds, their count passed.
+                if unsafe { libc::poll(fds.as_mut_ptr(), 2, 50) } <= 0 {
+                    continue;
+                }
+                for from in 0..2 {
+                    if fds[from].revents == 0 {
+                        continue;
+                    }
+                    let (src, dst) = (fds[from].fd, fds[1 - from].fd);
+                    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+                    let n = unsafe { libc::recv(src, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                    if n <= 0 {
+                        return (forwarded[0], forwarded[1]);
+                    }
+                    // SAFETY: the kernel reads n bytes from a live buffer.
+                    unsafe { libc::send(dst, buf.as_ptr().cast(), n as usize, 0) };
+                    forwarded[from] += 1;
+                }
+            }
+            (forwarded[0], forwarded[1])
+        });
+        BessRelay {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().expect("running").join().expect("relay")
+    }
+}
+
+impl Drop for BessRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// UML's own `vec0:transport=bess` against ours, through a relay that plays the switch.
+#[test]
+fn uml_bess_interop_ping_and_iperf() {
+    let dir = TempDir::new("bs");
+    let port = |n: &str| dir.path().join(n).display().to_string();
+    let relay = BessRelay::start(
+        dir.path().join("port-uml").as_path(),
+        dir.path().join("port-ours").as_path(),
+    );
+    uml_interop(
+        &format!(
+            "vec0:transport=bess,src={},dst={}",
+            port("uml"),
+            port("port-uml")
+        ),
+        &format!(
+            "vec0:transport=bess,src={},dst={}",
+            port("ours"),
+            port("port-ours")
+        ),
+    );
+    let (from_uml, from_ours) = relay.stop();
+    eprintln!("bess relay: {from_uml} messages from UML, {from_ours} from ours");
+    assert!(
+        from_uml > 100 && from_ours > 100,
+        "{from_uml} / {from_ours}"
+    );
 }
