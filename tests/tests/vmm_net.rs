@@ -236,6 +236,11 @@ fn test_guest_arps_through_an_external_backend() {
         run.log,
         backend.log()
     );
+    assert!(
+        run.console.contains(vmm_test_guest::MSIX_RECEIVED),
+        "{}",
+        run.console
+    );
     assert_eq!(run.code, Some(i32::from(vmm_test_guest::EXIT_SUCCESS)));
     assert!(backend.running(), "the backend outlives its frontend");
 }
