@@ -132,6 +132,75 @@ pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     cvt_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
 }
 
+/// Points one `mmsghdr` at `iovlen` iovecs from `iov` and at the address slot `name` (null with
+/// length 0 for none), with no control data, ready for `recvmmsg`/`sendmmsg`.
+pub fn prepare_msghdr(
+    h: &mut libc::mmsghdr,
+    name: *mut libc::c_void,
+    namelen: libc::socklen_t,
+    iov: *mut libc::iovec,
+    iovlen: usize,
+) {
+    let m = &mut h.msg_hdr;
+    m.msg_name = name;
+    m.msg_namelen = namelen;
+    m.msg_iov = iov;
+    m.msg_iovlen = iovlen;
+    m.msg_control = std::ptr::null_mut();
+    m.msg_controllen = 0;
+    m.msg_flags = 0;
+    h.msg_len = 0;
+}
+
+/// `recvmmsg` of the headers in `hdrs`, without blocking. Returns how many messages arrived,
+/// 0 when none is waiting.
+///
+/// # Safety
+/// Every header must point at live iovecs (and address slots, if any) with their true sizes,
+/// writable by the kernel for the duration of the call.
+pub unsafe fn recvmmsg_nonblocking(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    // SAFETY: `hdrs` is a live slice of its stated length; the caller vouches for what the
+    // headers point at. MSG_DONTWAIT keeps the call non-blocking.
+    let ret = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    match cvt(ret) {
+        Ok(got) => Ok(got as usize),
+        Err(e) if would_block(&e) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// `sendmmsg` of the headers in `hdrs`, without blocking and without SIGPIPE. Returns how many
+/// messages the kernel accepted, 0 when it would block.
+///
+/// # Safety
+/// Every header must point at live iovecs (and address slots, if any) with their true sizes,
+/// readable by the kernel for the duration of the call.
+pub unsafe fn sendmmsg_nonblocking(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    // SAFETY: `hdrs` is a live slice of its stated length; the caller vouches for what the
+    // headers point at.
+    let ret = unsafe {
+        libc::sendmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    match cvt(ret) {
+        Ok(sent) => Ok(sent as usize),
+        Err(e) if would_block(&e) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// The headers of one `recvmmsg`/`sendmmsg` call, allocated once per transport so the hot
 /// path allocates nothing. Pointers into the batch's buffers are refreshed on each call
 /// because a batch reorders its buffers ([`PacketBatch::consume`]).
@@ -192,33 +261,18 @@ impl Mmsg {
                 iov_base: space.as_mut_ptr().cast(),
                 iov_len: space.len(),
             };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_ll).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
+            prepare_msghdr(
+                &mut self.hdrs[i],
+                (&mut self.addrs[i] as *mut libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                &mut self.iovs[i],
+                1,
+            );
         }
         // SAFETY: the first `n` headers point at live iovecs, which point at the batch's
         // buffers with their true lengths, and at live sockaddr_ll slots with their sizes; the
-        // kernel writes within those bounds. MSG_DONTWAIT keeps the call non-blocking.
-        let ret = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        let got = match cvt(ret) {
-            Ok(got) => got as usize,
-            Err(e) if would_block(&e) => 0,
-            Err(e) => return Err(e),
-        };
+        // kernel writes within those bounds.
+        let got = unsafe { recvmmsg_nonblocking(fd, &mut self.hdrs[..n]) }?;
         let full = std::mem::size_of::<libc::sockaddr_ll>() - 8;
         for (i, m) in meta.iter_mut().enumerate().take(got) {
             let h = &self.hdrs[i];
@@ -258,38 +312,21 @@ impl Mmsg {
                 iov_base: data.as_ptr() as *mut libc::c_void,
                 iov_len: data.len(),
             };
-            let h = &mut self.hdrs[i].msg_hdr;
-            match dest {
-                Some((addr, len)) => {
-                    h.msg_name = (addr as *const libc::sockaddr_storage) as *mut libc::c_void;
-                    h.msg_namelen = len;
-                }
-                None => {
-                    h.msg_name = std::ptr::null_mut();
-                    h.msg_namelen = 0;
-                }
-            }
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+            let (name, namelen) = match dest {
+                Some((addr, len)) => ((addr as *const libc::sockaddr_storage).cast_mut(), len),
+                None => (std::ptr::null_mut(), 0),
+            };
+            prepare_msghdr(
+                &mut self.hdrs[i],
+                name.cast(),
+                namelen,
+                &mut self.iovs[i],
+                1,
+            );
         }
         // SAFETY: the first `n` headers point at live iovecs describing the batch's packets
         // (read-only for the kernel) and at `dest`, which outlives the call.
-        let ret = unsafe {
-            libc::sendmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        match cvt(ret) {
-            Ok(sent) => Ok(sent as usize),
-            Err(e) if would_block(&e) => Ok(0),
-            Err(e) => Err(e),
-        }
+        unsafe { sendmmsg_nonblocking(fd, &mut self.hdrs[..n]) }
     }
 }
 

@@ -19,7 +19,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::ipsock::{SockAddr, SourceMatch};
-use super::sys::{cvt, would_block};
+use super::sys::{prepare_msghdr, recvmmsg_nonblocking, sendmmsg_nonblocking};
 use super::wire::{GreCodec, L2tpv3Codec, WireError, ETH_HLEN};
 use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
 
@@ -173,33 +173,18 @@ impl MsgVec {
                 iov_base: space.as_mut_ptr().cast(),
                 iov_len: space.len(),
             };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = self.iovs[i].as_mut_ptr();
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
+            prepare_msghdr(
+                &mut self.hdrs[i],
+                (&mut self.names[i] as *mut libc::sockaddr_storage).cast(),
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+                self.iovs[i].as_mut_ptr(),
+                1,
+            );
         }
         // SAFETY: the first `n` headers point at live iovecs describing the batch's buffers
         // with their true lengths, and at live sockaddr_storage slots with their sizes; the
-        // kernel writes within those bounds. MSG_DONTWAIT keeps the call non-blocking.
-        let ret = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        let got = match cvt(ret) {
-            Ok(got) => got as usize,
-            Err(e) if would_block(&e) => 0,
-            Err(e) => return Err(e),
-        };
+        // kernel writes within those bounds.
+        let got = unsafe { recvmmsg_nonblocking(fd, &mut self.hdrs[..n]) }?;
         for (h, buf) in self.hdrs.iter().zip(batch.bufs_mut()).take(got) {
             buf.set_len(h.msg_len as usize);
         }
@@ -248,39 +233,22 @@ impl MsgVec {
                 self.iovs[i][1] = frame;
                 2
             };
-            let h = &mut self.hdrs[i].msg_hdr;
-            match dest {
-                Some(a) => {
-                    h.msg_name = a.as_ptr() as *mut libc::c_void;
-                    h.msg_namelen = a.len();
-                }
-                None => {
-                    h.msg_name = std::ptr::null_mut();
-                    h.msg_namelen = 0;
-                }
-            }
-            h.msg_iov = self.iovs[i].as_mut_ptr();
-            h.msg_iovlen = iovlen;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+            let (name, namelen) = match dest {
+                Some(a) => (a.as_ptr().cast_mut(), a.len()),
+                None => (std::ptr::null_mut(), 0),
+            };
+            prepare_msghdr(
+                &mut self.hdrs[i],
+                name.cast(),
+                namelen,
+                self.iovs[i].as_mut_ptr(),
+                iovlen,
+            );
         }
         // SAFETY: the first `n` headers point at live iovecs describing this struct's header
         // buffers and the batch's packets (read-only for the kernel), and at `dest`, which
         // outlives the call.
-        let ret = unsafe {
-            libc::sendmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        let r = match cvt(ret) {
-            Ok(sent) => Ok(sent as usize),
-            Err(e) if would_block(&e) => Ok(0),
-            Err(e) => Err(e),
-        };
+        let r = unsafe { sendmmsg_nonblocking(fd, &mut self.hdrs[..n]) };
         (n, r)
     }
 }
