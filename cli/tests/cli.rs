@@ -1,19 +1,9 @@
 //! The command line as a user meets it: every malformed device specification exits 2 with one
 //! line naming the option; `--help` documents every transport.
 
-use std::process::Command;
+mod common;
 
-fn vmm(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args(args)
-        .output()
-        .expect("run vmm");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::vmm;
 
 #[test]
 fn malformed_specs_exit_2_with_one_line_naming_the_option() {

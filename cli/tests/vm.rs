@@ -2,19 +2,9 @@
 //! serial output reaches stdout, and the VMM's exit status is the guest's; bad input is one line
 //! and status 2.
 
-use std::process::Command;
+mod common;
 
-fn vmm(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args(args)
-        .output()
-        .expect("run vmm");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::vmm;
 
 #[test]
 fn the_test_guest_boots_from_both_forms_and_its_status_is_ours() {
