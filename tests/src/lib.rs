@@ -5,6 +5,7 @@
 //! Every name a test creates is unique (prefix, process id, counter) and at most 15 bytes, so
 //! tests can run in parallel and never touch interfaces they did not make.
 
+pub mod batch;
 pub mod guest;
 pub mod netns;
 pub mod peer;

@@ -107,9 +107,18 @@ impl PacketPeer {
 
 /// Waits until `fd` is readable; false on timeout.
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+    poll_one(fd, libc::POLLIN, timeout)
+}
+
+/// Waits until `fd` is writable; false on timeout.
+pub fn wait_writable(fd: RawFd, timeout: Duration) -> bool {
+    poll_one(fd, libc::POLLOUT, timeout)
+}
+
+fn poll_one(fd: RawFd, events: libc::c_short, timeout: Duration) -> bool {
     let mut p = libc::pollfd {
         fd,
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     // SAFETY: one live pollfd.

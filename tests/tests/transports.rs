@@ -14,6 +14,7 @@ use umlnet::config::{
     CommonOpts, FdConfig, HybridConfig, NetSpec, RawConfig, TapConfig, TransportConfig,
 };
 use umlnet::transport::{self, Offloads, PacketBatch, Transport};
+use vmm_tests::batch::{recv_kept, send_at_once};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{is_test_frame, test_frame, tso_frame, wait_readable, PacketPeer};
 use vmm_tests::TempDir;
@@ -43,35 +44,15 @@ fn with_hdr(t: &dyn Transport, frame: &[u8]) -> Vec<u8> {
 
 /// Sends packets through the transport in one batch, asserting all were taken.
 fn send(t: &mut dyn Transport, packets: &[Vec<u8>]) {
-    let mut batch = PacketBatch::new(packets.len(), BUF);
-    for p in packets {
-        let b = batch.next_free().expect("room");
-        b.space()[..p.len()].copy_from_slice(p);
-        b.set_len(p.len());
-        batch.commit();
-    }
-    let sent = t.send(&batch).expect("send");
-    assert_eq!(sent, packets.len(), "transport took only {sent} packets");
+    send_at_once(t, packets, BUF);
 }
 
 /// Receives until `count` test frames arrived (header bytes kept), or the timeout.
 fn recv(t: &mut dyn Transport, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
-    let mut batch = PacketBatch::new(64, BUF);
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + timeout;
-    while out.len() < count {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if !wait_readable(t.rx_fd(), left) {
-            break;
-        }
-        t.recv(&mut batch).expect("recv");
-        for p in batch.packets() {
-            if is_test_frame(p.data(), t.vnet_hdr_len()) || p.data().len() > 20_000 {
-                out.push(p.data().to_vec());
-            }
-        }
-    }
-    out
+    let hdr = t.vnet_hdr_len();
+    recv_kept(t, count, timeout, BUF, |d| {
+        is_test_frame(d, hdr) || d.len() > 20_000
+    })
 }
 
 fn frames() -> Vec<Vec<u8>> {

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use umlnet::config::parse_spec;
 use umlnet::transport::{self, PacketBatch, Transport};
+use vmm_tests::batch::{batch_of, recv_kept};
 use vmm_tests::guest::{Guest, GuestConfig, GuestNet};
 use vmm_tests::netns::NetNs;
-use vmm_tests::peer::{is_test_frame, test_frame, wait_readable, PacketPeer};
+use vmm_tests::peer::{is_test_frame, test_frame, wait_readable, wait_writable, PacketPeer};
 use vmm_tests::process::net_backend;
 use vmm_tests::{require_root, unique_subnet, TempDir};
 
@@ -144,13 +145,7 @@ fn open(spec: &str) -> Box<dyn Transport> {
 /// Sends the frames as one batch, as the backend does: after a short send (the switch's queue
 /// is full) wait until the transport's `tx_fd` is writable and send the rest.
 fn send(t: &mut dyn Transport, frames: &[Vec<u8>]) {
-    let mut batch = PacketBatch::new(frames.len(), BUF);
-    for f in frames {
-        let b = batch.next_free().expect("room");
-        b.space()[..f.len()].copy_from_slice(f);
-        b.set_len(f.len());
-        batch.commit();
-    }
+    let mut batch = batch_of(frames, BUF);
     let deadline = Instant::now() + Duration::from_secs(5);
     while batch.count() > 0 {
         let sent = t.send(&batch).expect("send");
@@ -166,37 +161,9 @@ fn send(t: &mut dyn Transport, frames: &[Vec<u8>]) {
     }
 }
 
-fn wait_writable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one live pollfd for the duration of the call.
-    let rc = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
-    rc > 0
-}
-
 /// Receives test frames until `count` arrived or the timeout passed.
 fn recv(t: &mut dyn Transport, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
-    let mut batch = PacketBatch::new(64, BUF);
-    let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
-    while out.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !wait_readable(t.rx_fd(), left) {
-            break;
-        }
-        t.recv(&mut batch).expect("recv");
-        out.extend(
-            batch
-                .packets()
-                .iter()
-                .filter(|p| is_test_frame(p.data(), 0))
-                .map(|p| p.data().to_vec()),
-        );
-    }
-    out
+    recv_kept(t, count, timeout, BUF, |d| is_test_frame(d, 0))
 }
 
 /// A batch of frames from `src` to `dst`: minimum size, MTU size and 30 in between.

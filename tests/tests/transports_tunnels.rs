@@ -15,10 +15,11 @@
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use umlnet::config::parse_spec;
 use umlnet::transport::{self, PacketBatch, Transport};
+use vmm_tests::batch::{recv_kept, send_at_once};
 use vmm_tests::guest::{Guest, GuestConfig, GuestNet};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{is_test_frame, test_frame, wait_readable};
@@ -49,37 +50,12 @@ fn tunnel_ns() -> NetNs {
 }
 
 fn send(t: &mut dyn Transport, packets: &[Vec<u8>]) {
-    let mut batch = PacketBatch::new(packets.len(), BUF);
-    for p in packets {
-        let b = batch.next_free().expect("room");
-        b.space()[..p.len()].copy_from_slice(p);
-        b.set_len(p.len());
-        batch.commit();
-    }
-    let sent = t.send(&batch).expect("send");
-    assert_eq!(sent, packets.len(), "{} took only {sent} packets", t.name());
+    send_at_once(t, packets, BUF);
 }
 
 /// Everything the transport delivers within `timeout` (stops early once `count` arrived).
 fn recv(t: &mut dyn Transport, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
-    let mut batch = PacketBatch::new(64, BUF);
-    let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
-    while out.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !wait_readable(t.rx_fd(), left) {
-            break;
-        }
-        t.recv(&mut batch).expect("recv");
-        out.extend(
-            batch
-                .packets()
-                .iter()
-                .filter(|p| is_test_frame(p.data(), 0))
-                .map(|p| p.data().to_vec()),
-        );
-    }
-    out
+    recv_kept(t, count, timeout, BUF, |d| is_test_frame(d, 0))
 }
 
 fn frames(src: [u8; 6], dst: [u8; 6], seed: u8) -> Vec<Vec<u8>> {
