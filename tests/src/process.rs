@@ -122,3 +122,43 @@ pub fn net_backend(netns: Option<&str>, socket: &Path, spec: &str, log: PathBuf)
     d.wait_for_path(socket, Duration::from_secs(10));
     d
 }
+
+/// A namespace with a tap on a fresh `/24` (its host side `.1`), and `vmm net-backend` serving
+/// `vec0:transport=tap` on it. Fields drop in order: the backend stops before its socket's
+/// directory and the namespace go.
+pub struct TapBackend {
+    pub backend: Daemon,
+    pub sock: PathBuf,
+    /// The tap's address, which a guest pings.
+    pub peer_ip: String,
+    /// The address (with prefix) for the guest.
+    pub guest_cidr: String,
+    pub dir: crate::TempDir,
+    pub ns: crate::netns::NetNs,
+}
+
+impl TapBackend {
+    /// Sets it all up; `prefix` names the temporary directory.
+    pub fn start(prefix: &str) -> TapBackend {
+        let ns = crate::netns::NetNs::new();
+        let (a, b) = crate::unique_subnet();
+        let peer_ip = format!("10.{a}.{b}.1");
+        let tap = ns.tap(Some(&format!("{peer_ip}/24")));
+        let dir = crate::TempDir::new(prefix);
+        let sock = dir.path().join("net.sock");
+        let backend = net_backend(
+            Some(ns.name()),
+            &sock,
+            &format!("vec0:transport=tap,ifname={tap}"),
+            dir.path().join("backend.log"),
+        );
+        TapBackend {
+            backend,
+            sock,
+            peer_ip,
+            guest_cidr: format!("10.{a}.{b}.2/24"),
+            dir,
+            ns,
+        }
+    }
+}

@@ -6,9 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use vmm_tests::guest::{Guest, GuestConfig, GuestNet};
-use vmm_tests::netns::NetNs;
-use vmm_tests::process::net_backend;
-use vmm_tests::{unique_subnet, TempDir};
+use vmm_tests::process::TapBackend;
 
 /// Sends `bytes` as a frontend would and returns whether the backend hung up on us.
 fn hung_up_after(sock: &std::path::Path, bytes: &[u8]) -> bool {
@@ -28,18 +26,15 @@ fn header(request: u32, flags: u32, size: u32) -> Vec<u8> {
 
 #[test]
 fn malformed_frontends_are_dropped_and_the_next_one_is_served() {
-    let ns = NetNs::new();
-    let (a, b) = unique_subnet();
-    let peer = format!("10.{a}.{b}.1");
-    let tap = ns.tap(Some(&format!("{peer}/24")));
-    let dir = TempDir::new("bs");
-    let sock = dir.path().join("net.sock");
-    let mut backend = net_backend(
-        Some(ns.name()),
-        &sock,
-        &format!("vec0:transport=tap,ifname={tap}"),
-        dir.path().join("backend.log"),
-    );
+    // Bound by name, so the namespace and the directory live to the end of the test.
+    let TapBackend {
+        mut backend,
+        sock,
+        peer_ip: peer,
+        guest_cidr,
+        dir,
+        ns: _ns,
+    } = TapBackend::start("bs");
     // A payload size beyond the protocol's 4 KiB, an unknown request, a bad version, and a
     // connection that closes mid-header.
     assert!(
@@ -60,7 +55,7 @@ fn malformed_frontends_are_dropped_and_the_next_one_is_served() {
         std::fs::write(&script, format!("ping -c 2 -W 3 {peer}\n")).unwrap();
         let mut guest = Guest::uml(&GuestConfig {
             net: GuestNet::VhostUser(&sock),
-            ip: Some(&format!("10.{a}.{b}.2/24")),
+            ip: Some(&guest_cidr),
             script: &script,
             netns: None,
             mem: "256M",

@@ -4,7 +4,7 @@
 use std::time::Duration;
 use vmm_tests::guest::{Guest, GuestConfig, GuestNet};
 use vmm_tests::netns::NetNs;
-use vmm_tests::process::{net_backend, Daemon};
+use vmm_tests::process::{net_backend, Daemon, TapBackend};
 use vmm_tests::{unique_subnet, TempDir};
 
 /// How the backend reaches the peer namespace.
@@ -115,22 +115,13 @@ fn uml_guest_over_hybrid() {
 /// backend on `tap`.
 #[test]
 fn qemu_guest_pings_over_tap() {
-    let ns = NetNs::new();
-    let (a, b) = unique_subnet();
-    let peer = format!("10.{a}.{b}.1");
-    let tap = ns.tap(Some(&format!("{peer}/24")));
-    let dir = TempDir::new("qg");
-    let sock = dir.path().join("net.sock");
-    let mut backend = net_backend(
-        Some(ns.name()),
-        &sock,
-        &format!("vec0:transport=tap,ifname={tap}"),
-        dir.path().join("backend.log"),
-    );
+    // Everything it holds lives to the end of the test: the namespace, the tap, the backend.
+    let mut t = TapBackend::start("qg");
+    let backend = &mut t.backend;
     let mut guest = Guest::qemu(
-        &sock,
-        &format!("10.{a}.{b}.2/24"),
-        &["ping", "-c", "3", "-W", "3", &peer],
+        &t.sock,
+        &t.guest_cidr,
+        &["ping", "-c", "3", "-W", "3", &t.peer_ip],
     );
     let status = guest.wait_exit(Duration::from_secs(120));
     assert_eq!(
