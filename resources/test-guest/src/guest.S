@@ -938,21 +938,13 @@ net_send_arp:
     mov net_qnotify+8(%rip), %rdx
     movw $1, (%rdx)
     mov $NET_TX_CYCLES, %edi
-    call tsc_deadline
-    mov %rax, %r8
-    mov $NET_SPIN_MAX, %r9d
+    call wait_start
 1:  movzwl TXQ_DESC + 0x2000 + 2, %eax      /* used.idx */
     cmp net_tx_avail(%rip), %ax
     je 2f
-    pause
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    cmp %r8, %rax
-    jae 3f
-    dec %r9d
-    jnz 1b
-3:  lea msg_net_tx_stuck(%rip), %rsi
+    call wait_expired
+    jnc 1b
+    lea msg_net_tx_stuck(%rip), %rsi
     jmp net_fail
 2:  ret
 
@@ -992,32 +984,43 @@ net_msix_on:
  */
 net_check_irq:
     mov $NET_TX_CYCLES, %edi
-    call tsc_deadline
-    mov %rax, %r8
-    mov $NET_SPIN_MAX, %r9d
+    call wait_start
     mov $(LAPIC_BASE + LAPIC_IRR + (NET_IRQ_VECTOR / 32) * 0x10), %esi
 1:  mov (%rsi), %eax
     test $(1 << (NET_IRQ_VECTOR % 32)), %eax
     jnz 2f
+    call wait_expired
+    jnc 1b
+    lea msg_net_no_irq(%rip), %rsi
+    jmp net_fail
+2:  lea msg_net_irq(%rip), %rsi
+    jmp puts
+
+/* wait_start: rdi = TSC cycles to wait. Starts a bounded wait: r8 = the TSC deadline,
+ * r9d = the iteration budget (NET_SPIN_MAX, in case the TSC misbehaves). Clobbers: eax, edx. */
+wait_start:
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    add %rdi, %rax
+    mov %rax, %r8
+    mov $NET_SPIN_MAX, %r9d
+    ret
+
+/* wait_expired: one step of the wait wait_start began: pauses, then CF set once the deadline
+ * in r8 has passed or the budget in r9d is spent (r9d counts down). Clobbers: eax, edx, r9d. */
+wait_expired:
     pause
     rdtsc
     shl $32, %rdx
     or %rdx, %rax
     cmp %r8, %rax
-    jae 3f
+    jae 1f
     dec %r9d
-    jnz 1b
-3:  lea msg_net_no_irq(%rip), %rsi
-    jmp net_fail
-2:  lea msg_net_irq(%rip), %rsi
-    jmp puts
-
-/* tsc_deadline: rdi = cycles. rax = TSC now + rdi. Clobbers: eax, edx. */
-tsc_deadline:
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    add %rdi, %rax
+    jz 1f
+    clc
+    ret
+1:  stc
     ret
 
 /*
@@ -1027,22 +1030,13 @@ tsc_deadline:
  */
 net_wait_reply:
     mov $NET_RX_CYCLES, %edi
-    call tsc_deadline
-    mov %rax, %r8
-    mov $NET_SPIN_MAX, %r9d
+    call wait_start
 1:  movzwl RXQ_DESC + 0x2000 + 2, %eax      /* used.idx */
     cmp net_rx_used(%rip), %ax
     jne 2f
-    pause
-    rdtsc
-    shl $32, %rdx
-    or %rdx, %rax
-    cmp %r8, %rax
-    jae 9f
-    dec %r9d
-    jnz 1b
-9:  stc
-    ret
+    call wait_expired
+    jnc 1b
+    ret                             /* CF set: timed out */
 2:  mov net_rx_used(%rip), %eax
     mov net_qsize(%rip), %ecx
     dec %ecx
