@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::sys::{self, cvt, Mmsg, RecvMeta};
+use super::sys::{self, cvt, Mmsg};
 use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
 
 /// `SWITCH_MAGIC` of uml_switch and vde_switch.
@@ -180,7 +180,6 @@ pub struct SwitchPort {
     _ctl: UnixStream,
     data: OwnedFd,
     mmsg: Mmsg,
-    meta: Vec<RecvMeta>,
     stats: TransportStats,
     /// The switch went away (its data socket refuses us); warned once.
     gone_warned: bool,
@@ -207,13 +206,6 @@ impl SwitchPort {
             _ctl: ctl,
             data,
             mmsg: Mmsg::new(depth),
-            meta: vec![
-                RecvMeta {
-                    truncated: false,
-                    pkttype: 0
-                };
-                depth.max(1)
-            ],
             stats: TransportStats::default(),
             gone_warned: false,
         })
@@ -247,8 +239,10 @@ impl SwitchPort {
     }
 
     pub(super) fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
-        let got = match self.mmsg.recv(self.fd(), batch, &mut self.meta) {
-            Ok(got) => got,
+        let fd = self.fd();
+        let dropped = &mut self.stats.rx_dropped_truncated;
+        match self.mmsg.recv(fd, batch, |_| true, dropped) {
+            Ok((_, kept)) => Ok(kept),
             // The connected switch socket closed: reported once as an error on our socket.
             Err(e)
                 if matches!(
@@ -258,21 +252,10 @@ impl SwitchPort {
             {
                 self.warn_gone(&e);
                 batch.set_count(0);
-                return Ok(0);
+                Ok(0)
             }
-            Err(e) => return Err(self.io("recvmmsg")(e)),
-        };
-        let mut kept = 0;
-        for i in 0..got {
-            if self.meta[i].truncated {
-                self.stats.rx_dropped_truncated += 1;
-            } else {
-                batch.bufs_mut().swap(kept, i);
-                kept += 1;
-            }
+            Err(e) => Err(self.io("recvmmsg")(e)),
         }
-        batch.set_count(kept);
-        Ok(kept)
     }
 
     pub(super) fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {

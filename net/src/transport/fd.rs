@@ -7,13 +7,13 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::sys::{self, Mmsg, RecvMeta};
+use super::sys::{self, Mmsg};
 use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
 
 pub struct Fd {
     fd: OwnedFd,
     /// `None`: plain read/write, one frame per call.
-    mmsg: Option<(Mmsg, Vec<RecvMeta>)>,
+    mmsg: Option<Mmsg>,
     stats: TransportStats,
 }
 
@@ -42,16 +42,7 @@ impl Fd {
             source,
         })?;
         let mmsg = match ty {
-            Some(libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) if vec => Some((
-                Mmsg::new(depth),
-                vec![
-                    RecvMeta {
-                        truncated: false,
-                        pkttype: 0
-                    };
-                    depth.max(1)
-                ],
-            )),
+            Some(libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) if vec => Some(Mmsg::new(depth)),
             Some(libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) | Some(libc::SOCK_RAW) => None,
             Some(libc::SOCK_STREAM) => {
                 return Err(invalid(format!(
@@ -112,18 +103,10 @@ impl Transport for Fd {
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
         let fd = self.fd.as_raw_fd();
         match &mut self.mmsg {
-            Some((mmsg, meta)) => {
-                let got = mmsg.recv(fd, batch, meta).map_err(Self::io("recvmmsg"))?;
-                let mut kept = 0;
-                for (i, m) in meta.iter().enumerate().take(got) {
-                    if m.truncated {
-                        self.stats.rx_dropped_truncated += 1;
-                    } else {
-                        batch.bufs_mut().swap(kept, i);
-                        kept += 1;
-                    }
-                }
-                batch.set_count(kept);
+            Some(mmsg) => {
+                let (_, kept) = mmsg
+                    .recv(fd, batch, |_| true, &mut self.stats.rx_dropped_truncated)
+                    .map_err(Self::io("recvmmsg"))?;
                 Ok(kept)
             }
             None => {
@@ -155,7 +138,7 @@ impl Transport for Fd {
         let mut done = 0;
         while done < batch.count() {
             let r = match &mut self.mmsg {
-                Some((mmsg, _)) => mmsg.send(fd, batch, done, None),
+                Some(mmsg) => mmsg.send(fd, batch, done, None),
                 None => match sys::write(fd, batch.packets()[done].data()) {
                     Ok(_) => Ok(1),
                     Err(e) if sys::would_block(&e) => Ok(0),

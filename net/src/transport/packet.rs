@@ -21,7 +21,6 @@ pub enum Direction {
 pub struct PacketSocket {
     fd: OwnedFd,
     mmsg: Mmsg,
-    meta: Vec<RecvMeta>,
     keep: Direction,
 }
 
@@ -76,13 +75,6 @@ impl PacketSocket {
         Ok(PacketSocket {
             fd,
             mmsg: Mmsg::new(depth),
-            meta: vec![
-                RecvMeta {
-                    truncated: false,
-                    pkttype: 0
-                };
-                depth.max(1)
-            ],
             keep,
         })
     }
@@ -94,31 +86,24 @@ impl PacketSocket {
     /// Receives a batch, keeping only whole frames of the wanted direction, in order.
     /// `dropped_trunc` counts frames larger than a buffer.
     pub fn recv(&mut self, batch: &mut PacketBatch, dropped_trunc: &mut u64) -> io::Result<usize> {
+        let keep = self.keep;
+        let wanted = |m: &RecvMeta| {
+            let outgoing = m.pkttype == libc::PACKET_OUTGOING;
+            match keep {
+                Direction::Incoming => !outgoing,
+                Direction::Outgoing => outgoing,
+            }
+        };
+        let fd = self.fd.as_raw_fd();
         loop {
-            let got = match self.mmsg.recv(self.fd(), batch, &mut self.meta) {
-                Ok(got) => got,
+            let (got, kept) = match self.mmsg.recv(fd, batch, wanted, dropped_trunc) {
+                Ok(r) => r,
                 // A packet socket reports ENETDOWN once when its interface goes (or was)
                 // down: a link event, not a failure. With edge-triggered polling an error here
                 // would leave frames queued behind it unread until the next arrival.
                 Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
                 Err(e) => return Err(e),
             };
-            let mut kept = 0;
-            for i in 0..got {
-                let m = self.meta[i];
-                let outgoing = m.pkttype == libc::PACKET_OUTGOING;
-                let wanted = match self.keep {
-                    Direction::Incoming => !outgoing,
-                    Direction::Outgoing => outgoing,
-                };
-                if m.truncated {
-                    *dropped_trunc += 1;
-                } else if wanted {
-                    batch.bufs_mut().swap(kept, i);
-                    kept += 1;
-                }
-            }
-            batch.set_count(kept);
             // A batch made only of dropped frames: look again rather than report "nothing
             // waiting" while more may be queued.
             if kept > 0 || got == 0 {

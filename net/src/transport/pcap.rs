@@ -25,7 +25,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use super::bpf::BpfProgram;
-use super::sys::{self, cvt, Mmsg, RecvMeta};
+use super::sys::{self, cvt, Mmsg};
 use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
 
 /// libpcap's `MAXIMUM_SNAPLEN`: the filter's accepting return never trims a frame.
@@ -157,7 +157,6 @@ pub fn compile(expr: &str, optimize: bool) -> Result<Vec<libc::sock_filter>, Str
 pub struct Pcap {
     fd: OwnedFd,
     mmsg: Mmsg,
-    meta: Vec<RecvMeta>,
     stats: TransportStats,
     tx_warned: bool,
 }
@@ -202,13 +201,6 @@ impl Pcap {
         Ok(Pcap {
             fd,
             mmsg: Mmsg::new(depth),
-            meta: vec![
-                RecvMeta {
-                    truncated: false,
-                    pkttype: 0
-                };
-                depth.max(1)
-            ],
             stats: TransportStats::default(),
             tx_warned: false,
         })
@@ -281,24 +273,19 @@ impl Transport for Pcap {
 
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
         loop {
-            let got = self
+            let (got, kept) = self
                 .mmsg
-                .recv(self.fd.as_raw_fd(), batch, &mut self.meta)
+                .recv(
+                    self.fd.as_raw_fd(),
+                    batch,
+                    |_| true,
+                    &mut self.stats.rx_dropped_truncated,
+                )
                 .map_err(|source| TransportError::Io {
                     transport: "pcap",
                     op: "recvmmsg",
                     source,
                 })?;
-            let mut kept = 0;
-            for i in 0..got {
-                if self.meta[i].truncated {
-                    self.stats.rx_dropped_truncated += 1;
-                } else {
-                    batch.bufs_mut().swap(kept, i);
-                    kept += 1;
-                }
-            }
-            batch.set_count(kept);
             // Only truncated frames: look again rather than report "nothing waiting".
             if kept > 0 || got == 0 {
                 return Ok(kept);

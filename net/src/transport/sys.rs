@@ -208,6 +208,7 @@ pub struct Mmsg {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_ll>,
+    meta: Vec<RecvMeta>,
 }
 
 // SAFETY: the raw pointers inside point only into this struct's own vectors and into the
@@ -242,19 +243,28 @@ impl Mmsg {
                 depth
             ],
             addrs: vec![zero_addr; depth],
+            meta: vec![
+                RecvMeta {
+                    truncated: false,
+                    pkttype: 0
+                };
+                depth
+            ],
         }
     }
 
-    /// Receives up to the batch's depth (and this struct's) messages without blocking. Sets
-    /// each buffer's length; `meta` gets one entry per message. Returns the count, 0 when none
-    /// is waiting.
+    /// Receives up to the batch's depth (and this struct's) messages without blocking and
+    /// keeps, in order, the whole frames `wanted` accepts; frames cut short (larger than their
+    /// buffer) are dropped and counted in `dropped_trunc`. Returns (received, kept), (0, 0)
+    /// when nothing is waiting; the batch holds the kept frames.
     pub fn recv(
         &mut self,
         fd: RawFd,
         batch: &mut PacketBatch,
-        meta: &mut [RecvMeta],
-    ) -> io::Result<usize> {
-        let n = batch.depth().min(self.hdrs.len()).min(meta.len());
+        wanted: impl Fn(&RecvMeta) -> bool,
+        dropped_trunc: &mut u64,
+    ) -> io::Result<(usize, usize)> {
+        let n = batch.depth().min(self.hdrs.len());
         for (i, buf) in batch.bufs_mut().iter_mut().take(n).enumerate() {
             let space = buf.space();
             self.iovs[i] = libc::iovec {
@@ -274,7 +284,7 @@ impl Mmsg {
         // kernel writes within those bounds.
         let got = unsafe { recvmmsg_nonblocking(fd, &mut self.hdrs[..n]) }?;
         let full = std::mem::size_of::<libc::sockaddr_ll>() - 8;
-        for (i, m) in meta.iter_mut().enumerate().take(got) {
+        for (i, m) in self.meta.iter_mut().enumerate().take(got) {
             let h = &self.hdrs[i];
             *m = RecvMeta {
                 truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
@@ -287,8 +297,17 @@ impl Mmsg {
             };
             batch.bufs_mut()[i].set_len(h.msg_len as usize);
         }
-        batch.set_count(got);
-        Ok(got)
+        let mut kept = 0;
+        for (i, m) in self.meta.iter().enumerate().take(got) {
+            if m.truncated {
+                *dropped_trunc += 1;
+            } else if wanted(m) {
+                batch.bufs_mut().swap(kept, i);
+                kept += 1;
+            }
+        }
+        batch.set_count(kept);
+        Ok((got, kept))
     }
 
     /// Sends the batch's packets from `start` without blocking, to the socket's connected or
