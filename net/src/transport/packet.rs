@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::bpf::BpfProgram;
-use super::sys::{self, cvt, Mmsg, RecvMeta};
+use super::sys::{self, Mmsg, RecvMeta};
 use super::PacketBatch;
 
 /// Which frames the socket keeps, by `sll_pkttype`.
@@ -23,8 +23,6 @@ pub struct PacketSocket {
     mmsg: Mmsg,
     keep: Direction,
 }
-
-const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
 
 impl PacketSocket {
     /// Opens the socket on `ifname`. The socket is made with protocol 0 (it receives nothing)
@@ -59,19 +57,7 @@ impl PacketSocket {
         if let Some(prog) = direction_filter.as_ref().or(filter) {
             sys::attach_filter(raw, prog.instructions())?;
         }
-        // SAFETY: sockaddr_ll is a plain C struct; all-zero is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_ALL_BE;
-        sll.sll_ifindex = index;
-        // SAFETY: `sll` is a live, fully initialised sockaddr_ll and its size is passed.
-        cvt(unsafe {
-            libc::bind(
-                raw,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        })?;
+        sys::bind_packet(raw, index)?;
         Ok(PacketSocket {
             fd,
             mmsg: Mmsg::new(depth),

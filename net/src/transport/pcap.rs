@@ -220,19 +220,7 @@ impl Pcap {
         if let Some(p) = program {
             sys::attach_filter(raw, p)?;
         }
-        // SAFETY: sockaddr_ll is a plain C struct; all-zero is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = index;
-        // SAFETY: `sll` is a live, initialised sockaddr_ll and its size is passed.
-        cvt(unsafe {
-            libc::bind(
-                raw,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        })?;
+        sys::bind_packet(raw, index)?;
         if promisc {
             // SAFETY: packet_mreq is a plain C struct; all-zero is valid.
             let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };

@@ -132,6 +132,24 @@ pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     cvt_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
 }
 
+/// Binds an AF_PACKET socket to interface `ifindex`, all protocols: from here on it receives.
+pub fn bind_packet(fd: RawFd, ifindex: i32) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is a plain C struct; all-zero is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sll.sll_ifindex = ifindex;
+    // SAFETY: `sll` is a live, fully initialised sockaddr_ll and its size is passed.
+    cvt(unsafe {
+        libc::bind(
+            fd,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// Points one `mmsghdr` at `iovlen` iovecs from `iov` and at the address slot `name` (null with
 /// length 0 for none), with no control data, ready for `recvmmsg`/`sendmmsg`.
 pub fn prepare_msghdr(
