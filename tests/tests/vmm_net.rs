@@ -16,12 +16,8 @@ use vmm_tests::process::{net_backend, vmm_bin};
 use vmm_tests::{unique_subnet, TempDir};
 
 fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
+    match vmm_vmm::kvm::device_usable() {
+        Ok(()) => true,
         Err(e) => {
             eprintln!("SKIPPED: /dev/kvm is not usable here ({e}); the VMM cannot run a guest");
             false
@@ -279,7 +275,7 @@ fn skip(why: &str) {
 /// emulated at ~1 MIPS and cannot boot in useful time.
 #[test]
 fn stock_kernel_pings_over_raw() {
-    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+    if vmm_vmm::kvm::is_pvm() {
         skip(
             "stock-kernel ping over raw: KVM here is PVM (/sys/module/kvm_pvm), which emulates \
              ordinary guests at ~1 MIPS; this test runs where KVM is VT-x/AMD-V",

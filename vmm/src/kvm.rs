@@ -42,6 +42,16 @@ pub fn open() -> Result<Kvm, Error> {
     Ok(kvm)
 }
 
+/// Whether `/dev/kvm` opens for reading and writing, the first thing [`open`] needs; the
+/// error says why not. For callers that skip rather than fail where there is no KVM.
+pub fn device_usable() -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+}
+
 /// Whether the host's KVM is PVM (see [`PVM_MODULE`]).
 pub fn is_pvm() -> bool {
     std::path::Path::new(PVM_MODULE).exists()

@@ -9,12 +9,8 @@ use std::time::Instant;
 use vmm_vmm::{run, Console, ConsoleBuffer, RunReport, VmConfig, VmExit};
 
 fn kvm_available() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
+    match vmm_vmm::kvm::device_usable() {
+        Ok(()) => true,
         Err(e) => {
             eprintln!("skipping: /dev/kvm is not usable here ({e})");
             false

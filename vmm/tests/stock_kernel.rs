@@ -53,11 +53,7 @@ fn stock_kernel_boots_and_reboots() {
         skip("no kernel: run resources/setup.sh (or set VMM_STOCK_KERNEL)");
         return;
     };
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
+    if let Err(e) = vmm_vmm::kvm::device_usable() {
         skip(&format!("/dev/kvm is not usable ({e})"));
         return;
     }
