@@ -124,11 +124,7 @@ fn datapath_tx(t: Box<dyn Transport>) -> f64 {
     }
     store_descs(&vq, &descs);
     let mut q: Queue = vq.create_queue().unwrap();
-    let mut dp = Datapath::new(t, 64, 2);
-    dp.set_negotiated(Negotiated::from_features(
-        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF,
-    ))
-    .unwrap();
+    let mut dp = datapath(t);
     let (mut sent, start) = (0u64, Instant::now());
     let chains = QSIZE / 2;
     let mut next = 0u16;
@@ -148,6 +144,16 @@ fn datapath_tx(t: Box<dyn Transport>) -> f64 {
     sent as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The datapath as a modern guest with merged receive buffers sets it up.
+fn datapath(t: Box<dyn Transport>) -> Datapath {
+    let mut dp = Datapath::new(t, 64, 2);
+    dp.set_negotiated(Negotiated::from_features(
+        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF,
+    ))
+    .unwrap();
+    dp
+}
+
 /// Host → guest through the datapath: a generator thread floods the veth peer; the datapath
 /// delivers into QSIZE receive buffers, refilled each round.
 fn datapath_rx(t: Box<dyn Transport>, flood: impl FnOnce(Instant) + Send) -> f64 {
@@ -165,11 +171,7 @@ fn datapath_rx(t: Box<dyn Transport>, flood: impl FnOnce(Instant) + Send) -> f64
         .collect();
     store_descs(&vq, &descs);
     let mut q: Queue = vq.create_queue().unwrap();
-    let mut dp = Datapath::new(t, 64, 2);
-    dp.set_negotiated(Negotiated::from_features(
-        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF,
-    ))
-    .unwrap();
+    let mut dp = datapath(t);
     let end = Instant::now() + secs();
     std::thread::scope(|s| {
         s.spawn(|| flood(end));
