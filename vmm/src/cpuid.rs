@@ -8,6 +8,15 @@
 //! CMPXCHG16B: advertising them makes the guest execute them and die with an emulation
 //! failure (QEMU with a Debian kernel died on `xrstor` here). Hiding XSAVE also makes Linux fall
 //! back to FXSAVE for FPU state, which the emulator has.
+//!
+//! The same policy hides the KVM paravirtual features whose guest side is a `vmcall`
+//! (PV_UNHALT, PV_SEND_IPI, PV_SCHED_YIELD, HC_MAP_GPA_RANGE): under PVM a hypercall from an
+//! emulated guest never completes (the vCPU re-executes the same `vmcall` forever), so a real
+//! Linux with two vCPUs hung in its first `KVM_HC_SEND_IPI`. On hardware KVM they stay on.
+//!
+//! PVM accepts `KVM_SET_CPUID2` but keeps showing the guest host-like leaves (leaf 0x40000001
+//! is honoured). [`compare`] finds where the table KVM reports back differs from the one set, so
+//! the VMM can say what the guest really sees instead of trusting its own table.
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Kvm;
@@ -20,7 +29,8 @@ pub enum CpuidPolicy {
     Auto,
     /// Everything `KVM_GET_SUPPORTED_CPUID` reports.
     Host,
-    /// As `Host`, minus XSAVE/AVX/AVX-512/CMPXCHG16B/FMA/F16C and the XSAVE leaf (0xd).
+    /// As `Host`, minus XSAVE/AVX/AVX-512/CMPXCHG16B/FMA/F16C, the XSAVE leaf (0xd) and the
+    /// KVM paravirtual features that are hypercalls.
     EmulationSafe,
 }
 
@@ -68,6 +78,15 @@ const L7_ECX_AVX: u32 =
     (1 << 1) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 14);
 // Leaf 7.0 EDX: AVX-512 4VNNIW/4FMAPS/VP2INTERSECT/FP16, AMX.
 const L7_EDX_AVX: u32 = (1 << 2) | (1 << 3) | (1 << 8) | (1 << 22) | (1 << 23) | (1 << 24);
+/// Leaf 0x40000001 (KVM_CPUID_FEATURES) EAX: the paravirtual features a guest uses through
+/// `vmcall` (KVM_HC_KICK_CPU, KVM_HC_SEND_IPI, KVM_HC_SCHED_YIELD, KVM_HC_MAP_GPA_RANGE).
+pub const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
+const KVM_PV_UNHALT: u32 = 1 << 7;
+const KVM_PV_SEND_IPI: u32 = 1 << 11;
+const KVM_PV_SCHED_YIELD: u32 = 1 << 13;
+const KVM_HC_MAP_GPA_RANGE: u32 = 1 << 16;
+const KVM_PV_HYPERCALLS: u32 =
+    KVM_PV_UNHALT | KVM_PV_SEND_IPI | KVM_PV_SCHED_YIELD | KVM_HC_MAP_GPA_RANGE;
 
 /// CPUID as KVM supports it, filtered by `policy` (already resolved); per-vCPU fields are
 /// filled in by [`for_vcpu`].
@@ -92,6 +111,7 @@ pub fn base(kvm: &Kvm, policy: CpuidPolicy) -> Result<CpuId, Error> {
                     e.ecx = 0;
                     e.edx = 0;
                 }
+                (KVM_FEATURES_LEAF, _) => e.eax &= !KVM_PV_HYPERCALLS,
                 _ => {}
             }
         }
@@ -117,4 +137,229 @@ pub fn for_vcpu(base: &CpuId, index: u8, cpus: u8) -> CpuId {
         }
     }
     cpuid
+}
+
+/// One of a CPUID entry's four output registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Register {
+    /// EAX.
+    Eax,
+    /// EBX.
+    Ebx,
+    /// ECX.
+    Ecx,
+    /// EDX.
+    Edx,
+}
+
+/// A register of one leaf whose value KVM reports back differently from the one the VMM set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Leaf (EAX input).
+    pub function: u32,
+    /// Subleaf (ECX input).
+    pub index: u32,
+    /// Which output register.
+    pub register: Register,
+    /// What the VMM set (0 for a leaf it did not set).
+    pub set: u32,
+    /// What KVM reports, i.e. what the guest sees (0 for a leaf KVM does not report).
+    pub seen: u32,
+}
+
+/// Bits KVM itself rewrites while the guest runs (`kvm_update_cpuid_runtime`): they follow
+/// guest state (CR4.OSXSAVE, the APIC base MSR, CR4.PKE, XCR0, MISC_ENABLE), so a difference
+/// there says nothing about whether the table was taken.
+fn runtime_bits(function: u32, index: u32, register: Register) -> u32 {
+    match (function, index, register) {
+        (1, _, Register::Ecx) => ECX_OSXSAVE | (1 << 3),
+        (1, _, Register::Edx) => 1 << 9,
+        (7, 0, Register::Ecx) => 1 << 4,
+        (0xd, 0 | 1, Register::Ebx) => u32::MAX,
+        _ => 0,
+    }
+}
+
+/// Named bits worth calling out in a [`Mismatch`]: the ones a guest's choices hang on.
+fn bit_names(function: u32, index: u32, register: Register) -> &'static [(u32, &'static str)] {
+    match (function, index, register) {
+        (1, _, Register::Ecx) => &[
+            (ECX_FMA, "FMA"),
+            (ECX_CX16, "CX16"),
+            (1 << 23, "POPCNT"),
+            (ECX_XSAVE, "XSAVE"),
+            (ECX_AVX, "AVX"),
+            (ECX_F16C, "F16C"),
+            (ECX_HYPERVISOR, "HYPERVISOR"),
+        ],
+        (7, 0, Register::Ebx) => &[
+            (1 << 0, "FSGSBASE"),
+            (1 << 5, "AVX2"),
+            (1 << 16, "AVX512F"),
+            (1 << 20, "SMAP"),
+        ],
+        (KVM_FEATURES_LEAF, _, Register::Eax) => &[
+            (KVM_PV_UNHALT, "PV_UNHALT"),
+            (KVM_PV_SEND_IPI, "PV_SEND_IPI"),
+            (KVM_PV_SCHED_YIELD, "PV_SCHED_YIELD"),
+            (KVM_HC_MAP_GPA_RANGE, "HC_MAP_GPA_RANGE"),
+        ],
+        _ => &[],
+    }
+}
+
+/// Where `seen` (what `KVM_GET_CPUID2` reports) differs from `set` (what the VMM passed to
+/// `KVM_SET_CPUID2`), ignoring the bits KVM rewrites at run time. Leaves present on one side
+/// only count as zero on the other.
+pub fn compare(set: &CpuId, seen: &CpuId) -> Vec<Mismatch> {
+    let key = |e: &kvm_bindings::kvm_cpuid_entry2| (e.function, e.index);
+    let regs = |e: &kvm_bindings::kvm_cpuid_entry2| {
+        [
+            (Register::Eax, e.eax),
+            (Register::Ebx, e.ebx),
+            (Register::Ecx, e.ecx),
+            (Register::Edx, e.edx),
+        ]
+    };
+    let mut keys: Vec<(u32, u32)> = set
+        .as_slice()
+        .iter()
+        .chain(seen.as_slice())
+        .map(key)
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let find =
+        |table: &CpuId, k: (u32, u32)| table.as_slice().iter().find(|e| key(e) == k).copied();
+    let mut out = Vec::new();
+    for k in keys {
+        let zero = kvm_bindings::kvm_cpuid_entry2 {
+            function: k.0,
+            index: k.1,
+            ..Default::default()
+        };
+        let (a, b) = (find(set, k).unwrap_or(zero), find(seen, k).unwrap_or(zero));
+        for ((register, x), (_, y)) in regs(&a).into_iter().zip(regs(&b)) {
+            let ignore = runtime_bits(k.0, k.1, register);
+            if x & !ignore != y & !ignore {
+                out.push(Mismatch {
+                    function: k.0,
+                    index: k.1,
+                    register,
+                    set: x,
+                    seen: y,
+                });
+            }
+        }
+    }
+    out
+}
+
+impl std::fmt::Display for Mismatch {
+    /// `leaf 0x1 ECX: set 0x..., seen 0x... (+XSAVE +AVX)`: `+` for a named feature the guest
+    /// sees although the VMM hid it, `-` for one it does not see although the VMM set it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "leaf {:#x}", self.function)?;
+        if self.index != 0 {
+            write!(f, ".{}", self.index)?;
+        }
+        write!(
+            f,
+            " {}: set {:#010x}, seen {:#010x}",
+            format!("{:?}", self.register).to_uppercase(),
+            self.set,
+            self.seen
+        )?;
+        let named: Vec<String> = bit_names(self.function, self.index, self.register)
+            .iter()
+            .filter(|(bit, _)| (self.set ^ self.seen) & bit != 0)
+            .map(|(bit, name)| format!("{}{name}", if self.seen & bit != 0 { '+' } else { '-' }))
+            .collect();
+        if !named.is_empty() {
+            write!(f, " ({})", named.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    fn table(entries: &[(u32, u32, [u32; 4])]) -> CpuId {
+        let e: Vec<kvm_cpuid_entry2> = entries
+            .iter()
+            .map(
+                |&(function, index, [eax, ebx, ecx, edx])| kvm_cpuid_entry2 {
+                    function,
+                    index,
+                    eax,
+                    ebx,
+                    ecx,
+                    edx,
+                    ..Default::default()
+                },
+            )
+            .collect();
+        CpuId::from_entries(&e).unwrap()
+    }
+
+    #[test]
+    fn identical_tables_and_runtime_bits_do_not_count() {
+        let set = table(&[
+            (1, 0, [0x806f8, 0, ECX_HYPERVISOR, 0]),
+            (0xd, 0, [7, 0x240, 0, 0]),
+        ]);
+        // KVM sets OSXSAVE and the APIC bit and resizes the XSAVE area as the guest runs.
+        let seen = table(&[
+            (1, 0, [0x806f8, 0, ECX_HYPERVISOR | ECX_OSXSAVE, 1 << 9]),
+            (0xd, 0, [7, 0x340, 0, 0]),
+        ]);
+        assert_eq!(compare(&set, &set), vec![]);
+        assert_eq!(compare(&set, &seen), vec![]);
+    }
+
+    #[test]
+    fn a_table_not_taken_is_reported_with_the_features_named() {
+        let set = table(&[
+            (1, 0, [0, 0, ECX_HYPERVISOR, 0]),
+            (KVM_FEATURES_LEAF, 0, [0x1, 0, 0, 0]),
+        ]);
+        let seen = table(&[
+            (1, 0, [0, 0, ECX_XSAVE | ECX_AVX | (1 << 23), 0]),
+            (KVM_FEATURES_LEAF, 0, [0x1 | KVM_PV_SEND_IPI, 0, 0, 0]),
+            (0xd, 0, [7, 0, 0x340, 0]),
+        ]);
+        let m = compare(&set, &seen);
+        let text: Vec<String> = m.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "leaf 0x1 ECX: set 0x80000000, seen 0x14800000 (+POPCNT +XSAVE +AVX -HYPERVISOR)",
+                "leaf 0xd EAX: set 0x00000000, seen 0x00000007",
+                "leaf 0xd ECX: set 0x00000000, seen 0x00000340",
+                "leaf 0x40000001 EAX: set 0x00000001, seen 0x00000801 (+PV_SEND_IPI)",
+            ]
+        );
+    }
+
+    #[test]
+    fn emulation_safe_hides_the_hypercall_features_only_there() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("SKIPPED: /dev/kvm does not open here");
+            return;
+        };
+        let eax = |c: &CpuId| {
+            c.as_slice()
+                .iter()
+                .find(|e| e.function == KVM_FEATURES_LEAF)
+                .map(|e| e.eax)
+                .unwrap()
+        };
+        let host = base(&kvm, CpuidPolicy::Host).unwrap();
+        let safe = base(&kvm, CpuidPolicy::EmulationSafe).unwrap();
+        assert_eq!(eax(&safe) & KVM_PV_HYPERCALLS, 0);
+        assert_eq!(eax(&safe), eax(&host) & !KVM_PV_HYPERCALLS);
+    }
 }

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, CpuId, Msrs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_devices::{ExitNotifier, ExitRequest};
 
@@ -114,6 +114,41 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 4;
 const APIC_MODE_EXTINT: u32 = 7;
 
+/// Reads the CPUID table back after `KVM_SET_CPUID2` and, where KVM reports another one (PVM
+/// accepts the call and keeps host-like leaves), warns once per process with what the guest
+/// really sees, the leaves whose named features differ first.
+fn check_cpuid_taken(fd: &VcpuFd, index: u8, set: &CpuId) {
+    static WARNED: Once = Once::new();
+    let seen = match fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES) {
+        Ok(seen) => seen,
+        Err(e) => {
+            log::debug!("vCPU {index}: KVM_GET_CPUID2 failed, CPUID not checked: {e}");
+            return;
+        }
+    };
+    let mut diff: Vec<String> = crate::cpuid::compare(set, &seen)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if diff.is_empty() {
+        return;
+    }
+    WARNED.call_once(|| {
+        const SHOWN: usize = 6;
+        let count = diff.len();
+        diff.sort_by_key(|d| !d.ends_with(')'));
+        let mut text = diff[..count.min(SHOWN)].join("; ");
+        if count > SHOWN {
+            text += &format!("; and {} more", count - SHOWN);
+        }
+        log::warn!(
+            "vCPU {index}: KVM accepted the CPUID table but reports another one back ({count} \
+             registers differ), so the guest sees: {text}. Features hidden through CPUID are not \
+             hidden from this guest: tell its kernel instead (noxsave, clearcpuid=)"
+        );
+    });
+}
+
 /// One vCPU, configured and ready to run on its own thread.
 pub struct Vcpu {
     fd: VcpuFd,
@@ -135,6 +170,7 @@ impl Vcpu {
             .create_vcpu(u64::from(index))
             .map_err(err("KVM_CREATE_VCPU"))?;
         fd.set_cpuid2(cpuid).map_err(err("KVM_SET_CPUID2"))?;
+        check_cpuid_taken(&fd, index, cpuid);
         let vcpu = Self { fd, index };
         vcpu.set_msrs()?;
         vcpu.set_lint()?;
