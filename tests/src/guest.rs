@@ -1,6 +1,8 @@
 //! Test guests with their console streamed to the test, so it can act when the guest says it
 //! is ready: the UML guest (resources/images/uml-guest.sh) and the stock Debian kernel under
-//! QEMU/TCG (resources/images/stock-guest.sh), both vhost-user frontends of our backend.
+//! QEMU/TCG (resources/images/stock-guest.sh), both vhost-user frontends of our backend, and
+//! `vmm` itself booting the real-Linux guest (resources/images/linux-guest.sh). Each line is
+//! stamped with when it arrived, so a test can print a boot's timeline.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -44,11 +46,12 @@ pub struct GuestConfig<'a> {
     pub mem: &'a str,
 }
 
-/// A running guest (UML or QEMU).
+/// A running guest (UML, QEMU or `vmm`).
 pub struct Guest {
     child: Option<Child>,
-    lines: Receiver<String>,
-    console: Vec<String>,
+    lines: Receiver<(Instant, String)>,
+    console: Vec<(Instant, String)>,
+    started: Instant,
     _dir: crate::TempDir,
 }
 
@@ -121,6 +124,11 @@ impl Guest {
         Guest::spawn(c, dir)
     }
 
+    /// A guest run by `cmd` (e.g. `vmm --kernel ...`), its stdout and stderr streamed.
+    pub fn command(cmd: Command) -> Guest {
+        Guest::spawn(cmd, crate::TempDir::new("vm"))
+    }
+
     fn spawn(mut cmd: Command, dir: crate::TempDir) -> Guest {
         let program = cmd.get_program().to_string_lossy().into_owned();
         let mut child = cmd
@@ -129,6 +137,7 @@ impl Guest {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {program}: {e} (run resources/setup.sh)"));
+        let started = Instant::now();
         let (tx, rx) = mpsc::channel();
         for stream in [
             child
@@ -146,7 +155,7 @@ impl Guest {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
+                    if tx.send((Instant::now(), line)).is_err() {
                         break;
                     }
                 }
@@ -156,13 +165,63 @@ impl Guest {
             child: Some(child),
             lines: rx,
             console: Vec::new(),
+            started,
             _dir: dir,
         }
     }
 
     /// Everything the console printed so far.
     pub fn console(&self) -> String {
-        self.console.join("\n")
+        let lines: Vec<&str> = self.console.iter().map(|(_, l)| l.as_str()).collect();
+        lines.join("\n")
+    }
+
+    /// When the first line containing `needle` arrived, counted from the process's start.
+    pub fn seen_at(&self, needle: &str) -> Option<Duration> {
+        self.console
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| t.duration_since(self.started))
+    }
+
+    /// One line per mark, `label  12.3 s`, for the marks (label, console needle) seen so far:
+    /// a boot's timeline.
+    pub fn timeline(&self, marks: &[(&str, &str)]) -> String {
+        let first = self.console.first().map(|(t, _)| t.duration_since(self.started));
+        let mut out = String::new();
+        if let Some(t) = first {
+            out += &format!("  {:<28}{:>7.1} s\n", "first console line", t.as_secs_f64());
+        }
+        for (label, needle) in marks {
+            match self.seen_at(needle) {
+                Some(t) => out += &format!("  {label:<28}{:>7.1} s\n", t.as_secs_f64()),
+                None => out += &format!("  {label:<28}      (not seen)\n"),
+            }
+        }
+        out
+    }
+
+    /// Waits for the process to end (killing it after `timeout`) and returns its exit code,
+    /// `None` when it was killed; the console is complete afterwards.
+    pub fn wait_process(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + timeout;
+        let code = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader threads end at EOF, which follows the exit.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.console.push(line);
+        }
+        code
     }
 
     /// Waits for a console line containing `needle`; panics with the console on timeout or
@@ -172,8 +231,8 @@ impl Guest {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.console.push(line.clone());
+                Ok((at, line)) => {
+                    self.console.push((at, line.clone()));
                     if line.contains(needle) {
                         return line;
                     }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The real-Linux guest for PVM (and hardware KVM):
+#   resources/out/linux/vmlinux, bzImage, config   the PVM test kernel (resources/kernel/build.sh,
+#                                                 cached outside the clone)
+#   resources/out/linux/initramfs.cpio            busybox-static and resources/guest/init, nothing
+#                                                 else: every byte is unpacked by emulated code
+#                                                 here, and a gzip one costs the emulated inflate
+#                                                 on top (measured in the README)
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+source "$here/images/lib.sh"
+out="$here/out/linux"
+bash "$here/kernel/build.sh" "$out"
+
+img="$out/initramfs.cpio"
+if ! is_stale "$img" "$here/guest/init" "$0" /bin/busybox; then
+    echo "linux-guest: $img is up to date"
+    exit 0
+fi
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+root="$work/root"
+mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,usr/bin,run}
+cp /bin/busybox "$root/bin/busybox"
+for applet in $(/bin/busybox --list); do
+    # `busybox --list` also names busybox itself, which must stay a file.
+    [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+done
+install -m 0755 "$here/guest/init" "$root/init"
+echo "root:x:0:0:root:/:/bin/sh" > "$root/etc/passwd"
+echo "127.0.0.1 localhost" > "$root/etc/hosts"
+(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) > "$img.tmp"
+mv "$img.tmp" "$img"
+echo "linux-guest: built $img ($(du -h "$img" | cut -f1))"
