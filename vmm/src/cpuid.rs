@@ -10,9 +10,12 @@
 //! back to FXSAVE for FPU state, which the emulator has.
 //!
 //! The same policy hides the KVM paravirtual features whose guest side is a `vmcall`
-//! (PV_UNHALT, PV_SEND_IPI, PV_SCHED_YIELD, HC_MAP_GPA_RANGE): under PVM a hypercall from an
-//! emulated guest never completes (the vCPU re-executes the same `vmcall` forever), so a real
-//! Linux with two vCPUs hung in its first `KVM_HC_SEND_IPI`. On hardware KVM they stay on.
+//! (PV_UNHALT, PV_SEND_IPI, PV_SCHED_YIELD, HC_MAP_GPA_RANGE) and kvmclock (CLOCKSOURCE,
+//! CLOCKSOURCE2), which Linux's ptp_kvm needs before it makes its `KVM_HC_CLOCK_PAIRING`
+//! hypercall: under PVM a hypercall from an emulated guest never completes (the vCPU
+//! re-executes the same `vmcall` forever), so a real Linux with two vCPUs hung in its first
+//! `KVM_HC_SEND_IPI`, and one with PTP_1588_CLOCK_KVM in `kvm_arch_ptp_init`. Without kvmclock
+//! the guest keeps time with the TSC. On hardware KVM all of them stay on.
 //!
 //! PVM accepts `KVM_SET_CPUID2` but keeps showing the guest host-like leaves (leaf 0x40000001
 //! is honoured). [`compare`] finds where the table KVM reports back differs from the one set, so
@@ -78,15 +81,22 @@ const L7_ECX_AVX: u32 =
     (1 << 1) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 14);
 // Leaf 7.0 EDX: AVX-512 4VNNIW/4FMAPS/VP2INTERSECT/FP16, AMX.
 const L7_EDX_AVX: u32 = (1 << 2) | (1 << 3) | (1 << 8) | (1 << 22) | (1 << 23) | (1 << 24);
-/// Leaf 0x40000001 (KVM_CPUID_FEATURES) EAX: the paravirtual features a guest uses through
-/// `vmcall` (KVM_HC_KICK_CPU, KVM_HC_SEND_IPI, KVM_HC_SCHED_YIELD, KVM_HC_MAP_GPA_RANGE).
+/// Leaf 0x40000001 (KVM_CPUID_FEATURES) EAX: the paravirtual features that lead a guest to a
+/// `vmcall` (KVM_HC_KICK_CPU, KVM_HC_SEND_IPI, KVM_HC_SCHED_YIELD, KVM_HC_MAP_GPA_RANGE, and
+/// through kvmclock KVM_HC_CLOCK_PAIRING).
 pub const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
+const KVM_CLOCKSOURCE: u32 = 1 << 0;
+const KVM_CLOCKSOURCE2: u32 = 1 << 3;
 const KVM_PV_UNHALT: u32 = 1 << 7;
 const KVM_PV_SEND_IPI: u32 = 1 << 11;
 const KVM_PV_SCHED_YIELD: u32 = 1 << 13;
 const KVM_HC_MAP_GPA_RANGE: u32 = 1 << 16;
-const KVM_PV_HYPERCALLS: u32 =
-    KVM_PV_UNHALT | KVM_PV_SEND_IPI | KVM_PV_SCHED_YIELD | KVM_HC_MAP_GPA_RANGE;
+const KVM_PV_HYPERCALLS: u32 = KVM_CLOCKSOURCE
+    | KVM_CLOCKSOURCE2
+    | KVM_PV_UNHALT
+    | KVM_PV_SEND_IPI
+    | KVM_PV_SCHED_YIELD
+    | KVM_HC_MAP_GPA_RANGE;
 
 /// CPUID as KVM supports it, filtered by `policy` (already resolved); per-vCPU fields are
 /// filled in by [`for_vcpu`].
@@ -199,6 +209,8 @@ fn bit_names(function: u32, index: u32, register: Register) -> &'static [(u32, &
             (1 << 20, "SMAP"),
         ],
         (KVM_FEATURES_LEAF, _, Register::Eax) => &[
+            (KVM_CLOCKSOURCE, "CLOCKSOURCE"),
+            (KVM_CLOCKSOURCE2, "CLOCKSOURCE2"),
             (KVM_PV_UNHALT, "PV_UNHALT"),
             (KVM_PV_SEND_IPI, "PV_SEND_IPI"),
             (KVM_PV_SCHED_YIELD, "PV_SCHED_YIELD"),

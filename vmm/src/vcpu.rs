@@ -115,15 +115,14 @@ const APIC_MODE_NMI: u32 = 4;
 const APIC_MODE_EXTINT: u32 = 7;
 
 /// Reads the CPUID table back after `KVM_SET_CPUID2` and, where KVM reports another one (PVM
-/// accepts the call and keeps host-like leaves), warns once per process with what the guest
-/// really sees, the leaves whose named features differ first.
-fn check_cpuid_taken(fd: &VcpuFd, index: u8, set: &CpuId) {
-    static WARNED: Once = Once::new();
+/// accepts the call and keeps host-like leaves), says what the guest really sees, the leaves
+/// whose named features differ first. `None` when KVM took the table.
+fn cpuid_not_taken(fd: &VcpuFd, index: u8, set: &CpuId) -> Option<String> {
     let seen = match fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES) {
         Ok(seen) => seen,
         Err(e) => {
             log::debug!("vCPU {index}: KVM_GET_CPUID2 failed, CPUID not checked: {e}");
-            return;
+            return None;
         }
     };
     let mut diff: Vec<String> = crate::cpuid::compare(set, &seen)
@@ -131,28 +130,29 @@ fn check_cpuid_taken(fd: &VcpuFd, index: u8, set: &CpuId) {
         .map(ToString::to_string)
         .collect();
     if diff.is_empty() {
-        return;
+        return None;
     }
-    WARNED.call_once(|| {
-        const SHOWN: usize = 6;
-        let count = diff.len();
-        diff.sort_by_key(|d| !d.ends_with(')'));
-        let mut text = diff[..count.min(SHOWN)].join("; ");
-        if count > SHOWN {
-            text += &format!("; and {} more", count - SHOWN);
-        }
-        log::warn!(
-            "vCPU {index}: KVM accepted the CPUID table but reports another one back ({count} \
-             registers differ), so the guest sees: {text}. Features hidden through CPUID are not \
-             hidden from this guest: tell its kernel instead (noxsave, clearcpuid=)"
-        );
-    });
+    const SHOWN: usize = 6;
+    let count = diff.len();
+    diff.sort_by_key(|d| !d.ends_with(')'));
+    let mut text = diff[..count.min(SHOWN)].join("; ");
+    if count > SHOWN {
+        text += &format!("; and {} more", count - SHOWN);
+    }
+    Some(format!(
+        "vCPU {index}: KVM accepted the CPUID table but reports another one back ({count} \
+         registers differ), so the guest sees: {text}. Features hidden through CPUID are not \
+         hidden from this guest: tell its kernel instead (noxsave, clearcpuid=)"
+    ))
 }
 
 /// One vCPU, configured and ready to run on its own thread.
 pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
+    /// What the guest really sees where KVM did not take our CPUID table (logged once, when
+    /// the VM starts: not for a VM that never runs because of bad input).
+    cpuid_warning: Option<String>,
 }
 
 impl Vcpu {
@@ -170,8 +170,12 @@ impl Vcpu {
             .create_vcpu(u64::from(index))
             .map_err(err("KVM_CREATE_VCPU"))?;
         fd.set_cpuid2(cpuid).map_err(err("KVM_SET_CPUID2"))?;
-        check_cpuid_taken(&fd, index, cpuid);
-        let vcpu = Self { fd, index };
+        let cpuid_warning = cpuid_not_taken(&fd, index, cpuid);
+        let vcpu = Self {
+            fd,
+            index,
+            cpuid_warning,
+        };
         vcpu.set_msrs()?;
         vcpu.set_lint()?;
         if index == 0 {
@@ -195,6 +199,11 @@ impl Vcpu {
     /// Index (also the APIC ID).
     pub fn index(&self) -> u8 {
         self.index
+    }
+
+    /// Where KVM did not take the CPUID table: what the guest sees instead.
+    pub fn cpuid_warning(&self) -> Option<&str> {
+        self.cpuid_warning.as_deref()
     }
 
     fn set_msrs(&self) -> Result<(), Error> {
