@@ -1,12 +1,15 @@
 //! `vmm --kernel ...`: boot a guest on KVM. The exit status is the guest's (its debug-exit
-//! byte, 0 after an i8042 reset), 1 for a triple fault or a VMM failure, 2 for bad input, 130
-//! when stopped by SIGINT/SIGTERM.
+//! byte, 0 after an i8042 reset), 1 for a triple fault or a VMM failure, 2 for bad input, 124
+//! after `--timeout`, 130 when stopped by SIGINT/SIGTERM, 134 when the guest kernel panicked
+//! (or, with `--fail-on`, reported an oops or warning).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use vmm_devices::ExitRequest;
+use vmm_vmm::watch::{FailOn, FailureKind};
 
 use crate::{fail, signals, vm_net, EXIT_USAGE};
 
@@ -33,6 +36,48 @@ pub struct VmArgs {
     /// `vhost-user,socket=PATH` for an external vhost-user backend (e.g. `vmm net-backend`).
     #[arg(long = "net", value_name = "SPEC")]
     net: Vec<String>,
+    /// Stop the guest after SECONDS (a positive number, fractions allowed): exit status 124.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<String>,
+    /// Also write everything the guest prints on its console to FILE (created or truncated).
+    #[arg(long, value_name = "FILE")]
+    console_log: Option<PathBuf>,
+    /// Besides a panic (always a failure, status 134), fail on these console reports:
+    /// `oops` (BUG:, Oops:, general protection fault, sanitizer reports), `warn` (WARNING:),
+    /// comma-separated.
+    #[arg(long, value_name = "KINDS")]
+    fail_on: Option<String>,
+}
+
+/// `--timeout`: a positive, finite number of seconds.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("--timeout {s}: not a number of seconds"))?;
+    if !(secs > 0.0 && secs.is_finite()) || Duration::try_from_secs_f64(secs).is_err() {
+        return Err(format!(
+            "--timeout {s}: must be a positive number of seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `--fail-on oops,warn`.
+fn parse_fail_on(s: &str) -> Result<FailOn, String> {
+    let mut f = FailOn::default();
+    for kind in s.split(',') {
+        match kind.trim() {
+            "oops" => f.oops = true,
+            "warn" => f.warn = true,
+            other => {
+                return Err(format!(
+                    "--fail-on {s}: unknown kind '{other}' (oops, warn, comma-separated)"
+                ))
+            }
+        }
+    }
+    Ok(f)
 }
 
 pub fn run(args: VmArgs) -> ExitCode {
@@ -46,7 +91,18 @@ pub fn run(args: VmArgs) -> ExitCode {
             Err(e) => return fail(EXIT_USAGE, e),
         }
     }
+    let timeout = match args.timeout.as_deref().map(parse_timeout).transpose() {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let fail_on = match args.fail_on.as_deref().map(parse_fail_on).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
     let mut config = vmm_vmm::VmConfig::new(kernel);
+    config.timeout = timeout;
+    config.console_log = args.console_log;
+    config.fail_on = fail_on;
     config.initrd = args.initrd;
     config.cmdline = args.cmdline;
     config.mem_mib = args.mem;
@@ -98,6 +154,24 @@ pub fn run(args: VmArgs) -> ExitCode {
                     report.elapsed
                 ),
                 vmm_vmm::VmExit::Stopped => eprintln!("vmm: stopped by a signal"),
+                vmm_vmm::VmExit::Timeout => eprintln!(
+                    "vmm: timeout: the guest was still running after --timeout {}",
+                    args.timeout.as_deref().unwrap_or("?")
+                ),
+                vmm_vmm::VmExit::GuestFailed => {
+                    let (what, message) = match &report.failure {
+                        Some(f) => (
+                            match f.kind {
+                                FailureKind::Panic => "panicked",
+                                FailureKind::Oops => "oopsed (--fail-on oops)",
+                                FailureKind::Warning => "warned (--fail-on warn)",
+                            },
+                            f.message.as_str(),
+                        ),
+                        None => ("panicked", "(no report)"),
+                    };
+                    eprintln!("vmm: guest kernel {what}: {message}");
+                }
                 _ => {}
             }
             ExitCode::from(report.exit_code().clamp(0, 255) as u8)

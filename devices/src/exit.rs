@@ -16,10 +16,15 @@ pub enum ExitRequest {
     Reset,
     /// A vCPU triple-faulted or KVM reported a shutdown event (Linux's `reboot=t` path).
     Shutdown,
+    /// The guest kernel panicked: it said so through pvpanic, or the VMM saw its panic banner
+    /// (or, with `--fail-on`, an oops or warning) on the console.
+    GuestPanic,
     /// A vCPU failed; the VMM holds the error.
     VcpuFailed,
-    /// The host asked the VM to stop (a timeout, a signal to the VMM process).
+    /// The host asked the VM to stop (a signal to the VMM process).
     Stop,
+    /// The VM ran longer than the time it was given.
+    Timeout,
 }
 
 /// Shared by every device and vCPU thread: records the first [`ExitRequest`] and wakes the

@@ -11,6 +11,7 @@ pub mod debug_exit;
 pub mod exit;
 pub mod i8042;
 pub mod pci;
+pub mod pvpanic;
 pub mod serial;
 pub mod vhost_user;
 pub mod virtio_pci;

@@ -14,7 +14,10 @@
 //! The guest's machine: `cpus` vCPUs described by an MP table, RAM in one memfd (with a hole at
 //! 3..4 GiB), in-kernel PIC/IOAPIC/LAPIC/PIT, COM1 (0x3f8, IRQ 4), an i8042 whose reset
 //! command ends the VM with status 0, a debug-exit port (0xf4: writing `V` ends the VM with
-//! status `V`), and PCI configuration mechanism #1 (0xcf8/0xcfc).
+//! status `V`), PCI configuration mechanism #1 (0xcf8/0xcfc) and a pvpanic PCI device.
+//!
+//! A guest kernel's panic fails the VM whatever its command line says: through pvpanic, or its
+//! panic banner on the console ([`watch`]).
 
 pub mod boot;
 pub mod bus;
@@ -27,6 +30,7 @@ pub mod memory;
 pub mod mptable;
 pub mod vcpu;
 pub mod vm;
+pub mod watch;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
@@ -36,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmm_devices::pci::PciBus;
+use vmm_devices::pvpanic;
 use vmm_devices::serial::{SerialConsole, SharedBuffer, COM1_IRQ};
 use vmm_devices::virtio_pci::{self, VirtioDevice, VirtioPciDevice};
 use vmm_devices::{ExitNotifier, ExitRequest};
@@ -80,6 +85,12 @@ pub struct VmConfig {
     pub console: Console,
     /// CPU features shown to the guest.
     pub cpuid: CpuidPolicy,
+    /// Stop the VM (status [`EXIT_TIMEOUT`]) after this long.
+    pub timeout: Option<Duration>,
+    /// A copy of the console goes here.
+    pub console_log: Option<PathBuf>,
+    /// Console reports that fail the VM besides a panic.
+    pub fail_on: watch::FailOn,
 }
 
 impl VmConfig {
@@ -93,6 +104,9 @@ impl VmConfig {
             cpus: 1,
             console: Console::Stdio,
             cpuid: CpuidPolicy::Auto,
+            timeout: None,
+            console_log: None,
+            fail_on: watch::FailOn::default(),
         }
     }
 }
@@ -110,18 +124,34 @@ pub enum VmExit {
     Shutdown,
     /// The host stopped the VM through [`Vmm::exit_notifier`] (`ExitRequest::Stop`).
     Stopped,
+    /// The guest kernel panicked (pvpanic or its console), or reported an oops or warning that
+    /// [`VmConfig::fail_on`] makes a failure; [`RunReport::failure`] says which.
+    GuestFailed,
+    /// [`VmConfig::timeout`] passed.
+    Timeout,
 }
+
+/// Exit status when the guest kernel panicked (or failed per `--fail-on`): 128 + SIGABRT,
+/// what a shell reports for an aborted program, distinct from 0, 1, 2, 124 and 130.
+pub const EXIT_GUEST_FAILED: i32 = 134;
+/// Exit status after `--timeout`, as timeout(1) uses.
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit status when the host stopped the VM (SIGINT/SIGTERM).
+pub const EXIT_STOPPED: i32 = 130;
 
 impl VmExit {
     /// Process exit status for this exit: the debug-exit byte; 0 for a guest reset (the
     /// guest's normal "I am done" with `reboot=k`); 1 for a triple fault; 130 when the host
-    /// stopped the VM (the shell's convention for a process ended by SIGINT).
+    /// stopped the VM (the shell's convention for a process ended by SIGINT); 134 when the
+    /// guest kernel failed; 124 after the timeout.
     pub fn exit_code(self) -> i32 {
         match self {
             VmExit::DebugExit(v) => i32::from(v),
             VmExit::Reset => 0,
             VmExit::Shutdown => 1,
-            VmExit::Stopped => 130,
+            VmExit::Stopped => EXIT_STOPPED,
+            VmExit::GuestFailed => EXIT_GUEST_FAILED,
+            VmExit::Timeout => EXIT_TIMEOUT,
         }
     }
 }
@@ -137,6 +167,8 @@ pub struct RunReport {
     pub vcpu_exits: Vec<u64>,
     /// From starting the vCPUs to the exit request.
     pub elapsed: Duration,
+    /// With [`VmExit::GuestFailed`]: what the guest reported.
+    pub failure: Option<watch::GuestFailure>,
 }
 
 impl RunReport {
@@ -176,6 +208,15 @@ pub enum VmmError {
     /// Mapping a device failed.
     #[error("cannot map a device: {0}")]
     Bus(#[from] bus::Error),
+    /// The console log file cannot be created.
+    #[error("--console-log {}: {source}", path.display())]
+    ConsoleLog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Host I/O (eventfd, epoll, terminal) failed.
     #[error("{what}: {source}")]
     Io {
@@ -214,6 +255,8 @@ pub struct Vmm {
     pci: Arc<Mutex<PciBus>>,
     serial: Arc<Mutex<SerialConsole>>,
     exit: Arc<ExitNotifier>,
+    failures: Arc<watch::FailureWatch>,
+    timeout: Option<Duration>,
     console: Console,
     boot: BootEntry,
     ram: GuestRam,
@@ -229,6 +272,17 @@ impl Vmm {
                 mptable::MAX_CPUS
             )));
         }
+        let console_log = match &config.console_log {
+            Some(path) => {
+                Some(
+                    std::fs::File::create(path).map_err(|source| VmmError::ConsoleLog {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let ram = GuestRam::new(config.mem_mib)?;
         let boot = boot::load(
             &ram,
@@ -261,6 +315,11 @@ impl Vmm {
             Console::Capture(buf) => Box::new(buf.clone()),
             Console::Null => Box::new(std::io::sink()),
         };
+        let failures = Arc::new(
+            watch::FailureWatch::new(config.fail_on)
+                .map_err(io_err("creating the failure watch's eventfd"))?,
+        );
+        let out = Box::new(watch::ConsoleTap::new(out, console_log, failures.clone()));
         let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
         let pci = Arc::new(Mutex::new(PciBus::with_host_bridge()));
 
@@ -280,7 +339,7 @@ impl Vmm {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        Ok(Self {
+        let mut vmm = Self {
             vcpus,
             virtio: Vec::new(),
             routing: Arc::new(irq::GsiRouting::new(vm.shared_fd())),
@@ -291,10 +350,42 @@ impl Vmm {
             pci,
             serial,
             exit,
+            failures,
+            timeout: config.timeout,
             console: config.console,
             boot,
             ram,
-        })
+        };
+        vmm.add_pvpanic()?;
+        Ok(vmm)
+    }
+
+    /// The next `size`-aligned BAR address in the 32-bit hole.
+    fn allocate_bar(&mut self, size: u64) -> Result<u64, VmmError> {
+        let bar = self.next_bar.next_multiple_of(size);
+        if bar + size > PCI_BAR_END {
+            return Err(VmmError::Config("no room left for another PCI BAR".into()));
+        }
+        self.next_bar = bar + size;
+        Ok(bar)
+    }
+
+    /// pvpanic on PCI: a guest kernel's panic notifier ends the VM as a failure.
+    fn add_pvpanic(&mut self) -> Result<(), VmmError> {
+        let bar = self.allocate_bar(pvpanic::BAR_SIZE)?;
+        let dev = Arc::new(Mutex::new(pvpanic::PvPanic::new(
+            bar as u32,
+            self.exit.clone(),
+        )));
+        self.mmio.insert(bar, pvpanic::BAR_SIZE, dev.clone())?;
+        let slot = self
+            .pci
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_device(dev)
+            .map_err(|e| VmmError::Config(e.to_string()))?;
+        log::info!("pvpanic in slot {slot}, BAR {bar:#x}");
+        Ok(())
     }
 
     /// Plugs a virtio device into PCI bus 0 behind the virtio-pci transport: a BAR in the 32-bit
@@ -302,10 +393,7 @@ impl Vmm {
     /// an ioeventfd on each queue's notify address so a guest's kick never exits to the VMM.
     /// Returns the PCI slot.
     pub fn add_virtio_device(&mut self, dev: Box<dyn VirtioDevice>) -> Result<usize, VmmError> {
-        let bar = self.next_bar;
-        if bar + virtio_pci::BAR_SIZE > PCI_BAR_END {
-            return Err(VmmError::Config("no room left for another PCI BAR".into()));
-        }
+        let bar = self.allocate_bar(virtio_pci::BAR_SIZE)?;
         let vectors = dev.queue_max_sizes().len() as u32 + 1;
         let gsis = self.routing.allocate(vectors);
         let router: Arc<dyn virtio_pci::MsiRouter> = self.routing.clone();
@@ -333,7 +421,6 @@ impl Vmm {
             .unwrap_or_else(|p| p.into_inner())
             .add_device(pci_dev.clone())
             .map_err(|e| VmmError::Config(e.to_string()))?;
-        self.next_bar += virtio_pci::BAR_SIZE;
         self.virtio.push(pci_dev);
         log::info!("virtio-pci device in slot {slot}, BAR {bar:#x}, GSIs {gsis:?}");
         Ok(slot)
@@ -389,6 +476,9 @@ impl Vmm {
             _ => None,
         };
 
+        if let Some(w) = self.vcpus.iter().find_map(|v| v.cpuid_warning()) {
+            log::warn!("{w}");
+        }
         let started = Instant::now();
         let mut threads = Vec::new();
         for (vcpu, st) in std::mem::take(&mut self.vcpus).into_iter().zip(&stats) {
@@ -416,7 +506,7 @@ impl Vmm {
             }
         }
 
-        let loop_result = self.event_loop();
+        let loop_result = self.event_loop(started);
         let elapsed = started.elapsed();
         if !self.exit.is_requested() {
             // The loop failed; stop the guest anyway.
@@ -426,11 +516,20 @@ impl Vmm {
         drop(raw_mode);
         loop_result?;
 
-        let exit = match self.exit.pending() {
+        let pending = self.exit.pending();
+        if pending == Some(ExitRequest::GuestPanic) && self.failures.failure().is_none() {
+            self.failures.pvpanic();
+        }
+        let failure = self.failures.failure();
+        let exit = match pending {
+            // A reset or shutdown after a panic banner is the panic's own reboot.
+            Some(_) if failure.is_some() => VmExit::GuestFailed,
+            Some(ExitRequest::GuestPanic) => VmExit::GuestFailed,
             Some(ExitRequest::DebugExit(v)) => VmExit::DebugExit(v),
             Some(ExitRequest::Reset) => VmExit::Reset,
             Some(ExitRequest::Shutdown) => VmExit::Shutdown,
             Some(ExitRequest::Stop) => VmExit::Stopped,
+            Some(ExitRequest::Timeout) => VmExit::Timeout,
             Some(ExitRequest::VcpuFailed) | None => {
                 let e = error.lock().unwrap_or_else(|p| p.into_inner()).take();
                 return Err(match e {
@@ -450,11 +549,12 @@ impl Vmm {
                 .map(|s| s.exits.load(Ordering::Relaxed))
                 .collect(),
             elapsed,
+            failure,
         })
     }
 
     /// Waits for the exit request, feeding stdin to the serial console meanwhile.
-    fn event_loop(&self) -> Result<(), VmmError> {
+    fn event_loop(&self, started: Instant) -> Result<(), VmmError> {
         const EXIT: u64 = 0;
         const STDIN: u64 = 1;
         let epoll = Epoll::new().map_err(io_err("creating epoll"))?;
@@ -465,6 +565,14 @@ impl Vmm {
                 EpollEvent::new(EventSet::IN, EXIT),
             )
             .map_err(io_err("watching the exit eventfd"))?;
+        const FAILURE: u64 = 2;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                self.failures.eventfd().as_raw_fd(),
+                EpollEvent::new(EventSet::IN, FAILURE),
+            )
+            .map_err(io_err("watching the failure eventfd"))?;
         let mut stdin_open = false;
         if matches!(self.console, Console::Stdio) {
             // epoll refuses regular files and /dev/null (EPERM): then there is simply no input.
@@ -479,9 +587,31 @@ impl Vmm {
         }
         let mut pending: Vec<u8> = Vec::new();
         let mut events = vec![EpollEvent::default(); 4];
+        let deadline = self.timeout.map(|t| started + t);
         while !self.exit.is_requested() {
-            // While input waits for room in the UART FIFO, poll for the guest to drain it.
-            let timeout = if pending.is_empty() { -1 } else { 20 };
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                self.exit.request(ExitRequest::Timeout);
+                break;
+            }
+            let failed_at = self.failures.deadline();
+            if failed_at.is_some_and(|d| now >= d) {
+                self.exit.request(ExitRequest::GuestPanic);
+                break;
+            }
+            // Wake for the nearest deadline (the failure watch's eventfd says when a new one
+            // starts); while input waits for room in the UART FIFO, poll every 20 ms for the
+            // guest to drain it.
+            let mut wake = [deadline, failed_at]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|d| d.saturating_duration_since(now));
+            if !pending.is_empty() {
+                let poll = Duration::from_millis(20);
+                wake = Some(wake.map_or(poll, |w| w.min(poll)));
+            }
+            let timeout = wake.map_or(-1, |w| w.as_millis().min(i32::MAX as u128) as i32 + 1);
             let n = match epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -493,6 +623,9 @@ impl Vmm {
                 }
             };
             for ev in &events[..n] {
+                if ev.data() == FAILURE {
+                    let _ = self.failures.eventfd().read();
+                }
                 if ev.data() == STDIN && stdin_open && pending.len() < 4096 {
                     let mut buf = [0u8; 256];
                     match console::read_stdin(&mut buf) {
