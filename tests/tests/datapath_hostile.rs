@@ -9,7 +9,8 @@
 //!   frames still cross both ways byte-exact afterwards;
 //! - a burst the backend cannot drain (the guest posts no receive buffers): the frames the
 //!   kernel dropped on the backend's socket reach its counters, and every frame sent is
-//!   either in the guest or in that counter.
+//!   either in the guest or in that counter (AF_PACKET's `tp_drops` on `raw`; a UDP
+//!   socket's drops on `ucast`, equal to what `/proc/net/udp` shows).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -482,9 +483,7 @@ fn kernel_drops_on_a_full_raw_socket_reach_the_counters() {
     ns.enter(|| {
         let peer = PacketPeer::open(&peer_if, false);
         for i in 0..SENT {
-            let mut f = test_frame(1514, HOST_MAC, GUEST_MAC, i as u8);
-            f[14..18].copy_from_slice(&(i as u32).to_be_bytes());
-            peer.send(&f);
+            peer.send(&numbered_frame(i));
             // Paced so that the veth's own backlog never overflows: drops are the socket's.
             if i % 50 == 49 {
                 std::thread::sleep(Duration::from_millis(1));
@@ -492,7 +491,21 @@ fn kernel_drops_on_a_full_raw_socket_reach_the_counters() {
         }
     });
 
-    // Now drain: a ring of buffers at a time until a round is not used up.
+    let seen = drain_rx(&mut front);
+    let log = stop(backend);
+    let line = summary(&log);
+    let dropped = counter(line, "rx kernel drops (socket queue full)");
+    assert!(dropped > 0, "the burst must have overflowed: {line}");
+    assert_eq!(
+        seen.len() as u64 + dropped,
+        SENT as u64,
+        "every frame is in the guest or counted as a kernel drop: {line}"
+    );
+}
+
+/// Hands a ring of receive buffers to the guest at a time and collects the test frames that
+/// arrive (by the sequence number in their first payload bytes), until a round is not used up.
+fn drain_rx(front: &mut Front) -> std::collections::BTreeSet<u32> {
     let mut seen = std::collections::BTreeSet::new();
     loop {
         let before = front.used_idx(0);
@@ -506,20 +519,71 @@ fn kernel_drops_on_a_full_raw_socket_reach_the_counters() {
             }
         }
         for slot in before..last {
-            let f = rx_frame(&front, slot);
+            let f = rx_frame(front, slot);
             if f.len() >= 18 && f[12..14] == TEST_ETHERTYPE {
                 seen.insert(u32::from_be_bytes([f[14], f[15], f[16], f[17]]));
             }
         }
         // The descriptors are reused only once the whole ring came back.
         if last != full {
-            break;
+            return seen;
         }
     }
+}
+
+/// A test frame carrying sequence number `i`.
+fn numbered_frame(i: usize) -> Vec<u8> {
+    let mut f = test_frame(1514, HOST_MAC, GUEST_MAC, i as u8);
+    f[14..18].copy_from_slice(&(i as u32).to_be_bytes());
+    f
+}
+
+/// The `drops` column of the UDP socket bound to local `port` in namespace `ns`.
+fn proc_udp_drops(ns: &NetNs, port: u16) -> u64 {
+    let (ok, text) = ns.run("cat", &["/proc/net/udp"]);
+    assert!(ok, "{text}");
+    let local = format!(":{port:04X} ");
+    let line = text
+        .lines()
+        .find(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| format!("{a} ").ends_with(&local))
+        })
+        .unwrap_or_else(|| panic!("no UDP socket on port {port}:\n{text}"));
+    line.split_whitespace()
+        .last()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("drops column: {line}"))
+}
+
+#[test]
+fn kernel_drops_on_a_full_udp_socket_match_the_kernel() {
+    require_root();
+    let ns = NetNs::new();
+    let dir = TempDir::new("dh-udpdrop");
+    let sock = dir.path().join("net.sock");
+    let backend = net_backend(
+        Some(ns.name()),
+        &sock,
+        "eth0=ucast,,127.0.0.1,5001,5002",
+        dir.path().join("backend.log"),
+    );
+    let mut front = Front::connect(&sock, MRG_RXBUF);
+    const SENT: usize = 1000;
+    ns.enter(|| {
+        let peer = std::net::UdpSocket::bind("127.0.0.1:5002").expect("bind the peer");
+        for i in 0..SENT {
+            peer.send_to(&numbered_frame(i), "127.0.0.1:5001").unwrap();
+        }
+    });
+    let seen = drain_rx(&mut front);
+    let kernel = proc_udp_drops(&ns, 5001);
     let log = stop(backend);
     let line = summary(&log);
     let dropped = counter(line, "rx kernel drops (socket queue full)");
     assert!(dropped > 0, "the burst must have overflowed: {line}");
+    assert_eq!(dropped, kernel, "our count is the kernel's: {line}");
     assert_eq!(
         seen.len() as u64 + dropped,
         SENT as u64,
