@@ -411,20 +411,9 @@ pub fn peer_gone(e: &io::Error) -> bool {
 /// no later packet reports). The kernel's counter is 32 bits and wraps.
 pub fn socket_drops(fd: RawFd) -> io::Result<u32> {
     let mut info = [0u32; 16];
-    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
-    // SAFETY: `info` and `len` are live locals; the kernel writes at most `len` bytes and
-    // stores the length it wrote in `len`.
-    cvt(unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_MEMINFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    })?;
+    let len = getsockopt_u32s(fd, libc::SOL_SOCKET, libc::SO_MEMINFO, &mut info)?;
     let at = libc::SK_MEMINFO_DROPS as usize;
-    if (len as usize) < (at + 1) * 4 {
+    if len <= at {
         return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
     }
     Ok(info[at])
@@ -435,16 +424,16 @@ pub fn socket_drops(fd: RawFd) -> io::Result<u32> {
 pub fn packet_drops(fd: RawFd) -> io::Result<u32> {
     // [tp_packets, tp_drops], `struct tpacket_stats`.
     let mut st = [0u32; 2];
-    let mut len = std::mem::size_of_val(&st) as libc::socklen_t;
-    // SAFETY: `st` and `len` are live locals; the kernel writes at most `len` bytes.
-    cvt(unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_PACKET,
-            libc::PACKET_STATISTICS,
-            st.as_mut_ptr().cast(),
-            &mut len,
-        )
-    })?;
+    getsockopt_u32s(fd, libc::SOL_PACKET, libc::PACKET_STATISTICS, &mut st)?;
     Ok(st[1])
+}
+
+/// `getsockopt` of an option that is an array of 32-bit values; returns how many the kernel
+/// wrote.
+fn getsockopt_u32s(fd: RawFd, level: i32, name: i32, out: &mut [u32]) -> io::Result<usize> {
+    let mut len = std::mem::size_of_val(out) as libc::socklen_t;
+    // SAFETY: `out` and `len` are live; the kernel writes at most `len` bytes into `out` and
+    // stores the length it wrote in `len`.
+    cvt(unsafe { libc::getsockopt(fd, level, name, out.as_mut_ptr().cast(), &mut len) })?;
+    Ok(len as usize / 4)
 }

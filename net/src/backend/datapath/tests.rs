@@ -189,11 +189,23 @@ fn rx_64k_tso_frame_spreads_over_merged_buffers() {
     let features = MRG | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
     let (mut dp, _host) = datapath(10, vec![with_hdr(h, &big)], features);
     dp.process_rx(&mut q, &m).unwrap();
-    let total = 12 + big.len();
-    let nbufs = total.div_ceil(4096);
+    let got = merged_frame(&m, &vq, &big, 4096);
+    assert_eq!(&got[..10], &h, "GSO header passed through");
+}
+
+/// The frame `f` as the guest reads it back from consecutive merged buffers of `size` bytes
+/// ([`rx_chains`]): checks the buffers used, `num_buffers` and the frame; returns the bytes.
+fn merged_frame(
+    m: &GuestMemoryMmap,
+    vq: &MockSplitQueue<GuestMemoryMmap>,
+    f: &[u8],
+    size: usize,
+) -> Vec<u8> {
+    let total = 12 + f.len();
+    let nbufs = total.div_ceil(size);
     let mut got = Vec::new();
     for i in 0..nbufs {
-        let (id, len) = used(&vq, i);
+        let (id, len) = used(vq, i);
         assert_eq!(id as usize, i);
         let mut part = vec![0u8; len as usize];
         m.read_slice(&mut part, GuestAddress(DATA + i as u64 * 0x1_0000))
@@ -201,13 +213,13 @@ fn rx_64k_tso_frame_spreads_over_merged_buffers() {
         got.extend(part);
     }
     assert_eq!(got.len(), total);
-    assert_eq!(&got[..10], &h, "GSO header passed through");
     assert_eq!(
         u16::from_le_bytes([got[10], got[11]]) as usize,
         nbufs,
         "num_buffers"
     );
-    assert_eq!(&got[12..], &big[..]);
+    assert_eq!(&got[12..], f);
+    got
 }
 
 #[test]
@@ -554,24 +566,7 @@ fn rx_tiny_buffers_get_the_true_num_buffers() {
     let f = frame(60, 7);
     let (mut dp, _host) = datapath(10, vec![with_hdr([0; 10], &f)], MRG);
     assert!(dp.process_rx(&mut q, &m).unwrap());
-    let total = 12 + f.len();
-    let nbufs = total.div_ceil(4);
-    let mut got = Vec::new();
-    for i in 0..nbufs {
-        let (id, len) = used(&vq, i);
-        assert_eq!(id as usize, i);
-        let mut part = vec![0u8; len as usize];
-        m.read_slice(&mut part, GuestAddress(DATA + i as u64 * 0x1_0000))
-            .unwrap();
-        got.extend(part);
-    }
-    assert_eq!(got.len(), total);
-    assert_eq!(
-        u16::from_le_bytes([got[10], got[11]]) as usize,
-        nbufs,
-        "num_buffers"
-    );
-    assert_eq!(&got[12..], &f[..]);
+    merged_frame(&m, &vq, &f, 4);
 }
 
 /// A looping receive chain of tiny buffers is refused (not filled round and round), counted,
