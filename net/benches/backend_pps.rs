@@ -146,7 +146,7 @@ fn datapath_tx(t: Box<dyn Transport>) -> f64 {
 
 /// The datapath as a modern guest with merged receive buffers sets it up.
 fn datapath(t: Box<dyn Transport>) -> Datapath {
-    let mut dp = Datapath::new(t, 64, 2);
+    let mut dp = Datapath::new(t, 64, 2, 1500);
     dp.set_negotiated(Negotiated::from_features(
         1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF,
     ))

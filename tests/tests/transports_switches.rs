@@ -487,7 +487,8 @@ fn vde_uml_guest_pings_a_guest_on_our_backend() {
 }
 
 /// When the switch dies the port cannot come back: frames sent to it are taken and counted as
-/// dropped (the device is not failed), and receive reports nothing rather than an error.
+/// sent to a gone peer (the device is not failed), and receive reports nothing rather than an
+/// error.
 fn switch_gone(mut switch: Switch, spec: &str) {
     let mut t = open(spec);
     switch.kill();
@@ -503,7 +504,8 @@ fn switch_gone(mut switch: Switch, spec: &str) {
         t.send(&batch).expect("send after the switch died"),
         out.len()
     );
-    assert_eq!(t.stats().tx_dropped, out.len() as u64);
+    assert_eq!(t.stats().tx_dropped_peer_gone, out.len() as u64);
+    assert_eq!(t.stats().peer_hung_up, 1);
     let mut rx = PacketBatch::new(8, BUF);
     assert_eq!(t.recv(&mut rx).expect("recv after the switch died"), 0);
 }

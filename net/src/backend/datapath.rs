@@ -10,14 +10,20 @@
 //! buffers back at once) and sent with one multi-packet call. When the host would block, the
 //! rest of the batch waits for the descriptor to become writable and no more chains are taken.
 //!
-//! The guest is hostile: a descriptor outside guest memory, in the wrong direction, too short
-//! for a header, or a chain too long for a frame makes that chain come back empty and is
-//! counted; nothing panics and nothing blocks. No heap allocation per packet: descriptors are
+//! The guest is hostile: a descriptor outside guest memory or in the wrong direction, a chain
+//! that does not end (a loop: virtio-queue's iterator stops silently after the queue size, so
+//! we check that the last descriptor really ended the chain) or has more descriptors than the
+//! queue size, a frame shorter than an Ethernet header, longer than the MTU without GSO, or
+//! GSO the guest did not negotiate: the chain comes back empty and is counted by reason in
+//! [`NetStats`]; nothing of it is sent, nothing panics and nothing blocks. Receive writes
+//! `num_buffers` wherever the header landed, so buffers smaller than the header still get
+//! the right count. No heap allocation per packet: descriptors are
 //! walked directly (virtio-queue's Reader/Writer allocate per chain).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -25,7 +31,58 @@ use super::features::Negotiated;
 use crate::transport::vnet::{self, VnetHdr};
 use crate::transport::{PacketBatch, Transport, TransportError};
 
-/// Counters of one device, shared with whoever wants to report them.
+/// Why a descriptor chain was refused. Such a chain goes back to the guest empty and is
+/// counted by reason ([`ChainDrops`]); nothing of it reaches the guest or the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("a buffer outside guest memory")]
+    BadAddress,
+    #[error("a buffer in the wrong direction (writable on transmit, read-only on receive)")]
+    WrongDirection,
+    /// virtio-queue's iterator stops silently after the queue size (or the indirect table's
+    /// length) or at a link it cannot follow; we see a last descriptor that still says NEXT.
+    #[error("a chain that does not end: a loop, or a link out of the descriptor table")]
+    Unterminated,
+    /// Only an indirect table can make this happen: a direct chain longer than the queue
+    /// size must loop, and is [`ChainError::Unterminated`].
+    #[error("a chain of more descriptors than the queue size")]
+    TooLong,
+}
+
+/// Refused descriptor chains, one counter per [`ChainError`].
+#[derive(Debug, Default)]
+pub struct ChainDrops {
+    pub bad_address: AtomicU64,
+    pub wrong_direction: AtomicU64,
+    pub unterminated: AtomicU64,
+    pub too_long: AtomicU64,
+}
+
+impl ChainDrops {
+    pub fn count(&self, e: ChainError) {
+        NetStats::inc(match e {
+            ChainError::BadAddress => &self.bad_address,
+            ChainError::WrongDirection => &self.wrong_direction,
+            ChainError::Unterminated => &self.unterminated,
+            ChainError::TooLong => &self.too_long,
+        });
+    }
+
+    pub fn total(&self) -> u64 {
+        [
+            &self.bad_address,
+            &self.wrong_direction,
+            &self.unterminated,
+            &self.too_long,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
+/// Counters of one device, shared with whoever wants to report them. Every frame that does
+/// not cross is in exactly one `*dropped*` counter (or in the transport's own).
 #[derive(Debug, Default)]
 pub struct NetStats {
     pub rx_packets: AtomicU64,
@@ -38,12 +95,22 @@ pub struct NetStats {
     pub rx_dropped_gso: AtomicU64,
     /// Partial checksums completed in software for a guest without GUEST_CSUM.
     pub rx_csum_completed: AtomicU64,
-    /// Received frames with a header that makes no sense (offsets outside the frame).
+    /// Received frames with a header that makes no sense (offsets outside the frame), or
+    /// shorter than an Ethernet header.
     pub rx_dropped_bad_header: AtomicU64,
-    /// Descriptor chains that were malformed (bad address, wrong direction, too short).
-    pub bad_chains: AtomicU64,
-    /// Transmitted frames dropped: larger than a buffer, or shorter than an Ethernet header.
-    pub tx_dropped_bad_size: AtomicU64,
+    /// Descriptor chains refused, by reason; the frame they carried (or were to carry) is
+    /// dropped with them.
+    pub bad_chains: ChainDrops,
+    /// Transmitted frames dropped: shorter than an Ethernet header.
+    pub tx_dropped_runt: AtomicU64,
+    /// Transmitted frames dropped: without GSO, longer than the MTU plus an Ethernet header
+    /// and a VLAN tag (virtio 1.2, 5.1.6.2: the driver must not send them), or longer than any
+    /// frame can be.
+    pub tx_dropped_over_mtu: AtomicU64,
+    /// Transmitted GSO frames whose kind (TSO4, TSO6, ECN, UDP) the guest did not negotiate.
+    pub tx_dropped_gso: AtomicU64,
+    /// Frames waiting in the datapath (either way) when a frontend went away.
+    pub dropped_at_disconnect: AtomicU64,
 }
 
 impl NetStats {
@@ -54,8 +121,9 @@ impl NetStats {
     /// One line for the log.
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let b = &self.bad_chains;
         format!(
-            "rx {} pkts {} bytes, tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx bad-size {}; bad chains {}; csum completed {}",
+            "rx {} pkts {} bytes, tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx runt {} over-mtu {} gso {}, at disconnect {}; bad chains {} (bad-address {} wrong-direction {} unterminated {} too-long {}); csum completed {}",
             g(&self.rx_packets),
             g(&self.rx_bytes),
             g(&self.tx_packets),
@@ -63,10 +131,73 @@ impl NetStats {
             g(&self.rx_dropped_too_big),
             g(&self.rx_dropped_gso),
             g(&self.rx_dropped_bad_header),
-            g(&self.tx_dropped_bad_size),
-            g(&self.bad_chains),
+            g(&self.tx_dropped_runt),
+            g(&self.tx_dropped_over_mtu),
+            g(&self.tx_dropped_gso),
+            g(&self.dropped_at_disconnect),
+            b.total(),
+            g(&b.bad_address),
+            g(&b.wrong_direction),
+            g(&b.unterminated),
+            g(&b.too_long),
             g(&self.rx_csum_completed),
         )
+    }
+}
+
+/// A descriptor chain's descriptors, with what virtio-queue's iterator ends on silently made
+/// visible: after [`Iterator::next`] returns `None`, [`Walk::error`] says whether the chain
+/// really ended. Bounded by the queue size, so a loop yields at most that many descriptors.
+struct Walk<I> {
+    chain: I,
+    max: u32,
+    seen: u32,
+    /// The last descriptor yielded had NEXT set.
+    more: bool,
+    error: Option<ChainError>,
+}
+
+impl<I: Iterator<Item = Descriptor>> Walk<I> {
+    fn new(chain: I, queue_size: u16) -> Self {
+        Walk {
+            chain,
+            max: u32::from(queue_size),
+            seen: 0,
+            more: false,
+            error: None,
+        }
+    }
+
+    /// Why the walk ended early, if it did; only meaningful once `next` returned `None`.
+    fn error(&self) -> Option<ChainError> {
+        self.error
+    }
+}
+
+impl<I: Iterator<Item = Descriptor>> Iterator for Walk<I> {
+    type Item = Descriptor;
+
+    fn next(&mut self) -> Option<Descriptor> {
+        if self.error.is_some() {
+            return None;
+        }
+        match self.chain.next() {
+            Some(d) => {
+                self.seen += 1;
+                if self.seen > self.max {
+                    self.error = Some(ChainError::TooLong);
+                    return None;
+                }
+                self.more = d.has_next();
+                Some(d)
+            }
+            None => {
+                if self.more {
+                    self.error = Some(ChainError::Unterminated);
+                }
+                None
+            }
+        }
     }
 }
 
@@ -83,6 +214,18 @@ pub fn buffer_capacity(headroom: u16) -> usize {
     vnet::HDR_LEN + 65_535 + 14 + usize::from(headroom)
 }
 
+/// Ethernet header plus one VLAN tag: what a frame may carry beyond the MTU (Linux lets a
+/// VLAN device on a virtio-net device keep the full MTU).
+const L2_OVERHEAD: usize = 14 + 4;
+
+/// The longest frame without GSO the guest may send: the device's MTU when it negotiated
+/// VIRTIO_NET_F_MTU, else at least the Ethernet default of 1500 (a driver that ignores the
+/// MTU field sends those), plus [`L2_OVERHEAD`].
+fn max_tx_frame(mtu: u16, n: &Negotiated) -> usize {
+    let mtu = if n.mtu { mtu } else { mtu.max(1500) };
+    usize::from(mtu) + L2_OVERHEAD
+}
+
 /// The datapath of one device. It outlives frontend connections, as the transport does.
 pub struct Datapath {
     transport: Box<dyn Transport>,
@@ -92,24 +235,33 @@ pub struct Datapath {
     /// Frames taken from the guest, not yet accepted by the transport.
     tx: PacketBatch,
     negotiated: Negotiated,
-    /// Descriptors (address, length) of the first chain of the frame being received, to patch
-    /// `num_buffers` once the frame's buffers are counted. Capacity kept across frames.
-    first_chain: Vec<(GuestAddress, usize)>,
+    /// The device's MTU (its config space's), and the longest non-GSO frame the guest may
+    /// send under what it negotiated.
+    mtu: u16,
+    max_tx_frame: usize,
+    /// Pieces (address, length) of the buffers the header of the frame being received went
+    /// to, to patch `num_buffers` once the frame's buffers are counted. With buffers smaller
+    /// than the header it spans several chains. Capacity kept across frames.
+    hdr_pieces: Vec<(GuestAddress, usize)>,
     /// Chains used by the frame being received (head, bytes written). Capacity kept.
     used: Vec<(u16, u32)>,
     stats: Arc<NetStats>,
 }
 
 impl Datapath {
-    pub fn new(transport: Box<dyn Transport>, depth: usize, headroom: u16) -> Datapath {
+    /// A datapath for a device of MTU `mtu` over `transport`, moving `depth` frames per batch.
+    pub fn new(transport: Box<dyn Transport>, depth: usize, headroom: u16, mtu: u16) -> Datapath {
         let cap = buffer_capacity(headroom);
+        let negotiated = Negotiated::default();
         Datapath {
             transport,
             rx: PacketBatch::new(depth, cap),
             rx_next: 0,
             tx: PacketBatch::new(depth, cap),
-            negotiated: Negotiated::default(),
-            first_chain: Vec::with_capacity(64),
+            negotiated,
+            mtu,
+            max_tx_frame: max_tx_frame(mtu, &negotiated),
+            hdr_pieces: Vec::with_capacity(64),
             used: Vec::with_capacity(64),
             stats: Arc::new(NetStats::default()),
         }
@@ -126,6 +278,7 @@ impl Datapath {
     /// Applies what the guest negotiated, mirroring its receive offloads on the host side.
     pub fn set_negotiated(&mut self, n: Negotiated) -> Result<(), TransportError> {
         self.negotiated = n;
+        self.max_tx_frame = max_tx_frame(self.mtu, &n);
         self.transport.set_offloads(n.rx)
     }
 
@@ -139,10 +292,14 @@ impl Datapath {
                 self.transport.name()
             );
         }
+        self.stats
+            .dropped_at_disconnect
+            .fetch_add(pending as u64, Ordering::Relaxed);
         self.rx.clear();
         self.rx_next = 0;
         self.tx.clear();
         self.negotiated = Negotiated::default();
+        self.max_tx_frame = max_tx_frame(self.mtu, &self.negotiated);
     }
 
     /// Moves frames from the transport to the guest until the transport is drained or the
@@ -242,10 +399,11 @@ impl Datapath {
         let total = hdr.len() + frame.len();
 
         let start = queue.next_avail();
-        self.first_chain.clear();
+        let queue_size = queue.size();
+        self.hdr_pieces.clear();
         self.used.clear();
         let mut written = 0usize;
-        let mut bad = false;
+        let mut bad = None;
         while written < total {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 // Not enough buffers for the whole frame: give back what we took and wait.
@@ -253,20 +411,20 @@ impl Datapath {
                 return Delivery::NoBuffers;
             };
             let head = chain.head_index();
-            let first = self.used.is_empty();
             let mut in_chain = 0usize;
-            for desc in chain {
+            let mut walk = Walk::new(chain, queue_size);
+            for desc in walk.by_ref() {
                 if !desc.is_write_only() {
-                    bad = true;
+                    bad = Some(ChainError::WrongDirection);
                     break;
                 }
                 let take = (desc.len() as usize).min(total - written);
                 if write_span(mem, desc.addr(), hdr, frame, written, take).is_err() {
-                    bad = true;
+                    bad = Some(ChainError::BadAddress);
                     break;
                 }
-                if first {
-                    self.first_chain.push((desc.addr(), take));
+                if written < hdr.len() {
+                    self.hdr_pieces.push((desc.addr(), take));
                 }
                 written += take;
                 in_chain += take;
@@ -274,29 +432,35 @@ impl Datapath {
                     break;
                 }
             }
+            if bad.is_none() && written < total {
+                // The walk ran out before the frame did: did the chain end, or was it cut?
+                bad = walk.error();
+            }
             self.used.push((head, in_chain as u32));
-            if bad || (!n.mrg_rxbuf && written < total) {
+            if bad.is_some() || (!n.mrg_rxbuf && written < total) {
                 break;
             }
         }
-        if bad || written < total {
+        if bad.is_some() || written < total {
             // A malformed chain, or a frame larger than one buffer without MRG_RXBUF: every
             // chain taken for it goes back empty.
-            let counter = if bad {
-                &stats.bad_chains
-            } else {
-                &stats.rx_dropped_too_big
-            };
-            NetStats::inc(counter);
+            match bad {
+                Some(e) => stats.bad_chains.count(e),
+                None => NetStats::inc(&stats.rx_dropped_too_big),
+            }
             for &(head, _) in &self.used {
                 let _ = queue.add_used(mem, head, 0);
             }
             return Delivery::Dropped;
         }
+        // num_buffers: the number of buffers (chains) the frame really used, wherever the
+        // header's bytes 10..12 landed (virtio 1.2, 5.1.6.4).
         if n.hdr_len == 12 && self.used.len() > 1 {
-            let count = (self.used.len() as u16).to_le_bytes();
-            if write_at(mem, &self.first_chain, 10, &count).is_err() {
-                NetStats::inc(&stats.bad_chains);
+            let count = u16::try_from(self.used.len())
+                .unwrap_or(u16::MAX)
+                .to_le_bytes();
+            if write_at(mem, &self.hdr_pieces, 10, &count).is_err() {
+                stats.bad_chains.count(ChainError::BadAddress);
             }
         }
         for &(head, len) in &self.used {
@@ -317,6 +481,7 @@ impl Datapath {
         mem: &GuestMemoryMmap,
     ) -> Result<bool, TransportError> {
         let mut returned = false;
+        let queue_size = queue.size();
         // See process_rx: a ring that claims chains it never yields gets one look, not a spin.
         let mut rechecked = false;
         loop {
@@ -334,7 +499,7 @@ impl Datapath {
                     break;
                 };
                 let head = chain.head_index();
-                self.gather(chain, mem);
+                self.gather(chain, queue_size, mem);
                 let _ = queue.add_used(mem, head, 0);
                 returned = true;
             }
@@ -354,14 +519,24 @@ impl Datapath {
         Ok(returned && self.must_notify(queue, mem))
     }
 
-    /// Copies one transmit chain into the next free batch buffer, converting the header.
+    /// Copies one transmit chain into the next free batch buffer, converting the header. A
+    /// chain that is malformed, or a frame the guest may not send (shorter than an Ethernet
+    /// header, over the MTU without GSO, GSO it did not negotiate), is counted and not sent.
     fn gather(
         &mut self,
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+        queue_size: u16,
         mem: &GuestMemoryMmap,
     ) {
+        /// Why a chain is not sent.
+        enum Refused<'a> {
+            Chain(ChainError),
+            Frame(&'a AtomicU64),
+        }
         let ghl = self.negotiated.hdr_len.max(10);
         let thl = self.transport.vnet_hdr_len();
+        let n = self.negotiated;
+        let max_frame = self.max_tx_frame;
         let stats = &*self.stats;
         let Some(buf) = self.tx.next_free() else {
             return;
@@ -370,10 +545,11 @@ impl Datapath {
         let cap = space.len();
         let mut ghdr = [0u8; 12];
         let mut pos = 0usize;
-        let mut verdict: Option<&AtomicU64> = None;
-        for desc in chain {
+        let mut verdict = None;
+        let mut walk = Walk::new(chain, queue_size);
+        for desc in walk.by_ref() {
             if desc.is_write_only() {
-                verdict = Some(&stats.bad_chains);
+                verdict = Some(Refused::Chain(ChainError::WrongDirection));
                 break;
             }
             let mut addr = desc.addr();
@@ -381,7 +557,7 @@ impl Datapath {
             if pos < ghl {
                 let k = len.min(ghl - pos);
                 if mem.read_slice(&mut ghdr[pos..pos + k], addr).is_err() {
-                    verdict = Some(&stats.bad_chains);
+                    verdict = Some(Refused::Chain(ChainError::BadAddress));
                     break;
                 }
                 pos += k;
@@ -393,23 +569,39 @@ impl Datapath {
             }
             let at = thl + (pos - ghl);
             if at + len > cap {
-                verdict = Some(&stats.tx_dropped_bad_size);
+                verdict = Some(Refused::Frame(&stats.tx_dropped_over_mtu));
                 break;
             }
             if mem.read_slice(&mut space[at..at + len], addr).is_err() {
-                verdict = Some(&stats.bad_chains);
+                verdict = Some(Refused::Chain(ChainError::BadAddress));
                 break;
             }
             pos += len;
         }
-        if verdict.is_none() && pos < ghl + 14 {
-            verdict = Some(&stats.tx_dropped_bad_size);
+        if verdict.is_none() {
+            verdict = walk.error().map(Refused::Chain);
         }
-        if let Some(counter) = verdict {
-            NetStats::inc(counter);
-            return;
+        let frame_len = pos.saturating_sub(ghl);
+        if verdict.is_none() {
+            let gso = ghdr[1];
+            verdict = if pos < ghl + 14 {
+                Some(Refused::Frame(&stats.tx_dropped_runt))
+            } else if gso == vnet::GSO_NONE {
+                (frame_len > max_frame).then_some(Refused::Frame(&stats.tx_dropped_over_mtu))
+            } else {
+                let allowed = match gso & !vnet::GSO_ECN {
+                    vnet::GSO_TCPV4 => n.tx_tso4,
+                    vnet::GSO_TCPV6 => n.tx_tso6,
+                    _ => false,
+                } && (gso & vnet::GSO_ECN == 0 || n.tx_ecn);
+                (!allowed).then_some(Refused::Frame(&stats.tx_dropped_gso))
+            };
         }
-        let frame_len = pos - ghl;
+        match verdict {
+            Some(Refused::Chain(e)) => return stats.bad_chains.count(e),
+            Some(Refused::Frame(counter)) => return NetStats::inc(counter),
+            None => {}
+        }
         if thl > 0 {
             space[..vnet::HDR_LEN].copy_from_slice(&ghdr[..vnet::HDR_LEN]);
         }

@@ -54,6 +54,12 @@ pub struct Negotiated {
     pub mrg_rxbuf: bool,
     /// What the guest accepts on receive.
     pub rx: Offloads,
+    /// GSO frames the guest may send: HOST_TSO4, HOST_TSO6, HOST_ECN.
+    pub tx_tso4: bool,
+    pub tx_tso6: bool,
+    pub tx_ecn: bool,
+    /// The guest acknowledged VIRTIO_NET_F_MTU, so the config space's MTU binds what it sends.
+    pub mtu: bool,
 }
 
 impl Negotiated {
@@ -73,6 +79,10 @@ impl Negotiated {
                 tso6: has(VIRTIO_NET_F_GUEST_TSO6),
                 ecn: has(VIRTIO_NET_F_GUEST_ECN),
             },
+            tx_tso4: has(VIRTIO_NET_F_HOST_TSO4),
+            tx_tso6: has(VIRTIO_NET_F_HOST_TSO6),
+            tx_ecn: has(VIRTIO_NET_F_HOST_ECN),
+            mtu: has(VIRTIO_NET_F_MTU),
         }
     }
 }

@@ -54,6 +54,7 @@ impl NetBackend {
                 transport,
                 depth,
                 spec.common.headroom,
+                spec.common.mtu,
             ))),
             offered,
             config: features::config_space(mac, spec.common.mtu),

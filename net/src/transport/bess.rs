@@ -3,7 +3,8 @@
 //! listens; one client per port). A seqpacket socket keeps frame boundaries, so frames move in
 //! batches with recvmmsg/sendmmsg like the other tunnels (through [`Tunnel`], with no header).
 //!
-//! When the switch side closes, receive reports an error instead of spinning on end-of-file.
+//! When the switch side closes, the socket is no longer read (one warning, counted as "peer
+//! hung up") instead of spinning on end-of-file; frames sent after that are dropped and counted.
 //! A stale socket file at `src` (left by an earlier run) is not removed for the user: bind
 //! then fails with "address in use", which names the path.
 

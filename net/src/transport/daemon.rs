@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::sys::{self, cvt, Mmsg};
-use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use super::{Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats};
 
 /// `SWITCH_MAGIC` of uml_switch and vde_switch.
 pub(super) const SWITCH_MAGIC: u32 = 0xfeed_face;
@@ -181,8 +181,8 @@ pub struct SwitchPort {
     data: OwnedFd,
     mmsg: Mmsg,
     stats: TransportStats,
-    /// The switch went away (its data socket refuses us); warned once.
-    gone_warned: bool,
+    /// The switch went away (its data socket refuses us): neither read nor written again.
+    peer: Peer,
 }
 
 impl SwitchPort {
@@ -207,7 +207,7 @@ impl SwitchPort {
             data,
             mmsg: Mmsg::new(depth),
             stats: TransportStats::default(),
-            gone_warned: false,
+            peer: Peer::default(),
         })
     }
 
@@ -216,7 +216,10 @@ impl SwitchPort {
     }
 
     pub(super) fn stats(&self) -> TransportStats {
-        self.stats
+        TransportStats {
+            rx_dropped_kernel: super::kernel_drops(self.fd()),
+            ..self.stats
+        }
     }
 
     fn io(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> TransportError {
@@ -228,18 +231,12 @@ impl SwitchPort {
         }
     }
 
-    fn warn_gone(&mut self, e: &std::io::Error) {
-        if !self.gone_warned {
-            self.gone_warned = true;
-            log::warn!(
-                "{}: the switch's data socket is gone ({e}); frames to it are dropped and counted",
-                self.transport
-            );
-        }
-    }
-
     pub(super) fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
         let fd = self.fd();
+        if self.peer.rx_gone() {
+            batch.set_count(0);
+            return Ok(0);
+        }
         let dropped = &mut self.stats.rx_dropped_truncated;
         match self.mmsg.recv(fd, batch, |_| true, dropped) {
             Ok((_, kept)) => Ok(kept),
@@ -250,7 +247,8 @@ impl SwitchPort {
                     Some(libc::ECONNRESET | libc::ECONNREFUSED)
                 ) =>
             {
-                self.warn_gone(&e);
+                let why = e.to_string();
+                self.peer.rx_hung_up(self.transport, &why, &mut self.stats);
                 batch.set_count(0);
                 Ok(0)
             }
@@ -261,6 +259,10 @@ impl SwitchPort {
     pub(super) fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
         let mut done = 0;
         while done < batch.count() {
+            if self.peer.tx_gone() {
+                self.stats.tx_dropped_peer_gone += (batch.count() - done) as u64;
+                return Ok(batch.count());
+            }
             // Connected: no per-message address (for vde's path sockets that would be a path
             // lookup per frame).
             match self.mmsg.send(self.fd(), batch, done, None) {
@@ -279,9 +281,7 @@ impl SwitchPort {
                         Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::ENOENT | libc::EPIPE)
                     ) =>
                 {
-                    self.warn_gone(&e);
-                    self.stats.tx_dropped += (batch.count() - done) as u64;
-                    done = batch.count();
+                    self.peer.tx_hung_up(self.transport, &e, &mut self.stats);
                 }
                 Err(e) => return Err(self.io("sendmmsg")(e)),
             }

@@ -8,13 +8,15 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::sys::{self, Mmsg};
-use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use super::{Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats};
 
 pub struct Fd {
     fd: OwnedFd,
     /// `None`: plain read/write, one frame per call.
     mmsg: Option<Mmsg>,
     stats: TransportStats,
+    /// A seqpacket peer can hang up; a datagram one cannot (it never reads as end-of-file).
+    peer: Peer,
 }
 
 fn invalid(reason: String) -> TransportError {
@@ -71,6 +73,7 @@ impl Fd {
             fd,
             mmsg,
             stats: TransportStats::default(),
+            peer: Peer::default(),
         })
     }
 
@@ -102,17 +105,26 @@ impl Transport for Fd {
 
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
         let fd = self.fd.as_raw_fd();
+        if self.peer.rx_gone() {
+            batch.set_count(0);
+            return Ok(0);
+        }
         match &mut self.mmsg {
             Some(mmsg) => {
-                let (_, kept) = mmsg
-                    .recv(fd, batch, |_| true, &mut self.stats.rx_dropped_truncated)
+                mmsg.recv(fd, batch, |_| true, &mut self.stats.rx_dropped_truncated)
                     .map_err(Self::io("recvmmsg"))?;
-                Ok(kept)
+                self.peer.check_eof("fd", fd, batch, &mut self.stats);
+                Ok(batch.count())
             }
             None => {
                 let buf = &mut batch.bufs_mut()[0];
                 let cap = buf.capacity();
                 match sys::read(fd, buf.space()) {
+                    Ok(0) if sys::peer_hung_up(fd) => {
+                        self.peer.rx_hung_up("fd", "end of file", &mut self.stats);
+                        batch.set_count(0);
+                        Ok(0)
+                    }
                     Ok(len) if len < cap => {
                         buf.set_len(len);
                         batch.set_count(1);
@@ -137,6 +149,10 @@ impl Transport for Fd {
         let fd = self.fd.as_raw_fd();
         let mut done = 0;
         while done < batch.count() {
+            if self.peer.tx_gone() {
+                self.stats.tx_dropped_peer_gone += (batch.count() - done) as u64;
+                return Ok(batch.count());
+            }
             let r = match &mut self.mmsg {
                 Some(mmsg) => mmsg.send(fd, batch, done, None),
                 None => match sys::write(fd, batch.packets()[done].data()) {
@@ -152,6 +168,7 @@ impl Transport for Fd {
                     self.stats.tx_dropped += 1;
                     done += 1;
                 }
+                Err(e) if sys::peer_gone(&e) => self.peer.tx_hung_up("fd", &e, &mut self.stats),
                 Err(e) => return Err(Self::io("send")(e)),
             }
         }
@@ -163,6 +180,9 @@ impl Transport for Fd {
     }
 
     fn stats(&self) -> TransportStats {
-        self.stats
+        TransportStats {
+            rx_dropped_kernel: super::kernel_drops(self.fd.as_raw_fd()),
+            ..self.stats
+        }
     }
 }

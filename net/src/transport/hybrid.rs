@@ -89,6 +89,9 @@ impl Transport for Hybrid {
     }
 
     fn stats(&self) -> TransportStats {
-        self.stats
+        TransportStats {
+            rx_dropped_kernel: self.sock.kernel_drops(),
+            ..self.stats
+        }
     }
 }

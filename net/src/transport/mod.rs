@@ -137,6 +137,18 @@ impl PacketBatch {
     pub fn clear(&mut self) {
         self.count = 0;
     }
+
+    /// Drops the empty packets, keeping the others in order.
+    pub fn retain_nonempty(&mut self) {
+        let mut kept = 0;
+        for i in 0..self.count {
+            if !self.bufs[i].is_empty() {
+                self.bufs.swap(kept, i);
+                kept += 1;
+            }
+        }
+        self.count = kept;
+    }
 }
 
 /// Offloads the guest negotiated, to be mirrored on the host side of the transport.
@@ -168,6 +180,14 @@ pub struct TransportStats {
     /// Frames a receive-only transport (`pcap`) was asked to send: taken from the guest and
     /// counted here, never sent.
     pub tx_refused: u64,
+    /// Frames the kernel dropped because our socket's receive queue was full (AF_PACKET's
+    /// `tp_drops`, an IP or unix socket's `sk_drops`): lost before we could read them.
+    pub rx_dropped_kernel: u64,
+    /// Times the peer of a connected socket hung up (end-of-file, reset): 0 or 1, as the
+    /// socket is not read again afterwards.
+    pub peer_hung_up: u64,
+    /// Frames the guest sent after the peer of a connected socket had gone.
+    pub tx_dropped_peer_gone: u64,
 }
 
 impl std::fmt::Display for TransportStats {
@@ -184,6 +204,12 @@ impl std::fmt::Display for TransportStats {
             ("rx own echo", self.rx_dropped_own),
             ("tx dropped", self.tx_dropped),
             ("tx refused", self.tx_refused),
+            (
+                "rx kernel drops (socket queue full)",
+                self.rx_dropped_kernel,
+            ),
+            ("peer hung up", self.peer_hung_up),
+            ("tx to a gone peer", self.tx_dropped_peer_gone),
         ];
         let mut any = false;
         for (name, n) in fields.iter().filter(|(_, n)| *n > 0) {
@@ -195,6 +221,76 @@ impl std::fmt::Display for TransportStats {
         }
         Ok(())
     }
+}
+
+/// The far end of a connected socket (fd, bess, daemon, vde). Once it hangs up, the socket is
+/// not read again: at end-of-file a seqpacket socket stays readable and every receive returns
+/// empty messages, so reading on would spin with the datapath's lock held. Once sending to it
+/// fails for good, frames for it are dropped and counted without a system call.
+#[derive(Debug, Default)]
+pub(crate) struct Peer {
+    rx_gone: bool,
+    tx_gone: bool,
+}
+
+impl Peer {
+    /// The peer will send nothing more: do not read.
+    pub fn rx_gone(&self) -> bool {
+        self.rx_gone
+    }
+
+    /// The peer takes nothing more: do not send.
+    pub fn tx_gone(&self) -> bool {
+        self.tx_gone
+    }
+
+    fn count(&self, stats: &mut TransportStats) {
+        if !self.rx_gone && !self.tx_gone {
+            stats.peer_hung_up += 1;
+        }
+    }
+
+    /// Records end-of-file (or a reset) on receive; warns once.
+    pub fn rx_hung_up(&mut self, transport: &str, why: &str, stats: &mut TransportStats) {
+        if self.rx_gone {
+            return;
+        }
+        self.count(stats);
+        self.rx_gone = true;
+        log::warn!("{transport}: the peer hung up ({why}): its socket is no longer read");
+    }
+
+    /// Records that sending failed for good; warns once. The caller drops the frames.
+    pub fn tx_hung_up(&mut self, transport: &str, e: &std::io::Error, stats: &mut TransportStats) {
+        if self.tx_gone {
+            return;
+        }
+        self.count(stats);
+        self.tx_gone = true;
+        log::warn!("{transport}: the peer is gone ({e}): frames for it are dropped and counted");
+    }
+
+    /// After a receive on a connected seqpacket socket: if the batch holds empty messages and
+    /// the peer hung up, they are its end-of-file markers; they leave the batch (the frames
+    /// before them stay) and the socket is not read again. An empty message from a peer still
+    /// there stays, for the datapath to drop as a runt.
+    pub fn check_eof(
+        &mut self,
+        transport: &str,
+        fd: RawFd,
+        batch: &mut PacketBatch,
+        stats: &mut TransportStats,
+    ) {
+        if batch.packets().iter().any(PacketBuf::is_empty) && sys::peer_hung_up(fd) {
+            batch.retain_nonempty();
+            self.rx_hung_up(transport, "end of file", stats);
+        }
+    }
+}
+
+/// What the kernel dropped on `fd`'s receive queue, 0 where it cannot say (not a socket).
+fn kernel_drops(fd: RawFd) -> u64 {
+    sys::socket_drops(fd).map_or(0, u64::from)
 }
 
 /// Errors of the transports.

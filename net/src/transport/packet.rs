@@ -2,6 +2,7 @@
 //! tells the backend about partial checksums and GSO frames, which an AF_PACKET socket can see
 //! even when we asked for no offloads), multi-packet I/O and an optional classic BPF filter.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
@@ -22,6 +23,22 @@ pub struct PacketSocket {
     fd: OwnedFd,
     mmsg: Mmsg,
     keep: Direction,
+    drops: KernelDrops,
+}
+
+/// Frames the kernel dropped on an AF_PACKET socket (its receive queue was full), summed:
+/// `PACKET_STATISTICS` resets on every read, so each read is added here. A `Cell` because
+/// the statistics are read through `&self` ([`super::Transport::stats`]).
+#[derive(Debug, Default)]
+pub struct KernelDrops(Cell<u64>);
+
+impl KernelDrops {
+    /// Adds what the kernel dropped since the previous read; returns the total.
+    pub fn read(&self, fd: RawFd) -> u64 {
+        let total = self.0.get() + sys::packet_drops(fd).map_or(0, u64::from);
+        self.0.set(total);
+        total
+    }
 }
 
 impl PacketSocket {
@@ -62,6 +79,7 @@ impl PacketSocket {
             fd,
             mmsg: Mmsg::new(depth),
             keep,
+            drops: KernelDrops::default(),
         })
     }
 
@@ -96,6 +114,11 @@ impl PacketSocket {
                 return Ok(kept);
             }
         }
+    }
+
+    /// Frames the kernel dropped for us so far.
+    pub fn kernel_drops(&self) -> u64 {
+        self.drops.read(self.fd())
     }
 
     /// Sends the batch from `start`; returns how many the kernel took.

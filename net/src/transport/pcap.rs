@@ -25,6 +25,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use super::bpf::BpfProgram;
+use super::packet::KernelDrops;
 use super::sys::{self, cvt, Mmsg};
 use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
 
@@ -159,6 +160,7 @@ pub struct Pcap {
     mmsg: Mmsg,
     stats: TransportStats,
     tx_warned: bool,
+    drops: KernelDrops,
 }
 
 fn invalid(reason: String) -> TransportError {
@@ -203,6 +205,7 @@ impl Pcap {
             mmsg: Mmsg::new(depth),
             stats: TransportStats::default(),
             tx_warned: false,
+            drops: KernelDrops::default(),
         })
     }
 
@@ -300,7 +303,10 @@ impl Transport for Pcap {
     }
 
     fn stats(&self) -> TransportStats {
-        self.stats
+        TransportStats {
+            rx_dropped_kernel: self.drops.read(self.fd.as_raw_fd()),
+            ..self.stats
+        }
     }
 }
 

@@ -72,7 +72,10 @@ impl Transport for Raw {
     }
 
     fn stats(&self) -> TransportStats {
-        self.stats
+        TransportStats {
+            rx_dropped_kernel: self.sock.kernel_drops(),
+            ..self.stats
+        }
     }
 }
 

@@ -381,3 +381,59 @@ pub fn is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD takes no pointers and only queries the descriptor table.
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
+
+/// Whether the peer of a connected socket has hung up: poll reports `POLLHUP` (both ways shut)
+/// or `POLLRDHUP` (it shut its sending side). This is what tells a seqpacket socket's
+/// end-of-file (an empty message, forever) from an empty message the peer really sent.
+pub fn peer_hung_up(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd; a zero timeout never blocks.
+    let rc = unsafe { libc::poll(&mut p, 1, 0) };
+    rc > 0 && p.revents & (libc::POLLHUP | libc::POLLRDHUP) != 0
+}
+
+/// Whether a send error means the peer of a connected socket is gone for good (it closed, or
+/// reset the connection), as opposed to one frame being refused.
+pub fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
+    )
+}
+
+/// Frames the kernel dropped on `fd`'s receive queue since the socket was made
+/// (`SK_MEMINFO_DROPS` of `SO_MEMINFO`: the socket's `sk_drops`, the counter `SO_RXQ_OVFL`
+/// reports with each packet; read on demand it costs nothing per packet and also counts drops
+/// no later packet reports). The kernel's counter is 32 bits and wraps.
+pub fn socket_drops(fd: RawFd) -> io::Result<u32> {
+    let mut info = [0u32; 16];
+    let len = getsockopt_u32s(fd, libc::SOL_SOCKET, libc::SO_MEMINFO, &mut info)?;
+    let at = libc::SK_MEMINFO_DROPS as usize;
+    if len <= at {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    Ok(info[at])
+}
+
+/// Frames the kernel dropped on an AF_PACKET socket since the previous call
+/// (`PACKET_STATISTICS`' `tp_drops`; reading the statistics resets them).
+pub fn packet_drops(fd: RawFd) -> io::Result<u32> {
+    // [tp_packets, tp_drops], `struct tpacket_stats`.
+    let mut st = [0u32; 2];
+    getsockopt_u32s(fd, libc::SOL_PACKET, libc::PACKET_STATISTICS, &mut st)?;
+    Ok(st[1])
+}
+
+/// `getsockopt` of an option that is an array of 32-bit values; returns how many the kernel
+/// wrote.
+fn getsockopt_u32s(fd: RawFd, level: i32, name: i32, out: &mut [u32]) -> io::Result<usize> {
+    let mut len = std::mem::size_of_val(out) as libc::socklen_t;
+    // SAFETY: `out` and `len` are live; the kernel writes at most `len` bytes into `out` and
+    // stores the length it wrote in `len`.
+    cvt(unsafe { libc::getsockopt(fd, level, name, out.as_mut_ptr().cast(), &mut len) })?;
+    Ok(len as usize / 4)
+}

@@ -19,9 +19,9 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::ipsock::{SockAddr, SourceMatch};
-use super::sys::{prepare_msghdr, recvmmsg_nonblocking, sendmmsg_nonblocking};
+use super::sys::{self, prepare_msghdr, recvmmsg_nonblocking, sendmmsg_nonblocking};
 use super::wire::{GreCodec, L2tpv3Codec, WireError, ETH_HLEN};
-use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use super::{Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats};
 
 /// Longest tunnel header we send: L2TPv3 over UDP with a 64-bit cookie and a counter is 20.
 const MAX_HEADER: usize = 24;
@@ -284,18 +284,6 @@ fn transient_on_recv(e: &io::Error) -> bool {
     )
 }
 
-/// Whether the peer of a connected socket has hung up (poll says HUP or RDHUP).
-fn peer_hung_up(fd: RawFd) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN | libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one live pollfd; a zero timeout never blocks.
-    let rc = unsafe { libc::poll(&mut p, 1, 0) };
-    rc > 0 && p.revents & (libc::POLLHUP | libc::POLLRDHUP) != 0
-}
-
 /// One datagram tunnel. `rx` receives; `tx`, when set, is a separate send socket (mcast).
 pub struct Tunnel<E: Encap> {
     name: &'static str,
@@ -309,6 +297,7 @@ pub struct Tunnel<E: Encap> {
     own: Option<SourceMatch>,
     /// A connected seqpacket socket: an empty message may be the peer's hang-up.
     hangup_check: bool,
+    peer: Peer,
     encap: E,
     io: MsgVec,
     /// Header scratch for replaying the encoder after a partial send.
@@ -322,8 +311,8 @@ pub struct TunnelOpts {
     pub dest: Option<SockAddr>,
     pub accept_from: Option<SourceMatch>,
     pub own: Option<SourceMatch>,
-    /// Treat empty messages with the peer gone as an error (seqpacket: bess), instead of
-    /// receiving endless end-of-file markers.
+    /// Treat empty messages with the peer gone as its hang-up (seqpacket: bess): the socket
+    /// is not read again, instead of receiving endless end-of-file markers.
     pub hangup_check: bool,
 }
 
@@ -338,6 +327,7 @@ impl<E: Encap> Tunnel<E> {
             accept_from: o.accept_from,
             own: o.own,
             hangup_check: o.hangup_check,
+            peer: Peer::default(),
             encap,
             io: MsgVec::new(depth),
             scratch: [0; MAX_HEADER],
@@ -384,11 +374,11 @@ impl<E: Encap> Tunnel<E> {
                 }
             }
             let buf = &mut batch.bufs_mut()[i];
-            if buf.is_empty() && self.hangup_check && peer_hung_up(self.rx.as_raw_fd()) {
-                return Err(TransportError::Invalid {
-                    transport: self.name,
-                    reason: "the peer closed the connection".into(),
-                });
+            if buf.is_empty() && self.hangup_check && sys::peer_hung_up(self.rx.as_raw_fd()) {
+                // End-of-file: this message and every one after it are its markers.
+                self.peer
+                    .rx_hung_up(self.name, "end of file", &mut self.stats);
+                break;
             }
             let decoded = {
                 let data = buf.data();
@@ -443,6 +433,10 @@ impl<E: Encap> Transport for Tunnel<E> {
     /// level-triggered wait come back, so a flood cannot starve the transmit side.)
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
         for _ in 0..64 {
+            if self.peer.rx_gone() {
+                batch.set_count(0);
+                return Ok(0);
+            }
             let (got, kept) = self.recv_once(batch)?;
             if kept > 0 || got == 0 {
                 return Ok(kept);
@@ -455,6 +449,10 @@ impl<E: Encap> Transport for Tunnel<E> {
         let fd = self.tx_raw();
         let mut done = 0;
         while done < batch.count() {
+            if self.peer.tx_gone() {
+                self.stats.tx_dropped_peer_gone += (batch.count() - done) as u64;
+                return Ok(batch.count());
+            }
             let before = self.encap.clone();
             let (offered, r) = self
                 .io
@@ -466,6 +464,11 @@ impl<E: Encap> Transport for Tunnel<E> {
                 Err(e) if drop_on_send(&e) => {
                     self.stats.tx_dropped += 1;
                     1
+                }
+                Err(e) if sys::peer_gone(&e) => {
+                    self.encap = before;
+                    self.peer.tx_hung_up(self.name, &e, &mut self.stats);
+                    continue;
                 }
                 Err(source) => {
                     self.encap = before;
@@ -495,6 +498,9 @@ impl<E: Encap> Transport for Tunnel<E> {
     }
 
     fn stats(&self) -> TransportStats {
-        self.stats
+        TransportStats {
+            rx_dropped_kernel: super::kernel_drops(self.rx.as_raw_fd()),
+            ..self.stats
+        }
     }
 }
