@@ -133,15 +133,17 @@ impl NetBackend {
         let handler_error = daemon.wait().err().map(|e| e.to_string());
         // Stop the worker threads of this connection (dropping the daemon joins them), close
         // what the crate leaks, and forget the connection's state.
-        let dev = dev.read().unwrap_or_else(|p| p.into_inner());
-        dev.notify_exit();
+        // (No lock on the device across the drop: the workers take it to finish.)
+        dev.read().unwrap_or_else(|p| p.into_inner()).notify_exit();
         drop(daemon);
-        let closed = dev.close_leaked_exit_fds();
+        let closed = dev
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .close_leaked_exit_fds();
         log::debug!(
             "{}: closed {closed} leaked exit-event descriptor(s)",
             self.name
         );
-        drop(dev);
         device::lock(&self.dp).reset();
         match ending.complaint(handler_error.as_deref()) {
             Some(why) => log::warn!("{}: frontend dropped: {why}", self.name),
