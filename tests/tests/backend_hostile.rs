@@ -6,7 +6,8 @@
 //! `vmm_tests::rig`) then moves frames both ways byte-exact, and that SIGTERM still stops it.
 //!
 //! - memory regions larger than their file (SIGBUS in the backend before), and files the
-//!   frontend tries to shrink after `SET_MEM_TABLE`;
+//!   frontend shrinks (or tries to) after `SET_MEM_TABLE`: sealed ones cannot shrink, an
+//!   unsealable one is caught by the SIGBUS guard;
 //! - kick and call descriptors that are pipes (a worker blocked in `read`/`write` before);
 //! - protocol strictness: queue sizes, unoffered protocol features, `ADD_MEM_REG`, rings that
 //!   do not exist, a feature the crate's handler refuses;
@@ -320,6 +321,19 @@ fn memory_regions_must_fit_their_files_and_cannot_shrink_after() {
     assert_eq!(fe.mem_table(&sealed, 2 * MIB), Some(0));
     assert_eq!(fe.ring(), Some(0));
     drop(fe);
+
+    // A memfd that cannot be sealed (no MFD_ALLOW_SEALING; UML's temporary file is the same
+    // case): accepted, then shrunk under the backend's mapping before the rings are set up.
+    // The access that faults reads zeros and the frontend is dropped, the process lives.
+    let fe = b.connect();
+    fe.handshake(REPLY_ACK);
+    let unsealable = memfd(2 * MIB, 0);
+    assert_eq!(fe.mem_table(&unsealable, 2 * MIB), Some(0));
+    unsealable.set_len(4096).unwrap();
+    let n = b.warnings().len();
+    let _ = fe.ring();
+    assert!(fe.hung_up());
+    b.expect_warning(n, "SET_MEM_TABLE", "shrank under its mapping");
 
     assert!(b.daemon.running(), "{}", b.daemon.log());
     b.serves_frames();

@@ -3,7 +3,9 @@
 //! The worker never holds the datapath lock while it signals the guest (the call eventfd is
 //! made non-blocking by the relay's checks anyway), and the exit-event descriptor that
 //! vhost-user-backend 0.24 leaks for each connection is closed here once the connection's
-//! workers are gone ([`NetDevice::close_leaked_exit_fds`]).
+//! workers are gone ([`NetDevice::close_leaked_exit_fds`]). Its guest memory is watched by
+//! the SIGBUS [guard](super::guard) while mapped: a fault there (a file the frontend shrank)
+//! makes [`NetDevice::fault_fd`] readable, and the server drops that frontend.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -12,14 +14,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard,
+    GuestMemoryMmap, GuestMemoryRegion,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use super::datapath::Datapath;
 use super::features::{self, Negotiated};
+use super::guard;
 
 /// Queue indexes, which are also the worker's event ids for their kicks.
 pub const RX_QUEUE: u16 = 0;
@@ -39,6 +46,11 @@ type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 /// which keeps it (and the transport) across connections.
 pub struct NetDevice {
     dp: Arc<Mutex<Datapath>>,
+    /// The SIGBUS guard's watches over `mem`'s mappings; declared before `fault`, which they
+    /// write to, so they go first.
+    watches: Vec<guard::Watch>,
+    /// Written by the SIGBUS guard when the frontend's memory file shrank under a mapping.
+    fault: EventFd,
     mem: Option<Mem>,
     offered: u64,
     config: [u8; 12],
@@ -55,6 +67,8 @@ impl NetDevice {
     pub fn new(dp: Arc<Mutex<Datapath>>, offered: u64, config: [u8; 12]) -> io::Result<NetDevice> {
         Ok(NetDevice {
             dp,
+            watches: Vec::new(),
+            fault: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             mem: None,
             offered,
             config,
@@ -62,6 +76,11 @@ impl NetDevice {
             handed_out: Mutex::new(Vec::new()),
             backend_req: None,
         })
+    }
+
+    /// Readable once the SIGBUS guard absorbed a fault in this connection's guest memory.
+    pub fn fault_fd(&self) -> RawFd {
+        self.fault.as_raw_fd()
     }
 
     /// Wakes the worker thread so it exits (the crate's exit event).
@@ -186,7 +205,23 @@ impl VhostUserBackendMut for NetDevice {
         self.backend_req = Some(channel);
     }
 
+    /// Takes the new memory and watches its mappings (the old watches go with the old table).
     fn update_memory(&mut self, mem: Mem) -> io::Result<()> {
+        let mut watches = Vec::new();
+        for region in mem.memory().iter() {
+            match guard::watch(
+                region.as_ptr() as usize,
+                region.size(),
+                self.fault.as_raw_fd(),
+            ) {
+                Ok(w) => watches.push(w),
+                Err(e) => log::warn!(
+                    "guest memory at {:#x}: no SIGBUS guard: {e}",
+                    region.start_addr().0
+                ),
+            }
+        }
+        self.watches = watches;
         self.mem = Some(mem);
         Ok(())
     }

@@ -125,9 +125,17 @@ impl NetBackend {
                 op: "starting the relay",
                 source,
             })?;
-        let mut fds = vec![done.as_raw_fd()];
+        let fault = dev.read().unwrap_or_else(|p| p.into_inner()).fault_fd();
+        let mut fds = vec![done.as_raw_fd(), fault];
         fds.extend(stop);
-        let stopped = wait_any(&fds) != Some(done.as_raw_fd());
+        // An interrupted poll (EINTR) is no reason to drop the frontend: poll again.
+        let woke = loop {
+            if let Some(fd) = wait_any(&fds) {
+                break fd;
+            }
+        };
+        let stopped = stop == Some(woke);
+        let shrank = woke == fault;
         relay.close();
         let ending = relay.join();
         let handler_error = daemon.wait().err().map(|e| e.to_string());
@@ -145,9 +153,18 @@ impl NetBackend {
             self.name
         );
         device::lock(&self.dp).reset();
-        match ending.complaint(handler_error.as_deref()) {
-            Some(why) => log::warn!("{}: frontend dropped: {why}", self.name),
-            None => log::info!("{}: frontend gone", self.name),
+        if shrank {
+            log::warn!(
+                "{}: frontend dropped: SET_MEM_TABLE refused after the fact: a memory file \
+                 shrank under its mapping (the pages past its end read as zeros until the \
+                 connection closed)",
+                self.name
+            );
+        } else {
+            match ending.complaint(handler_error.as_deref()) {
+                Some(why) => log::warn!("{}: frontend dropped: {why}", self.name),
+                None => log::info!("{}: frontend gone", self.name),
+            }
         }
         log::info!("{}: {}", self.name, self.summary());
         if stopped {
