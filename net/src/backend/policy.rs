@@ -318,10 +318,12 @@ pub fn eventfd(fd: BorrowedFd<'_>) -> Result<(), Refusal> {
     }
     // SAFETY: fcntl with integer arguments on a descriptor open for the call.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(Refusal::Inspect(io::Error::last_os_error()));
+    }
     // SAFETY: as above.
-    if flags < 0
-        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-    {
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    if rc < 0 {
         return Err(Refusal::Inspect(io::Error::last_os_error()));
     }
     Ok(())
