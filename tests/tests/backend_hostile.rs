@@ -8,7 +8,8 @@
 //! - memory regions larger than their file (SIGBUS in the backend before), and files the
 //!   frontend shrinks (or tries to) after `SET_MEM_TABLE`: sealed ones cannot shrink, an
 //!   unsealable one is caught by the SIGBUS guard;
-//! - kick and call descriptors that are pipes (a worker blocked in `read`/`write` before);
+//! - a pipe as the kick, a socket or a full pipe as the call (a worker blocked in `read` or
+//!   `write` before);
 //! - protocol strictness: queue sizes, unoffered protocol features, `ADD_MEM_REG`, rings that
 //!   do not exist, a feature the crate's handler refuses;
 //! - 2,000 connections under RLIMIT_NOFILE 1024 with a constant descriptor count.
@@ -341,7 +342,7 @@ fn memory_regions_must_fit_their_files_and_cannot_shrink_after() {
 }
 
 #[test]
-fn kick_and_call_must_be_eventfds() {
+fn kicks_must_be_eventfds_and_calls_cannot_block() {
     let mut b = Backend::start("bhfd", None);
     let file = memfd(2 * MIB, libc::MFD_ALLOW_SEALING);
 
@@ -354,37 +355,46 @@ fn kick_and_call_must_be_eventfds() {
     let n = b.warnings().len();
     fe.acked(SET_VRING_KICK, &0u64.to_le_bytes(), &[r.as_raw_fd()]);
     assert!(fe.hung_up());
-    b.expect_warning(n, "SET_VRING_KICK", "pipe:");
+    b.expect_warning(n, "SET_VRING_KICK", "not an eventfd");
 
-    // A full pipe as the call: the worker would block in write() holding the datapath.
+    // A socket as the call: neither an eventfd nor a pipe.
     let fe = b.connect();
     fe.handshake(REPLY_ACK);
     assert_eq!(fe.mem_table(&file, 2 * MIB), Some(0));
+    let (sock, _other) = UnixStream::pair().unwrap();
+    let n = b.warnings().len();
+    fe.acked(SET_VRING_CALL, &0u64.to_le_bytes(), &[sock.as_raw_fd()]);
+    assert!(fe.hung_up());
+    b.expect_warning(n, "SET_VRING_CALL", "not an eventfd or a pipe");
+
+    // A full pipe as the call (UML signals through a pipe): taken, but made non-blocking (the
+    // flag is shared with us), so the worker's write cannot block with the datapath held; an
+    // eventfd kick, likewise.
+    let fe = b.connect();
+    fe.handshake(REPLY_ACK);
+    assert_eq!(fe.mem_table(&file, 2 * MIB), Some(0));
+    assert_eq!(fe.ring(), Some(0));
     let (_r, w) = pipe();
+    let mut filler = File::from(w.try_clone().unwrap());
     // SAFETY: fcntl with integer arguments on our own descriptor.
     unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-    while File::from(w.try_clone().unwrap()).write(&[0; 4096]).is_ok() {}
-    let n = b.warnings().len();
-    fe.acked(SET_VRING_CALL, &0u64.to_le_bytes(), &[w.as_raw_fd()]);
-    assert!(fe.hung_up());
-    b.expect_warning(n, "SET_VRING_CALL", "not an eventfd");
-
-    // Eventfds are taken (and made non-blocking: the flag is shared with us).
-    let fe = b.connect();
-    fe.handshake(REPLY_ACK);
-    assert_eq!(fe.mem_table(&file, 2 * MIB), Some(0));
-    let (kick, call) = (eventfd(), eventfd());
+    while filler.write(&[0; 4096]).is_ok() {}
+    // SAFETY: as above.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, 0) };
+    let kick = eventfd();
     assert_eq!(
-        fe.acked(SET_VRING_CALL, &0u64.to_le_bytes(), &[call.as_raw_fd()]),
+        fe.acked(SET_VRING_CALL, &0u64.to_le_bytes(), &[w.as_raw_fd()]),
         Some(0)
     );
     assert_eq!(
         fe.acked(SET_VRING_KICK, &0u64.to_le_bytes(), &[kick.as_raw_fd()]),
         Some(0)
     );
-    // SAFETY: fcntl with integer arguments on our own descriptor.
-    let flags = unsafe { libc::fcntl(kick.as_raw_fd(), libc::F_GETFL) };
-    assert_ne!(flags & libc::O_NONBLOCK, 0, "kick left blocking");
+    for fd in [w.as_raw_fd(), kick.as_raw_fd()] {
+        // SAFETY: as above.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0, "descriptor left blocking");
+    }
     drop(fe);
 
     b.serves_frames();

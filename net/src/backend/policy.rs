@@ -13,8 +13,10 @@
 //!
 //! So the relay refuses, with a [`Refusal`] that says why, and the frontend loses its
 //! connection: memory regions must be regular files at least `mmap_offset + memory_size`
-//! long; kick, call and err descriptors must be eventfds (made non-blocking: the flag is
-//! shared with the frontend, which is fine for an eventfd); ring indexes must exist and queue
+//! long; kick descriptors must be eventfds, call and err descriptors eventfds or pipes (UML
+//! 6.1 signals through a pipe: SIGIO does not work on an eventfd), all made non-blocking (the
+//! flag is shared with the frontend, which is fine for an eventfd and for the write end of a
+//! pipe that UML closes on its side); ring indexes must exist and queue
 //! sizes be powers of two up to the device's maximum; only offered protocol features may be
 //! acked; `ADD_MEM_REG` and its kin need CONFIGURE_MEM_SLOTS, which is not offered.
 //!
@@ -106,8 +108,8 @@ pub enum Refusal {
     },
     #[error("{count} descriptors where {want} was expected")]
     Descriptors { count: usize, want: usize },
-    #[error("the descriptor is {kind}, not an eventfd")]
-    NotEventfd { kind: String },
+    #[error("the descriptor is {kind}, not {want}")]
+    Notifier { kind: String, want: &'static str },
     #[error("inspecting the descriptor: {0}")]
     Inspect(#[source] io::Error),
 }
@@ -190,7 +192,8 @@ impl Limits {
                         want,
                     });
                 }
-                fds.iter().try_for_each(|fd| eventfd(fd.as_fd()))
+                let pipe_ok = request != SET_VRING_KICK;
+                fds.iter().try_for_each(|fd| notifier(fd.as_fd(), pipe_ok))
             }
             SET_MEM_TABLE => mem_table(payload, fds),
             GET_MAX_MEM_SLOTS | ADD_MEM_REG | REM_MEM_REG => Err(Refusal::NoMemSlots),
@@ -304,16 +307,23 @@ fn seal_against_shrinking(fd: BorrowedFd<'_>) -> Shrink {
     }
 }
 
-/// Checks that `fd` is an eventfd and makes it non-blocking, so that neither the worker's read
-/// of a kick nor its write of a call can block it (a frontend could drain a kick between our
-/// wake-up and our read, or fill a call's counter).
-pub fn eventfd(fd: BorrowedFd<'_>) -> Result<(), Refusal> {
+/// Checks that `fd` is an eventfd (or, with `pipe_ok`, a pipe) and makes it non-blocking, so
+/// that neither the worker's read of a kick nor its write of a call can block it (a frontend
+/// could drain a kick between our wake-up and our read, or fill a call pipe). A kick must be an
+/// eventfd: the crate reads exactly 8 bytes from it, which a pipe does not guarantee.
+pub fn notifier(fd: BorrowedFd<'_>, pipe_ok: bool) -> Result<(), Refusal> {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .map_err(Refusal::Inspect)?;
     let kind = link.to_string_lossy();
-    if kind != "anon_inode:[eventfd]" {
-        return Err(Refusal::NotEventfd {
+    let ok = kind == "anon_inode:[eventfd]" || (pipe_ok && kind.starts_with("pipe:"));
+    if !ok {
+        return Err(Refusal::Notifier {
             kind: kind.into_owned(),
+            want: if pipe_ok {
+                "an eventfd or a pipe"
+            } else {
+                "an eventfd"
+            },
         });
     }
     // SAFETY: fcntl with integer arguments on a descriptor open for the call.
@@ -440,16 +450,28 @@ mod tests {
     }
 
     #[test]
-    fn kick_and_call_must_be_eventfds() {
+    fn kicks_are_eventfds_calls_eventfds_or_pipes() {
         let l = Limits::default();
         let mut p = [0; 2];
         // SAFETY: pipe writes two descriptors into the live array.
         assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
         // SAFETY: fresh descriptors nobody else owns.
         let (r, _w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+        let (r2, w) = (r.try_clone().unwrap(), _w.try_clone().unwrap());
         assert!(matches!(
             l.check(SET_VRING_KICK, &0u64.to_le_bytes(), &[r]),
-            Err(Refusal::NotEventfd { .. })
+            Err(Refusal::Notifier { .. })
+        ));
+        // A pipe is a call (UML's), made non-blocking; a socket is neither.
+        assert!(l.check(SET_VRING_CALL, &0u64.to_le_bytes(), &[w]).is_ok());
+        // SAFETY: fcntl with integer arguments on the test's own descriptor.
+        let flags = unsafe { libc::fcntl(_w.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0);
+        drop(r2);
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(matches!(
+            l.check(SET_VRING_ERR, &0u64.to_le_bytes(), &[OwnedFd::from(a)]),
+            Err(Refusal::Notifier { .. })
         ));
         // SAFETY: plain flags; the result is checked below.
         let e = unsafe { libc::eventfd(0, 0) };
