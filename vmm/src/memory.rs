@@ -161,7 +161,8 @@ impl GuestRam {
 
 fn memfd(name: &CStr) -> Result<File, Error> {
     // SAFETY: `name` is a valid NUL-terminated string; the flags are plain constants.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(Error::Memfd(std::io::Error::last_os_error()));
     }
