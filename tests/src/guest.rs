@@ -187,7 +187,10 @@ impl Guest {
     /// One line per mark, `label  12.3 s`, for the marks (label, console needle) seen so far:
     /// a boot's timeline.
     pub fn timeline(&self, marks: &[(&str, &str)]) -> String {
-        let first = self.console.first().map(|(t, _)| t.duration_since(self.started));
+        let first = self
+            .console
+            .first()
+            .map(|(t, _)| t.duration_since(self.started));
         let mut out = String::new();
         if let Some(t) = first {
             out += &format!("  {:<28}{:>7.1} s\n", "first console line", t.as_secs_f64());

@@ -1,6 +1,7 @@
 //! Shared scaffolding for the integration tests: network namespaces and interfaces that are
 //! removed even when a test fails, the `vmm` binary run as a backend process, and the UML test
-//! guest run with a streaming console.
+//! guest run with a streaming console, and a virtio-net device driven from Rust over vhost-user
+//! ([`rig`]).
 //!
 //! Every name a test creates is unique (prefix, process id, counter) and at most 15 bytes, so
 //! tests can run in parallel and never touch interfaces they did not make.
@@ -10,6 +11,7 @@ pub mod guest;
 pub mod netns;
 pub mod peer;
 pub mod process;
+pub mod rig;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -69,9 +69,7 @@ impl Lan {
 
     /// A veth pair: the peer end gets the peer's address; returns the guest's end.
     fn veth(&self) -> String {
-        self.ns
-            .veth_pair(Some(&format!("{}/24", self.peer_ip)))
-            .1
+        self.ns.veth_pair(Some(&format!("{}/24", self.peer_ip))).1
     }
 
     /// A tap whose host side has the peer's address.
@@ -206,9 +204,7 @@ fn boot_and_exchange(lan: &Lan, net: Net, cpus: u8, title: &str) -> Run {
 
     guest.expect("vmtest: /init started", BOOT_TIMEOUT);
     guest.expect("vmtest: eth0 up", Duration::from_secs(120));
-    let (ok, text) = lan
-        .ns
-        .run("ping", &["-c", "3", "-W", "10", &lan.guest_ip]);
+    let (ok, text) = lan.ns.run("ping", &["-c", "3", "-W", "10", &lan.guest_ip]);
     assert!(
         ok && text.contains(" 3 received"),
         "the peer's ping of the guest:\n{text}\nconsole:\n{}",
@@ -265,7 +261,9 @@ fn boot_and_exchange(lan: &Lan, net: Net, cpus: u8, title: &str) -> Run {
     );
     for step in ["ping", "get", "put", "cpus"] {
         assert!(
-            run.guest.console().contains(&format!("vmtest: step {step}:")),
+            run.guest
+                .console()
+                .contains(&format!("vmtest: step {step}:")),
             "step {step} did not run\n{ctx}"
         );
     }

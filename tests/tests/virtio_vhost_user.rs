@@ -9,186 +9,20 @@
 //! - after a reset (GET_VRING_BASE stops the rings in the backend) a second activation moves
 //!   frames again, as after a guest driver reload.
 
-use std::os::fd::FromRawFd;
-use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
 
 use umlnet::backend::NetBackend;
 use umlnet::config::parse_spec;
-use vm_memory::{Bytes, GuestAddress};
-use vmm_devices::pci::PciDevice;
-use vmm_devices::vhost_user::net::{VhostUserNet, VhostUserNetDevice};
-use vmm_devices::virtio_pci::{status, MsiMessage, MsiRouter, VirtioPciDevice, MSIX_TABLE_OFFSET};
-use vmm_devices::BusDevice;
-use vmm_sys_util::eventfd::EventFd;
-use vmm_tests::peer::test_frame;
-use vmm_vmm::GuestRam;
-
-const HDR: usize = 12;
-const QSIZE: u64 = 16;
-const RINGS: u64 = 0x10_0000;
-const TX_BUF: u64 = 0x20_0000;
-const RX_BUF: u64 = 0x30_0000;
-const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
-const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
-
-/// Interrupts are not under test here (the VMM tests check MSI-X delivery end to end).
-struct NoInterrupts;
-
-impl MsiRouter for NoInterrupts {
-    fn unmask(&self, _: u32, _: MsiMessage, _: &EventFd) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn mask(&self, _: u32, _: &EventFd) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-struct Rig {
-    dev: VirtioPciDevice,
-    ram: GuestRam,
-    peer: UnixDatagram,
-}
+use vmm_tests::rig::{transport_pair, Rig, DEVICE_NEEDS_RESET, RINGS};
 
 fn rig() -> Rig {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two descriptors into the live array.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: fds[1] is ours alone from here on; fds[0] goes to the transport.
-    let peer = unsafe { UnixDatagram::from_raw_fd(fds[1]) };
-    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let spec = parse_spec(&format!("vec0:transport=fd,fd={}", fds[0])).expect("spec");
+    let (theirs, peer) = transport_pair();
+    let spec = parse_spec(&format!("vec0:transport=fd,fd={}", theirs.into_raw_fd())).expect("spec");
     let backend = NetBackend::open(&spec).expect("backend");
     let (ours, theirs) = UnixStream::pair().unwrap();
     std::thread::spawn(move || backend.serve_connection(theirs, None));
-    let ram = GuestRam::new(16).expect("guest memory");
-    let net = VhostUserNet::from_stream(ours).expect("vhost-user handshake");
-    let dev = VirtioPciDevice::new(
-        Box::new(VhostUserNetDevice::new(net, ram.memory().clone())),
-        0xc000_0000,
-        &[24, 25, 26],
-        Arc::new(NoInterrupts),
-    )
-    .expect("virtio-pci device");
-    let mut r = Rig { dev, ram, peer };
-    r.dev.write_config(1, 0, &[0x06, 0]);
-    // MSI-X on with every vector masked: a driver's state before it requests interrupts.
-    r.dev.write_config(0x21, 2, &[0, 0x80]);
-    r.w(MSIX_TABLE_OFFSET + 12, 4, 1);
-    r
-}
-
-impl Rig {
-    fn w(&mut self, off: u64, len: usize, v: u64) {
-        self.dev.write(off, &v.to_le_bytes()[..len]);
-    }
-
-    fn r(&mut self, off: u64, len: usize) -> u64 {
-        let mut b = [0u8; 8];
-        self.dev.read(off, &mut b[..len]);
-        u64::from_le_bytes(b)
-    }
-
-    /// Reset, VERSION_1 only, both queues at `rings` (+0x3000 for the second), DRIVER_OK.
-    /// Returns the device status.
-    fn bring_up(&mut self, rings: u64) -> u8 {
-        self.w(0x14, 1, 0);
-        self.w(0x14, 1, 3);
-        self.w(0x08, 4, 1);
-        self.w(0x0c, 4, 1);
-        self.w(0x14, 1, 0xb);
-        for q in 0..2u64 {
-            let base = rings + q * 0x3000;
-            self.w(0x16, 2, q);
-            self.w(0x18, 2, QSIZE);
-            self.w(0x20, 8, base);
-            self.w(0x28, 8, base + 0x1000);
-            self.w(0x30, 8, base + 0x2000);
-            self.w(0x1c, 2, 1);
-        }
-        self.w(0x14, 1, 0xf);
-        self.r(0x14, 1) as u8
-    }
-
-    fn zero_rings(&self) {
-        self.ram
-            .memory()
-            .write_slice(&[0u8; 0x6000], GuestAddress(RINGS))
-            .unwrap();
-    }
-
-    fn put<T: vm_memory::ByteValued>(&self, addr: u64, v: T) {
-        self.ram.memory().write_obj(v, GuestAddress(addr)).unwrap();
-    }
-
-    fn get_u16(&self, addr: u64) -> u16 {
-        self.ram.memory().read_obj(GuestAddress(addr)).unwrap()
-    }
-
-    /// Makes descriptor 0 of queue `q` (`buf`, `len`, `flags`) available as entry `idx`.
-    fn offer(&mut self, q: u64, idx: u16, buf: u64, len: u32, flags: u16) {
-        let base = RINGS + q * 0x3000;
-        self.put(base, buf);
-        self.put(base + 8, len);
-        self.put(base + 12, flags);
-        self.put(base + 14, 0u16);
-        self.put(base + 0x1000 + 4 + 2 * (u64::from(idx) % QSIZE), 0u16);
-        self.put(base + 0x1000 + 2, idx.wrapping_add(1));
-        let (_, kick) = self.dev.notifiers().nth(q as usize).unwrap();
-        kick.write(1).unwrap();
-    }
-
-    /// Waits until queue `q`'s used index reaches `want`.
-    fn wait_used(&self, q: u64, want: u16) {
-        let at = RINGS + q * 0x3000 + 0x2000 + 2;
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while self.get_u16(at) != want {
-            assert!(Instant::now() < deadline, "queue {q}: used index stuck");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// A frame through the transmit queue, out of the transport.
-    fn transmit(&mut self, idx: u16, seed: u8) {
-        let frame = test_frame(60 + usize::from(seed) * 10, GUEST_MAC, HOST_MAC, seed);
-        let mut buf = vec![0u8; HDR];
-        buf.extend_from_slice(&frame);
-        self.ram
-            .memory()
-            .write_slice(&buf, GuestAddress(TX_BUF))
-            .unwrap();
-        self.offer(1, idx, TX_BUF, buf.len() as u32, 0);
-        let mut out = vec![0u8; 2048];
-        let n = self.peer.recv(&mut out).expect("frame from the transport");
-        assert_eq!(&out[..n], &frame[..], "transmitted frame");
-        self.wait_used(1, idx + 1);
-    }
-
-    /// A frame from the transport into a receive buffer.
-    fn receive(&mut self, idx: u16, seed: u8) {
-        let frame = test_frame(1514, HOST_MAC, GUEST_MAC, seed);
-        self.offer(0, idx, RX_BUF, 2048, 2);
-        self.peer.send(&frame).unwrap();
-        self.wait_used(0, idx + 1);
-        let entry = RINGS + 0x2000 + 4 + 8 * (u64::from(idx) % QSIZE);
-        let len: u32 = self.ram.memory().read_obj(GuestAddress(entry + 4)).unwrap();
-        assert_eq!(len as usize, HDR + frame.len());
-        let mut got = vec![0u8; frame.len()];
-        self.ram
-            .memory()
-            .read_slice(&mut got, GuestAddress(RX_BUF + HDR as u64))
-            .unwrap();
-        assert_eq!(got, frame, "received frame");
-    }
+    Rig::connect(ours, peer)
 }
 
 #[test]
@@ -196,7 +30,7 @@ fn hostile_rings_are_refused_then_frames_flow_and_survive_a_reset() {
     let mut rig = rig();
     // Rings past the end of guest memory: not started, NEEDS_RESET.
     let s = rig.bring_up(0x7fff_0000_0000);
-    assert_ne!(s & status::DEVICE_NEEDS_RESET, 0, "status {s:#x}");
+    assert_ne!(s & DEVICE_NEEDS_RESET, 0, "status {s:#x}");
     rig.zero_rings();
     assert_eq!(rig.bring_up(RINGS), 0xf);
     rig.transmit(0, 1);

@@ -2,7 +2,9 @@
 //!
 //! A memfd (rather than anonymous memory) is what lets a vhost-user backend map the very same
 //! pages: the frontend sends the fd and each region's offset in `SET_MEM_TABLE`. Each region's
-//! [`FileOffset`] records that offset, so the regions describe themselves.
+//! [`FileOffset`] records that offset, so the regions describe themselves. The memfd's size is
+//! sealed (`F_SEAL_SHRINK`, `F_SEAL_GROW`): a backend that maps it can check that it will never
+//! shrink under its mapping (which would be a SIGBUS there).
 //!
 //! Layout (x86_64): RAM from 0 up to [`MMIO_HOLE_START`] (3 GiB); whatever is left continues at
 //! 4 GiB. The hole holds PCI BARs, the IOAPIC (0xfec00000), the LAPIC (0xfee00000) and KVM's TSS
@@ -10,7 +12,7 @@
 
 use std::ffi::CStr;
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
@@ -52,6 +54,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Sealing the memfd's size failed.
+    #[error("cannot seal the guest memory memfd's size: {0}")]
+    Seal(#[source] std::io::Error),
     /// Mapping the memfd failed.
     #[error("cannot map guest memory: {0}")]
     Mmap(#[from] vm_memory::mmap::FromRangesError),
@@ -93,6 +98,7 @@ impl GuestRam {
         let file = Arc::new(memfd(c"vmm-guest-ram")?);
         file.set_len(size)
             .map_err(|source| Error::Truncate { size, source })?;
+        seal_size(&file)?;
         let memory = GuestMemoryMmap::from_ranges_with_files(ram_ranges(size).into_iter().map(
             |(gpa, len, off)| {
                 (
@@ -155,12 +161,25 @@ impl GuestRam {
 
 fn memfd(name: &CStr) -> Result<File, Error> {
     // SAFETY: `name` is a valid NUL-terminated string; the flags are plain constants.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(Error::Memfd(std::io::Error::last_os_error()));
     }
     // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
     Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Seals the memfd's size (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`): a vhost-user backend
+/// maps it, and a file that shrank under a mapping would SIGBUS the backend (and us). With the
+/// seals a backend can check (`F_GET_SEALS`) that it never will.
+fn seal_size(file: &File) -> Result<(), Error> {
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor we own, with an integer argument.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(Error::Seal(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -192,5 +211,15 @@ mod tests {
         assert_eq!(u16::from_le_bytes(b), 0xabcd);
         assert_eq!(ram.low_end(), 4 * MIB);
         assert!(matches!(GuestRam::new(1), Err(Error::BadSize { mib: 1 })));
+    }
+
+    #[test]
+    fn the_memfd_cannot_shrink_or_grow() {
+        let ram = GuestRam::new(4).unwrap();
+        assert!(ram.file().set_len(MIB).is_err(), "shrink allowed");
+        assert!(ram.file().set_len(8 * MIB).is_err(), "grow allowed");
+        // SAFETY: fcntl on a descriptor the test owns, no pointer argument.
+        let seals = unsafe { libc::fcntl(ram.file().as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(seals & libc::F_SEAL_SHRINK, libc::F_SEAL_SHRINK);
     }
 }

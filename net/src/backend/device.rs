@@ -1,19 +1,32 @@
 //! The vhost-user-net device: what vhost-user-backend's worker thread drives.
+//!
+//! The worker never holds the datapath lock while it signals the guest (the call eventfd is
+//! made non-blocking by the relay's checks anyway), and the exit-event descriptor that
+//! vhost-user-backend 0.24 leaks for each connection is closed here once the connection's
+//! workers are gone ([`NetDevice::close_leaked_exit_fds`]). Its guest memory is watched by
+//! the SIGBUS [guard](super::guard) while mapped: a fault there (a file the frontend shrank)
+//! makes [`NetDevice::fault_fd`] readable, and the server drops that frontend.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard,
+    GuestMemoryMmap, GuestMemoryRegion,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use super::datapath::Datapath;
 use super::features::{self, Negotiated};
+use super::guard;
 
 /// Queue indexes, which are also the worker's event ids for their kicks.
 pub const RX_QUEUE: u16 = 0;
@@ -24,7 +37,8 @@ pub const TRANSPORT_EVENT: u64 = NUM_QUEUES as u64 + 1;
 /// Event id of the transport's transmit descriptor when it differs from the receive one.
 pub const TRANSPORT_TX_EVENT: u64 = NUM_QUEUES as u64 + 2;
 
-const MAX_QUEUE_SIZE: usize = 1024;
+/// The largest queue a frontend may set up.
+pub const MAX_QUEUE_SIZE: usize = 1024;
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 
@@ -32,10 +46,17 @@ type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 /// which keeps it (and the transport) across connections.
 pub struct NetDevice {
     dp: Arc<Mutex<Datapath>>,
+    /// The SIGBUS guard's watches over `mem`'s mappings; declared before `fault`, which they
+    /// write to, so they go first.
+    watches: Vec<guard::Watch>,
+    /// Written by the SIGBUS guard when the frontend's memory file shrank under a mapping.
+    fault: EventFd,
     mem: Option<Mem>,
     offered: u64,
     config: [u8; 12],
     exit: (EventConsumer, EventNotifier),
+    /// The exit-event consumers handed to the crate, by number (see `close_leaked_exit_fds`).
+    handed_out: Mutex<Vec<RawFd>>,
     /// The backend-request channel, held (never written) for the connection's life: UML gives
     /// the write end of a pipe and treats its closing as the connection breaking, unplugging
     /// the device.
@@ -46,18 +67,56 @@ impl NetDevice {
     pub fn new(dp: Arc<Mutex<Datapath>>, offered: u64, config: [u8; 12]) -> io::Result<NetDevice> {
         Ok(NetDevice {
             dp,
+            watches: Vec::new(),
+            fault: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             mem: None,
             offered,
             config,
-            exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
+            exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?,
+            handed_out: Mutex::new(Vec::new()),
             backend_req: None,
         })
+    }
+
+    /// Readable once the SIGBUS guard absorbed a fault in this connection's guest memory.
+    pub fn fault_fd(&self) -> RawFd {
+        self.fault.as_raw_fd()
     }
 
     /// Wakes the worker thread so it exits (the crate's exit event).
     pub fn notify_exit(&self) {
         let _ = self.exit.1.notify();
     }
+
+    /// Closes the exit-event descriptors vhost-user-backend leaks, one per connection: its
+    /// `VringEpollHandler::new` turns the consumer [`exit_event`](VhostUserBackendMut::exit_event)
+    /// returns into a raw descriptor for its epoll and never closes it (0.24; after ~1000
+    /// connections a process with RLIMIT_NOFILE 1024 could accept no more). Call it only once
+    /// the connection's workers are gone (the daemon dropped). A number is closed only while it
+    /// still refers to our exit event (`kcmp`), so if a later crate closes it itself, a number
+    /// reused by something else is left alone. Returns how many were closed.
+    pub fn close_leaked_exit_fds(&self) -> usize {
+        let ours = self.exit.0.as_raw_fd();
+        let mut handed = self.handed_out.lock().unwrap_or_else(|p| p.into_inner());
+        handed
+            .drain(..)
+            .filter(|&fd| same_file(ours, fd))
+            // SAFETY: `fd` is the number of a consumer we handed the crate, which gave up its
+            // ownership (into_raw_fd) and whose workers are gone; kcmp just confirmed that the
+            // number still refers to our exit event, so nothing else owns it.
+            .map(|fd| drop(unsafe { OwnedFd::from_raw_fd(fd) }))
+            .count()
+    }
+}
+
+/// Whether two descriptors of this process refer to the same open file (`kcmp` KCMP_FILE).
+fn same_file(a: RawFd, b: RawFd) -> bool {
+    const KCMP_FILE: libc::c_int = 0;
+    // SAFETY: getpid cannot fail.
+    let pid = unsafe { libc::getpid() };
+    // SAFETY: kcmp only compares kernel objects named by integers; no memory is passed.
+    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    rc == 0
 }
 
 /// Locks the datapath; a panic elsewhere while it was held leaves counters at worst, so the
@@ -66,15 +125,17 @@ pub fn lock(dp: &Mutex<Datapath>) -> MutexGuard<'_, Datapath> {
     dp.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Runs one queue; returns whether the guest is to be signalled (after the datapath lock is
+/// released).
 fn run_queue(
     dp: &mut Datapath,
     vring: &VringRwLock,
     mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
     rx: bool,
-) {
+) -> bool {
     let mut state = vring.get_mut();
     if !state.get_queue().ready() {
-        return;
+        return false;
     }
     let result = if rx {
         dp.process_rx(state.get_queue_mut(), mem)
@@ -82,15 +143,22 @@ fn run_queue(
         dp.process_tx(state.get_queue_mut(), mem)
     };
     match result {
-        Ok(true) => {
-            if let Err(e) = state.signal_used_queue() {
-                log::warn!("signalling the guest: {e}");
-            }
-        }
-        Ok(false) => {}
+        Ok(used) => used,
         // A transport error is the host's problem, not the frontend's: log it and keep the
         // worker alive (an error returned here would end it).
-        Err(e) => log::warn!("{e}"),
+        Err(e) => {
+            log::warn!("{e}");
+            false
+        }
+    }
+}
+
+/// Signals the guest. The call eventfd is non-blocking (policy.rs), so this cannot block; it
+/// fails only when the frontend let the counter reach its maximum, which costs it nothing but
+/// this interrupt.
+fn signal(vring: &VringRwLock) {
+    if let Err(e) = vring.signal_used_queue() {
+        log::debug!("signalling the guest: {e}");
     }
 }
 
@@ -117,14 +185,9 @@ impl VhostUserBackendMut for NetDevice {
         }
     }
 
-    /// BACKEND_REQ is offered for interop, not used: UML 6.1's virtio_uml allocates its
-    /// interrupt only while setting up the backend-request channel, and without it requests
-    /// IRQ 0 (the timer's) for the virtqueues, so its virtio-net probe fails with -EBUSY. We
-    /// accept the channel and never send on it.
+    /// See [`features::PROTOCOL_FEATURES`] for what is offered and why.
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::BACKEND_REQ
+        VhostUserProtocolFeatures::from_bits_truncate(features::PROTOCOL_FEATURES)
     }
 
     fn reset_device(&mut self) {
@@ -142,13 +205,37 @@ impl VhostUserBackendMut for NetDevice {
         self.backend_req = Some(channel);
     }
 
+    /// Takes the new memory and watches its mappings (the old watches go with the old table).
     fn update_memory(&mut self, mem: Mem) -> io::Result<()> {
+        let mut watches = Vec::new();
+        for region in mem.memory().iter() {
+            match guard::watch(
+                region.as_ptr() as usize,
+                region.size(),
+                self.fault.as_raw_fd(),
+            ) {
+                Ok(w) => watches.push(w),
+                Err(e) => log::warn!(
+                    "guest memory at {:#x}: no SIGBUS guard: {e}",
+                    region.start_addr().0
+                ),
+            }
+        }
+        self.watches = watches;
         self.mem = Some(mem);
         Ok(())
     }
 
+    /// Each call hands out a fresh duplicate; its number is kept for
+    /// [`NetDevice::close_leaked_exit_fds`].
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+        let consumer = self.exit.0.try_clone().ok()?;
+        let notifier = self.exit.1.try_clone().ok()?;
+        self.handed_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn handle_event(
@@ -163,19 +250,28 @@ impl VhostUserBackendMut for NetDevice {
         };
         let mem = mem.memory();
         log::trace!("event {device_event} {evset:?}");
-        let mut dp = lock(&self.dp);
-        match u64::from(device_event) {
-            e if e == u64::from(RX_QUEUE) => run_queue(&mut dp, rx, &mem, true),
-            e if e == u64::from(TX_QUEUE) => run_queue(&mut dp, tx, &mem, false),
-            TRANSPORT_EVENT | TRANSPORT_TX_EVENT => {
-                if evset.contains(EventSet::IN) {
-                    run_queue(&mut dp, rx, &mem, true);
-                }
-                if evset.contains(EventSet::OUT) && dp.tx_pending() {
-                    run_queue(&mut dp, tx, &mem, false);
+        let (signal_rx, signal_tx) = {
+            let mut dp = lock(&self.dp);
+            match u64::from(device_event) {
+                e if e == u64::from(RX_QUEUE) => (run_queue(&mut dp, rx, &mem, true), false),
+                e if e == u64::from(TX_QUEUE) => (false, run_queue(&mut dp, tx, &mem, false)),
+                TRANSPORT_EVENT | TRANSPORT_TX_EVENT => (
+                    evset.contains(EventSet::IN) && run_queue(&mut dp, rx, &mem, true),
+                    evset.contains(EventSet::OUT)
+                        && dp.tx_pending()
+                        && run_queue(&mut dp, tx, &mem, false),
+                ),
+                other => {
+                    log::debug!("unexpected event {other}");
+                    (false, false)
                 }
             }
-            other => log::debug!("unexpected event {other}"),
+        };
+        if signal_rx {
+            signal(rx);
+        }
+        if signal_tx {
+            signal(tx);
         }
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! The virtio-net features and configuration space the backend offers.
+//! The virtio-net features, vhost-user protocol features and configuration space the backend
+//! offers. The interop relay refuses a frontend that acks a protocol feature not offered here.
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
@@ -9,6 +10,16 @@ use crate::transport::Offloads;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user bit in the virtio feature word.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// vhost-user protocol features offered: CONFIG, REPLY_ACK and BACKEND_REQ
+/// (`VhostUserProtocolFeatures` bits 0x200, 0x8, 0x20).
+///
+/// BACKEND_REQ is offered for interop, not used: UML 6.1's virtio_uml allocates its interrupt
+/// only while setting up the backend-request channel, and without it requests IRQ 0 (the
+/// timer's) for the virtqueues, so its virtio-net probe fails with -EBUSY. CONFIGURE_MEM_SLOTS
+/// is not offered, so `ADD_MEM_REG`, `REM_MEM_REG` and `GET_MAX_MEM_SLOTS` are never valid: the
+/// memory table comes whole in `SET_MEM_TABLE`.
+pub const PROTOCOL_FEATURES: u64 = 0x200 | 0x8 | 0x20;
 
 const fn bit(b: u32) -> u64 {
     1 << b

@@ -16,6 +16,12 @@
 //!
 //! Everything else is relayed unchanged, with its file descriptors (SCM_RIGHTS). Only control
 //! messages cross the relay: the datapath is shared memory and eventfds.
+//!
+//! Strictness where it protects the backend: every frontend message, with its descriptors, is
+//! checked against [`Limits`] first (see `policy.rs`: memory regions that fit their files,
+//! eventfds only, rings and queue sizes that exist, offered protocol features only). A refused
+//! message ends the connection; [`Relay::join`] says how it ended ([`Ending`]) so the server
+//! logs one line naming the request and the reason.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -26,11 +32,10 @@ use std::thread::JoinHandle;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::features::VHOST_USER_F_PROTOCOL_FEATURES;
+use super::policy::{
+    request_name, Limits, Refusal, MEM_HDR, REGION, SET_FEATURES, SET_MEM_TABLE, SET_VRING_ENABLE,
+};
 
-/// vhost-user request codes the relay looks at.
-const SET_FEATURES: u32 = 2;
-const SET_MEM_TABLE: u32 = 5;
-const SET_VRING_ENABLE: u32 = 18;
 /// Header flags.
 const VERSION_1: u32 = 0x1;
 const REPLY: u32 = 0x4;
@@ -39,9 +44,6 @@ const NEED_REPLY: u32 = 0x8;
 const MAX_PAYLOAD: usize = 4096;
 /// Most descriptors one message carries (the crate's MAX_ATTACHED_FD_ENTRIES).
 const MAX_FDS: usize = 32;
-/// Bytes of a `SET_MEM_TABLE` region entry and of its payload header.
-const REGION: usize = 32;
-const MEM_HDR: usize = 8;
 
 /// One vhost-user message: header fields, payload, attached descriptors.
 #[derive(Debug)]
@@ -174,25 +176,45 @@ impl Normaliser {
 }
 
 /// What the relay decides for one frontend message.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Verdict {
     /// Pass it on (possibly rewritten).
     Forward,
     /// Absorb it; if `reply` the frontend gets an ack of 0 from us.
     Absorb { reply: bool },
+    /// Refuse it: the connection ends.
+    Refuse(Refusal),
 }
 
-/// The state the normaliser keeps: the features the frontend acked, and the ring-enable
-/// states it sent too early, in order (ring index, payload).
+/// The state the normaliser keeps: the device's limits, the features the frontend acked, and
+/// the ring-enable states it sent too early, in order (ring index, payload): at most one per
+/// ring, as [`Limits::check`] refuses rings that do not exist.
 #[derive(Debug, Default)]
 pub struct Normaliser {
+    limits: Limits,
     acked_features: u64,
     early_enables: Vec<(u32, Vec<u8>)>,
 }
 
 impl Normaliser {
-    /// Inspects (and may rewrite) a frontend → backend message.
+    pub fn new(limits: Limits) -> Normaliser {
+        Normaliser {
+            limits,
+            ..Normaliser::default()
+        }
+    }
+
+    /// Inspects (and may rewrite) a frontend → backend message: the interop rewrites first,
+    /// then the checks of [`Limits::check`].
     pub fn frontend_message(&mut self, msg: &mut Message) -> Verdict {
+        let verdict = self.normalise(msg);
+        match self.limits.check(msg.request, &msg.payload, &msg.fds) {
+            Err(refusal) => Verdict::Refuse(refusal),
+            Ok(()) => verdict,
+        }
+    }
+
+    fn normalise(&mut self, msg: &mut Message) -> Verdict {
         match msg.request {
             SET_FEATURES => {
                 if let Some(v) = msg.u64_payload() {
@@ -229,10 +251,10 @@ impl Normaliser {
                     .get(..4)
                     .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 {
-                    // Only the latest state of a ring matters; a frontend cannot make this grow
-                    // past the rings it names (bounded by the 32-bit index, kept small below).
+                    // Only the latest state of a ring matters. Rings that do not exist are
+                    // refused (Limits::check), so this holds at most one entry per ring.
                     self.early_enables.retain(|(i, _)| *i != index);
-                    if self.early_enables.len() < 64 {
+                    if index < self.limits.num_queues {
                         self.early_enables.push((index, msg.payload.clone()));
                     }
                 }
@@ -245,106 +267,204 @@ impl Normaliser {
     }
 }
 
+/// How a relayed connection ended: the first cause wins.
+#[derive(Debug)]
+pub enum Ending {
+    /// The frontend closed its end (or the relay was closed from outside).
+    Closed,
+    /// The relay refused a frontend message.
+    Refused { request: u32, reason: Refusal },
+    /// The frontend broke the framing (a payload over the protocol's size, a socket error).
+    Broken(RelayError),
+    /// The crate's handler ended the connection, right after this request (if any): it
+    /// refused it.
+    Handler { last_request: Option<u32> },
+}
+
+impl Ending {
+    /// The one log line for a frontend that misbehaved; `None` for one that just left.
+    /// `handler_error` is what the crate's request handler ended with, if anything.
+    pub fn complaint(&self, handler_error: Option<&str>) -> Option<String> {
+        match self {
+            Ending::Closed => None,
+            Ending::Refused { request, reason } => {
+                Some(format!("{} refused: {reason}", request_name(*request)))
+            }
+            Ending::Broken(e) => Some(format!("broken message: {e}")),
+            Ending::Handler { last_request } => Some(format!(
+                "{} refused by the vhost-user handler: {}",
+                last_request.map_or_else(|| "a request".to_string(), request_name),
+                handler_error.unwrap_or("connection closed")
+            )),
+        }
+    }
+}
+
+/// State both relay directions share.
+struct Shared {
+    ending: Mutex<Option<Ending>>,
+    /// The request last forwarded to the handler; `u64::MAX` before the first.
+    last_request: std::sync::atomic::AtomicU64,
+    done: Option<vmm_sys_util::eventfd::EventFd>,
+}
+
+impl Shared {
+    /// Records why the connection ends unless a cause is already recorded.
+    fn end(&self, ending: Ending) {
+        let mut e = self.ending.lock().unwrap_or_else(|p| p.into_inner());
+        if e.is_none() {
+            match &ending {
+                Ending::Closed => log::debug!("vhost-user relay: frontend closed"),
+                other => log::debug!("vhost-user relay: {other:?}"),
+            }
+            *e = Some(ending);
+        }
+    }
+
+    fn handler_ended(&self) -> Ending {
+        let last = self.last_request.load(std::sync::atomic::Ordering::Relaxed);
+        Ending::Handler {
+            last_request: u32::try_from(last).ok(),
+        }
+    }
+
+    fn signal_done(&self) {
+        if let Some(d) = self.done.as_ref() {
+            let _ = d.write(1);
+        }
+    }
+}
+
 /// A running relay: two threads, frontend → handler and handler → frontend.
 pub struct Relay {
     threads: Vec<JoinHandle<()>>,
     frontend: UnixStream,
     handler: UnixStream,
+    shared: Arc<Shared>,
+}
+
+/// The frontend → handler direction: reads, checks, rewrites, forwards, replays.
+fn relay_in(
+    fe: &UnixStream,
+    h: &UnixStream,
+    fe_w: &Mutex<UnixStream>,
+    shared: &Shared,
+    limits: Limits,
+) -> Ending {
+    let mut norm = Normaliser::new(limits);
+    loop {
+        let mut msg = match recv_message(fe) {
+            Ok(m) => m,
+            Err(RelayError::Closed) => return Ending::Closed,
+            Err(e) => return Ending::Broken(e),
+        };
+        log::trace!(
+            "frontend: request {} flags {:#x} size {} fds {}",
+            msg.request,
+            msg.flags,
+            msg.payload.len(),
+            msg.fds.len()
+        );
+        match norm.frontend_message(&mut msg) {
+            Verdict::Forward => {
+                shared
+                    .last_request
+                    .store(u64::from(msg.request), std::sync::atomic::Ordering::Relaxed);
+                let sent = send_message(h, &msg)
+                    .and_then(|()| norm.replay().iter().try_for_each(|m| send_message(h, m)));
+                if sent.is_err() {
+                    return shared.handler_ended();
+                }
+            }
+            Verdict::Absorb { reply } => {
+                if reply {
+                    let ack = Message {
+                        request: msg.request,
+                        flags: VERSION_1 | REPLY,
+                        payload: 0u64.to_le_bytes().to_vec(),
+                        fds: Vec::new(),
+                    };
+                    let w = fe_w.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = send_message(&w, &ack) {
+                        return Ending::Broken(e);
+                    }
+                }
+            }
+            Verdict::Refuse(reason) => {
+                return Ending::Refused {
+                    request: msg.request,
+                    reason,
+                }
+            }
+        }
+    }
+}
+
+/// The handler → frontend direction: replies, unchanged.
+fn relay_out(fe_w: &Mutex<UnixStream>, h: &UnixStream, shared: &Shared) -> Ending {
+    loop {
+        let msg = match recv_message(h) {
+            Ok(m) => m,
+            Err(_) => return shared.handler_ended(),
+        };
+        log::trace!(
+            "backend: reply {} flags {:#x} payload {:02x?}",
+            msg.request,
+            msg.flags,
+            &msg.payload[..msg.payload.len().min(16)]
+        );
+        let w = fe_w.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = send_message(&w, &msg) {
+            return match e {
+                RelayError::Closed => Ending::Closed,
+                e => Ending::Broken(e),
+            };
+        }
+    }
 }
 
 impl Relay {
     /// Starts relaying between `frontend` (the real frontend) and `handler` (a stream the
-    /// crate's request handler serves). Either side closing or misbehaving ends both.
+    /// crate's request handler serves), holding the frontend to `limits`. Either side closing
+    /// or misbehaving ends both, and `done` (if any) is signalled.
     pub fn start(
         frontend: UnixStream,
         handler: UnixStream,
         done: Option<vmm_sys_util::eventfd::EventFd>,
+        limits: Limits,
     ) -> io::Result<Relay> {
-        let done = Arc::new(done);
+        let shared = Arc::new(Shared {
+            ending: Mutex::new(None),
+            last_request: std::sync::atomic::AtomicU64::new(u64::MAX),
+            done,
+        });
         let fe_writer = Arc::new(Mutex::new(frontend.try_clone()?));
         let mut threads = Vec::new();
-        {
+        for inbound in [true, false] {
             let (fe, h, fe_w) = (
                 frontend.try_clone()?,
                 handler.try_clone()?,
                 fe_writer.clone(),
             );
-            let done = done.clone();
+            let shared = shared.clone();
+            let name = if inbound {
+                "vu-relay-in"
+            } else {
+                "vu-relay-out"
+            };
             threads.push(
                 std::thread::Builder::new()
-                    .name("vu-relay-in".into())
+                    .name(name.into())
                     .spawn(move || {
-                        let mut norm = Normaliser::default();
-                        let result = loop {
-                            let mut msg = match recv_message(&fe) {
-                                Ok(m) => m,
-                                Err(e) => break e,
-                            };
-                            log::trace!(
-                                "frontend: request {} flags {:#x} size {} fds {}",
-                                msg.request,
-                                msg.flags,
-                                msg.payload.len(),
-                                msg.fds.len()
-                            );
-                            let sent = match norm.frontend_message(&mut msg) {
-                                Verdict::Forward => send_message(&h, &msg).and_then(|()| {
-                                    norm.replay().iter().try_for_each(|m| send_message(&h, m))
-                                }),
-                                Verdict::Absorb { reply: false } => Ok(()),
-                                Verdict::Absorb { reply: true } => {
-                                    let ack = Message {
-                                        request: msg.request,
-                                        flags: VERSION_1 | REPLY,
-                                        payload: 0u64.to_le_bytes().to_vec(),
-                                        fds: Vec::new(),
-                                    };
-                                    let w = fe_w.lock().unwrap_or_else(|p| p.into_inner());
-                                    send_message(&w, &ack)
-                                }
-                            };
-                            if let Err(e) = sent {
-                                break e;
-                            }
+                        let ending = if inbound {
+                            relay_in(&fe, &h, &fe_w, &shared, limits)
+                        } else {
+                            relay_out(&fe_w, &h, &shared)
                         };
-                        log_end("frontend", &result);
+                        shared.end(ending);
                         let _ = fe.shutdown(std::net::Shutdown::Both);
                         let _ = h.shutdown(std::net::Shutdown::Both);
-                        if let Some(d) = done.as_ref() {
-                            let _ = d.write(1);
-                        }
-                    })?,
-            );
-        }
-        {
-            let (fe, h) = (frontend.try_clone()?, handler.try_clone()?);
-            let done = done.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("vu-relay-out".into())
-                    .spawn(move || {
-                        let result = loop {
-                            let msg = match recv_message(&h) {
-                                Ok(m) => m,
-                                Err(e) => break e,
-                            };
-                            log::trace!(
-                                "backend: reply {} flags {:#x} payload {:02x?}",
-                                msg.request,
-                                msg.flags,
-                                &msg.payload[..msg.payload.len().min(16)]
-                            );
-                            let w = fe_writer.lock().unwrap_or_else(|p| p.into_inner());
-                            if let Err(e) = send_message(&w, &msg) {
-                                break e;
-                            }
-                        };
-                        log_end("backend", &result);
-                        let _ = fe.shutdown(std::net::Shutdown::Both);
-                        let _ = h.shutdown(std::net::Shutdown::Both);
-                        if let Some(d) = done.as_ref() {
-                            let _ = d.write(1);
-                        }
+                        shared.signal_done();
                     })?,
             );
         }
@@ -352,27 +472,24 @@ impl Relay {
             threads,
             frontend,
             handler,
+            shared,
         })
     }
 
     /// Ends the relay from outside (shutdown requested).
     pub fn close(&self) {
+        self.shared.end(Ending::Closed);
         let _ = self.frontend.shutdown(std::net::Shutdown::Both);
         let _ = self.handler.shutdown(std::net::Shutdown::Both);
     }
 
-    /// Waits for both directions to end.
-    pub fn join(self) {
+    /// Waits for both directions to end; says how the connection ended.
+    pub fn join(self) -> Ending {
         for t in self.threads {
             let _ = t.join();
         }
-    }
-}
-
-fn log_end(side: &str, e: &RelayError) {
-    match e {
-        RelayError::Closed => log::debug!("vhost-user relay: {side} closed"),
-        e => log::info!("vhost-user relay: {side}: {e}"),
+        let mut e = self.shared.ending.lock().unwrap_or_else(|p| p.into_inner());
+        e.take().unwrap_or(Ending::Closed)
     }
 }
 
@@ -395,20 +512,20 @@ mod tests {
         payload[0] = 1; // num_regions
         payload[8..16].copy_from_slice(&0x1000u64.to_le_bytes());
         let mut m = msg(SET_MEM_TABLE, VERSION_1 | NEED_REPLY, payload.clone());
-        assert_eq!(
-            Normaliser::default().frontend_message(&mut m),
+        assert!(matches!(
+            Normaliser::default().normalise(&mut m),
             Verdict::Forward
-        );
+        ));
         assert_eq!(m.payload, payload[..40]);
         // A well-formed table is left alone, and so is nonsense the handler must reject.
         let mut ok = msg(SET_MEM_TABLE, VERSION_1, payload[..40].to_vec());
-        Normaliser::default().frontend_message(&mut ok);
+        Normaliser::default().normalise(&mut ok);
         assert_eq!(ok.payload.len(), 40);
         let mut short = msg(SET_MEM_TABLE, VERSION_1, vec![3, 0, 0, 0, 0, 0, 0, 0]);
-        Normaliser::default().frontend_message(&mut short);
+        Normaliser::default().normalise(&mut short);
         assert_eq!(short.payload.len(), 8);
         let mut huge = msg(SET_MEM_TABLE, VERSION_1, vec![0xff; 72]);
-        Normaliser::default().frontend_message(&mut huge);
+        Normaliser::default().normalise(&mut huge);
         assert_eq!(huge.payload.len(), 72);
     }
 
@@ -416,21 +533,36 @@ mod tests {
     fn qemus_early_vring_enable_is_absorbed_until_features_are_acked() {
         let mut n = Normaliser::default();
         let enable = |flags| msg(SET_VRING_ENABLE, flags, vec![0; 8]);
-        assert_eq!(
+        // A ring that does not exist is refused rather than held back.
+        assert!(matches!(
+            n.frontend_message(&mut msg(
+                SET_VRING_ENABLE,
+                VERSION_1,
+                vec![64, 0, 0, 0, 1, 0, 0, 0]
+            )),
+            Verdict::Refuse(Refusal::NoSuchRing { index: 64, .. })
+        ));
+        assert!(matches!(
             n.frontend_message(&mut enable(VERSION_1)),
             Verdict::Absorb { reply: false }
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             n.frontend_message(&mut enable(VERSION_1 | NEED_REPLY)),
             Verdict::Absorb { reply: true }
-        );
+        ));
         let mut features = msg(
             SET_FEATURES,
             VERSION_1,
             VHOST_USER_F_PROTOCOL_FEATURES.to_le_bytes().to_vec(),
         );
-        assert_eq!(n.frontend_message(&mut features), Verdict::Forward);
-        assert_eq!(n.frontend_message(&mut enable(VERSION_1)), Verdict::Forward);
+        assert!(matches!(
+            n.frontend_message(&mut features),
+            Verdict::Forward
+        ));
+        assert!(matches!(
+            n.frontend_message(&mut enable(VERSION_1)),
+            Verdict::Forward
+        ));
     }
 
     #[test]
@@ -482,7 +614,7 @@ mod tests {
                 let before = m.payload.len();
                 let _ = n.frontend_message(&mut m);
                 assert!(m.payload.len() <= before);
-                assert!(n.replay().len() <= 64);
+                assert!(n.replay().len() <= 2);
             }
         }
     }

@@ -4,13 +4,18 @@
 //! - [`datapath`]: the receive and transmit paths;
 //! - [`device`]: the device as vhost-user-backend drives it;
 //! - [`interop`]: a relay that lets real frontends (UML, QEMU) past the `vhost` crate's
-//!   strictness;
+//!   strictness, and holds every frontend to [`policy`];
+//! - [`policy`]: what a frontend may send (memory regions that fit their files, eventfds,
+//!   rings and queue sizes that exist, offered protocol features);
+//! - [`guard`]: a SIGBUS guard over guest memory whose file could not be sealed;
 //! - [`server`]: the listening socket, reconnection, and the connection API the VMM uses.
 
 pub mod datapath;
 pub mod device;
 pub mod features;
+pub mod guard;
 pub mod interop;
+pub mod policy;
 pub mod server;
 
 pub use datapath::NetStats;

@@ -1,6 +1,8 @@
 //! Serving frontends: the transport is opened once and outlives connections; one frontend is
 //! served at a time; when it goes away (or breaks the protocol) the device is reset and the
-//! next one is served. The VMM uses [`NetBackend::serve_connection`] on one end of a
+//! next one is served. A frontend that misbehaves is logged in one WARN line naming the request
+//! refused and why; one that just leaves, at INFO. Nothing a connection opens outlives it
+//! (the descriptor count of the process is the same after each). The VMM uses [`NetBackend::serve_connection`] on one end of a
 //! socketpair to run the same backend in a thread of its own.
 
 use std::io;
@@ -20,6 +22,7 @@ use super::datapath::{Datapath, NetStats};
 use super::device::{self, NetDevice, TRANSPORT_EVENT, TRANSPORT_TX_EVENT};
 use super::features;
 use super::interop::Relay;
+use super::policy::Limits;
 use super::BackendError;
 use crate::config::{MacAddr, NetSpec};
 use crate::transport;
@@ -118,24 +121,53 @@ impl NetBackend {
             op: "eventfd",
             source,
         })?;
-        let relay = Relay::start(frontend, handler, done.try_clone().ok()).map_err(|source| {
-            BackendError::Io {
+        let relay = Relay::start(frontend, handler, done.try_clone().ok(), Limits::default())
+            .map_err(|source| BackendError::Io {
                 op: "starting the relay",
                 source,
-            }
-        })?;
-        let mut fds = vec![done.as_raw_fd()];
+            })?;
+        let fault = dev.read().unwrap_or_else(|p| p.into_inner()).fault_fd();
+        let mut fds = vec![done.as_raw_fd(), fault];
         fds.extend(stop);
-        let stopped = wait_any(&fds) != Some(done.as_raw_fd());
+        // An interrupted poll (EINTR) is no reason to drop the frontend: poll again.
+        let woke = loop {
+            if let Some(fd) = wait_any(&fds) {
+                break fd;
+            }
+        };
+        let stopped = stop == Some(woke);
+        let shrank = woke == fault;
         relay.close();
-        relay.join();
-        if let Err(e) = daemon.wait() {
-            log::info!("{}: frontend connection ended: {e}", self.name);
-        }
-        // Stop the worker threads of this connection and forget its state.
+        let ending = relay.join();
+        let handler_error = daemon.wait().err().map(|e| e.to_string());
+        // Stop the worker threads of this connection (dropping the daemon joins them), close
+        // what the crate leaks, and forget the connection's state.
+        // (No lock on the device across the drop: the workers take it to finish.)
         dev.read().unwrap_or_else(|p| p.into_inner()).notify_exit();
+        drop(daemon);
+        let closed = dev
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .close_leaked_exit_fds();
+        log::debug!(
+            "{}: closed {closed} leaked exit-event descriptor(s)",
+            self.name
+        );
         device::lock(&self.dp).reset();
-        log::info!("{}: frontend gone; {}", self.name, self.summary());
+        if shrank {
+            log::warn!(
+                "{}: frontend dropped: SET_MEM_TABLE refused after the fact: a memory file \
+                 shrank under its mapping (the pages past its end read as zeros until the \
+                 connection closed)",
+                self.name
+            );
+        } else {
+            match ending.complaint(handler_error.as_deref()) {
+                Some(why) => log::warn!("{}: frontend dropped: {why}", self.name),
+                None => log::info!("{}: frontend gone", self.name),
+            }
+        }
+        log::info!("{}: {}", self.name, self.summary());
         if stopped {
             log::info!("{}: stop requested", self.name);
         }
