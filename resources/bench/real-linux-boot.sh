@@ -11,7 +11,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 vmm="$root/target/release/vmm"
 out="$root/resources/out/linux"
 [ -x "$vmm" ] || cargo build --release -p vmm-cli --manifest-path "$root/Cargo.toml"
-[ -f "$out/vmlinux" ] && [ -f "$out/initramfs.cpio" ] || bash "$root/resources/images/linux-guest.sh"
+[ -f "$out/vmlinux" ] && [ -f "$out/initramfs.cpio" ] && [ -f "$out/cmdline" ] || bash "$root/resources/images/linux-guest.sh"
 forms=("$@")
 [ ${#forms[@]} -gt 0 ] || forms=(pvh bzimage)
 [ -e /sys/module/kvm_pvm ] && echo "KVM here is PVM: the guest is instruction-emulated (~1 MIPS)"
@@ -26,7 +26,7 @@ for form in "${forms[@]}"; do
     start=$EPOCHREALTIME
     set +e
     "$vmm" --kernel "$kernel" --initrd "$out/initramfs.cpio" --mem 128 \
-        --cmdline "console=ttyS0 reboot=k panic=1 tsc=reliable vmtest.steps=cpus:1 vmtest.exitport=0xf4" \
+        --cmdline "console=ttyS0 reboot=k panic=1 $(cat "$out/cmdline") vmtest.steps=cpus:1 vmtest.exitport=0xf4" \
         < /dev/null 2>&1 | while IFS= read -r line; do
             printf '%8.2f %s\n' "$(echo "$EPOCHREALTIME - $start" | bc)" "$line"
         done > "$log"

@@ -2,6 +2,8 @@
 # The real-Linux guest for PVM (and hardware KVM):
 #   resources/out/linux/vmlinux, bzImage, config   the PVM test kernel (resources/kernel/build.sh,
 #                                                 cached outside the clone)
+#   resources/out/linux/cmdline                   the command-line words the kernel needs on PVM
+#                                                 (resources/kernel/cmdline without comments)
 #   resources/out/linux/initramfs.cpio            busybox-static and resources/guest/init, nothing
 #                                                 else: every byte is unpacked by emulated code
 #                                                 here, and a gzip one costs the emulated inflate
@@ -11,6 +13,8 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 source "$here/images/lib.sh"
 out="$here/out/linux"
 bash "$here/kernel/build.sh" "$out"
+grep -v '^#' "$here/kernel/cmdline" | tr -s ' \n' ' ' | sed 's/ $//' > "$out/cmdline.tmp"
+mv "$out/cmdline.tmp" "$out/cmdline"
 
 img="$out/initramfs.cpio"
 if ! is_stale "$img" "$here/guest/init" "$0" /bin/busybox; then

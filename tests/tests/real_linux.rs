@@ -50,6 +50,14 @@ fn initramfs() -> PathBuf {
     built("linux/initramfs.cpio")
 }
 
+/// The command-line words the PVM test kernel needs (resources/kernel/cmdline).
+fn pvm_words() -> String {
+    std::fs::read_to_string(built("linux/cmdline"))
+        .expect("read resources/out/linux/cmdline")
+        .trim()
+        .to_string()
+}
+
 /// A subnet in a fresh namespace: the peer (host side) has `.1`, the guest `.2`.
 struct Lan {
     ns: NetNs,
@@ -187,9 +195,10 @@ fn boot_and_exchange(lan: &Lan, net: Net, cpus: u8, title: &str) -> Run {
     let (put_l, put_port) = lan.listen();
     let peer = &lan.peer_ip;
     let cmdline = format!(
-        "console=ttyS0 reboot=k panic=1 tsc=reliable vmtest.ip={}/24 \
+        "console=ttyS0 reboot=k panic=1 {} vmtest.ip={}/24 \
          vmtest.steps=ping:{peer},get:{peer}:{get_port},put:{peer}:{put_port},cpus:{cpus} \
          vmtest.exitport=0xf4",
+        pvm_words(),
         lan.guest_ip
     );
     let mut cmd = lan.ns.command(vmm_bin().to_str().unwrap());
