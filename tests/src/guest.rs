@@ -26,6 +26,67 @@ pub fn uml_initrd() -> PathBuf {
     built("uml/initramfs.cpio.gz")
 }
 
+/// Whether Debian's UML runs on this host, found once per test binary by booting it to a
+/// command that exits 0. When it does not, prints `SKIPPED <test>: <why>` where CI's log shows
+/// it and returns false. Known cause: UML 6.1 saves guest FPU state with a fixed-size XSAVE
+/// buffer, and on a CPU whose XSAVE area is larger (AMX) the host's ptrace refuses it, so
+/// every UML process dies at its first system call ("ptrace set fp regs failed, errno = 14").
+pub fn uml_usable(test: &str) -> bool {
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let result = PROBE.get_or_init(|| {
+        let dir = crate::TempDir::new("umlp");
+        let mut child = Command::new("linux.uml")
+            .env("TMPDIR", dir.path())
+            .arg("mem=64M")
+            .arg(format!("initrd={}", uml_initrd().display()))
+            .arg(format!("uml_dir={}", dir.path().display()))
+            .args(["umid=probe", "con=null", "con0=fd:0,fd:1", "quiet"])
+            .arg("vmtest.cmd=true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run linux.uml ({e}): run resources/setup.sh"))?;
+        let out = child.stdout.take().expect("piped stdout");
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(out), &mut text);
+            text
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = reader.join().unwrap_or_default();
+        if text.contains("VMTEST-EXIT=0") {
+            Ok(())
+        } else if text.contains("ptrace set fp regs failed") {
+            Err(
+                "Debian's UML 6.1 cannot run on this CPU: the host's ptrace refuses its \
+                 fixed-size XSAVE buffer (\"ptrace set fp regs failed, errno = 14\"; the CPU's \
+                 XSAVE area is larger, e.g. with AMX)"
+                    .into(),
+            )
+        } else {
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            Err(format!(
+                "UML did not boot to a shell command: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ))
+        }
+    });
+    match result {
+        Ok(()) => true,
+        Err(why) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
 /// How the guest's network device reaches the host.
 pub enum GuestNet<'a> {
     /// virtio_uml: a vhost-user frontend on this socket (our backend serves it).

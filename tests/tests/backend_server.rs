@@ -50,7 +50,12 @@ fn malformed_frontends_are_dropped_and_the_next_one_is_served() {
     assert!(backend.running(), "backend died:\n{}", backend.log());
 
     // Two real guests, one after the other, on the same backend and transport.
-    for round in 0..2 {
+    let rounds = if vmm_tests::guest::uml_usable("the two UML guests after malformed frontends") {
+        0..2
+    } else {
+        0..0
+    };
+    for round in rounds {
         let script = dir.path().join(format!("run{round}.sh"));
         std::fs::write(&script, format!("ping -c 2 -W 3 {peer}\n")).unwrap();
         let mut guest = Guest::uml(&GuestConfig {

@@ -247,8 +247,9 @@ fn boot_and_exchange(lan: &Lan, net: Net, cpus: u8, title: &str) -> Run {
         "{title}: timeline (host wall clock from vmm's start)\n{}",
         run.guest.timeline(&[
             ("kernel banner", "Linux version"),
-            ("virtio-net probed (eth0)", "vmtest: eth0 up"),
+            ("virtio-pci device enabled", "virtio-pci 0000:"),
             ("/init started", "vmtest: /init started"),
+            ("eth0 up (address set)", "vmtest: eth0 up"),
             ("test steps done", "VMTEST-EXIT="),
         ])
     ));

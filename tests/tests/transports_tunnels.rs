@@ -509,6 +509,9 @@ fn ucast_swapped_ports_both_ways() {
 /// A UML guest on UML's own transport `uml_spec` (inside `ns`) and a UML guest on our backend
 /// with `our_spec` (the other end) ping each other and run iperf3 (TCP, 3 s).
 fn uml_interop(uml_spec: &str, our_spec: &str) {
+    if !vmm_tests::guest::uml_usable(&format!("UML interop {uml_spec}")) {
+        return;
+    }
     let ns = tunnel_ns();
     // For mcast: loopback carries the group.
     ns.ip(&["link", "set", "lo", "multicast", "on"]);
@@ -703,6 +706,9 @@ impl Drop for BessRelay {
 /// UML's own `vec0:transport=bess` against ours, through a relay that plays the switch.
 #[test]
 fn uml_bess_interop_ping_and_iperf() {
+    if !vmm_tests::guest::uml_usable("UML bess interop") {
+        return;
+    }
     let dir = TempDir::new("bs");
     let port = |n: &str| dir.path().join(n).display().to_string();
     let relay = BessRelay::start(
