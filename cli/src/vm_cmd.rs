@@ -37,7 +37,7 @@ pub struct VmArgs {
     #[arg(long = "net", value_name = "SPEC")]
     net: Vec<String>,
     /// Stop the guest after SECONDS (a positive number, fractions allowed): exit status 124.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     timeout: Option<String>,
     /// Also write everything the guest prints on its console to FILE (created or truncated).
     #[arg(long, value_name = "FILE")]
@@ -47,6 +47,10 @@ pub struct VmArgs {
     /// comma-separated.
     #[arg(long, value_name = "KINDS")]
     fail_on: Option<String>,
+    /// Do not offer the pvpanic PCI device (1b36:0011). A panic is still caught from the
+    /// console's panic banner.
+    #[arg(long)]
+    no_pvpanic: bool,
 }
 
 /// `--timeout`: a positive, finite number of seconds.
@@ -103,6 +107,7 @@ pub fn run(args: VmArgs) -> ExitCode {
     config.timeout = timeout;
     config.console_log = args.console_log;
     config.fail_on = fail_on;
+    config.pvpanic = !args.no_pvpanic;
     config.initrd = args.initrd;
     config.cmdline = args.cmdline;
     config.mem_mib = args.mem;
@@ -185,6 +190,7 @@ fn exit_status(e: &vmm_vmm::VmmError) -> u8 {
     match e {
         vmm_vmm::VmmError::Config(_)
         | vmm_vmm::VmmError::Boot(_)
+        | vmm_vmm::VmmError::ConsoleLog { .. }
         | vmm_vmm::VmmError::Memory(vmm_vmm::memory::Error::BadSize { .. }) => EXIT_USAGE,
         _ => 1,
     }

@@ -73,6 +73,36 @@ fn bad_kernels_and_options_exit_2_with_one_line() {
             ],
             "/nonexistent/vhost.sock",
         ),
+        (
+            vec!["--kernel", vmm_test_guest::ELF_PATH, "--timeout", "0"],
+            "--timeout 0",
+        ),
+        (
+            vec!["--kernel", vmm_test_guest::ELF_PATH, "--timeout", "abc"],
+            "--timeout abc",
+        ),
+        (
+            vec!["--kernel", vmm_test_guest::ELF_PATH, "--timeout", "-5"],
+            "--timeout -5",
+        ),
+        (
+            vec![
+                "--kernel",
+                vmm_test_guest::ELF_PATH,
+                "--fail-on",
+                "oops,bogus",
+            ],
+            "bogus",
+        ),
+        (
+            vec![
+                "--kernel",
+                vmm_test_guest::ELF_PATH,
+                "--console-log",
+                "/nonexistent/dir/console.log",
+            ],
+            "/nonexistent/dir/console.log",
+        ),
     ];
     for (args, needle) in cases {
         let (code, _, err) = vmm(&args);

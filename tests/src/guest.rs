@@ -237,6 +237,11 @@ impl Guest {
         lines.join("\n")
     }
 
+    /// Time since the process started.
+    pub fn since_start(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// When the first line containing `needle` arrived, counted from the process's start.
     pub fn seen_at(&self, needle: &str) -> Option<Duration> {
         self.console

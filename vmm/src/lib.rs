@@ -91,6 +91,8 @@ pub struct VmConfig {
     pub console_log: Option<PathBuf>,
     /// Console reports that fail the VM besides a panic.
     pub fail_on: watch::FailOn,
+    /// Offer a pvpanic PCI device (a panic is still caught on the console without it).
+    pub pvpanic: bool,
 }
 
 impl VmConfig {
@@ -107,6 +109,7 @@ impl VmConfig {
             timeout: None,
             console_log: None,
             fail_on: watch::FailOn::default(),
+            pvpanic: true,
         }
     }
 }
@@ -356,7 +359,9 @@ impl Vmm {
             boot,
             ram,
         };
-        vmm.add_pvpanic()?;
+        if config.pvpanic {
+            vmm.add_pvpanic()?;
+        }
         Ok(vmm)
     }
 
