@@ -1,0 +1,85 @@
+//! The PVM test kernel's cache (resources/kernel/build.sh): a cached build is used only when
+//! its files match the checksums written when it was built; a missing or corrupt file means a
+//! rebuild. Checked with `build.sh --check` on a copy of the cache, so nothing is rebuilt here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vmm_tests::TempDir;
+
+fn cache_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("VMM_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
+    base.join("vmm")
+}
+
+/// `build.sh --check` with the cache at `cache`: (exit code, output).
+fn check(cache: &Path) -> (i32, String) {
+    let script = vmm_tests::workspace_root().join("resources/kernel/build.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("--check")
+        .env("VMM_CACHE_DIR", cache)
+        .output()
+        .expect("run build.sh --check");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text += &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_missing_or_corrupt_cached_kernel_is_not_used() {
+    let key = std::fs::read_to_string(vmm_tests::guest::built("linux/key")).unwrap();
+    let real = cache_root().join("linux-pvm").join(key.trim());
+    assert!(
+        real.join("SHA256SUMS").exists(),
+        "{} has no cached build: run resources/setup.sh",
+        real.display()
+    );
+    let (code, text) = check(&cache_root());
+    assert_eq!(code, 0, "the real cache is valid: {text}");
+
+    let tmp = TempDir::new("kc");
+    let copy = tmp.path().join("linux-pvm").join(key.trim());
+    copy_dir(&real, &copy);
+    let (code, text) = check(tmp.path());
+    assert_eq!(code, 0, "an intact copy is used: {text}");
+
+    // One flipped byte in the kernel.
+    let vmlinux = copy.join("vmlinux");
+    let mut bytes = std::fs::read(&vmlinux).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&vmlinux, &bytes).unwrap();
+    let (code, text) = check(tmp.path());
+    assert_eq!(code, 1, "a corrupt kernel is rebuilt, not used: {text}");
+    assert!(text.contains("corrupt"), "{text}");
+
+    // Restored, then a file missing.
+    bytes[mid] ^= 0x01;
+    std::fs::write(&vmlinux, &bytes).unwrap();
+    assert_eq!(check(tmp.path()).0, 0, "restored");
+    std::fs::remove_file(copy.join("bzImage")).unwrap();
+    let (code, text) = check(tmp.path());
+    assert_eq!(code, 1, "a missing file means a rebuild: {text}");
+
+    // No checksums at all (an interrupted build).
+    std::fs::remove_file(copy.join("SHA256SUMS")).unwrap();
+    assert_eq!(check(tmp.path()).0, 1, "no checksums, no use");
+}
