@@ -59,7 +59,7 @@ for crate in net devices vmm; do
         runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
         [ -n "$runs" ] || runs="$(sed -n 's/^#\([0-9][0-9]*\).*/\1/p' "$log" | tail -1)"
         files="$(find "$corpus" -type f | wc -l)"
-        kib="$(du -sk "$corpus" | cut -f1)"
+        kib="$(find "$corpus" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%d", s / 1024 }')"
         crashes="$(find "$artifacts" -type f -newer "$stamp" | wc -l)"
         rm -f "$stamp"
         [ "$crashes" = 0 ] || crashed=1
