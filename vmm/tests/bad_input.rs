@@ -141,3 +141,53 @@ fn bad_sizes() {
     c.cmdline = "x".repeat(10_000);
     assert!(matches!(run(c), Err(VmmError::Boot(BootError::Cmdline(_)))));
 }
+
+/// Offset of the PVH entry in the test guest's ELF: the descriptor right after the "Xen" name of
+/// its XEN_ELFNOTE_PHYS32_ENTRY note.
+fn pvh_entry_offset(elf: &[u8]) -> usize {
+    elf.windows(4).position(|w| w == b"Xen\0").unwrap() + 4
+}
+
+/// Found by the `kernel_load` fuzz target: an image whose entry point lies outside it was
+/// accepted, and the guest ran into whatever memory held there (a triple fault, exit status 1,
+/// reported as a guest crash instead of bad input).
+#[test]
+fn entry_point_outside_the_image() {
+    // PVH: the note's entry, inside RAM but past the image.
+    let mut elf = guest(vmm_test_guest::ELF_PATH);
+    let at = pvh_entry_offset(&elf);
+    elf[at..at + 4].copy_from_slice(&0x00f0_0000u32.to_le_bytes());
+    let p = scratch("elf-pvh-entry-out", &elf);
+    let e = boot_err(config(&p));
+    assert!(
+        matches!(
+            e,
+            BootError::EntryOutsideImage {
+                entry: 0x00f0_0000,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("outside its image"), "{e}");
+
+    // No PVH note (its type changed): the ELF header's entry, here far past RAM.
+    let mut elf = guest(vmm_test_guest::ELF_PATH);
+    let at = pvh_entry_offset(&elf);
+    elf[at - 8] = 0x7f; // n_type, was 18 (XEN_ELFNOTE_PHYS32_ENTRY)
+    elf[24..32].copy_from_slice(&0x0a00_0000_0010_0200u64.to_le_bytes());
+    let p = scratch("elf-entry-out", &elf);
+    let e = boot_err(config(&p));
+    assert!(matches!(e, BootError::EntryOutsideImage { .. }), "{e:?}");
+
+    // The unmodified images still load (their entries are inside).
+    for img in [vmm_test_guest::ELF_PATH, vmm_test_guest::BZIMAGE_PATH] {
+        let ram = vmm_vmm::GuestRam::new(16).unwrap();
+        let spec = vmm_vmm::boot::BootSpec {
+            kernel: Path::new(img),
+            initrd: None,
+            cmdline: "",
+        };
+        vmm_vmm::boot::load(&ram, &spec).unwrap();
+    }
+}

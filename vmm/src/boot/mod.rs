@@ -99,6 +99,18 @@ pub enum Error {
         /// Its lowest address.
         start: u64,
     },
+    /// The image's entry point is not inside the memory the image occupies.
+    #[error("kernel {path} enters at {entry:#x}, outside its image {start:#x}..{end:#x}")]
+    EntryOutsideImage {
+        /// The file.
+        path: PathBuf,
+        /// The entry point (PVH note, ELF header, or a bzImage's load address + 0x200).
+        entry: u64,
+        /// First byte of the image in guest memory.
+        start: u64,
+        /// End of the memory it occupies.
+        end: u64,
+    },
     /// linux-loader rejected the image.
     #[error("cannot load kernel {path}: {source}")]
     Load {
@@ -235,24 +247,50 @@ fn write(ram: &GuestRam, what: &'static str, data: &[u8], addr: u64) -> Result<(
 /// Loads the kernel, command line and initrd into `ram` and writes the boot structures for the
 /// protocol the image supports. Returns how to enter it.
 pub fn load(ram: &GuestRam, spec: &BootSpec<'_>) -> Result<BootEntry, Error> {
-    let path = spec.kernel;
-    let mut file = File::open(path).map_err(|source| Error::KernelOpen {
-        path: path.to_owned(),
+    let mut file = File::open(spec.kernel).map_err(|source| Error::KernelOpen {
+        path: spec.kernel.to_owned(),
         source,
     })?;
-    let info = image::probe(&mut file, path)?;
+    load_file(ram, &mut file, spec)
+}
+
+/// [`load`] with the kernel already open: `spec.kernel` only names it in errors. This is what
+/// the `kernel_load` fuzz target drives, with images written to a memfd.
+pub fn load_file(ram: &GuestRam, file: &mut File, spec: &BootSpec<'_>) -> Result<BootEntry, Error> {
+    let path = spec.kernel;
+    let info = image::probe(file, path)?;
     check_fits(ram, path, &info)?;
 
     let himem = Some(GuestAddress(HIMEM_START));
     let result = match info.format {
-        KernelFormat::Elf => Elf::load(ram.memory(), None, &mut file, himem),
-        KernelFormat::BzImage => BzImage::load(ram.memory(), None, &mut file, himem),
+        KernelFormat::Elf => Elf::load(ram.memory(), None, file, himem),
+        KernelFormat::BzImage => BzImage::load(ram.memory(), None, file, himem),
     }
     .map_err(|source| Error::Load {
         path: path.to_owned(),
         source,
     })?;
     let kernel_end = result.kernel_end.max(info.end);
+    let pvh_entry = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) if info.format == KernelFormat::Elf => Some(addr),
+        _ => None,
+    };
+    let rip = match (pvh_entry, info.format) {
+        (Some(addr), _) => addr.0,
+        // The 64-bit entry of a bzImage is 0x200 past the start of its protected-mode part.
+        (None, KernelFormat::BzImage) => result.kernel_load.0 + 0x200,
+        (None, KernelFormat::Elf) => elf_entry(file, path)?,
+    };
+    // An entry outside the image would run whatever the guest's memory holds there and end in a
+    // triple fault (exit status 1, "the guest crashed"); it is bad input (status 2).
+    if !(info.start..kernel_end).contains(&rip) {
+        return Err(Error::EntryOutsideImage {
+            path: path.to_owned(),
+            entry: rip,
+            start: info.start,
+            end: kernel_end,
+        });
+    }
 
     let cmdline_cap = match result.setup_header {
         Some(hdr) if hdr.cmdline_size > 0 => (hdr.cmdline_size as usize + 1).min(CMDLINE_MAX),
@@ -280,25 +318,16 @@ pub fn load(ram: &GuestRam, spec: &BootSpec<'_>) -> Result<BootEntry, Error> {
     };
 
     let e820 = e820_map(ram);
-    let pvh_entry = match result.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(addr) if info.format == KernelFormat::Elf => Some(addr),
-        _ => None,
-    };
-    let entry = if let Some(addr) = pvh_entry {
+    let entry = if pvh_entry.is_some() {
         pvh::write_start_info(ram, &e820, initrd, CMDLINE_ADDR)?;
         BootEntry {
-            rip: addr.0,
+            rip,
             mode: EntryMode::Pvh {
                 start_info: PVH_INFO_ADDR,
             },
             format: info.format,
         }
     } else {
-        let rip = match info.format {
-            // The 64-bit entry of a bzImage is 0x200 past the start of its protected-mode part.
-            KernelFormat::BzImage => result.kernel_load.0 + 0x200,
-            KernelFormat::Elf => elf_entry(&mut file, path)?,
-        };
         linux::write_zero_page(
             ram,
             result.setup_header,
