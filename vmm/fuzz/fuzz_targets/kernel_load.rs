@@ -131,6 +131,47 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
 }
 
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+/// (guest address, file offset, length) of what an accepted image loads: a bzImage's
+/// protected-mode part at its code32_start; an ELF's PT_LOAD file contents at their physical
+/// addresses (only when no two overlap, as then the order of the copies would matter).
+fn loaded_pieces(img: &[u8], format: KernelFormat) -> Vec<(usize, usize, usize)> {
+    match format {
+        KernelFormat::BzImage => {
+            let sects = match img[0x1f1] {
+                0 => 4,
+                n => usize::from(n),
+            };
+            let setup = (sects + 1) * 512;
+            let start = u32_at(img, 0x214).expect("accepted header") as usize;
+            vec![(start, setup, img.len() - setup)]
+        }
+        KernelFormat::Elf => {
+            let phoff = u64_at(img, 32) as usize;
+            let phnum = usize::from(u16::from_le_bytes([img[56], img[57]]));
+            let mut pieces: Vec<(usize, usize, usize)> = (0..phnum)
+                .map(|i| &img[phoff + i * 56..phoff + i * 56 + 56])
+                .filter(|ph| u32_at(ph, 0) == Some(1) && u64_at(ph, 32) != 0)
+                .map(|ph| {
+                    (
+                        u64_at(ph, 24) as usize,
+                        u64_at(ph, 8) as usize,
+                        u64_at(ph, 32) as usize,
+                    )
+                })
+                .collect();
+            pieces.sort_unstable();
+            if pieces.windows(2).any(|w| w[0].0 + w[0].2 > w[1].0) {
+                return Vec::new();
+            }
+            pieces
+        }
+    }
+}
+
 fn guest_bytes(ram: &GuestRam) -> &[u8] {
     let host = ram
         .memory()
@@ -216,6 +257,14 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(start_info, PVH_INFO_ADDR);
                 }
                 EntryMode::Linux64 { zero_page } => assert_eq!(zero_page, ZERO_PAGE_ADDR),
+            }
+            // The image's bytes are where its headers put them.
+            for (mem_at, file_at, len) in loaded_pieces(&img, k.format) {
+                assert_eq!(
+                    &mem[mem_at..mem_at + len],
+                    &img[file_at..file_at + len],
+                    "image bytes {file_at:#x}+{len:#x} not at {mem_at:#x}"
+                );
             }
             // The initrd is in the last allowed region, byte for byte.
             let &(at, _) = allowed.last().expect("initrd region");
