@@ -2,8 +2,9 @@
 # The real-Linux guest's boot timeline on vmm, both image forms, in one run:
 #   resources/bench/real-linux-boot.sh [FORM...]     FORM: pvh (vmlinux) | bzimage; default both
 # Each boot runs /init's `cpus:1` step and exits through the debug-exit port; no network.
-# Prints, per form, when (host wall clock from vmm's start) the console showed the first byte,
-# the kernel banner, the first virtio/PCI line, /init, and the end of the steps, then the exit.
+# Prints, per form, when (host wall clock from vmm's start) the console showed its first line,
+# the kernel banner (when the console came up), the end of the initcalls, /init, and the end of
+# the steps, then the exit.
 # On PVM the bzImage's decompressor is emulated too (~4 min in all): that is why the CI tests
 # boot the ELF through PVH and this script covers the bzImage form.
 set -euo pipefail
@@ -35,12 +36,12 @@ for form in "${forms[@]}"; do
     end="$(echo "$EPOCHREALTIME - $start" | bc)"
     at() { grep -m1 -F -- "$1" "$log" | awk '{print $1 " s"}' || true; }
     echo "== $form: $(basename "$kernel"), exit status $status"
-    printf '  %-22s %s\n' "first console line" "$(head -n1 "$log" | awk '{print $1 " s"}')" \
-        "kernel banner" "$(at 'Linux version')" \
-        "virtio-pci probed" "$(at 'virtio-pci')" \
+    printf '  %-28s %s\n' "first console line" "$(head -n1 "$log" | awk '{print $1 " s"}')" \
+        "console up (kernel banner)" "$(at 'Linux version')" \
+        "initcalls done" "$(at 'Run /init as init process')" \
         "/init started" "$(at 'vmtest: /init started')" \
         "steps done" "$(at 'VMTEST-EXIT=')" \
-        "vmm exited" "$end s"
+        "vmm exited" "$(printf '%.2f' "$end") s"
     if [ "$status" != 0 ] || ! grep -q 'VMTEST-EXIT=0' "$log"; then
         echo "  the guest did not finish its steps; console:" >&2
         tail -n 30 "$log" >&2

@@ -20,7 +20,7 @@ if [ "${1:-}" = --check ]; then check_only=1; shift; fi
 out="${1:-$here/../out/linux}"
 cache_root="${VMM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmm}/linux-pvm"
 src_pkg=linux-source-6.1
-build_deps=(gcc make bc flex bison libelf-dev xz-utils patch)
+build_deps=(gcc make bc flex bison libelf-dev xz-utils patch lz4)
 
 say() { echo "kernel: $*"; }
 die() { echo "kernel: $*" >&2; exit 1; }

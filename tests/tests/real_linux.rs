@@ -246,7 +246,7 @@ fn boot_and_exchange(lan: &Lan, net: Net, cpus: u8, title: &str) -> Run {
     say(&format!(
         "{title}: timeline (host wall clock from vmm's start)\n{}",
         run.guest.timeline(&[
-            ("kernel banner", "Linux version"),
+            ("console up (kernel banner)", "Linux version"),
             ("virtio-pci device enabled", "virtio-pci 0000:"),
             ("/init started", "vmtest: /init started"),
             ("eth0 up (address set)", "vmtest: eth0 up"),
