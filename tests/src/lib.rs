@@ -52,6 +52,26 @@ pub fn require_root() {
     );
 }
 
+/// Says why a test is skipped where CI's log shows it (the harness captures `eprintln!` of
+/// passing tests, not writes to the stderr handle).
+pub fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// Whether `/dev/kvm` can run a guest here; prints the skip reason when not.
+pub fn kvm_usable() -> bool {
+    match vmm_vmm::kvm::device_usable() {
+        Ok(()) => true,
+        Err(e) => {
+            say(&format!(
+                "SKIPPED: /dev/kvm is not usable here ({e}); the VMM cannot run a guest"
+            ));
+            false
+        }
+    }
+}
+
 /// A fresh temporary directory, removed on drop.
 pub struct TempDir(PathBuf);
 

@@ -12,7 +12,7 @@
 //!   either in the guest or in that counter (AF_PACKET's `tp_drops` on `raw`; a UDP
 //!   socket's drops on `ucast`, equal to what `/proc/net/udp` shows).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -207,30 +207,6 @@ impl Front {
     }
 }
 
-/// A seqpacket socketpair: (ours, the backend's), both close-on-exec.
-fn seqpacket_pair() -> (UnixDatagram, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two descriptors into the live array.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: both descriptors were just made and are owned by nobody else.
-    let (ours, theirs) = unsafe {
-        (
-            UnixDatagram::from_raw_fd(fds[0]),
-            OwnedFd::from_raw_fd(fds[1]),
-        )
-    };
-    ours.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    (ours, theirs)
-}
-
 /// `vmm net-backend` on `vec0:transport=fd,fd=3`, `fd` becoming its descriptor 3.
 fn fd_backend(dir: &TempDir, fd: OwnedFd) -> (Daemon, std::path::PathBuf) {
     let sock = dir.path().join("net.sock");
@@ -317,7 +293,7 @@ fn transmit_one(front: &mut Front, peer: &UnixDatagram, frame: &[u8], backend: &
 #[test]
 fn fd_peer_hangup_is_noticed_once_and_does_not_spin() {
     let dir = TempDir::new("dh-eof");
-    let (peer, theirs) = seqpacket_pair();
+    let (theirs, peer) = vmm_tests::rig::transport_pair();
     let (backend, sock) = fd_backend(&dir, theirs);
     let mut front = Front::connect(&sock, 0);
     transmit_one(
@@ -369,7 +345,7 @@ fn fd_peer_hangup_is_noticed_once_and_does_not_spin() {
 #[test]
 fn hostile_chains_are_refused_and_counted_then_frames_flow() {
     let dir = TempDir::new("dh-chains");
-    let (peer, theirs) = seqpacket_pair();
+    let (theirs, peer) = vmm_tests::rig::transport_pair();
     peer.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let (backend, sock) = fd_backend(&dir, theirs);

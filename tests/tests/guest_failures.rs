@@ -17,19 +17,6 @@ const PANIC_STATUS: i32 = 134;
 const PANIC_LINE: &str =
     "vmm: guest kernel panicked: Kernel panic - not syncing: Attempted to kill init!";
 
-fn kvm_usable() -> bool {
-    match vmm_vmm::kvm::device_usable() {
-        Ok(()) => true,
-        Err(e) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: /dev/kvm is not usable here ({e}); the VMM cannot run a guest"
-            );
-            false
-        }
-    }
-}
-
 fn linux(args: &[&str], cmdline: &str) -> Guest {
     let words = std::fs::read_to_string(built("linux/cmdline")).expect("read linux/cmdline");
     let mut cmd = std::process::Command::new(vmm_bin());
@@ -77,7 +64,7 @@ fn assert_fails_at_once(mut guest: Guest, within: Duration) -> Guest {
 /// has everything the guest printed.
 #[test]
 fn a_panic_without_pvpanic_or_panic_param_fails_from_the_console() {
-    if !kvm_usable() {
+    if !vmm_tests::kvm_usable() {
         return;
     }
     let dir = TempDir::new("pan");
@@ -106,7 +93,7 @@ fn a_panic_without_pvpanic_or_panic_param_fails_from_the_console() {
 /// panic notifier reaches pvpanic first and the VMM ends with the panic status.
 #[test]
 fn a_panic_with_pvpanic_and_reboot_fails_at_once() {
-    if !kvm_usable() {
+    if !vmm_tests::kvm_usable() {
         return;
     }
     let guest = linux(&[], "reboot=k panic=1 vmtest.steps=panic");
@@ -121,7 +108,7 @@ fn a_panic_with_pvpanic_and_reboot_fails_at_once() {
 /// `--timeout` on a guest still booting: 124 and a line naming the option, close to the limit.
 #[test]
 fn timeout_ends_a_guest_that_runs_too_long() {
-    if !kvm_usable() {
+    if !vmm_tests::kvm_usable() {
         return;
     }
     let limit = 12.0;

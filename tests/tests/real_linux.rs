@@ -25,23 +25,6 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 /// Size of the file sent both ways: every byte value, incompressible.
 const FILE_LEN: usize = 96 * 1024;
 
-fn kvm_usable() -> bool {
-    match vmm_vmm::kvm::device_usable() {
-        Ok(()) => true,
-        Err(e) => {
-            say(&format!(
-                "SKIPPED: /dev/kvm is not usable here ({e}); the VMM cannot run a guest"
-            ));
-            false
-        }
-    }
-}
-
-/// Writes where CI's log shows it (the harness captures `eprintln!` of passing tests).
-fn say(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
-}
-
 fn vmlinux() -> PathBuf {
     built("linux/vmlinux")
 }
@@ -243,7 +226,7 @@ fn boot_and_exchange(lan: &Lan, net: Net, cpus: u8, title: &str) -> Run {
         code,
         backend_log,
     };
-    say(&format!(
+    vmm_tests::say(&format!(
         "{title}: timeline (host wall clock from vmm's start)\n{}",
         run.guest.timeline(&[
             ("console up (kernel banner)", "Linux version"),
@@ -292,7 +275,7 @@ fn boot_and_exchange(lan: &Lan, net: Net, cpus: u8, title: &str) -> Run {
 /// in a `vmcall`) and shows the CPUID read-back warning.
 #[test]
 fn linux_two_cpus_over_raw() {
-    if !kvm_usable() {
+    if !vmm_tests::kvm_usable() {
         return;
     }
     let lan = Lan::new();
@@ -317,7 +300,7 @@ fn linux_two_cpus_over_raw() {
 /// One vCPU over `tap`, the backend in the VMM.
 #[test]
 fn linux_over_tap() {
-    if !kvm_usable() {
+    if !vmm_tests::kvm_usable() {
         return;
     }
     let lan = Lan::new();
@@ -333,7 +316,7 @@ fn linux_over_tap() {
 /// One vCPU through `--net vhost-user,socket=` to a `vmm net-backend` process on `raw`.
 #[test]
 fn linux_through_an_external_backend() {
-    if !kvm_usable() {
+    if !vmm_tests::kvm_usable() {
         return;
     }
     let lan = Lan::new();

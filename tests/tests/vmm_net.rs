@@ -15,16 +15,6 @@ use vmm_tests::netns::NetNs;
 use vmm_tests::process::{net_backend, vmm_bin};
 use vmm_tests::{unique_subnet, TempDir};
 
-fn kvm_usable() -> bool {
-    match vmm_vmm::kvm::device_usable() {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("SKIPPED: /dev/kvm is not usable here ({e}); the VMM cannot run a guest");
-            false
-        }
-    }
-}
-
 struct VmRun {
     code: Option<i32>,
     console: String,
@@ -166,7 +156,7 @@ impl Lan {
 
 #[test]
 fn test_guest_arps_over_raw() {
-    if !kvm_usable() {
+    if !vmm_tests::kvm_usable() {
         return;
     }
     let lan = Lan::veth();
@@ -180,7 +170,7 @@ fn test_guest_arps_over_raw() {
 
 #[test]
 fn test_guest_arps_over_tap_from_bzimage_with_two_cpus() {
-    if !kvm_usable() {
+    if !vmm_tests::kvm_usable() {
         return;
     }
     let ns = NetNs::new();
@@ -202,7 +192,7 @@ fn test_guest_arps_over_tap_from_bzimage_with_two_cpus() {
 /// The same device against an external backend: `vmm net-backend` in another process.
 #[test]
 fn test_guest_arps_through_an_external_backend() {
-    if !kvm_usable() {
+    if !vmm_tests::kvm_usable() {
         return;
     }
     let lan = Lan::veth();
@@ -245,7 +235,7 @@ fn test_guest_arps_through_an_external_backend() {
 /// failure status rather than success.
 #[test]
 fn unanswered_arp_is_the_guests_failure() {
-    if !kvm_usable() {
+    if !vmm_tests::kvm_usable() {
         return;
     }
     let lan = Lan::veth();
@@ -282,7 +272,7 @@ fn stock_kernel_pings_over_raw() {
         );
         return;
     }
-    if !kvm_usable() {
+    if !vmm_tests::kvm_usable() {
         return;
     }
     let stock = vmm_tests::workspace_root().join("resources/out/stock");
