@@ -7,6 +7,7 @@
 mod backend_cmd;
 mod signals;
 mod vm_cmd;
+mod vm_fs;
 mod vm_net;
 
 use clap::{Parser, Subcommand};

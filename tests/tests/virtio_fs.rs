@@ -1,0 +1,139 @@
+//! virtio-fs on the real-Linux tier: Linux 6.1 built for PVM (resources/kernel) mounts host
+//! directories that `vmm --share` serves through a real virtiofsd it starts, and `vmm run`
+//! boots the host's own root file system read-only with the current directory writable.
+//!
+//! A boot costs one to two minutes here (the kernel is emulated at ~1 MIPS), so each boot does
+//! as much as it can: one `--share` boot reads, copies and writes through a writable share and
+//! is refused a write through a read-only one.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use vmm_tests::guest::{built, Guest};
+use vmm_tests::process::vmm_bin;
+use vmm_tests::TempDir;
+
+/// Boot to the end of the test steps; PVM measured ~60-90 s to /init.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
+/// Size of the file the guest copies: every byte value, incompressible, several FUSE reads.
+const FILE_LEN: usize = 300 * 1024;
+
+/// Writes where CI's log shows it (the harness captures `eprintln!` of passing tests).
+fn say(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// Whether this machine can run the tier: KVM usable and virtiofsd installed.
+fn usable() -> Option<PathBuf> {
+    if let Err(e) = vmm_vmm::kvm::device_usable() {
+        say(&format!("SKIPPED: /dev/kvm is not usable here ({e})"));
+        return None;
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(home.map(|h| h.join(".cargo/bin")))
+        .map(|d| d.join("virtiofsd"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        say("SKIPPED: virtiofsd is not installed (run resources/setup.sh)");
+    }
+    found
+}
+
+/// The command-line words the PVM test kernel needs (resources/kernel/cmdline).
+fn pvm_words() -> String {
+    std::fs::read_to_string(built("linux/cmdline"))
+        .expect("read resources/out/linux/cmdline")
+        .trim()
+        .to_string()
+}
+
+/// `len` bytes from a xorshift generator: incompressible, every byte value present.
+fn test_file(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn share_reads_writes_and_readonly_refuses() {
+    let Some(_) = usable() else { return };
+    let dir = TempDir::new("fs");
+    let rw = dir.path().join("rw");
+    let ro = dir.path().join("ro");
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    let data = test_file(FILE_LEN, 0x2545_f491_4f6c_dd1d);
+    std::fs::write(rw.join("in.bin"), &data).unwrap();
+    let hello = "written-by-the-host";
+    std::fs::write(ro.join("hello.txt"), format!("{hello}\n")).unwrap();
+
+    let steps = "mount:rw:/tmp/rw,mount:ro:/tmp/ro,cat:/tmp/ro/hello.txt,\
+                 copy:/tmp/rw/in.bin:/tmp/rw/out.bin,write:/tmp/rw/note.txt:written-by-the-guest,\
+                 nowrite:/tmp/ro/nope.txt";
+    let cmdline = format!(
+        "console=ttyS0 reboot=k panic=1 {} vmtest.steps={steps} vmtest.exitport=0xf4",
+        pvm_words()
+    );
+    let mut cmd = Command::new(vmm_bin());
+    cmd.arg("--kernel")
+        .arg(built("linux/vmlinux"))
+        .arg("--initrd")
+        .arg(built("linux/initramfs.cpio"))
+        .args(["--mem", "128", "--cmdline", &cmdline])
+        .arg("--share")
+        .arg(format!("{},tag=rw", rw.display()))
+        .arg("--share")
+        .arg(format!("{},tag=ro,readonly=on", ro.display()))
+        .env("RUST_LOG", "warn");
+    let mut guest = Guest::command(cmd);
+    guest.expect("vmtest: /init started", BOOT_TIMEOUT);
+    let code = guest.wait_process(Duration::from_secs(300));
+    say(&format!(
+        "--share: timeline (host wall clock from vmm's start)\n{}",
+        guest.timeline(&[
+            ("kernel banner", "Linux version"),
+            ("/init started", "vmtest: /init started"),
+            ("mounted", "vmtest: mounted virtio-fs ro"),
+            ("steps done", "VMTEST-EXIT="),
+        ])
+    ));
+    let console = guest.console();
+    assert_eq!(code, Some(0), "exit status\n{console}");
+    assert!(
+        console.contains(&format!(
+            "vmtest: cat /tmp/ro/hello.txt:\n{hello}\nvmtest: cat end"
+        )),
+        "the guest printed the host's file\n{console}"
+    );
+    let out = std::fs::read(rw.join("out.bin")).expect("the guest's copy is on the host");
+    assert!(out == data, "the guest's copy differs from the host's file");
+    assert_eq!(
+        std::fs::read_to_string(rw.join("note.txt")).expect("the guest's note is on the host"),
+        "written-by-the-guest\n"
+    );
+    assert!(
+        console.contains("vmtest: nowrite: writing /tmp/ro/nope.txt failed, as it must"),
+        "{console}"
+    );
+    assert!(
+        !ro.join("nope.txt").exists(),
+        "the read-only share was written"
+    );
+    // virtiofsd ends with the VM: no daemon is left sharing our directories.
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        !ps.lines()
+            .any(|l| l.contains("virtiofsd") && l.contains(dir.path().to_str().unwrap())),
+        "a virtiofsd outlived the VM:\n{ps}"
+    );
+}
