@@ -66,7 +66,7 @@ pub struct VmArgs {
 }
 
 /// `--timeout`: a positive, finite number of seconds.
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .trim()
         .parse()
@@ -100,7 +100,9 @@ pub fn run(args: VmArgs) -> ExitCode {
     let Some(kernel) = args.kernel else {
         return fail(EXIT_USAGE, "--kernel is required");
     };
-    let devices = match Devices::parse(&args.net, &args.fs, &args.share, args.virtiofsd) {
+    let devices = match Devices::parse(&args.net, &args.fs, &args.share, args.virtiofsd)
+        .and_then(|d| d.check_tags().map(|()| d))
+    {
         Ok(d) => d,
         Err(e) => return fail(EXIT_USAGE, e),
     };
@@ -165,20 +167,33 @@ impl Devices {
             let bin = vm_fs::find_virtiofsd(d.virtiofsd.as_deref()).map_err(|e| e.to_string())?;
             d.virtiofsd = Some(bin);
         }
-        let mut tags: Vec<&str> = d.fss.iter().map(|(_, f)| f.tag()).collect();
-        tags.sort_unstable();
-        if let Some(w) = tags.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!(
-                "virtio-fs tag '{}' is given twice (each --fs/--share needs its own tag=)",
-                w[0]
-            ));
-        }
         Ok(d)
     }
 
-    /// Adds a `--share` the VMM itself needs (`vmm run`).
+    /// Adds a share the VMM itself needs (`vmm run`); `arg` names it in messages.
     pub fn push_share(&mut self, arg: String, share: vm_fs::FsArg) {
         self.fss.push((arg, share));
+    }
+
+    /// The `--share` directories and their tags.
+    pub fn shares(&self) -> impl Iterator<Item = (&str, &std::path::Path)> {
+        self.fss.iter().filter_map(|(_, f)| match f {
+            vm_fs::FsArg::Share { dir, tag, .. } => Some((tag.as_str(), dir.as_path())),
+            vm_fs::FsArg::Socket { .. } => None,
+        })
+    }
+
+    /// Each virtio-fs device needs its own tag: the guest mounts by tag.
+    pub fn check_tags(&self) -> Result<(), String> {
+        let mut tags: Vec<&str> = self.fss.iter().map(|(_, f)| f.tag()).collect();
+        tags.sort_unstable();
+        match tags.windows(2).find(|w| w[0] == w[1]) {
+            Some(w) => Err(format!(
+                "virtio-fs tag '{}' is given twice (each --fs/--share needs its own tag=)",
+                w[0]
+            )),
+            None => Ok(()),
+        }
     }
 }
 
