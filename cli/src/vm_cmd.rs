@@ -159,12 +159,14 @@ impl Devices {
             let f = vm_fs::FsArg::parse_share(arg).map_err(|e| e.to_string())?;
             d.fss.push((arg.clone(), f));
         }
-        if d.fss
+        if let Some((arg, _)) = d
+            .fss
             .iter()
-            .any(|(_, f)| matches!(f, vm_fs::FsArg::Share { .. }))
+            .find(|(_, f)| matches!(f, vm_fs::FsArg::Share { .. }))
         {
             // A missing binary is bad input, found before anything starts.
-            let bin = vm_fs::find_virtiofsd(d.virtiofsd.as_deref()).map_err(|e| e.to_string())?;
+            let bin =
+                vm_fs::find_virtiofsd(d.virtiofsd.as_deref(), arg).map_err(|e| e.to_string())?;
             d.virtiofsd = Some(bin);
         }
         Ok(d)

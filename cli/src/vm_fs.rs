@@ -164,8 +164,9 @@ fn usage(option: &'static str, arg: &str, msg: String) -> FsArgError {
 }
 
 /// Finds virtiofsd: `explicit` (`--virtiofsd PATH`), else on PATH, else in ~/.cargo/bin
-/// (where `cargo install virtiofsd`, as resources/setup.sh runs it, puts it).
-pub fn find_virtiofsd(explicit: Option<&Path>) -> Result<PathBuf, FsArgError> {
+/// (where `cargo install virtiofsd`, as resources/setup.sh runs it, puts it). `share` is the
+/// `--share` argument that needs it, for the message.
+pub fn find_virtiofsd(explicit: Option<&Path>, share: &str) -> Result<PathBuf, FsArgError> {
     let executable = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| {
@@ -194,7 +195,7 @@ pub fn find_virtiofsd(explicit: Option<&Path>) -> Result<PathBuf, FsArgError> {
         .ok_or_else(|| {
             usage(
                 "--share",
-                "",
+                share,
                 "virtiofsd not found on PATH nor in ~/.cargo/bin (run resources/setup.sh, or \
                  give --virtiofsd PATH)"
                     .into(),
@@ -347,12 +348,7 @@ pub fn open(
     let (socket, daemon) = match fs {
         FsArg::Socket { socket, .. } => (socket.clone(), None),
         FsArg::Share { dir, readonly, .. } => {
-            let bin = find_virtiofsd(virtiofsd).map_err(|mut e| {
-                if e.option == "--share" {
-                    e.arg = arg.to_string();
-                }
-                e
-            })?;
+            let bin = find_virtiofsd(virtiofsd, arg)?;
             let (d, socket) = Virtiofsd::start(&bin, dir, *readonly).map_err(|msg| FsArgError {
                 // A virtiofsd too old for readonly=on is the user's choice to fix.
                 usage: msg.starts_with("readonly=on"),
