@@ -15,6 +15,23 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# virtiofsd (the Rust one) serves --share and `vmm run`: built from crates.io, once.
+if ! command -v virtiofsd >/dev/null && [ ! -x "${HOME:-/root}/.cargo/bin/virtiofsd" ]; then
+    vfs_deps=(libseccomp-dev libcap-ng-dev pkg-config)
+    vfs_missing=()
+    for p in "${vfs_deps[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+            || vfs_missing+=("$p")
+    done
+    if [ ${#vfs_missing[@]} -gt 0 ]; then
+        echo "setup: installing virtiofsd's build dependencies: ${vfs_missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${vfs_missing[@]}"
+    fi
+    echo "setup: building virtiofsd (cargo install virtiofsd, a few minutes)"
+    cargo install --locked virtiofsd
+fi
 for script in "$here"/images/*.sh; do
     [ -e "$script" ] || continue
     bash "$script"

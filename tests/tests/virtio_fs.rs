@@ -137,3 +137,77 @@ fn share_reads_writes_and_readonly_refuses() {
         "a virtiofsd outlived the VM:\n{ps}"
     );
 }
+
+/// `vmm run` with the PVM test kernel, in `cwd`: (exit status, stdout, stderr).
+fn vmm_run(cwd: &std::path::Path, extra: &[&str], cmd: &[&str]) -> (Option<i32>, String, String) {
+    let start = std::time::Instant::now();
+    let out = Command::new(vmm_bin())
+        .current_dir(cwd)
+        .arg("run")
+        .arg("--kernel")
+        .arg(built("linux/vmlinux"))
+        .args(["--append", &pvm_words(), "--mem", "256", "--timeout", "300"])
+        .args(extra)
+        .arg("--")
+        .args(cmd)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run vmm run");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    say(&format!(
+        "vmm run -- {}: status {:?} after {:.1} s",
+        cmd.join(" "),
+        out.status.code(),
+        start.elapsed().as_secs_f64()
+    ));
+    (out.status.code(), stdout, stderr)
+}
+
+#[test]
+fn run_exits_with_the_commands_status_and_writes_only_where_it_may() {
+    let Some(_) = usable() else { return };
+    let dir = TempDir::new("fsrun");
+    let extra = TempDir::new("fsextra");
+    std::fs::write(extra.path().join("x.txt"), "extra-share\n").unwrap();
+    // In the current directory (writable), in a --share (writable, at its host path), on the
+    // tmpfs /tmp; the root (read-only) must refuse; then exit 7.
+    let script = format!(
+        "echo in-cwd > out.txt && cat {e}/x.txt > {e}/y.txt && echo t > /tmp/t && \
+         if echo no 2>/dev/null > /vmm-run-must-not-exist; then exit 1; fi; exit 7",
+        e = extra.path().display()
+    );
+    let share = extra.path().display().to_string();
+    let (code, stdout, stderr) = vmm_run(dir.path(), &["--share", &share], &["sh", "-c", &script]);
+    let ctx = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(code, Some(7), "{ctx}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt"))
+            .ok()
+            .as_deref(),
+        Some("in-cwd\n"),
+        "{ctx}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(extra.path().join("y.txt"))
+            .ok()
+            .as_deref(),
+        Some("extra-share\n"),
+        "{ctx}"
+    );
+    assert!(!std::path::Path::new("/vmm-run-must-not-exist").exists());
+}
+
+#[test]
+fn run_prints_a_host_file() {
+    let Some(_) = usable() else { return };
+    let dir = TempDir::new("fscat");
+    let text = "line one\n\ttabbed line two\nlast line without a newline";
+    std::fs::write(dir.path().join("host.txt"), text).unwrap();
+    let (code, stdout, stderr) = vmm_run(dir.path(), &[], &["cat", "host.txt"]);
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains(text),
+        "stdout lacks the file byte for byte:\n{stdout:?}\nstderr:\n{stderr}"
+    );
+}
