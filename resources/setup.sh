@@ -5,30 +5,24 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 pkgs=(user-mode-linux busybox-static iperf3 tshark uml-utilities vde2 tcpdump socat
       iproute2 iputils-ping binutils cpio qemu-system-x86 libpcap-dev ethtool)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "setup: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-# virtiofsd (the Rust one) serves --share and `vmm run`: built from crates.io, once.
-if ! command -v virtiofsd >/dev/null && [ ! -x "${HOME:-/root}/.cargo/bin/virtiofsd" ]; then
-    vfs_deps=(libseccomp-dev libcap-ng-dev pkg-config)
-    vfs_missing=()
-    for p in "${vfs_deps[@]}"; do
+# apt_install PKG...: installs those of the Debian packages that are missing.
+apt_install() {
+    local missing=() p
+    for p in "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
-            || vfs_missing+=("$p")
+            || missing+=("$p")
     done
-    if [ ${#vfs_missing[@]} -gt 0 ]; then
-        echo "setup: installing virtiofsd's build dependencies: ${vfs_missing[*]}"
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "setup: installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${vfs_missing[@]}"
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
     fi
+}
+apt_install "${pkgs[@]}"
+# virtiofsd (the Rust one) serves --share and `vmm run`: built from crates.io, once.
+if ! command -v virtiofsd >/dev/null && [ ! -x "${HOME:-/root}/.cargo/bin/virtiofsd" ]; then
+    apt_install libseccomp-dev libcap-ng-dev pkg-config
     echo "setup: building virtiofsd (cargo install virtiofsd, a few minutes)"
     cargo install --locked virtiofsd
 fi

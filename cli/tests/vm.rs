@@ -6,6 +6,19 @@ mod common;
 
 use common::vmm;
 
+/// Each case exits 2 with one line that contains its needle (lowercase).
+fn assert_usage_errors(cases: &[(Vec<&str>, &str)]) {
+    for (args, needle) in cases {
+        let (code, _, err) = vmm(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.to_lowercase().contains(needle),
+            "{args:?}: `{err}` lacks {needle}"
+        );
+    }
+}
+
 #[test]
 fn the_test_guest_boots_from_both_forms_and_its_status_is_ours() {
     for image in [vmm_test_guest::ELF_PATH, vmm_test_guest::BZIMAGE_PATH] {
@@ -104,15 +117,7 @@ fn bad_kernels_and_options_exit_2_with_one_line() {
             "/nonexistent/dir/console.log",
         ),
     ];
-    for (args, needle) in cases {
-        let (code, _, err) = vmm(&args);
-        assert_eq!(code, 2, "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert!(
-            err.to_lowercase().contains(needle),
-            "{args:?}: `{err}` lacks {needle}"
-        );
-    }
+    assert_usage_errors(&cases);
     let (code, _, err) = vmm(&[]);
     assert_eq!(code, 2, "no --kernel: {err}");
     let _ = std::fs::remove_dir_all(dir);
@@ -174,15 +179,7 @@ fn bad_fs_and_share_input_exits_2_with_one_line() {
             "--share /nonexistent/dir",
         ),
     ];
-    for (args, needle) in cases {
-        let (code, _, err) = vmm(&args);
-        assert_eq!(code, 2, "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert!(
-            err.to_lowercase().contains(needle),
-            "{args:?}: `{err}` lacks {needle}"
-        );
-    }
+    assert_usage_errors(&cases);
     // No virtiofsd on PATH nor in ~/.cargo/bin.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
         .args(["--kernel", elf, "--share", d])

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::guest::{built, Guest};
+use vmm_tests::guest::{built, pvm_words, test_bytes, Guest};
 use vmm_tests::process::vmm_bin;
 use vmm_tests::TempDir;
 
@@ -43,26 +43,6 @@ fn usable() -> Option<PathBuf> {
     found
 }
 
-/// The command-line words the PVM test kernel needs (resources/kernel/cmdline).
-fn pvm_words() -> String {
-    std::fs::read_to_string(built("linux/cmdline"))
-        .expect("read resources/out/linux/cmdline")
-        .trim()
-        .to_string()
-}
-
-/// `len` bytes from a xorshift generator: incompressible, every byte value present.
-fn test_file(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 24) as u8
-        })
-        .collect()
-}
-
 #[test]
 fn share_reads_writes_and_readonly_refuses() {
     let Some(_) = usable() else { return };
@@ -71,7 +51,7 @@ fn share_reads_writes_and_readonly_refuses() {
     let ro = dir.path().join("ro");
     std::fs::create_dir_all(&rw).unwrap();
     std::fs::create_dir_all(&ro).unwrap();
-    let data = test_file(FILE_LEN, 0x2545_f491_4f6c_dd1d);
+    let data = test_bytes(FILE_LEN, 0x2545_f491_4f6c_dd1d);
     std::fs::write(rw.join("in.bin"), &data).unwrap();
     let hello = "written-by-the-host";
     std::fs::write(ro.join("hello.txt"), format!("{hello}\n")).unwrap();
