@@ -5,15 +5,26 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 pkgs=(user-mode-linux busybox-static iperf3 tshark uml-utilities vde2 tcpdump socat
       iproute2 iputils-ping binutils cpio qemu-system-x86 libpcap-dev ethtool)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "setup: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# apt_install PKG...: installs those of the Debian packages that are missing.
+apt_install() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "setup: installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+apt_install "${pkgs[@]}"
+# virtiofsd (the Rust one) serves --share and `vmm run`: built from crates.io, once.
+if ! command -v virtiofsd >/dev/null && [ ! -x "${HOME:-/root}/.cargo/bin/virtiofsd" ]; then
+    apt_install libseccomp-dev libcap-ng-dev pkg-config
+    echo "setup: building virtiofsd (cargo install virtiofsd, a few minutes)"
+    cargo install --locked virtiofsd
 fi
 for script in "$here"/images/*.sh; do
     [ -e "$script" ] || continue

@@ -5,8 +5,10 @@
 //! input (options, device specifications, files), with a one-line message.
 
 mod backend_cmd;
+mod run_cmd;
 mod signals;
 mod vm_cmd;
+mod vm_fs;
 mod vm_net;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +40,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run CMD in a VM that sees the host's files: the root file system read-only over
+    /// virtio-fs, tmpfs on /tmp, /run and /var/tmp, the current directory (and each --share)
+    /// writable; CMD runs there as you, its output on stdout, its exit status ours.
+    #[command(
+        long_about = "Run CMD in a VM that sees the host's files, like `vng -- CMD`.\n\n\
+            The host's root file system is the guest's root, read-only over virtio-fs \
+            (virtiofsd, started and stopped by the VMM); tmpfs covers /tmp, /run and /var/tmp; \
+            the current directory and each --share are mounted writable at their own paths. \
+            CMD runs in the current directory as your uid and gid; its output is on stdout and \
+            its exit status is vmm's (125: the run could not start in the guest). The kernel \
+            needs virtio-pci, virtio-fs, FUSE, DEVTMPFS_MOUNT and DEVPORT built in.\n\n\
+            Example:\n  vmm run --kernel bzImage -- sh -c 'uname -r; exit 7'"
+    )]
+    Run(run_cmd::RunArgs),
     /// Serve one network device to vhost-user frontends (QEMU, Cloud Hypervisor, UML's
     /// virtio_uml) over a unix socket.
     #[command(
@@ -70,6 +86,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::NetBackend { socket, spec }) => backend_cmd::run(&socket, &spec),
+        Some(Command::Run(args)) => run_cmd::run(args),
         None => vm_cmd::run(cli.vm),
     }
 }

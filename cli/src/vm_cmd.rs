@@ -11,7 +11,7 @@ use clap::Args;
 use vmm_devices::ExitRequest;
 use vmm_vmm::watch::{FailOn, FailureKind};
 
-use crate::{fail, signals, vm_net, EXIT_USAGE};
+use crate::{fail, signals, vm_fs, vm_net, EXIT_USAGE};
 
 #[derive(Args)]
 pub struct VmArgs {
@@ -36,6 +36,18 @@ pub struct VmArgs {
     /// `vhost-user,socket=PATH` for an external vhost-user backend (e.g. `vmm net-backend`).
     #[arg(long = "net", value_name = "SPEC")]
     net: Vec<String>,
+    /// A virtio-fs device served by a running virtiofsd (repeatable): `tag=TAG,socket=PATH`;
+    /// the guest mounts it with `mount -t virtiofs TAG DIR`.
+    #[arg(long = "fs", value_name = "tag=TAG,socket=PATH")]
+    fs: Vec<String>,
+    /// Share a host directory as a virtio-fs device (repeatable): the VMM starts virtiofsd for
+    /// it and stops it when the VM ends. The tag defaults to the directory's basename (`root`
+    /// for /); `readonly=on` makes the guest's writes fail (EROFS).
+    #[arg(long = "share", value_name = "DIR[,tag=TAG][,readonly=on]")]
+    share: Vec<String>,
+    /// The virtiofsd binary for --share (default: on PATH, else ~/.cargo/bin/virtiofsd).
+    #[arg(long, value_name = "PATH")]
+    virtiofsd: Option<PathBuf>,
     /// Stop the guest after SECONDS (a positive number, fractions allowed): exit status 124.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     timeout: Option<String>,
@@ -54,7 +66,7 @@ pub struct VmArgs {
 }
 
 /// `--timeout`: a positive, finite number of seconds.
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .trim()
         .parse()
@@ -88,13 +100,12 @@ pub fn run(args: VmArgs) -> ExitCode {
     let Some(kernel) = args.kernel else {
         return fail(EXIT_USAGE, "--kernel is required");
     };
-    let mut nets = Vec::new();
-    for arg in &args.net {
-        match vm_net::NetArg::parse(arg) {
-            Ok(n) => nets.push((arg, n)),
-            Err(e) => return fail(EXIT_USAGE, e),
-        }
-    }
+    let devices = match Devices::parse(&args.net, &args.fs, &args.share, args.virtiofsd)
+        .and_then(|d| d.check_tags().map(|()| d))
+    {
+        Ok(d) => d,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
     let timeout = match args.timeout.as_deref().map(parse_timeout).transpose() {
         Ok(t) => t,
         Err(e) => return fail(EXIT_USAGE, e),
@@ -112,19 +123,117 @@ pub fn run(args: VmArgs) -> ExitCode {
     config.cmdline = args.cmdline;
     config.mem_mib = args.mem;
     config.cpus = args.cpus;
+    boot(config, devices, args.timeout.as_deref())
+}
+
+/// The `--net`, `--fs` and `--share` devices of a VM, parsed (nothing opened yet).
+pub struct Devices {
+    nets: Vec<(String, vm_net::NetArg)>,
+    fss: Vec<(String, vm_fs::FsArg)>,
+    virtiofsd: Option<PathBuf>,
+}
+
+impl Devices {
+    /// Parses every device argument; the first bad one is the error (a one-line message
+    /// naming the option and value).
+    pub fn parse(
+        net: &[String],
+        fs: &[String],
+        share: &[String],
+        virtiofsd: Option<PathBuf>,
+    ) -> Result<Devices, String> {
+        let mut d = Devices {
+            nets: Vec::new(),
+            fss: Vec::new(),
+            virtiofsd,
+        };
+        for arg in net {
+            let n = vm_net::NetArg::parse(arg).map_err(|e| e.to_string())?;
+            d.nets.push((arg.clone(), n));
+        }
+        for arg in fs {
+            let f = vm_fs::FsArg::parse_fs(arg).map_err(|e| e.to_string())?;
+            d.fss.push((arg.clone(), f));
+        }
+        for arg in share {
+            let f = vm_fs::FsArg::parse_share(arg).map_err(|e| e.to_string())?;
+            d.fss.push((arg.clone(), f));
+        }
+        if let Some((arg, _)) = d
+            .fss
+            .iter()
+            .find(|(_, f)| matches!(f, vm_fs::FsArg::Share { .. }))
+        {
+            // A missing binary is bad input, found before anything starts.
+            let bin =
+                vm_fs::find_virtiofsd(d.virtiofsd.as_deref(), arg).map_err(|e| e.to_string())?;
+            d.virtiofsd = Some(bin);
+        }
+        Ok(d)
+    }
+
+    /// Adds a share the VMM itself needs (`vmm run`); `arg` names it in messages.
+    pub fn push_share(&mut self, arg: String, share: vm_fs::FsArg) {
+        self.fss.push((arg, share));
+    }
+
+    /// The `--share` directories and their tags.
+    pub fn shares(&self) -> impl Iterator<Item = (&str, &std::path::Path)> {
+        self.fss.iter().filter_map(|(_, f)| match f {
+            vm_fs::FsArg::Share { dir, tag, .. } => Some((tag.as_str(), dir.as_path())),
+            vm_fs::FsArg::Socket { .. } => None,
+        })
+    }
+
+    /// Each virtio-fs device needs its own tag: the guest mounts by tag.
+    pub fn check_tags(&self) -> Result<(), String> {
+        let mut tags: Vec<&str> = self.fss.iter().map(|(_, f)| f.tag()).collect();
+        tags.sort_unstable();
+        match tags.windows(2).find(|w| w[0] == w[1]) {
+            Some(w) => Err(format!(
+                "virtio-fs tag '{}' is given twice (each --fs/--share needs its own tag=)",
+                w[0]
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Builds the VM, opens and plugs in its devices (starting virtiofsd for each share), runs it
+/// and turns the outcome into the exit status. Every virtiofsd started is stopped before this
+/// returns, whichever way it returns.
+pub fn boot(config: vmm_vmm::VmConfig, devices: Devices, timeout: Option<&str>) -> ExitCode {
     let mut vmm = match vmm_vmm::Vmm::new(config) {
         Ok(v) => v,
         Err(e) => return fail(exit_status(&e), e),
     };
     let mut backends = Vec::new();
-    for (arg, net) in nets {
-        let (dev, thread) = match vm_net::open(arg, net, vmm.guest_ram().memory()) {
+    for (arg, net) in devices.nets {
+        let (dev, thread) = match vm_net::open(&arg, net, vmm.guest_ram().memory()) {
             Ok(d) => d,
             Err(e) => return fail(if e.usage { EXIT_USAGE } else { 1 }, e),
         };
         backends.extend(thread);
         if let Err(e) = vmm.add_virtio_device(Box::new(dev)) {
             return fail(1, format_args!("--net {arg}: {e}"));
+        }
+    }
+    // Declared after `vmm`, so dropped before it: on every return below the daemons are
+    // stopped (they also stop themselves once the VM's connection closes).
+    let mut daemons = Vec::new();
+    for (arg, fs) in &devices.fss {
+        let (dev, daemon) = match vm_fs::open(
+            arg,
+            fs,
+            devices.virtiofsd.as_deref(),
+            vmm.guest_ram().memory(),
+        ) {
+            Ok(d) => d,
+            Err(e) => return fail(if e.usage { EXIT_USAGE } else { 1 }, e),
+        };
+        daemons.extend(daemon);
+        if let Err(e) = vmm.add_virtio_device(Box::new(dev)) {
+            return fail(1, format_args!("virtio-fs {arg}: {e}"));
         }
     }
     // SIGINT/SIGTERM stop the VM (status 130, "stopped by the host").
@@ -161,7 +270,7 @@ pub fn run(args: VmArgs) -> ExitCode {
                 vmm_vmm::VmExit::Stopped => eprintln!("vmm: stopped by a signal"),
                 vmm_vmm::VmExit::Timeout => eprintln!(
                     "vmm: timeout: the guest was still running after --timeout {}",
-                    args.timeout.as_deref().unwrap_or("?")
+                    timeout.unwrap_or("?")
                 ),
                 vmm_vmm::VmExit::GuestFailed => {
                     let (what, message) = match &report.failure {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use umlnet::backend::NetBackend;
 use umlnet::config::NetSpec;
-use vmm_devices::vhost_user::net::{FrontendError, VhostUserNet, VhostUserNetDevice};
+use vmm_devices::vhost_user::net::VhostUserNetDevice;
+use vmm_devices::vhost_user::FrontendError;
 
 /// One `--net` argument, parsed.
 pub enum NetArg {
@@ -115,12 +116,12 @@ pub fn open(
         NetArg::External(path) => {
             // Nothing listening there is the user's input; a backend that breaks the protocol
             // is a run-time failure.
-            let frontend = VhostUserNet::connect(&path).map_err(|e| NetArgError {
+            let dev = VhostUserNetDevice::connect(&path, mem.clone()).map_err(|e| NetArgError {
                 arg: arg.to_string(),
                 usage: matches!(e, FrontendError::Connect { .. }),
                 msg: e.to_string(),
             })?;
-            Ok((VhostUserNetDevice::new(frontend, mem.clone()), None))
+            Ok((dev, None))
         }
         NetArg::Builtin(spec) => {
             // A transport that cannot open is the user's input (no such interface, address in
@@ -141,11 +142,9 @@ pub fn open(
                     }
                 })
                 .map_err(|e| runtime(format!("starting the backend thread: {e}")))?;
-            let frontend = VhostUserNet::from_stream(ours).map_err(|e| runtime(e.to_string()))?;
-            Ok((
-                VhostUserNetDevice::new(frontend, mem.clone()),
-                Some(BackendThread { name, handle }),
-            ))
+            let dev = VhostUserNetDevice::from_stream(ours, mem.clone())
+                .map_err(|e| runtime(e.to_string()))?;
+            Ok((dev, Some(BackendThread { name, handle })))
         }
     }
 }

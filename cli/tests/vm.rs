@@ -6,6 +6,19 @@ mod common;
 
 use common::vmm;
 
+/// Each case exits 2 with one line that contains its needle (lowercase).
+fn assert_usage_errors(cases: &[(Vec<&str>, &str)]) {
+    for (args, needle) in cases {
+        let (code, _, err) = vmm(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.to_lowercase().contains(needle),
+            "{args:?}: `{err}` lacks {needle}"
+        );
+    }
+}
+
 #[test]
 fn the_test_guest_boots_from_both_forms_and_its_status_is_ours() {
     for image in [vmm_test_guest::ELF_PATH, vmm_test_guest::BZIMAGE_PATH] {
@@ -104,16 +117,82 @@ fn bad_kernels_and_options_exit_2_with_one_line() {
             "/nonexistent/dir/console.log",
         ),
     ];
-    for (args, needle) in cases {
-        let (code, _, err) = vmm(&args);
-        assert_eq!(code, 2, "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert!(
-            err.to_lowercase().contains(needle),
-            "{args:?}: `{err}` lacks {needle}"
-        );
-    }
+    assert_usage_errors(&cases);
     let (code, _, err) = vmm(&[]);
     assert_eq!(code, 2, "no --kernel: {err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_fs_and_share_input_exits_2_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("vmm-cli-fs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let d = dir.to_str().unwrap();
+    let f = file.to_str().unwrap();
+    let elf = vmm_test_guest::ELF_PATH;
+    let long_tag = format!("{d},tag={}", "t".repeat(37));
+    let cases: Vec<(Vec<&str>, &str)> =
+        vec![
+        (
+            vec!["--kernel", elf, "--share", "/nonexistent/dir"],
+            "--share /nonexistent/dir: /nonexistent/dir: no such file",
+        ),
+        (
+            vec!["--kernel", elf, "--share", f],
+            "is not a directory",
+        ),
+        (
+            vec!["--kernel", elf, "--share", &long_tag],
+            "at most 36",
+        ),
+        (
+            vec!["--kernel", elf, "--share", d, "--virtiofsd", "/nonexistent/virtiofsd"],
+            "--virtiofsd /nonexistent/virtiofsd: not an executable file",
+        ),
+        (
+            vec!["--kernel", elf, "--fs", "socket=/tmp/x.sock"],
+            "--fs socket=/tmp/x.sock: needs tag=tag",
+        ),
+        (
+            vec!["--kernel", elf, "--fs", "tag=host"],
+            "--fs tag=host: needs socket=path",
+        ),
+        (
+            vec!["--kernel", elf, "--fs", "tag=host,socket=/nonexistent/v.sock"],
+            "--fs tag=host,socket=/nonexistent/v.sock: vhost-user backend at /nonexistent/v.sock",
+        ),
+        (
+            vec![
+                "--kernel",
+                elf,
+                "--fs",
+                "tag=same,socket=/nonexistent/a.sock",
+                "--fs",
+                "tag=same,socket=/nonexistent/b.sock",
+            ],
+            "tag 'same' is given twice",
+        ),
+        (
+            vec!["run", "--kernel", elf, "--share", "/nonexistent/dir", "--", "true"],
+            "--share /nonexistent/dir",
+        ),
+    ];
+    assert_usage_errors(&cases);
+    // No virtiofsd on PATH nor in ~/.cargo/bin.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(["--kernel", elf, "--share", d])
+        .env("PATH", "/nonexistent")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("--share {d}: virtiofsd not found")),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

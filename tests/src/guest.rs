@@ -21,6 +21,28 @@ pub fn built(rel: &str) -> PathBuf {
     p
 }
 
+/// The command-line words the PVM test kernel needs on every boot (resources/kernel/cmdline,
+/// as resources/images/linux-guest.sh writes it to resources/out/linux/cmdline).
+pub fn pvm_words() -> String {
+    std::fs::read_to_string(built("linux/cmdline"))
+        .expect("read resources/out/linux/cmdline")
+        .trim()
+        .to_string()
+}
+
+/// `len` bytes from a xorshift generator seeded with `seed`: incompressible, every byte value
+/// present, so a file made of them shows any corruption or truncation in transit.
+pub fn test_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
 /// The UML guest's initramfs.
 pub fn uml_initrd() -> PathBuf {
     built("uml/initramfs.cpio.gz")

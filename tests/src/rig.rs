@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_devices::pci::PciDevice;
-use vmm_devices::vhost_user::net::{VhostUserNet, VhostUserNetDevice};
+use vmm_devices::vhost_user::net::VhostUserNetDevice;
 use vmm_devices::virtio_pci::{status, MsiMessage, MsiRouter, VirtioPciDevice, MSIX_TABLE_OFFSET};
 use vmm_devices::BusDevice;
 use vmm_sys_util::eventfd::EventFd;
@@ -77,9 +77,10 @@ impl Rig {
     /// requests interrupts.
     pub fn connect(stream: UnixStream, peer: UnixDatagram) -> Rig {
         let ram = GuestRam::new(16).expect("guest memory");
-        let net = VhostUserNet::from_stream(stream).expect("vhost-user handshake");
+        let net = VhostUserNetDevice::from_stream(stream, ram.memory().clone())
+            .expect("vhost-user handshake");
         let dev = VirtioPciDevice::new(
-            Box::new(VhostUserNetDevice::new(net, ram.memory().clone())),
+            Box::new(net),
             0xc000_0000,
             &[24, 25, 26],
             Arc::new(NoInterrupts),

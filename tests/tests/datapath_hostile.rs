@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_devices::pci::PciDevice;
-use vmm_devices::vhost_user::net::{VhostUserNet, VhostUserNetDevice};
+use vmm_devices::vhost_user::net::VhostUserNetDevice;
 use vmm_devices::virtio_pci::{MsiMessage, MsiRouter, VirtioPciDevice, MSIX_TABLE_OFFSET};
 use vmm_devices::BusDevice;
 use vmm_sys_util::eventfd::EventFd;
@@ -71,9 +71,10 @@ impl Front {
     fn connect(sock: &Path, features: u64) -> Front {
         let stream = UnixStream::connect(sock).expect("connect to the backend");
         let ram = GuestRam::new(16).expect("guest memory");
-        let net = VhostUserNet::from_stream(stream).expect("vhost-user handshake");
+        let net = VhostUserNetDevice::from_stream(stream, ram.memory().clone())
+            .expect("vhost-user handshake");
         let dev = VirtioPciDevice::new(
-            Box::new(VhostUserNetDevice::new(net, ram.memory().clone())),
+            Box::new(net),
             0xc000_0000,
             &[24, 25, 26],
             Arc::new(NoInterrupts),

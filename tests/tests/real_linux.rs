@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmm_tests::guest::{built, Guest};
+use vmm_tests::guest::{built, pvm_words, test_bytes, Guest};
 use vmm_tests::netns::NetNs;
 use vmm_tests::process::{net_backend, vmm_bin};
 use vmm_tests::{unique_subnet, TempDir};
@@ -31,14 +31,6 @@ fn vmlinux() -> PathBuf {
 
 fn initramfs() -> PathBuf {
     built("linux/initramfs.cpio")
-}
-
-/// The command-line words the PVM test kernel needs (resources/kernel/cmdline).
-fn pvm_words() -> String {
-    std::fs::read_to_string(built("linux/cmdline"))
-        .expect("read resources/out/linux/cmdline")
-        .trim()
-        .to_string()
 }
 
 /// A subnet in a fresh namespace: the peer (host side) has `.1`, the guest `.2`.
@@ -102,18 +94,6 @@ fn accept(l: &TcpListener, timeout: Duration, what: &str, guest: &Guest) -> TcpS
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// `len` bytes from a xorshift generator: incompressible, every byte value present.
-fn test_file(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 24) as u8
-        })
-        .collect()
 }
 
 fn md5_hex(data: &[u8]) -> String {
@@ -203,7 +183,7 @@ fn boot_and_exchange(lan: &Lan, net: Net, cpus: u8, title: &str) -> Run {
         guest.console()
     );
 
-    let file = test_file(FILE_LEN, 0x9e37_79b9_7f4a_7c15 ^ u64::from(get_port));
+    let file = test_bytes(FILE_LEN, 0x9e37_79b9_7f4a_7c15 ^ u64::from(get_port));
     let mut s = accept(&get_l, Duration::from_secs(180), "get", &guest);
     s.write_all(&file).expect("send the file to the guest");
     drop(s);

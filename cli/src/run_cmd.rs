@@ -1,0 +1,224 @@
+//! `vmm run [OPTIONS] -- CMD [ARGS]`: runs one command in a VM that sees the host's own files,
+//! like `vng -- CMD`. The host's root file system is the guest's root, read-only over
+//! virtio-fs (the kernel mounts it itself: `root=vmmroot rootfstype=virtiofs`, so there is no
+//! initramfs to unpack); tmpfs covers /tmp, /run and /var/tmp; the current directory and each
+//! `--share` are mounted writable at their own paths. Our init (resources/run/init) runs CMD
+//! there as the caller's uid and gid, its output on the console (our stdout), and its exit
+//! status becomes ours through the debug-exit port.
+//!
+//! The kernel must have virtio-pci, virtio-fs and FUSE built in (no initramfs means no
+//! modules), and DEVTMPFS_MOUNT and DEVPORT.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::vm_cmd::{boot, parse_timeout, Devices};
+use crate::vm_fs::{private_dir, FsArg};
+use crate::{fail, EXIT_USAGE};
+
+/// The init script, written beside its `env` for each run.
+const INIT: &str = include_str!("../../resources/run/init");
+
+/// The tag of the host's root file system.
+const ROOT_TAG: &str = "vmmroot";
+/// The tag of the current directory.
+const CWD_TAG: &str = "vmmcwd";
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The kernel (needs virtio-fs built in); default: the newest /boot/vmlinuz-*.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// More kernel command-line words (e.g. what the kernel needs on this machine).
+    #[arg(long, value_name = "WORDS")]
+    append: Option<String>,
+    /// Also share DIR writable at the same path in the guest (repeatable); `readonly=on` for a
+    /// read-only one.
+    #[arg(long = "share", value_name = "DIR[,tag=TAG][,readonly=on]")]
+    share: Vec<String>,
+    /// A virtio-net device, as for `vmm --net`.
+    #[arg(long = "net", value_name = "SPEC")]
+    net: Vec<String>,
+    /// The virtiofsd binary (default: on PATH, else ~/.cargo/bin/virtiofsd).
+    #[arg(long, value_name = "PATH")]
+    virtiofsd: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    mem: u64,
+    /// vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u8,
+    /// Stop the guest after SECONDS: exit status 124.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    timeout: Option<String>,
+    /// Also write everything the guest prints on its console to FILE.
+    #[arg(long, value_name = "FILE")]
+    console_log: Option<PathBuf>,
+    /// The command to run in the guest, and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    cmd: Vec<String>,
+}
+
+/// The newest `/boot/vmlinuz-*` by modification time.
+fn default_kernel() -> Option<PathBuf> {
+    std::fs::read_dir("/boot")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max()
+        .map(|(_, p)| p)
+}
+
+/// `'text'` for sh, whatever the text holds.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The run's private host directory (init and env), removed when the run ends.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `env` fragment init sources: who, where, what, and which shares to mount.
+fn env_script(cwd: &Path, shares: &[(String, PathBuf)], cmd: &[String]) -> String {
+    // SAFETY: getuid and getgid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let var =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+    let mut s = String::new();
+    let _ = writeln!(s, "VMRUN_CWD={}", quote(&cwd.to_string_lossy()));
+    let _ = writeln!(s, "VMRUN_UID={uid}\nVMRUN_GID={gid}");
+    let _ = writeln!(s, "PATH={}", quote(&var("PATH", "/usr/bin:/bin")));
+    let _ = writeln!(s, "HOME={}", quote(&var("HOME", "/")));
+    let _ = writeln!(s, "TERM={}", quote(&var("TERM", "dumb")));
+    s.push_str("vmrun_shares() {\n    :\n");
+    for (tag, dir) in shares {
+        let _ = writeln!(
+            s,
+            "    vmrun_mount {} {}",
+            quote(tag),
+            quote(&dir.to_string_lossy())
+        );
+    }
+    s.push_str("}\nset --");
+    for arg in cmd {
+        s.push(' ');
+        s.push_str(&quote(arg));
+    }
+    s.push('\n');
+    s
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    let Some(kernel) = args.kernel.or_else(default_kernel) else {
+        return fail(
+            EXIT_USAGE,
+            "--kernel: no /boot/vmlinuz-* here, give --kernel PATH",
+        );
+    };
+    let timeout = match args.timeout.as_deref().map(parse_timeout).transpose() {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let mut devices = match Devices::parse(&args.net, &[], &args.share, args.virtiofsd) {
+        Ok(d) => d,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let cwd = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => return fail(1, format_args!("the current directory: {e}")),
+    };
+    // The guest mounts each writable share at its host path, the current directory first.
+    let mut mounts = Vec::new();
+    if cwd != Path::new("/") {
+        mounts.push((CWD_TAG.to_string(), cwd.clone()));
+        devices.push_share(
+            format!("{} (the current directory)", cwd.display()),
+            FsArg::Share {
+                dir: cwd.clone(),
+                tag: CWD_TAG.into(),
+                readonly: false,
+            },
+        );
+    }
+    for (tag, dir) in devices.shares() {
+        if tag != CWD_TAG {
+            mounts.push((tag.to_string(), dir.to_path_buf()));
+        }
+    }
+    devices.push_share(
+        "/ (the root file system)".into(),
+        FsArg::Share {
+            dir: PathBuf::from("/"),
+            tag: ROOT_TAG.into(),
+            readonly: true,
+        },
+    );
+    if let Err(e) = devices.check_tags() {
+        return fail(EXIT_USAGE, e);
+    }
+
+    let dir = match private_dir() {
+        Ok(d) => RunDir(d),
+        Err(e) => return fail(1, format_args!("creating the run directory: {e}")),
+    };
+    let init = dir.0.join("init");
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(&init)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, INIT.as_bytes()))
+        .and_then(|()| std::fs::write(dir.0.join("env"), env_script(&cwd, &mounts, &args.cmd)))
+        // The guest's root reads it as whoever runs init there: readable by all, like /.
+        .and_then(|()| std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)));
+    if let Err(e) = written {
+        return fail(1, format_args!("writing {}: {e}", dir.0.display()));
+    }
+
+    let mut cmdline = format!(
+        "console=ttyS0 quiet loglevel=1 reboot=k panic=-1 root={ROOT_TAG} rootfstype=virtiofs ro \
+         init={}",
+        init.display()
+    );
+    if let Some(extra) = &args.append {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    let mut config = vmm_vmm::VmConfig::new(kernel);
+    config.cmdline = cmdline;
+    config.timeout = timeout;
+    config.console_log = args.console_log;
+    config.mem_mib = args.mem;
+    config.cpus = args.cpus;
+    let status = boot(config, devices, args.timeout.as_deref());
+    drop(dir);
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_any_argument() {
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        let env = env_script(
+            Path::new("/a b"),
+            &[("t".into(), PathBuf::from("/x'y"))],
+            &["sh".into(), "-c".into(), "exit 7".into()],
+        );
+        assert!(env.contains("VMRUN_CWD='/a b'\n"), "{env}");
+        assert!(env.contains(r"vmrun_mount 't' '/x'\''y'"), "{env}");
+        assert!(env.ends_with("set -- 'sh' '-c' 'exit 7'\n"), "{env}");
+    }
+}

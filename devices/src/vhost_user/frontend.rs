@@ -1,0 +1,336 @@
+//! The part of a vhost-user frontend that does not depend on the device type.
+//!
+//! The virtio transport (virtio-pci) owns what the guest sees: feature negotiation, the queue
+//! registers, interrupts. A [`Connection`] speaks to the backend: SET_OWNER, the feature and
+//! protocol-feature handshake, and when the guest sets DRIVER_OK it hands the backend the guest
+//! memory (memfd regions), the rings' addresses and the kick/call eventfds, after which the VMM
+//! is out of the datapath. A [`VhostUserDevice`] joins a connection to the device-specific part
+//! (a [`DeviceKind`]: type, queues, config space) and is what the transport drives.
+//!
+//! Ring addresses in `SET_VRING_ADDR` are addresses in *this* process (QEMU's convention, which
+//! every backend follows): the backend translates them through the `userspace_addr` of the
+//! regions in `SET_MEM_TABLE`.
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::virtio_pci::{ActivateError, QueueSetup, VirtioDevice};
+
+/// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user bit, never offered to the guest.
+const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// Largest queue size a split virtqueue may have.
+const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Errors of a vhost-user frontend, whatever the device type.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    /// Nothing accepts connections at the socket (or it is not a socket).
+    #[error("vhost-user backend at {path}: {source}")]
+    Connect {
+        path: String,
+        #[source]
+        source: vhost::Error,
+    },
+    /// The backend failed or refused a request.
+    #[error("vhost-user {op}: {source}")]
+    Protocol {
+        op: &'static str,
+        #[source]
+        source: vhost::Error,
+    },
+    /// A legacy (pre-1.0) backend: our transport is modern only.
+    #[error("vhost-user backend does not offer VIRTIO_F_VERSION_1 (features {0:#x})")]
+    NotVersion1(u64),
+    /// Guest memory that a backend process cannot map.
+    #[error("guest memory region at {0:#x} is not backed by a file, a backend cannot map it")]
+    AnonymousMemory(u64),
+    /// The guest put a ring where there is no memory.
+    #[error("queue {index}: ring address {addr:#x} is outside guest memory")]
+    RingAddress { index: usize, addr: u64 },
+    /// The guest chose a queue size the ring layout does not allow.
+    #[error("queue {index}: size {size} is not a power of two in 1..=32768")]
+    QueueSize { index: usize, size: u16 },
+}
+
+fn proto(op: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
+    move |source| FrontendError::Protocol { op, source }
+}
+
+/// A vhost-user backend after the handshake: SET_OWNER done, features and protocol features
+/// known.
+pub struct Connection {
+    frontend: Frontend,
+    /// Virtio features the backend offers, without the vhost-user bit.
+    device_features: u64,
+    protocol: VhostUserProtocolFeatures,
+    /// Queues the device has; reset stops each of them.
+    num_queues: usize,
+    active: bool,
+}
+
+impl Connection {
+    /// Connects to a backend listening on `path`, for a device of `num_queues` queues.
+    pub fn connect(path: &Path, num_queues: usize) -> Result<Self, FrontendError> {
+        let frontend = Frontend::connect(path, num_queues as u64).map_err(|source| {
+            FrontendError::Connect {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        Self::handshake(frontend, num_queues)
+    }
+
+    /// Uses an already connected stream (e.g. one end of a socketpair whose other end a backend
+    /// thread of this process serves).
+    pub fn from_stream(stream: UnixStream, num_queues: usize) -> Result<Self, FrontendError> {
+        Self::handshake(Frontend::from_stream(stream, num_queues as u64), num_queues)
+    }
+
+    /// SET_OWNER and the feature and protocol-feature handshake.
+    fn handshake(mut frontend: Frontend, num_queues: usize) -> Result<Self, FrontendError> {
+        frontend.set_owner().map_err(proto("SET_OWNER"))?;
+        let features = frontend.get_features().map_err(proto("GET_FEATURES"))?;
+        if features & (1 << VIRTIO_F_VERSION_1) == 0 {
+            return Err(FrontendError::NotVersion1(features));
+        }
+        let mut protocol = VhostUserProtocolFeatures::empty();
+        if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            // Ack the vhost-user bit before using protocol features, as the spec requires (and
+            // as strict backends check).
+            frontend
+                .set_features(VHOST_USER_F_PROTOCOL_FEATURES)
+                .map_err(proto("SET_FEATURES"))?;
+            let offered = frontend
+                .get_protocol_features()
+                .map_err(proto("GET_PROTOCOL_FEATURES"))?;
+            protocol = offered
+                & (VhostUserProtocolFeatures::CONFIG
+                    | VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::MQ);
+            frontend
+                .set_protocol_features(protocol)
+                .map_err(proto("SET_PROTOCOL_FEATURES"))?;
+        }
+        Ok(Connection {
+            frontend,
+            device_features: features & !VHOST_USER_F_PROTOCOL_FEATURES,
+            protocol,
+            num_queues,
+            active: false,
+        })
+    }
+
+    /// The virtio features the backend offers (the vhost-user bit removed).
+    pub fn device_features(&self) -> u64 {
+        self.device_features
+    }
+
+    /// The backend's config space (its first `len` bytes), when it serves one
+    /// (VHOST_USER_PROTOCOL_F_CONFIG); `None` when the frontend must supply it.
+    pub fn backend_config(&mut self, len: usize) -> Result<Option<Vec<u8>>, FrontendError> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Ok(None);
+        }
+        let zeros = vec![0u8; len];
+        let (_, data) = self
+            .frontend
+            .get_config(0, len as u32, VhostUserConfigFlags::empty(), &zeros)
+            .map_err(proto("GET_CONFIG"))?;
+        Ok(Some(data))
+    }
+
+    /// Whether the backend currently runs the queues.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// Hands the datapath to the backend: features the guest acked, guest memory, and every
+    /// queue. Called when the guest sets DRIVER_OK.
+    pub fn activate(
+        &mut self,
+        acked_features: u64,
+        mem: &GuestMemoryMmap,
+        queues: &[QueueSetup],
+    ) -> Result<(), FrontendError> {
+        let protocol_bit = if self.protocol.is_empty() {
+            0
+        } else {
+            VHOST_USER_F_PROTOCOL_FEATURES
+        };
+        self.frontend
+            .set_features((acked_features & self.device_features) | protocol_bit)
+            .map_err(proto("SET_FEATURES"))?;
+
+        let mut regions = Vec::new();
+        for region in mem.iter() {
+            let info = VhostUserMemoryRegionInfo::from_guest_region(region)
+                .map_err(|_| FrontendError::AnonymousMemory(region.start_addr().0))?;
+            regions.push(info);
+        }
+        self.frontend
+            .set_mem_table(&regions)
+            .map_err(proto("SET_MEM_TABLE"))?;
+
+        for (index, q) in queues.iter().enumerate() {
+            if q.size == 0 || q.size > MAX_QUEUE_SIZE || !q.size.is_power_of_two() {
+                return Err(FrontendError::QueueSize {
+                    index,
+                    size: q.size,
+                });
+            }
+            let host = |addr: GuestAddress| {
+                mem.get_host_address(addr).map(|p| p as u64).map_err(|_| {
+                    FrontendError::RingAddress {
+                        index,
+                        addr: addr.0,
+                    }
+                })
+            };
+            let config = VringConfigData {
+                queue_max_size: q.size,
+                queue_size: q.size,
+                flags: 0,
+                desc_table_addr: host(q.desc_table)?,
+                used_ring_addr: host(q.used_ring)?,
+                avail_ring_addr: host(q.avail_ring)?,
+                log_addr: None,
+            };
+            self.frontend
+                .set_vring_num(index, q.size)
+                .map_err(proto("SET_VRING_NUM"))?;
+            self.frontend
+                .set_vring_addr(index, &config)
+                .map_err(proto("SET_VRING_ADDR"))?;
+            self.frontend
+                .set_vring_base(index, 0)
+                .map_err(proto("SET_VRING_BASE"))?;
+            self.frontend
+                .set_vring_call(index, q.call)
+                .map_err(proto("SET_VRING_CALL"))?;
+            self.frontend
+                .set_vring_kick(index, q.kick)
+                .map_err(proto("SET_VRING_KICK"))?;
+        }
+        if !self.protocol.is_empty() {
+            for index in 0..queues.len() {
+                self.frontend
+                    .set_vring_enable(index, true)
+                    .map_err(proto("SET_VRING_ENABLE"))?;
+            }
+        }
+        self.active = true;
+        Ok(())
+    }
+
+    /// Stops the queues (the guest reset the device): GET_VRING_BASE stops each ring in the
+    /// backend, which then drops its mapping state until the next activation.
+    pub fn reset(&mut self) -> Result<(), FrontendError> {
+        if !self.active {
+            return Ok(());
+        }
+        self.active = false;
+        for index in 0..self.num_queues {
+            if !self.protocol.is_empty() {
+                self.frontend
+                    .set_vring_enable(index, false)
+                    .map_err(proto("SET_VRING_ENABLE"))?;
+            }
+            self.frontend
+                .get_vring_base(index)
+                .map_err(proto("GET_VRING_BASE"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The device-specific part of a vhost-user device: what the guest sees besides the queues'
+/// datapath, which the backend serves.
+pub trait DeviceKind: Send {
+    /// The virtio device type.
+    const DEVICE_TYPE: u16;
+    /// A short name for log lines ("net", "fs").
+    const NAME: &'static str;
+    /// Largest size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The device config space; reads past it are zero.
+    fn config(&self) -> &[u8];
+    /// The features to offer the guest, out of those the backend offers.
+    fn features(&self, backend: u64) -> u64 {
+        backend
+    }
+}
+
+/// A vhost-user backend as a virtio device: the transport drives it, the [`DeviceKind`] says
+/// what kind of device it is, and this supplies the guest memory the backend must map at
+/// activation.
+pub struct VhostUserDevice<K> {
+    conn: Connection,
+    kind: K,
+    mem: GuestMemoryMmap,
+}
+
+impl<K: DeviceKind> VhostUserDevice<K> {
+    /// `mem` must be the VM's memfd-backed memory (the backend maps the same pages).
+    pub fn new(conn: Connection, kind: K, mem: GuestMemoryMmap) -> Self {
+        Self { conn, kind, mem }
+    }
+
+    /// Whether the backend currently runs the queues.
+    pub fn is_active(&self) -> bool {
+        self.conn.is_active()
+    }
+
+    /// The device-specific part.
+    pub fn kind(&self) -> &K {
+        &self.kind
+    }
+}
+
+/// Copies `config[offset..]` into `data`, zero past its end (a guest may probe anywhere).
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| config.get(o).copied())
+            .unwrap_or(0);
+    }
+}
+
+impl<K: DeviceKind> VirtioDevice for VhostUserDevice<K> {
+    fn device_type(&self) -> u16 {
+        K::DEVICE_TYPE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.kind.queue_max_sizes()
+    }
+
+    fn features(&self) -> u64 {
+        self.kind.features(self.conn.device_features())
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(self.kind.config(), offset, data)
+    }
+
+    fn activate(&mut self, acked: u64, queues: &[QueueSetup]) -> Result<(), ActivateError> {
+        let offered = self.features();
+        self.conn
+            .activate(acked & offered, &self.mem, queues)
+            .map_err(ActivateError::from)
+    }
+
+    fn reset(&mut self) {
+        if let Err(e) = self.conn.reset() {
+            log::warn!("vhost-user {}: reset: {e}", K::NAME);
+        }
+    }
+}
