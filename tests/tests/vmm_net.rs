@@ -109,9 +109,10 @@ fn assert_arp_answered(run: &VmRun, peer_ip: &str, peer_mac: &str) {
     }
 }
 
-/// The packet counter `DIR N pkts` from the backend's summary line, 0 if absent.
+/// The packet counter `DIR N pkts` from the backend's (last) summary line, 0 if absent.
 fn packets(log: &str, dir: &str) -> u64 {
-    let Some(line) = log.lines().find(|l| l.contains("frontend gone")) else {
+    // The backend's summary line, logged when its frontend goes.
+    let Some(line) = log.lines().rev().find(|l| l.contains(" pkts")) else {
         return 0;
     };
     let needle = format!("{dir} ");
