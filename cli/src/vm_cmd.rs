@@ -33,7 +33,8 @@ pub struct VmArgs {
     cpus: u8,
     /// A virtio-net device (repeatable, one PCI slot each): `vecN:transport=...` or `ethN=...`
     /// served by a backend thread of the VMM (the grammar is below), or
-    /// `vhost-user,socket=PATH` for an external vhost-user backend (e.g. `vmm net-backend`).
+    /// `vhost-user,socket=PATH[,mac=MAC]` for an external vhost-user backend (e.g. `vmm
+    /// net-backend`, DPDK); `mac=` gives the guest that MAC whatever the backend offers.
     #[arg(long = "net", value_name = "SPEC")]
     net: Vec<String>,
     /// A virtio-fs device served by a running virtiofsd (repeatable): `tag=TAG,socket=PATH`;

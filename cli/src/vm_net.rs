@@ -1,6 +1,6 @@
 //! `--net` for a VM: each device is a virtio-net (virtio-pci) whose datapath is a vhost-user
 //! backend, either ours in a thread of this process (`vecN:...`, `ethN=...`) or an external one
-//! (`vhost-user,socket=PATH`).
+//! (`vhost-user,socket=PATH[,mac=MAC]`).
 //!
 //! The in-process backend is the very `NetBackend` that `vmm net-backend` serves, talking
 //! vhost-user over a socketpair: one datapath, one protocol, whichever way it is deployed. The
@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use umlnet::backend::NetBackend;
-use umlnet::config::NetSpec;
+use umlnet::config::{MacAddr, NetSpec};
 use vmm_devices::vhost_user::net::VhostUserNetDevice;
 use vmm_devices::vhost_user::FrontendError;
 
@@ -22,8 +22,14 @@ use vmm_devices::vhost_user::FrontendError;
 pub enum NetArg {
     /// A UML transport served by a backend thread of the VMM.
     Builtin(Box<NetSpec>),
-    /// An external vhost-user backend listening on a unix socket.
-    External(PathBuf),
+    /// An external vhost-user backend listening on a unix socket; `mac`, when given, is the
+    /// guest's MAC whatever the backend offers.
+    External {
+        /// The backend's socket.
+        socket: PathBuf,
+        /// `mac=`.
+        mac: Option<MacAddr>,
+    },
 }
 
 /// Why a `--net` argument cannot be used; every message names the argument.
@@ -45,7 +51,7 @@ impl fmt::Display for NetArgError {
 const EXTERNAL_PREFIX: &str = "vhost-user";
 
 impl NetArg {
-    /// Parses `vecN:...`/`ethN=...` (UML's grammar) or `vhost-user,socket=PATH`.
+    /// Parses `vecN:...`/`ethN=...` (UML's grammar) or `vhost-user,socket=PATH[,mac=MAC]`.
     pub fn parse(arg: &str) -> Result<NetArg, NetArgError> {
         let err = |msg: String| NetArgError {
             arg: arg.to_string(),
@@ -55,6 +61,7 @@ impl NetArg {
         if let Some(rest) = arg.strip_prefix(EXTERNAL_PREFIX) {
             let rest = rest.strip_prefix(',').unwrap_or(rest);
             let mut socket = None;
+            let mut mac: Option<MacAddr> = None;
             for kv in rest.split(',').filter(|s| !s.is_empty()) {
                 match kv.split_once('=') {
                     Some(("socket", p)) if !p.is_empty() => {
@@ -63,15 +70,22 @@ impl NetArg {
                         }
                     }
                     Some(("socket", _)) => return Err(err("socket= needs a path".into())),
+                    Some(("mac", m)) => {
+                        let parsed: MacAddr =
+                            m.parse().map_err(|e| err(format!("mac={m}: {e}")))?;
+                        if mac.replace(parsed).is_some() {
+                            return Err(err("mac given twice".into()));
+                        }
+                    }
                     _ => {
                         return Err(err(format!(
-                            "unknown option '{kv}' (vhost-user takes only socket=PATH)"
+                            "unknown option '{kv}' (vhost-user takes socket=PATH and mac=MAC)"
                         )))
                     }
                 }
             }
             return socket
-                .map(NetArg::External)
+                .map(|socket| NetArg::External { socket, mac })
                 .ok_or_else(|| err("vhost-user needs socket=PATH".into()));
         }
         umlnet::config::parse_spec(arg)
@@ -113,14 +127,16 @@ pub fn open(
         usage: false,
     };
     match net {
-        NetArg::External(path) => {
+        NetArg::External { socket: path, mac } => {
             // Nothing listening there is the user's input; a backend that breaks the protocol
             // is a run-time failure.
-            let dev = VhostUserNetDevice::connect(&path, mem.clone()).map_err(|e| NetArgError {
-                arg: arg.to_string(),
-                usage: matches!(e, FrontendError::Connect { .. }),
-                msg: e.to_string(),
-            })?;
+            let mac = mac.map(|m| m.0);
+            let dev =
+                VhostUserNetDevice::connect(&path, mem.clone(), mac).map_err(|e| NetArgError {
+                    arg: arg.to_string(),
+                    usage: matches!(e, FrontendError::Connect { .. }),
+                    msg: e.to_string(),
+                })?;
             Ok((dev, None))
         }
         NetArg::Builtin(spec) => {
@@ -157,13 +173,26 @@ mod tests {
     fn external_backend_syntax() {
         assert!(matches!(
             NetArg::parse("vhost-user,socket=/tmp/x.sock"),
-            Ok(NetArg::External(p)) if p == std::path::Path::new("/tmp/x.sock")
+            Ok(NetArg::External { socket, mac: None }) if socket == std::path::Path::new("/tmp/x.sock")
+        ));
+        assert!(matches!(
+            NetArg::parse("vhost-user,socket=/s,mac=52:54:00:12:34:56"),
+            Ok(NetArg::External { mac: Some(m), .. }) if m.0 == [0x52, 0x54, 0, 0x12, 0x34, 0x56]
         ));
         for (bad, why) in [
             ("vhost-user", "needs socket=PATH"),
             ("vhost-user,socket=", "needs a path"),
             ("vhost-user,socket=a,socket=b", "twice"),
             ("vhost-user,path=/x", "unknown option 'path=/x'"),
+            (
+                "vhost-user,socket=/s,mac=01:00:00:00:00:01",
+                "mac=01:00:00:00:00:01",
+            ),
+            ("vhost-user,socket=/s,mac=zz", "mac=zz"),
+            (
+                "vhost-user,socket=/s,mac=52:54:00:00:00:01,mac=52:54:00:00:00:02",
+                "twice",
+            ),
         ] {
             let e = NetArg::parse(bad).err().unwrap();
             assert!(e.usage);

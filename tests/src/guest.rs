@@ -66,22 +66,41 @@ pub fn uml_usable(test: &str) -> bool {
             .arg("vmtest.cmd=true")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot run linux.uml ({e}): run resources/setup.sh"))?;
-        let out = child.stdout.take().expect("piped stdout");
-        let reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut BufReader::new(out), &mut text);
-            text
-        });
+        // UML reports its own failures on stderr, the guest's console is stdout.
+        let readers: Vec<_> = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|stream| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut BufReader::new(stream), &mut text);
+                text
+            })
+        })
+        .collect();
         let deadline = Instant::now() + Duration::from_secs(60);
         while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
         let _ = child.wait();
-        let text = reader.join().unwrap_or_default();
+        let text: String = readers
+            .into_iter()
+            .map(|r| r.join().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
         if text.contains("VMTEST-EXIT=0") {
             Ok(())
         } else if text.contains("ptrace set fp regs failed") {

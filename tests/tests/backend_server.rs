@@ -51,11 +51,11 @@ fn malformed_frontends_are_dropped_and_the_next_one_is_served() {
 
     // Two real guests, one after the other, on the same backend and transport.
     let rounds = if vmm_tests::guest::uml_usable("the two UML guests after malformed frontends") {
-        0..2
+        2
     } else {
-        0..0
+        0
     };
-    for round in rounds {
+    for round in 0..rounds {
         let script = dir.path().join(format!("run{round}.sh"));
         std::fs::write(&script, format!("ping -c 2 -W 3 {peer}\n")).unwrap();
         let mut guest = Guest::uml(&GuestConfig {
@@ -75,7 +75,10 @@ fn malformed_frontends_are_dropped_and_the_next_one_is_served() {
         );
     }
     let log = backend.log();
-    assert!(log.matches("frontend connected").count() >= 6, "{log}");
+    assert!(
+        log.matches("frontend connected").count() >= 4 + rounds,
+        "{log}"
+    );
 
     // SIGTERM: exit 0 and the socket is gone.
     let status = backend

@@ -22,6 +22,8 @@ use vmm_tests::{unique_subnet, TempDir};
 
 /// Boot to the end of the test steps; PVM measured ~60-90 s to /init.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
+/// The MAC given with `mac=` to an external backend's NIC.
+const GIVEN_MAC: &str = "52:54:00:c0:ff:ee";
 /// Size of the file sent both ways: every byte value, incompressible.
 const FILE_LEN: usize = 96 * 1024;
 
@@ -116,7 +118,7 @@ enum Net {
     /// `--net SPEC` with the backend in the VMM.
     InVmm(String),
     /// `--net vhost-user,socket=...` to a `vmm net-backend` process serving SPEC.
-    External(String),
+    External(String, Option<&'static str>),
 }
 
 struct Run {
@@ -143,7 +145,7 @@ fn boot_and_exchange(lan: &Lan, net: Net, cpus: u8, title: &str) -> Run {
     let mut backend = None;
     let net_arg = match &net {
         Net::InVmm(spec) => spec.clone(),
-        Net::External(spec) => {
+        Net::External(spec, mac) => {
             let sock = dir.path().join("vec0.sock");
             backend = Some(net_backend(
                 Some(lan.ns.name()),
@@ -151,7 +153,8 @@ fn boot_and_exchange(lan: &Lan, net: Net, cpus: u8, title: &str) -> Run {
                 spec,
                 dir.path().join("backend.log"),
             ));
-            format!("vhost-user,socket={}", sock.display())
+            let mac = mac.map(|m| format!(",mac={m}")).unwrap_or_default();
+            format!("vhost-user,socket={}{mac}", sock.display())
         }
     };
     let (get_l, get_port) = lan.listen();
@@ -293,7 +296,8 @@ fn linux_over_tap() {
     );
 }
 
-/// One vCPU through `--net vhost-user,socket=` to a `vmm net-backend` process on `raw`.
+/// One vCPU through `--net vhost-user,socket=...,mac=` to a `vmm net-backend` process on `raw`:
+/// the guest's NIC has the MAC the VMM was given, not the backend's.
 #[test]
 fn linux_through_an_external_backend() {
     if !vmm_tests::kvm_usable() {
@@ -303,9 +307,18 @@ fn linux_through_an_external_backend() {
     let ifname = lan.veth();
     let run = boot_and_exchange(
         &lan,
-        Net::External(format!("vec0:transport=raw,ifname={ifname}")),
+        Net::External(
+            format!("vec0:transport=raw,ifname={ifname}"),
+            Some(GIVEN_MAC),
+        ),
         1,
         "real Linux, external net-backend on raw",
+    );
+    let (_, neigh) = lan.ns.run("ip", &["neigh", "show", &lan.guest_ip]);
+    assert!(
+        neigh.contains(GIVEN_MAC),
+        "the peer knows the guest by {GIVEN_MAC}: `{neigh}`\n{}",
+        run.context()
     );
     assert!(
         run.backend_log.contains("frontend gone"),

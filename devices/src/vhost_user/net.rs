@@ -18,11 +18,18 @@ pub const CONFIG_SIZE: usize = 12;
 /// Largest queue the guest may ask for (Linux's virtio-net sizes its rings to this).
 pub const QUEUE_MAX_SIZE: u16 = 256;
 
+/// `VIRTIO_NET_F_MAC`: the config space's MAC is valid.
+const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+
 /// virtio-net as a [`DeviceKind`]: its config space is the backend's, read once at connection
-/// (ours is static).
+/// (ours is static), with the MAC replaced where the user gave one.
 pub struct Net {
     config: [u8; CONFIG_SIZE],
     max_sizes: [u16; NUM_QUEUES],
+    /// The MAC is ours (`mac=`), not the backend's: offer `VIRTIO_NET_F_MAC` whatever the
+    /// backend offers. DPDK's vhost PMD offers no MAC, and without one the guest's NIC gets
+    /// 00:00:00:00:00:00 (Linux then picks a random one) on every boot.
+    own_mac: bool,
 }
 
 impl DeviceKind for Net {
@@ -36,6 +43,16 @@ impl DeviceKind for Net {
     fn config(&self) -> &[u8] {
         &self.config
     }
+
+    /// Never forwarded to a backend that did not offer it: the frontend masks what it acks to
+    /// the backend with the backend's own features.
+    fn features(&self, backend: u64) -> u64 {
+        if self.own_mac {
+            backend | VIRTIO_NET_F_MAC
+        } else {
+            backend
+        }
+    }
 }
 
 /// A vhost-user virtio-net device.
@@ -43,26 +60,39 @@ pub type VhostUserNetDevice = VhostUserDevice<Net>;
 
 impl VhostUserDevice<Net> {
     /// Connects to a backend listening on `path`; `mem` must be the VM's memfd-backed memory.
-    pub fn connect(path: &Path, mem: GuestMemoryMmap) -> Result<Self, FrontendError> {
-        Self::net(Connection::connect(path, NUM_QUEUES)?, mem)
+    /// `mac`, when given, is the guest's MAC whatever the backend says.
+    pub fn connect(
+        path: &Path,
+        mem: GuestMemoryMmap,
+        mac: Option<[u8; 6]>,
+    ) -> Result<Self, FrontendError> {
+        Self::net(Connection::connect(path, NUM_QUEUES)?, mem, mac)
     }
 
     /// Uses an already connected stream (e.g. one end of a socketpair whose other end a backend
     /// thread of this process serves).
     pub fn from_stream(stream: UnixStream, mem: GuestMemoryMmap) -> Result<Self, FrontendError> {
-        Self::net(Connection::from_stream(stream, NUM_QUEUES)?, mem)
+        Self::net(Connection::from_stream(stream, NUM_QUEUES)?, mem, None)
     }
 
     /// Reads the backend's config space (zero where it serves none or a shorter one).
-    fn net(mut conn: Connection, mem: GuestMemoryMmap) -> Result<Self, FrontendError> {
+    fn net(
+        mut conn: Connection,
+        mem: GuestMemoryMmap,
+        mac: Option<[u8; 6]>,
+    ) -> Result<Self, FrontendError> {
         let mut config = [0; CONFIG_SIZE];
         if let Some(data) = conn.backend_config(CONFIG_SIZE)? {
             let n = data.len().min(CONFIG_SIZE);
             config[..n].copy_from_slice(&data[..n]);
         }
+        if let Some(mac) = mac {
+            config[..6].copy_from_slice(&mac);
+        }
         let kind = Net {
             config,
             max_sizes: [QUEUE_MAX_SIZE; NUM_QUEUES],
+            own_mac: mac.is_some(),
         };
         Ok(VhostUserDevice::new(conn, kind, mem))
     }
