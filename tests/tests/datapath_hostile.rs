@@ -218,11 +218,18 @@ fn fd_backend(dir: &TempDir, fd: OwnedFd) -> (Daemon, std::path::PathBuf) {
         .arg("vec0:transport=fd,fd=3")
         .env("RUST_LOG", "info");
     let raw: RawFd = fd.as_raw_fd();
-    // SAFETY: between fork and exec the closure only calls dup2, which is async-signal-safe;
-    // dup2 clears close-on-exec on descriptor 3, so the child inherits exactly that one.
+    // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which are
+    // async-signal-safe. dup2 clears close-on-exec on descriptor 3, so the child inherits
+    // exactly that one; when the socket already is descriptor 3, dup2 does nothing and the
+    // flag is cleared by hand.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
+            let rc = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
