@@ -326,3 +326,92 @@ fn linux_through_an_external_backend() {
         run.context()
     );
 }
+
+/// `--net vhost-user,socket=` survives its backend: `vmm net-backend` is killed mid-run and a
+/// new one started on the same socket. The guest sees its link go down and come back up (a
+/// configuration interrupt each time), keeps its NIC, and frames flow again: a second ping,
+/// then a file both ways byte-exact.
+#[test]
+fn linux_nic_survives_its_backend_restarting() {
+    if !vmm_tests::kvm_usable() {
+        return;
+    }
+    let lan = Lan::new();
+    let ifname = lan.veth();
+    let spec = format!("vec0:transport=raw,ifname={ifname}");
+    let dir = TempDir::new("rc");
+    let sock = dir.path().join("vec0.sock");
+    let first = net_backend(
+        Some(lan.ns.name()),
+        &sock,
+        &spec,
+        dir.path().join("first.log"),
+    );
+    let (get_l, get_port) = lan.listen();
+    let (put_l, put_port) = lan.listen();
+    let peer = &lan.peer_ip;
+    let cmdline = format!(
+        "console=ttyS0 reboot=k panic=1 {} vmtest.ip={}/24 \
+         vmtest.steps=ping:{peer},carrier:0,carrier:1,ping:{peer},get:{peer}:{get_port},put:{peer}:{put_port} \
+         vmtest.exitport=0xf4",
+        pvm_words(),
+        lan.guest_ip
+    );
+    let mut cmd = lan.ns.command(vmm_bin().to_str().unwrap());
+    cmd.arg("--kernel")
+        .arg(vmlinux())
+        .arg("--initrd")
+        .arg(initramfs())
+        .args(["--mem", "128", "--cmdline", &cmdline])
+        .arg("--net")
+        .arg(format!("vhost-user,socket={}", sock.display()))
+        .env("RUST_LOG", "warn");
+    let mut guest = Guest::command(cmd);
+
+    guest.expect(&format!("vmtest: step ping:{peer}: ok"), BOOT_TIMEOUT);
+    // A crash, not a clean stop.
+    // SAFETY: kill(2) on the backend's pid, our child, not yet reaped.
+    unsafe { libc::kill(first.pid() as libc::pid_t, libc::SIGKILL) };
+    drop(first);
+    guest.expect("vmtest: carrier 0", Duration::from_secs(150));
+    let second = net_backend(
+        Some(lan.ns.name()),
+        &sock,
+        &spec,
+        dir.path().join("second.log"),
+    );
+    guest.expect("vmtest: carrier 1", Duration::from_secs(150));
+
+    let file = test_bytes(FILE_LEN, 0x5bd1_e995 ^ u64::from(put_port));
+    let mut s = accept(&get_l, Duration::from_secs(180), "get", &guest);
+    s.write_all(&file).expect("send the file to the guest");
+    drop(s);
+    let mut s = accept(&put_l, Duration::from_secs(180), "put", &guest);
+    let mut back = Vec::new();
+    s.read_to_end(&mut back)
+        .expect("receive the file from the guest");
+    drop(s);
+    let code = guest.wait_process(Duration::from_secs(180));
+    let console = guest.console();
+    let ctx = format!("{console}\nsecond backend:\n{}", second.log());
+    assert_eq!(
+        console
+            .matches(&format!("vmtest: step ping:{peer}: ok"))
+            .count(),
+        2,
+        "a ping before and after\n{ctx}"
+    );
+    assert!(console.contains("went away: link down"), "{ctx}");
+    assert!(console.contains("link up"), "{ctx}");
+    assert!(back == file, "the file came back byte-exact\n{ctx}");
+    assert_eq!(code, Some(0), "{ctx}");
+    vmm_tests::say(&format!(
+        "backend restart: timeline\n{}",
+        guest.timeline(&[
+            ("first ping done", &format!("vmtest: step ping:{peer}: ok")),
+            ("link down seen by the guest", "vmtest: carrier 0"),
+            ("link up seen by the guest", "vmtest: carrier 1"),
+            ("test steps done", "VMTEST-EXIT="),
+        ])
+    ));
+}

@@ -578,6 +578,25 @@ impl Vmm {
                 EpollEvent::new(EventSet::IN, FAILURE),
             )
             .map_err(io_err("watching the failure eventfd"))?;
+        // Devices whose configuration changes on their own (a vhost-user NIC whose backend
+        // went away): each change becomes a configuration interrupt.
+        const CONFIG_BASE: u64 = 16;
+        for (i, dev) in self.virtio.iter().enumerate() {
+            let fd = dev
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .config_events()
+                .map(|e| e.as_raw_fd());
+            if let Some(fd) = fd {
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        fd,
+                        EpollEvent::new(EventSet::IN, CONFIG_BASE + i as u64),
+                    )
+                    .map_err(io_err("watching a device's configuration events"))?;
+            }
+        }
         let mut stdin_open = false;
         if matches!(self.console, Console::Stdio) {
             // epoll refuses regular files and /dev/null (EPERM): then there is simply no input.
@@ -591,7 +610,7 @@ impl Vmm {
             }
         }
         let mut pending: Vec<u8> = Vec::new();
-        let mut events = vec![EpollEvent::default(); 4];
+        let mut events = vec![EpollEvent::default(); 8];
         let deadline = self.timeout.map(|t| started + t);
         while !self.exit.is_requested() {
             let now = Instant::now();
@@ -630,6 +649,17 @@ impl Vmm {
             for ev in &events[..n] {
                 if ev.data() == FAILURE {
                     let _ = self.failures.eventfd().read();
+                }
+                if let Some(dev) = ev
+                    .data()
+                    .checked_sub(CONFIG_BASE)
+                    .and_then(|i| self.virtio.get(usize::try_from(i).ok()?))
+                {
+                    let mut dev = dev.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(e) = dev.config_events() {
+                        let _ = e.read();
+                    }
+                    dev.config_changed();
                 }
                 if ev.data() == STDIN && stdin_open && pending.len() < 4096 {
                     let mut buf = [0u8; 256];

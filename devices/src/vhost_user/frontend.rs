@@ -10,15 +10,31 @@
 //! Ring addresses in `SET_VRING_ADDR` are addresses in *this* process (QEMU's convention, which
 //! every backend follows): the backend translates them through the `userspace_addr` of the
 //! regions in `SET_MEM_TABLE`.
+//!
+//! A device made with [`VhostUserDevice::reconnecting`] outlives its backend: a monitor thread
+//! sees the socket hang up, takes the link down (a configuration interrupt tells the guest),
+//! connects again to the same path until a backend answers, hands it the same memory and
+//! rings (each resumed at the index the guest's used ring shows), and brings the link back up.
+//! The guest keeps its NIC throughout. Frames the old backend had taken but not completed are
+//! lost, as on a cable pulled and plugged back.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 use crate::virtio_pci::{ActivateError, QueueSetup, VirtioDevice};
 
@@ -57,6 +73,12 @@ pub enum FrontendError {
     /// The guest chose a queue size the ring layout does not allow.
     #[error("queue {index}: size {size} is not a power of two in 1..=32768")]
     QueueSize { index: usize, size: u16 },
+    /// An eventfd could not be made (the host is out of descriptors).
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// A backend that replaces a lost one lacks features the guest is using.
+    #[error("the new backend lacks features the guest uses ({0:#x})")]
+    LacksFeatures(u64),
 }
 
 fn proto(op: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
@@ -159,6 +181,18 @@ impl Connection {
         mem: &GuestMemoryMmap,
         queues: &[QueueSetup],
     ) -> Result<(), FrontendError> {
+        self.activate_at(acked_features, mem, queues, &vec![0; queues.len()])
+    }
+
+    /// As [`Connection::activate`], each queue starting at `bases[i]` (SET_VRING_BASE): a
+    /// backend that takes over rings another one served resumes where the used rings are.
+    pub fn activate_at(
+        &mut self,
+        acked_features: u64,
+        mem: &GuestMemoryMmap,
+        queues: &[QueueSetup],
+        bases: &[u16],
+    ) -> Result<(), FrontendError> {
         let protocol_bit = if self.protocol.is_empty() {
             0
         } else {
@@ -209,7 +243,7 @@ impl Connection {
                 .set_vring_addr(index, &config)
                 .map_err(proto("SET_VRING_ADDR"))?;
             self.frontend
-                .set_vring_base(index, 0)
+                .set_vring_base(index, bases.get(index).copied().unwrap_or(0))
                 .map_err(proto("SET_VRING_BASE"))?;
             self.frontend
                 .set_vring_call(index, q.call)
@@ -265,32 +299,228 @@ pub trait DeviceKind: Send {
     fn features(&self, backend: u64) -> u64 {
         backend
     }
+    /// Where the config space holds a link status (a little-endian u16 whose bit 0 is "link
+    /// up", as virtio-net's `status`), for a device that can lose its backend and get it back.
+    fn link_status_offset(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A queue as the guest set it up, kept to hand to a backend that replaces the first one.
+struct SavedQueue {
+    size: u16,
+    desc_table: GuestAddress,
+    avail_ring: GuestAddress,
+    used_ring: GuestAddress,
+    kick: EventFd,
+    call: EventFd,
+}
+
+/// What the guest activated: enough to resume on a new backend.
+struct Activation {
+    acked: u64,
+    /// The features of the backend that was activated: a replacement must offer those the
+    /// guest uses.
+    backend_features: u64,
+    queues: Vec<SavedQueue>,
+}
+
+/// State shared by the device and its reconnection monitor. Lock order: `activation`, then
+/// `conn`.
+struct Shared {
+    conn: Mutex<Connection>,
+    activation: Mutex<Option<Activation>>,
+    link_up: AtomicBool,
+    /// Written when the link goes down or up: the transport interrupts the guest.
+    config_evt: EventFd,
+    stop: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A vhost-user backend as a virtio device: the transport drives it, the [`DeviceKind`] says
 /// what kind of device it is, and this supplies the guest memory the backend must map at
 /// activation.
 pub struct VhostUserDevice<K> {
-    conn: Connection,
+    shared: Arc<Shared>,
     kind: K,
     mem: GuestMemoryMmap,
+    /// The reconnection monitor, for a device that survives its backend.
+    monitor: Option<JoinHandle<()>>,
 }
 
 impl<K: DeviceKind> VhostUserDevice<K> {
     /// `mem` must be the VM's memfd-backed memory (the backend maps the same pages).
-    pub fn new(conn: Connection, kind: K, mem: GuestMemoryMmap) -> Self {
-        Self { conn, kind, mem }
+    pub fn new(conn: Connection, kind: K, mem: GuestMemoryMmap) -> Result<Self, FrontendError> {
+        Ok(Self {
+            shared: Arc::new(Shared {
+                conn: Mutex::new(conn),
+                activation: Mutex::new(None),
+                link_up: AtomicBool::new(true),
+                config_evt: EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?,
+                stop: AtomicBool::new(false),
+            }),
+            kind,
+            mem,
+            monitor: None,
+        })
     }
 
     /// Whether the backend currently runs the queues.
     pub fn is_active(&self) -> bool {
-        self.conn.is_active()
+        lock(&self.shared.conn).is_active()
     }
 
     /// The device-specific part.
     pub fn kind(&self) -> &K {
         &self.kind
     }
+
+    /// Whether the link is up (the backend is there).
+    pub fn link_up(&self) -> bool {
+        self.shared.link_up.load(Ordering::SeqCst)
+    }
+
+    /// Makes the device survive its backend: when the connection hangs up, the link goes
+    /// down and a monitor thread connects to `path` again until a backend answers, then
+    /// resumes the rings there and brings the link up.
+    pub fn reconnecting(mut self, path: PathBuf) -> Self {
+        let shared = self.shared.clone();
+        let mem = self.mem.clone();
+        let num_queues = self.kind.queue_max_sizes().len();
+        let spawned = std::thread::Builder::new()
+            .name(format!("vu-{}-monitor", K::NAME))
+            .spawn(move || monitor(&shared, &path, &mem, num_queues, K::NAME));
+        match spawned {
+            Ok(h) => self.monitor = Some(h),
+            Err(e) => log::warn!(
+                "vhost-user {}: no reconnection monitor ({e}): the device will not survive \
+                 its backend",
+                K::NAME
+            ),
+        }
+        self
+    }
+}
+
+impl<K> Drop for VhostUserDevice<K> {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.monitor.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// How often the monitor looks at the connection and retries a lost backend (at most).
+const MONITOR_POLL: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Whether the backend's end of `conn` hung up within `timeout`.
+fn hung_up(conn: &Mutex<Connection>, timeout: Duration) -> bool {
+    let fd = lock(conn).frontend.as_raw_fd();
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd for the duration of the call. The descriptor stays open: only
+    // this thread replaces the connection (and with it the socket).
+    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+fn set_link(shared: &Shared, up: bool) {
+    shared.link_up.store(up, Ordering::SeqCst);
+    if let Err(e) = shared.config_evt.write(1) {
+        log::warn!("vhost-user: cannot report the link change: {e}");
+    }
+}
+
+/// The reconnection monitor's loop (see [`VhostUserDevice::reconnecting`]).
+fn monitor(shared: &Shared, path: &Path, mem: &GuestMemoryMmap, num_queues: usize, name: &str) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        if !hung_up(&shared.conn, MONITOR_POLL) {
+            continue;
+        }
+        log::warn!(
+            "vhost-user {name}: the backend at {} went away: link down, reconnecting",
+            path.display()
+        );
+        set_link(shared, false);
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0u32;
+        while !shared.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(RETRY_MAX);
+            tries += 1;
+            match resume(shared, path, mem, num_queues) {
+                Ok(()) => {
+                    log::warn!(
+                        "vhost-user {name}: reconnected to {} after {tries} tries: link up",
+                        path.display()
+                    );
+                    set_link(shared, true);
+                    break;
+                }
+                Err(e) if tries % 30 == 1 => {
+                    log::info!("vhost-user {name}: {} not back yet: {e}", path.display())
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Connects to `path` and, if the guest had activated the device, hands the new backend the
+/// memory and the rings, each resumed at the used ring's index; then makes it the device's
+/// connection.
+fn resume(
+    shared: &Shared,
+    path: &Path,
+    mem: &GuestMemoryMmap,
+    num_queues: usize,
+) -> Result<(), FrontendError> {
+    let mut conn = Connection::connect(path, num_queues)?;
+    let activation = lock(&shared.activation);
+    if let Some(a) = activation.as_ref() {
+        let lacking = a.acked & a.backend_features & !conn.device_features();
+        if lacking != 0 {
+            return Err(FrontendError::LacksFeatures(lacking));
+        }
+        let setups: Vec<QueueSetup> = a
+            .queues
+            .iter()
+            .map(|q| QueueSetup {
+                size: q.size,
+                desc_table: q.desc_table,
+                avail_ring: q.avail_ring,
+                used_ring: q.used_ring,
+                kick: &q.kick,
+                call: &q.call,
+            })
+            .collect();
+        // used.idx follows the flags word; a ring the guest moved outside memory reads as 0.
+        let bases: Vec<u16> = a
+            .queues
+            .iter()
+            .map(|q| {
+                q.used_ring
+                    .checked_add(2)
+                    .and_then(|at| mem.read_obj::<u16>(at).ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        conn.activate_at(a.acked, mem, &setups, &bases)?;
+        // The rings may hold work the old backend never saw: kick them.
+        for q in &a.queues {
+            let _ = q.kick.write(1);
+        }
+    }
+    *lock(&shared.conn) = conn;
+    Ok(())
 }
 
 /// Copies `config[offset..]` into `data`, zero past its end (a guest may probe anywhere).
@@ -314,23 +544,62 @@ impl<K: DeviceKind> VirtioDevice for VhostUserDevice<K> {
     }
 
     fn features(&self) -> u64 {
-        self.kind.features(self.conn.device_features())
+        self.kind
+            .features(lock(&self.shared.conn).device_features())
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(self.kind.config(), offset, data)
+        match self.kind.link_status_offset() {
+            Some(at) if self.monitor.is_some() => {
+                let mut config = self.kind.config().to_vec();
+                if let Some(b) = config.get_mut(at) {
+                    *b = (*b & !1) | u8::from(self.link_up());
+                }
+                read_config_bytes(&config, offset, data)
+            }
+            _ => read_config_bytes(self.kind.config(), offset, data),
+        }
     }
 
     fn activate(&mut self, acked: u64, queues: &[QueueSetup]) -> Result<(), ActivateError> {
         let offered = self.features();
-        self.conn
-            .activate(acked & offered, &self.mem, queues)
-            .map_err(ActivateError::from)
+        let mut activation = lock(&self.shared.activation);
+        let mut conn = lock(&self.shared.conn);
+        conn.activate(acked & offered, &self.mem, queues)
+            .map_err(ActivateError::from)?;
+        if self.monitor.is_some() {
+            let queues = queues
+                .iter()
+                .map(|q| {
+                    Ok(SavedQueue {
+                        size: q.size,
+                        desc_table: q.desc_table,
+                        avail_ring: q.avail_ring,
+                        used_ring: q.used_ring,
+                        kick: q.kick.try_clone()?,
+                        call: q.call.try_clone()?,
+                    })
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| ActivateError::from(format!("duplicating ring eventfds: {e}")))?;
+            *activation = Some(Activation {
+                acked: acked & offered,
+                backend_features: conn.device_features(),
+                queues,
+            });
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {
-        if let Err(e) = self.conn.reset() {
+        let mut activation = lock(&self.shared.activation);
+        *activation = None;
+        if let Err(e) = lock(&self.shared.conn).reset() {
             log::warn!("vhost-user {}: reset: {e}", K::NAME);
         }
+    }
+
+    fn config_events(&self) -> Option<&EventFd> {
+        self.monitor.as_ref().map(|_| &self.shared.config_evt)
     }
 }

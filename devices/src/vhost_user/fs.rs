@@ -121,7 +121,7 @@ impl VhostUserDevice<Fs> {
             source,
         })?;
         let conn = Connection::connect(path, NUM_QUEUES)?;
-        Ok(VhostUserDevice::new(conn, kind, mem))
+        Ok(VhostUserDevice::new(conn, kind, mem)?)
     }
 }
 

@@ -20,6 +20,10 @@ pub const QUEUE_MAX_SIZE: u16 = 256;
 
 /// `VIRTIO_NET_F_MAC`: the config space's MAC is valid.
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// `VIRTIO_NET_F_STATUS`: the config space's status (link up) is valid.
+const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// Offset of `status` in `struct virtio_net_config`.
+const STATUS_OFFSET: usize = 6;
 
 /// virtio-net as a [`DeviceKind`]: its config space is the backend's, read once at connection
 /// (ours is static), with the MAC replaced where the user gave one.
@@ -30,6 +34,9 @@ pub struct Net {
     /// backend offers. DPDK's vhost PMD offers no MAC, and without one the guest's NIC gets
     /// 00:00:00:00:00:00 (Linux then picks a random one) on every boot.
     own_mac: bool,
+    /// The link status is ours: the device survives its backend and reports the link going
+    /// down and up, so `VIRTIO_NET_F_STATUS` is offered whatever the backend offers.
+    own_status: bool,
 }
 
 impl DeviceKind for Net {
@@ -47,11 +54,18 @@ impl DeviceKind for Net {
     /// Never forwarded to a backend that did not offer it: the frontend masks what it acks to
     /// the backend with the backend's own features.
     fn features(&self, backend: u64) -> u64 {
+        let mut f = backend;
         if self.own_mac {
-            backend | VIRTIO_NET_F_MAC
-        } else {
-            backend
+            f |= VIRTIO_NET_F_MAC;
         }
+        if self.own_status {
+            f |= VIRTIO_NET_F_STATUS;
+        }
+        f
+    }
+
+    fn link_status_offset(&self) -> Option<usize> {
+        self.own_status.then_some(STATUS_OFFSET)
     }
 }
 
@@ -60,19 +74,27 @@ pub type VhostUserNetDevice = VhostUserDevice<Net>;
 
 impl VhostUserDevice<Net> {
     /// Connects to a backend listening on `path`; `mem` must be the VM's memfd-backed memory.
-    /// `mac`, when given, is the guest's MAC whatever the backend says.
+    /// `mac`, when given, is the guest's MAC whatever the backend says. The device survives
+    /// the backend: if it goes away, the link goes down until one answers at `path` again
+    /// (see [`VhostUserDevice::reconnecting`]).
     pub fn connect(
         path: &Path,
         mem: GuestMemoryMmap,
         mac: Option<[u8; 6]>,
     ) -> Result<Self, FrontendError> {
-        Self::net(Connection::connect(path, NUM_QUEUES)?, mem, mac)
+        let dev = Self::net(Connection::connect(path, NUM_QUEUES)?, mem, mac, true)?;
+        Ok(dev.reconnecting(path.to_path_buf()))
     }
 
     /// Uses an already connected stream (e.g. one end of a socketpair whose other end a backend
     /// thread of this process serves).
     pub fn from_stream(stream: UnixStream, mem: GuestMemoryMmap) -> Result<Self, FrontendError> {
-        Self::net(Connection::from_stream(stream, NUM_QUEUES)?, mem, None)
+        Self::net(
+            Connection::from_stream(stream, NUM_QUEUES)?,
+            mem,
+            None,
+            false,
+        )
     }
 
     /// Reads the backend's config space (zero where it serves none or a shorter one).
@@ -80,6 +102,7 @@ impl VhostUserDevice<Net> {
         mut conn: Connection,
         mem: GuestMemoryMmap,
         mac: Option<[u8; 6]>,
+        own_status: bool,
     ) -> Result<Self, FrontendError> {
         let mut config = [0; CONFIG_SIZE];
         if let Some(data) = conn.backend_config(CONFIG_SIZE)? {
@@ -93,7 +116,8 @@ impl VhostUserDevice<Net> {
             config,
             max_sizes: [QUEUE_MAX_SIZE; NUM_QUEUES],
             own_mac: mac.is_some(),
+            own_status,
         };
-        Ok(VhostUserDevice::new(conn, kind, mem))
+        VhostUserDevice::new(conn, kind, mem)
     }
 }

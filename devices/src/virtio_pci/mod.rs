@@ -127,6 +127,11 @@ pub trait VirtioDevice: Send {
         -> Result<(), ActivateError>;
     /// Stops the datapath (the guest reset the device).
     fn reset(&mut self);
+    /// Readable when the device's configuration changed on its own (a link going down or up):
+    /// the VMM then calls [`VirtioPciDevice::config_changed`], which interrupts the guest.
+    fn config_events(&self) -> Option<&EventFd> {
+        None
+    }
 }
 
 /// Errors building the transport.
@@ -338,6 +343,27 @@ impl VirtioPciDevice {
     /// The guest-visible device status.
     pub fn device_status(&self) -> u8 {
         self.status
+    }
+
+    /// The device's "my configuration changed" eventfd, if it has one (see
+    /// [`VirtioDevice::config_events`]).
+    pub fn config_events(&self) -> Option<&EventFd> {
+        self.dev.config_events()
+    }
+
+    /// The device's configuration changed: a new `config_generation` (so a driver reading
+    /// across the change retries) and, once the driver runs, an interrupt on the
+    /// configuration vector it chose. Without a vector the driver sees it at its next read.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & status::DRIVER_OK == 0 || self.msix_config == NO_VECTOR {
+            return;
+        }
+        if let Some(irq) = self.msix.irqfd(self.msix_config) {
+            if let Err(e) = irq.write(1) {
+                log::warn!("virtio-pci: cannot signal the configuration vector: {e}");
+            }
+        }
     }
 
     fn memory_enabled(&self) -> bool {

@@ -375,3 +375,30 @@ fn garbage_from_the_guest_never_panics() {
     }
     assert_eq!(cfg_read32(&mut d, 0), 0x1041_1af4);
 }
+
+/// A device whose configuration changed on its own (a vhost-user NIC's link): a new
+/// config_generation always, and an interrupt on the configuration vector once the driver
+/// runs (vector 0 in `bring_up`), none before.
+#[test]
+fn a_configuration_change_interrupts_a_running_driver() {
+    let (mut d, _, _) = device();
+    d.write_config(1, 0, &[0x06, 0]);
+    let before = r(&mut d, 0x15, 1);
+    d.config_changed();
+    assert_eq!(
+        r(&mut d, 0x15, 1),
+        (before + 1) & 0xff,
+        "config_generation moves"
+    );
+    assert!(
+        d.msix.irqfd(0).unwrap().read().is_err(),
+        "no interrupt before DRIVER_OK"
+    );
+    bring_up(&mut d);
+    d.config_changed();
+    assert_eq!(d.msix.irqfd(0).unwrap().read().unwrap(), 1, "config vector");
+    assert!(
+        d.msix.irqfd(1).unwrap().read().is_err(),
+        "queue vectors untouched"
+    );
+}
