@@ -85,6 +85,9 @@ enum Fate {
     DroppedShort,
     /// Held back, then lost: a new ring when 64 were already held.
     DroppedFull,
+    /// Refused (a ring that does not exist, a payload of the wrong size, ...): the relay ends
+    /// the connection, and nothing after it is sent.
+    Refused,
 }
 
 /// The fuzz target's picture of the relay and of the handler behind it.
@@ -97,6 +100,8 @@ struct Model {
     /// Replies the handler owes the frontend, in request order (message ids).
     owed: VecDeque<usize>,
     out_of_order_acks: usize,
+    /// The relay refused a message: the connection is over.
+    refused: bool,
 }
 
 impl Model {
@@ -111,6 +116,9 @@ impl Model {
 
     /// One frontend message through the normaliser, as `Relay`'s inbound thread does it.
     fn send(&mut self, norm: &mut Normaliser, request: u32, flags: u32, payload: Vec<u8>) {
+        if self.refused {
+            return;
+        }
         let id = self.fates.len();
         let mut msg = Self::msg(request, flags, payload.clone());
         let verdict = norm.frontend_message(&mut msg);
@@ -151,6 +159,10 @@ impl Model {
                     }
                     None => self.fates[id] = Fate::DroppedShort,
                 }
+            }
+            Verdict::Refuse(_) => {
+                self.fates.push(Fate::Refused);
+                self.refused = true;
             }
         }
         assert!(self.held.len() <= MAX_HELD);
@@ -277,6 +289,10 @@ fuzz_target!(|data: &[u8]| {
         VERSION_1,
         VHOST_USER_F_PROTOCOL_FEATURES.to_le_bytes().to_vec(),
     );
+    if model.refused {
+        // The connection ended: what was held goes with it.
+        return;
+    }
     assert!(model.held.is_empty());
     for (id, fate) in model.fates.iter().enumerate() {
         assert_ne!(*fate, Fate::Held, "message {id} held forever");
