@@ -43,6 +43,19 @@ pub fn test_bytes(len: usize, mut seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A child's piped stdout and stderr, taken for reader threads.
+fn output_streams(child: &mut Child) -> Vec<Box<dyn std::io::Read + Send>> {
+    let out = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+    let err = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+    out.into_iter().chain(err).collect()
+}
+
 /// The UML guest's initramfs.
 pub fn uml_initrd() -> PathBuf {
     built("uml/initramfs.cpio.gz")
@@ -70,26 +83,16 @@ pub fn uml_usable(test: &str) -> bool {
             .spawn()
             .map_err(|e| format!("cannot run linux.uml ({e}): run resources/setup.sh"))?;
         // UML reports its own failures on stderr, the guest's console is stdout.
-        let readers: Vec<_> = [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|stream| {
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                let _ = std::io::Read::read_to_string(&mut BufReader::new(stream), &mut text);
-                text
+        let readers: Vec<_> = output_streams(&mut child)
+            .into_iter()
+            .map(|stream| {
+                std::thread::spawn(move || {
+                    let mut text = String::new();
+                    let _ = std::io::Read::read_to_string(&mut BufReader::new(stream), &mut text);
+                    text
+                })
             })
-        })
-        .collect();
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(60);
         while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -241,19 +244,7 @@ impl Guest {
             .unwrap_or_else(|e| panic!("spawn {program}: {e} (run resources/setup.sh)"));
         let started = Instant::now();
         let (tx, rx) = mpsc::channel();
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for stream in output_streams(&mut child) {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {

@@ -62,6 +62,20 @@ impl Lan {
         self.ns.tap(Some(&format!("{}/24", self.peer_ip)))
     }
 
+    /// `vmm` in the namespace booting the real-Linux guest: `kernel`, the initramfs, `cpus`,
+    /// `cmdline`, one `--net`.
+    fn boot(&self, kernel: &std::path::Path, cpus: u8, cmdline: &str, net: &str) -> Guest {
+        let mut cmd = self.ns.command(vmm_bin().to_str().unwrap());
+        cmd.arg("--kernel")
+            .arg(kernel)
+            .arg("--initrd")
+            .arg(initramfs())
+            .args(["--mem", "128", "--cpus", &cpus.to_string()])
+            .args(["--cmdline", cmdline, "--net", net])
+            .env("RUST_LOG", "warn,vmm_net=info,umlnet=info");
+        Guest::command(cmd)
+    }
+
     /// A TCP listener on the peer's address inside the namespace, on a free port.
     fn listen(&self) -> (TcpListener, u16) {
         let addr = format!("{}:0", self.peer_ip);
@@ -96,6 +110,24 @@ fn accept(l: &TcpListener, timeout: Duration, what: &str, guest: &Guest) -> TcpS
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The peer's half of the guest's `get` and `put` steps: serves `file` on `get_l`, then takes
+/// back what the guest sends on `put_l`.
+fn serve_and_take_back(
+    file: &[u8],
+    get_l: &TcpListener,
+    put_l: &TcpListener,
+    guest: &Guest,
+) -> Vec<u8> {
+    let mut s = accept(get_l, Duration::from_secs(180), "get", guest);
+    s.write_all(file).expect("send the file to the guest");
+    drop(s);
+    let mut s = accept(put_l, Duration::from_secs(180), "put", guest);
+    let mut back = Vec::new();
+    s.read_to_end(&mut back)
+        .expect("receive the file from the guest");
+    back
 }
 
 fn md5_hex(data: &[u8]) -> String {
@@ -167,15 +199,7 @@ fn boot_and_exchange(lan: &Lan, kernel: PathBuf, net: Net, cpus: u8, title: &str
         pvm_words(),
         lan.guest_ip
     );
-    let mut cmd = lan.ns.command(vmm_bin().to_str().unwrap());
-    cmd.arg("--kernel")
-        .arg(kernel)
-        .arg("--initrd")
-        .arg(initramfs())
-        .args(["--mem", "128", "--cpus", &cpus.to_string()])
-        .args(["--cmdline", &cmdline, "--net", &net_arg])
-        .env("RUST_LOG", "warn,vmm_net=info,umlnet=info");
-    let mut guest = Guest::command(cmd);
+    let mut guest = lan.boot(&kernel, cpus, &cmdline, &net_arg);
 
     guest.expect("vmtest: /init started", BOOT_TIMEOUT);
     guest.expect("vmtest: eth0 up", Duration::from_secs(120));
@@ -187,14 +211,7 @@ fn boot_and_exchange(lan: &Lan, kernel: PathBuf, net: Net, cpus: u8, title: &str
     );
 
     let file = test_bytes(FILE_LEN, 0x9e37_79b9_7f4a_7c15 ^ u64::from(get_port));
-    let mut s = accept(&get_l, Duration::from_secs(180), "get", &guest);
-    s.write_all(&file).expect("send the file to the guest");
-    drop(s);
-    let mut s = accept(&put_l, Duration::from_secs(180), "put", &guest);
-    let mut back = Vec::new();
-    s.read_to_end(&mut back)
-        .expect("receive the file from the guest");
-    drop(s);
+    let back = serve_and_take_back(&file, &get_l, &put_l, &guest);
 
     let code = guest.wait_process(Duration::from_secs(180));
     let backend_log = backend
@@ -362,16 +379,12 @@ fn linux_nic_survives_its_backend_restarting() {
         pvm_words(),
         lan.guest_ip
     );
-    let mut cmd = lan.ns.command(vmm_bin().to_str().unwrap());
-    cmd.arg("--kernel")
-        .arg(vmlinux())
-        .arg("--initrd")
-        .arg(initramfs())
-        .args(["--mem", "128", "--cmdline", &cmdline])
-        .arg("--net")
-        .arg(format!("vhost-user,socket={}", sock.display()))
-        .env("RUST_LOG", "warn");
-    let mut guest = Guest::command(cmd);
+    let mut guest = lan.boot(
+        &vmlinux(),
+        1,
+        &cmdline,
+        &format!("vhost-user,socket={}", sock.display()),
+    );
 
     guest.expect(&format!("vmtest: step ping:{peer}: ok"), BOOT_TIMEOUT);
     // A crash, not a clean stop.
@@ -388,14 +401,7 @@ fn linux_nic_survives_its_backend_restarting() {
     guest.expect("vmtest: carrier 1", Duration::from_secs(150));
 
     let file = test_bytes(FILE_LEN, 0x5bd1_e995 ^ u64::from(put_port));
-    let mut s = accept(&get_l, Duration::from_secs(180), "get", &guest);
-    s.write_all(&file).expect("send the file to the guest");
-    drop(s);
-    let mut s = accept(&put_l, Duration::from_secs(180), "put", &guest);
-    let mut back = Vec::new();
-    s.read_to_end(&mut back)
-        .expect("receive the file from the guest");
-    drop(s);
+    let back = serve_and_take_back(&file, &get_l, &put_l, &guest);
     let code = guest.wait_process(Duration::from_secs(180));
     let console = guest.console();
     let ctx = format!("{console}\nsecond backend:\n{}", second.log());
