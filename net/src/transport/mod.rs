@@ -181,7 +181,8 @@ pub struct TransportStats {
     /// counted here, never sent.
     pub tx_refused: u64,
     /// Frames the kernel dropped because our socket's receive queue was full (AF_PACKET's
-    /// `tp_drops`, an IP or unix socket's `sk_drops`): lost before we could read them.
+    /// `tp_drops`, an IP or unix socket's `sk_drops`, a tap's own `tx_dropped`): lost before
+    /// we could read them.
     pub rx_dropped_kernel: u64,
     /// Times the peer of a connected socket hung up (end-of-file, reset): 0 or 1, as the
     /// socket is not read again afterwards.
@@ -204,10 +205,7 @@ impl std::fmt::Display for TransportStats {
             ("rx own echo", self.rx_dropped_own),
             ("tx dropped", self.tx_dropped),
             ("tx refused", self.tx_refused),
-            (
-                "rx kernel drops (socket queue full)",
-                self.rx_dropped_kernel,
-            ),
+            ("rx kernel drops (queue full)", self.rx_dropped_kernel),
             ("peer hung up", self.peer_hung_up),
             ("tx to a gone peer", self.tx_dropped_peer_gone),
         ];

@@ -11,6 +11,19 @@ pub struct Tap {
     burst: usize,
     stats: TransportStats,
     name: &'static str,
+    /// The tap's `tx_dropped` when we attached (a persistent tap keeps its counters).
+    tx_dropped_at_open: u64,
+}
+
+/// The tap's own `tx_dropped`: frames the host sent towards us that the kernel dropped because
+/// the tap's queue (`txqueuelen`) was full, i.e. lost before we could read them. A tap has no
+/// socket counter: the interface's statistics are where the kernel counts them.
+fn tap_tx_dropped(ifname: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/tx_dropped"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 impl Tap {
@@ -25,11 +38,13 @@ impl Tap {
             source,
         })?;
         log::info!("{name}: attached to {}", dev.ifname());
+        let tx_dropped_at_open = tap_tx_dropped(dev.ifname()).unwrap_or(0);
         Ok(Tap {
             dev,
             burst: if vec { usize::MAX } else { 1 },
             stats: TransportStats::default(),
             name,
+            tx_dropped_at_open,
         })
     }
 }
@@ -84,6 +99,10 @@ impl Transport for Tap {
     }
 
     fn stats(&self) -> TransportStats {
-        self.stats
+        TransportStats {
+            rx_dropped_kernel: tap_tx_dropped(self.dev.ifname())
+                .map_or(0, |n| n.saturating_sub(self.tx_dropped_at_open)),
+            ..self.stats
+        }
     }
 }
