@@ -12,7 +12,10 @@
 //!   is acked the rings start disabled. So we absorb it (acking it ourselves if the frontend
 //!   asked for a reply), remember the last state per ring, and replay those states to the
 //!   handler right after the `SET_FEATURES` that acks the feature: the device ends up as QEMU
-//!   believes it is.
+//!   believes it is. Our ack must not overtake replies the handler still owes for requests a
+//!   frontend pipelined before it: it goes out in the place of the reply to a `GET_FEATURES`
+//!   we send the handler as a barrier (replies come back in request order, and
+//!   `GET_FEATURES` is always answered), so no count of owed replies is needed.
 //!
 //! Everything else is relayed unchanged, with its file descriptors (SCM_RIGHTS). Only control
 //! messages cross the relay: the datapath is shared memory and eventfds.
@@ -33,7 +36,8 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::features::VHOST_USER_F_PROTOCOL_FEATURES;
 use super::policy::{
-    request_name, Limits, Refusal, MEM_HDR, REGION, SET_FEATURES, SET_MEM_TABLE, SET_VRING_ENABLE,
+    request_name, Limits, Refusal, GET_FEATURES, MEM_HDR, REGION, SET_FEATURES, SET_MEM_TABLE,
+    SET_VRING_ENABLE,
 };
 
 /// Header flags.
@@ -300,9 +304,16 @@ impl Ending {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// State both relay directions share.
 struct Shared {
     ending: Mutex<Option<Ending>>,
+    /// One entry per `GET_FEATURES` sent to the handler, in order: `None` for the frontend's
+    /// own, `Some(ack)` for our barrier, whose reply is replaced by that ack.
+    get_features: Mutex<std::collections::VecDeque<Option<Message>>>,
     /// The request last forwarded to the handler; `u64::MAX` before the first.
     last_request: std::sync::atomic::AtomicU64,
     done: Option<vmm_sys_util::eventfd::EventFd>,
@@ -344,13 +355,7 @@ pub struct Relay {
 }
 
 /// The frontend → handler direction: reads, checks, rewrites, forwards, replays.
-fn relay_in(
-    fe: &UnixStream,
-    h: &UnixStream,
-    fe_w: &Mutex<UnixStream>,
-    shared: &Shared,
-    limits: Limits,
-) -> Ending {
+fn relay_in(fe: &UnixStream, h: &UnixStream, shared: &Shared, limits: Limits) -> Ending {
     let mut norm = Normaliser::new(limits);
     loop {
         let mut msg = match recv_message(fe) {
@@ -370,6 +375,10 @@ fn relay_in(
                 shared
                     .last_request
                     .store(u64::from(msg.request), std::sync::atomic::Ordering::Relaxed);
+                if msg.request == GET_FEATURES {
+                    // Before sending: the reply may come back before this thread runs again.
+                    lock(&shared.get_features).push_back(None);
+                }
                 let sent = send_message(h, &msg)
                     .and_then(|()| norm.replay().iter().try_for_each(|m| send_message(h, m)));
                 if sent.is_err() {
@@ -384,9 +393,15 @@ fn relay_in(
                         payload: 0u64.to_le_bytes().to_vec(),
                         fds: Vec::new(),
                     };
-                    let w = fe_w.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Err(e) = send_message(&w, &ack) {
-                        return Ending::Broken(e);
+                    let barrier = Message {
+                        request: GET_FEATURES,
+                        flags: VERSION_1,
+                        payload: Vec::new(),
+                        fds: Vec::new(),
+                    };
+                    lock(&shared.get_features).push_back(Some(ack));
+                    if send_message(h, &barrier).is_err() {
+                        return shared.handler_ended();
                     }
                 }
             }
@@ -413,6 +428,14 @@ fn relay_out(fe_w: &Mutex<UnixStream>, h: &UnixStream, shared: &Shared) -> Endin
             msg.flags,
             &msg.payload[..msg.payload.len().min(16)]
         );
+        // The reply to our barrier becomes the ack it stands for.
+        let msg = match msg.request {
+            GET_FEATURES => lock(&shared.get_features)
+                .pop_front()
+                .flatten()
+                .unwrap_or(msg),
+            _ => msg,
+        };
         let w = fe_w.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = send_message(&w, &msg) {
             return match e {
@@ -435,6 +458,7 @@ impl Relay {
     ) -> io::Result<Relay> {
         let shared = Arc::new(Shared {
             ending: Mutex::new(None),
+            get_features: Mutex::default(),
             last_request: std::sync::atomic::AtomicU64::new(u64::MAX),
             done,
         });
@@ -457,7 +481,7 @@ impl Relay {
                     .name(name.into())
                     .spawn(move || {
                         let ending = if inbound {
-                            relay_in(&fe, &h, &fe_w, &shared, limits)
+                            relay_in(&fe, &h, &shared, limits)
                         } else {
                             relay_out(&fe_w, &h, &shared)
                         };
@@ -590,6 +614,53 @@ mod tests {
         assert!(matches!(recv_message(&b), Err(RelayError::TooBig(100_000))));
         drop(a);
         assert!(matches!(recv_message(&b), Err(RelayError::Closed)));
+    }
+
+    /// Our ack to an early SET_VRING_ENABLE does not overtake a reply the handler owes for a
+    /// request the frontend pipelined before it: it takes the place of the reply to a
+    /// GET_FEATURES barrier, after the owed reply.
+    #[test]
+    fn our_ack_waits_for_replies_owed_before_it() {
+        let (frontend, fe_relay) = UnixStream::pair().unwrap();
+        let (h_relay, handler) = UnixStream::pair().unwrap();
+        let relay = Relay::start(fe_relay, h_relay, None, Limits::default()).unwrap();
+        let patience = Some(std::time::Duration::from_secs(5));
+        handler.set_read_timeout(patience).unwrap();
+        send_message(&frontend, &msg(GET_FEATURES, VERSION_1, vec![])).unwrap();
+        send_message(
+            &frontend,
+            &msg(SET_VRING_ENABLE, VERSION_1 | NEED_REPLY, vec![0; 8]),
+        )
+        .unwrap();
+        // The handler sees the frontend's GET_FEATURES, then our barrier.
+        for _ in 0..2 {
+            assert_eq!(recv_message(&handler).unwrap().request, GET_FEATURES);
+        }
+        frontend
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let mut probe = [0u8; 1];
+        assert!(
+            (&frontend).read(&mut probe).is_err(),
+            "nothing reaches the frontend before the owed reply"
+        );
+        frontend.set_read_timeout(patience).unwrap();
+        let features = 0x1234_5678u64.to_le_bytes().to_vec();
+        send_message(
+            &handler,
+            &msg(GET_FEATURES, VERSION_1 | REPLY, features.clone()),
+        )
+        .unwrap();
+        send_message(&handler, &msg(GET_FEATURES, VERSION_1 | REPLY, vec![9; 8])).unwrap();
+        let first = recv_message(&frontend).unwrap();
+        assert_eq!((first.request, first.payload), (GET_FEATURES, features));
+        let second = recv_message(&frontend).unwrap();
+        assert_eq!(
+            (second.request, second.flags, second.payload),
+            (SET_VRING_ENABLE, VERSION_1 | REPLY, vec![0; 8])
+        );
+        relay.close();
+        relay.join();
     }
 
     /// The normaliser on pseudo-random message sequences: no panic, bounded state, payloads

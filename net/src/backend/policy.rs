@@ -32,7 +32,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use super::device::{MAX_QUEUE_SIZE, NUM_QUEUES};
 use super::features::PROTOCOL_FEATURES;
 
-/// vhost-user request codes the checks look at.
+/// vhost-user request codes the checks (and the relay) look at.
+pub const GET_FEATURES: u32 = 1;
 pub const SET_FEATURES: u32 = 2;
 pub const SET_MEM_TABLE: u32 = 5;
 pub const SET_VRING_NUM: u32 = 8;
