@@ -101,7 +101,6 @@ struct Model {
     protocol_acked: bool,
     /// Replies the handler owes the frontend, in request order (message ids).
     owed: VecDeque<usize>,
-    out_of_order_acks: usize,
     /// The relay refused a message: the connection is over.
     refused: bool,
 }
@@ -306,11 +305,5 @@ fuzz_target!(|data: &[u8]| {
                 "message {id} acked and dropped: {fate:?}"
             );
         }
-    }
-    if cfg!(feature = "strict") {
-        assert_eq!(
-            model.out_of_order_acks, 0,
-            "the relay's own ack overtook replies the handler owed"
-        );
     }
 });
