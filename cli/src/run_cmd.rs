@@ -74,6 +74,50 @@ fn default_kernel() -> Option<PathBuf> {
         .map(|(_, p)| p)
 }
 
+/// What `vmm run` needs built into its kernel: it boots without an initramfs, so nothing can
+/// be loaded as a module before the root file system is mounted.
+const BUILT_IN: [&str; 3] = ["CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_FS", "CONFIG_FUSE_FS"];
+
+/// The kernel's configuration, where a distribution or our build leaves it beside the image:
+/// `config-VERSION` for `vmlinuz-VERSION` (/boot), or `config` (resources/out/linux).
+fn kernel_config(kernel: &Path) -> Option<(PathBuf, String)> {
+    let dir = kernel.parent()?;
+    let name = kernel.file_name()?.to_str()?;
+    let candidates = [
+        name.strip_prefix("vmlinuz-")
+            .map(|v| dir.join(format!("config-{v}"))),
+        Some(dir.join("config")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find_map(|p| std::fs::read_to_string(&p).ok().map(|text| (p, text)))
+}
+
+/// Refuses a kernel whose configuration (when it can be found) lacks an option `vmm run` needs
+/// built in, instead of letting it fail to mount its root in the guest after a long boot.
+fn check_kernel(kernel: &Path) -> Result<(), String> {
+    let Some((path, text)) = kernel_config(kernel) else {
+        return Ok(());
+    };
+    for opt in BUILT_IN {
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(opt)?.strip_prefix('='))
+            .unwrap_or("not set");
+        if value != "y" {
+            return Err(format!(
+                "--kernel {}: {opt} is {value} in {} but vmm run boots without an initramfs and \
+                 needs it built in (y): give --kernel a kernel built with {}=y",
+                kernel.display(),
+                path.display(),
+                BUILT_IN.join("=y, ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `'text'` for sh, whatever the text holds.
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
@@ -125,6 +169,9 @@ pub fn run(args: RunArgs) -> ExitCode {
             "--kernel: no /boot/vmlinuz-* here, give --kernel PATH",
         );
     };
+    if let Err(e) = check_kernel(&kernel) {
+        return fail(EXIT_USAGE, e);
+    }
     let timeout = match args.timeout.as_deref().map(parse_timeout).transpose() {
         Ok(t) => t,
         Err(e) => return fail(EXIT_USAGE, e),

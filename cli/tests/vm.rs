@@ -196,3 +196,37 @@ fn bad_fs_and_share_input_exits_2_with_one_line() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `vmm run` refuses, at once and in one line, a kernel whose configuration beside it (a
+/// distribution's `/boot/config-VERSION`) has virtio-fs as a module: with no initramfs it could
+/// never mount its root. A kernel with them built in (or with no configuration to read) is
+/// let through.
+#[test]
+fn run_refuses_a_kernel_without_virtio_fs_built_in() {
+    let dir = std::env::temp_dir().join(format!("vmm-cli-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kernel = dir.join("vmlinuz-9.9.9-test");
+    std::fs::copy(vmm_test_guest::BZIMAGE_PATH, &kernel).unwrap();
+    let config = dir.join("config-9.9.9-test");
+    std::fs::write(
+        &config,
+        "CONFIG_VIRTIO_PCI=y\nCONFIG_FUSE_FS=m\nCONFIG_VIRTIO_FS=m\n",
+    )
+    .unwrap();
+    let k = kernel.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![(
+        vec!["run", "--kernel", k, "--", "true"],
+        "config_virtio_fs is m",
+    )];
+    assert_usage_errors(&cases);
+    std::fs::write(
+        &config,
+        "CONFIG_VIRTIO_PCI=y\n# CONFIG_FUSE_FS is not set\n",
+    )
+    .unwrap();
+    assert_usage_errors(&[(
+        vec!["run", "--kernel", k, "--", "true"],
+        "config_virtio_fs is not set",
+    )]);
+    let _ = std::fs::remove_dir_all(dir);
+}
