@@ -162,3 +162,52 @@ impl TapBackend {
         }
     }
 }
+
+/// `vmm net-backend --socket DIR/net.sock vec0:transport=fd,fd=3`, `fd` becoming its
+/// descriptor 3, with RLIMIT_NOFILE `nofile` if given. Returns once the socket exists.
+pub fn fd_net_backend(
+    dir: &Path,
+    fd: std::os::fd::OwnedFd,
+    nofile: Option<u64>,
+) -> (Daemon, PathBuf) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let sock = dir.join("net.sock");
+    let mut cmd = Command::new(vmm_bin());
+    cmd.arg("net-backend")
+        .arg("--socket")
+        .arg(&sock)
+        .arg("vec0:transport=fd,fd=3")
+        .env("RUST_LOG", "info");
+    let raw = fd.as_raw_fd();
+    // SAFETY: between fork and exec the closure only calls async-signal-safe functions
+    // (dup2, fcntl, setrlimit) on integers and a local struct. dup2 clears close-on-exec on
+    // descriptor 3, so the child inherits exactly that one; when the socket already is
+    // descriptor 3, dup2 would do nothing and the flag is cleared by hand.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(n) = nofile {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut d = Daemon::spawn(cmd, dir.join("backend.log"));
+    drop(fd);
+    d.wait_for_path(&sock, Duration::from_secs(10));
+    (d, sock)
+}

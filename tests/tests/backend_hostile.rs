@@ -17,14 +17,12 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use std::io::{Read, Write};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-use vmm_tests::process::{vmm_bin, Daemon};
+use vmm_tests::process::{fd_net_backend, Daemon};
 use vmm_tests::rig::{transport_pair, Rig};
 use vmm_tests::TempDir;
 
@@ -63,39 +61,8 @@ impl Backend {
     /// given.
     fn start(prefix: &str, nofile: Option<u64>) -> Backend {
         let dir = TempDir::new(prefix);
-        let sock = dir.path().join("net.sock");
         let (theirs, peer) = transport_pair();
-        let fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(vmm_bin());
-        cmd.arg("net-backend")
-            .arg("--socket")
-            .arg(&sock)
-            .arg("vec0:transport=fd,fd=3")
-            .env("RUST_LOG", "info");
-        // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
-        // functions (dup2, fcntl, setrlimit) on integers and a local struct.
-        unsafe {
-            cmd.pre_exec(move || {
-                if fd == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0);
-                } else if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(n) = nofile {
-                    let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let mut daemon = Daemon::spawn(cmd, dir.path().join("backend.log"));
-        drop(theirs);
-        daemon.wait_for_path(&sock, Duration::from_secs(10));
+        let (daemon, sock) = fd_net_backend(dir.path(), theirs, nofile);
         Backend {
             daemon,
             sock,

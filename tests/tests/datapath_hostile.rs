@@ -12,11 +12,8 @@
 //!   either in the guest or in that counter (AF_PACKET's `tp_drops` on `raw`; a UDP
 //!   socket's drops on `ucast`, equal to what `/proc/net/udp` shows).
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +25,7 @@ use vmm_devices::BusDevice;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{test_frame, PacketPeer, TEST_ETHERTYPE};
-use vmm_tests::process::{net_backend, vmm_bin, Daemon};
+use vmm_tests::process::{fd_net_backend, net_backend, Daemon};
 use vmm_tests::{require_root, TempDir};
 use vmm_vmm::GuestRam;
 
@@ -208,39 +205,6 @@ impl Front {
     }
 }
 
-/// `vmm net-backend` on `vec0:transport=fd,fd=3`, `fd` becoming its descriptor 3.
-fn fd_backend(dir: &TempDir, fd: OwnedFd) -> (Daemon, std::path::PathBuf) {
-    let sock = dir.path().join("net.sock");
-    let mut cmd = Command::new(vmm_bin());
-    cmd.arg("net-backend")
-        .arg("--socket")
-        .arg(&sock)
-        .arg("vec0:transport=fd,fd=3")
-        .env("RUST_LOG", "info");
-    let raw: RawFd = fd.as_raw_fd();
-    // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which are
-    // async-signal-safe. dup2 clears close-on-exec on descriptor 3, so the child inherits
-    // exactly that one; when the socket already is descriptor 3, dup2 does nothing and the
-    // flag is cleared by hand.
-    unsafe {
-        cmd.pre_exec(move || {
-            let rc = if raw == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, 3)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut d = Daemon::spawn(cmd, dir.path().join("backend.log"));
-    drop(fd);
-    d.wait_for_path(&sock, Duration::from_secs(10));
-    (d, sock)
-}
-
 /// CPU time (user + system) of process `pid` so far, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
@@ -302,7 +266,7 @@ fn transmit_one(front: &mut Front, peer: &UnixDatagram, frame: &[u8], backend: &
 fn fd_peer_hangup_is_noticed_once_and_does_not_spin() {
     let dir = TempDir::new("dh-eof");
     let (theirs, peer) = vmm_tests::rig::transport_pair();
-    let (backend, sock) = fd_backend(&dir, theirs);
+    let (backend, sock) = fd_net_backend(dir.path(), theirs, None);
     let mut front = Front::connect(&sock, 0);
     transmit_one(
         &mut front,
@@ -356,7 +320,7 @@ fn hostile_chains_are_refused_and_counted_then_frames_flow() {
     let (theirs, peer) = vmm_tests::rig::transport_pair();
     peer.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    let (backend, sock) = fd_backend(&dir, theirs);
+    let (backend, sock) = fd_net_backend(dir.path(), theirs, None);
     let mut front = Front::connect(&sock, MRG_RXBUF);
     let mut out = vec![0u8; 65_536];
 
