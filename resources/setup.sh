@@ -3,7 +3,7 @@
 # resources/out/. Idempotent: a second run only checks.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-pkgs=(user-mode-linux busybox-static iperf3 tshark uml-utilities vde2 tcpdump socat
+pkgs=(user-mode-linux busybox-static iperf3 tshark uml-utilities vde2 tcpdump socat kmod
       iproute2 iputils-ping binutils cpio qemu-system-x86 libpcap-dev ethtool)
 # apt_install PKG...: installs those of the Debian packages that are missing.
 apt_install() {

@@ -50,10 +50,11 @@ enum Command {
             the current directory and each --share are mounted writable at their own paths. \
             CMD runs in the current directory as your uid and gid; its output is on stdout and \
             its exit status is vmm's (125: the run could not start in the guest). The kernel \
-            needs virtio-pci, virtio-fs, FUSE, DEVTMPFS_MOUNT and DEVPORT built in.\n\n\
+            needs virtio-pci, virtio-fs and FUSE (built in, or modules it loads from an initramfs \
+            built from the kernel's module tree: --modules), DEVTMPFS_MOUNT and DEVPORT.\n\n\
             Example:\n  vmm run --kernel bzImage -- sh -c 'uname -r; exit 7'"
     )]
-    Run(run_cmd::RunArgs),
+    Run(Box<run_cmd::RunArgs>),
     /// Serve one network device to vhost-user frontends (QEMU, Cloud Hypervisor, UML's
     /// virtio_uml) over a unix socket.
     #[command(
@@ -86,7 +87,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::NetBackend { socket, spec }) => backend_cmd::run(&socket, &spec),
-        Some(Command::Run(args)) => run_cmd::run(args),
+        Some(Command::Run(args)) => run_cmd::run(*args),
         None => vm_cmd::run(cli.vm),
     }
 }

@@ -6,8 +6,10 @@
 //! there as the caller's uid and gid, its output on the console (our stdout), and its exit
 //! status becomes ours through the debug-exit port.
 //!
-//! The kernel must have virtio-pci, virtio-fs and FUSE built in (no initramfs means no
-//! modules), and DEVTMPFS_MOUNT and DEVPORT.
+//! The kernel needs virtio-pci, virtio-fs and FUSE, DEVTMPFS_MOUNT and DEVPORT. Built in,
+//! it boots with no initramfs (fastest). As modules (a distribution's kernel), they are loaded
+//! from an initramfs built for the run (vmm/src/initramfs.rs) out of the kernel's module tree,
+//! whose init (resources/run/initramfs-init) mounts the root and hands over to ours.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -22,6 +24,10 @@ use crate::{fail, EXIT_USAGE};
 
 /// The init script, written beside its `env` for each run.
 const INIT: &str = include_str!("../../resources/run/init");
+/// The initramfs's init, for kernels that need modules: loads them, mounts the root, runs INIT.
+const STAGE1: &str = include_str!("../../resources/run/initramfs-init");
+/// The static busybox both inits run on (busybox-static, installed by resources/setup.sh).
+const BUSYBOX: &str = "/bin/busybox";
 
 /// The tag of the host's root file system.
 const ROOT_TAG: &str = "vmmroot";
@@ -30,7 +36,8 @@ const CWD_TAG: &str = "vmmcwd";
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The kernel (needs virtio-fs built in); default: the newest /boot/vmlinuz-*.
+    /// The kernel (with virtio-pci, virtio-fs and FUSE built in or as modules); default: the
+    /// newest /boot/vmlinuz-*.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
     /// More kernel command-line words (e.g. what the kernel needs on this machine).
@@ -58,6 +65,15 @@ pub struct RunArgs {
     /// Also write everything the guest prints on its console to FILE.
     #[arg(long, value_name = "FILE")]
     console_log: Option<PathBuf>,
+    /// The kernel's module tree, for a kernel that has what `vmm run` needs (virtio-pci,
+    /// virtio-fs, FUSE) as modules: they are loaded from an initramfs built for the run.
+    /// Default: /lib/modules/RELEASE, the release read from the kernel.
+    #[arg(long, value_name = "DIR")]
+    modules: Option<PathBuf>,
+    /// Also load the module NAME (and what it needs) from the module tree before CMD runs
+    /// (repeatable).
+    #[arg(long = "module", value_name = "NAME")]
+    module: Vec<String>,
     /// The command to run in the guest, and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -72,50 +88,6 @@ fn default_kernel() -> Option<PathBuf> {
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .max()
         .map(|(_, p)| p)
-}
-
-/// What `vmm run` needs built into its kernel: it boots without an initramfs, so nothing can
-/// be loaded as a module before the root file system is mounted.
-const BUILT_IN: [&str; 3] = ["CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_FS", "CONFIG_FUSE_FS"];
-
-/// The kernel's configuration, where a distribution or our build leaves it beside the image:
-/// `config-VERSION` for `vmlinuz-VERSION` (/boot), or `config` (resources/out/linux).
-fn kernel_config(kernel: &Path) -> Option<(PathBuf, String)> {
-    let dir = kernel.parent()?;
-    let name = kernel.file_name()?.to_str()?;
-    let candidates = [
-        name.strip_prefix("vmlinuz-")
-            .map(|v| dir.join(format!("config-{v}"))),
-        Some(dir.join("config")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find_map(|p| std::fs::read_to_string(&p).ok().map(|text| (p, text)))
-}
-
-/// Refuses a kernel whose configuration (when it can be found) lacks an option `vmm run` needs
-/// built in, instead of letting it fail to mount its root in the guest after a long boot.
-fn check_kernel(kernel: &Path) -> Result<(), String> {
-    let Some((path, text)) = kernel_config(kernel) else {
-        return Ok(());
-    };
-    for opt in BUILT_IN {
-        let value = text
-            .lines()
-            .find_map(|l| l.strip_prefix(opt)?.strip_prefix('='))
-            .unwrap_or("not set");
-        if value != "y" {
-            return Err(format!(
-                "--kernel {}: {opt} is {value} in {} but vmm run boots without an initramfs and \
-                 needs it built in (y): give --kernel a kernel built with {}=y",
-                kernel.display(),
-                path.display(),
-                BUILT_IN.join("=y, ")
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// `'text'` for sh, whatever the text holds.
@@ -169,9 +141,15 @@ pub fn run(args: RunArgs) -> ExitCode {
             "--kernel: no /boot/vmlinuz-* here, give --kernel PATH",
         );
     };
-    if let Err(e) = check_kernel(&kernel) {
-        return fail(EXIT_USAGE, e);
-    }
+    let modules = match vmm_vmm::initramfs::plan(
+        &kernel,
+        args.modules.as_deref(),
+        &args.module,
+        !args.net.is_empty(),
+    ) {
+        Ok(m) => m,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
     let timeout = match args.timeout.as_deref().map(parse_timeout).transpose() {
         Ok(t) => t,
         Err(e) => return fail(EXIT_USAGE, e),
@@ -232,17 +210,49 @@ pub fn run(args: RunArgs) -> ExitCode {
         return fail(1, format_args!("writing {}: {e}", dir.0.display()));
     }
 
-    let mut cmdline = format!(
-        "console=ttyS0 quiet loglevel=1 reboot=k panic=-1 root={ROOT_TAG} rootfstype=virtiofs ro \
-         init={}",
-        init.display()
-    );
+    let mut cmdline = "console=ttyS0 quiet loglevel=1 reboot=k panic=-1 ".to_string();
+    let mut initrd = None;
+    if modules.is_empty() {
+        // The kernel mounts the root itself: no initramfs to unpack.
+        let _ = write!(
+            cmdline,
+            "root={ROOT_TAG} rootfstype=virtiofs ro init={}",
+            init.display()
+        );
+    } else {
+        let path = dir.0.join("initramfs.cpio");
+        let written = std::fs::File::create(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|f| {
+                vmm_vmm::initramfs::write(
+                    std::io::BufWriter::new(f),
+                    STAGE1,
+                    Path::new(BUSYBOX),
+                    &modules,
+                )
+                .map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            return fail(1, format_args!("building the initramfs: {e}"));
+        }
+        log::info!(
+            "initramfs with {}",
+            modules
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        initrd = Some(path);
+        let _ = write!(cmdline, "rdinit=/init vmrun_init={}", init.display());
+    }
     if let Some(extra) = &args.append {
         cmdline.push(' ');
         cmdline.push_str(extra);
     }
     let mut config = vmm_vmm::VmConfig::new(kernel);
     config.cmdline = cmdline;
+    config.initrd = initrd;
     config.timeout = timeout;
     config.console_log = args.console_log;
     config.mem_mib = args.mem;

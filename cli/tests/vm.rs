@@ -197,12 +197,11 @@ fn bad_fs_and_share_input_exits_2_with_one_line() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// `vmm run` refuses, at once and in one line, a kernel whose configuration beside it (a
-/// distribution's `/boot/config-VERSION`) has virtio-fs as a module: with no initramfs it could
-/// never mount its root. A kernel with them built in (or with no configuration to read) is
-/// let through.
+/// `vmm run` loads from the kernel's module tree what a distribution's kernel (its
+/// configuration beside it: `/boot/config-VERSION`) has as modules, and refuses, at once and in
+/// one line, a kernel that lacks them or whose tree lacks them.
 #[test]
-fn run_refuses_a_kernel_without_virtio_fs_built_in() {
+fn run_refuses_a_kernel_without_virtio_fs_or_its_modules() {
     let dir = std::env::temp_dir().join(format!("vmm-cli-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kernel = dir.join("vmlinuz-9.9.9-test");
@@ -213,11 +212,33 @@ fn run_refuses_a_kernel_without_virtio_fs_built_in() {
         "CONFIG_VIRTIO_PCI=y\nCONFIG_FUSE_FS=m\nCONFIG_VIRTIO_FS=m\n",
     )
     .unwrap();
+    let tree = dir.join("modules");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("modules.dep"), "kernel/fs/fuse/fuse.ko:\n").unwrap();
     let k = kernel.to_str().unwrap();
-    let cases: Vec<(Vec<&str>, &str)> = vec![(
-        vec!["run", "--kernel", k, "--", "true"],
-        "config_virtio_fs is m",
-    )];
+    let t = tree.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["run", "--kernel", k, "--", "true"],
+            "--modules: /lib/modules/9.9.9-test: cannot read modules.dep",
+        ),
+        (
+            vec!["run", "--kernel", k, "--modules", t, "--", "true"],
+            "no module 'virtiofs'",
+        ),
+        (
+            vec![
+                "run",
+                "--kernel",
+                k,
+                "--modules",
+                "/nonexistent",
+                "--",
+                "true",
+            ],
+            "--modules: /nonexistent: cannot read modules.dep",
+        ),
+    ];
     assert_usage_errors(&cases);
     std::fs::write(
         &config,
@@ -227,6 +248,25 @@ fn run_refuses_a_kernel_without_virtio_fs_built_in() {
     assert_usage_errors(&[(
         vec!["run", "--kernel", k, "--", "true"],
         "config_virtio_fs is not set",
+    )]);
+    std::fs::write(
+        &config,
+        "CONFIG_VIRTIO_PCI=y\nCONFIG_FUSE_FS=y\nCONFIG_VIRTIO_FS=y\n",
+    )
+    .unwrap();
+    assert_usage_errors(&[(
+        vec![
+            "run",
+            "--kernel",
+            k,
+            "--modules",
+            t,
+            "--module",
+            "veth",
+            "--",
+            "true",
+        ],
+        "no module 'veth'",
     )]);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -3,6 +3,9 @@
 #   resources/out/stock/vmlinuz          Debian's linux-image-cloud-amd64 bzImage
 #   resources/out/stock/initramfs.cpio.gz  busybox-static, iperf3, the kernel's virtio-pci and
 #                                        virtio-net modules, vmexit, resources/guest/init
+#   resources/out/stock/config           the kernel's configuration (its /boot/config-*)
+#   resources/out/stock/modules/RELEASE  its module tree with depmod's indexes, which `vmm run`
+#                                        builds its initramfs from (tests/tests/stock_run.rs)
 # The cloud kernel builds virtio, virtio_pci and virtio_net as modules and finds virtio devices
 # over PCI, like any distribution kernel.
 set -euo pipefail
@@ -11,7 +14,8 @@ source "$here/images/lib.sh"
 out="$here/out/stock"
 img="$out/initramfs.cpio.gz"
 if ! is_stale "$img" "$here/guest/init" "$here/guest/vmexit.c" "$here/images/lib.sh" "$0" \
-        && [ -f "$out/vmlinuz" ]; then
+        && [ -f "$out/vmlinuz" ] && [ -f "$out/config" ] \
+        && compgen -G "$out/modules/*/modules.dep" >/dev/null; then
     echo "stock-guest: $out is up to date"
     exit 0
 fi
@@ -25,6 +29,13 @@ kver="$(ls "$work/pkg/lib/modules")"
 k="$work/pkg/lib/modules/$kver/kernel"
 mkdir -p "$out"
 cp "$work/pkg/boot/vmlinuz-$kver" "$out/vmlinuz"
+cp "$work/pkg/boot/config-$kver" "$out/config"
+# The package ships no modules.dep: its postinst runs depmod.
+command -v depmod >/dev/null || apt-get install -y -qq kmod >/dev/null
+depmod -b "$work/pkg" "$kver"
+rm -rf "$out/modules"
+mkdir -p "$out/modules"
+cp -a "$work/pkg/lib/modules/$kver" "$out/modules/$kver"
 
 root="$work/root"
 make_root "$root"

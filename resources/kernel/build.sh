@@ -6,8 +6,9 @@
 #   resources/kernel/build.sh --check       exit 0 if the cached build is valid and would be
 #                                           used, 1 if it would be (re)built; builds nothing
 #
-# Writes OUT_DIR/vmlinux (the ELF, booted through its PVH entry), OUT_DIR/bzImage and
-# OUT_DIR/config. The build is cached outside the clone, in
+# Writes OUT_DIR/vmlinux (the ELF, booted through its PVH entry), OUT_DIR/bzImage,
+# OUT_DIR/config and OUT_DIR/modules/lib/modules/VERSION (the few modules config.fragment
+# builds, installed with depmod's indexes: `vmm run --modules` loads them from there). The build is cached outside the clone, in
 # ${VMM_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/vmm}/linux-pvm/KEY, where KEY hashes the
 # fragment, the patches, the source package's version and recipe_version below: a recipe
 # change rebuilds, anything else reuses. A cached build is used only when its files match the
@@ -20,7 +21,7 @@ if [ "${1:-}" = --check ]; then check_only=1; shift; fi
 out="${1:-$here/../out/linux}"
 cache_root="${VMM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmm}/linux-pvm"
 src_pkg=linux-source-6.1
-build_deps=(gcc make bc flex bison libelf-dev xz-utils patch lz4)
+build_deps=(gcc make bc flex bison libelf-dev xz-utils patch lz4 kmod)
 
 say() { echo "kernel: $*"; }
 die() { echo "kernel: $*" >&2; exit 1; }
@@ -43,11 +44,11 @@ tarball="$(dpkg-query -L "$src_pkg" | grep -E '/linux-source-[0-9.]+\.tar\.xz$' 
 
 # The cache key: what decides the kernel's bytes. Bump recipe_version when the build steps
 # below change (comments and progress output do not count).
-recipe_version=1
+recipe_version=2
 key="$( { echo "recipe $recipe_version, $src_pkg $src_version"; cat "$here/config.fragment" \
           "$here"/patches/*.patch; } | sha256sum | cut -c1-16)"
 cache="$cache_root/$key"
-artifacts=(vmlinux bzImage config)
+artifacts=(vmlinux bzImage config modules.sha256)
 
 cache_valid() {
     [ -f "$cache/SHA256SUMS" ] || return 1
@@ -64,7 +65,15 @@ install_out() {
         cp "$cache/$f" "$out/$f.tmp"
         mv -f "$out/$f.tmp" "$out/$f"
     done
+    if ! cmp -s "$cache/modules.sha256" "$out/modules/.sha256" 2>/dev/null; then
+        rm -rf "$out/modules.tmp" "$out/modules"
+        cp -a "$cache/modules" "$out/modules.tmp"
+        cp "$cache/modules.sha256" "$out/modules.tmp/.sha256"
+        mv "$out/modules.tmp" "$out/modules"
+    fi
     echo "$key" > "$out/key"
+    # Marks the build as used: other recipes' builds are removed once unused for a week.
+    touch "$cache"
 }
 
 if [ $check_only = 1 ]; then
@@ -108,7 +117,7 @@ done < "$here/config.fragment"
 [ $bad = 0 ] || die "the configuration is not what config.fragment asks for"
 
 # Progress on stdout every 30 s: the build takes minutes.
-make -C "$tree" -j"$(nproc)" vmlinux bzImage >> "$work/build.log" 2>&1 &
+make -C "$tree" -j"$(nproc)" vmlinux bzImage modules >> "$work/build.log" 2>&1 &
 make_pid=$!
 while kill -0 "$make_pid" 2>/dev/null; do
     for _ in $(seq 30); do kill -0 "$make_pid" 2>/dev/null || break; sleep 1; done
@@ -121,11 +130,16 @@ mkdir -p "$staged"
 cp "$tree/vmlinux" "$staged/vmlinux"
 cp "$tree/arch/x86/boot/bzImage" "$staged/bzImage"
 cp "$tree/.config" "$staged/config"
-(cd "$staged" && sha256sum "${artifacts[@]}" > SHA256SUMS)
+make -C "$tree" -s INSTALL_MOD_PATH="$staged/modules" modules_install >> "$work/build.log" 2>&1 \
+    || { tail -n 20 "$work/build.log" >&2; die "make modules_install failed"; }
+# The links back into the (deleted) source tree would dangle.
+find "$staged/modules" -maxdepth 4 -type l \( -name build -o -name source \) -delete
+(cd "$staged" && find modules -type f | LC_ALL=C sort | xargs -r sha256sum > modules.sha256)
+(cd "$staged" && sha256sum "${artifacts[@]}" > SHA256SUMS && cat modules.sha256 >> SHA256SUMS)
 rm -rf "$cache"
 mv "$staged" "$cache"
-# Older recipes' builds are of no use any more.
-find "$cache_root" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name "$(basename "$work")" \
+# Builds of other recipes (another branch's worktree may still use one) go once a week unused.
+find "$cache_root" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name "build.*" -mtime +7 \
     -exec rm -rf {} +
 say "built $key in $((SECONDS - start)) s"
 install_out

@@ -21,6 +21,18 @@ pub fn built(rel: &str) -> PathBuf {
     p
 }
 
+/// The one kernel module tree (`RELEASE/` with depmod's `modules.dep`) in the built directory
+/// `rel` (resources/kernel/build.sh and resources/images/stock-guest.sh install them).
+pub fn module_tree(rel: &str) -> PathBuf {
+    let trees = built(rel);
+    std::fs::read_dir(&trees)
+        .unwrap_or_else(|e| panic!("{}: {e}", trees.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.join("modules.dep").is_file())
+        .unwrap_or_else(|| panic!("no module tree with modules.dep in {}", trees.display()))
+}
+
 /// The command-line words the PVM test kernel needs on every boot (resources/kernel/cmdline,
 /// as resources/images/linux-guest.sh writes it to resources/out/linux/cmdline).
 pub fn pvm_words() -> String {

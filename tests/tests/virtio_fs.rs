@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::guest::{built, pvm_words, test_bytes, Guest};
+use vmm_tests::guest::{built, module_tree, pvm_words, test_bytes, Guest};
 use vmm_tests::process::vmm_bin;
 use vmm_tests::TempDir;
 
@@ -189,5 +189,26 @@ fn run_prints_a_host_file() {
     assert!(
         stdout.contains(text),
         "stdout lacks the file byte for byte:\n{stdout:?}\nstderr:\n{stderr}"
+    );
+}
+
+/// A kernel that needs modules boots through an initramfs `vmm run` builds from its module
+/// tree: the test kernel's one module (dummy, resources/kernel/config.fragment) is loaded by
+/// the initramfs's init before it mounts the host's root and hands over to the run's init.
+#[test]
+fn run_loads_modules_through_its_initramfs() {
+    let Some(_) = usable() else { return };
+    let dir = TempDir::new("fsmod");
+    let tree = module_tree("linux/modules/lib/modules");
+    let tree = tree.to_str().unwrap();
+    let (code, stdout, stderr) = vmm_run(
+        dir.path(),
+        &["--modules", tree, "--module", "dummy"],
+        &["cat", "/proc/modules"],
+    );
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("dummy ")),
+        "dummy is not loaded:\n{stdout}\nstderr:\n{stderr}"
     );
 }

@@ -23,6 +23,7 @@ pub mod boot;
 pub mod bus;
 pub mod console;
 pub mod cpuid;
+pub mod initramfs;
 pub mod irq;
 pub mod kvm;
 pub mod legacy;
