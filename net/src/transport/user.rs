@@ -248,6 +248,11 @@ impl User {
     /// One turn: libslirp's sockets polled without waiting, its expired timers run, then the
     /// epoll set and the timer brought in line with what it waits for next.
     fn turn(&mut self) -> Result<(), TransportError> {
+        // Empty our epoll set's ready list (what is still ready comes back), so that polling
+        // its descriptor means something; the sockets themselves are polled below.
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 32];
+        // SAFETY: `evs` is a live array of the stated length.
+        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), evs.as_mut_ptr(), 32, 0) };
         drain(self.wake.as_raw_fd());
         drain(self.timer.as_raw_fd());
         self.fill();
@@ -632,3 +637,6 @@ unsafe extern "C" fn get_revents(idx: c_int, opaque: *mut c_void) -> c_int {
         .and_then(|i| fds.get(i))
         .map_or(0, |p| poll_to_slirp(p.revents))
 }
+
+#[cfg(test)]
+mod tests;
