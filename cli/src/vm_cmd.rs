@@ -152,6 +152,7 @@ impl Devices {
             let n = vm_net::NetArg::parse(arg).map_err(|e| e.to_string())?;
             d.nets.push((arg.clone(), n));
         }
+        vm_net::number_user_shorthands(&mut d.nets);
         for arg in fs {
             let f = vm_fs::FsArg::parse_fs(arg).map_err(|e| e.to_string())?;
             d.fss.push((arg.clone(), f));
