@@ -118,52 +118,6 @@ pub fn path(value: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(value))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_cover_the_unsigned_range_in_both_radixes() {
-        assert_eq!(number("0xffffffff", u32::MAX.into()), Ok(0xffff_ffff));
-        assert_eq!(number("4294967295", u32::MAX.into()), Ok(0xffff_ffff));
-        assert!(number("4294967296", u32::MAX.into()).is_err());
-        assert!(number("-1", u32::MAX.into()).is_err());
-        assert!(number("", 10).is_err());
-        assert!(number("0x", 10).is_err());
-        assert!(number("12a", 1000).is_err());
-        assert_eq!(ranged("1500", 576, 65535), Ok(1500));
-        assert_eq!(
-            ranged("70000", 576, 65535),
-            Err("must be 576..=65535".into())
-        );
-        assert_eq!(
-            ranged("99999999999999999999999", 576, 65535),
-            Err("must be 576..=65535".into())
-        );
-    }
-
-    #[test]
-    fn macs_must_be_unicast_and_well_formed() {
-        assert_eq!(mac("02:00:00:00:00:01"), Ok(MacAddr([2, 0, 0, 0, 0, 1])));
-        assert!(mac("01:00:5e:00:00:01").unwrap_err().contains("multicast"));
-        assert!(mac("00:00:00:00:00:00").is_err());
-        assert!(mac("02:00:00:00:00").is_err());
-        assert!(mac("02:00:00:00:00:01:02").is_err());
-        assert!(mac("02:00:00:00:00:1").is_err());
-        assert!(mac("02-00-00-00-00-01").is_err());
-    }
-
-    #[test]
-    fn interface_names_follow_the_kernel_rules() {
-        assert!(ifname("veth0").is_ok());
-        assert!(ifname("0123456789abcdef").is_err());
-        assert!(ifname("a/b").is_err());
-        assert!(ifname("a b").is_err());
-        assert!(ifname("").is_err());
-        assert!(ifname("..").is_err());
-    }
-}
-
 /// The IPv4 mask of a prefix length (0..=32), as a host-order number.
 pub fn prefix_mask(prefix: u8) -> u32 {
     match prefix {
@@ -227,4 +181,50 @@ pub fn hostfwd(value: &str) -> Result<super::HostFwd, String> {
         guest_addr: addr(gaddr, "guest")?,
         guest_port: port(gport, "guest")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_cover_the_unsigned_range_in_both_radixes() {
+        assert_eq!(number("0xffffffff", u32::MAX.into()), Ok(0xffff_ffff));
+        assert_eq!(number("4294967295", u32::MAX.into()), Ok(0xffff_ffff));
+        assert!(number("4294967296", u32::MAX.into()).is_err());
+        assert!(number("-1", u32::MAX.into()).is_err());
+        assert!(number("", 10).is_err());
+        assert!(number("0x", 10).is_err());
+        assert!(number("12a", 1000).is_err());
+        assert_eq!(ranged("1500", 576, 65535), Ok(1500));
+        assert_eq!(
+            ranged("70000", 576, 65535),
+            Err("must be 576..=65535".into())
+        );
+        assert_eq!(
+            ranged("99999999999999999999999", 576, 65535),
+            Err("must be 576..=65535".into())
+        );
+    }
+
+    #[test]
+    fn macs_must_be_unicast_and_well_formed() {
+        assert_eq!(mac("02:00:00:00:00:01"), Ok(MacAddr([2, 0, 0, 0, 0, 1])));
+        assert!(mac("01:00:5e:00:00:01").unwrap_err().contains("multicast"));
+        assert!(mac("00:00:00:00:00:00").is_err());
+        assert!(mac("02:00:00:00:00").is_err());
+        assert!(mac("02:00:00:00:00:01:02").is_err());
+        assert!(mac("02:00:00:00:00:1").is_err());
+        assert!(mac("02-00-00-00-00-01").is_err());
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernel_rules() {
+        assert!(ifname("veth0").is_ok());
+        assert!(ifname("0123456789abcdef").is_err());
+        assert!(ifname("a/b").is_err());
+        assert!(ifname("a b").is_err());
+        assert!(ifname("").is_err());
+        assert!(ifname("..").is_err());
+    }
 }
