@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use vmm_tests::guest::{built, pvm_words, test_bytes, Guest};
 use vmm_tests::process::vmm_bin;
+use vmm_tests::TempDir;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 const FILE_LEN: usize = 64 * 1024;
@@ -28,6 +29,25 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Copies `files` into a directory `nobody` can read (the clone may sit under a home directory
+/// it cannot enter); returns the copies' paths.
+fn readable_by_nobody(dir: &TempDir, files: &[std::path::PathBuf]) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let perm = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    perm(dir.path(), 0o755);
+    files
+        .iter()
+        .map(|f| {
+            let to = dir.path().join(f.file_name().unwrap());
+            std::fs::copy(f, &to).unwrap_or_else(|e| panic!("copy {}: {e}", f.display()));
+            perm(&to, 0o755);
+            to.to_str().unwrap().to_string()
+        })
+        .collect()
 }
 
 /// `args` run as `nobody` (no groups) in a new mount namespace whose /dev/kvm is a private
@@ -100,11 +120,20 @@ fn linux_user_networking_as_an_unprivileged_user() {
          vmtest.steps=dhcp,get:10.0.2.2:{get_port},serve:{GUEST_PORT} vmtest.exitport=0xf4",
         pvm_words()
     );
+    let dir = TempDir::new("usernet");
+    let copies = readable_by_nobody(
+        &dir,
+        &[
+            vmm_bin(),
+            built("linux/vmlinux"),
+            built("linux/initramfs.cpio"),
+        ],
+    );
     let args: Vec<String> = [
         "--kernel",
-        built("linux/vmlinux").to_str().unwrap(),
+        &copies[1],
         "--initrd",
-        built("linux/initramfs.cpio").to_str().unwrap(),
+        &copies[2],
         "--mem",
         "128",
         "--cmdline",
@@ -115,7 +144,7 @@ fn linux_user_networking_as_an_unprivileged_user() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut cmd = as_nobody_with_kvm(&vmm_bin(), &args);
+    let mut cmd = as_nobody_with_kvm(std::path::Path::new(&copies[0]), &args);
     cmd.env("RUST_LOG", "warn,umlnet=info");
     let mut guest = Guest::command(cmd);
 

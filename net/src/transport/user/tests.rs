@@ -339,7 +339,14 @@ fn works_as_an_unprivileged_user() {
     if unsafe { libc::geteuid() } != 0 || std::env::var_os("USER_NET_AS_NOBODY").is_some() {
         return;
     }
-    let exe = std::env::current_exe().unwrap();
+    // A copy nobody can run: the clone may sit under a home directory it cannot enter.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("user-net-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join("tests");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&exe)
@@ -347,6 +354,7 @@ fn works_as_an_unprivileged_user() {
         .env("USER_NET_AS_NOBODY", "1")
         .output()
         .expect("setpriv");
+    let _ = std::fs::remove_dir_all(&dir);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
