@@ -26,7 +26,8 @@ const EXIT_USAGE: u8 = 2;
     long_about = "A KVM VMM whose networking is User-Mode Linux's transport set.\n\n\
         Every network device's packets run through a vhost-user datapath whose host side is one \
         of UML's transports (tap, hybrid, raw, gre, l2tpv3, bess, fd, and the legacy tuntap, \
-        mcast, ucast, pcap, daemon, vde), configured with UML's own syntax.",
+        mcast, ucast, pcap, daemon, vde), configured with UML's own syntax, plus `user`: \
+        rootless user networking through libslirp (`--net user`).",
     after_long_help = umlnet::config::SPEC_HELP,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true

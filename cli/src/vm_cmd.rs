@@ -32,7 +32,8 @@ pub struct VmArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u8,
     /// A virtio-net device (repeatable, one PCI slot each): `vecN:transport=...` or `ethN=...`
-    /// served by a backend thread of the VMM (the grammar is below), or
+    /// served by a backend thread of the VMM (the grammar is below; `user[,hostfwd=...]` is
+    /// rootless user networking, the next free vecN), or
     /// `vhost-user,socket=PATH[,mac=MAC]` for an external vhost-user backend (e.g. `vmm
     /// net-backend`, DPDK); `mac=` gives the guest that MAC whatever the backend offers.
     #[arg(long = "net", value_name = "SPEC")]
@@ -152,6 +153,7 @@ impl Devices {
             let n = vm_net::NetArg::parse(arg).map_err(|e| e.to_string())?;
             d.nets.push((arg.clone(), n));
         }
+        vm_net::number_user_shorthands(&mut d.nets);
         for arg in fs {
             let f = vm_fs::FsArg::parse_fs(arg).map_err(|e| e.to_string())?;
             d.fss.push((arg.clone(), f));

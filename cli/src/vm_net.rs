@@ -94,6 +94,31 @@ impl NetArg {
     }
 }
 
+/// Gives each `user[,...]` shorthand (parsed as `vec0`) the lowest `vecN` that no other
+/// device of the VM is named, in order, so that `--net user --net user` makes vec0 and vec1.
+pub fn number_user_shorthands(nets: &mut [(String, NetArg)]) {
+    let mut taken: Vec<String> = nets
+        .iter()
+        .filter(|(arg, _)| umlnet::config::user_shorthand(arg).is_none())
+        .filter_map(|(_, n)| match n {
+            NetArg::Builtin(spec) => Some(spec.name.clone()),
+            NetArg::External { .. } => None,
+        })
+        .collect();
+    for (arg, n) in nets.iter_mut() {
+        let NetArg::Builtin(spec) = n else { continue };
+        if umlnet::config::user_shorthand(arg).is_none() {
+            continue;
+        }
+        let name = (0..)
+            .map(|i| format!("vec{i}"))
+            .find(|c| !taken.contains(c))
+            .unwrap_or_default();
+        spec.name = name.clone();
+        taken.push(name);
+    }
+}
+
 /// A backend thread serving one device of this VM.
 pub struct BackendThread {
     name: String,
@@ -168,6 +193,29 @@ pub fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_shorthands_take_the_next_free_index() {
+        let args = [
+            "user",
+            "vec0:transport=fd,fd=3",
+            "user,hostfwd=tcp::2222-:22",
+            "user",
+        ];
+        let mut nets: Vec<(String, NetArg)> = args
+            .iter()
+            .map(|a| (a.to_string(), NetArg::parse(a).unwrap()))
+            .collect();
+        number_user_shorthands(&mut nets);
+        let names: Vec<String> = nets
+            .iter()
+            .map(|(_, n)| match n {
+                NetArg::Builtin(s) => s.name.clone(),
+                NetArg::External { .. } => unreachable!(),
+            })
+            .collect();
+        assert_eq!(names, ["vec1", "vec0", "vec2", "vec3"]);
+    }
 
     #[test]
     fn external_backend_syntax() {

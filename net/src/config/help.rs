@@ -5,6 +5,8 @@ pub const SPEC_HELP: &str = "\
 DEVICE SPECIFICATIONS (User-Mode Linux syntax)
 
   vecN:transport=NAME,key=value,...      vector transports
+  user[,key=value,...]                   shorthand for vec0:transport=user[,key=value,...]
+                                         (with several --net, the next free vecN)
   ethN=TRANSPORT,field,field,...         legacy transports (positional; empty field = default)
 
 Unlike UML, every mistake is an error at start-up naming the option and its value: an unknown
@@ -51,6 +53,16 @@ vector transports:
   fd        fd=N (required)
             An inherited descriptor used both ways, bare frames: a datagram or seqpacket socket
             (multi-packet), or with vec=0 also a tap without vnet header.
+  user      hostfwd=FWD (repeatable) net=ADDR/PREFIX restrict=0|1
+            Rootless user networking through libslirp (QEMU's -netdev user): DHCP, DNS,
+            outbound TCP/UDP through the host's sockets; needs no privilege. With the default
+            net=10.0.2.0/24 the guest gets 10.0.2.15, the gateway 10.0.2.2 is also the host's
+            loopback (10.0.2.2:PORT reaches 127.0.0.1:PORT) and 10.0.2.3 answers DNS. Prefix
+            8..=27. restrict=1: nothing outbound, only forwards come in.
+            hostfwd=[tcp|udp]:[HOSTADDR]:HPORT-[GUESTADDR]:GPORT forwards the host's
+            HOSTADDR:HPORT (default 127.0.0.1, never all addresses unless 0.0.0.0 is given)
+            to the guest's GUESTADDR:GPORT (default the first DHCP address); give hostfwd=
+            once per forward, e.g. hostfwd=tcp::2222-:22,hostfwd=udp::5353-:53.
 
 legacy transports:
   ethN=tuntap,IFNAME,MAC,GATE_IP          an existing tap IFNAME (required: the setuid uml_net
@@ -68,6 +80,8 @@ EXAMPLES
   vec0:transport=tap,ifname=tap0,mac=02:00:00:00:00:01
   vec0:transport=gre,src=192.0.2.1,dst=192.0.2.2,rx_key=0x1,tx_key=0x1,sequence=1
   vec0:transport=l2tpv3,udp=1,src=192.0.2.1,srcport=1701,dst=192.0.2.2,dstport=1701,rx_session=0xffffffff,tx_session=0xffffffff
+  vec0:transport=user,hostfwd=tcp::8080-:80
+  user,hostfwd=tcp:127.0.0.1:2222-10.0.2.15:22,restrict=1
   eth0=mcast,,239.192.168.1,1102,1
   eth0=daemon,,unix,/tmp/uml.ctl
 ";

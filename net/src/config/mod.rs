@@ -24,6 +24,9 @@ pub use help::SPEC_HELP;
 /// `ethN=TRANSPORT,positional,...`.
 pub fn parse_spec(spec: &str) -> Result<NetSpec, ConfigError> {
     let spec = spec.trim();
+    if let Some(rest) = user_shorthand(spec) {
+        return vector::parse("vec0", &format!("transport=user,{rest}"));
+    }
     let form = || ConfigError::Form {
         spec: spec.to_string(),
     };
@@ -42,6 +45,16 @@ pub fn parse_spec(spec: &str) -> Result<NetSpec, ConfigError> {
         }
     }
     Err(form())
+}
+
+/// `user` or `user,key=value,...`: shorthand for `vec0:transport=user[,key=value,...]`
+/// (QEMU's `-nic user`). Returns the options after `user`.
+pub fn user_shorthand(spec: &str) -> Option<&str> {
+    let rest = spec.trim().strip_prefix("user")?;
+    if rest.is_empty() {
+        return Some("");
+    }
+    rest.strip_prefix(',')
 }
 
 impl FromStr for NetSpec {
@@ -154,6 +167,8 @@ pub enum TransportConfig {
     L2tpv3(L2tpv3Config),
     Bess(BessConfig),
     Fd(FdConfig),
+    /// libslirp's user networking (`transport=user`, or the `user` shorthand).
+    User(UserConfig),
     /// Legacy `ethN=tuntap,...`.
     TunTap(TunTapConfig),
     /// Legacy `ethN=mcast,...`.
@@ -245,6 +260,55 @@ pub struct FdConfig {
 }
 
 /// Legacy `ethN=tuntap,IFNAME,MAC,GATE_IP`.
+/// `transport=user`: libslirp's user-mode TCP/IP stack (QEMU's `-netdev user`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserConfig {
+    /// `net=ADDR/PREFIX`: the guest network; the gateway (and the host's loopback) is its
+    /// `.2`, the DNS server its `.3`, the first DHCP address its `.15`. Default 10.0.2.0/24.
+    pub net: std::net::Ipv4Addr,
+    pub prefix: u8,
+    /// `restrict=1`: the guest reaches nothing outside (only port forwards come in).
+    pub restrict: bool,
+    /// `hostfwd=...`, in the order given.
+    pub hostfwd: Vec<HostFwd>,
+}
+
+impl Default for UserConfig {
+    fn default() -> Self {
+        UserConfig {
+            net: std::net::Ipv4Addr::new(10, 0, 2, 0),
+            prefix: 24,
+            restrict: false,
+            hostfwd: Vec::new(),
+        }
+    }
+}
+
+impl UserConfig {
+    /// The address `n` inside the guest network (`.2` gateway, `.3` DNS, `.15` DHCP start).
+    pub fn host(&self, n: u32) -> std::net::Ipv4Addr {
+        (u32::from(self.net) + n).into()
+    }
+
+    /// The network mask.
+    pub fn mask(&self) -> std::net::Ipv4Addr {
+        value::prefix_mask(self.prefix).into()
+    }
+}
+
+/// One port forward from the host into the guest, QEMU's
+/// `tcp|udp:[HOSTADDR]:HPORT-[GUESTADDR]:GPORT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostFwd {
+    pub udp: bool,
+    /// Default 127.0.0.1: only this host can connect unless an address is given.
+    pub host_addr: std::net::Ipv4Addr,
+    pub host_port: u16,
+    /// `None`: the first DHCP address (`.15`).
+    pub guest_addr: Option<std::net::Ipv4Addr>,
+    pub guest_port: u16,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TunTapConfig {
     pub ifname: String,

@@ -352,3 +352,92 @@ fn never_panics() {
         }
     }
 }
+
+#[test]
+fn user_defaults_and_shorthand() {
+    let s = ok("vec0:transport=user");
+    assert_eq!(s.transport, TransportConfig::User(UserConfig::default()));
+    assert_eq!(ok("user"), s);
+    let s = ok("user,hostfwd=tcp::2222-:22,mtu=1400");
+    assert_eq!(s.name, "vec0");
+    assert_eq!(s.common.mtu, 1400);
+    let TransportConfig::User(u) = s.transport else {
+        panic!("not user")
+    };
+    assert_eq!(
+        u.hostfwd,
+        vec![HostFwd {
+            udp: false,
+            host_addr: "127.0.0.1".parse().unwrap(),
+            host_port: 2222,
+            guest_addr: None,
+            guest_port: 22,
+        }]
+    );
+    assert_eq!(u.host(2).to_string(), "10.0.2.2");
+    // Not the shorthand: a name that merely starts with `user`.
+    err("userx", &["userx"]);
+}
+
+#[test]
+fn user_options() {
+    let s = ok("vec3:transport=user,net=192.168.76.0/24,restrict=1,hostfwd=udp:0.0.0.0:5353-192.168.76.9:53,hostfwd=:127.0.0.2:8080-:80");
+    let TransportConfig::User(u) = s.transport else {
+        panic!("not user")
+    };
+    assert!(u.restrict);
+    assert_eq!(u.net.to_string(), "192.168.76.0");
+    assert_eq!(u.mask().to_string(), "255.255.255.0");
+    assert_eq!(u.host(15).to_string(), "192.168.76.15");
+    assert_eq!(u.hostfwd.len(), 2);
+    assert!(u.hostfwd[0].udp);
+    assert_eq!(u.hostfwd[0].host_addr.to_string(), "0.0.0.0");
+    assert_eq!(u.hostfwd[0].guest_addr.unwrap().to_string(), "192.168.76.9");
+    assert!(!u.hostfwd[1].udp);
+    assert_eq!(u.hostfwd[1].host_addr.to_string(), "127.0.0.2");
+    assert_eq!(
+        (u.hostfwd[1].host_port, u.hostfwd[1].guest_port),
+        (8080, 80)
+    );
+}
+
+#[test]
+fn user_mistakes_name_key_and_value() {
+    for (spec, needles) in [
+        ("user,hostfwd=garbage", &["hostfwd=garbage", "tcp|udp"][..]),
+        (
+            "user,hostfwd=tcp::0-:22",
+            &["hostfwd=tcp::0-:22", "host port"],
+        ),
+        (
+            "user,hostfwd=tcp::22-:99999",
+            &["hostfwd=tcp::22-:99999", "guest port"],
+        ),
+        (
+            "user,hostfwd=sctp::22-:22",
+            &["hostfwd=sctp::22-:22", "sctp"],
+        ),
+        (
+            "user,hostfwd=tcp:1.2.3:22-:22",
+            &["hostfwd=tcp:1.2.3:22-:22", "1.2.3"],
+        ),
+        ("user,hostfwd=tcp::22-10.0.3.1:22", &["10.0.3.1", "outside"]),
+        (
+            "user,hostfwd=tcp::22-:22,hostfwd=tcp::22-:23",
+            &["hostfwd=tcp::22-:23", "twice"],
+        ),
+        ("user,net=10.0.2.1/24", &["net=10.0.2.1/24", "host bits"]),
+        ("user,net=10.0.2.0/30", &["net=10.0.2.0/30", "8..=27"]),
+        ("user,net=10.0.2.0", &["net=10.0.2.0", "ADDR/PREFIX"]),
+        ("user,restrict=maybe", &["restrict=maybe"]),
+        ("user,bogus=1", &["bogus=1", "unknown"]),
+        ("user,ifname=eth0", &["ifname=eth0", "user"]),
+        (
+            "vec0:transport=user,net=10.0.0.0/16,net=10.0.0.0/16",
+            &["net", "twice"],
+        ),
+        ("vec0:transport=tap,hostfwd=tcp::1-:1", &["hostfwd", "user"]),
+    ] {
+        err(spec, needles);
+    }
+}

@@ -118,6 +118,71 @@ pub fn path(value: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(value))
 }
 
+/// The IPv4 mask of a prefix length (0..=32), as a host-order number.
+pub fn prefix_mask(prefix: u8) -> u32 {
+    match prefix {
+        0 => 0,
+        p => u32::MAX << (32 - u32::from(p.min(32))),
+    }
+}
+
+/// `ADDR/PREFIX`: an IPv4 network whose host bits are zero, roomy enough for the gateway
+/// (`.2`), DNS (`.3`) and first DHCP address (`.15`): prefix 8..=27.
+pub fn ipv4_net(value: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (addr, prefix) = value
+        .split_once('/')
+        .ok_or("expected ADDR/PREFIX, e.g. 10.0.2.0/24")?;
+    let addr: std::net::Ipv4Addr = addr
+        .parse()
+        .map_err(|_| "not an IPv4 address".to_string())?;
+    let prefix = ranged(prefix, 8, 27).map_err(|e| format!("prefix length: {e}"))? as u8;
+    if u32::from(addr) & !prefix_mask(prefix) != 0 {
+        return Err(format!(
+            "host bits set: the network is {}",
+            std::net::Ipv4Addr::from(u32::from(addr) & prefix_mask(prefix))
+        ));
+    }
+    Ok((addr, prefix))
+}
+
+/// A port forward, QEMU's `[tcp|udp]:[HOSTADDR]:HPORT-[GUESTADDR]:GPORT` (an empty protocol is
+/// tcp, an empty host address 127.0.0.1, an empty guest address the first DHCP address).
+pub fn hostfwd(value: &str) -> Result<super::HostFwd, String> {
+    const FORM: &str = "expected tcp|udp:[HOSTADDR]:HPORT-[GUESTADDR]:GPORT";
+    let (host, guest) = value.split_once('-').ok_or(FORM)?;
+    let mut h = host.split(':');
+    let (Some(proto), Some(haddr), Some(hport), None) = (h.next(), h.next(), h.next(), h.next())
+    else {
+        return Err(FORM.into());
+    };
+    let (gaddr, gport) = guest.split_once(':').ok_or(FORM)?;
+    let udp = match proto {
+        "" | "tcp" => false,
+        "udp" => true,
+        other => return Err(format!("protocol `{other}`: expected tcp or udp")),
+    };
+    let addr = |a: &str, what: &str| -> Result<Option<std::net::Ipv4Addr>, String> {
+        if a.is_empty() {
+            return Ok(None);
+        }
+        a.parse()
+            .map(Some)
+            .map_err(|_| format!("{what} address `{a}` is not an IPv4 address"))
+    };
+    let port = |p: &str, what: &str| {
+        ranged(p, 1, 65535)
+            .map(|n| n as u16)
+            .map_err(|e| format!("{what} port `{p}`: {e}"))
+    };
+    Ok(super::HostFwd {
+        udp,
+        host_addr: addr(haddr, "host")?.unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+        host_port: port(hport, "host")?,
+        guest_addr: addr(gaddr, "guest")?,
+        guest_port: port(gport, "guest")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,10 +8,12 @@ use super::value;
 use super::*;
 
 /// The vector transports, in UML's order.
-pub const TRANSPORTS: &str = "tap, hybrid, raw, gre, l2tpv3, bess, fd";
+pub const TRANSPORTS: &str = "tap, hybrid, raw, gre, l2tpv3, bess, fd, user";
 
 /// Every transport: options common to all.
-const ALL: &[&str] = &["tap", "hybrid", "raw", "gre", "l2tpv3", "bess", "fd"];
+const ALL: &[&str] = &[
+    "tap", "hybrid", "raw", "gre", "l2tpv3", "bess", "fd", "user",
+];
 /// Transports that carry a `virtio_net_hdr` and so can offload.
 const VNET: &[&str] = &["tap", "hybrid", "raw"];
 
@@ -45,7 +47,14 @@ const OPTIONS: &[(&str, &[&str])] = &[
     ("counter", &["l2tpv3"]),
     ("pin_counter", &["l2tpv3"]),
     ("fd", &["fd"]),
+    ("hostfwd", &["user"]),
+    ("net", &["user"]),
+    ("restrict", &["user"]),
 ];
+
+/// Options that may be given more than once, each occurrence adding one more (QEMU's
+/// `hostfwd=` repeats the same way); every other option given twice is an error.
+const REPEATABLE: &[&str] = &["hostfwd"];
 
 /// Spellings of UML's how-to that its code does not accept; harmless to accept both.
 const ALIASES: &[(&str, &str)] = &[("src_port", "srcport"), ("dst_port", "dstport")];
@@ -60,6 +69,14 @@ struct Opts<'a> {
 impl<'a> Opts<'a> {
     fn get(&self, key: &str) -> Option<&'a str> {
         self.items.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// Every value of a repeatable option, in order.
+    fn all(&self, key: &'a str) -> impl Iterator<Item = &'a str> + '_ {
+        self.items
+            .iter()
+            .filter(move |(k, _)| *k == key)
+            .map(|(_, v)| *v)
     }
 
     fn bad(&self, key: &str, value: &str, reason: String) -> ConfigError {
@@ -146,7 +163,7 @@ pub fn parse(dev: &str, rest: &str) -> Result<NetSpec, ConfigError> {
             unknown.get_or_insert((key, val));
             continue;
         };
-        if items.iter().any(|(k, _)| *k == canonical) {
+        if !REPEATABLE.contains(&canonical) && items.iter().any(|(k, _)| *k == canonical) {
             return Err(ConfigError::Duplicate {
                 dev: dev.to_string(),
                 key: canonical.to_string(),
@@ -207,6 +224,7 @@ pub fn parse(dev: &str, rest: &str) -> Result<NetSpec, ConfigError> {
             src: opts.parse("src", value::socket_path)?,
             dst: opts.required("bess", "dst", value::socket_path)?,
         }),
+        "user" => TransportConfig::User(user(&opts)?),
         _ => TransportConfig::Fd(FdConfig {
             fd: opts.required("fd", "fd", |v| {
                 value::number(v, i32::MAX as u64).map(|n| n as i32)
@@ -252,6 +270,49 @@ fn endpoints(opts: &Opts, transport: &'static str) -> Result<(IpAddr, IpAddr, bo
         }
     }
     Ok((src, dst, v6))
+}
+
+fn user(opts: &Opts) -> Result<UserConfig, ConfigError> {
+    let d = UserConfig::default();
+    let (net, prefix) = opts
+        .parse("net", value::ipv4_net)?
+        .unwrap_or((d.net, d.prefix));
+    let mut c = UserConfig {
+        net,
+        prefix,
+        restrict: opts.flag("restrict")?,
+        hostfwd: Vec::new(),
+    };
+    let mask = u32::from(c.mask());
+    for v in opts.all("hostfwd") {
+        let fwd = value::hostfwd(v).map_err(|e| opts.bad("hostfwd", v, e))?;
+        if let Some(g) = fwd.guest_addr {
+            if u32::from(g) & mask != u32::from(net) {
+                return Err(opts.bad(
+                    "hostfwd",
+                    v,
+                    format!("guest address {g} is outside net={net}/{prefix}"),
+                ));
+            }
+        }
+        if let Some(prev) = c
+            .hostfwd
+            .iter()
+            .find(|p| (p.udp, p.host_addr, p.host_port) == (fwd.udp, fwd.host_addr, fwd.host_port))
+        {
+            let proto = if prev.udp { "udp" } else { "tcp" };
+            return Err(opts.bad(
+                "hostfwd",
+                v,
+                format!(
+                    "{proto} {}:{} is forwarded twice",
+                    prev.host_addr, prev.host_port
+                ),
+            ));
+        }
+        c.hostfwd.push(fwd);
+    }
+    Ok(c)
 }
 
 fn gre(opts: &Opts) -> Result<GreConfig, ConfigError> {

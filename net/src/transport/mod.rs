@@ -21,6 +21,7 @@ mod tap;
 mod tapdev;
 mod tunnel;
 mod udp;
+mod user;
 mod vde;
 pub mod vnet;
 
@@ -189,6 +190,9 @@ pub struct TransportStats {
     pub peer_hung_up: u64,
     /// Frames the guest sent after the peer of a connected socket had gone.
     pub tx_dropped_peer_gone: u64,
+    /// user: frames libslirp produced for the guest while our backlog of frames the guest
+    /// had not taken yet was full.
+    pub rx_dropped_backlog: u64,
 }
 
 impl std::fmt::Display for TransportStats {
@@ -208,6 +212,7 @@ impl std::fmt::Display for TransportStats {
             ("rx kernel drops (queue full)", self.rx_dropped_kernel),
             ("peer hung up", self.peer_hung_up),
             ("tx to a gone peer", self.tx_dropped_peer_gone),
+            ("rx backlog full", self.rx_dropped_backlog),
         ];
         let mut any = false;
         for (name, n) in fields.iter().filter(|(_, n)| *n > 0) {
@@ -374,6 +379,7 @@ pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, Transpo
         T::Raw(c) => Box::new(raw::Raw::open(&c.ifname, depth, filter.as_ref())?),
         T::Hybrid(c) => Box::new(hybrid::Hybrid::open(&c.ifname, depth, filter.as_ref())?),
         T::Fd(c) => Box::new(fd::Fd::open(c.fd, depth, spec.common.vec)?),
+        T::User(c) => Box::new(user::User::open(c, spec.common.mtu)?),
         T::Gre(c) => Box::new(gre::open(c, depth)?),
         T::L2tpv3(c) => Box::new(l2tpv3::open(c, depth)?),
         T::Bess(c) => Box::new(bess::open(c, depth)?),
