@@ -8,8 +8,6 @@ mod backend_cmd;
 mod run_cmd;
 mod signals;
 mod vm_cmd;
-mod vm_fs;
-mod vm_net;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -18,8 +18,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::vm_cmd::{boot, parse_timeout, Devices};
-use crate::vm_fs::{private_dir, FsArg};
+use vmm_vmm::builder::fs::{private_dir, FsArg};
+use vmm_vmm::builder::{shares, DeviceConfig};
+
+use crate::vm_cmd::{boot, parse_devices, parse_timeout};
 use crate::{fail, EXIT_USAGE};
 
 /// The init script, written beside its `env` for each run.
@@ -154,7 +156,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return fail(EXIT_USAGE, e),
     };
-    let mut devices = match Devices::parse(&args.net, &[], &args.share, args.virtiofsd) {
+    let mut devices = match parse_devices(&args.net, &[], &args.share) {
         Ok(d) => d,
         Err(e) => return fail(EXIT_USAGE, e),
     };
@@ -166,31 +168,28 @@ pub fn run(args: RunArgs) -> ExitCode {
     let mut mounts = Vec::new();
     if cwd != Path::new("/") {
         mounts.push((CWD_TAG.to_string(), cwd.clone()));
-        devices.push_share(
-            format!("{} (the current directory)", cwd.display()),
-            FsArg::Share {
+        devices.push(DeviceConfig::Fs {
+            arg: format!("{} (the current directory)", cwd.display()),
+            fs: FsArg::Share {
                 dir: cwd.clone(),
                 tag: CWD_TAG.into(),
                 readonly: false,
             },
-        );
+        });
     }
-    for (tag, dir) in devices.shares() {
+    for (tag, dir) in shares(&devices) {
         if tag != CWD_TAG {
             mounts.push((tag.to_string(), dir.to_path_buf()));
         }
     }
-    devices.push_share(
-        "/ (the root file system)".into(),
-        FsArg::Share {
+    devices.push(DeviceConfig::Fs {
+        arg: "/ (the root file system)".into(),
+        fs: FsArg::Share {
             dir: PathBuf::from("/"),
             tag: ROOT_TAG.into(),
             readonly: true,
         },
-    );
-    if let Err(e) = devices.check_tags() {
-        return fail(EXIT_USAGE, e);
-    }
+    });
 
     let dir = match private_dir() {
         Ok(d) => RunDir(d),
@@ -257,7 +256,9 @@ pub fn run(args: RunArgs) -> ExitCode {
     config.console_log = args.console_log;
     config.mem_mib = args.mem;
     config.cpus = args.cpus;
-    let status = boot(config, devices, args.timeout.as_deref());
+    config.devices = devices;
+    config.virtiofsd = args.virtiofsd;
+    let status = boot(config, args.timeout.as_deref());
     drop(dir);
     status
 }

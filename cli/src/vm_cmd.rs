@@ -11,7 +11,9 @@ use clap::Args;
 use vmm_devices::ExitRequest;
 use vmm_vmm::watch::{FailOn, FailureKind};
 
-use crate::{fail, signals, vm_fs, vm_net, EXIT_USAGE};
+use vmm_vmm::builder::{DeviceConfig, DeviceError};
+
+use crate::{fail, signals, EXIT_USAGE};
 
 #[derive(Args)]
 pub struct VmArgs {
@@ -102,9 +104,7 @@ pub fn run(args: VmArgs) -> ExitCode {
     let Some(kernel) = args.kernel else {
         return fail(EXIT_USAGE, "--kernel is required");
     };
-    let devices = match Devices::parse(&args.net, &args.fs, &args.share, args.virtiofsd)
-        .and_then(|d| d.check_tags().map(|()| d))
-    {
+    let devices = match parse_devices(&args.net, &args.fs, &args.share) {
         Ok(d) => d,
         Err(e) => return fail(EXIT_USAGE, e),
     };
@@ -125,120 +125,31 @@ pub fn run(args: VmArgs) -> ExitCode {
     config.cmdline = args.cmdline;
     config.mem_mib = args.mem;
     config.cpus = args.cpus;
-    boot(config, devices, args.timeout.as_deref())
+    config.devices = devices;
+    config.virtiofsd = args.virtiofsd;
+    boot(config, args.timeout.as_deref())
 }
 
-/// The `--net`, `--fs` and `--share` devices of a VM, parsed (nothing opened yet).
-pub struct Devices {
-    nets: Vec<(String, vm_net::NetArg)>,
-    fss: Vec<(String, vm_fs::FsArg)>,
-    virtiofsd: Option<PathBuf>,
+/// `--net`, `--fs` and `--share`, in that order; the first bad one is the error (a one-line
+/// message naming the option and value).
+pub fn parse_devices(
+    net: &[String],
+    fs: &[String],
+    share: &[String],
+) -> Result<Vec<DeviceConfig>, DeviceError> {
+    net.iter()
+        .map(|a| DeviceConfig::net(a))
+        .chain(fs.iter().map(|a| DeviceConfig::fs(a)))
+        .chain(share.iter().map(|a| DeviceConfig::share(a)))
+        .collect()
 }
 
-impl Devices {
-    /// Parses every device argument; the first bad one is the error (a one-line message
-    /// naming the option and value).
-    pub fn parse(
-        net: &[String],
-        fs: &[String],
-        share: &[String],
-        virtiofsd: Option<PathBuf>,
-    ) -> Result<Devices, String> {
-        let mut d = Devices {
-            nets: Vec::new(),
-            fss: Vec::new(),
-            virtiofsd,
-        };
-        for arg in net {
-            let n = vm_net::NetArg::parse(arg).map_err(|e| e.to_string())?;
-            d.nets.push((arg.clone(), n));
-        }
-        vm_net::number_user_shorthands(&mut d.nets);
-        for arg in fs {
-            let f = vm_fs::FsArg::parse_fs(arg).map_err(|e| e.to_string())?;
-            d.fss.push((arg.clone(), f));
-        }
-        for arg in share {
-            let f = vm_fs::FsArg::parse_share(arg).map_err(|e| e.to_string())?;
-            d.fss.push((arg.clone(), f));
-        }
-        if let Some((arg, _)) = d
-            .fss
-            .iter()
-            .find(|(_, f)| matches!(f, vm_fs::FsArg::Share { .. }))
-        {
-            // A missing binary is bad input, found before anything starts.
-            let bin =
-                vm_fs::find_virtiofsd(d.virtiofsd.as_deref(), arg).map_err(|e| e.to_string())?;
-            d.virtiofsd = Some(bin);
-        }
-        Ok(d)
-    }
-
-    /// Adds a share the VMM itself needs (`vmm run`); `arg` names it in messages.
-    pub fn push_share(&mut self, arg: String, share: vm_fs::FsArg) {
-        self.fss.push((arg, share));
-    }
-
-    /// The `--share` directories and their tags.
-    pub fn shares(&self) -> impl Iterator<Item = (&str, &std::path::Path)> {
-        self.fss.iter().filter_map(|(_, f)| match f {
-            vm_fs::FsArg::Share { dir, tag, .. } => Some((tag.as_str(), dir.as_path())),
-            vm_fs::FsArg::Socket { .. } => None,
-        })
-    }
-
-    /// Each virtio-fs device needs its own tag: the guest mounts by tag.
-    pub fn check_tags(&self) -> Result<(), String> {
-        let mut tags: Vec<&str> = self.fss.iter().map(|(_, f)| f.tag()).collect();
-        tags.sort_unstable();
-        match tags.windows(2).find(|w| w[0] == w[1]) {
-            Some(w) => Err(format!(
-                "virtio-fs tag '{}' is given twice (each --fs/--share needs its own tag=)",
-                w[0]
-            )),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Builds the VM, opens and plugs in its devices (starting virtiofsd for each share), runs it
-/// and turns the outcome into the exit status. Every virtiofsd started is stopped before this
-/// returns, whichever way it returns.
-pub fn boot(config: vmm_vmm::VmConfig, devices: Devices, timeout: Option<&str>) -> ExitCode {
-    let mut vmm = match vmm_vmm::Vmm::new(config) {
+/// Builds the VM with its devices, runs it and turns the outcome into the exit status.
+pub fn boot(config: vmm_vmm::VmConfig, timeout: Option<&str>) -> ExitCode {
+    let vmm = match vmm_vmm::Vmm::new(config) {
         Ok(v) => v,
         Err(e) => return fail(exit_status(&e), e),
     };
-    let mut backends = Vec::new();
-    for (arg, net) in devices.nets {
-        let (dev, thread) = match vm_net::open(&arg, net, vmm.guest_ram().memory()) {
-            Ok(d) => d,
-            Err(e) => return fail(if e.usage { EXIT_USAGE } else { 1 }, e),
-        };
-        backends.extend(thread);
-        if let Err(e) = vmm.add_virtio_device(Box::new(dev)) {
-            return fail(1, format_args!("--net {arg}: {e}"));
-        }
-    }
-    // Declared after `vmm`, so dropped before it: on every return below the daemons are
-    // stopped (they also stop themselves once the VM's connection closes).
-    let mut daemons = Vec::new();
-    for (arg, fs) in &devices.fss {
-        let (dev, daemon) = match vm_fs::open(
-            arg,
-            fs,
-            devices.virtiofsd.as_deref(),
-            vmm.guest_ram().memory(),
-        ) {
-            Ok(d) => d,
-            Err(e) => return fail(if e.usage { EXIT_USAGE } else { 1 }, e),
-        };
-        daemons.extend(daemon);
-        if let Err(e) = vmm.add_virtio_device(Box::new(dev)) {
-            return fail(1, format_args!("virtio-fs {arg}: {e}"));
-        }
-    }
     // SIGINT/SIGTERM stop the VM (status 130, "stopped by the host").
     let stop = match signals::install() {
         Ok(fd) => fd,
@@ -255,14 +166,7 @@ pub fn boot(config: vmm_vmm::VmConfig, devices: Devices, timeout: Option<&str>) 
         while unsafe { libc::poll(&mut p, 1, -1) } <= 0 {}
         notifier.request(ExitRequest::Stop);
     });
-    let result = vmm.run();
-    // The VM (and with it every frontend) is gone: each backend sees its connection close,
-    // logs its counters and ends.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    for b in backends {
-        b.join(deadline);
-    }
-    match result {
+    match vmm.run() {
         Ok(report) => {
             log::info!("{:?} after {:?}", report.exit, report.elapsed);
             match report.exit {
@@ -304,6 +208,7 @@ fn exit_status(e: &vmm_vmm::VmmError) -> u8 {
         | vmm_vmm::VmmError::Boot(_)
         | vmm_vmm::VmmError::ConsoleLog { .. }
         | vmm_vmm::VmmError::Memory(vmm_vmm::memory::Error::BadSize { .. }) => EXIT_USAGE,
+        vmm_vmm::VmmError::Device(d) if d.usage => EXIT_USAGE,
         _ => 1,
     }
 }

@@ -20,6 +20,7 @@
 //! panic banner on the console ([`watch`]).
 
 pub mod boot;
+pub mod builder;
 pub mod bus;
 pub mod console;
 pub mod cpuid;
@@ -94,6 +95,11 @@ pub struct VmConfig {
     pub fail_on: watch::FailOn,
     /// Offer a pvpanic PCI device (a panic is still caught on the console without it).
     pub pvpanic: bool,
+    /// The virtio devices, in PCI slot order (see [`builder`]).
+    pub devices: Vec<builder::DeviceConfig>,
+    /// The virtiofsd binary for `--share` devices (default: found on PATH or in
+    /// ~/.cargo/bin).
+    pub virtiofsd: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -111,6 +117,8 @@ impl VmConfig {
             console_log: None,
             fail_on: watch::FailOn::default(),
             pvpanic: true,
+            devices: Vec::new(),
+            virtiofsd: None,
         }
     }
 }
@@ -221,6 +229,9 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// A device cannot be built (bad input or a backend that fails).
+    #[error(transparent)]
+    Device(#[from] builder::DeviceError),
     /// Host I/O (eventfd, epoll, terminal) failed.
     #[error("{what}: {source}")]
     Io {
@@ -251,6 +262,8 @@ pub const PCI_BAR_END: u64 = 0xfe00_0000;
 pub struct Vmm {
     vcpus: Vec<vcpu::Vcpu>,
     virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    /// After the devices: virtiofsd is stopped once its frontend is gone.
+    attached: builder::Attached,
     routing: Arc<irq::GsiRouting>,
     next_bar: u64,
     vm: vm::Vm,
@@ -268,7 +281,9 @@ pub struct Vmm {
 
 impl Vmm {
     /// Creates the VM, loads the kernel, wires the legacy devices and configures the vCPUs.
-    pub fn new(config: VmConfig) -> Result<Self, VmmError> {
+    pub fn new(mut config: VmConfig) -> Result<Self, VmmError> {
+        // Bad device arguments are found before anything is built.
+        let virtiofsd = builder::check(&mut config.devices, config.virtiofsd.as_deref())?;
         if config.cpus == 0 || config.cpus > mptable::MAX_CPUS {
             return Err(VmmError::Config(format!(
                 "{} vCPUs requested; 1..={} supported",
@@ -346,6 +361,7 @@ impl Vmm {
         let mut vmm = Self {
             vcpus,
             virtio: Vec::new(),
+            attached: builder::Attached::default(),
             routing: Arc::new(irq::GsiRouting::new(vm.shared_fd())),
             next_bar: PCI_BAR_BASE,
             vm,
@@ -363,6 +379,21 @@ impl Vmm {
         if config.pvpanic {
             vmm.add_pvpanic()?;
         }
+        let mem = vmm.ram.memory().clone();
+        let mut attached = builder::Attached::default();
+        let result = builder::attach(
+            config.devices,
+            virtiofsd.as_deref(),
+            &mem,
+            &mut attached,
+            |_, dev| {
+                vmm.add_virtio_device(dev)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        );
+        vmm.attached = attached;
+        result?;
         Ok(vmm)
     }
 
@@ -468,7 +499,21 @@ impl Vmm {
     }
 
     /// Runs the vCPUs until the guest ends the VM (debug exit, reset, shutdown) or a vCPU fails.
+    /// When this returns, the VM is gone and every in-process backend has seen its frontend
+    /// close, logged its counters and ended (or was given two seconds to).
     pub fn run(mut self) -> Result<RunReport, VmmError> {
+        let backends = std::mem::take(&mut self.attached.backends);
+        let result = self.run_vm();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for b in backends {
+            b.join(deadline);
+        }
+        result
+    }
+
+    /// [`Vmm::run`], consuming the VM: its devices (the backends' frontends) are dropped on
+    /// return.
+    fn run_vm(mut self) -> Result<RunReport, VmmError> {
         vcpu::install_kick_handler();
         let pio = Arc::new(std::mem::take(&mut self.pio));
         let mmio = Arc::new(std::mem::take(&mut self.mmio));

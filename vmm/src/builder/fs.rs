@@ -1,4 +1,4 @@
-//! `--fs` and `--share` for a VM: each is a virtio-fs device (virtio-pci) whose backend is
+//! `--fs` and `--share` for a VM (the device layer's virtio-fs file): each is a virtio-fs device (virtio-pci) whose backend is
 //! virtiofsd, either one the user runs (`--fs tag=TAG,socket=PATH`) or one the VMM starts for
 //! a directory (`--share DIR[,tag=TAG][,readonly=on]`) and stops when the VM ends.
 //!
@@ -23,7 +23,7 @@ const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One `--fs` or `--share` argument, parsed.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FsArg {
     /// A running backend listening on `socket`.
     Socket { tag: String, socket: PathBuf },
@@ -336,7 +336,7 @@ pub fn open(
     arg: &str,
     fs: &FsArg,
     virtiofsd: Option<&Path>,
-    mem: &vmm_vmm::memory::GuestMemoryMmap,
+    mem: &crate::memory::GuestMemoryMmap,
 ) -> Result<(VhostUserFsDevice, Option<Virtiofsd>), FsArgError> {
     let option = fs.option();
     let runtime = |msg: String| FsArgError {

@@ -1,4 +1,4 @@
-//! `--net` for a VM: each device is a virtio-net (virtio-pci) whose datapath is a vhost-user
+//! `--net` for a VM (the device layer's net file): each device is a virtio-net (virtio-pci) whose datapath is a vhost-user
 //! backend, either ours in a thread of this process (`vecN:...`, `ethN=...`) or an external one
 //! (`vhost-user,socket=PATH[,mac=MAC]`).
 //!
@@ -19,6 +19,7 @@ use vmm_devices::vhost_user::net::VhostUserNetDevice;
 use vmm_devices::vhost_user::FrontendError;
 
 /// One `--net` argument, parsed.
+#[derive(Clone, Debug)]
 pub enum NetArg {
     /// A UML transport served by a backend thread of the VMM.
     Builtin(Box<NetSpec>),
@@ -96,7 +97,7 @@ impl NetArg {
 
 /// Gives each `user[,...]` shorthand (parsed as `vec0`) the lowest `vecN` that no other
 /// device of the VM is named, in order, so that `--net user --net user` makes vec0 and vec1.
-pub fn number_user_shorthands(nets: &mut [(String, NetArg)]) {
+pub fn number_user_shorthands(nets: &mut [(&str, &mut NetArg)]) {
     let mut taken: Vec<String> = nets
         .iter()
         .filter(|(arg, _)| umlnet::config::user_shorthand(arg).is_none())
@@ -106,7 +107,9 @@ pub fn number_user_shorthands(nets: &mut [(String, NetArg)]) {
         })
         .collect();
     for (arg, n) in nets.iter_mut() {
-        let NetArg::Builtin(spec) = n else { continue };
+        let NetArg::Builtin(spec) = &mut **n else {
+            continue;
+        };
         if umlnet::config::user_shorthand(arg).is_none() {
             continue;
         }
@@ -144,7 +147,7 @@ impl BackendThread {
 pub fn open(
     arg: &str,
     net: NetArg,
-    mem: &vmm_vmm::memory::GuestMemoryMmap,
+    mem: &crate::memory::GuestMemoryMmap,
 ) -> Result<(VhostUserNetDevice, Option<BackendThread>), NetArgError> {
     let runtime = |msg: String| NetArgError {
         arg: arg.to_string(),
@@ -202,10 +205,9 @@ mod tests {
             "user,hostfwd=tcp::2222-:22",
             "user",
         ];
-        let mut nets: Vec<(String, NetArg)> = args
-            .iter()
-            .map(|a| (a.to_string(), NetArg::parse(a).unwrap()))
-            .collect();
+        let mut parsed: Vec<NetArg> = args.iter().map(|a| NetArg::parse(a).unwrap()).collect();
+        let mut nets: Vec<(&str, &mut NetArg)> =
+            args.iter().copied().zip(parsed.iter_mut()).collect();
         number_user_shorthands(&mut nets);
         let names: Vec<String> = nets
             .iter()

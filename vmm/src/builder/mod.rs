@@ -1,0 +1,189 @@
+//! The device layer: every device of a VM is described in [`crate::VmConfig::devices`]
+//! (parsed from the user's words, nothing opened) and built and plugged in here, in one place,
+//! when the [`crate::Vmm`] is created. Each kind of device is one file in this directory that
+//! parses its argument and opens its backend; the `match` in [`attach`] is the one line per
+//! kind that plugs it in. The binary only parses its command line into a `VmConfig`.
+//!
+//! The shape is Firecracker's `builder.rs` (a config in, a running VM out); the devices' run-time
+//! handles (backend threads, daemons) live in [`Attached`], which the `Vmm` owns so that they
+//! end with it.
+
+pub mod fs;
+pub mod net;
+
+use std::path::{Path, PathBuf};
+
+use crate::memory::GuestMemoryMmap;
+
+/// One device of a VM, as the user gave it: the argument (for messages) and what it says.
+#[derive(Clone, Debug)]
+pub enum DeviceConfig {
+    /// `--net SPEC`: a virtio-net device.
+    Net {
+        /// The argument as given.
+        arg: String,
+        /// What it asks for.
+        net: net::NetArg,
+    },
+    /// `--fs ...` or `--share ...`: a virtio-fs device.
+    Fs {
+        /// The argument as given (or what the VMM added it for).
+        arg: String,
+        /// What it asks for.
+        fs: fs::FsArg,
+    },
+}
+
+/// Why a device cannot be built; every message names the option and the value.
+#[derive(Debug, thiserror::Error)]
+#[error("{msg}")]
+pub struct DeviceError {
+    msg: String,
+    /// Bad input (exit status 2) rather than a run-time failure (1).
+    pub usage: bool,
+}
+
+impl DeviceError {
+    fn usage(msg: impl Into<String>) -> Self {
+        DeviceError {
+            msg: msg.into(),
+            usage: true,
+        }
+    }
+}
+
+impl From<net::NetArgError> for DeviceError {
+    fn from(e: net::NetArgError) -> Self {
+        DeviceError {
+            usage: e.usage,
+            msg: e.to_string(),
+        }
+    }
+}
+
+impl From<fs::FsArgError> for DeviceError {
+    fn from(e: fs::FsArgError) -> Self {
+        DeviceError {
+            usage: e.usage,
+            msg: e.to_string(),
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// `--net SPEC`.
+    pub fn net(arg: &str) -> Result<Self, DeviceError> {
+        Ok(DeviceConfig::Net {
+            arg: arg.to_string(),
+            net: net::NetArg::parse(arg)?,
+        })
+    }
+
+    /// `--fs tag=TAG,socket=PATH`.
+    pub fn fs(arg: &str) -> Result<Self, DeviceError> {
+        Ok(DeviceConfig::Fs {
+            arg: arg.to_string(),
+            fs: fs::FsArg::parse_fs(arg)?,
+        })
+    }
+
+    /// `--share DIR[,tag=TAG][,readonly=on]`.
+    pub fn share(arg: &str) -> Result<Self, DeviceError> {
+        Ok(DeviceConfig::Fs {
+            arg: arg.to_string(),
+            fs: fs::FsArg::parse_share(arg)?,
+        })
+    }
+}
+
+/// The `--share` directories of `devices` and their tags.
+pub fn shares(devices: &[DeviceConfig]) -> impl Iterator<Item = (&str, &Path)> {
+    devices.iter().filter_map(|d| match d {
+        DeviceConfig::Fs {
+            fs: fs::FsArg::Share { dir, tag, .. },
+            ..
+        } => Some((tag.as_str(), dir.as_path())),
+        _ => None,
+    })
+}
+
+/// Checks the devices as a set, before anything is opened: `user` shorthands get distinct
+/// `vecN` names, no two virtio-fs devices share a tag (the guest mounts by tag), and the
+/// virtiofsd that `--share` needs is found (returned, so a missing binary is bad input found
+/// before the VM starts).
+pub fn check(
+    devices: &mut [DeviceConfig],
+    virtiofsd: Option<&Path>,
+) -> Result<Option<PathBuf>, DeviceError> {
+    let mut nets: Vec<(&str, &mut net::NetArg)> = devices
+        .iter_mut()
+        .filter_map(|d| match d {
+            DeviceConfig::Net { arg, net } => Some((arg.as_str(), net)),
+            DeviceConfig::Fs { .. } => None,
+        })
+        .collect();
+    net::number_user_shorthands(&mut nets);
+
+    let mut tags: Vec<&str> = devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::Fs { fs, .. } => Some(fs.tag()),
+            DeviceConfig::Net { .. } => None,
+        })
+        .collect();
+    tags.sort_unstable();
+    if let Some(w) = tags.windows(2).find(|w| w[0] == w[1]) {
+        return Err(DeviceError::usage(format!(
+            "virtio-fs tag '{}' is given twice (each --fs/--share needs its own tag=)",
+            w[0]
+        )));
+    }
+
+    let share = devices.iter().find_map(|d| match d {
+        DeviceConfig::Fs {
+            arg,
+            fs: fs::FsArg::Share { .. },
+        } => Some(arg.as_str()),
+        _ => None,
+    });
+    match share {
+        Some(arg) => Ok(Some(fs::find_virtiofsd(virtiofsd, arg)?)),
+        None => Ok(virtiofsd.map(Path::to_path_buf)),
+    }
+}
+
+/// What the VM's devices need kept alive while it runs.
+#[derive(Default)]
+pub struct Attached {
+    /// In-process net backends, joined after the VM (their frontends) is gone.
+    pub backends: Vec<net::BackendThread>,
+    /// virtiofsd daemons the VMM started, stopped when dropped.
+    pub daemons: Vec<fs::Virtiofsd>,
+}
+
+/// Opens every device's backend (the transport first, so a missing interface fails before the
+/// guest boots; virtiofsd for each share) and plugs each device into the VM through `plug`.
+pub fn attach(
+    devices: Vec<DeviceConfig>,
+    virtiofsd: Option<&Path>,
+    mem: &GuestMemoryMmap,
+    attached: &mut Attached,
+    mut plug: impl FnMut(&str, Box<dyn vmm_devices::virtio_pci::VirtioDevice>) -> Result<(), String>,
+) -> Result<(), DeviceError> {
+    let runtime = |msg: String| DeviceError { msg, usage: false };
+    for device in devices {
+        match device {
+            DeviceConfig::Net { arg, net } => {
+                let (dev, thread) = net::open(&arg, net, mem)?;
+                attached.backends.extend(thread);
+                plug(&arg, Box::new(dev)).map_err(|e| runtime(format!("--net {arg}: {e}")))?;
+            }
+            DeviceConfig::Fs { arg, fs } => {
+                let (dev, daemon) = fs::open(&arg, &fs, virtiofsd, mem)?;
+                attached.daemons.extend(daemon);
+                plug(&arg, Box::new(dev)).map_err(|e| runtime(format!("virtio-fs {arg}: {e}")))?;
+            }
+        }
+    }
+    Ok(())
+}
