@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::{fail, signals, EXIT_USAGE};
+use vmm_vmm::signals;
+
+use crate::{fail, EXIT_USAGE};
 
 pub fn run(socket: &Path, spec: &str) -> ExitCode {
     let spec = match umlnet::config::parse_spec(spec) {

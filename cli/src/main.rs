@@ -6,7 +6,6 @@
 
 mod backend_cmd;
 mod run_cmd;
-mod signals;
 mod vm_cmd;
 
 use clap::{Parser, Subcommand};

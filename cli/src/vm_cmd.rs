@@ -8,12 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use vmm_devices::ExitRequest;
 use vmm_vmm::watch::{FailOn, FailureKind};
 
 use vmm_vmm::builder::{DeviceConfig, DeviceError};
 
-use crate::{fail, signals, EXIT_USAGE};
+use crate::{fail, EXIT_USAGE};
 
 #[derive(Args)]
 pub struct VmArgs {
@@ -146,26 +145,14 @@ pub fn parse_devices(
 
 /// Builds the VM with its devices, runs it and turns the outcome into the exit status.
 pub fn boot(config: vmm_vmm::VmConfig, timeout: Option<&str>) -> ExitCode {
-    let vmm = match vmm_vmm::Vmm::new(config) {
+    let mut vmm = match vmm_vmm::Vmm::new(config) {
         Ok(v) => v,
         Err(e) => return fail(exit_status(&e), e),
     };
     // SIGINT/SIGTERM stop the VM (status 130, "stopped by the host").
-    let stop = match signals::install() {
-        Ok(fd) => fd,
-        Err(e) => return fail(1, format_args!("installing signal handlers: {e}")),
-    };
-    let notifier = vmm.exit_notifier().clone();
-    std::thread::spawn(move || {
-        let mut p = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&stop),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd; the eventfd outlives this thread (moved into it).
-        while unsafe { libc::poll(&mut p, 1, -1) } <= 0 {}
-        notifier.request(ExitRequest::Stop);
-    });
+    if let Err(e) = vmm.stop_on_signals() {
+        return fail(1, e);
+    }
     match vmm.run() {
         Ok(report) => {
             log::info!("{:?} after {:?}", report.exit, report.elapsed);

@@ -24,17 +24,18 @@ pub mod builder;
 pub mod bus;
 pub mod console;
 pub mod cpuid;
+pub mod event_loop;
 pub mod initramfs;
 pub mod irq;
 pub mod kvm;
 pub mod legacy;
 pub mod memory;
 pub mod mptable;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;
 pub mod watch;
 
-use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -46,7 +47,6 @@ use vmm_devices::pvpanic;
 use vmm_devices::serial::{SerialConsole, SharedBuffer, COM1_IRQ};
 use vmm_devices::virtio_pci::{self, VirtioDevice, VirtioPciDevice};
 use vmm_devices::{ExitNotifier, ExitRequest};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use boot::{BootEntry, EntryMode};
@@ -232,6 +232,9 @@ pub enum VmmError {
     /// A device cannot be built (bad input or a backend that fails).
     #[error(transparent)]
     Device(#[from] builder::DeviceError),
+    /// The event loop failed.
+    #[error(transparent)]
+    EventLoop(#[from] event_loop::Error),
     /// Host I/O (eventfd, epoll, terminal) failed.
     #[error("{what}: {source}")]
     Io {
@@ -274,6 +277,8 @@ pub struct Vmm {
     exit: Arc<ExitNotifier>,
     failures: Arc<watch::FailureWatch>,
     timeout: Option<Duration>,
+    /// SIGINT/SIGTERM's eventfd, once [`Vmm::stop_on_signals`] installed the handlers.
+    stop_signals: Option<EventFd>,
     console: Console,
     boot: BootEntry,
     ram: GuestRam,
@@ -372,6 +377,7 @@ impl Vmm {
             exit,
             failures,
             timeout: config.timeout,
+            stop_signals: None,
             console: config.console,
             boot,
             ram,
@@ -493,6 +499,14 @@ impl Vmm {
         self.boot
     }
 
+    /// Stops the VM (status 130, [`VmExit::Stopped`]) on SIGINT or SIGTERM: installs the
+    /// process's handlers for them ([`signals`]), so only a program that owns the process (the
+    /// `vmm` binary) should call it.
+    pub fn stop_on_signals(&mut self) -> Result<(), VmmError> {
+        self.stop_signals = Some(signals::install().map_err(io_err("installing signal handlers"))?);
+        Ok(())
+    }
+
     /// The stop request shared by devices and vCPUs (devices added later report through it).
     pub fn exit_notifier(&self) -> &Arc<ExitNotifier> {
         &self.exit
@@ -604,133 +618,23 @@ impl Vmm {
         })
     }
 
-    /// Waits for the exit request, feeding stdin to the serial console meanwhile.
-    fn event_loop(&self, started: Instant) -> Result<(), VmmError> {
-        const EXIT: u64 = 0;
-        const STDIN: u64 = 1;
-        let epoll = Epoll::new().map_err(io_err("creating epoll"))?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                self.exit.eventfd().as_raw_fd(),
-                EpollEvent::new(EventSet::IN, EXIT),
-            )
-            .map_err(io_err("watching the exit eventfd"))?;
-        const FAILURE: u64 = 2;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                self.failures.eventfd().as_raw_fd(),
-                EpollEvent::new(EventSet::IN, FAILURE),
-            )
-            .map_err(io_err("watching the failure eventfd"))?;
-        // Devices whose configuration changes on their own (a vhost-user NIC whose backend
-        // went away): each change becomes a configuration interrupt.
-        const CONFIG_BASE: u64 = 16;
-        for (i, dev) in self.virtio.iter().enumerate() {
-            let fd = dev
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .config_events()
-                .map(|e| e.as_raw_fd());
-            if let Some(fd) = fd {
-                epoll
-                    .ctl(
-                        ControlOperation::Add,
-                        fd,
-                        EpollEvent::new(EventSet::IN, CONFIG_BASE + i as u64),
-                    )
-                    .map_err(io_err("watching a device's configuration events"))?;
-            }
+    /// Waits for the exit request on the VMM's event loop ([`event_loop`]).
+    fn event_loop(&mut self, started: Instant) -> Result<(), VmmError> {
+        let mut el = event_loop::EventLoop::new(&self.exit, &self.failures)?;
+        if let Some(signals) = self.stop_signals.take() {
+            el.stop_on(signals, self.exit.clone());
         }
-        let mut stdin_open = false;
+        for dev in &self.virtio {
+            el.watch_config(dev);
+        }
         if matches!(self.console, Console::Stdio) {
-            // epoll refuses regular files and /dev/null (EPERM): then there is simply no input.
-            match epoll.ctl(
-                ControlOperation::Add,
-                libc::STDIN_FILENO,
-                EpollEvent::new(EventSet::IN, STDIN),
-            ) {
-                Ok(()) => stdin_open = true,
-                Err(e) => log::debug!("stdin not pollable ({e}); console input disabled"),
-            }
+            el.console_input(self.serial.clone());
         }
-        let mut pending: Vec<u8> = Vec::new();
-        let mut events = vec![EpollEvent::default(); 8];
-        let deadline = self.timeout.map(|t| started + t);
-        while !self.exit.is_requested() {
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                self.exit.request(ExitRequest::Timeout);
-                break;
-            }
-            let failed_at = self.failures.deadline();
-            if failed_at.is_some_and(|d| now >= d) {
-                self.exit.request(ExitRequest::GuestPanic);
-                break;
-            }
-            // Wake for the nearest deadline (the failure watch's eventfd says when a new one
-            // starts); while input waits for room in the UART FIFO, poll every 20 ms for the
-            // guest to drain it.
-            let mut wake = [deadline, failed_at]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(|d| d.saturating_duration_since(now));
-            if !pending.is_empty() {
-                let poll = Duration::from_millis(20);
-                wake = Some(wake.map_or(poll, |w| w.min(poll)));
-            }
-            let timeout = wake.map_or(-1, |w| w.as_millis().min(i32::MAX as u128) as i32 + 1);
-            let n = match epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(VmmError::Io {
-                        what: "epoll_wait",
-                        source: e,
-                    })
-                }
-            };
-            for ev in &events[..n] {
-                if ev.data() == FAILURE {
-                    let _ = self.failures.eventfd().read();
-                }
-                if let Some(dev) = ev
-                    .data()
-                    .checked_sub(CONFIG_BASE)
-                    .and_then(|i| self.virtio.get(usize::try_from(i).ok()?))
-                {
-                    let mut dev = dev.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(e) = dev.config_events() {
-                        let _ = e.read();
-                    }
-                    dev.config_changed();
-                }
-                if ev.data() == STDIN && stdin_open && pending.len() < 4096 {
-                    let mut buf = [0u8; 256];
-                    match console::read_stdin(&mut buf) {
-                        Ok(Some(k)) => pending.extend_from_slice(&buf[..k]),
-                        Ok(None) | Err(_) => {
-                            let _ = epoll.ctl(
-                                ControlOperation::Delete,
-                                libc::STDIN_FILENO,
-                                EpollEvent::default(),
-                            );
-                            stdin_open = false;
-                        }
-                    }
-                }
-            }
-            if !pending.is_empty() {
-                let taken = self
-                    .serial
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .enqueue_input(&pending);
-                pending.drain(..taken);
-            }
-        }
+        el.run(
+            &self.exit,
+            &self.failures,
+            self.timeout.map(|t| started + t),
+        )?;
         Ok(())
     }
 }
