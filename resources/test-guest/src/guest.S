@@ -21,7 +21,9 @@
  *      PEER from OURS, polls for the reply and prints "net: arp reply from PEER is-at MAC", then
  *      checks that the rx queue's MSI-X message reached the LAPIC (its IRR; interrupts stay
  *      off); any failure prints why and writes EXIT_NET_FAILED;
- *   6. writes EXIT_SUCCESS to the debug-exit port.
+ *   6. with `vmtest.wait` on the command line, prints "waiting for the host" and halts with
+ *      interrupts off until the VMM ends the VM (control-socket tests); else writes
+ *      EXIT_SUCCESS to the debug-exit port.
  *
  * Constraints (KVM here may be PVM, which instruction-emulates ordinary guests at ~1 MIPS, and
  * each port I/O exit costs ~12 us): a few thousand instructions in all, no SSE/AVX/XSAVE/CX16,
@@ -189,7 +191,16 @@ main64:
     call net_test
     lea msg_done(%rip), %rsi
     call puts
-    mov $EXIT_SUCCESS, %al
+    /* `vmtest.wait`: stay up (halted, interrupts off) until the host ends the VM. */
+    lea wait_key(%rip), %rdi
+    call find_key
+    jc 5f
+    lea msg_waiting(%rip), %rsi
+    call puts
+6:  cli
+    hlt
+    jmp 6b
+5:  mov $EXIT_SUCCESS, %al
     out %al, $DEBUG_EXIT_PORT
     /* The VMM should have stopped us; if it did not, halt for good. */
 4:  cli
@@ -289,6 +300,42 @@ cmdline_addr:
     clc
     ret
 2:  stc
+    ret
+
+/*
+ * find_key: finds the key rdi (NUL-terminated) on the command line, at its start or after a
+ * space. CF clear and rsi = the byte after the key when found; CF set when not (or when there
+ * is no command line). Clobbers: eax, ecx, edx, rsi, r8.
+ */
+find_key:
+    call cmdline_addr
+    jc 6f
+    test %rax, %rax
+    jz 6f
+    mov %rax, %r8                   /* r8 = start of the command line */
+    mov %rax, %rsi
+    mov $4096, %ecx
+1:  cmpb $0, (%rsi)
+    je 6f
+    cmp %r8, %rsi
+    je 2f
+    cmpb $' ', -1(%rsi)
+    jne 4f
+2:  xor %edx, %edx
+3:  movzbl (%rdi,%rdx), %eax
+    test %al, %al
+    jz 5f                           /* the whole key matched */
+    cmp %al, (%rsi,%rdx)
+    jne 4f
+    inc %edx
+    jmp 3b
+4:  inc %rsi
+    dec %ecx
+    jnz 1b
+6:  stc
+    ret
+5:  add %rdx, %rsi
+    clc
     ret
 
 /*
@@ -478,34 +525,9 @@ net_test:
     push %r13
     push %r14
     push %r15
-    call cmdline_addr
-    jc net_done
-    test %rax, %rax
-    jz net_done
-    /* Find "vmtest.arp=" at the start of the line or after a space. */
-    mov %rax, %r12                  /* r12 = start of the command line */
-    mov %rax, %rsi
     lea arp_key(%rip), %rdi
-    mov $4096, %ecx
-1:  cmpb $0, (%rsi)
-    je net_done
-    cmp %r12, %rsi
-    je 2f
-    cmpb $' ', -1(%rsi)
-    jne 4f
-2:  xor %edx, %edx
-3:  movzbl (%rdi,%rdx), %eax
-    test %al, %al
-    jz 5f                           /* the whole key matched */
-    cmp %al, (%rsi,%rdx)
-    jne 4f
-    inc %edx
-    jmp 3b
-4:  inc %rsi
-    dec %ecx
-    jnz 1b
-    jmp net_done
-5:  add %rdx, %rsi
+    call find_key
+    jc net_done
     call parse_ip
     jc 6f
     mov %eax, net_our_ip(%rip)
@@ -1142,6 +1164,8 @@ msg_smp_tail: .asciz "\n"
 msg_done:     .asciz "vmm-test-guest: done\n"
 msg_cmdline:  .asciz "vmm-test-guest: cmdline: "
 arp_key:      .asciz "vmtest.arp="
+wait_key:     .asciz "vmtest.wait"
+msg_waiting:  .asciz "vmm-test-guest: waiting for the host\n"
 msg_net_bad_arg:  .asciz "vmm-test-guest: net: bad vmtest.arp\n"
 msg_net_no_dev:   .asciz "vmm-test-guest: net: no virtio-net device\n"
 msg_net_no_caps:  .asciz "vmm-test-guest: net: virtio or MSI-X capabilities missing, or BAR unassigned\n"

@@ -16,5 +16,7 @@ pub const BANNER: &str = "vmm-test-guest: hello from the ";
 pub const DONE: &str = "vmm-test-guest: done";
 /// What the guest prints when its ARP request was answered, followed by `PEER is-at MAC`.
 pub const ARP_REPLY: &str = "vmm-test-guest: net: arp reply from ";
+/// What the guest prints when `vmtest.wait` keeps it up until the host ends the VM.
+pub const WAITING: &str = "vmm-test-guest: waiting for the host";
 /// What the guest prints once the rx queue's MSI-X message has reached its local APIC.
 pub const MSIX_RECEIVED: &str = "vmm-test-guest: net: msi-x interrupt received";
