@@ -23,6 +23,11 @@ pub enum ExitRequest {
     VcpuFailed,
     /// The host asked the VM to stop (a signal to the VMM process).
     Stop,
+    /// The host's administrator halted the VM (the control socket's `halt`).
+    Halt,
+    /// The host's administrator asked for a fresh boot of the same VM (the control socket's
+    /// `reboot`): the VM ends and its owner builds it again.
+    Reboot,
     /// The VM ran longer than the time it was given.
     Timeout,
 }

@@ -63,14 +63,35 @@ impl Write for SharedBuffer {
 /// The COM1 console device.
 pub struct SerialConsole {
     uart: Serial<IrqEvent, NoEvents, Box<dyn Write + Send>>,
+    /// A BREAK waits to be seen: the next read of the line status register reports BI, and
+    /// clears it, as a real UART does (vm-superio has no notion of a break).
+    break_pending: bool,
 }
+
+/// The line status register's offset.
+const LSR: u8 = 5;
+/// LSR's break-interrupt bit.
+const LSR_BI: u8 = 0x10;
 
 impl SerialConsole {
     /// Creates a UART that raises `irq` and writes what the guest transmits to `out`.
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
         Self {
             uart: Serial::new(IrqEvent(irq), out),
+            break_pending: false,
         }
+    }
+
+    /// Sends a BREAK followed by `key`: with Linux's 8250 console, magic SysRq `key` (what
+    /// `Ctrl-O key` or `~B key` do on a terminal server). A real UART receives a NUL with BI
+    /// set; so does the guest here. False when the receive FIFO has input waiting (the BREAK
+    /// would land behind it).
+    pub fn send_break(&mut self, key: u8) -> bool {
+        if self.uart.fifo_capacity() < 2 || !self.uart.state().in_buffer.is_empty() {
+            return false;
+        }
+        self.break_pending = true;
+        self.enqueue_input(&[0, key]) == 2
     }
 
     /// Queues bytes typed by the user for the guest to read; returns how many fit in the
@@ -93,6 +114,12 @@ impl SerialConsole {
 impl BusDevice for SerialConsole {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (u8::try_from(offset), data.len()) {
+            (Ok(LSR), 1) => {
+                data[0] = self.uart.read(LSR);
+                if std::mem::take(&mut self.break_pending) {
+                    data[0] |= LSR_BI;
+                }
+            }
             (Ok(o), 1) if u16::from(o) < COM_LEN => data[0] = self.uart.read(o),
             _ => data.fill(0xff),
         }

@@ -23,6 +23,7 @@ pub mod boot;
 pub mod builder;
 pub mod bus;
 pub mod console;
+pub mod control;
 pub mod cpuid;
 pub mod event_loop;
 pub mod initramfs;
@@ -100,6 +101,10 @@ pub struct VmConfig {
     /// The virtiofsd binary for `--share` devices (default: found on PATH or in
     /// ~/.cargo/bin).
     pub virtiofsd: Option<PathBuf>,
+    /// The control socket's path ([`control`]).
+    pub api: Option<PathBuf>,
+    /// Append to [`VmConfig::console_log`] instead of truncating it (a reboot's second boot).
+    pub console_log_append: bool,
 }
 
 impl VmConfig {
@@ -119,6 +124,8 @@ impl VmConfig {
             pvpanic: true,
             devices: Vec::new(),
             virtiofsd: None,
+            api: None,
+            console_log_append: false,
         }
     }
 }
@@ -141,6 +148,11 @@ pub enum VmExit {
     GuestFailed,
     /// [`VmConfig::timeout`] passed.
     Timeout,
+    /// The control socket's `halt`.
+    Halted,
+    /// The control socket's `reboot`: the owner (the `vmm` binary) boots the same
+    /// configuration again.
+    Reboot,
 }
 
 /// Exit status when the guest kernel panicked (or failed per `--fail-on`): 128 + SIGABRT,
@@ -154,14 +166,16 @@ pub const EXIT_STOPPED: i32 = 130;
 impl VmExit {
     /// Process exit status for this exit: the debug-exit byte; 0 for a guest reset (the
     /// guest's normal "I am done" with `reboot=k`); 1 for a triple fault; 130 when the host
-    /// stopped the VM (the shell's convention for a process ended by SIGINT); 134 when the
+    /// stopped the VM (the shell's convention for a process ended by SIGINT) or halted it
+    /// through the control socket; 134 when the
     /// guest kernel failed; 124 after the timeout.
     pub fn exit_code(self) -> i32 {
         match self {
             VmExit::DebugExit(v) => i32::from(v),
             VmExit::Reset => 0,
             VmExit::Shutdown => 1,
-            VmExit::Stopped => EXIT_STOPPED,
+            VmExit::Stopped | VmExit::Halted => EXIT_STOPPED,
+            VmExit::Reboot => 0,
             VmExit::GuestFailed => EXIT_GUEST_FAILED,
             VmExit::Timeout => EXIT_TIMEOUT,
         }
@@ -232,6 +246,9 @@ pub enum VmmError {
     /// A device cannot be built (bad input or a backend that fails).
     #[error(transparent)]
     Device(#[from] builder::DeviceError),
+    /// The control socket cannot be set up.
+    #[error(transparent)]
+    Control(#[from] control::Error),
     /// The event loop failed.
     #[error(transparent)]
     EventLoop(#[from] event_loop::Error),
@@ -279,6 +296,9 @@ pub struct Vmm {
     timeout: Option<Duration>,
     /// SIGINT/SIGTERM's eventfd, once [`Vmm::stop_on_signals`] installed the handlers.
     stop_signals: Option<EventFd>,
+    /// The control socket, bound before the VM is built, served while it runs.
+    control: Option<control::ControlSocket>,
+    mem_mib: u64,
     console: Console,
     boot: BootEntry,
     ram: GuestRam,
@@ -297,16 +317,26 @@ impl Vmm {
             )));
         }
         let console_log = match &config.console_log {
-            Some(path) => {
-                Some(
-                    std::fs::File::create(path).map_err(|source| VmmError::ConsoleLog {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(config.console_log_append)
+                    .truncate(!config.console_log_append)
+                    .open(path)
+                    .map_err(|source| VmmError::ConsoleLog {
                         path: path.clone(),
                         source,
                     })?,
-                )
-            }
+            ),
             None => None,
         };
+        // Bound before the VM is built: a path in use is bad input, found at once.
+        let control = config
+            .api
+            .as_deref()
+            .map(control::ControlSocket::bind)
+            .transpose()?;
         let ram = GuestRam::new(config.mem_mib)?;
         let boot = boot::load(
             &ram,
@@ -378,6 +408,8 @@ impl Vmm {
             failures,
             timeout: config.timeout,
             stop_signals: None,
+            control,
+            mem_mib: config.mem_mib,
             console: config.console,
             boot,
             ram,
@@ -392,11 +424,7 @@ impl Vmm {
             virtiofsd.as_deref(),
             &mem,
             &mut attached,
-            |_, dev| {
-                vmm.add_virtio_device(dev)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            },
+            |dev| vmm.add_virtio_device(dev).map_err(|e| e.to_string()),
         );
         vmm.attached = attached;
         result?;
@@ -545,6 +573,7 @@ impl Vmm {
             log::warn!("{w}");
         }
         let started = Instant::now();
+        let pause = Arc::new(vcpu::PauseGate::default());
         let mut threads = Vec::new();
         for (vcpu, st) in std::mem::take(&mut self.vcpus).into_iter().zip(&stats) {
             let shared = vcpu::VcpuShared {
@@ -552,13 +581,21 @@ impl Vmm {
                 mmio: mmio.clone(),
                 exit: self.exit.clone(),
                 error: error.clone(),
+                pause: pause.clone(),
             };
             let st = st.clone();
             let index = vcpu.index();
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    vcpu.run(&shared.pio, &shared.mmio, &shared.exit, &st, &shared.error)
+                    vcpu.run(
+                        &shared.pio,
+                        &shared.mmio,
+                        &shared.exit,
+                        &st,
+                        &shared.error,
+                        &shared.pause,
+                    )
                 })
                 .map_err(|source| vcpu::Error::Spawn { index, source });
             match handle {
@@ -571,7 +608,12 @@ impl Vmm {
             }
         }
 
-        let loop_result = self.event_loop(started);
+        let vcpus = vcpu::VcpuThreads::new(
+            threads.iter().map(|h| h.as_pthread_t()).collect(),
+            pause,
+            self.exit.clone(),
+        );
+        let loop_result = self.event_loop(started, vcpus);
         let elapsed = started.elapsed();
         if !self.exit.is_requested() {
             // The loop failed; stop the guest anyway.
@@ -594,6 +636,8 @@ impl Vmm {
             Some(ExitRequest::Reset) => VmExit::Reset,
             Some(ExitRequest::Shutdown) => VmExit::Shutdown,
             Some(ExitRequest::Stop) => VmExit::Stopped,
+            Some(ExitRequest::Halt) => VmExit::Halted,
+            Some(ExitRequest::Reboot) => VmExit::Reboot,
             Some(ExitRequest::Timeout) => VmExit::Timeout,
             Some(ExitRequest::VcpuFailed) | None => {
                 let e = error.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -619,7 +663,7 @@ impl Vmm {
     }
 
     /// Waits for the exit request on the VMM's event loop ([`event_loop`]).
-    fn event_loop(&mut self, started: Instant) -> Result<(), VmmError> {
+    fn event_loop(&mut self, started: Instant, vcpus: vcpu::VcpuThreads) -> Result<(), VmmError> {
         let mut el = event_loop::EventLoop::new(&self.exit, &self.failures)?;
         if let Some(signals) = self.stop_signals.take() {
             el.stop_on(signals, self.exit.clone());
@@ -629,6 +673,19 @@ impl Vmm {
         }
         if matches!(self.console, Console::Stdio) {
             el.console_input(self.serial.clone());
+        }
+        if let Some(socket) = self.control.take() {
+            el.add(Box::new(control::ControlServer::new(
+                socket,
+                control::Context {
+                    exit: self.exit.clone(),
+                    vcpus,
+                    devices: self.attached.devices.clone(),
+                    serial: self.serial.clone(),
+                    started,
+                    mem_mib: self.mem_mib,
+                },
+            )));
         }
         el.run(
             &self.exit,

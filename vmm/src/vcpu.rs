@@ -7,8 +7,9 @@
 //! VMM kicks threads blocked in `KVM_RUN` (halted, or waiting for SIPI) with [`KICK_SIGNAL`],
 //! whose no-op handler makes `KVM_RUN` return `EINTR`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -290,9 +291,14 @@ impl Vcpu {
         exit: &ExitNotifier,
         stats: &VcpuStats,
         error: &Mutex<Option<Error>>,
+        pause: &PauseGate,
     ) {
         let index = self.index;
         while !exit.is_requested() {
+            pause.wait(exit);
+            if exit.is_requested() {
+                break;
+            }
             stats.entered_run.store(true, Ordering::Relaxed);
             let outcome = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -360,4 +366,102 @@ pub(crate) struct VcpuShared {
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitNotifier>,
     pub error: Arc<Mutex<Option<Error>>>,
+    pub pause: Arc<PauseGate>,
+}
+
+/// How long a paused vCPU sleeps between looks at the exit request.
+const PAUSE_POLL: Duration = Duration::from_millis(50);
+
+/// Holds the vCPUs between two `KVM_RUN`s while the host has the VM paused (the control
+/// socket's `pause`); [`VcpuThreads::pause`] kicks them out of `KVM_RUN` to get there.
+#[derive(Default)]
+pub struct PauseGate {
+    paused: Mutex<bool>,
+    cv: Condvar,
+    parked: AtomicUsize,
+}
+
+impl PauseGate {
+    /// Parks the calling vCPU while paused (and the VM not ending).
+    fn wait(&self, exit: &ExitNotifier) {
+        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        if !*paused {
+            return;
+        }
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        while *paused && !exit.is_requested() {
+            paused = self
+                .cv
+                .wait_timeout(paused, PAUSE_POLL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn set(&self, paused: bool) {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
+        self.cv.notify_all();
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The running vCPU threads, as the control socket sees them: pause and resume.
+pub struct VcpuThreads {
+    threads: Vec<libc::pthread_t>,
+    gate: Arc<PauseGate>,
+    exit: Arc<ExitNotifier>,
+}
+
+impl VcpuThreads {
+    /// `threads` must stay unjoined while this lives (the VMM drops it before joining them).
+    pub(crate) fn new(
+        threads: Vec<libc::pthread_t>,
+        gate: Arc<PauseGate>,
+        exit: Arc<ExitNotifier>,
+    ) -> Self {
+        VcpuThreads {
+            threads,
+            gate,
+            exit,
+        }
+    }
+
+    /// Pauses every vCPU and waits (up to a second) until each is parked; false if some did
+    /// not park in time (they will, at their next exit).
+    pub fn pause(&self) -> bool {
+        self.gate.set(true);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.gate.parked.load(Ordering::SeqCst) < self.threads.len() {
+            if Instant::now() > deadline || self.exit.is_requested() {
+                return false;
+            }
+            for t in &self.threads {
+                // SAFETY: the thread has not been joined (see `new`), so its pthread_t is
+                // valid; the kick signal has a no-op handler (install_kick_handler).
+                unsafe { libc::pthread_kill(*t, kick_signal()) };
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn resume(&self) {
+        self.gate.set(false);
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_paused()
+    }
+
+    /// How many vCPUs there are.
+    pub fn count(&self) -> usize {
+        self.threads.len()
+    }
 }

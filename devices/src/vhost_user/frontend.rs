@@ -331,6 +331,9 @@ struct Shared {
     conn: Mutex<Connection>,
     activation: Mutex<Option<Activation>>,
     link_up: AtomicBool,
+    /// The link as the host's administrator set it (the control socket's `net link`): the
+    /// guest sees the link up only when this and `link_up` both are.
+    admin_up: AtomicBool,
     /// Written when the link goes down or up: the transport interrupts the guest.
     config_evt: EventFd,
     stop: AtomicBool,
@@ -359,6 +362,7 @@ impl<K: DeviceKind> VhostUserDevice<K> {
                 conn: Mutex::new(conn),
                 activation: Mutex::new(None),
                 link_up: AtomicBool::new(true),
+                admin_up: AtomicBool::new(true),
                 config_evt: EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?,
                 stop: AtomicBool::new(false),
             }),
@@ -378,9 +382,18 @@ impl<K: DeviceKind> VhostUserDevice<K> {
         &self.kind
     }
 
-    /// Whether the link is up (the backend is there).
+    /// Whether the guest sees the link up: the backend is there and the host has not set the
+    /// link down.
     pub fn link_up(&self) -> bool {
-        self.shared.link_up.load(Ordering::SeqCst)
+        self.shared.link_up.load(Ordering::SeqCst) && self.shared.admin_up.load(Ordering::SeqCst)
+    }
+
+    /// A handle that sets the link down and up while the VM runs (the control socket's
+    /// `net link`). Only a device whose kind reports a link status has one.
+    pub fn link_control(&self) -> Option<LinkControl> {
+        self.kind.link_status_offset().map(|_| LinkControl {
+            shared: self.shared.clone(),
+        })
     }
 
     /// Makes the device survive its backend: when the connection hangs up, the link goes
@@ -430,6 +443,36 @@ fn hung_up(conn: &Mutex<Connection>, timeout: Duration) -> bool {
     // this thread replaces the connection (and with it the socket).
     let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
     n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Sets a device's link down or up on the host's behalf; the guest gets a configuration
+/// interrupt and sees the change in the config space's status.
+#[derive(Clone)]
+pub struct LinkControl {
+    shared: Arc<Shared>,
+}
+
+impl LinkControl {
+    /// Sets the administrative link state; reports whether it changed.
+    pub fn set(&self, up: bool) -> bool {
+        let was = self.shared.admin_up.swap(up, Ordering::SeqCst);
+        if was != up {
+            if let Err(e) = self.shared.config_evt.write(1) {
+                log::warn!("vhost-user: cannot report the link change: {e}");
+            }
+        }
+        was != up
+    }
+
+    /// The administrative state (what [`LinkControl::set`] last set).
+    pub fn admin_up(&self) -> bool {
+        self.shared.admin_up.load(Ordering::SeqCst)
+    }
+
+    /// Whether the backend is there (a lost one is being reconnected while this is false).
+    pub fn backend_up(&self) -> bool {
+        self.shared.link_up.load(Ordering::SeqCst)
+    }
 }
 
 fn set_link(shared: &Shared, up: bool) {
@@ -550,7 +593,7 @@ impl<K: DeviceKind> VirtioDevice for VhostUserDevice<K> {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         match self.kind.link_status_offset() {
-            Some(at) if self.monitor.is_some() => {
+            Some(at) => {
                 let mut config = self.kind.config().to_vec();
                 if let Some(b) = config.get_mut(at) {
                     *b = (*b & !1) | u8::from(self.link_up());
@@ -600,6 +643,8 @@ impl<K: DeviceKind> VirtioDevice for VhostUserDevice<K> {
     }
 
     fn config_events(&self) -> Option<&EventFd> {
-        self.monitor.as_ref().map(|_| &self.shared.config_evt)
+        self.kind
+            .link_status_offset()
+            .map(|_| &self.shared.config_evt)
     }
 }

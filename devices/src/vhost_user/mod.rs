@@ -8,4 +8,4 @@ pub mod frontend;
 pub mod fs;
 pub mod net;
 
-pub use frontend::{Connection, DeviceKind, FrontendError, VhostUserDevice};
+pub use frontend::{Connection, DeviceKind, FrontendError, LinkControl, VhostUserDevice};

@@ -34,9 +34,6 @@ pub struct Net {
     /// backend offers. DPDK's vhost PMD offers no MAC, and without one the guest's NIC gets
     /// 00:00:00:00:00:00 (Linux then picks a random one) on every boot.
     own_mac: bool,
-    /// The link status is ours: the device survives its backend and reports the link going
-    /// down and up, so `VIRTIO_NET_F_STATUS` is offered whatever the backend offers.
-    own_status: bool,
 }
 
 impl DeviceKind for Net {
@@ -58,14 +55,14 @@ impl DeviceKind for Net {
         if self.own_mac {
             f |= VIRTIO_NET_F_MAC;
         }
-        if self.own_status {
-            f |= VIRTIO_NET_F_STATUS;
-        }
-        f
+        // The link status is ours, whatever the backend offers: the device reports the link
+        // going down and up when the host sets it (the control socket) and, for a device that
+        // survives its backend, when the backend goes away and comes back.
+        f | VIRTIO_NET_F_STATUS
     }
 
     fn link_status_offset(&self) -> Option<usize> {
-        self.own_status.then_some(STATUS_OFFSET)
+        Some(STATUS_OFFSET)
     }
 }
 
@@ -82,19 +79,14 @@ impl VhostUserDevice<Net> {
         mem: GuestMemoryMmap,
         mac: Option<[u8; 6]>,
     ) -> Result<Self, FrontendError> {
-        let dev = Self::net(Connection::connect(path, NUM_QUEUES)?, mem, mac, true)?;
+        let dev = Self::net(Connection::connect(path, NUM_QUEUES)?, mem, mac)?;
         Ok(dev.reconnecting(path.to_path_buf()))
     }
 
     /// Uses an already connected stream (e.g. one end of a socketpair whose other end a backend
     /// thread of this process serves).
     pub fn from_stream(stream: UnixStream, mem: GuestMemoryMmap) -> Result<Self, FrontendError> {
-        Self::net(
-            Connection::from_stream(stream, NUM_QUEUES)?,
-            mem,
-            None,
-            false,
-        )
+        Self::net(Connection::from_stream(stream, NUM_QUEUES)?, mem, None)
     }
 
     /// Reads the backend's config space (zero where it serves none or a shorter one).
@@ -102,7 +94,6 @@ impl VhostUserDevice<Net> {
         mut conn: Connection,
         mem: GuestMemoryMmap,
         mac: Option<[u8; 6]>,
-        own_status: bool,
     ) -> Result<Self, FrontendError> {
         let mut config = [0; CONFIG_SIZE];
         if let Some(data) = conn.backend_config(CONFIG_SIZE)? {
@@ -116,7 +107,6 @@ impl VhostUserDevice<Net> {
             config,
             max_sizes: [QUEUE_MAX_SIZE; NUM_QUEUES],
             own_mac: mac.is_some(),
-            own_status,
         };
         VhostUserDevice::new(conn, kind, mem)
     }

@@ -152,13 +152,32 @@ pub fn check(
     }
 }
 
-/// What the VM's devices need kept alive while it runs.
+/// What the VM's devices need kept alive while it runs, and what the control socket sees of
+/// them.
 #[derive(Default)]
 pub struct Attached {
     /// In-process net backends, joined after the VM (their frontends) is gone.
     pub backends: Vec<net::BackendThread>,
     /// virtiofsd daemons the VMM started, stopped when dropped.
     pub daemons: Vec<fs::Virtiofsd>,
+    /// Every device, in PCI slot order.
+    pub devices: Vec<AttachedDevice>,
+}
+
+/// A device of the running VM, as the control socket reports and drives it.
+#[derive(Clone)]
+pub enum AttachedDevice {
+    /// A virtio-net device.
+    Net(net::Nic),
+    /// A virtio-fs device.
+    Fs {
+        /// The argument it came from.
+        arg: String,
+        /// The tag the guest mounts.
+        tag: String,
+        /// PCI slot.
+        slot: usize,
+    },
 }
 
 /// Opens every device's backend (the transport first, so a missing interface fails before the
@@ -168,20 +187,27 @@ pub fn attach(
     virtiofsd: Option<&Path>,
     mem: &GuestMemoryMmap,
     attached: &mut Attached,
-    mut plug: impl FnMut(&str, Box<dyn vmm_devices::virtio_pci::VirtioDevice>) -> Result<(), String>,
+    mut plug: impl FnMut(Box<dyn vmm_devices::virtio_pci::VirtioDevice>) -> Result<usize, String>,
 ) -> Result<(), DeviceError> {
     let runtime = |msg: String| DeviceError { msg, usage: false };
-    for device in devices {
+    for (index, device) in devices.into_iter().enumerate() {
         match device {
             DeviceConfig::Net { arg, net } => {
-                let (dev, thread) = net::open(&arg, net, mem)?;
+                let (dev, thread, mut nic) = net::open(&arg, net, mem, index)?;
                 attached.backends.extend(thread);
-                plug(&arg, Box::new(dev)).map_err(|e| runtime(format!("--net {arg}: {e}")))?;
+                nic.slot = plug(Box::new(dev)).map_err(|e| runtime(format!("--net {arg}: {e}")))?;
+                attached.devices.push(AttachedDevice::Net(nic));
             }
             DeviceConfig::Fs { arg, fs } => {
                 let (dev, daemon) = fs::open(&arg, &fs, virtiofsd, mem)?;
                 attached.daemons.extend(daemon);
-                plug(&arg, Box::new(dev)).map_err(|e| runtime(format!("virtio-fs {arg}: {e}")))?;
+                let slot =
+                    plug(Box::new(dev)).map_err(|e| runtime(format!("virtio-fs {arg}: {e}")))?;
+                attached.devices.push(AttachedDevice::Fs {
+                    tag: fs.tag().to_string(),
+                    arg,
+                    slot,
+                });
             }
         }
     }

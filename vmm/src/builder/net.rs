@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use umlnet::backend::NetBackend;
 use umlnet::config::{MacAddr, NetSpec};
 use vmm_devices::vhost_user::net::VhostUserNetDevice;
-use vmm_devices::vhost_user::FrontendError;
+use vmm_devices::vhost_user::{FrontendError, LinkControl};
 
 /// One `--net` argument, parsed.
 #[derive(Clone, Debug)]
@@ -142,13 +142,44 @@ impl BackendThread {
     }
 }
 
+/// A NIC of the running VM, as the control socket names, reports and drives it.
+#[derive(Clone)]
+pub struct Nic {
+    /// Its name: the spec's (`vec0`, `eth1`) for a transport the VMM serves, `netN` (N its
+    /// position among the VM's devices) for an external vhost-user backend.
+    pub name: String,
+    /// The `--net` argument.
+    pub arg: String,
+    /// PCI slot.
+    pub slot: usize,
+    /// Sets the guest-visible link down and up.
+    pub link: Option<LinkControl>,
+    /// Where its frames go.
+    pub backend: NicBackend,
+}
+
+/// The backend behind a [`Nic`].
+#[derive(Clone)]
+pub enum NicBackend {
+    /// A backend thread of the VMM serving a UML transport.
+    InProcess,
+    /// An external vhost-user backend.
+    External {
+        /// Its socket.
+        socket: PathBuf,
+    },
+}
+
 /// Opens the device's backend (the transport first, so a missing interface or a taken tunnel
-/// address fails before the guest boots) and returns the virtio device to plug in.
+/// address fails before the guest boots) and returns the virtio device to plug in, the
+/// backend thread to join after the VM, and the NIC as the control socket sees it (its slot
+/// is filled in once plugged). `index` is the device's position in the VM's list.
 pub fn open(
     arg: &str,
     net: NetArg,
     mem: &crate::memory::GuestMemoryMmap,
-) -> Result<(VhostUserNetDevice, Option<BackendThread>), NetArgError> {
+    index: usize,
+) -> Result<(VhostUserNetDevice, Option<BackendThread>, Nic), NetArgError> {
     let runtime = |msg: String| NetArgError {
         arg: arg.to_string(),
         msg,
@@ -165,7 +196,14 @@ pub fn open(
                     usage: matches!(e, FrontendError::Connect { .. }),
                     msg: e.to_string(),
                 })?;
-            Ok((dev, None))
+            let nic = Nic {
+                name: format!("net{index}"),
+                arg: arg.to_string(),
+                slot: 0,
+                link: dev.link_control(),
+                backend: NicBackend::External { socket: path },
+            };
+            Ok((dev, None, nic))
         }
         NetArg::Builtin(spec) => {
             // A transport that cannot open is the user's input (no such interface, address in
@@ -188,7 +226,14 @@ pub fn open(
                 .map_err(|e| runtime(format!("starting the backend thread: {e}")))?;
             let dev = VhostUserNetDevice::from_stream(ours, mem.clone())
                 .map_err(|e| runtime(e.to_string()))?;
-            Ok((dev, Some(BackendThread { name, handle })))
+            let nic = Nic {
+                name: name.clone(),
+                arg: arg.to_string(),
+                slot: 0,
+                link: dev.link_control(),
+                backend: NicBackend::InProcess,
+            };
+            Ok((dev, Some(BackendThread { name, handle }), nic))
         }
     }
 }
