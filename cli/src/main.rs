@@ -8,6 +8,7 @@ mod backend_cmd;
 mod run_cmd;
 mod signals;
 mod vm_cmd;
+mod vm_disk;
 mod vm_fs;
 mod vm_net;
 

@@ -11,7 +11,7 @@ use clap::Args;
 use vmm_devices::ExitRequest;
 use vmm_vmm::watch::{FailOn, FailureKind};
 
-use crate::{fail, signals, vm_fs, vm_net, EXIT_USAGE};
+use crate::{fail, signals, vm_disk, vm_fs, vm_net, EXIT_USAGE};
 
 #[derive(Args)]
 pub struct VmArgs {
@@ -46,6 +46,16 @@ pub struct VmArgs {
     /// for /); `readonly=on` makes the guest's writes fail (EROFS).
     #[arg(long = "share", value_name = "DIR[,tag=TAG][,readonly=on]")]
     share: Vec<String>,
+    /// A virtio-blk disk (repeatable, /dev/vda, vdb, ... in order): a raw image unless
+    /// `format=qcow2`; without `format=` a file with a qcow2 header is refused (say which it is:
+    /// the format is never guessed). `readonly=on` opens the file read-only and fails the
+    /// guest's writes; `snapshot=on` sends writes to a temporary overlay, leaving the file as it
+    /// was; `serial=` is what the guest reads as the disk's serial (default: the file's name).
+    #[arg(
+        long = "disk",
+        value_name = "path=FILE[,readonly=on][,format=raw|qcow2][,snapshot=on][,serial=ID]"
+    )]
+    disk: Vec<String>,
     /// The virtiofsd binary for --share (default: on PATH, else ~/.cargo/bin/virtiofsd).
     #[arg(long, value_name = "PATH")]
     virtiofsd: Option<PathBuf>,
@@ -103,6 +113,7 @@ pub fn run(args: VmArgs) -> ExitCode {
     };
     let devices = match Devices::parse(&args.net, &args.fs, &args.share, args.virtiofsd)
         .and_then(|d| d.check_tags().map(|()| d))
+        .and_then(|d| d.with_disks(&args.disk))
     {
         Ok(d) => d,
         Err(e) => return fail(EXIT_USAGE, e),
@@ -132,6 +143,7 @@ pub struct Devices {
     nets: Vec<(String, vm_net::NetArg)>,
     fss: Vec<(String, vm_fs::FsArg)>,
     virtiofsd: Option<PathBuf>,
+    disks: Vec<(String, vm_disk::DiskArg)>,
 }
 
 impl Devices {
@@ -147,6 +159,7 @@ impl Devices {
             nets: Vec::new(),
             fss: Vec::new(),
             virtiofsd,
+            disks: Vec::new(),
         };
         for arg in net {
             let n = vm_net::NetArg::parse(arg).map_err(|e| e.to_string())?;
@@ -171,6 +184,15 @@ impl Devices {
             d.virtiofsd = Some(bin);
         }
         Ok(d)
+    }
+
+    /// Adds the `--disk` devices (each file checked now, opened at boot).
+    pub fn with_disks(mut self, disks: &[String]) -> Result<Devices, String> {
+        for arg in disks {
+            let d = vm_disk::DiskArg::parse(arg).map_err(|e| e.to_string())?;
+            self.disks.push((arg.clone(), d));
+        }
+        Ok(self)
     }
 
     /// Adds a share the VMM itself needs (`vmm run`); `arg` names it in messages.
@@ -217,6 +239,15 @@ pub fn boot(config: vmm_vmm::VmConfig, devices: Devices, timeout: Option<&str>) 
         backends.extend(thread);
         if let Err(e) = vmm.add_virtio_device(Box::new(dev)) {
             return fail(1, format_args!("--net {arg}: {e}"));
+        }
+    }
+    for (arg, disk) in &devices.disks {
+        let dev = match vm_disk::open(arg, disk, vmm.guest_ram().memory()) {
+            Ok(d) => d,
+            Err(e) => return fail(EXIT_USAGE, e),
+        };
+        if let Err(e) = vmm.add_virtio_device(Box::new(dev)) {
+            return fail(1, format_args!("--disk {arg}: {e}"));
         }
     }
     // Declared after `vmm`, so dropped before it: on every return below the daemons are
