@@ -4,7 +4,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 pkgs=(user-mode-linux busybox-static iperf3 tshark uml-utilities vde2 tcpdump socat
-      iproute2 iputils-ping binutils cpio qemu-system-x86 libpcap-dev ethtool)
+      iproute2 iputils-ping binutils cpio qemu-system-x86 qemu-utils libpcap-dev ethtool)
 # apt_install PKG...: installs those of the Debian packages that are missing.
 apt_install() {
     local missing=() p
