@@ -129,10 +129,17 @@ fn disks_read_write_refuse_and_snapshot() {
         .arg("--disk")
         .arg(format!("path={},readonly=on,serial=disk-ro", ro.display()))
         .arg("--disk")
-        .arg(format!("path={},snapshot=on,serial=disk-snap", snap.display()))
+        .arg(format!(
+            "path={},snapshot=on,serial=disk-snap",
+            snap.display()
+        ))
         .arg("--disk")
-        .arg(format!("path={},format=qcow2,serial=disk-qcow2", q.display()))
-        .env("RUST_LOG", "warn");
+        .arg(format!(
+            "path={},format=qcow2,serial=disk-qcow2",
+            q.display()
+        ))
+        // The device logs its counters when the VM ends.
+        .env("RUST_LOG", "warn,vmm_devices::virtio_blk=info");
     let mut guest = Guest::command(cmd);
     guest.expect("vmtest: /init started", BOOT_TIMEOUT);
     let code = guest.wait_process(Duration::from_secs(300));
@@ -170,13 +177,38 @@ fn disks_read_write_refuse_and_snapshot() {
         "{console}"
     );
 
+    // Nothing the guest sent was a bad request, and the fsync reached the written disks as
+    // FLUSH requests.
+    assert!(
+        !console
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("virtio-blk")),
+        "{console}"
+    );
+    for (path, flushed) in [(&rw, true), (&ro, false), (&snap, true), (&q, true)] {
+        let tag = format!("virtio-blk {}: ", path.display());
+        let counters = console
+            .lines()
+            .find_map(|l| l.split_once(&tag).map(|(_, c)| c))
+            .unwrap_or_else(|| panic!("no counters for {tag}\n{console}"));
+        let flushes: u64 = counters
+            .split(", ")
+            .find_map(|f| f.strip_suffix(" flushes"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no flush count in {counters}"));
+        assert_eq!(flushes > 0, flushed, "{tag}{counters}");
+    }
+
     // After the VMM is gone: the written disk holds the write and nothing else changed.
     let after = std::fs::read(&rw).unwrap();
     assert!(
         after == with_line(&rw_data, "written-by-the-guest"),
         "the raw disk is not the image plus the guest's line"
     );
-    assert!(std::fs::read(&ro).unwrap() == ro_data, "readonly=on disk changed");
+    assert!(
+        std::fs::read(&ro).unwrap() == ro_data,
+        "readonly=on disk changed"
+    );
     assert!(
         std::fs::read(&snap).unwrap() == snap_before,
         "snapshot=on disk changed"
