@@ -223,6 +223,7 @@ fn bad_disk_input_exits_2_with_one_line() {
     let directory = format!("path={d}");
     let broken_q = format!("path={q},format=qcow2");
     let probed = format!("path={q}");
+    let twice = format!("path={r}");
     let cases: Vec<(Vec<&str>, String)> = vec![
         (
             vec!["--kernel", elf, "--disk", &missing],
@@ -251,6 +252,11 @@ fn bad_disk_input_exits_2_with_one_line() {
         (
             vec!["--kernel", elf, "--disk", &probed],
             "has a qcow2 header; add format=qcow2".into(),
+        ),
+        (
+            // One image, two writers: the second is refused.
+            vec!["--kernel", elf, "--disk", &twice, "--disk", &twice],
+            format!("--disk {twice}: {r}: in use by another process"),
         ),
     ];
     // assert_usage_errors compares lowercased.

@@ -97,6 +97,13 @@ pub enum ImageError {
     /// Not a regular file or block device.
     #[error("{}: not a regular file or block device", .0.display())]
     NotAFile(PathBuf),
+    /// Another process (another VMM) holds a conflicting lock on the file.
+    #[error(
+        "{}: in use by another process ({} lock held); two VMs writing one image corrupt it",
+        .0.display(),
+        if *.1 { "a shared" } else { "an exclusive" }
+    )]
+    Locked(PathBuf, bool),
     /// No `format=` given and the file starts with the qcow2 magic.
     #[error(
         "{}: has a qcow2 header; add format=qcow2 (or format=raw to give the guest its bytes as \
@@ -144,6 +151,7 @@ pub fn open(opts: &DiskOptions) -> Result<Box<dyn DiskImage>, ImageError> {
     if !ft.is_file() && !std::os::unix::fs::FileTypeExt::is_block_device(&ft) {
         return Err(ImageError::NotAFile(path.clone()));
     }
+    lock(&file, writable).map_err(|shared| ImageError::Locked(path.clone(), shared))?;
     let format = match opts.format {
         Some(f) => f,
         None => {
@@ -188,6 +196,36 @@ pub fn open(opts: &DiskOptions) -> Result<Box<dyn DiskImage>, ImageError> {
         }
     };
     Ok(base)
+}
+
+/// Locks the open file for the VM's lifetime (the lock goes with the descriptor): exclusively
+/// when the VM writes it, shared otherwise, so two VMs never write one image and none reads an
+/// image another is writing. `Err(true)` when another holder's lock is shared (we wanted to
+/// write), `Err(false)` when it is exclusive. A file system without locks is let through.
+fn lock(file: &File, writable: bool) -> Result<(), bool> {
+    let op = if writable {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        log::debug!("virtio-blk: cannot lock the image ({e}); going on unlocked");
+        return Ok(());
+    }
+    // Which kind is in the way: a shared lock would let us share.
+    // SAFETY: as above.
+    let shared =
+        writable && unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    if shared {
+        // SAFETY: as above; drop the probe lock again.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+    }
+    Err(shared)
 }
 
 /// A raw image: the guest's sector `n` is the file's bytes `512 n ..`.
@@ -533,6 +571,7 @@ mod tests {
         let mut buf = [0u8; 6];
         d.read_at(&mut buf, 600_000).unwrap();
         assert_eq!(&buf, b"second");
+        drop(d);
         // A snapshot overlay over the qcow2: reads through, writes never reach the image.
         let before = std::fs::read(&p).unwrap();
         let mut s = open(&DiskOptions {
@@ -578,6 +617,26 @@ mod tests {
         .err()
         .unwrap();
         assert!(matches!(e, ImageError::NotAFile(_)), "{e}");
+        // Two writers, or a writer and a reader, never share an image; readers do.
+        let p = temp("locked.img", &[0u8; 512]);
+        let first = open(&opts(&p)).unwrap();
+        let e = open(&opts(&p)).err().unwrap();
+        assert!(matches!(e, ImageError::Locked(_, false)), "{e}");
+        let ro = DiskOptions {
+            readonly: true,
+            ..opts(&p)
+        };
+        assert!(matches!(open(&ro).err(), Some(ImageError::Locked(..))));
+        drop(first);
+        let r1 = open(&ro).unwrap();
+        let _r2 = open(&DiskOptions {
+            snapshot: true,
+            ..opts(&p)
+        })
+        .unwrap();
+        let e = open(&opts(&p)).err().unwrap();
+        assert!(matches!(e, ImageError::Locked(_, true)), "{e}");
+        drop(r1);
         // A file shorter than the magic is raw (an empty disk).
         let p = temp("tiny.img", b"QF");
         assert_eq!(open(&opts(&p)).unwrap().len(), 2);
