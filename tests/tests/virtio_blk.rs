@@ -2,7 +2,8 @@
 //! `--disk`s in one boot (a boot costs a minute or more of emulation here):
 //!
 //! - vda, raw, read-write: the guest reads the host's bytes exactly (md5 of the device) and its
-//!   write, fsynced (a FLUSH), is in the file once the VMM has exited;
+//!   write, fsynced (a FLUSH), is in the file once the VMM has exited; a range it discards
+//!   (DISCARD) reads as zeroes in the file (a punched hole);
 //! - vdb, raw, `readonly=on`: the guest's kernel sees a read-only disk, its write fails, the
 //!   file is unchanged;
 //! - vdc, raw, `snapshot=on`: the guest reads its own write back (through the overlay), the
@@ -110,7 +111,7 @@ fn disks_read_write_refuse_and_snapshot() {
     let snap_before = std::fs::read(&snap).unwrap();
 
     let steps = "blkinfo:vda,blkinfo:vdb,blkinfo:vdc,blkinfo:vdd,\
-                 blkmd5:vda:65536,blkwrite:vda:written-by-the-guest,\
+                 blkmd5:vda:65536,blkwrite:vda:written-by-the-guest,blkdiscard:vda:65536:65536,\
                  blkmd5:vdb:65536,noblkwrite:vdb:must-not-land,\
                  blkwrite:vdc:into-the-overlay,blkmd5:vdc:65536,\
                  blkmd5:vdd:65536,blkwrite:vdd:written-into-qcow2";
@@ -201,9 +202,11 @@ fn disks_read_write_refuse_and_snapshot() {
 
     // After the VMM is gone: the written disk holds the write and nothing else changed.
     let after = std::fs::read(&rw).unwrap();
+    let mut expected = with_line(&rw_data, "written-by-the-guest");
+    expected[65536..131072].fill(0);
     assert!(
-        after == with_line(&rw_data, "written-by-the-guest"),
-        "the raw disk is not the image plus the guest's line"
+        after == expected,
+        "the raw disk is not the image plus the guest's line and discarded range"
     );
     assert!(
         std::fs::read(&ro).unwrap() == ro_data,
