@@ -4,7 +4,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 pkgs=(user-mode-linux busybox-static iperf3 tshark uml-utilities vde2 tcpdump socat kmod
-      iproute2 iputils-ping binutils cpio qemu-system-x86 libpcap-dev ethtool
+      iproute2 iputils-ping binutils cpio qemu-system-x86 qemu-utils libpcap-dev ethtool
       libslirp-dev libglib2.0-dev pkg-config)
 # libslirp-dev (with libglib2.0-dev, which its pkg-config file names, and pkg-config) is what
 # the libslirp-sys crate links `transport=user` against.

@@ -48,6 +48,16 @@ pub struct VmArgs {
     /// for /); `readonly=on` makes the guest's writes fail (EROFS).
     #[arg(long = "share", value_name = "DIR[,tag=TAG][,readonly=on]")]
     share: Vec<String>,
+    /// A virtio-blk disk (repeatable, /dev/vda, vdb, ... in order): a raw image unless
+    /// `format=qcow2`; without `format=` a file with a qcow2 header is refused (say which it is:
+    /// the format is never guessed). `readonly=on` opens the file read-only and fails the
+    /// guest's writes; `snapshot=on` sends writes to a temporary overlay, leaving the file as it
+    /// was; `serial=` is what the guest reads as the disk's serial (default: the file's name).
+    #[arg(
+        long = "disk",
+        value_name = "path=FILE[,readonly=on][,format=raw|qcow2][,snapshot=on][,serial=ID]"
+    )]
+    disk: Vec<String>,
     /// The virtiofsd binary for --share (default: on PATH, else ~/.cargo/bin/virtiofsd).
     #[arg(long, value_name = "PATH")]
     virtiofsd: Option<PathBuf>,
@@ -103,7 +113,12 @@ pub fn run(args: VmArgs) -> ExitCode {
     let Some(kernel) = args.kernel else {
         return fail(EXIT_USAGE, "--kernel is required");
     };
-    let devices = match parse_devices(&args.net, &args.fs, &args.share) {
+    let devices = match parse_devices(&args.net, &args.fs, &args.share).and_then(|mut d| {
+        for arg in &args.disk {
+            d.push(DeviceConfig::disk(arg)?);
+        }
+        Ok(d)
+    }) {
         Ok(d) => d,
         Err(e) => return fail(EXIT_USAGE, e),
     };

@@ -197,6 +197,79 @@ fn bad_fs_and_share_input_exits_2_with_one_line() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `--disk` input that cannot work is refused before the guest runs: status 2, one line
+/// naming the option and value (and, for a broken image, the file).
+#[test]
+fn bad_disk_input_exits_2_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("vmm-cli-disk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let raw = dir.join("raw.img");
+    std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+    // The qcow2 magic, then garbage: version 0xffffffff and nonsense sizes.
+    let mut broken = b"QFI\xfb".to_vec();
+    broken.extend_from_slice(&[0xff; 1020]);
+    let qcow2 = dir.join("broken.qcow2");
+    std::fs::write(&qcow2, &broken).unwrap();
+    let (r, q, d) = (
+        raw.to_str().unwrap(),
+        qcow2.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    );
+    let elf = vmm_test_guest::ELF_PATH;
+    let missing = "path=/nonexistent/disk.img".to_string();
+    let bad_format = format!("path={r},format=vmdk");
+    let dup = format!("path={r},readonly=on,readonly=off");
+    let unknown = format!("path={r},cache=none");
+    let directory = format!("path={d}");
+    let broken_q = format!("path={q},format=qcow2");
+    let probed = format!("path={q}");
+    let twice = format!("path={r}");
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--kernel", elf, "--disk", &missing],
+            format!("--disk {missing}: /nonexistent/disk.img: no such file"),
+        ),
+        (
+            vec!["--kernel", elf, "--disk", &bad_format],
+            format!("--disk {bad_format}: format=vmdk: say raw or qcow2"),
+        ),
+        (
+            vec!["--kernel", elf, "--disk", &dup],
+            "readonly given twice".into(),
+        ),
+        (
+            vec!["--kernel", elf, "--disk", &unknown],
+            "unknown key 'cache'".into(),
+        ),
+        (
+            vec!["--kernel", elf, "--disk", &directory],
+            "not a regular file or block device".into(),
+        ),
+        (
+            vec!["--kernel", elf, "--disk", &broken_q],
+            format!("--disk {broken_q}: {q}: not a usable qcow2 image"),
+        ),
+        (
+            vec!["--kernel", elf, "--disk", &probed],
+            "has a qcow2 header; add format=qcow2".into(),
+        ),
+        (
+            // One image, two writers: the second is refused.
+            vec!["--kernel", elf, "--disk", &twice, "--disk", &twice],
+            format!("--disk {twice}: {r}: in use by another process"),
+        ),
+    ];
+    // assert_usage_errors compares lowercased.
+    let cases: Vec<(Vec<&str>, String)> = cases
+        .into_iter()
+        .map(|(a, n)| (a, n.to_lowercase()))
+        .collect();
+    let cases: Vec<(Vec<&str>, &str)> =
+        cases.iter().map(|(a, n)| (a.clone(), n.as_str())).collect();
+    assert_usage_errors(&cases);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `vmm run` loads from the kernel's module tree what a distribution's kernel (its
 /// configuration beside it: `/boot/config-VERSION`) has as modules, and refuses, at once and in
 /// one line, a kernel that lacks them or whose tree lacks them.

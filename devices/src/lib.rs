@@ -14,6 +14,7 @@ pub mod pci;
 pub mod pvpanic;
 pub mod serial;
 pub mod vhost_user;
+pub mod virtio_blk;
 pub mod virtio_pci;
 
 pub use exit::{ExitNotifier, ExitRequest};

@@ -383,7 +383,7 @@ impl ControlServer {
             .iter()
             .filter_map(|d| match d {
                 AttachedDevice::Net(n) => Some(n),
-                AttachedDevice::Fs { .. } => None,
+                _ => None,
             })
             .collect();
         nics.iter()
@@ -480,6 +480,18 @@ impl ControlServer {
                 AttachedDevice::Fs { arg, tag, slot } => {
                     json!({"slot": slot, "type": "fs", "tag": tag, "arg": arg})
                 }
+                AttachedDevice::Disk {
+                    arg,
+                    path,
+                    readonly,
+                    slot,
+                } => json!({
+                    "slot": slot,
+                    "type": "disk",
+                    "path": path.display().to_string(),
+                    "readonly": readonly,
+                    "arg": arg,
+                }),
             })
             .collect();
         let c = &self.counters;

@@ -587,10 +587,12 @@ impl VirtioPciDevice {
     }
 }
 
-/// The PCI class of a virtio device type: network controller for net, "other" otherwise.
+/// The PCI class of a virtio device type: network controller for net, mass storage for block,
+/// "other" otherwise.
 fn class_of(device_type: u16) -> u8 {
     match device_type {
         1 => 0x02,
+        2 => 0x01,
         _ => 0xff,
     }
 }

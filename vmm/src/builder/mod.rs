@@ -8,6 +8,7 @@
 //! handles (backend threads, daemons) live in [`Attached`], which the `Vmm` owns so that they
 //! end with it.
 
+pub mod disk;
 pub mod fs;
 pub mod net;
 
@@ -31,6 +32,13 @@ pub enum DeviceConfig {
         arg: String,
         /// What it asks for.
         fs: fs::FsArg,
+    },
+    /// `--disk ...`: a virtio-blk device.
+    Disk {
+        /// The argument as given.
+        arg: String,
+        /// What it asks for.
+        disk: disk::DiskArg,
     },
 }
 
@@ -70,7 +78,22 @@ impl From<fs::FsArgError> for DeviceError {
     }
 }
 
+impl From<disk::DiskArgError> for DeviceError {
+    fn from(e: disk::DiskArgError) -> Self {
+        // Every failure is about the file the user named.
+        DeviceError::usage(e.to_string())
+    }
+}
+
 impl DeviceConfig {
+    /// `--disk path=FILE[,...]`.
+    pub fn disk(arg: &str) -> Result<Self, DeviceError> {
+        Ok(DeviceConfig::Disk {
+            arg: arg.to_string(),
+            disk: disk::DiskArg::parse(arg)?,
+        })
+    }
+
     /// `--net SPEC`.
     pub fn net(arg: &str) -> Result<Self, DeviceError> {
         Ok(DeviceConfig::Net {
@@ -119,7 +142,7 @@ pub fn check(
         .iter_mut()
         .filter_map(|d| match d {
             DeviceConfig::Net { arg, net } => Some((arg.as_str(), net)),
-            DeviceConfig::Fs { .. } => None,
+            _ => None,
         })
         .collect();
     net::number_user_shorthands(&mut nets);
@@ -128,7 +151,7 @@ pub fn check(
         .iter()
         .filter_map(|d| match d {
             DeviceConfig::Fs { fs, .. } => Some(fs.tag()),
-            DeviceConfig::Net { .. } => None,
+            _ => None,
         })
         .collect();
     tags.sort_unstable();
@@ -178,6 +201,17 @@ pub enum AttachedDevice {
         /// PCI slot.
         slot: usize,
     },
+    /// A virtio-blk device.
+    Disk {
+        /// The argument it came from.
+        arg: String,
+        /// The image.
+        path: PathBuf,
+        /// Whether the guest may write.
+        readonly: bool,
+        /// PCI slot.
+        slot: usize,
+    },
 }
 
 /// Opens every device's backend (the transport first, so a missing interface fails before the
@@ -206,6 +240,17 @@ pub fn attach(
                 attached.devices.push(AttachedDevice::Fs {
                     tag: fs.tag().to_string(),
                     arg,
+                    slot,
+                });
+            }
+            DeviceConfig::Disk { arg, disk } => {
+                let dev = disk::open(&arg, &disk, mem)?;
+                let slot =
+                    plug(Box::new(dev)).map_err(|e| runtime(format!("--disk {arg}: {e}")))?;
+                attached.devices.push(AttachedDevice::Disk {
+                    arg,
+                    path: disk.opts.path.clone(),
+                    readonly: disk.opts.readonly,
                     slot,
                 });
             }
