@@ -285,4 +285,51 @@ mod tests {
             1
         );
     }
+
+    fn i(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+        libc::sock_filter { code, jt, jf, k }
+    }
+
+    /// Hand-made programs: loads of each size, the IPv4 header-length idiom, memory, ALU,
+    /// conditional jumps; and what must reject rather than panic.
+    #[test]
+    fn the_interpreter_runs_programs_as_the_kernel_does() {
+        let pkt = [0x45u8, 0x01, 0x02, 0x03, 0x04, 0x05];
+        // ldh [1]; jeq #0x0102 -> ret #7, else ret #0
+        let p = [
+            i(0x28, 0, 0, 1),
+            i(0x15, 0, 1, 0x0102),
+            i(0x06, 0, 0, 7),
+            i(0x06, 0, 0, 0),
+        ];
+        assert_eq!(run(&p, &pkt), 7);
+        assert_eq!(run(&p, &pkt[..2]), 0, "a load past the end rejects");
+        // ldxb 4*([0]&0xf) = 20; txa; add #2; st M[3]; ld #0; ld M[3]; ret a
+        let p = [
+            i(0xb1, 0, 0, 0),
+            i(0x87, 0, 0, 0),
+            i(0x04, 0, 0, 2),
+            i(0x02, 0, 0, 3),
+            i(0x00, 0, 0, 0),
+            i(0x60, 0, 0, 3),
+            i(0x16, 0, 0, 0),
+        ];
+        assert_eq!(run(&p, &pkt), 22);
+        // ld len; ldx #2; ld [x+0] (word at 2); jset #0x0400 -> ret a
+        let p = [
+            i(0x80, 0, 0, 0),
+            i(0x01, 0, 0, 2),
+            i(0x40, 0, 0, 0),
+            i(0x45, 0, 1, 0x0400),
+            i(0x16, 0, 0, 0),
+            i(0x06, 0, 0, 1),
+        ];
+        assert_eq!(run(&p, &pkt), 0x0203_0405);
+        // Division by zero, a jump out of the program, falling off the end, an ancillary load.
+        assert_eq!(run(&[i(0x34, 0, 0, 0), i(0x06, 0, 0, 9)], &pkt), 0);
+        assert_eq!(run(&[i(0x05, 0, 0, 5), i(0x06, 0, 0, 9)], &pkt), 0);
+        assert_eq!(run(&[i(0x00, 0, 0, 1)], &pkt), 0);
+        assert_eq!(run(&[i(0x30, 0, 0, 0xffff_f004), i(0x06, 0, 0, 9)], &pkt), 0);
+        assert_eq!(run(&[i(0x61, 0, 0, 16), i(0x06, 0, 0, 9)], &pkt), 0, "M[16]");
+    }
 }
