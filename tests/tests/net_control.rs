@@ -113,8 +113,14 @@ fn counters_move_by_what_crossed_and_a_swap_moves_the_device_to_the_new_transpor
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     let mut buf = [0u8; 2048];
-    assert_eq!(peer_a.recv(&mut buf).unwrap(), 0, "a frame still came out on A");
-    assert!(peer_a.send(&test_frame(100, HOST_MAC, GUEST_MAC, 9)).is_err());
+    assert_eq!(
+        peer_a.recv(&mut buf).unwrap(),
+        0,
+        "a frame still came out on A"
+    );
+    assert!(peer_a
+        .send(&test_frame(100, HOST_MAC, GUEST_MAC, 9))
+        .is_err());
     let st = ctl.stats();
     assert_eq!(
         (st.get("tx_packets"), st.get("rx_packets"), st.get("swaps")),
@@ -199,9 +205,7 @@ fn a_filtered_capture_holds_exactly_the_matching_frames_of_both_directions() {
     let (theirs, peer) = transport_pair();
     let (mut rig, ctl) = serve(&fd_spec(theirs), peer);
 
-    let e = ctl
-        .capture_start(&path, Some("udp port nine"))
-        .unwrap_err();
+    let e = ctl.capture_start(&path, Some("udp port nine")).unwrap_err();
     assert!(matches!(e, CaptureError::Filter { .. }), "{e:?}");
     assert!(e.to_string().contains("`udp port nine`"), "{e}");
     assert!(!path.exists());
@@ -236,7 +240,12 @@ fn a_filtered_capture_holds_exactly_the_matching_frames_of_both_directions() {
     assert_eq!(live.get("capture_frames_filtered"), Some(2), "{live:?}");
     let s = ctl.capture_stop().unwrap();
     assert_eq!(
-        (s.frames_written, s.frames_filtered, s.frames_dropped, s.write_errors),
+        (
+            s.frames_written,
+            s.frames_filtered,
+            s.frames_dropped,
+            s.write_errors
+        ),
         (4, 2, 0, 0),
         "{s:?}"
     );
@@ -260,7 +269,10 @@ fn a_filtered_capture_holds_exactly_the_matching_frames_of_both_directions() {
     assert_eq!(std::fs::read(&path).unwrap(), before, "the file changed");
     assert!(matches!(ctl.capture_stop(), Err(CaptureError::NotRunning)));
     let st = ctl.stats();
-    assert_eq!((st.get("tx_packets"), st.get("rx_packets")), (Some(4), Some(4)));
+    assert_eq!(
+        (st.get("tx_packets"), st.get("rx_packets")),
+        (Some(4), Some(4))
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -279,7 +291,11 @@ fn offloads_the_guest_was_offered_pin_the_swap_and_tap_goes_to_raw_in_a_namespac
     let tap = ns.tap(None);
     let (va, vb) = ns.veth_pair(None);
     let backend = ns
-        .enter(|| NetBackend::open(&parse_spec(&format!("vec0:transport=tap,ifname={tap},gro=1")).unwrap()))
+        .enter(|| {
+            NetBackend::open(
+                &parse_spec(&format!("vec0:transport=tap,ifname={tap},gro=1")).unwrap(),
+            )
+        })
         .expect("tap backend");
     let ctl = backend.control();
     let (ours, theirs) = UnixStream::pair().unwrap();
@@ -292,9 +308,7 @@ fn offloads_the_guest_was_offered_pin_the_swap_and_tap_goes_to_raw_in_a_namespac
 
     // fd carries no virtio-net header: the guest was offered offloads it could not keep.
     let (theirs, _peer) = transport_pair();
-    let e = ctl
-        .swap(parse_spec(&fd_spec(theirs)).unwrap())
-        .unwrap_err();
+    let e = ctl.swap(parse_spec(&fd_spec(theirs)).unwrap()).unwrap_err();
     assert!(matches!(e, SwapError::Offloads { .. }), "{e:?}");
     assert!(e.to_string().contains("GUEST_TSO4"), "{e}");
     // raw without gro=1 would offer less than the guest was offered, too.

@@ -161,7 +161,13 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub fn new(name: String, dp: Arc<Mutex<Datapath>>, offered: u64, mac: MacAddr, mtu: u16) -> Self {
+    pub fn new(
+        name: String,
+        dp: Arc<Mutex<Datapath>>,
+        offered: u64,
+        mac: MacAddr,
+        mtu: u16,
+    ) -> Self {
         Shared {
             name,
             dp,
@@ -448,11 +454,17 @@ fn transport_counters(t: &TransportStats) -> Vec<(&'static str, u64)> {
         ("transport_tx_dropped", tx_dropped),
         ("transport_rx_dropped_header_truncated", truncated),
         ("transport_rx_dropped_header_bad_ip_header", bad_ip_header),
-        ("transport_rx_dropped_header_wrong_ip_protocol", wrong_ip_protocol),
+        (
+            "transport_rx_dropped_header_wrong_ip_protocol",
+            wrong_ip_protocol,
+        ),
         ("transport_rx_dropped_header_wrong_flags", wrong_flags),
         ("transport_rx_dropped_header_wrong_protocol", wrong_protocol),
         ("transport_rx_dropped_header_wrong_key", wrong_key),
-        ("transport_rx_dropped_header_not_l2tpv3_data", not_l2tpv3_data),
+        (
+            "transport_rx_dropped_header_not_l2tpv3_data",
+            not_l2tpv3_data,
+        ),
         ("transport_rx_dropped_header_wrong_cookie", wrong_cookie),
         ("transport_rx_dropped_header_wrong_session", wrong_session),
         ("transport_rx_dropped_header_too_short", too_short),

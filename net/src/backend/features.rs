@@ -150,7 +150,10 @@ mod tests {
         assert_eq!(offered(false, 10) & OFFLOADS, 0);
         assert_eq!(offered(true, 0) & OFFLOADS, 0);
         assert_eq!(names(OFFLOADS).len(), 8);
-        assert_eq!(names(offered(true, 10) & !offered(false, 10))[..2], ["CSUM", "GUEST_CSUM"]);
+        assert_eq!(
+            names(offered(true, 10) & !offered(false, 10))[..2],
+            ["CSUM", "GUEST_CSUM"]
+        );
     }
 
     #[test]

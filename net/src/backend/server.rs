@@ -201,7 +201,11 @@ impl NetBackend {
         &'a self,
         daemon: &VhostUserDaemon<Arc<RwLock<NetDevice>>>,
     ) -> Result<Attached<'a>, BackendError> {
-        let mut workers = self.shared.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut workers = self
+            .shared
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let fds = {
             let dp = device::lock(&self.dp);
             (dp.transport().rx_fd(), dp.transport().tx_fd())

@@ -329,7 +329,14 @@ mod tests {
         assert_eq!(run(&[i(0x34, 0, 0, 0), i(0x06, 0, 0, 9)], &pkt), 0);
         assert_eq!(run(&[i(0x05, 0, 0, 5), i(0x06, 0, 0, 9)], &pkt), 0);
         assert_eq!(run(&[i(0x00, 0, 0, 1)], &pkt), 0);
-        assert_eq!(run(&[i(0x30, 0, 0, 0xffff_f004), i(0x06, 0, 0, 9)], &pkt), 0);
-        assert_eq!(run(&[i(0x61, 0, 0, 16), i(0x06, 0, 0, 9)], &pkt), 0, "M[16]");
+        assert_eq!(
+            run(&[i(0x30, 0, 0, 0xffff_f004), i(0x06, 0, 0, 9)], &pkt),
+            0
+        );
+        assert_eq!(
+            run(&[i(0x61, 0, 0, 16), i(0x06, 0, 0, 9)], &pkt),
+            0,
+            "M[16]"
+        );
     }
 }

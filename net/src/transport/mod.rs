@@ -27,9 +27,9 @@ pub mod vnet;
 
 use std::os::fd::RawFd;
 
-pub use bpf::BpfProgram;
 /// Classic BPF in user space and libpcap's compiler, for the backend's frame capture.
 pub(crate) use bpf::run as run_bpf;
+pub use bpf::BpfProgram;
 pub(crate) use pcap::compile as compile_filter;
 pub use tunnel::HeaderDrops;
 

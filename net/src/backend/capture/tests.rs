@@ -26,7 +26,11 @@ pub(crate) fn udp_frame(dport: u16, payload: usize) -> Vec<u8> {
 fn records(bytes: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
     let u32_at = |o: usize| u32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
     assert_eq!(u32_at(0), 0xa1b2_c3d4, "magic");
-    assert_eq!(&bytes[4..8], &[2, 0, 4, 0][..], "version 2.4 (little-endian host)");
+    assert_eq!(
+        &bytes[4..8],
+        &[2, 0, 4, 0][..],
+        "version 2.4 (little-endian host)"
+    );
     assert_eq!(u32_at(16), 65_535, "snaplen");
     assert_eq!(u32_at(20), 1, "LINKTYPE_ETHERNET");
     let mut out = Vec::new();
@@ -55,7 +59,10 @@ fn frames_are_written_with_their_lengths_and_long_ones_are_cut_to_the_snap_lengt
     tap.frame(&big);
     drop(tap);
     let s = session.finish();
-    assert_eq!((s.frames_written, s.frames_filtered, s.write_errors), (2, 0, 0));
+    assert_eq!(
+        (s.frames_written, s.frames_filtered, s.write_errors),
+        (2, 0, 0)
+    );
     assert_eq!(s.bytes, a.len() as u64 + 65_535);
     let r = records(&std::fs::read(&path).unwrap());
     std::fs::remove_file(&path).unwrap();
@@ -70,7 +77,10 @@ fn the_filter_keeps_only_matching_frames_and_a_bad_one_is_refused_by_name() {
     let f = Filter::compile("udp port 9999").unwrap();
     assert!(f.matches(&udp_frame(9999, 4)));
     assert!(!f.matches(&udp_frame(9998, 4)));
-    assert!(!f.matches(&[0u8; 6]), "a frame too short to hold the fields");
+    assert!(
+        !f.matches(&[0u8; 6]),
+        "a frame too short to hold the fields"
+    );
     let path = temp_path("filter");
     let (session, mut tap) = CaptureSession::start(&path, Some(f)).unwrap();
     for port in [9999, 1, 9999, 2, 3] {
@@ -91,7 +101,9 @@ fn the_filter_keeps_only_matching_frames_and_a_bad_one_is_refused_by_name() {
 
 #[test]
 fn a_file_that_cannot_be_written_fails_the_start() {
-    let e = CaptureSession::start(Path::new("/dev/full"), None).err().unwrap();
+    let e = CaptureSession::start(Path::new("/dev/full"), None)
+        .err()
+        .unwrap();
     assert!(matches!(e, CaptureError::File { .. }), "{e:?}");
     assert!(e.to_string().contains("/dev/full"), "{e}");
     let e = CaptureSession::start(Path::new("/nonexistent-dir/x.pcap"), None)
@@ -131,7 +143,10 @@ fn a_full_disk_ends_the_capture_counted_and_reported_without_blocking_the_tap() 
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !session.counters().failed() {
-        assert!(std::time::Instant::now() < deadline, "the write error went unnoticed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write error went unnoticed"
+        );
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     // The capture is over: more frames are neither queued nor counted, and never block.
@@ -143,7 +158,10 @@ fn a_full_disk_ends_the_capture_counted_and_reported_without_blocking_the_tap() 
     assert_eq!(s.frames_written, 2);
     assert_eq!(s.write_errors, 1);
     assert_eq!(s.frames_dropped, 0);
-    assert!(s.error.as_deref().unwrap().contains("No space left"), "{s:?}");
+    assert!(
+        s.error.as_deref().unwrap().contains("No space left"),
+        "{s:?}"
+    );
 }
 
 #[test]

@@ -57,7 +57,9 @@ fn stats_name_every_counter_once_and_render_as_json() {
     }
     let json = st.to_json();
     assert!(
-        json.starts_with(r#"{"device":"vec3","transport":"fd","capture":null,"counters":{"rx_packets":0,"#),
+        json.starts_with(
+            r#"{"device":"vec3","transport":"fd","capture":null,"counters":{"rx_packets":0,"#
+        ),
         "{json}"
     );
     assert!(json.ends_with(r#""capture_write_errors":0}}"#), "{json}");
@@ -74,8 +76,14 @@ fn swaps_that_change_what_the_guest_sees_or_name_another_device_are_refused() {
     assert!(matches!(e, SwapError::WrongDevice { .. }), "{e}");
     assert!(e.to_string().contains("`vec4`"), "{e}");
     let e = ctl.swap(spec("vec3:transport=fd,mtu=9000")).unwrap_err();
-    assert!(e.to_string().contains("mtu 9000 differs from the device's 1500"), "{e}");
-    let e = ctl.swap(spec("vec3:transport=fd,mac=02:00:00:00:00:09")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("mtu 9000 differs from the device's 1500"),
+        "{e}"
+    );
+    let e = ctl
+        .swap(spec("vec3:transport=fd,mac=02:00:00:00:00:09"))
+        .unwrap_err();
     assert!(e.to_string().contains("mac 02:00:00:00:00:09"), "{e}");
     // A transport that cannot open: the error says why, and the old transport stays.
     let e = ctl
@@ -125,7 +133,11 @@ fn a_capture_needs_a_good_filter_and_only_one_runs_at_a_time() {
     assert!(matches!(e, CaptureError::AlreadyRunning(_)), "{e}");
     let s = ctl.capture_stop().unwrap();
     assert_eq!((s.frames_written, s.write_errors), (0, 0));
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), 24, "the header alone");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        24,
+        "the header alone"
+    );
     assert_eq!(ctl.stats().get("capture_active"), Some(0));
     std::fs::remove_file(&path).unwrap();
 }
