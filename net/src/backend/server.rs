@@ -77,7 +77,8 @@ impl NetBackend {
     }
 
     /// A handle to watch and steer the device while it serves (counters, transport swap,
-    /// capture); it may be cloned and used from any thread, and outlives nothing it needs.
+    /// capture). It may be cloned and used from any thread; it shares the datapath, so it stays
+    /// valid after the backend is gone (a swap or capture then acts on a device nobody serves).
     pub fn control(&self) -> NetControl {
         NetControl::new(self.shared.clone())
     }
