@@ -15,7 +15,7 @@
 //! we check that the last descriptor really ended the chain) or has more descriptors than the
 //! queue size, a frame shorter than an Ethernet header, longer than the MTU without GSO, or
 //! GSO the guest did not negotiate: the chain comes back empty and is counted by reason in
-//! [`NetStats`]; nothing of it is sent, nothing panics and nothing blocks. Receive writes
+//! [`NetCounters`]; nothing of it is sent, nothing panics and nothing blocks. Receive writes
 //! `num_buffers` wherever the header landed, so buffers smaller than the header still get
 //! the right count. No heap allocation per packet: descriptors are
 //! walked directly (virtio-queue's Reader/Writer allocate per chain).
@@ -27,6 +27,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::capture::CaptureTap;
 use super::features::Negotiated;
 use crate::transport::vnet::{self, VnetHdr};
 use crate::transport::{PacketBatch, Transport, TransportError};
@@ -60,7 +61,7 @@ pub struct ChainDrops {
 
 impl ChainDrops {
     pub fn count(&self, e: ChainError) {
-        NetStats::inc(match e {
+        NetCounters::inc(match e {
             ChainError::BadAddress => &self.bad_address,
             ChainError::WrongDirection => &self.wrong_direction,
             ChainError::Unterminated => &self.unterminated,
@@ -84,7 +85,7 @@ impl ChainDrops {
 /// Counters of one device, shared with whoever wants to report them. Every frame that does
 /// not cross is in exactly one `*dropped*` counter (or in the transport's own).
 #[derive(Debug, Default)]
-pub struct NetStats {
+pub struct NetCounters {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub tx_packets: AtomicU64,
@@ -111,9 +112,12 @@ pub struct NetStats {
     pub tx_dropped_gso: AtomicU64,
     /// Frames waiting in the datapath (either way) when a frontend went away.
     pub dropped_at_disconnect: AtomicU64,
+    /// Frames waiting in the datapath (either way) when the transport was replaced by one
+    /// with another header length or batch size, which they no longer fit.
+    pub dropped_at_swap: AtomicU64,
 }
 
-impl NetStats {
+impl NetCounters {
     fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -245,7 +249,12 @@ pub struct Datapath {
     hdr_pieces: Vec<(GuestAddress, usize)>,
     /// Chains used by the frame being received (head, bytes written). Capacity kept.
     used: Vec<(u16, u32)>,
-    stats: Arc<NetStats>,
+    stats: Arc<NetCounters>,
+    /// The running capture, if any: every frame that crosses is offered to it.
+    capture: Option<CaptureTap>,
+    /// What batches were sized for (see [`Datapath::replace_transport`]).
+    depth: usize,
+    headroom: u16,
 }
 
 impl Datapath {
@@ -263,15 +272,55 @@ impl Datapath {
             max_tx_frame: max_tx_frame(mtu, &negotiated),
             hdr_pieces: Vec::with_capacity(64),
             used: Vec::with_capacity(64),
-            stats: Arc::new(NetStats::default()),
+            stats: Arc::new(NetCounters::default()),
+            capture: None,
+            depth,
+            headroom,
         }
+    }
+
+    /// Replaces the transport between batches (the caller holds the datapath's lock, which a
+    /// batch holds throughout) and returns the old one. The new transport gets the offloads
+    /// the guest negotiated. Frames waiting either way stay and go to the new transport (or
+    /// the guest) when they still fit: same header length, same batch size. Otherwise they
+    /// are dropped and counted in `dropped_at_swap`, and the batches are sized anew.
+    pub fn replace_transport(
+        &mut self,
+        mut new: Box<dyn Transport>,
+        depth: usize,
+        headroom: u16,
+    ) -> Result<Box<dyn Transport>, (Box<dyn Transport>, TransportError)> {
+        if let Err(e) = new.set_offloads(self.negotiated.rx) {
+            return Err((new, e));
+        }
+        let fits = new.vnet_hdr_len() == self.transport.vnet_hdr_len()
+            && depth == self.depth
+            && headroom == self.headroom;
+        if !fits {
+            let pending = self.rx.count() - self.rx_next.min(self.rx.count()) + self.tx.count();
+            self.stats
+                .dropped_at_swap
+                .fetch_add(pending as u64, Ordering::Relaxed);
+            let cap = buffer_capacity(headroom);
+            self.rx = PacketBatch::new(depth, cap);
+            self.rx_next = 0;
+            self.tx = PacketBatch::new(depth, cap);
+            self.depth = depth;
+            self.headroom = headroom;
+        }
+        Ok(std::mem::replace(&mut self.transport, new))
+    }
+
+    /// Installs (or, with `None`, removes and returns) the capture tap.
+    pub fn set_capture(&mut self, tap: Option<CaptureTap>) -> Option<CaptureTap> {
+        std::mem::replace(&mut self.capture, tap)
     }
 
     pub fn transport(&self) -> &dyn Transport {
         self.transport.as_ref()
     }
 
-    pub fn stats(&self) -> Arc<NetStats> {
+    pub fn stats(&self) -> Arc<NetCounters> {
         self.stats.clone()
     }
 
@@ -358,14 +407,14 @@ impl Datapath {
         let packet = &mut self.rx.bufs_mut()[index];
         let len = packet.len();
         if len < thl + 14 {
-            NetStats::inc(&stats.rx_dropped_bad_header);
+            NetCounters::inc(&stats.rx_dropped_bad_header);
             return Delivery::Dropped;
         }
         // The header the guest gets: the transport's, adjusted to what the guest accepts.
         let mut hdr = [0u8; 12];
         if thl > 0 {
             let Some(mut h) = VnetHdr::parse(packet.data()) else {
-                NetStats::inc(&stats.rx_dropped_bad_header);
+                NetCounters::inc(&stats.rx_dropped_bad_header);
                 return Delivery::Dropped;
             };
             if h.is_gso() {
@@ -375,17 +424,17 @@ impl Datapath {
                     _ => false,
                 } && (h.gso_type & vnet::GSO_ECN == 0 || n.rx.ecn);
                 if !ok {
-                    NetStats::inc(&stats.rx_dropped_gso);
+                    NetCounters::inc(&stats.rx_dropped_gso);
                     return Delivery::Dropped;
                 }
             }
             if h.flags & vnet::F_NEEDS_CSUM != 0 && !n.rx.csum {
                 let frame = &mut packet.space()[thl..len];
                 if !vnet::complete_checksum(frame, h.csum_start, h.csum_offset) {
-                    NetStats::inc(&stats.rx_dropped_bad_header);
+                    NetCounters::inc(&stats.rx_dropped_bad_header);
                     return Delivery::Dropped;
                 }
-                NetStats::inc(&stats.rx_csum_completed);
+                NetCounters::inc(&stats.rx_csum_completed);
                 h.flags &= !vnet::F_NEEDS_CSUM;
             }
             if !n.rx.csum {
@@ -446,7 +495,7 @@ impl Datapath {
             // chain taken for it goes back empty.
             match bad {
                 Some(e) => stats.bad_chains.count(e),
-                None => NetStats::inc(&stats.rx_dropped_too_big),
+                None => NetCounters::inc(&stats.rx_dropped_too_big),
             }
             for &(head, _) in &self.used {
                 let _ = queue.add_used(mem, head, 0);
@@ -470,6 +519,9 @@ impl Datapath {
         stats
             .rx_bytes
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        if let Some(tap) = &mut self.capture {
+            tap.frame(frame);
+        }
         Delivery::Delivered
     }
 
@@ -599,11 +651,14 @@ impl Datapath {
         }
         match verdict {
             Some(Refused::Chain(e)) => return stats.bad_chains.count(e),
-            Some(Refused::Frame(counter)) => return NetStats::inc(counter),
+            Some(Refused::Frame(counter)) => return NetCounters::inc(counter),
             None => {}
         }
         if thl > 0 {
             space[..vnet::HDR_LEN].copy_from_slice(&ghdr[..vnet::HDR_LEN]);
+        }
+        if let Some(tap) = &mut self.capture {
+            tap.frame(&space[thl..thl + frame_len]);
         }
         buf.set_len(thl + frame_len);
         self.tx.commit();

@@ -55,6 +55,24 @@ pub fn offered(gro: bool, transport_hdr_len: usize) -> u64 {
     }
 }
 
+/// The names of the offload bits in `bits` (for messages).
+pub fn names(bits: u64) -> Vec<&'static str> {
+    [
+        (VIRTIO_NET_F_CSUM, "CSUM"),
+        (VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
+        (VIRTIO_NET_F_GUEST_TSO4, "GUEST_TSO4"),
+        (VIRTIO_NET_F_GUEST_TSO6, "GUEST_TSO6"),
+        (VIRTIO_NET_F_GUEST_ECN, "GUEST_ECN"),
+        (VIRTIO_NET_F_HOST_TSO4, "HOST_TSO4"),
+        (VIRTIO_NET_F_HOST_TSO6, "HOST_TSO6"),
+        (VIRTIO_NET_F_HOST_ECN, "HOST_ECN"),
+    ]
+    .into_iter()
+    .filter(|&(b, _)| bits & bit(b) != 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
 /// What the driver agreed to, in the terms the datapath needs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Negotiated {
@@ -131,6 +149,11 @@ mod tests {
         assert_eq!(offered(true, 10) & OFFLOADS, OFFLOADS);
         assert_eq!(offered(false, 10) & OFFLOADS, 0);
         assert_eq!(offered(true, 0) & OFFLOADS, 0);
+        assert_eq!(names(OFFLOADS).len(), 8);
+        assert_eq!(
+            names(offered(true, 10) & !offered(false, 10))[..2],
+            ["CSUM", "GUEST_CSUM"]
+        );
     }
 
     #[test]

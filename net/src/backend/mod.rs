@@ -8,8 +8,13 @@
 //! - [`policy`]: what a frontend may send (memory regions that fit their files, eventfds,
 //!   rings and queue sizes that exist, offered protocol features);
 //! - [`guard`]: a SIGBUS guard over guest memory whose file could not be sealed;
-//! - [`server`]: the listening socket, reconnection, and the connection API the VMM uses.
+//! - [`server`]: the listening socket, reconnection, and the connection API the VMM uses;
+//! - [`control`]: the run-time handle the VMM's control socket uses (counters, transport
+//!   swap, capture);
+//! - [`capture`]: frames into a pcap file, filtered, without ever blocking the datapath.
 
+pub mod capture;
+pub mod control;
 pub mod datapath;
 pub mod device;
 pub mod features;
@@ -18,7 +23,9 @@ pub mod interop;
 pub mod policy;
 pub mod server;
 
-pub use datapath::NetStats;
+pub use capture::{CaptureError, CaptureSummary};
+pub use control::{NetControl, NetStats, SwapError};
+pub use datapath::NetCounters;
 pub use server::{serve, NetBackend};
 
 use crate::transport::TransportError;

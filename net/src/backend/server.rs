@@ -18,7 +18,8 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::datapath::{Datapath, NetStats};
+use super::control::{NetControl, Shared, Workers};
+use super::datapath::{Datapath, NetCounters};
 use super::device::{self, NetDevice, TRANSPORT_EVENT, TRANSPORT_TX_EVENT};
 use super::features;
 use super::interop::Relay;
@@ -33,6 +34,8 @@ pub struct NetBackend {
     offered: u64,
     config: [u8; 12],
     name: String,
+    /// What the control handles share with the backend (see [`NetBackend::control`]).
+    shared: Arc<Shared>,
 }
 
 impl NetBackend {
@@ -52,20 +55,37 @@ impl NetBackend {
         } else {
             1
         };
+        let dp = Arc::new(Mutex::new(Datapath::new(
+            transport,
+            depth,
+            spec.common.headroom,
+            spec.common.mtu,
+        )));
         Ok(NetBackend {
-            dp: Arc::new(Mutex::new(Datapath::new(
-                transport,
-                depth,
-                spec.common.headroom,
+            shared: Arc::new(Shared::new(
+                spec.name.clone(),
+                dp.clone(),
+                offered,
+                mac,
                 spec.common.mtu,
-            ))),
+            )),
+            dp,
             offered,
             config: features::config_space(mac, spec.common.mtu),
             name: spec.name.clone(),
         })
     }
 
-    pub fn stats(&self) -> Arc<NetStats> {
+    /// A handle to watch and steer the device while it serves (counters, transport swap,
+    /// capture). It may be cloned and used from any thread; it shares the datapath, so it stays
+    /// valid after the backend is gone (a swap or capture then acts on a device nobody serves).
+    pub fn control(&self) -> NetControl {
+        NetControl::new(self.shared.clone())
+    }
+
+    /// The datapath's live counters (the control handle's [`NetControl::stats`] has them all,
+    /// by name).
+    pub fn stats(&self) -> Arc<NetCounters> {
         device::lock(&self.dp).stats()
     }
 
@@ -98,7 +118,7 @@ impl NetBackend {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(self.name.clone(), dev.clone(), mem)
             .map_err(|e| BackendError::Daemon(e.to_string()))?;
-        self.register_transport(&daemon)?;
+        let attached = self.attach(&daemon)?;
 
         // The crate's handler gets its own stream, through a private listener; the relay sits
         // between it and the real frontend (see interop.rs for why).
@@ -143,6 +163,7 @@ impl NetBackend {
         // Stop the worker threads of this connection (dropping the daemon joins them), close
         // what the crate leaks, and forget the connection's state.
         // (No lock on the device across the drop: the workers take it to finish.)
+        drop(attached);
         dev.read().unwrap_or_else(|p| p.into_inner()).notify_exit();
         drop(daemon);
         let closed = dev
@@ -174,41 +195,73 @@ impl NetBackend {
         Ok(())
     }
 
-    /// Puts the transport's descriptors on the connection's worker epoll, edge-triggered: the
-    /// datapath drains until the host would block or the guest is out of buffers, and resumes
-    /// on the guest's kick, so a full receive queue never spins the worker.
-    fn register_transport(
-        &self,
+    /// Puts the transport's descriptors on the connection's worker epoll and records the
+    /// connection's handlers for swaps (under the lock a swap holds, so the two cannot
+    /// interleave). The handlers are forgotten when the returned guard goes.
+    fn attach<'a>(
+        &'a self,
         daemon: &VhostUserDaemon<Arc<RwLock<NetDevice>>>,
-    ) -> Result<(), BackendError> {
-        let (rx, tx) = {
+    ) -> Result<Attached<'a>, BackendError> {
+        let mut workers = self
+            .shared
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let fds = {
             let dp = device::lock(&self.dp);
             (dp.transport().rx_fd(), dp.transport().tx_fd())
         };
-        let err = |source| BackendError::Io {
+        let handlers = daemon.get_epoll_handlers();
+        watch(&handlers, fds).map_err(|source| BackendError::Io {
             op: "registering the transport",
             source,
-        };
-        for h in daemon.get_epoll_handlers() {
-            if rx == tx {
-                h.register_listener(
-                    rx,
-                    EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
-                    TRANSPORT_EVENT,
-                )
-                .map_err(err)?;
-            } else {
-                h.register_listener(rx, EventSet::IN | EventSet::EDGE_TRIGGERED, TRANSPORT_EVENT)
-                    .map_err(err)?;
-                h.register_listener(
-                    tx,
-                    EventSet::OUT | EventSet::EDGE_TRIGGERED,
-                    TRANSPORT_TX_EVENT,
-                )
-                .map_err(err)?;
-            }
+        })?;
+        *workers = Some(handlers);
+        Ok(Attached(&self.shared.workers))
+    }
+}
+
+/// Forgets the connection's worker handlers when the connection ends.
+struct Attached<'a>(&'a Mutex<Option<Workers>>);
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Puts a transport's descriptors (receive, transmit) on the workers' epoll, edge-triggered:
+/// the datapath drains until the host would block or the guest is out of buffers, and resumes
+/// on the guest's kick, so a full receive queue never spins the worker. A descriptor that is
+/// already ready when added wakes the worker at once.
+pub(super) fn watch(handlers: &Workers, (rx, tx): (RawFd, RawFd)) -> io::Result<()> {
+    for h in handlers {
+        if rx == tx {
+            h.register_listener(
+                rx,
+                EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
+                TRANSPORT_EVENT,
+            )?;
+        } else {
+            h.register_listener(rx, EventSet::IN | EventSet::EDGE_TRIGGERED, TRANSPORT_EVENT)?;
+            h.register_listener(
+                tx,
+                EventSet::OUT | EventSet::EDGE_TRIGGERED,
+                TRANSPORT_TX_EVENT,
+            )?;
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+/// Takes a transport's descriptors off the workers' epoll (before the transport is closed).
+/// A descriptor that was not on it is no error worth reporting.
+pub(super) fn unwatch(handlers: &Workers, (rx, tx): (RawFd, RawFd)) {
+    for h in handlers {
+        let _ = h.unregister_listener(rx, EventSet::IN, TRANSPORT_EVENT);
+        if tx != rx {
+            let _ = h.unregister_listener(tx, EventSet::OUT, TRANSPORT_TX_EVENT);
+        }
     }
 }
 

@@ -27,7 +27,10 @@ pub mod vnet;
 
 use std::os::fd::RawFd;
 
+/// Classic BPF in user space and libpcap's compiler, for the backend's frame capture.
+pub(crate) use bpf::run as run_bpf;
 pub use bpf::BpfProgram;
+pub(crate) use pcap::compile as compile_filter;
 pub use tunnel::HeaderDrops;
 
 /// One packet buffer of fixed capacity, allocated once and reused.

@@ -445,7 +445,7 @@ fn run_tx(
     m: &GuestMemoryMmap,
     vq: &MockSplitQueue<GuestMemoryMmap>,
     features: u64,
-) -> (Vec<Vec<u8>>, Arc<NetStats>) {
+) -> (Vec<Vec<u8>>, Arc<NetCounters>) {
     let mut q: Queue = vq.create_queue().unwrap();
     let (mut dp, host) = datapath(10, vec![], features);
     dp.process_tx(&mut q, m).unwrap();

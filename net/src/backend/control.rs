@@ -1,0 +1,531 @@
+//! The run-time control handle of one device's backend, for the VMM's control socket (UML's
+//! mconsole in spirit): counters, a transport swap while the guest runs, and frame capture.
+//!
+//! [`NetControl`] is cheap to clone, `Send` and `Sync`; it shares the device's datapath with
+//! the [`NetBackend`](super::NetBackend) it came from. It takes the datapath's lock, which a
+//! batch holds from start to end on the worker thread, only for short moments (a counter
+//! snapshot, swapping a transport or a capture tap in), so everything it does to the datapath
+//! happens between batches.
+//!
+//! Swap: the new transport is opened and checked on the caller's thread first, so a bad spec
+//! fails with the old transport untouched and serving. Then, between batches, it replaces the
+//! old one in the datapath, and the connection's worker epoll stops watching the old
+//! descriptors and starts watching the new ones (edge-triggered, as at connection time: a
+//! descriptor already readable or writable when added wakes the worker at once, which is what
+//! resumes frames that were waiting). What the guest sees (features, MAC, MTU, rings) does not
+//! change, so a spec that would change it is refused (see [`SwapError`]).
+//! The spec's device name must be the device's: the control socket addresses devices by name,
+//! and a spec written for `vec1` sent to `vec0` is more likely a mistake than a wish.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use vhost_user_backend::VringEpollHandler;
+
+use super::capture::{self, CaptureError, CaptureSession, CaptureSummary, Filter};
+use super::datapath::{Datapath, NetCounters};
+use super::device::{self, NetDevice};
+use super::features;
+use crate::config::{MacAddr, NetSpec};
+use crate::transport::{self, HeaderDrops, Transport, TransportError, TransportStats};
+
+/// The epoll handlers of the connection being served, whose worker polls the transport.
+pub(super) type Workers = Vec<Arc<VringEpollHandler<Arc<RwLock<NetDevice>>>>>;
+
+/// Why a swap was refused. In every case the old transport is still in place and serving.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error("the spec is for device `{spec}`, not this device `{device}`")]
+    WrongDevice { device: String, spec: String },
+    /// The MTU and the MAC are in the guest's config space, read once by its driver.
+    #[error("{device}: {what} {want} differs from the device's {have}: the guest has it in its config space and would not see the change")]
+    GuestVisible {
+        device: String,
+        what: &'static str,
+        have: String,
+        want: String,
+    },
+    #[error("{device}: the new transport: {source}")]
+    Open {
+        device: String,
+        #[source]
+        source: TransportError,
+    },
+    /// The guest was offered offloads (and may have negotiated them, or may at its next
+    /// driver reset) that the new transport cannot carry.
+    #[error("{device}: transport={transport} (gro={gro}) cannot carry what the guest was offered: {missing}; offloads need gro=1 on a transport with a virtio-net header (tap, hybrid, raw)")]
+    Offloads {
+        device: String,
+        transport: &'static str,
+        gro: u8,
+        missing: String,
+    },
+    #[error("{device}: mirroring the guest's offloads on the new transport: {source}")]
+    MirrorOffloads {
+        device: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("{device}: watching the new transport's descriptors: {source}")]
+    Watch {
+        device: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A snapshot of a device's counters.
+///
+/// Directions are the datapath's: `rx` is toward the guest (received from the transport),
+/// `tx` is from the guest (sent on the transport). `counters` holds every counter by name, in
+/// a fixed order, zeros included: the device's frames and bytes, every drop by reason, the
+/// transport's drops (summed over the transports swapped out, so counters never go back),
+/// the number of swaps, and the current (or else the last) capture's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetStats {
+    /// The device's name (`vec0`).
+    pub device: String,
+    /// The current transport's name (`fd`, `tap`, ...).
+    pub transport: &'static str,
+    /// The file being captured into, if a capture runs.
+    pub capture: Option<PathBuf>,
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+impl NetStats {
+    /// The counter of that name.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.counters
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, v)| v)
+    }
+
+    /// The snapshot as one JSON object: `{"device": ..., "transport": ..., "capture": null or
+    /// a path, "counters": {"rx_packets": 3, ...}}`.
+    pub fn to_json(&self) -> String {
+        let mut s = format!(
+            "{{\"device\":{},\"transport\":{},\"capture\":",
+            json_string(&self.device),
+            json_string(self.transport)
+        );
+        match &self.capture {
+            Some(p) => s.push_str(&json_string(&p.to_string_lossy())),
+            None => s.push_str("null"),
+        }
+        s.push_str(",\"counters\":{");
+        for (i, (name, v)) in self.counters.iter().enumerate() {
+            let _ = write!(s, "{}\"{name}\":{v}", if i > 0 { "," } else { "" });
+        }
+        s.push_str("}}");
+        s
+    }
+}
+
+/// A JSON string literal.
+fn json_string(v: &str) -> String {
+    let mut s = String::with_capacity(v.len() + 2);
+    s.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(s, "\\u{:04x}", u32::from(c));
+            }
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
+}
+
+/// What the backend and its control handles share.
+pub(super) struct Shared {
+    pub name: String,
+    pub dp: Arc<Mutex<Datapath>>,
+    /// The virtio features offered to every frontend (fixed for the device's life).
+    pub offered: u64,
+    pub mac: MacAddr,
+    pub mtu: u16,
+    /// The connection being served, if any. Held while its transport descriptors are
+    /// (un)registered, so a swap and a connection's start cannot interleave.
+    pub workers: Mutex<Option<Workers>>,
+    capture: Mutex<Option<CaptureSession>>,
+    last_capture: Mutex<Option<CaptureSummary>>,
+    /// Drops counted by transports since swapped out.
+    retired: Mutex<TransportStats>,
+    swaps: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        name: String,
+        dp: Arc<Mutex<Datapath>>,
+        offered: u64,
+        mac: MacAddr,
+        mtu: u16,
+    ) -> Self {
+        Shared {
+            name,
+            dp,
+            offered,
+            mac,
+            mtu,
+            workers: Mutex::new(None),
+            capture: Mutex::new(None),
+            last_capture: Mutex::new(None),
+            retired: Mutex::new(TransportStats::default()),
+            swaps: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A mutex whose holder panicked still guards consistent data here (slots and counters).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The control handle of one device: see the module documentation.
+#[derive(Clone)]
+pub struct NetControl {
+    shared: Arc<Shared>,
+}
+
+impl NetControl {
+    pub(super) fn new(shared: Arc<Shared>) -> NetControl {
+        NetControl { shared }
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// A snapshot of every counter (see [`NetStats`]).
+    pub fn stats(&self) -> NetStats {
+        let s = &*self.shared;
+        let (transport, mut ts, counters) = {
+            let dp = device::lock(&s.dp);
+            (dp.transport().name(), dp.transport().stats(), dp.stats())
+        };
+        add_transport_stats(&mut ts, &lock(&s.retired));
+        let mut out = device_counters(&counters);
+        out.extend(transport_counters(&ts));
+        out.push(("swaps", s.swaps.load(Ordering::Relaxed)));
+        let (capture, summary) = match lock(&s.capture).as_ref() {
+            Some(c) => (
+                Some(c.path().to_path_buf()),
+                Some(capture::summary(c.path(), c.counters())),
+            ),
+            None => (None, lock(&s.last_capture).clone()),
+        };
+        out.push(("capture_active", u64::from(capture.is_some())));
+        let zeros = CaptureSummary {
+            path: PathBuf::new(),
+            frames_written: 0,
+            frames_filtered: 0,
+            frames_dropped: 0,
+            bytes: 0,
+            write_errors: 0,
+            error: None,
+        };
+        for (name, v) in summary.unwrap_or(zeros).counters() {
+            out.push((capture_name(name), v));
+        }
+        NetStats {
+            device: s.name.clone(),
+            transport,
+            capture,
+            counters: out,
+        }
+    }
+
+    /// Replaces the device's transport with the one `spec` describes, while the guest runs:
+    /// see the module documentation. `spec.name` must be the device's name; `mtu` must be the
+    /// device's, and `mac`, if given, its MAC (both are in the guest's config space); the
+    /// new transport must carry every offload the guest was offered. The batch options
+    /// (`depth`, `vec`, `headroom`) and the transport's own options are the new spec's.
+    pub fn swap(&self, spec: NetSpec) -> Result<(), SwapError> {
+        let s = &*self.shared;
+        let device = || s.name.clone();
+        if spec.name != s.name {
+            return Err(SwapError::WrongDevice {
+                device: device(),
+                spec: spec.name,
+            });
+        }
+        if spec.common.mtu != s.mtu {
+            return Err(SwapError::GuestVisible {
+                device: device(),
+                what: "mtu",
+                have: s.mtu.to_string(),
+                want: spec.common.mtu.to_string(),
+            });
+        }
+        if let Some(mac) = spec.common.mac.filter(|m| *m != s.mac) {
+            return Err(SwapError::GuestVisible {
+                device: device(),
+                what: "mac",
+                have: s.mac.to_string(),
+                want: mac.to_string(),
+            });
+        }
+        let new = transport::open(&spec).map_err(|source| SwapError::Open {
+            device: device(),
+            source,
+        })?;
+        let can = features::offered(spec.common.gro, new.vnet_hdr_len());
+        let missing = s.offered & !can;
+        if missing != 0 {
+            return Err(SwapError::Offloads {
+                device: device(),
+                transport: new.name(),
+                gro: u8::from(spec.common.gro),
+                missing: features::names(missing).join(", "),
+            });
+        }
+        let new_name = new.name();
+        let depth = if spec.common.vec {
+            usize::from(spec.common.depth)
+        } else {
+            1
+        };
+        let headroom = spec.common.headroom;
+
+        let workers = lock(&s.workers);
+        let (old, old_fds, new_fds) = {
+            let mut dp = device::lock(&s.dp);
+            let old_fds = fds(dp.transport());
+            let new_fds = fds(new.as_ref());
+            let old = dp
+                .replace_transport(new, depth, headroom)
+                .map_err(|(_, source)| SwapError::MirrorOffloads {
+                    device: device(),
+                    source,
+                })?;
+            (old, old_fds, new_fds)
+        };
+        if let Some(handlers) = workers.as_ref() {
+            super::server::unwatch(handlers, old_fds);
+            if let Err(source) = super::server::watch(handlers, new_fds) {
+                // Put the old transport back rather than leave the device deaf.
+                super::server::unwatch(handlers, new_fds);
+                let mut dp = device::lock(&s.dp);
+                if let Ok(failed) = dp.replace_transport(old, depth, headroom) {
+                    drop(dp);
+                    let _ = super::server::watch(handlers, old_fds);
+                    drop(failed);
+                }
+                return Err(SwapError::Watch {
+                    device: device(),
+                    source,
+                });
+            }
+        }
+        drop(workers);
+        let old_stats = old.stats();
+        add_transport_stats(&mut lock(&s.retired), &old_stats);
+        s.swaps.fetch_add(1, Ordering::Relaxed);
+        log::info!(
+            "{}: transport {} replaced by {} ({}: {old_stats})",
+            s.name,
+            old.name(),
+            new_name,
+            old.name()
+        );
+        drop(old);
+        Ok(())
+    }
+
+    /// Starts writing every frame that crosses the device, both ways, into a pcap file at
+    /// `path` (created or truncated), keeping only those `filter` (tcpdump's syntax) matches.
+    /// A filter libpcap cannot compile, a file that cannot be written, or a capture already
+    /// running is an error, and nothing starts.
+    pub fn capture_start(&self, path: &Path, filter: Option<&str>) -> Result<(), CaptureError> {
+        let s = &*self.shared;
+        let filter = filter.map(Filter::compile).transpose()?;
+        let mut slot = lock(&s.capture);
+        if let Some(running) = slot.as_ref() {
+            return Err(CaptureError::AlreadyRunning(running.path().to_path_buf()));
+        }
+        let (session, tap) = CaptureSession::start(path, filter)?;
+        device::lock(&s.dp).set_capture(Some(tap));
+        log::info!("{}: capturing into {}", s.name, path.display());
+        *slot = Some(session);
+        Ok(())
+    }
+
+    /// Stops the capture, waits for its file to be complete, and says what it did (also when
+    /// it had already ended on a write error).
+    pub fn capture_stop(&self) -> Result<CaptureSummary, CaptureError> {
+        let s = &*self.shared;
+        let mut slot = lock(&s.capture);
+        let session = slot.take().ok_or(CaptureError::NotRunning)?;
+        let tap = device::lock(&s.dp).set_capture(None);
+        // The writer ends once the tap (its queue's sender) is gone.
+        drop(tap);
+        let summary = session.finish();
+        log::info!(
+            "{}: capture into {} stopped: {} frames written, {} filtered out, {} dropped, {} bytes, {} write errors",
+            s.name,
+            summary.path.display(),
+            summary.frames_written,
+            summary.frames_filtered,
+            summary.frames_dropped,
+            summary.bytes,
+            summary.write_errors
+        );
+        *lock(&s.last_capture) = Some(summary.clone());
+        Ok(summary)
+    }
+}
+
+/// The transport's receive and transmit descriptors.
+fn fds(t: &dyn Transport) -> (std::os::fd::RawFd, std::os::fd::RawFd) {
+    (t.rx_fd(), t.tx_fd())
+}
+
+fn capture_name(name: &'static str) -> &'static str {
+    match name {
+        "frames_written" => "capture_frames_written",
+        "frames_filtered" => "capture_frames_filtered",
+        "frames_dropped" => "capture_frames_dropped",
+        "bytes" => "capture_bytes",
+        "write_errors" => "capture_write_errors",
+        _ => "capture_other",
+    }
+}
+
+fn device_counters(c: &NetCounters) -> Vec<(&'static str, u64)> {
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let b = &c.bad_chains;
+    vec![
+        ("rx_packets", g(&c.rx_packets)),
+        ("rx_bytes", g(&c.rx_bytes)),
+        ("tx_packets", g(&c.tx_packets)),
+        ("tx_bytes", g(&c.tx_bytes)),
+        ("rx_dropped_too_big", g(&c.rx_dropped_too_big)),
+        ("rx_dropped_gso", g(&c.rx_dropped_gso)),
+        ("rx_dropped_bad_header", g(&c.rx_dropped_bad_header)),
+        ("rx_csum_completed", g(&c.rx_csum_completed)),
+        ("tx_dropped_runt", g(&c.tx_dropped_runt)),
+        ("tx_dropped_over_mtu", g(&c.tx_dropped_over_mtu)),
+        ("tx_dropped_gso", g(&c.tx_dropped_gso)),
+        ("dropped_at_disconnect", g(&c.dropped_at_disconnect)),
+        ("dropped_at_swap", g(&c.dropped_at_swap)),
+        ("bad_chain_bad_address", g(&b.bad_address)),
+        ("bad_chain_wrong_direction", g(&b.wrong_direction)),
+        ("bad_chain_unterminated", g(&b.unterminated)),
+        ("bad_chain_too_long", g(&b.too_long)),
+    ]
+}
+
+fn transport_counters(t: &TransportStats) -> Vec<(&'static str, u64)> {
+    // Destructured whole, so a counter added to TransportStats must be named here too.
+    let TransportStats {
+        rx_dropped_truncated,
+        tx_dropped,
+        rx_dropped_header: h,
+        rx_dropped_foreign,
+        rx_dropped_own,
+        tx_refused,
+        rx_dropped_kernel,
+        peer_hung_up,
+        tx_dropped_peer_gone,
+        rx_dropped_backlog,
+    } = *t;
+    let HeaderDrops {
+        truncated,
+        bad_ip_header,
+        wrong_ip_protocol,
+        wrong_flags,
+        wrong_protocol,
+        wrong_key,
+        not_l2tpv3_data,
+        wrong_cookie,
+        wrong_session,
+        too_short,
+    } = h;
+    vec![
+        ("transport_rx_dropped_truncated", rx_dropped_truncated),
+        ("transport_tx_dropped", tx_dropped),
+        ("transport_rx_dropped_header_truncated", truncated),
+        ("transport_rx_dropped_header_bad_ip_header", bad_ip_header),
+        (
+            "transport_rx_dropped_header_wrong_ip_protocol",
+            wrong_ip_protocol,
+        ),
+        ("transport_rx_dropped_header_wrong_flags", wrong_flags),
+        ("transport_rx_dropped_header_wrong_protocol", wrong_protocol),
+        ("transport_rx_dropped_header_wrong_key", wrong_key),
+        (
+            "transport_rx_dropped_header_not_l2tpv3_data",
+            not_l2tpv3_data,
+        ),
+        ("transport_rx_dropped_header_wrong_cookie", wrong_cookie),
+        ("transport_rx_dropped_header_wrong_session", wrong_session),
+        ("transport_rx_dropped_header_too_short", too_short),
+        ("transport_rx_dropped_foreign", rx_dropped_foreign),
+        ("transport_rx_dropped_own", rx_dropped_own),
+        ("transport_tx_refused", tx_refused),
+        ("transport_rx_dropped_kernel", rx_dropped_kernel),
+        ("transport_peer_hung_up", peer_hung_up),
+        ("transport_tx_dropped_peer_gone", tx_dropped_peer_gone),
+        ("transport_rx_dropped_backlog", rx_dropped_backlog),
+    ]
+}
+
+/// Adds `b`'s counters to `a`'s. `b` is destructured whole, so a counter added to
+/// TransportStats must be summed here too.
+fn add_transport_stats(a: &mut TransportStats, b: &TransportStats) {
+    let TransportStats {
+        rx_dropped_truncated,
+        tx_dropped,
+        rx_dropped_header: h,
+        rx_dropped_foreign,
+        rx_dropped_own,
+        tx_refused,
+        rx_dropped_kernel,
+        peer_hung_up,
+        tx_dropped_peer_gone,
+        rx_dropped_backlog,
+    } = *b;
+    a.rx_dropped_truncated += rx_dropped_truncated;
+    a.tx_dropped += tx_dropped;
+    a.rx_dropped_foreign += rx_dropped_foreign;
+    a.rx_dropped_own += rx_dropped_own;
+    a.tx_refused += tx_refused;
+    a.rx_dropped_kernel += rx_dropped_kernel;
+    a.peer_hung_up += peer_hung_up;
+    a.tx_dropped_peer_gone += tx_dropped_peer_gone;
+    a.rx_dropped_backlog += rx_dropped_backlog;
+    let HeaderDrops {
+        truncated,
+        bad_ip_header,
+        wrong_ip_protocol,
+        wrong_flags,
+        wrong_protocol,
+        wrong_key,
+        not_l2tpv3_data,
+        wrong_cookie,
+        wrong_session,
+        too_short,
+    } = h;
+    let ah = &mut a.rx_dropped_header;
+    ah.truncated += truncated;
+    ah.bad_ip_header += bad_ip_header;
+    ah.wrong_ip_protocol += wrong_ip_protocol;
+    ah.wrong_flags += wrong_flags;
+    ah.wrong_protocol += wrong_protocol;
+    ah.wrong_key += wrong_key;
+    ah.not_l2tpv3_data += not_l2tpv3_data;
+    ah.wrong_cookie += wrong_cookie;
+    ah.wrong_session += wrong_session;
+    ah.too_short += too_short;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! The backend's control handle (`NetBackend::control`), exercised on a device that serves a
+//! real vhost-user connection, driven from Rust as a guest driver drives it ([`Rig`]), over
+//! real transports:
+//!
+//! - counters move by exactly the frames and bytes that crossed;
+//! - a swap from one `fd` socketpair to another while the device serves: frames then cross on
+//!   the new one byte-exact, both ways, and no longer on the old one (its descriptor closed);
+//!   a swap to a missing interface fails naming it and the current transport keeps working;
+//!   a swap from `tap` with offloads to `fd` is refused; `tap` to `raw` in a namespace works;
+//! - a capture with a filter holds exactly the matching frames of both directions, as tshark
+//!   reads them; a bad filter is an error; with the capture off, the file does not change.
+
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use umlnet::backend::{CaptureError, NetBackend, NetControl, SwapError};
+use umlnet::config::parse_spec;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_tests::netns::NetNs;
+use vmm_tests::peer::{is_test_frame, test_frame, PacketPeer};
+use vmm_tests::rig::{transport_pair, Rig, HDR, RINGS};
+
+/// Guest buffers of our own (the rig's are at 0x20_0000 and 0x30_0000).
+const TX_AT: u64 = 0x40_0000;
+const RX_AT: u64 = 0x50_0000;
+const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+
+/// A device serving a rig, over `spec`, with its control handle.
+fn serve(spec: &str, peer: UnixDatagram) -> (Rig, NetControl) {
+    let backend = NetBackend::open(&parse_spec(spec).expect("spec")).expect("backend");
+    let ctl = backend.control();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || backend.serve_connection(theirs, None));
+    let mut rig = Rig::connect(ours, peer);
+    rig.zero_rings();
+    assert_eq!(rig.bring_up(RINGS), 0xf);
+    (rig, ctl)
+}
+
+fn fd_spec(fd: std::os::fd::OwnedFd) -> String {
+    format!("vec0:transport=fd,fd={}", fd.into_raw_fd())
+}
+
+/// The guest sends `frame` (transmit entry `idx`); returns once the device used the chain.
+fn guest_sends(rig: &mut Rig, idx: u16, frame: &[u8]) {
+    let mut buf = vec![0u8; HDR];
+    buf.extend_from_slice(frame);
+    rig.ram
+        .memory()
+        .write_slice(&buf, GuestAddress(TX_AT))
+        .unwrap();
+    rig.offer(1, idx, TX_AT, buf.len() as u32, 0);
+    rig.wait_used(1, idx + 1);
+}
+
+/// A receive buffer is posted (entry `idx`), `send` puts a frame on the wire, and the frame
+/// the guest got is returned.
+fn guest_gets(rig: &mut Rig, idx: u16, send: impl FnOnce(&Rig)) -> Vec<u8> {
+    rig.offer(0, idx, RX_AT, 2048, 2);
+    send(rig);
+    rig.wait_used(0, idx + 1);
+    let entry = RINGS + 0x2000 + 4 + 8 * (u64::from(idx) % 16);
+    let len: u32 = rig.ram.memory().read_obj(GuestAddress(entry + 4)).unwrap();
+    let mut got = vec![0u8; len as usize - HDR];
+    rig.ram
+        .memory()
+        .read_slice(&mut got, GuestAddress(RX_AT + HDR as u64))
+        .unwrap();
+    got
+}
+
+#[test]
+fn counters_move_by_what_crossed_and_a_swap_moves_the_device_to_the_new_transport() {
+    let (theirs_a, peer_a) = transport_pair();
+    let (mut rig, ctl) = serve(&fd_spec(theirs_a), peer_a);
+    let before = ctl.stats();
+    assert_eq!(before.transport, "fd");
+    for n in ["rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "swaps"] {
+        assert_eq!(before.get(n), Some(0), "{n}");
+    }
+    // Two frames out (70 and 90 bytes), one in (1514), checked byte-exact by the rig.
+    rig.transmit(0, 1);
+    rig.receive(0, 2);
+    rig.transmit(1, 3);
+    let st = ctl.stats();
+    assert_eq!(st.get("tx_packets"), Some(2), "{st:?}");
+    assert_eq!(st.get("tx_bytes"), Some(70 + 90), "{st:?}");
+    assert_eq!(st.get("rx_packets"), Some(1), "{st:?}");
+    assert_eq!(st.get("rx_bytes"), Some(1514), "{st:?}");
+    let dropped: u64 = st
+        .counters
+        .iter()
+        .filter(|(n, _)| n.contains("dropped") || n.starts_with("bad_chain"))
+        .map(|&(_, v)| v)
+        .sum();
+    assert_eq!(dropped, 0, "{st:?}");
+
+    // Swap to socketpair B while the device serves.
+    let (theirs_b, peer_b) = transport_pair();
+    ctl.swap(parse_spec(&fd_spec(theirs_b)).unwrap())
+        .expect("swap to B");
+    let peer_a = std::mem::replace(&mut rig.peer, peer_b);
+    rig.transmit(2, 4);
+    rig.receive(1, 5);
+    rig.transmit(3, 6);
+    // A's end was closed with the old transport: end-of-file, no frame, and nothing sent
+    // there can reach the guest any more.
+    peer_a
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    assert_eq!(
+        peer_a.recv(&mut buf).unwrap(),
+        0,
+        "a frame still came out on A"
+    );
+    assert!(peer_a
+        .send(&test_frame(100, HOST_MAC, GUEST_MAC, 9))
+        .is_err());
+    let st = ctl.stats();
+    assert_eq!(
+        (st.get("tx_packets"), st.get("rx_packets"), st.get("swaps")),
+        (Some(4), Some(2), Some(1)),
+        "{st:?}"
+    );
+    assert_eq!(st.get("dropped_at_swap"), Some(0));
+
+    // A swap to an interface that does not exist fails, naming it; B keeps serving.
+    let e = ctl
+        .swap(parse_spec("vec0:transport=raw,ifname=nosuchctl0").unwrap())
+        .unwrap_err();
+    assert!(matches!(e, SwapError::Open { .. }), "{e:?}");
+    assert!(e.to_string().contains("nosuchctl0"), "{e}");
+    rig.transmit(4, 7);
+    rig.receive(2, 8);
+    let st = ctl.stats();
+    assert_eq!(
+        (st.get("tx_packets"), st.get("rx_packets"), st.get("swaps")),
+        (Some(5), Some(3), Some(1)),
+        "{st:?}"
+    );
+}
+
+/// An Ethernet/IPv4/UDP frame from `sport` to `dport` with `payload` bytes.
+fn udp_frame(src: [u8; 6], dst: [u8; 6], sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((28 + payload) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[10, 7, 7, 1]);
+    ip[16..20].copy_from_slice(&[10, 7, 7, 2]);
+    let sum = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend((0..payload).map(|i| (i % 251) as u8));
+    f
+}
+
+/// `tshark -r FILE -T fields -e frame.len -e udp.dstport`, one (len, port) per frame.
+fn tshark(path: &Path) -> Vec<(usize, u16)> {
+    let out = Command::new("tshark")
+        .args(["-r"])
+        .arg(path)
+        .args(["-T", "fields", "-e", "frame.len", "-e", "udp.dstport"])
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let mut f = l.split('\t');
+            let len = f.next().unwrap().trim().parse().expect("frame.len");
+            let port = f.next().unwrap_or("").trim().parse().unwrap_or(0);
+            (len, port)
+        })
+        .collect()
+}
+
+#[test]
+fn a_filtered_capture_holds_exactly_the_matching_frames_of_both_directions() {
+    let dir = std::env::temp_dir().join(format!("net-control-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cap.pcap");
+    let (theirs, peer) = transport_pair();
+    let (mut rig, ctl) = serve(&fd_spec(theirs), peer);
+
+    let e = ctl.capture_start(&path, Some("udp port nine")).unwrap_err();
+    assert!(matches!(e, CaptureError::Filter { .. }), "{e:?}");
+    assert!(e.to_string().contains("`udp port nine`"), "{e}");
+    assert!(!path.exists());
+
+    ctl.capture_start(&path, Some("udp port 9999")).unwrap();
+    // Guest to wire: 9999 (kept), 53 (not), 9999 (kept).
+    let out = [
+        udp_frame(GUEST_MAC, HOST_MAC, 4000, 9999, 10),
+        udp_frame(GUEST_MAC, HOST_MAC, 4000, 53, 20),
+        udp_frame(GUEST_MAC, HOST_MAC, 4001, 9999, 300),
+    ];
+    let mut buf = vec![0u8; 4096];
+    for (i, f) in out.iter().enumerate() {
+        guest_sends(&mut rig, i as u16, f);
+        let n = rig.peer.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &f[..]);
+    }
+    // Wire to guest: 9999 (kept), 8888 (not), from port 9999 to 7 (kept: `port` is either).
+    let inn = [
+        udp_frame(HOST_MAC, GUEST_MAC, 5000, 9999, 1000),
+        udp_frame(HOST_MAC, GUEST_MAC, 5000, 8888, 40),
+        udp_frame(HOST_MAC, GUEST_MAC, 9999, 7, 50),
+    ];
+    for (i, f) in inn.iter().enumerate() {
+        let got = guest_gets(&mut rig, i as u16, |rig| {
+            rig.peer.send(f).unwrap();
+        });
+        assert_eq!(&got, f);
+    }
+    let live = ctl.stats();
+    assert_eq!(live.get("capture_active"), Some(1));
+    assert_eq!(live.get("capture_frames_filtered"), Some(2), "{live:?}");
+    let s = ctl.capture_stop().unwrap();
+    assert_eq!(
+        (
+            s.frames_written,
+            s.frames_filtered,
+            s.frames_dropped,
+            s.write_errors
+        ),
+        (4, 2, 0, 0),
+        "{s:?}"
+    );
+    let kept = [&out[0], &out[2], &inn[0], &inn[2]];
+    assert_eq!(s.bytes, kept.iter().map(|f| f.len() as u64).sum::<u64>());
+    let want: Vec<(usize, u16)> = kept
+        .iter()
+        .map(|f| (f.len(), u16::from_be_bytes([f[36], f[37]])))
+        .collect();
+    assert_eq!(tshark(&path), want);
+
+    // Capture off: frames cross, the file stays as it was.
+    let before = std::fs::read(&path).unwrap();
+    guest_sends(&mut rig, 3, &out[0]);
+    let _ = rig.peer.recv(&mut buf).unwrap();
+    let got = guest_gets(&mut rig, 3, |rig| {
+        rig.peer.send(&inn[0]).unwrap();
+    });
+    assert_eq!(got, inn[0]);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the file changed");
+    assert!(matches!(ctl.capture_stop(), Err(CaptureError::NotRunning)));
+    let st = ctl.stats();
+    assert_eq!(
+        (st.get("tx_packets"), st.get("rx_packets")),
+        (Some(4), Some(4))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn offloads_the_guest_was_offered_pin_the_swap_and_tap_goes_to_raw_in_a_namespace() {
+    let ns = NetNs::new();
+    // No IPv6 on the links: their router solicitations and MLD reports would reach the guest
+    // before our frames.
+    for key in ["all", "default"] {
+        let (ok, out) = ns.run(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
+        );
+        assert!(ok, "sysctl: {out}");
+    }
+    let tap = ns.tap(None);
+    let (va, vb) = ns.veth_pair(None);
+    let backend = ns
+        .enter(|| {
+            NetBackend::open(
+                &parse_spec(&format!("vec0:transport=tap,ifname={tap},gro=1")).unwrap(),
+            )
+        })
+        .expect("tap backend");
+    let ctl = backend.control();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || backend.serve_connection(theirs, None));
+    let (_unused, rig_peer) = transport_pair();
+    let mut rig = Rig::connect(ours, rig_peer);
+    rig.zero_rings();
+    assert_eq!(rig.bring_up(RINGS), 0xf);
+    ns.wait_link_up(&tap);
+
+    // fd carries no virtio-net header: the guest was offered offloads it could not keep.
+    let (theirs, _peer) = transport_pair();
+    let e = ctl.swap(parse_spec(&fd_spec(theirs)).unwrap()).unwrap_err();
+    assert!(matches!(e, SwapError::Offloads { .. }), "{e:?}");
+    assert!(e.to_string().contains("GUEST_TSO4"), "{e}");
+    // raw without gro=1 would offer less than the guest was offered, too.
+    let e = ns
+        .enter(|| ctl.swap(parse_spec(&format!("vec0:transport=raw,ifname={va}")).unwrap()))
+        .unwrap_err();
+    assert!(matches!(e, SwapError::Offloads { .. }), "{e:?}");
+    assert_eq!(ctl.stats().transport, "tap");
+
+    // Frames go out on the tap.
+    let on_tap = ns.enter(|| PacketPeer::open(&tap, false));
+    let frame = test_frame(200, GUEST_MAC, HOST_MAC, 1);
+    guest_sends(&mut rig, 0, &frame);
+    let got = on_tap
+        .recv_matching(Duration::from_secs(3), |f| is_test_frame(f, 0))
+        .expect("frame on the tap");
+    assert_eq!(got, frame);
+
+    // raw with gro=1 on the veth: frames now leave there, byte-exact, and not on the tap.
+    ns.enter(|| ctl.swap(parse_spec(&format!("vec0:transport=raw,ifname={va},gro=1")).unwrap()))
+        .expect("swap to raw");
+    assert_eq!(ctl.stats().transport, "raw");
+    let on_vb = ns.enter(|| PacketPeer::open(&vb, false));
+    let frame = test_frame(300, GUEST_MAC, HOST_MAC, 2);
+    guest_sends(&mut rig, 1, &frame);
+    let got = on_vb
+        .recv_matching(Duration::from_secs(3), |f| is_test_frame(f, 0))
+        .expect("frame on the veth");
+    assert_eq!(got, frame);
+    assert!(
+        on_tap
+            .recv_matching(Duration::from_millis(300), |f| is_test_frame(f, 0))
+            .is_none(),
+        "a frame still left on the tap"
+    );
+    // And in: a frame sent from the veth's far end reaches the guest.
+    let back = test_frame(400, HOST_MAC, GUEST_MAC, 3);
+    let got = guest_gets(&mut rig, 0, |_| on_vb.send(&back));
+    assert_eq!(got, back);
+    let st = ctl.stats();
+    assert_eq!(
+        (st.get("tx_packets"), st.get("rx_packets"), st.get("swaps")),
+        (Some(2), Some(1), Some(1)),
+        "{st:?}"
+    );
+}
