@@ -5,6 +5,7 @@
 //! input (options, device specifications, files), with a one-line message.
 
 mod backend_cmd;
+mod ctl_cmd;
 mod run_cmd;
 mod vm_cmd;
 
@@ -73,6 +74,33 @@ enum Command {
         #[arg(value_name = "SPEC")]
         spec: String,
     },
+    /// Send one request to a running VM's control socket (`vmm --api PATH`) and print the
+    /// JSON reply.
+    #[command(
+        long_about = "Send one request to a running VM's control socket (`vmm --api PATH`) and \
+            print its one-line JSON reply. Exit status 0 when the reply says \"ok\":true, 1 \
+            otherwise.\n\n\
+            Verbs:\n  \
+            info                          the VM, its devices (slot, link, backend, counters)\n  \
+            net link NIC up|down          the guest sees its link go down or up\n  \
+            net swap NIC SPEC             replace the NIC's transport while the guest runs\n  \
+            net capture NIC FILE [FILTER] pcap of every frame both ways (tcpdump filter)\n  \
+            net capture NIC stop          end the capture, print its counters\n  \
+            halt                          end the VM (status 130)\n  \
+            reboot                        boot the same VM afresh\n  \
+            sysrq KEY                     a serial BREAK and KEY: Linux's magic SysRq\n  \
+            pause | resume                stop and restart the vCPUs\n\n\
+            Example:\n  vmm --kernel bzImage --net user --api /tmp/vm.sock &\n  \
+            vmm ctl /tmp/vm.sock net capture vec0 /tmp/vec0.pcap udp port 53"
+    )]
+    Ctl {
+        /// The control socket.
+        #[arg(value_name = "PATH")]
+        socket: PathBuf,
+        /// The verb and its arguments.
+        #[arg(value_name = "VERB", required = true, num_args = 1.., trailing_var_arg = true)]
+        words: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +114,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::NetBackend { socket, spec }) => backend_cmd::run(&socket, &spec),
         Some(Command::Run(args)) => run_cmd::run(*args),
+        Some(Command::Ctl { socket, words }) => ctl_cmd::run(&socket, &words),
         None => vm_cmd::run(cli.vm),
     }
 }

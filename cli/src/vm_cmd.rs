@@ -72,6 +72,11 @@ pub struct VmArgs {
     /// comma-separated.
     #[arg(long, value_name = "KINDS")]
     fail_on: Option<String>,
+    /// Serve a control socket at PATH (mode 0600) while the VM runs: `vmm ctl PATH VERB` (see
+    /// `vmm ctl --help`) inspects the VM, sets a NIC's link, swaps its transport, captures its
+    /// frames, pauses, halts or reboots the VM, sends SysRq.
+    #[arg(long, value_name = "PATH")]
+    api: Option<PathBuf>,
     /// Do not offer the pvpanic PCI device (1b36:0011). A panic is still caught from the
     /// console's panic banner.
     #[arg(long)]
@@ -141,6 +146,7 @@ pub fn run(args: VmArgs) -> ExitCode {
     config.cpus = args.cpus;
     config.devices = devices;
     config.virtiofsd = args.virtiofsd;
+    config.api = args.api;
     boot(config, args.timeout.as_deref())
 }
 
@@ -158,15 +164,29 @@ pub fn parse_devices(
         .collect()
 }
 
-/// Builds the VM with its devices, runs it and turns the outcome into the exit status.
-pub fn boot(config: vmm_vmm::VmConfig, timeout: Option<&str>) -> ExitCode {
+/// Builds the VM with its devices, runs it and turns the outcome into the exit status. A
+/// `reboot` through the control socket builds the same VM again (its console log continues).
+pub fn boot(mut config: vmm_vmm::VmConfig, timeout: Option<&str>) -> ExitCode {
+    loop {
+        match boot_once(config.clone(), timeout) {
+            Some(status) => return status,
+            None => {
+                eprintln!("vmm: rebooting (control socket)");
+                config.console_log_append = true;
+            }
+        }
+    }
+}
+
+/// One boot: the exit status, or `None` for a reboot.
+fn boot_once(config: vmm_vmm::VmConfig, timeout: Option<&str>) -> Option<ExitCode> {
     let mut vmm = match vmm_vmm::Vmm::new(config) {
         Ok(v) => v,
-        Err(e) => return fail(exit_status(&e), e),
+        Err(e) => return Some(fail(exit_status(&e), e)),
     };
     // SIGINT/SIGTERM stop the VM (status 130, "stopped by the host").
     if let Err(e) = vmm.stop_on_signals() {
-        return fail(1, e);
+        return Some(fail(1, e));
     }
     match vmm.run() {
         Ok(report) => {
@@ -177,6 +197,8 @@ pub fn boot(config: vmm_vmm::VmConfig, timeout: Option<&str>) -> ExitCode {
                     report.elapsed
                 ),
                 vmm_vmm::VmExit::Stopped => eprintln!("vmm: stopped by a signal"),
+                vmm_vmm::VmExit::Halted => eprintln!("vmm: halted through the control socket"),
+                vmm_vmm::VmExit::Reboot => return None,
                 vmm_vmm::VmExit::Timeout => eprintln!(
                     "vmm: timeout: the guest was still running after --timeout {}",
                     timeout.unwrap_or("?")
@@ -197,9 +219,9 @@ pub fn boot(config: vmm_vmm::VmConfig, timeout: Option<&str>) -> ExitCode {
                 }
                 _ => {}
             }
-            ExitCode::from(report.exit_code().clamp(0, 255) as u8)
+            Some(ExitCode::from(report.exit_code().clamp(0, 255) as u8))
         }
-        Err(e) => fail(exit_status(&e), e),
+        Err(e) => Some(fail(exit_status(&e), e)),
     }
 }
 
@@ -211,6 +233,9 @@ fn exit_status(e: &vmm_vmm::VmmError) -> u8 {
         | vmm_vmm::VmmError::ConsoleLog { .. }
         | vmm_vmm::VmmError::Memory(vmm_vmm::memory::Error::BadSize { .. }) => EXIT_USAGE,
         vmm_vmm::VmmError::Device(d) if d.usage => EXIT_USAGE,
+        vmm_vmm::VmmError::Control(
+            vmm_vmm::control::Error::InUse(_) | vmm_vmm::control::Error::NotSocket(_),
+        ) => EXIT_USAGE,
         _ => 1,
     }
 }

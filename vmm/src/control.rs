@@ -8,6 +8,10 @@
 //!   NIC, its link and backend, and the socket's own counters;
 //! - `net link NIC up|down`: the guest sees its link go down or up (a configuration
 //!   interrupt), whatever the backend does;
+//! - `net swap NIC SPEC`: the NIC's transport is replaced while the guest runs (a NIC the VMM
+//!   serves itself); the guest's NIC (MAC, features, rings) stays as it is;
+//! - `net capture NIC FILE [FILTER]`, `net capture NIC stop`: every frame both ways (that the
+//!   tcpdump-syntax FILTER passes) to a pcap file Wireshark opens;
 //! - `halt`: the VM ends (status 130); `reboot`: the VMM boots the same configuration afresh;
 //! - `sysrq KEY`: a serial BREAK and KEY on the console, which Linux takes as magic SysRq KEY;
 //! - `pause`, `resume`: the vCPUs stop between two `KVM_RUN`s and start again.
@@ -32,6 +36,8 @@ use serde_json::{json, Value};
 use vmm_devices::serial::SerialConsole;
 use vmm_devices::{ExitNotifier, ExitRequest};
 
+use umlnet::backend::NetControl;
+
 use crate::builder::net::{Nic, NicBackend};
 use crate::builder::AttachedDevice;
 use crate::vcpu::VcpuThreads;
@@ -44,8 +50,9 @@ pub const MAX_PENDING_OUT: usize = 1 << 20;
 pub const MAX_CLIENTS: usize = 64;
 
 /// The verbs, for `help` and for errors naming an unknown one.
-pub const HELP: &str =
-    "info | net link NIC up|down | halt | reboot | sysrq KEY | pause | resume | help";
+pub const HELP: &str = "info | net link NIC up|down | net swap NIC SPEC | \
+                        net capture NIC FILE [FILTER] | net capture NIC stop | halt | reboot | \
+                        sysrq KEY | pause | resume | help";
 
 /// Why the control socket cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +154,22 @@ struct Counters {
 enum Request {
     Help,
     Info,
-    Link { nic: String, up: bool },
+    Link {
+        nic: String,
+        up: bool,
+    },
+    Swap {
+        nic: String,
+        spec: String,
+    },
+    CaptureStart {
+        nic: String,
+        file: PathBuf,
+        filter: Option<String>,
+    },
+    CaptureStop {
+        nic: String,
+    },
     Halt,
     Reboot,
     Sysrq(u8),
@@ -194,8 +216,24 @@ fn parse(line: &str) -> Result<Request, String> {
             other => Err(format!("net link {nic} {other}: say up or down")),
         },
         ["net", "link", ..] => Err("net link: needs NIC and up|down".into()),
-        ["net", sub, ..] => Err(format!("net {sub}: unknown (net link NIC up|down)")),
-        ["net"] => Err("net: needs a sub-verb (net link NIC up|down)".into()),
+        ["net", "swap", nic, spec] => Ok(Request::Swap {
+            nic: nic.to_string(),
+            spec: spec.to_string(),
+        }),
+        ["net", "swap", ..] => Err("net swap: needs NIC and SPEC (one word, no spaces)".into()),
+        ["net", "capture", nic, "stop"] => Ok(Request::CaptureStop {
+            nic: nic.to_string(),
+        }),
+        ["net", "capture", nic, file, filter @ ..] => Ok(Request::CaptureStart {
+            nic: nic.to_string(),
+            file: PathBuf::from(file),
+            filter: (!filter.is_empty()).then(|| filter.join(" ")),
+        }),
+        ["net", "capture", ..] => {
+            Err("net capture: needs NIC and FILE [FILTER], or NIC stop".into())
+        }
+        ["net", sub, ..] => Err(format!("net {sub}: unknown (net link|swap|capture)")),
+        ["net"] => Err("net: needs a sub-verb (net link|swap|capture)".into()),
         [verb, ..] => Err(format!("verb '{verb}': unknown (verbs: {HELP})")),
     }
 }
@@ -244,7 +282,9 @@ impl ControlServer {
                 continue;
             }
             let fd = stream.as_raw_fd();
-            if ops.add(Events::new_raw(fd, EventSet::IN)).is_err() {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::warn!("control: cannot watch a client: {e:?}");
+                self.counters.dropped_io_error += 1;
                 continue;
             }
             self.counters.connections += 1;
@@ -259,9 +299,15 @@ impl ControlServer {
         }
     }
 
+    /// Forgets a client: off the event loop first, while its descriptor is still open (the
+    /// manager would otherwise keep the number registered and refuse the next client that
+    /// gets it), then closed.
     fn drop_client(&mut self, fd: RawFd, ops: &mut EventOps) {
-        if self.clients.remove(&fd).is_some() {
-            let _ = ops.remove(Events::empty_raw(fd));
+        if self.clients.contains_key(&fd) {
+            if let Err(e) = ops.remove(Events::empty_raw(fd)) {
+                log::warn!("control: cannot unwatch a client: {e:?}");
+            }
+            self.clients.remove(&fd);
         }
     }
 
@@ -402,6 +448,17 @@ impl ControlServer {
             })
     }
 
+    /// The backend of a NIC the VMM serves itself (`verb` names the request in errors).
+    fn served(&self, name: &str, verb: &str) -> Result<NetControl, String> {
+        match &self.nic(name)?.backend {
+            NicBackend::InProcess(c) => Ok(c.clone()),
+            NicBackend::External { socket } => Err(format!(
+                "{verb} {name}: its backend is external ({}): ask that backend",
+                socket.display()
+            )),
+        }
+    }
+
     fn execute(&mut self, req: Request) -> Result<Value, String> {
         match req {
             Request::Help => Ok(json!({"ok": true, "verbs": HELP})),
@@ -414,6 +471,52 @@ impl ControlServer {
                     .ok_or_else(|| format!("net link {nic}: this NIC has no link status"))?;
                 let changed = link.set(up);
                 Ok(json!({"ok": true, "nic": nic, "link": updown(up), "changed": changed}))
+            }
+            Request::Swap { nic, spec } => {
+                let control = self.served(&nic, "net swap")?;
+                // `transport=...` alone is for this NIC.
+                let full = if spec.starts_with("transport=") {
+                    format!("{nic}:{spec}")
+                } else {
+                    spec.clone()
+                };
+                let parsed = umlnet::config::parse_spec(&full)
+                    .map_err(|e| format!("net swap {nic} {spec}: {e}"))?;
+                control
+                    .swap(parsed)
+                    .map_err(|e| format!("net swap {nic} {spec}: {e}"))?;
+                let transport = control.stats().transport;
+                Ok(json!({"ok": true, "nic": nic, "transport": transport}))
+            }
+            Request::CaptureStart { nic, file, filter } => {
+                let control = self.served(&nic, "net capture")?;
+                control
+                    .capture_start(&file, filter.as_deref())
+                    .map_err(|e| format!("net capture {nic} {}: {e}", file.display()))?;
+                Ok(json!({
+                    "ok": true,
+                    "nic": nic,
+                    "capture": file.display().to_string(),
+                    "filter": filter,
+                }))
+            }
+            Request::CaptureStop { nic } => {
+                let control = self.served(&nic, "net capture")?;
+                let summary = control
+                    .capture_stop()
+                    .map_err(|e| format!("net capture {nic} stop: {e}"))?;
+                let counters: serde_json::Map<String, Value> = summary
+                    .counters()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect();
+                Ok(json!({
+                    "ok": true,
+                    "nic": nic,
+                    "capture": summary.path.display().to_string(),
+                    "counters": counters,
+                    "error": summary.error,
+                }))
             }
             Request::Halt => {
                 self.ctx.exit.request(ExitRequest::Halt);
@@ -460,11 +563,27 @@ impl ControlServer {
             .iter()
             .map(|d| match d {
                 AttachedDevice::Net(n) => {
-                    let backend = match &n.backend {
-                        NicBackend::InProcess => json!("in-process"),
-                        NicBackend::External { socket } => {
-                            json!({"vhost-user": socket.display().to_string()})
+                    let (backend, stats) = match &n.backend {
+                        NicBackend::InProcess(c) => {
+                            let st = c.stats();
+                            let counters: serde_json::Map<String, Value> = st
+                                .counters
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), json!(v)))
+                                .collect();
+                            (
+                                json!("in-process"),
+                                json!({
+                                    "transport": st.transport,
+                                    "capture": st.capture.map(|p| p.display().to_string()),
+                                    "counters": counters,
+                                }),
+                            )
                         }
+                        NicBackend::External { socket } => (
+                            json!({"vhost-user": socket.display().to_string()}),
+                            Value::Null,
+                        ),
                     };
                     json!({
                         "slot": n.slot,
@@ -475,6 +594,7 @@ impl ControlServer {
                         "admin_link": n.link.as_ref().map(|l| updown(l.admin_up())),
                         "backend_link": n.link.as_ref().map(|l| updown(l.backend_up())),
                         "backend": backend,
+                        "stats": stats,
                     })
                 }
                 AttachedDevice::Fs { arg, tag, slot } => {
@@ -562,6 +682,18 @@ mod tests {
             })
         );
         assert_eq!(parse("sysrq h"), Ok(Request::Sysrq(b'h')));
+        assert_eq!(
+            parse("net capture vec0 /tmp/c.pcap udp port 53"),
+            Ok(Request::CaptureStart {
+                nic: "vec0".into(),
+                file: "/tmp/c.pcap".into(),
+                filter: Some("udp port 53".into())
+            })
+        );
+        assert_eq!(
+            parse("net capture vec0 stop"),
+            Ok(Request::CaptureStop { nic: "vec0".into() })
+        );
         for (bad, why) in [
             ("", "empty request"),
             ("frob", "verb 'frob': unknown"),
@@ -572,6 +704,8 @@ mod tests {
             ),
             ("net link vec0", "needs NIC and up|down"),
             ("net frob", "net frob: unknown"),
+            ("net swap vec0", "net swap: needs NIC and SPEC"),
+            ("net capture vec0", "net capture: needs NIC and FILE"),
             ("sysrq HH", "sysrq HH: KEY is one character"),
             ("sysrq", "needs one KEY"),
             ("sysrq \u{e9}", "KEY is one character"),

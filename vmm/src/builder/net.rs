@@ -161,8 +161,9 @@ pub struct Nic {
 /// The backend behind a [`Nic`].
 #[derive(Clone)]
 pub enum NicBackend {
-    /// A backend thread of the VMM serving a UML transport.
-    InProcess,
+    /// A backend thread of the VMM serving a UML transport, with its counters, transport swap
+    /// and capture.
+    InProcess(umlnet::backend::NetControl),
     /// An external vhost-user backend.
     External {
         /// Its socket.
@@ -213,6 +214,7 @@ pub fn open(
                 msg: e.to_string(),
                 usage: true,
             })?;
+            let control = backend.control();
             let (ours, theirs) =
                 UnixStream::pair().map_err(|e| runtime(format!("socketpair: {e}")))?;
             let name = spec.name.clone();
@@ -231,7 +233,7 @@ pub fn open(
                 arg: arg.to_string(),
                 slot: 0,
                 link: dev.link_control(),
-                backend: NicBackend::InProcess,
+                backend: NicBackend::InProcess(control),
             };
             Ok((dev, Some(BackendThread { name, handle }), nic))
         }
