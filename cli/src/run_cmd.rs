@@ -21,7 +21,7 @@ use clap::Args;
 use vmm_vmm::builder::fs::{private_dir, FsArg};
 use vmm_vmm::builder::{shares, DeviceConfig};
 
-use crate::vm_cmd::{boot, parse_devices, parse_timeout};
+use crate::vm_cmd::{boot, parse_devices, parse_mem, parse_timeout};
 use crate::{fail, EXIT_USAGE};
 
 /// The init script, written beside its `env` for each run.
@@ -55,9 +55,9 @@ pub struct RunArgs {
     /// The virtiofsd binary (default: on PATH, else ~/.cargo/bin/virtiofsd).
     #[arg(long, value_name = "PATH")]
     virtiofsd: Option<PathBuf>,
-    /// Guest memory in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
-    mem: u64,
+    /// Guest memory: `512M`, `1G`, `1.5G` (a plain number is MiB).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    mem: String,
     /// vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u8,
@@ -254,7 +254,10 @@ pub fn run(args: RunArgs) -> ExitCode {
     config.initrd = initrd;
     config.timeout = timeout;
     config.console_log = args.console_log;
-    config.mem_mib = args.mem;
+    config.mem_mib = match parse_mem(&args.mem) {
+        Ok(m) => m,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
     config.cpus = args.cpus;
     config.devices = devices;
     config.virtiofsd = args.virtiofsd;

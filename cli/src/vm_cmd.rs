@@ -26,9 +26,9 @@ pub struct VmArgs {
     /// or by writing its status to I/O port 0xf4 (the VMM exits with that byte).
     #[arg(long, value_name = "STRING", default_value = vmm_vmm::DEFAULT_CMDLINE)]
     cmdline: String,
-    /// Guest memory in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
-    mem: u64,
+    /// Guest memory: `512M`, `1G`, `1.5G` (a plain number is MiB).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    mem: String,
     /// vCPUs (each a thread; the guest finds them in the MP table).
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u8,
@@ -97,6 +97,40 @@ pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `--mem`: sizes as users type them, `512M`, `1G`, `1.5G`, `2GiB`, `65536K`; a plain number is
+/// MiB, as it always was. Returns MiB; a size that is not a whole number of MiB is refused.
+pub(crate) fn parse_mem(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let not_a_size = || format!("--mem {s}: not a size (e.g. 512M, 1G; a plain number is MiB)");
+    if num.is_empty() {
+        return Err(not_a_size());
+    }
+    let kib_per_unit: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 1024.0,
+        "k" | "kb" | "kib" => 1.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "--mem {s}: unknown unit '{unit}' (a number with K, M or G, e.g. 512M or 1G)"
+            ))
+        }
+    };
+    let value: f64 = num.parse().map_err(|_| not_a_size())?;
+    let kib = value * kib_per_unit;
+    if !kib.is_finite() || kib > (u64::MAX / 2) as f64 {
+        return Err(format!("--mem {s}: too large"));
+    }
+    if kib % 1024.0 != 0.0 {
+        return Err(format!("--mem {s}: not a whole number of MiB"));
+    }
+    Ok((kib / 1024.0) as u64)
+}
+
 /// `--fail-on oops,warn`.
 fn parse_fail_on(s: &str) -> Result<FailOn, String> {
     let mut f = FailOn::default();
@@ -135,6 +169,10 @@ pub fn run(args: VmArgs) -> ExitCode {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    let mem_mib = match parse_mem(&args.mem) {
+        Ok(m) => m,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
     let mut config = vmm_vmm::VmConfig::new(kernel);
     config.timeout = timeout;
     config.console_log = args.console_log;
@@ -142,7 +180,7 @@ pub fn run(args: VmArgs) -> ExitCode {
     config.pvpanic = !args.no_pvpanic;
     config.initrd = args.initrd;
     config.cmdline = args.cmdline;
-    config.mem_mib = args.mem;
+    config.mem_mib = mem_mib;
     config.cpus = args.cpus;
     config.devices = devices;
     config.virtiofsd = args.virtiofsd;
@@ -237,5 +275,40 @@ fn exit_status(e: &vmm_vmm::VmmError) -> u8 {
             vmm_vmm::control::Error::InUse(_) | vmm_vmm::control::Error::NotSocket(_),
         ) => EXIT_USAGE,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mem;
+
+    #[test]
+    fn memory_sizes_as_users_type_them() {
+        for (s, mib) in [
+            ("256", 256),
+            ("512M", 512),
+            ("512m", 512),
+            ("512MiB", 512),
+            ("1G", 1024),
+            ("1.5G", 1536),
+            ("2GiB", 2048),
+            ("65536K", 64),
+            (" 1g ", 1024),
+        ] {
+            assert_eq!(parse_mem(s), Ok(mib), "{s}");
+        }
+        for (s, why) in [
+            ("12X", "unknown unit 'X'"),
+            ("G", "not a size"),
+            ("1.2.3G", "not a size"),
+            ("1000K", "not a whole number of MiB"),
+            ("0.1M", "not a whole number of MiB"),
+            ("-1G", "not a size"),
+            ("99999999999999999999T", "too large"),
+        ] {
+            let e = parse_mem(s).unwrap_err();
+            assert!(e.starts_with(&format!("--mem {s}: ")), "{e}");
+            assert!(e.contains(why), "{s}: {e}");
+        }
     }
 }

@@ -22,7 +22,7 @@ fn assert_usage_errors(cases: &[(Vec<&str>, &str)]) {
 #[test]
 fn the_test_guest_boots_from_both_forms_and_its_status_is_ours() {
     for image in [vmm_test_guest::ELF_PATH, vmm_test_guest::BZIMAGE_PATH] {
-        let (code, out, err) = vmm(&["--kernel", image, "--mem", "64", "--cpus", "2"]);
+        let (code, out, err) = vmm(&["--kernel", image, "--mem", "64M", "--cpus", "2"]);
         assert_eq!(
             code,
             i32::from(vmm_test_guest::EXIT_SUCCESS),
@@ -58,6 +58,22 @@ fn bad_kernels_and_options_exit_2_with_one_line() {
         (
             vec!["--kernel", vmm_test_guest::ELF_PATH, "--mem", "1"],
             "mem",
+        ),
+        (
+            vec!["--kernel", vmm_test_guest::ELF_PATH, "--mem", "12X"],
+            "--mem 12x: unknown unit",
+        ),
+        (
+            vec![
+                "run",
+                "--kernel",
+                vmm_test_guest::ELF_PATH,
+                "--mem",
+                "1.1M",
+                "--",
+                "true",
+            ],
+            "--mem 1.1m: not a whole number of mib",
         ),
         (
             vec![
