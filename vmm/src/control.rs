@@ -238,6 +238,15 @@ fn parse(line: &str) -> Result<Request, String> {
     }
 }
 
+/// Parses one request line as the server does (UTF-8, then the words), without acting on it.
+/// For fuzz targets: whatever a client sends, this returns.
+#[doc(hidden)]
+pub fn check_request(line: &[u8]) -> Result<(), String> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let text = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_string())?;
+    parse(text).map(drop)
+}
+
 /// A connected client: what it sent that is not a whole line yet, and replies it has not read.
 struct Client {
     stream: UnixStream,

@@ -649,6 +649,37 @@ impl VirtioBlk {
         }
     }
 
+    /// Serves, on this thread, every chain the guest made available on a queue of `size` at
+    /// these guest addresses, as the worker does after a kick; returns whether the guest would
+    /// be interrupted. For fuzz targets, whose input is the guest's memory: a queue the
+    /// transport would refuse is an error, as at activation.
+    #[doc(hidden)]
+    pub fn serve_once(
+        &mut self,
+        size: u16,
+        desc_table: GuestAddress,
+        avail_ring: GuestAddress,
+        used_ring: GuestAddress,
+    ) -> Result<bool, BlkError> {
+        let mut queue = Queue::new(QUEUE_MAX_SIZE).map_err(BlkError::Queue)?;
+        queue.try_set_size(size).map_err(BlkError::Queue)?;
+        queue
+            .try_set_desc_table_address(desc_table)
+            .map_err(BlkError::Queue)?;
+        queue
+            .try_set_avail_ring_address(avail_ring)
+            .map_err(BlkError::Queue)?;
+        queue
+            .try_set_used_ring_address(used_ring)
+            .map_err(BlkError::Queue)?;
+        queue.set_ready(true);
+        if !queue.is_valid(&self.mem) {
+            return Err(BlkError::BadQueue);
+        }
+        let disk = self.disk.as_mut().ok_or(BlkError::Lost)?;
+        Ok(process_queue(&mut queue, &self.mem, disk))
+    }
+
     /// The device's statistics.
     pub fn counters(&self) -> Arc<Counters> {
         self.counters.clone()
