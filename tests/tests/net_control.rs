@@ -408,7 +408,9 @@ fn a_flashed_filter_replaces_the_raw_receive_filter_only_with_bpfflash() {
 
     // Without bpfflash=1 the filter stays as configured.
     let plain = ns
-        .enter(|| NetBackend::open(&parse_spec(&format!("vec0:transport=raw,ifname={va}")).unwrap()))
+        .enter(|| {
+            NetBackend::open(&parse_spec(&format!("vec0:transport=raw,ifname={va}")).unwrap())
+        })
         .expect("raw backend");
     let e = plain.control().flash_bpf(&drop_9999).unwrap_err();
     assert!(matches!(e, FlashError::NotAllowed { .. }), "{e:?}");
@@ -468,7 +470,10 @@ fn a_flashed_filter_replaces_the_raw_receive_filter_only_with_bpfflash() {
         on_vb.send(&x);
         on_vb.send(&z);
     });
-    assert_eq!(got, z, "the flashed filter did not stay after a refused flash");
+    assert_eq!(
+        got, z,
+        "the flashed filter did not stay after a refused flash"
+    );
 
     // Flashing a program that passes everything lets X through again.
     let all = dir.path().join("all.bpf");

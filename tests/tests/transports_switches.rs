@@ -484,7 +484,10 @@ fn vector_vde_ports_exchange_frames_byte_exact() {
     assert_eq!((a.name(), a.vnet_hdr_len()), ("vde", 0));
     two_ports_exchange(a.as_mut(), b.as_mut());
     // vec=0: one frame per call, still byte-exact, against a port of the legacy form.
-    let mut c = open(&format!("vec2:transport=vde,vnl=vde://{},vec=0", sw.display()));
+    let mut c = open(&format!(
+        "vec2:transport=vde,vnl=vde://{},vec=0",
+        sw.display()
+    ));
     drop(b);
     let mut d = open(&format!("eth0=vde,{}", sw.display()));
     two_ports_exchange(c.as_mut(), d.as_mut());

@@ -36,9 +36,7 @@ use super::datapath::{Datapath, NetCounters};
 use super::device::{self, NetDevice};
 use super::features;
 use crate::config::{MacAddr, NetSpec};
-use crate::transport::{
-    self, BpfProgram, HeaderDrops, Transport, TransportError, TransportStats,
-};
+use crate::transport::{self, BpfProgram, HeaderDrops, Transport, TransportError, TransportStats};
 
 /// The epoll handlers of the connection being served, whose worker polls the transport.
 pub(super) type Workers = Vec<Arc<VringEpollHandler<Arc<RwLock<NetDevice>>>>>;

@@ -256,7 +256,9 @@ fn vector_vde_takes_a_vnl_naming_a_switch() {
         assert_eq!(ok(spec).transport, vde(None), "{spec}");
     }
     // The common vector options, as for the other transports.
-    let s = ok("vec1:transport=vde,vnl=vde:///s,mtu=9000,depth=16,headroom=8,vec=0,mac=02:00:00:00:00:07");
+    let s = ok(
+        "vec1:transport=vde,vnl=vde:///s,mtu=9000,depth=16,headroom=8,vec=0,mac=02:00:00:00:00:07",
+    );
     assert_eq!(
         s.common,
         CommonOpts {
@@ -277,7 +279,12 @@ fn vector_vde_takes_a_vnl_naming_a_switch() {
 
 #[test]
 fn vector_vde_mistakes_name_the_key_and_value() {
-    for scheme in ["tap://tap0", "slirp://", "vxvde://234.0.0.1", "cmd://ssh host vde_plug"] {
+    for scheme in [
+        "tap://tap0",
+        "slirp://",
+        "vxvde://234.0.0.1",
+        "cmd://ssh host vde_plug",
+    ] {
         let spec = format!("vec0:transport=vde,vnl={scheme}");
         let name = scheme.split("://").next().unwrap();
         err(
@@ -299,7 +306,10 @@ fn vector_vde_mistakes_name_the_key_and_value() {
     err("vec0:transport=vde,vnl=a,vnl=b", &["vnl", "twice"]);
     err("vec0:transport=vde,ifname=a", &["ifname=a", "not vde"]);
     err("vec0:transport=vde,gro=1", &["gro=1", "not vde"]);
-    err("vec0:transport=raw,ifname=a,vnl=/x", &["vnl=/x", "vde", "not raw"]);
+    err(
+        "vec0:transport=raw,ifname=a,vnl=/x",
+        &["vnl=/x", "vde", "not raw"],
+    );
     err("vec0:transport=vde,mtu=100", &["mtu=100"]);
     err("vec0:transport=vdex", &["vdex", "vde"]);
 }
@@ -309,7 +319,12 @@ fn bpf_options_are_refused_where_there_is_no_bpf_receive_filter() {
     for t in ["tap", "fd,fd=3", "bess,dst=/x", "vde", "user"] {
         err(
             &format!("vec0:transport={t},bpfflash=1"),
-            &["bpfflash=1", "no BPF receive filter", "raw and hybrid", "replace"],
+            &[
+                "bpfflash=1",
+                "no BPF receive filter",
+                "raw and hybrid",
+                "replace",
+            ],
         );
         err(
             &format!("vec0:transport={t},bpffile=/f"),
@@ -317,7 +332,11 @@ fn bpf_options_are_refused_where_there_is_no_bpf_receive_filter() {
         );
     }
     assert!(ok("vec0:transport=raw,ifname=a,bpfflash=1").common.bpfflash);
-    assert!(ok("vec0:transport=hybrid,ifname=a,bpfflash=1").common.bpfflash);
+    assert!(
+        ok("vec0:transport=hybrid,ifname=a,bpfflash=1")
+            .common
+            .bpfflash
+    );
     assert!(!ok("vec0:transport=raw,ifname=a").common.bpfflash);
 }
 

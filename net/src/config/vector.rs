@@ -205,7 +205,11 @@ pub fn parse(dev: &str, rest: &str) -> Result<NetSpec, ConfigError> {
                     "transport {transport} has no BPF receive filter (only {}, which receive \
                      through an AF_PACKET socket, do): there is no filter to {}",
                     BPF.join(" and "),
-                    if *key == "bpffile" { "attach" } else { "replace" }
+                    if *key == "bpffile" {
+                        "attach"
+                    } else {
+                        "replace"
+                    }
                 ),
             ));
         }
