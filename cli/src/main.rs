@@ -86,6 +86,8 @@ enum Command {
             net swap NIC SPEC             replace the NIC's transport while the guest runs\n  \
             net capture NIC FILE [FILTER] pcap of every frame both ways (tcpdump filter)\n  \
             net capture NIC stop          end the capture, print its counters\n  \
+            net bpf NIC FILE              FILE's classic BPF program (bpffile= format) becomes\n  \
+            \x20                             the receive filter of a raw/hybrid NIC with bpfflash=1\n  \
             halt                          end the VM (status 130)\n  \
             reboot                        boot the same VM afresh\n  \
             sysrq KEY                     a serial BREAK and KEY: Linux's magic SysRq\n  \

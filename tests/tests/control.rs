@@ -163,6 +163,13 @@ fn control_verbs_on_the_test_guest() {
     c.err("net swap vec0 vec0:transport=nope", "nope");
     c.err("net capture vec0 /tmp/x.pcap tcp port", "net capture vec0");
     c.err("sysrq HELP", "sysrq HELP");
+    // The user NIC has no BPF receive filter, and its spec did not say bpfflash=1.
+    c.err(
+        "net bpf vec0 /tmp/x.bpf",
+        "net bpf vec0 /tmp/x.bpf: vec0: `bpfflash=1` not set on NIC vec0 (transport user)",
+    );
+    c.err("net bpf vec0", "net bpf: needs NIC and FILE");
+    c.err("net bpf vec7 /tmp/x.bpf", "NIC 'vec7': no such NIC");
     c.err("info please", "takes no arguments");
     let v = c.raw(b"\xff\xfe junk\n");
     assert_eq!(v["ok"], false);

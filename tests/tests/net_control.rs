@@ -8,7 +8,11 @@
 //!   a swap to a missing interface fails naming it and the current transport keeps working;
 //!   a swap from `tap` with offloads to `fd` is refused; `tap` to `raw` in a namespace works;
 //! - a capture with a filter holds exactly the matching frames of both directions, as tshark
-//!   reads them; a bad filter is an error; with the capture off, the file does not change.
+//!   reads them; a bad filter is an error; with the capture off, the file does not change;
+//! - a filter flash (`bpfflash=1`) on raw in a namespace: frames of a kind arrive, then, with
+//!   a program from tcpdump's compiler that drops them, they do not while others still do and
+//!   our own transmissions still do not come back; refused without `bpfflash=1`; a bad file
+//!   is named and leaves the filter as it was.
 
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -16,12 +20,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use umlnet::backend::{CaptureError, NetBackend, NetControl, SwapError};
+use umlnet::backend::{CaptureError, FlashError, NetBackend, NetControl, SwapError};
 use umlnet::config::parse_spec;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{is_test_frame, test_frame, PacketPeer};
 use vmm_tests::rig::{transport_pair, Rig, HDR, RINGS};
+use vmm_tests::TempDir;
 
 /// Guest buffers of our own (the rig's are at 0x20_0000 and 0x30_0000).
 const TX_AT: u64 = 0x40_0000;
@@ -352,6 +357,133 @@ fn offloads_the_guest_was_offered_pin_the_swap_and_tap_goes_to_raw_in_a_namespac
     assert_eq!(
         (st.get("tx_packets"), st.get("rx_packets"), st.get("swaps")),
         (Some(2), Some(1), Some(1)),
+        "{st:?}"
+    );
+}
+
+/// Writes tcpdump's compilation of `expr` (for Ethernet) as the file `bpffile=` reads: one
+/// `struct sock_filter` (u16 code, u8 jt, u8 jf, u32 k, host byte order) per instruction.
+fn write_bpf(path: &Path, expr: &str) {
+    let out = Command::new("tcpdump")
+        .args(["-y", "EN10MB", "-ddd", expr])
+        .output()
+        .expect("run tcpdump (resources/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "tcpdump -ddd {expr}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let count: usize = lines.next().expect("count").trim().parse().expect("count");
+    let mut bytes = Vec::new();
+    for line in lines.take(count) {
+        let f: Vec<u32> = line
+            .split_whitespace()
+            .map(|w| w.parse().expect("number"))
+            .collect();
+        assert_eq!(f.len(), 4, "{line}");
+        bytes.extend_from_slice(&(f[0] as u16).to_ne_bytes());
+        bytes.extend_from_slice(&[f[1] as u8, f[2] as u8]);
+        bytes.extend_from_slice(&f[3].to_ne_bytes());
+    }
+    assert_eq!(bytes.len(), 8 * count);
+    std::fs::write(path, bytes).expect("write the program");
+}
+
+#[test]
+fn a_flashed_filter_replaces_the_raw_receive_filter_only_with_bpfflash() {
+    let ns = NetNs::new();
+    for key in ["all", "default"] {
+        let (ok, out) = ns.run(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
+        );
+        assert!(ok, "sysctl: {out}");
+    }
+    let (va, vb) = ns.veth_pair(None);
+    let dir = TempDir::new("bf");
+    let drop_9999 = dir.path().join("not-9999.bpf");
+    write_bpf(&drop_9999, "not udp port 9999");
+
+    // Without bpfflash=1 the filter stays as configured.
+    let plain = ns
+        .enter(|| {
+            NetBackend::open(&parse_spec(&format!("vec0:transport=raw,ifname={va}")).unwrap())
+        })
+        .expect("raw backend");
+    let e = plain.control().flash_bpf(&drop_9999).unwrap_err();
+    assert!(matches!(e, FlashError::NotAllowed { .. }), "{e:?}");
+    assert!(e.to_string().contains("`bpfflash=1` not set"), "{e}");
+    drop(plain);
+
+    let backend = ns
+        .enter(|| {
+            NetBackend::open(
+                &parse_spec(&format!("vec0:transport=raw,ifname={va},bpfflash=1")).unwrap(),
+            )
+        })
+        .expect("raw backend with bpfflash");
+    let ctl = backend.control();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || backend.serve_connection(theirs, None));
+    let (_unused, rig_peer) = transport_pair();
+    let mut rig = Rig::connect(ours, rig_peer);
+    rig.zero_rings();
+    assert_eq!(rig.bring_up(RINGS), 0xf);
+    let on_vb = ns.enter(|| PacketPeer::open(&vb, false));
+
+    // Before: frames to port 9999 (X) and to 53 (Y) both reach the guest, byte-exact.
+    let x = udp_frame(HOST_MAC, GUEST_MAC, 5000, 9999, 100);
+    let y = udp_frame(HOST_MAC, GUEST_MAC, 5000, 53, 120);
+    assert_eq!(guest_gets(&mut rig, 0, |_| on_vb.send(&x)), x);
+    assert_eq!(guest_gets(&mut rig, 1, |_| on_vb.send(&y)), y);
+
+    ctl.flash_bpf(&drop_9999).expect("flash");
+    // After: X is dropped in the kernel, Y still arrives: the first frame the guest gets
+    // after sending X then Y is Y.
+    let got = guest_gets(&mut rig, 2, |_| {
+        on_vb.send(&x);
+        on_vb.send(&y);
+    });
+    assert_eq!(got, y, "a frame to port 9999 passed the flashed filter");
+    // Our own transmissions still stay out: the guest sends a frame (it leaves on the
+    // veth), then the next frame it gets is the one sent from the far end, not an echo.
+    let out = udp_frame(GUEST_MAC, HOST_MAC, 4000, 7, 80);
+    guest_sends(&mut rig, 0, &out);
+    let left = on_vb
+        .recv_matching(Duration::from_secs(3), |f| f == out.as_slice())
+        .expect("the guest's frame on the veth");
+    assert_eq!(left, out);
+    let z = udp_frame(HOST_MAC, GUEST_MAC, 5001, 54, 60);
+    assert_eq!(guest_gets(&mut rig, 3, |_| on_vb.send(&z)), z);
+
+    // A bad file is named and changes nothing: X is still dropped.
+    let bad = dir.path().join("bad.bpf");
+    std::fs::write(&bad, [1u8, 2, 3]).unwrap();
+    let e = ctl.flash_bpf(&bad).unwrap_err();
+    assert!(matches!(e, FlashError::Program { .. }), "{e:?}");
+    assert!(e.to_string().contains(&bad.display().to_string()), "{e}");
+    let e = ctl.flash_bpf(&dir.path().join("missing.bpf")).unwrap_err();
+    assert!(e.to_string().contains("missing.bpf"), "{e}");
+    let got = guest_gets(&mut rig, 4, |_| {
+        on_vb.send(&x);
+        on_vb.send(&z);
+    });
+    assert_eq!(
+        got, z,
+        "the flashed filter did not stay after a refused flash"
+    );
+
+    // Flashing a program that passes everything lets X through again.
+    let all = dir.path().join("all.bpf");
+    std::fs::write(&all, umlnet::transport::BpfProgram::ret(u32::MAX)).unwrap();
+    ctl.flash_bpf(&all).expect("flash pass-all");
+    assert_eq!(guest_gets(&mut rig, 5, |_| on_vb.send(&x)), x);
+    let st = ctl.stats();
+    assert_eq!(
+        (st.get("rx_packets"), st.get("tx_packets")),
+        (Some(6), Some(1)),
         "{st:?}"
     );
 }

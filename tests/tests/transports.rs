@@ -5,6 +5,7 @@
 //!   end.
 //! - tap, hybrid: a tap in a namespace; the peer is an AF_PACKET socket on the tap interface.
 //! - fd: a socketpair (seqpacket and datagram).
+//! - raw's bpffile, and hybrid's receive filter replaced (bpfflash's mechanism).
 
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixDatagram;
@@ -181,6 +182,33 @@ fn raw_bpffile_filters_and_malformed_files_are_refused() {
         recv(t.as_mut(), 1, Duration::from_millis(500)).is_empty(),
         "drop-all filter let a frame through"
     );
+}
+
+/// `bpfflash`'s mechanism on hybrid: a replaced receive filter is composed with hybrid's own
+/// direction check, so frames we inject through the tap still never come back, whatever the
+/// new program accepts; a program that drops everything, then one that passes everything.
+#[test]
+fn hybrid_replaced_filter_keeps_the_direction_check() {
+    use umlnet::transport::BpfProgram;
+    let ns = NetNs::new();
+    let tap = ns.tap(None);
+    let s = spec(
+        TransportConfig::Hybrid(HybridConfig {
+            ifname: tap.clone(),
+        }),
+        false,
+    );
+    let (mut t, peer) = open_in(&ns, s, &tap, false);
+    let prog = |k: u32| BpfProgram::parse(&BpfProgram::ret(k)).expect("program");
+    t.replace_filter(&prog(0)).expect("drop-all filter");
+    peer.send(&test_frame(60, HOST, GUEST, 9));
+    assert!(
+        recv(t.as_mut(), 1, Duration::from_millis(500)).is_empty(),
+        "a frame passed the drop-all filter"
+    );
+    t.replace_filter(&prog(u32::MAX)).expect("pass-all filter");
+    // Both ways still, byte-exact, and none of our own transmissions comes back.
+    small_frames_both_ways(t.as_mut(), &peer);
 }
 
 #[test]

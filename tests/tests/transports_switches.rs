@@ -3,7 +3,8 @@
 //! - `daemon`: ports on a real `uml_switch` (uml-utilities): two of ours exchange frames
 //!   byte-exact; a UML guest on UML's own `daemon` transport and a UML guest on our backend
 //!   ping each other through the switch.
-//! - `vde`: the same against a real `vde_switch` (vde2).
+//! - `vde`: the same against a real `vde_switch` (vde2), in the legacy and the vector form
+//!   (`vecN:transport=vde,vnl=vde:///DIR`).
 //! - `pcap`: on a veth in a test-made namespace, frames the filter passes arrive byte-exact,
 //!   frames it rejects do not; transmit is refused and counted; a bad filter expression is
 //!   refused with an error naming it.
@@ -470,6 +471,39 @@ fn vde_two_ports_exchange_frames_byte_exact() {
         .filter(|n| n.starts_with(&format!(".{:05}-", std::process::id())))
         .collect();
     assert!(stale.is_empty(), "data socket names left: {stale:?}");
+}
+
+/// UML >= 6.12's vector form: `vecN:transport=vde,vnl=vde:///DIR` and `vnl=DIR` are ports on
+/// the same switch as the legacy form's, byte-exact both ways, also against a legacy port.
+#[test]
+fn vector_vde_ports_exchange_frames_byte_exact() {
+    let dir = TempDir::new("vv");
+    let (mut switch, sw) = vde_switch(&dir);
+    let mut a = open(&format!("vec0:transport=vde,vnl=vde://{}", sw.display()));
+    let mut b = open(&format!("vec1:transport=vde,vnl={},depth=8", sw.display()));
+    assert_eq!((a.name(), a.vnet_hdr_len()), ("vde", 0));
+    two_ports_exchange(a.as_mut(), b.as_mut());
+    // vec=0: one frame per call, still byte-exact, against a port of the legacy form.
+    let mut c = open(&format!(
+        "vec2:transport=vde,vnl=vde://{},vec=0",
+        sw.display()
+    ));
+    drop(b);
+    let mut d = open(&format!("eth0=vde,{}", sw.display()));
+    two_ports_exchange(c.as_mut(), d.as_mut());
+    drop((a, c, d));
+    assert!(switch.running(), "vde_switch died:\n{}", switch.log());
+    // Another libvdeplug module is refused before anything opens, naming the locator.
+    let e = parse_spec("vec0:transport=vde,vnl=vxvde://234.0.0.1").unwrap_err();
+    assert!(e.to_string().contains("vnl=vxvde://234.0.0.1"), "{e}");
+    // A vector port on a missing switch names its control socket.
+    let s = parse_spec(&format!(
+        "vec0:transport=vde,vnl=vde://{}/no-switch",
+        dir.path().display()
+    ))
+    .expect("parse");
+    let err = transport::open(&s).err().expect("opened without a switch");
+    assert!(err.to_string().contains("no-switch/ctl"), "{err}");
 }
 
 #[test]

@@ -12,6 +12,9 @@
 //!   serves itself); the guest's NIC (MAC, features, rings) stays as it is;
 //! - `net capture NIC FILE [FILTER]`, `net capture NIC stop`: every frame both ways (that the
 //!   tcpdump-syntax FILTER passes) to a pcap file Wireshark opens;
+//! - `net bpf NIC FILE`: the classic BPF program in FILE (`bpffile=`'s format) replaces the
+//!   receive filter of the NIC's raw or hybrid socket, UML's `bpfflash`; only on a NIC whose
+//!   spec said `bpfflash=1`;
 //! - `halt`: the VM ends (status 130); `reboot`: the VMM boots the same configuration afresh;
 //! - `sysrq KEY`: a serial BREAK and KEY on the console, which Linux takes as magic SysRq KEY;
 //! - `pause`, `resume`: the vCPUs stop between two `KVM_RUN`s and start again.
@@ -51,7 +54,8 @@ pub const MAX_CLIENTS: usize = 64;
 
 /// The verbs, for `help` and for errors naming an unknown one.
 pub const HELP: &str = "info | net link NIC up|down | net swap NIC SPEC | \
-                        net capture NIC FILE [FILTER] | net capture NIC stop | halt | reboot | \
+                        net capture NIC FILE [FILTER] | net capture NIC stop | net bpf NIC FILE | \
+                        halt | reboot | \
                         sysrq KEY | pause | resume | help";
 
 /// Why the control socket cannot be set up.
@@ -170,6 +174,10 @@ enum Request {
     CaptureStop {
         nic: String,
     },
+    Bpf {
+        nic: String,
+        file: PathBuf,
+    },
     Halt,
     Reboot,
     Sysrq(u8),
@@ -232,8 +240,13 @@ fn parse(line: &str) -> Result<Request, String> {
         ["net", "capture", ..] => {
             Err("net capture: needs NIC and FILE [FILTER], or NIC stop".into())
         }
-        ["net", sub, ..] => Err(format!("net {sub}: unknown (net link|swap|capture)")),
-        ["net"] => Err("net: needs a sub-verb (net link|swap|capture)".into()),
+        ["net", "bpf", nic, file] => Ok(Request::Bpf {
+            nic: nic.to_string(),
+            file: PathBuf::from(file),
+        }),
+        ["net", "bpf", ..] => Err("net bpf: needs NIC and FILE (a classic BPF program)".into()),
+        ["net", sub, ..] => Err(format!("net {sub}: unknown (net link|swap|capture|bpf)")),
+        ["net"] => Err("net: needs a sub-verb (net link|swap|capture|bpf)".into()),
         [verb, ..] => Err(format!("verb '{verb}': unknown (verbs: {HELP})")),
     }
 }
@@ -527,6 +540,18 @@ impl ControlServer {
                     "error": summary.error,
                 }))
             }
+            Request::Bpf { nic, file } => {
+                let control = self.served(&nic, "net bpf")?;
+                control
+                    .flash_bpf(&file)
+                    .map_err(|e| format!("net bpf {nic} {}: {e}", file.display()))?;
+                Ok(json!({
+                    "ok": true,
+                    "nic": nic,
+                    "bpf": file.display().to_string(),
+                    "transport": control.stats().transport,
+                }))
+            }
             Request::Halt => {
                 self.ctx.exit.request(ExitRequest::Halt);
                 Ok(json!({"ok": true, "state": "halting"}))
@@ -703,6 +728,13 @@ mod tests {
             parse("net capture vec0 stop"),
             Ok(Request::CaptureStop { nic: "vec0".into() })
         );
+        assert_eq!(
+            parse("net bpf vec0 /tmp/drop.bpf"),
+            Ok(Request::Bpf {
+                nic: "vec0".into(),
+                file: "/tmp/drop.bpf".into()
+            })
+        );
         for (bad, why) in [
             ("", "empty request"),
             ("frob", "verb 'frob': unknown"),
@@ -715,6 +747,8 @@ mod tests {
             ("net frob", "net frob: unknown"),
             ("net swap vec0", "net swap: needs NIC and SPEC"),
             ("net capture vec0", "net capture: needs NIC and FILE"),
+            ("net bpf vec0", "net bpf: needs NIC and FILE"),
+            ("net bpf vec0 /a /b", "net bpf: needs NIC and FILE"),
             ("sysrq HH", "sysrq HH: KEY is one character"),
             ("sysrq", "needs one KEY"),
             ("sysrq \u{e9}", "KEY is one character"),

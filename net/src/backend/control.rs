@@ -16,10 +16,17 @@
 //! change, so a spec that would change it is refused (see [`SwapError`]).
 //! The spec's device name must be the device's: the control socket addresses devices by name,
 //! and a spec written for `vec1` sent to `vec0` is more likely a mistake than a wish.
+//!
+//! Filter flash ([`NetControl::flash_bpf`], UML's `bpfflash`): on a device whose spec said
+//! `bpfflash=1` (raw or hybrid), a classic BPF program from a file replaces the receive
+//! filter of the live socket, between batches. The program is read and checked on the
+//! caller's thread first, so a bad file changes nothing. A swap brings the new spec's
+//! `bpffile` (or none) and `bpfflash` with the new transport: a flashed filter does not carry
+//! over.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use vhost_user_backend::VringEpollHandler;
@@ -29,7 +36,7 @@ use super::datapath::{Datapath, NetCounters};
 use super::device::{self, NetDevice};
 use super::features;
 use crate::config::{MacAddr, NetSpec};
-use crate::transport::{self, HeaderDrops, Transport, TransportError, TransportStats};
+use crate::transport::{self, BpfProgram, HeaderDrops, Transport, TransportError, TransportStats};
 
 /// The epoll handlers of the connection being served, whose worker polls the transport.
 pub(super) type Workers = Vec<Arc<VringEpollHandler<Arc<RwLock<NetDevice>>>>>;
@@ -73,6 +80,32 @@ pub enum SwapError {
         device: String,
         #[source]
         source: std::io::Error,
+    },
+}
+
+/// Why a receive filter was not replaced. In every case the old filter is still in place.
+#[derive(Debug, thiserror::Error)]
+pub enum FlashError {
+    /// The device's spec did not allow it.
+    #[error("{device}: `bpfflash=1` not set on NIC {device} (transport {transport}): its receive filter may not be replaced")]
+    NotAllowed {
+        device: String,
+        transport: &'static str,
+    },
+    /// The file cannot be read, or is not a classic BPF program.
+    #[error("{device}: BPF program `{path}`: {reason}")]
+    Program {
+        device: String,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The transport refused it (the kernel's verifier, or no socket filter to replace).
+    #[error("{device}: BPF program `{path}`: {source}")]
+    Attach {
+        device: String,
+        path: PathBuf,
+        #[source]
+        source: TransportError,
     },
 }
 
@@ -150,6 +183,8 @@ pub(super) struct Shared {
     pub offered: u64,
     pub mac: MacAddr,
     pub mtu: u16,
+    /// The current transport's spec said `bpfflash=1`: its receive filter may be replaced.
+    bpfflash: AtomicBool,
     /// The connection being served, if any. Held while its transport descriptors are
     /// (un)registered, so a swap and a connection's start cannot interleave.
     pub workers: Mutex<Option<Workers>>,
@@ -167,6 +202,7 @@ impl Shared {
         offered: u64,
         mac: MacAddr,
         mtu: u16,
+        bpfflash: bool,
     ) -> Self {
         Shared {
             name,
@@ -174,6 +210,7 @@ impl Shared {
             offered,
             mac,
             mtu,
+            bpfflash: AtomicBool::new(bpfflash),
             workers: Mutex::new(None),
             capture: Mutex::new(None),
             last_capture: Mutex::new(None),
@@ -294,6 +331,7 @@ impl NetControl {
             1
         };
         let headroom = spec.common.headroom;
+        let bpfflash = spec.common.bpfflash;
 
         let workers = lock(&s.workers);
         let (old, old_fds, new_fds) = {
@@ -325,6 +363,7 @@ impl NetControl {
                 });
             }
         }
+        s.bpfflash.store(bpfflash, Ordering::Relaxed);
         drop(workers);
         let old_stats = old.stats();
         add_transport_stats(&mut lock(&s.retired), &old_stats);
@@ -337,6 +376,50 @@ impl NetControl {
             old.name()
         );
         drop(old);
+        Ok(())
+    }
+
+    /// Replaces the receive filter of the device's transport with the classic BPF program in
+    /// the file at `program` (the format of `bpffile=`: `struct sock_filter`s, 8 bytes each,
+    /// host byte order), as UML's `bpfflash` lets its guest do. Allowed only when the
+    /// current transport's spec said `bpfflash=1` (which the parser allows only on raw and
+    /// hybrid). The transport's own filtering stays: raw still drops copies of its own
+    /// transmissions, hybrid still keeps only what the host transmits. The file is read and
+    /// checked before the datapath is touched; the new filter is attached between batches.
+    /// On any error the old filter stays.
+    pub fn flash_bpf(&self, program: &Path) -> Result<(), FlashError> {
+        let s = &*self.shared;
+        let device = || s.name.clone();
+        if !s.bpfflash.load(Ordering::Relaxed) {
+            return Err(FlashError::NotAllowed {
+                device: device(),
+                transport: device::lock(&s.dp).transport().name(),
+            });
+        }
+        let prog = std::fs::read(program)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| BpfProgram::parse(&bytes))
+            .map_err(|reason| FlashError::Program {
+                device: device(),
+                path: program.to_path_buf(),
+                reason,
+            })?;
+        let mut dp = device::lock(&s.dp);
+        let transport = dp.transport().name();
+        dp.transport_mut()
+            .replace_filter(&prog)
+            .map_err(|source| FlashError::Attach {
+                device: device(),
+                path: program.to_path_buf(),
+                source,
+            })?;
+        drop(dp);
+        log::info!(
+            "{}: receive filter of transport {transport} replaced by {} ({} instructions)",
+            s.name,
+            program.display(),
+            prog.instructions().len()
+        );
         Ok(())
     }
 

@@ -320,6 +320,11 @@ impl Datapath {
         self.transport.as_ref()
     }
 
+    /// The transport, to change it in place between batches (its receive filter).
+    pub fn transport_mut(&mut self) -> &mut dyn Transport {
+        self.transport.as_mut()
+    }
+
     pub fn stats(&self) -> Arc<NetCounters> {
         self.stats.clone()
     }

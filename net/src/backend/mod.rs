@@ -10,7 +10,7 @@
 //! - [`guard`]: a SIGBUS guard over guest memory whose file could not be sealed;
 //! - [`server`]: the listening socket, reconnection, and the connection API the VMM uses;
 //! - [`control`]: the run-time handle the VMM's control socket uses (counters, transport
-//!   swap, capture);
+//!   swap, receive-filter flash, capture);
 //! - [`capture`]: frames into a pcap file, filtered, without ever blocking the datapath.
 
 pub mod capture;
@@ -24,7 +24,7 @@ pub mod policy;
 pub mod server;
 
 pub use capture::{CaptureError, CaptureSummary};
-pub use control::{NetControl, NetStats, SwapError};
+pub use control::{FlashError, NetControl, NetStats, SwapError};
 pub use datapath::NetCounters;
 pub use server::{serve, NetBackend};
 

@@ -68,6 +68,7 @@ impl NetBackend {
                 offered,
                 mac,
                 spec.common.mtu,
+                spec.common.bpfflash,
             )),
             dp,
             offered,

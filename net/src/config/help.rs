@@ -28,7 +28,9 @@ tap, hybrid, raw also:
 raw, hybrid also:
   bpffile=PATH  classic BPF program (an array of struct sock_filter, 8 bytes each) attached as
                 the receive filter; a malformed file is refused at start-up
-  bpfflash=0|1  let the guest replace the filter                           default 0
+  bpfflash=0|1  allow the receive filter to be replaced while the VM runs (UML: the guest's
+                ethtool -f; here the control socket's `net bpf NIC FILE`)  default 0
+                Both are refused on other transports: they have no BPF receive filter.
 
 vector transports:
   tap       ifname=NAME (optional: a new tapN is created)
@@ -63,6 +65,13 @@ vector transports:
             HOSTADDR:HPORT (default 127.0.0.1, never all addresses unless 0.0.0.0 is given)
             to the guest's GUESTADDR:GPORT (default the first DHCP address); give hostfwd=
             once per forward, e.g. hostfwd=tcp::2222-:22,hostfwd=udp::5353-:53.
+  vde       vnl=VNL
+            A port on a vde_switch (UML >= 6.12's vector form of ethN=vde). VNL is libvdeplug4's
+            locator: vde:///DIR or a plain DIR (the switch's directory, holding DIR/ctl), or
+            vde:// or empty (libvdeplug's default switch: /var/run/vde.ctl, then /tmp/vde.ctl).
+            We speak vde_switch's protocol ourselves (every frame one datagram, multi-packet);
+            libvdeplug's other modules (tap://, slirp://, vxvde://, cmd://, ...) and its
+            [options] are refused: use transport=tap or user, or ethN=vde for PORT/GROUP/MODE.
 
 legacy transports:
   ethN=tuntap,IFNAME,MAC,GATE_IP          an existing tap IFNAME (required: the setuid uml_net
@@ -83,5 +92,6 @@ EXAMPLES
   vec0:transport=user,hostfwd=tcp::8080-:80
   user,hostfwd=tcp:127.0.0.1:2222-10.0.2.15:22,restrict=1
   eth0=mcast,,239.192.168.1,1102,1
+  vec0:transport=vde,vnl=vde:///tmp/switch
   eth0=daemon,,unix,/tmp/uml.ctl
 ";

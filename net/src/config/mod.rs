@@ -138,7 +138,8 @@ pub struct CommonOpts {
     pub mac: Option<MacAddr>,
     /// Classic BPF program attached as the receive filter (`bpffile`).
     pub bpffile: Option<PathBuf>,
-    /// Allow the guest to replace the filter (`bpfflash`, default off).
+    /// Allow the filter to be replaced while the device runs (`bpfflash`, default off): UML
+    /// lets the guest do it (`ethtool -f`); here it is the control socket's `net bpf NIC FILE`.
     pub bpfflash: bool,
 }
 
@@ -179,7 +180,8 @@ pub enum TransportConfig {
     Pcap(PcapConfig),
     /// Legacy `ethN=daemon,...` (a `uml_switch` port).
     Daemon(DaemonConfig),
-    /// Legacy `ethN=vde,...` (a `vde_switch` port).
+    /// Legacy `ethN=vde,...` or UML >= 6.12's `vecN:transport=vde,vnl=VNL` (a `vde_switch`
+    /// port).
     Vde(VdeConfig),
 }
 
@@ -355,7 +357,9 @@ pub struct DaemonConfig {
     pub ctl: PathBuf,
 }
 
-/// Legacy `ethN=vde,SWITCH,MAC,PORT,GROUP,MODE,DESCR`.
+/// Legacy `ethN=vde,SWITCH,MAC,PORT,GROUP,MODE,DESCR`, or `vecN:transport=vde,vnl=VNL` (the
+/// switch from `vnl=vde://PATH` or `vnl=PATH`; port, group, mode and description at their
+/// defaults, as UML's vector transport leaves them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VdeConfig {
     /// The switch's directory; `None` is vde's default.

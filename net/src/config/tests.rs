@@ -227,6 +227,120 @@ fn mistakes_name_the_option_and_value() {
 }
 
 #[test]
+fn vector_vde_takes_a_vnl_naming_a_switch() {
+    let vde = |switch: Option<&str>| {
+        TransportConfig::Vde(VdeConfig {
+            switch: switch.map(Into::into),
+            port: None,
+            group: None,
+            mode: None,
+            descr: None,
+        })
+    };
+    let s = ok("vec2:transport=vde,vnl=vde:///tmp/switch");
+    assert_eq!(s.name, "vec2");
+    assert_eq!(s.transport, vde(Some("/tmp/switch")));
+    assert_eq!(s.common, CommonOpts::default());
+    // A plain path is a switch directory too (relative paths stay relative).
+    assert_eq!(
+        ok("vec0:transport=vde,vnl=/var/run/sw").transport,
+        vde(Some("/var/run/sw"))
+    );
+    assert_eq!(ok("vec0:transport=vde,vnl=sw").transport, vde(Some("sw")));
+    // Absent, empty or bare `vde://`: libvdeplug's default switch.
+    for spec in [
+        "vec0:transport=vde",
+        "vec0:transport=vde,vnl=",
+        "vec0:transport=vde,vnl=vde://",
+    ] {
+        assert_eq!(ok(spec).transport, vde(None), "{spec}");
+    }
+    // The common vector options, as for the other transports.
+    let s = ok(
+        "vec1:transport=vde,vnl=vde:///s,mtu=9000,depth=16,headroom=8,vec=0,mac=02:00:00:00:00:07",
+    );
+    assert_eq!(
+        s.common,
+        CommonOpts {
+            depth: 16,
+            mtu: 9000,
+            headroom: 8,
+            vec: false,
+            mac: Some(MacAddr([2, 0, 0, 0, 0, 7])),
+            ..CommonOpts::default()
+        }
+    );
+    // The vector and the legacy form give the same port.
+    assert_eq!(
+        ok("vec0:transport=vde,vnl=vde:///tmp/sw").transport,
+        ok("eth0=vde,/tmp/sw").transport
+    );
+}
+
+#[test]
+fn vector_vde_mistakes_name_the_key_and_value() {
+    for scheme in [
+        "tap://tap0",
+        "slirp://",
+        "vxvde://234.0.0.1",
+        "cmd://ssh host vde_plug",
+    ] {
+        let spec = format!("vec0:transport=vde,vnl={scheme}");
+        let name = scheme.split("://").next().unwrap();
+        err(
+            &spec,
+            &[
+                "vec0",
+                &format!("vnl={scheme}"),
+                &format!("`{name}://`"),
+                "not supported",
+                "vde://PATH",
+                "plain PATH",
+            ],
+        );
+    }
+    err(
+        "vec0:transport=vde,vnl=vde:///tmp/sw[port=3]",
+        &["vnl=vde:///tmp/sw[port=3]", "[options]", "ethN=vde"],
+    );
+    err("vec0:transport=vde,vnl=a,vnl=b", &["vnl", "twice"]);
+    err("vec0:transport=vde,ifname=a", &["ifname=a", "not vde"]);
+    err("vec0:transport=vde,gro=1", &["gro=1", "not vde"]);
+    err(
+        "vec0:transport=raw,ifname=a,vnl=/x",
+        &["vnl=/x", "vde", "not raw"],
+    );
+    err("vec0:transport=vde,mtu=100", &["mtu=100"]);
+    err("vec0:transport=vdex", &["vdex", "vde"]);
+}
+
+#[test]
+fn bpf_options_are_refused_where_there_is_no_bpf_receive_filter() {
+    for t in ["tap", "fd,fd=3", "bess,dst=/x", "vde", "user"] {
+        err(
+            &format!("vec0:transport={t},bpfflash=1"),
+            &[
+                "bpfflash=1",
+                "no BPF receive filter",
+                "raw and hybrid",
+                "replace",
+            ],
+        );
+        err(
+            &format!("vec0:transport={t},bpffile=/f"),
+            &["bpffile=/f", "no BPF receive filter", "attach"],
+        );
+    }
+    assert!(ok("vec0:transport=raw,ifname=a,bpfflash=1").common.bpfflash);
+    assert!(
+        ok("vec0:transport=hybrid,ifname=a,bpfflash=1")
+            .common
+            .bpfflash
+    );
+    assert!(!ok("vec0:transport=raw,ifname=a").common.bpfflash);
+}
+
+#[test]
 fn trailing_commas_are_harmless() {
     assert_eq!(
         ok("vec0:transport=raw,ifname=a,").transport,
@@ -320,6 +434,7 @@ fn never_panics() {
         "vec0:transport=l2tpv3,udp=1,src=::1,srcport=1,dst=::2,dstport=2,rx_session=1,tx_session=2,v6=1",
         "vec0:transport=gre,src=1.1.1.1,dst=2.2.2.2,rx_key=1,tx_key=2",
         "eth0=vde,/a,02:00:00:00:00:01,1,g,0700,d",
+        "vec0:transport=vde,vnl=vde:///tmp/sw,mac=02:00:00:00:00:01",
         "eth0=pcap,eth0,port 80,promisc,optimize,02:00:00:00:00:01",
     ];
     let alphabet: Vec<char> = "vecth0123456789:=,.x/-_ abcdefipv6\u{e9}\u{1f600}\0"

@@ -118,6 +118,37 @@ pub fn path(value: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(value))
 }
 
+/// What `vnl=` may name, for errors.
+pub const VNL_SUPPORTED: &str =
+    "vde://PATH or a plain PATH (a vde_switch directory), or vde:// or empty (libvdeplug's default switch)";
+
+/// libvdeplug4's "virtual network locator" for `transport=vde`: the vde_switch directory, or
+/// `None` for libvdeplug's default switch. `vde://PATH` and a plain `PATH` name a switch;
+/// `vde://` and the empty string its default. Every other libvdeplug module (`tap://`,
+/// `slirp://`, `vxvde://`, `cmd://`, ...) is refused: see [`crate::transport`]'s `vde`
+/// module for why we speak vde_switch's protocol ourselves rather than link libvdeplug.
+pub fn vnl(value: &str) -> Result<Option<PathBuf>, String> {
+    if value.contains('\0') {
+        return Err("NUL in the locator".into());
+    }
+    let path = match value.split_once("://") {
+        Some(("vde", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "libvdeplug's `{scheme}://` module is not supported: supported are {VNL_SUPPORTED}"
+            ))
+        }
+        None => value,
+    };
+    if path.contains('[') {
+        return Err(format!(
+            "libvdeplug's `[options]` are not supported (supported are {VNL_SUPPORTED}); \
+             use the legacy ethN=vde,SWITCH,MAC,PORT,GROUP,MODE,DESCR for a port, group or mode"
+        ));
+    }
+    Ok((!path.is_empty()).then(|| PathBuf::from(path)))
+}
+
 /// The IPv4 mask of a prefix length (0..=32), as a host-order number.
 pub fn prefix_mask(prefix: u8) -> u32 {
     match prefix {

@@ -8,12 +8,15 @@ use super::value;
 use super::*;
 
 /// The vector transports, in UML's order.
-pub const TRANSPORTS: &str = "tap, hybrid, raw, gre, l2tpv3, bess, fd, user";
+pub const TRANSPORTS: &str = "tap, hybrid, raw, gre, l2tpv3, bess, fd, user, vde";
 
 /// Every transport: options common to all.
 const ALL: &[&str] = &[
-    "tap", "hybrid", "raw", "gre", "l2tpv3", "bess", "fd", "user",
+    "tap", "hybrid", "raw", "gre", "l2tpv3", "bess", "fd", "user", "vde",
 ];
+/// Transports with a classic BPF receive filter (an AF_PACKET socket's): `bpffile` and
+/// `bpfflash` only mean something there.
+const BPF: &[&str] = &["raw", "hybrid"];
 /// Transports that carry a `virtio_net_hdr` and so can offload.
 const VNET: &[&str] = &["tap", "hybrid", "raw"];
 
@@ -26,8 +29,8 @@ const OPTIONS: &[(&str, &[&str])] = &[
     ("vec", ALL),
     ("mac", ALL),
     ("gro", VNET),
-    ("bpffile", &["raw", "hybrid"]),
-    ("bpfflash", &["raw", "hybrid"]),
+    ("bpffile", BPF),
+    ("bpfflash", BPF),
     ("ifname", VNET),
     ("src", &["gre", "l2tpv3", "bess"]),
     ("dst", &["gre", "l2tpv3", "bess"]),
@@ -50,6 +53,7 @@ const OPTIONS: &[(&str, &[&str])] = &[
     ("hostfwd", &["user"]),
     ("net", &["user"]),
     ("restrict", &["user"]),
+    ("vnl", &["vde"]),
 ];
 
 /// Options that may be given more than once, each occurrence adding one more (QEMU's
@@ -193,6 +197,22 @@ pub fn parse(dev: &str, rest: &str) -> Result<NetSpec, ConfigError> {
         });
     }
     for (key, val) in &opts.items {
+        if matches!(*key, "bpffile" | "bpfflash") && !BPF.contains(&transport) {
+            return Err(opts.bad(
+                key,
+                val,
+                format!(
+                    "transport {transport} has no BPF receive filter (only {}, which receive \
+                     through an AF_PACKET socket, do): there is no filter to {}",
+                    BPF.join(" and "),
+                    if *key == "bpffile" {
+                        "attach"
+                    } else {
+                        "replace"
+                    }
+                ),
+            ));
+        }
         let belongs = OPTIONS
             .iter()
             .find(|(k, _)| k == key)
@@ -225,6 +245,14 @@ pub fn parse(dev: &str, rest: &str) -> Result<NetSpec, ConfigError> {
             dst: opts.required("bess", "dst", value::socket_path)?,
         }),
         "user" => TransportConfig::User(user(&opts)?),
+        // UML >= 6.12's vector form of the legacy `ethN=vde,...`: the same switch port.
+        "vde" => TransportConfig::Vde(VdeConfig {
+            switch: opts.parse("vnl", value::vnl)?.flatten(),
+            port: None,
+            group: None,
+            mode: None,
+            descr: None,
+        }),
         _ => TransportConfig::Fd(FdConfig {
             fd: opts.required("fd", "fd", |v| {
                 value::number(v, i32::MAX as u64).map(|n| n as i32)

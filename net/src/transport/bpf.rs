@@ -9,7 +9,7 @@ use super::TransportError;
 pub const MAX_INSNS: usize = 4096;
 
 /// A validated program, ready for `SO_ATTACH_FILTER`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct BpfProgram {
     insns: Vec<libc::sock_filter>,
 }

@@ -94,4 +94,14 @@ impl Transport for Hybrid {
             ..self.stats
         }
     }
+
+    fn replace_filter(&mut self, program: &BpfProgram) -> Result<(), TransportError> {
+        self.sock
+            .set_filter(program)
+            .map_err(|source| TransportError::Io {
+                transport: "hybrid",
+                op: "SO_ATTACH_FILTER",
+                source,
+            })
+    }
 }

@@ -358,6 +358,18 @@ pub trait Transport: Send {
     fn stats(&self) -> TransportStats {
         TransportStats::default()
     }
+
+    /// Replaces the classic BPF receive filter (`bpffile=`'s, or none) with `program`, keeping
+    /// the transport's own filtering (raw drops our transmissions, hybrid keeps only what the
+    /// host transmits). Only raw and hybrid receive through a socket filter; the others
+    /// refuse. The caller decides whether replacing is allowed (`bpfflash=1`).
+    fn replace_filter(&mut self, program: &BpfProgram) -> Result<(), TransportError> {
+        let _ = program;
+        Err(TransportError::Invalid {
+            transport: self.name(),
+            reason: "no BPF receive filter to replace (only raw and hybrid have one)".into(),
+        })
+    }
 }
 
 pub mod wire;

@@ -61,17 +61,7 @@ impl PacketSocket {
             // Linux >= 4.20; the pkttype check in `recv` covers older kernels.
             let _ = sys::setsockopt_int(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
         }
-        // Hybrid keeps only what the host transmits: checking the direction in the kernel
-        // spares a copy of every frame we inject through the tap (which the socket sees as
-        // incoming), 64 KiB each with TSO. The check in `recv` stays as a second line.
-        let direction_filter = match keep {
-            Direction::Outgoing => Some(
-                BpfProgram::only_pkttype(libc::PACKET_OUTGOING, filter)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-            ),
-            Direction::Incoming => None,
-        };
-        if let Some(prog) = direction_filter.as_ref().or(filter) {
+        if let Some(prog) = Self::compose(keep, filter)? {
             sys::attach_filter(raw, prog.instructions())?;
         }
         sys::bind_packet(raw, index)?;
@@ -81,6 +71,35 @@ impl PacketSocket {
             keep,
             drops: KernelDrops::default(),
         })
+    }
+
+    /// The program the kernel runs for `keep` and the user's `filter`, `None` for none.
+    ///
+    /// Hybrid keeps only what the host transmits: checking the direction in the kernel spares
+    /// a copy of every frame we inject through the tap (which the socket sees as incoming),
+    /// 64 KiB each with TSO. Raw's own transmissions are kept out by `PACKET_IGNORE_OUTGOING`,
+    /// a socket option no filter replaces. The check in `recv` stays as a second line for both.
+    fn compose(
+        keep: Direction,
+        filter: Option<&BpfProgram>,
+    ) -> io::Result<Option<std::borrow::Cow<'_, BpfProgram>>> {
+        use std::borrow::Cow;
+        Ok(match keep {
+            Direction::Outgoing => Some(Cow::Owned(
+                BpfProgram::only_pkttype(libc::PACKET_OUTGOING, filter)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            )),
+            Direction::Incoming => filter.map(Cow::Borrowed),
+        })
+    }
+
+    /// Replaces the receive filter with `filter`, composed with the direction check as at
+    /// open (`SO_ATTACH_FILTER` swaps programs atomically: every frame meets the old filter
+    /// or the new one). Frames already queued passed the old filter and stay queued. On an
+    /// error (the kernel's verifier refused the program) the old filter stays.
+    pub fn set_filter(&mut self, filter: &BpfProgram) -> io::Result<()> {
+        let prog = Self::compose(self.keep, Some(filter))?.expect("a filter was given");
+        sys::attach_filter(self.fd(), prog.instructions())
     }
 
     pub fn fd(&self) -> RawFd {

@@ -77,6 +77,16 @@ impl Transport for Raw {
             ..self.stats
         }
     }
+
+    fn replace_filter(&mut self, program: &BpfProgram) -> Result<(), TransportError> {
+        self.sock
+            .set_filter(program)
+            .map_err(|source| TransportError::Io {
+                transport: "raw",
+                op: "SO_ATTACH_FILTER",
+                source,
+            })
+    }
 }
 
 /// Sends a whole batch through an AF_PACKET socket: a frame the kernel refuses outright

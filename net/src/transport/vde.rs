@@ -1,5 +1,19 @@
-//! Legacy `ethN=vde,SWITCH,MAC,PORT,GROUP,MODE,DESCR`: a port on a `vde_switch` (Debian's
-//! vde2).
+//! Legacy `ethN=vde,SWITCH,MAC,PORT,GROUP,MODE,DESCR` and UML >= 6.12's vector form
+//! `vecN:transport=vde,vnl=VNL`: a port on a `vde_switch` (Debian's vde2). Both parse to the
+//! same [`crate::config::VdeConfig`] and open here; the vector form names the switch with
+//! libvdeplug4's locator (`vde:///DIR`, a plain `DIR`, or empty for the default switch) and
+//! leaves port, group, mode and description at their defaults.
+//!
+//! Why not link libvdeplug4 to resolve every locator (`tap://`, `slirp://`, `vxvde://`,
+//! `cmd://`, ...)? Its API moves one frame per call (`vde_recv`/`vde_send`), blocking, on a
+//! descriptor whose nature depends on the module: a datagram socket for `vde://`, a UDP socket
+//! whose datagrams carry a header the module strips and whose looped-back echoes `vde_recv`
+//! filters for `vxvde://`, a tap for `tap://`, a stream behind a helper process for `cmd://`,
+//! a library thread for `slirp://`. The datapath polls a transport's descriptors edge-triggered
+//! and must drain them without blocking while it holds its lock, in batches: that needs to know
+//! what a readable descriptor means, which only the `vde` module lets us know. The other
+//! modules have first-class transports here anyway (`transport=tap`, `transport=user`), so the
+//! parser refuses them, naming `vnl=` and what is supported.
 //!
 //! UML links libvdeplug; Debian's `vde_plug` would be the other way in (it carries frames on
 //! its stdin/stdout behind 2-byte length prefixes). We speak the switch's own protocol, the

@@ -141,3 +141,39 @@ fn a_capture_needs_a_good_filter_and_only_one_runs_at_a_time() {
     assert_eq!(ctl.stats().get("capture_active"), Some(0));
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn a_flash_needs_bpfflash_on_the_device() {
+    let (backend, _peer) = fd_backend();
+    let ctl = backend.control();
+    let path = std::env::temp_dir().join(format!("umlnet-flash-{}.bpf", std::process::id()));
+    std::fs::write(&path, BpfProgram::ret(0)).unwrap();
+    let e = ctl.flash_bpf(&path).unwrap_err();
+    assert!(matches!(e, FlashError::NotAllowed { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("`bpfflash=1` not set on NIC vec3") && msg.contains("transport fd"),
+        "{msg}"
+    );
+    // Even a file that does not exist is refused for that reason first.
+    let e = ctl.flash_bpf(Path::new("/nonexistent/x.bpf")).unwrap_err();
+    assert!(matches!(e, FlashError::NotAllowed { .. }), "{e:?}");
+    // A transport without a socket filter refuses even when the flag is set (the parser
+    // keeps bpfflash=1 off such transports; the trait says no regardless).
+    ctl.shared.bpfflash.store(true, Ordering::Relaxed);
+    let e = ctl.flash_bpf(&path).unwrap_err();
+    assert!(matches!(e, FlashError::Attach { .. }), "{e:?}");
+    assert!(e.to_string().contains("no BPF receive filter"), "{e}");
+    // A bad file is named, with the reason.
+    std::fs::write(&path, [0u8; 7]).unwrap();
+    let e = ctl.flash_bpf(&path).unwrap_err();
+    assert!(matches!(e, FlashError::Program { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&path.display().to_string()) && msg.contains("8-byte instructions"),
+        "{msg}"
+    );
+    let e = ctl.flash_bpf(Path::new("/nonexistent/x.bpf")).unwrap_err();
+    assert!(e.to_string().contains("`/nonexistent/x.bpf`"), "{e}");
+    std::fs::remove_file(&path).unwrap();
+}
