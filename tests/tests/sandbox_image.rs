@@ -54,13 +54,15 @@ fn the_pvm_kernel_runs_debians_userland_from_the_image() {
         ));
     let mut guest = Guest::command(cmd);
     let code = guest.wait_process(Duration::from_secs(540));
+    // The kernel's own `Kernel command line:` echo has the words unexpanded.
+    let key_line = format!("SANDBOX-KEY={key} DEBIAN=12.");
     say(&format!(
         "sandbox image on the PVM kernel: timeline (host wall clock from vmm's start)\n{}",
         guest.timeline(&[
             ("console up (kernel banner)", "Linux version"),
             ("root mounted", "VFS: Mounted root"),
-            ("dash ran as init", "SANDBOX-KEY="),
-            ("uname ran", "SANDBOX-UNAME="),
+            ("dash ran as init", &key_line),
+            ("mount and uname ran", "SANDBOX-UNAME=Linux"),
         ])
     ));
     let console = guest.console();
@@ -69,7 +71,7 @@ fn the_pvm_kernel_runs_debians_userland_from_the_image() {
         "the image is not the root:\n{console}"
     );
     assert!(
-        console.contains(&format!("SANDBOX-KEY={key} DEBIAN=12.")),
+        console.contains(&key_line),
         "Debian's dash did not read this build's key ({key}) from the image:\n{console}"
     );
     assert!(
