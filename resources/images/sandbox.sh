@@ -6,8 +6,10 @@
 #   resources/images/sandbox.sh --check      exit 0 if the cached build is valid and would be
 #                                            used, 1 if it would be (re)built; builds nothing
 #   VMM_SANDBOX_MODE=root|unshare            mmdebstrap's mode (default: root when run as
-#                                            root, else unshare: needs unprivileged user
-#                                            namespaces and /etc/subuid, /etc/subgid ranges)
+#                                            root, else unshare). As non-root, unshare needs
+#                                            unprivileged user namespaces, newuidmap (uidmap)
+#                                            and your ranges in /etc/subuid and /etc/subgid;
+#                                            the image is then made in such a namespace too
 #
 # Writes OUT_DIR/rootfs.img (raw ext4, 4 GiB sparse, label `sandbox`), OUT_DIR/vmlinuz and
 # OUT_DIR/initrd.img (the image's own /boot/vmlinuz and /boot/initrd.img), OUT_DIR/key.
@@ -133,7 +135,7 @@ case "$mode" in
 esac
 # The tools, installed when missing (as root only).
 need=(mmdebstrap e2fsprogs)
-[ "$mode" = unshare ] && need+=(uidmap)
+[ "$(id -u)" = 0 ] || need+=(uidmap)
 missing=()
 for p in "${need[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -149,9 +151,10 @@ fi
 
 mkdir -p "$cache_root"
 work="$(mktemp -d "$cache_root/build.XXXXXX")"
-# In unshare mode the extracted tree belongs to subordinate ids: remove it from inside.
+# As non-root the extracted tree belongs to subordinate ids: remove it from inside.
+as_ids() { if [ "$(id -u)" = 0 ]; then "$@"; else unshare --map-root-user --map-auto "$@"; fi; }
 cleanup() {
-    if [ "$mode" = unshare ] && [ -d "$work/root" ]; then
+    if [ "$(id -u)" != 0 ] && [ -d "$work/root" ]; then
         unshare --map-root-user --map-auto rm -rf "$work/root" 2>/dev/null || true
     fi
     rm -rf "$work"
@@ -159,6 +162,13 @@ cleanup() {
 trap cleanup EXIT
 start=$SECONDS
 log="$work/build.log"
+# fail WHAT: one line naming the log's last error, the log kept beside the cache.
+fail() {
+    cp "$log" "$cache_root/failed-build.log" 2>/dev/null || true
+    local why
+    why="$(grep -E '^(E: |[a-z0-9.]+: )' "$log" | tail -n 1 | cut -c1-160)"
+    die "$1${why:+: $why} (log: $cache_root/failed-build.log)"
+}
 say "building $key: Debian $suite ($variant + ${#packages[@]} packages, mmdebstrap --mode=$mode; cold build: about 2 minutes; log: $log)"
 printf '%s\n' "$customize" > "$work/customize.sh"
 chmod 0755 "$work" "$work/customize.sh"
@@ -172,7 +182,7 @@ while kill -0 "$pid" 2>/dev/null; do
     kill -0 "$pid" 2>/dev/null \
         && say "$(grep -E '^I: ' "$log" | tail -n 1 | cut -c4-80), $((SECONDS - start)) s"
 done
-wait "$pid" || { tail -n 20 "$log" >&2; die "mmdebstrap failed (log above; full log lost with $work)"; }
+wait "$pid" || fail "mmdebstrap failed"
 say "packages installed in $((SECONDS - start)) s; making the ext4 image"
 
 # The tar keeps owners and modes; the file system is populated from a directory
@@ -196,14 +206,8 @@ kib=$(du -sk "$work/root" | cut -f1)
 mkfs.ext4 -q -F -L sandbox -b 4096 -i 8192 -d "$work/root" "$staged/rootfs.img" "$((kib * 5 / 4 + 65536))k"
 rm -rf "$work/root"
 '
-if [ "$mode" = unshare ]; then
-    unshare --map-root-user --map-auto sh -c "$mkimage" sh "$work" "$staged" "$key" >> "$log" 2>&1 \
-        || { tail -n 20 "$log" >&2; die "making the ext4 image failed"; }
-else
-    sh -c "$mkimage" sh "$work" "$staged" "$key" >> "$log" 2>&1 \
-        || { tail -n 20 "$log" >&2; die "making the ext4 image failed"; }
-fi
-e2fsck -fn "$staged/rootfs.img" >> "$log" 2>&1 || { tail -n 20 "$log" >&2; die "the new image does not pass e2fsck"; }
+as_ids sh -c "$mkimage" sh "$work" "$staged" "$key" >> "$log" 2>&1 || fail "making the ext4 image failed"
+e2fsck -fn "$staged/rootfs.img" >> "$log" 2>&1 || fail "the new image does not pass e2fsck"
 (cd "$staged" && sha256sum "${artifacts[@]}" > SHA256SUMS)
 rm -rf "$cache"
 mv "$staged" "$cache"
