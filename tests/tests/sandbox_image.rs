@@ -78,7 +78,11 @@ fn the_pvm_kernel_runs_debians_userland_from_the_image() {
         console.contains("SANDBOX-UNAME=Linux 6."),
         "Debian's mount and uname did not run:\n{console}"
     );
-    assert_eq!(code, Some(0), "SysRq b with reboot=k ends the VM:\n{console}");
+    assert_eq!(
+        code,
+        Some(0),
+        "SysRq b with reboot=k ends the VM:\n{console}"
+    );
 }
 
 /// virtiofsd on PATH or in ~/.cargo/bin, as resources/setup.sh installs it.
@@ -104,7 +108,11 @@ impl Drop for Daemon {
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -125,7 +133,14 @@ fn the_images_kernel_boots_it_to_a_root_login_with_dhcp_and_the_share_under_qemu
                 .arg(&sock)
                 .arg("--shared-dir")
                 .arg(&shared)
-                .args(["--sandbox", "none", "--cache", "auto", "--log-level", "error"])
+                .args([
+                    "--sandbox",
+                    "none",
+                    "--cache",
+                    "auto",
+                    "--log-level",
+                    "error",
+                ])
                 .stdin(Stdio::null())
                 .spawn()
                 .expect("start virtiofsd"),
@@ -143,7 +158,12 @@ fn the_images_kernel_boots_it_to_a_root_login_with_dhcp_and_the_share_under_qemu
         .args(["-no-reboot"])
         .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
         .args(["-numa", "node,memdev=mem"])
-        .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
+        .args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ])
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=virtio,snapshot=on",
@@ -168,12 +188,19 @@ fn the_images_kernel_boots_it_to_a_root_login_with_dhcp_and_the_share_under_qemu
     let mut logged_in = false;
     for _ in 0..12 {
         console.write_all(b"root\n").unwrap();
-        if guest.wait_for("login: root", Duration::from_secs(5)).is_some() {
+        if guest
+            .wait_for("login: root", Duration::from_secs(5))
+            .is_some()
+        {
             logged_in = true;
             break;
         }
     }
-    assert!(logged_in, "no login prompt took `root`:\n{}", guest.console());
+    assert!(
+        logged_in,
+        "no login prompt took `root`:\n{}",
+        guest.console()
+    );
     let login_at = start.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     // The echo of this line cannot match what is asserted: `$(...)` is expanded only in the
