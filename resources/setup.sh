@@ -29,6 +29,8 @@ if ! command -v virtiofsd >/dev/null && [ ! -x "${HOME:-/root}/.cargo/bin/virtio
     echo "setup: building virtiofsd (cargo install virtiofsd, a few minutes)"
     cargo install --locked virtiofsd
 fi
+# The guest images, in name order: linux-guest.sh builds the PVM test kernel (cached, ~7 min
+# cold), sandbox.sh the desktop sandbox's Debian image with mmdebstrap (cached, ~2 min cold).
 for script in "$here"/images/*.sh; do
     [ -e "$script" ] || continue
     bash "$script"

@@ -246,10 +246,23 @@ impl Guest {
         Guest::spawn(cmd, crate::TempDir::new("vm"))
     }
 
+    /// Like [`Guest::command`], and what is written to the returned pipe reaches the process's
+    /// stdin: the guest's console input (e.g. QEMU's `-nographic` serial port).
+    pub fn interactive(mut cmd: Command) -> (Guest, std::process::ChildStdin) {
+        cmd.stdin(Stdio::piped());
+        let mut guest = Guest::spawn_with(cmd, crate::TempDir::new("vm"));
+        let stdin = guest.child.as_mut().and_then(|c| c.stdin.take());
+        (guest, stdin.expect("a piped stdin"))
+    }
+
     fn spawn(mut cmd: Command, dir: crate::TempDir) -> Guest {
+        cmd.stdin(Stdio::null());
+        Guest::spawn_with(cmd, dir)
+    }
+
+    fn spawn_with(mut cmd: Command, dir: crate::TempDir) -> Guest {
         let program = cmd.get_program().to_string_lossy().into_owned();
         let mut child = cmd
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -335,6 +348,20 @@ impl Guest {
             self.console.push(line);
         }
         code
+    }
+
+    /// Waits up to `timeout` for a console line containing `needle`: `None` when none came
+    /// (the guest may have stopped).
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (at, line) = self.lines.recv_timeout(left).ok()?;
+            self.console.push((at, line.clone()));
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
     }
 
     /// Waits for a console line containing `needle`; panics with the console on timeout or
