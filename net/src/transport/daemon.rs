@@ -36,7 +36,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::sys::{self, cvt, Mmsg};
+use super::Opening;
 use super::{Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats};
+use crate::config::TransportConfig;
 
 /// `SWITCH_MAGIC` of uml_switch and vde_switch.
 pub(super) const SWITCH_MAGIC: u32 = 0xfeed_face;
@@ -378,6 +380,17 @@ impl Transport for SwitchPort {
     fn stats(&self) -> TransportStats {
         SwitchPort::stats(self)
     }
+}
+
+/// The opener of `ethN=daemon` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::Daemon(c) = config else {
+        return Err(super::wrong_config("daemon"));
+    };
+    Ok(Box::new(Daemon::open(&c.ctl, o.depth)?))
 }
 
 #[cfg(test)]

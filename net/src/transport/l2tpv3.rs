@@ -13,7 +13,9 @@ use super::ipsock::{self, SockAddr, SourceMatch};
 use super::tunnel::{Tunnel, TunnelOpts};
 use super::wire::{L2tpv3Codec, IPPROTO_L2TP};
 use super::TransportError;
+use super::{Opening, Transport};
 use crate::config::L2tpv3Config;
+use crate::config::TransportConfig;
 
 pub type L2tpv3 = Tunnel<L2tpv3Codec>;
 
@@ -74,4 +76,15 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
             hangup_check: false,
         },
     ))
+}
+
+/// The opener of `transport=l2tpv3` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::L2tpv3(c) = config else {
+        return Err(super::wrong_config("l2tpv3"));
+    };
+    Ok(Box::new(open(c, o.depth)?))
 }

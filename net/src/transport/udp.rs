@@ -24,6 +24,8 @@ use super::ipsock::{self, SockAddr, SourceMatch};
 use super::sys::{self, cvt};
 use super::tunnel::{Bare, Tunnel, TunnelOpts};
 use super::TransportError;
+use super::{Opening, Transport};
+use crate::config::TransportConfig;
 use crate::config::{McastConfig, UcastConfig};
 
 pub type Udp = Tunnel<Bare>;
@@ -141,4 +143,16 @@ pub fn open_ucast(config: &UcastConfig, depth: usize) -> Result<Udp, TransportEr
             hangup_check: false,
         },
     ))
+}
+
+/// The opener of `ethN=mcast` and `ethN=ucast` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    Ok(Box::new(match config {
+        TransportConfig::Mcast(c) => open_mcast(c, o.depth)?,
+        TransportConfig::Ucast(c) => open_ucast(c, o.depth)?,
+        _ => return Err(super::wrong_config("mcast")),
+    }))
 }

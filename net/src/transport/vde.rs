@@ -49,6 +49,8 @@ use super::daemon::{
 };
 use super::sys::{self, cvt};
 use super::TransportError;
+use super::{Opening, Transport};
+use crate::config::TransportConfig;
 
 const T: &str = "vde";
 /// libvdeplug's `MAXDESCR`.
@@ -269,6 +271,26 @@ impl Vde {
         }
         Err(invalid(format!("binding the data socket: {last}")))
     }
+}
+
+/// The opener of `ethN=vde` and `vecN:transport=vde` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::Vde(c) = config else {
+        return Err(super::wrong_config("vde"));
+    };
+    Ok(Box::new(Vde::open(
+        c.switch.as_deref(),
+        &VdeOptions {
+            port: c.port.unwrap_or(0),
+            group: c.group.as_deref(),
+            mode: c.mode.unwrap_or(0o700),
+            descr: c.descr.as_deref().unwrap_or(DEFAULT_DESCR),
+        },
+        o.depth,
+    )?))
 }
 
 #[cfg(test)]
