@@ -79,7 +79,7 @@ impl Row {
 /// `vecN:transport=NAME,key=value,...`.
 pub struct VectorForm {
     /// The options of this transport beyond those every vector transport takes
-    /// ([`vector::COMMON`]); an option of another transport is refused, naming the
+    /// (`config::vector::COMMON`); an option of another transport is refused, naming the
     /// transports it belongs to.
     pub options: &'static [&'static str],
     /// Its options in the help text (continuation lines are indented there).
