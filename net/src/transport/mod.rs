@@ -16,6 +16,7 @@ pub(crate) mod l2tpv3;
 mod packet;
 pub(crate) mod pcap;
 pub(crate) mod raw;
+mod switch_port;
 mod sys;
 pub(crate) mod tap;
 mod tapdev;
