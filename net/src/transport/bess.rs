@@ -32,8 +32,12 @@ pub fn open(config: &BessConfig, depth: usize) -> Result<Bess, TransportError> {
     let fd: OwnedFd = match &config.src {
         Some(src) => {
             let src = SockAddr::unix(src).map_err(|e| invalid(e.to_string()))?;
-            ipsock::bound_socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, &src, false)
-                .map_err(invalid)?
+            ipsock::bound_socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, &src, false).map_err(
+                |source| TransportError::Socket {
+                    transport: "bess",
+                    source,
+                },
+            )?
         }
         None => sys::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0)
             .map_err(|e| invalid(format!("socket: {e}")))?,

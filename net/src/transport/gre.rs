@@ -41,9 +41,9 @@ pub fn open(config: &GreConfig, depth: usize) -> Result<Gre, TransportError> {
         &SockAddr::ip(config.src, 0),
         false,
     )
-    .map_err(|reason| TransportError::Invalid {
+    .map_err(|source| TransportError::Socket {
         transport: "gre",
-        reason,
+        source,
     })?;
     Ok(Tunnel::new(
         "gre",

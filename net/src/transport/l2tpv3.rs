@@ -19,6 +19,13 @@ use crate::config::TransportConfig;
 
 pub type L2tpv3 = Tunnel<L2tpv3Codec>;
 
+fn socket_error(source: ipsock::BindError) -> TransportError {
+    TransportError::Socket {
+        transport: "l2tpv3",
+        source,
+    }
+}
+
 fn invalid(reason: String) -> TransportError {
     TransportError::Invalid {
         transport: "l2tpv3",
@@ -47,7 +54,7 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
             &SockAddr::ip(config.src, srcport),
             false,
         )
-        .map_err(invalid)?;
+        .map_err(socket_error)?;
         (fd, SockAddr::ip(config.dst, dstport), Some(dstport))
     } else {
         let fd = ipsock::bound_socket(
@@ -57,7 +64,7 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
             &SockAddr::ip(config.src, 0),
             false,
         )
-        .map_err(invalid)?;
+        .map_err(socket_error)?;
         (fd, SockAddr::ip(config.dst, 0), None)
     };
     Ok(Tunnel::new(

@@ -323,6 +323,13 @@ pub enum TransportError {
     Bpf { path: String, reason: String },
     #[error("transport `{0}` is not implemented yet")]
     Unsupported(&'static str),
+    /// A socket that could not be made or bound (tunnels, udp, bess).
+    #[error("{transport}: {source}")]
+    Socket {
+        transport: &'static str,
+        #[source]
+        source: ipsock::BindError,
+    },
     #[error("{transport}: {reason}")]
     Invalid {
         transport: &'static str,

@@ -34,6 +34,10 @@ fn invalid(transport: &'static str) -> impl Fn(String) -> TransportError {
     move |reason| TransportError::Invalid { transport, reason }
 }
 
+fn socket_error(transport: &'static str) -> impl Fn(ipsock::BindError) -> TransportError {
+    move |source| TransportError::Socket { transport, source }
+}
+
 pub fn open_mcast(config: &McastConfig, depth: usize) -> Result<Udp, TransportError> {
     let err = invalid("mcast");
     let IpAddr::V4(group) = config.group else {
@@ -53,7 +57,7 @@ pub fn open_mcast(config: &McastConfig, depth: usize) -> Result<Udp, TransportEr
         &group_addr,
         true,
     )
-    .map_err(&err)?;
+    .map_err(socket_error("mcast"))?;
     let mreq = libc::ip_mreq {
         imr_multiaddr: libc::in_addr {
             s_addr: u32::from_ne_bytes(group.octets()),
@@ -117,7 +121,6 @@ pub fn open_mcast(config: &McastConfig, depth: usize) -> Result<Udp, TransportEr
 }
 
 pub fn open_ucast(config: &UcastConfig, depth: usize) -> Result<Udp, TransportError> {
-    let err = invalid("ucast");
     let any = match config.remote {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
@@ -129,7 +132,7 @@ pub fn open_ucast(config: &UcastConfig, depth: usize) -> Result<Udp, TransportEr
         &SockAddr::ip(any, config.local_port),
         true,
     )
-    .map_err(&err)?;
+    .map_err(socket_error("ucast"))?;
     Ok(Tunnel::new(
         "ucast",
         fd,
