@@ -129,26 +129,28 @@ const fn help(out: &mut Out) {
 }
 
 const fn vector_names(out: &mut Out) {
-    let mut i = 0;
-    while i < KINDS.len() {
-        if KINDS[i].vector.is_some() {
-            if out.len > 0 {
-                out.text(", ", 0);
-            }
-            out.text(KINDS[i].name, 0);
-        }
-        i += 1;
-    }
+    names(out, true);
 }
 
 const fn legacy_names(out: &mut Out) {
+    names(out, false);
+}
+
+/// The names of the transports with a vector (or legacy) form, comma-separated.
+const fn names(out: &mut Out, vector: bool) {
     let mut i = 0;
     while i < KINDS.len() {
-        if KINDS[i].legacy.is_some() {
+        let row = &KINDS[i];
+        let listed = if vector {
+            row.vector.is_some()
+        } else {
+            row.legacy.is_some()
+        };
+        if listed {
             if out.len > 0 {
                 out.text(", ", 0);
             }
-            out.text(KINDS[i].name, 0);
+            out.text(row.name, 0);
         }
         i += 1;
     }
