@@ -1,5 +1,7 @@
 //! UML's network transports behind a vhost-user net backend.
 //!
+//! - [`kind`]: the table of transports (name, forms, options, opener) that the grammar, the
+//!   help text and the factory read.
 //! - [`config`]: the grammar of UML's `vecN:transport=...` and legacy `ethN=...` device
 //!   specifications, parsed into typed configuration.
 //! - [`transport`]: the host side of a device: sockets and tap descriptors that move Ethernet
@@ -9,4 +11,5 @@
 
 pub mod backend;
 pub mod config;
+pub mod kind;
 pub mod transport;

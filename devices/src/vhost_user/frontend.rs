@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -39,7 +41,7 @@ use vm_memory::{
 use crate::virtio_pci::{ActivateError, QueueSetup, VirtioDevice};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user bit, never offered to the guest.
-const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
 /// Largest queue size a split virtqueue may have.
 const MAX_QUEUE_SIZE: u16 = 32768;

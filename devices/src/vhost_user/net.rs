@@ -2,9 +2,11 @@
 //! and the config space the backend serves (MAC, status, pairs, MTU). Everything else is the
 //! generic [`frontend`](super::frontend).
 
+use std::mem::{offset_of, size_of};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use virtio_bindings::virtio_net::virtio_net_config;
 use vm_memory::GuestMemoryMmap;
 
 use super::frontend::{Connection, DeviceKind, FrontendError, VhostUserDevice};
@@ -12,8 +14,8 @@ use super::frontend::{Connection, DeviceKind, FrontendError, VhostUserDevice};
 /// Queues of a single-pair virtio-net device: receive, transmit.
 pub const NUM_QUEUES: usize = 2;
 
-/// Size of `struct virtio_net_config` that we expose: mac(6) status(2) max_pairs(2) mtu(2).
-pub const CONFIG_SIZE: usize = 12;
+/// Size of `struct virtio_net_config` that we expose: mac, status, max_virtqueue_pairs, mtu.
+pub const CONFIG_SIZE: usize = offset_of!(virtio_net_config, mtu) + size_of::<u16>();
 
 /// Largest queue the guest may ask for (Linux's virtio-net sizes its rings to this).
 pub const QUEUE_MAX_SIZE: u16 = 256;
@@ -23,7 +25,7 @@ const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// `VIRTIO_NET_F_STATUS`: the config space's status (link up) is valid.
 const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
 /// Offset of `status` in `struct virtio_net_config`.
-const STATUS_OFFSET: usize = 6;
+const STATUS_OFFSET: usize = offset_of!(virtio_net_config, status);
 
 /// virtio-net as a [`DeviceKind`]: its config space is the backend's, read once at connection
 /// (ours is static), with the MAC replaced where the user gave one.

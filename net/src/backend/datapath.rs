@@ -28,9 +28,10 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::capture::CaptureTap;
-use super::features::Negotiated;
+use super::features::{Negotiated, GUEST_HDR_LEN, NUM_BUFFERS_OFFSET};
 use crate::transport::vnet::{self, VnetHdr};
-use crate::transport::{PacketBatch, Transport, TransportError};
+use crate::transport::wire::ETH_HLEN;
+use crate::transport::{PacketBatch, PacketBuf, Transport, TransportError};
 
 /// Why a descriptor chain was refused. Such a chain goes back to the guest empty and is
 /// counted by reason ([`ChainDrops`]); nothing of it reaches the guest or the host.
@@ -215,12 +216,15 @@ enum Delivery {
 
 /// Bytes a batch buffer holds: a transport header, the largest frame, headroom to spare.
 pub fn buffer_capacity(headroom: u16) -> usize {
-    vnet::HDR_LEN + 65_535 + 14 + usize::from(headroom)
+    vnet::HDR_LEN + 65_535 + ETH_HLEN + usize::from(headroom)
 }
 
 /// Ethernet header plus one VLAN tag: what a frame may carry beyond the MTU (Linux lets a
 /// VLAN device on a virtio-net device keep the full MTU).
-const L2_OVERHEAD: usize = 14 + 4;
+const L2_OVERHEAD: usize = ETH_HLEN + VLAN_TAG_LEN;
+
+/// An 802.1Q tag.
+const VLAN_TAG_LEN: usize = 4;
 
 /// The longest frame without GSO the guest may send: the device's MTU when it negotiated
 /// VIRTIO_NET_F_MTU, else at least the Ethernet default of 1500 (a driver that ignores the
@@ -404,122 +408,43 @@ impl Datapath {
         queue.needs_notification(mem).unwrap_or(true)
     }
 
-    /// Writes frame `index` of the receive batch into the guest's buffers.
+    /// Writes frame `index` of the receive batch into the guest's buffers: the header the
+    /// guest gets, the frame spread over as many chains as it needs, `num_buffers` patched,
+    /// the chains handed back used.
     fn deliver(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Delivery {
         let n = self.negotiated;
         let thl = self.transport.vnet_hdr_len();
         let stats = &*self.stats;
         let packet = &mut self.rx.bufs_mut()[index];
-        let len = packet.len();
-        if len < thl + 14 {
-            NetCounters::inc(&stats.rx_dropped_bad_header);
-            return Delivery::Dropped;
-        }
-        // The header the guest gets: the transport's, adjusted to what the guest accepts.
-        let mut hdr = [0u8; 12];
-        if thl > 0 {
-            let Some(mut h) = VnetHdr::parse(packet.data()) else {
-                NetCounters::inc(&stats.rx_dropped_bad_header);
+        let hdr = match guest_header(packet, thl, &n, stats) {
+            Ok(hdr) => hdr,
+            Err(counter) => {
+                NetCounters::inc(counter);
                 return Delivery::Dropped;
-            };
-            if h.is_gso() {
-                let ok = match h.gso_type & !vnet::GSO_ECN {
-                    vnet::GSO_TCPV4 => n.rx.tso4,
-                    vnet::GSO_TCPV6 => n.rx.tso6,
-                    _ => false,
-                } && (h.gso_type & vnet::GSO_ECN == 0 || n.rx.ecn);
-                if !ok {
-                    NetCounters::inc(&stats.rx_dropped_gso);
-                    return Delivery::Dropped;
-                }
             }
-            if h.flags & vnet::F_NEEDS_CSUM != 0 && !n.rx.csum {
-                let frame = &mut packet.space()[thl..len];
-                if !vnet::complete_checksum(frame, h.csum_start, h.csum_offset) {
-                    NetCounters::inc(&stats.rx_dropped_bad_header);
-                    return Delivery::Dropped;
-                }
-                NetCounters::inc(&stats.rx_csum_completed);
-                h.flags &= !vnet::F_NEEDS_CSUM;
-            }
-            if !n.rx.csum {
-                h.flags &= !vnet::F_DATA_VALID;
-            }
-            h.write(&mut hdr);
-        }
-        hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+        };
         let hdr = &hdr[..n.hdr_len];
         let frame = &packet.data()[thl..];
-        let total = hdr.len() + frame.len();
-
-        let start = queue.next_avail();
-        let queue_size = queue.size();
-        self.hdr_pieces.clear();
-        self.used.clear();
-        let mut written = 0usize;
-        let mut bad = None;
-        while written < total {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                // Not enough buffers for the whole frame: give back what we took and wait.
-                queue.set_next_avail(start);
-                return Delivery::NoBuffers;
-            };
-            let head = chain.head_index();
-            let mut in_chain = 0usize;
-            let mut walk = Walk::new(chain, queue_size);
-            for desc in walk.by_ref() {
-                if !desc.is_write_only() {
-                    bad = Some(ChainError::WrongDirection);
-                    break;
+        let chains = RxChains {
+            hdr_pieces: &mut self.hdr_pieces,
+            used: &mut self.used,
+        };
+        match chains.fill(queue, mem, hdr, frame, n.mrg_rxbuf) {
+            Fill::Done => {}
+            Fill::NoBuffers => return Delivery::NoBuffers,
+            Fill::Refused(why) => {
+                match why {
+                    Some(e) => stats.bad_chains.count(e),
+                    None => NetCounters::inc(&stats.rx_dropped_too_big),
                 }
-                let take = (desc.len() as usize).min(total - written);
-                if write_span(mem, desc.addr(), hdr, frame, written, take).is_err() {
-                    bad = Some(ChainError::BadAddress);
-                    break;
-                }
-                if written < hdr.len() {
-                    self.hdr_pieces.push((desc.addr(), take));
-                }
-                written += take;
-                in_chain += take;
-                if written == total {
-                    break;
-                }
-            }
-            if bad.is_none() && written < total {
-                // The walk ran out before the frame did: did the chain end, or was it cut?
-                bad = walk.error();
-            }
-            self.used.push((head, in_chain as u32));
-            if bad.is_some() || (!n.mrg_rxbuf && written < total) {
-                break;
+                give_back(queue, mem, self.used.iter().map(|&(head, _)| (head, 0)));
+                return Delivery::Dropped;
             }
         }
-        if bad.is_some() || written < total {
-            // A malformed chain, or a frame larger than one buffer without MRG_RXBUF: every
-            // chain taken for it goes back empty.
-            match bad {
-                Some(e) => stats.bad_chains.count(e),
-                None => NetCounters::inc(&stats.rx_dropped_too_big),
-            }
-            for &(head, _) in &self.used {
-                let _ = queue.add_used(mem, head, 0);
-            }
-            return Delivery::Dropped;
+        if n.hdr_len == GUEST_HDR_LEN && self.used.len() > 1 {
+            patch_num_buffers(mem, &self.hdr_pieces, self.used.len(), stats);
         }
-        // num_buffers: the number of buffers (chains) the frame really used, wherever the
-        // header's bytes 10..12 landed (virtio 1.2, 5.1.6.4).
-        if n.hdr_len == 12 && self.used.len() > 1 {
-            let count = u16::try_from(self.used.len())
-                .unwrap_or(u16::MAX)
-                .to_le_bytes();
-            if write_at(mem, &self.hdr_pieces, 10, &count).is_err() {
-                stats.bad_chains.count(ChainError::BadAddress);
-            }
-        }
-        for &(head, len) in &self.used {
-            let _ = queue.add_used(mem, head, len);
-        }
+        give_back(queue, mem, self.used.iter().copied());
         stats.rx_packets.fetch_add(1, Ordering::Relaxed);
         stats
             .rx_bytes
@@ -590,7 +515,7 @@ impl Datapath {
             Chain(ChainError),
             Frame(&'a AtomicU64),
         }
-        let ghl = self.negotiated.hdr_len.max(10);
+        let ghl = self.negotiated.hdr_len.max(vnet::HDR_LEN);
         let thl = self.transport.vnet_hdr_len();
         let n = self.negotiated;
         let max_frame = self.max_tx_frame;
@@ -600,7 +525,7 @@ impl Datapath {
         };
         let space = buf.space();
         let cap = space.len();
-        let mut ghdr = [0u8; 12];
+        let mut ghdr = [0u8; GUEST_HDR_LEN];
         let mut pos = 0usize;
         let mut verdict = None;
         let mut walk = Walk::new(chain, queue_size);
@@ -641,7 +566,7 @@ impl Datapath {
         let frame_len = pos.saturating_sub(ghl);
         if verdict.is_none() {
             let gso = ghdr[1];
-            verdict = if pos < ghl + 14 {
+            verdict = if pos < ghl + ETH_HLEN {
                 Some(Refused::Frame(&stats.tx_dropped_runt))
             } else if gso == vnet::GSO_NONE {
                 (frame_len > max_frame).then_some(Refused::Frame(&stats.tx_dropped_over_mtu))
@@ -676,6 +601,150 @@ impl Datapath {
     /// Whether frames wait for the transport to become writable.
     pub fn tx_pending(&self) -> bool {
         self.tx.count() > 0
+    }
+}
+
+/// The header the guest gets for a received packet: the transport's (its first `thl`
+/// bytes), adjusted to what the guest accepts, with `num_buffers` 1; all zero (no offload)
+/// when the transport carries none. A checksum the guest did not agree to take partial is
+/// completed in the packet. `Err` is the counter of the reason to drop it.
+fn guest_header<'s>(
+    packet: &mut PacketBuf,
+    thl: usize,
+    n: &Negotiated,
+    stats: &'s NetCounters,
+) -> Result<[u8; GUEST_HDR_LEN], &'s AtomicU64> {
+    let len = packet.len();
+    if len < thl + ETH_HLEN {
+        return Err(&stats.rx_dropped_bad_header);
+    }
+    let mut hdr = [0u8; GUEST_HDR_LEN];
+    if thl > 0 {
+        let mut h = VnetHdr::parse(packet.data()).ok_or(&stats.rx_dropped_bad_header)?;
+        if h.is_gso() {
+            let ok = match h.gso_type & !vnet::GSO_ECN {
+                vnet::GSO_TCPV4 => n.rx.tso4,
+                vnet::GSO_TCPV6 => n.rx.tso6,
+                _ => false,
+            } && (h.gso_type & vnet::GSO_ECN == 0 || n.rx.ecn);
+            if !ok {
+                return Err(&stats.rx_dropped_gso);
+            }
+        }
+        if h.flags & vnet::F_NEEDS_CSUM != 0 && !n.rx.csum {
+            let frame = &mut packet.space()[thl..len];
+            if !vnet::complete_checksum(frame, h.csum_start, h.csum_offset) {
+                return Err(&stats.rx_dropped_bad_header);
+            }
+            NetCounters::inc(&stats.rx_csum_completed);
+            h.flags &= !vnet::F_NEEDS_CSUM;
+        }
+        if !n.rx.csum {
+            h.flags &= !vnet::F_DATA_VALID;
+        }
+        h.write(&mut hdr);
+    }
+    hdr[NUM_BUFFERS_OFFSET..][..2].copy_from_slice(&1u16.to_le_bytes());
+    Ok(hdr)
+}
+
+/// How filling the guest's receive buffers with one frame ended.
+enum Fill {
+    /// The whole frame is written; the chains are in `used`.
+    Done,
+    /// The guest has too few buffers: the chains taken were put back in the ring.
+    NoBuffers,
+    /// A malformed chain (`Some`), or a frame larger than one buffer without MRG_RXBUF
+    /// (`None`): the chains taken, in `used`, must go back empty.
+    Refused(Option<ChainError>),
+}
+
+/// Where one received frame went: the datapath's scratch lists, capacity kept across frames.
+struct RxChains<'a> {
+    hdr_pieces: &'a mut Vec<(GuestAddress, usize)>,
+    used: &'a mut Vec<(u16, u32)>,
+}
+
+impl RxChains<'_> {
+    /// Writes `hdr ++ frame` into the guest's next chains (one, or as many as it takes with
+    /// MRG_RXBUF), recording each chain and where the header landed.
+    fn fill(
+        self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        hdr: &[u8],
+        frame: &[u8],
+        mrg_rxbuf: bool,
+    ) -> Fill {
+        let total = hdr.len() + frame.len();
+        let start = queue.next_avail();
+        let queue_size = queue.size();
+        self.hdr_pieces.clear();
+        self.used.clear();
+        let mut written = 0usize;
+        while written < total {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                // Not enough buffers for the whole frame: give back what we took and wait.
+                queue.set_next_avail(start);
+                return Fill::NoBuffers;
+            };
+            let head = chain.head_index();
+            let mut in_chain = 0usize;
+            let mut bad = None;
+            let mut walk = Walk::new(chain, queue_size);
+            for desc in walk.by_ref() {
+                if !desc.is_write_only() {
+                    bad = Some(ChainError::WrongDirection);
+                    break;
+                }
+                let take = (desc.len() as usize).min(total - written);
+                if write_span(mem, desc.addr(), hdr, frame, written, take).is_err() {
+                    bad = Some(ChainError::BadAddress);
+                    break;
+                }
+                if written < hdr.len() {
+                    self.hdr_pieces.push((desc.addr(), take));
+                }
+                written += take;
+                in_chain += take;
+                if written == total {
+                    break;
+                }
+            }
+            if bad.is_none() && written < total {
+                // The walk ran out before the frame did: did the chain end, or was it cut?
+                bad = walk.error();
+            }
+            self.used.push((head, in_chain as u32));
+            if bad.is_some() {
+                return Fill::Refused(bad);
+            }
+            if !mrg_rxbuf && written < total {
+                return Fill::Refused(None);
+            }
+        }
+        Fill::Done
+    }
+}
+
+/// num_buffers: the number of buffers (chains) the frame really used, written wherever the
+/// header's `num_buffers` bytes landed (virtio 1.2, 5.1.6.4).
+fn patch_num_buffers(
+    mem: &GuestMemoryMmap,
+    hdr_pieces: &[(GuestAddress, usize)],
+    chains: usize,
+    stats: &NetCounters,
+) {
+    let count = u16::try_from(chains).unwrap_or(u16::MAX).to_le_bytes();
+    if write_at(mem, hdr_pieces, NUM_BUFFERS_OFFSET, &count).is_err() {
+        stats.bad_chains.count(ChainError::BadAddress);
+    }
+}
+
+/// Hands chains (head, bytes written) back to the guest as used.
+fn give_back(queue: &mut Queue, mem: &GuestMemoryMmap, chains: impl Iterator<Item = (u16, u32)>) {
+    for (head, len) in chains {
+        let _ = queue.add_used(mem, head, len);
     }
 }
 

@@ -1,15 +1,24 @@
 //! The virtio-net features, vhost-user protocol features and configuration space the backend
 //! offers. The interop relay refuses a frontend that acks a protocol feature not offered here.
 
+use std::mem::{offset_of, size_of};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 use crate::config::MacAddr;
-use crate::transport::Offloads;
+use crate::transport::{vnet, Offloads};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user bit in the virtio feature word.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+
+/// Bytes of `struct virtio_net_hdr_v1` (= `virtio_net_hdr_mrg_rxbuf`): the header before
+/// every frame in the virtqueues with VERSION_1 or MRG_RXBUF.
+pub const GUEST_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
+/// Where `num_buffers` lies in that header.
+pub const NUM_BUFFERS_OFFSET: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
 
 /// vhost-user protocol features offered: CONFIG, REPLY_ACK and BACKEND_REQ
 /// (`VhostUserProtocolFeatures` bits 0x200, 0x8, 0x20).
@@ -19,7 +28,9 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// timer's) for the virtqueues, so its virtio-net probe fails with -EBUSY. CONFIGURE_MEM_SLOTS
 /// is not offered, so `ADD_MEM_REG`, `REM_MEM_REG` and `GET_MAX_MEM_SLOTS` are never valid: the
 /// memory table comes whole in `SET_MEM_TABLE`.
-pub const PROTOCOL_FEATURES: u64 = 0x200 | 0x8 | 0x20;
+pub const PROTOCOL_FEATURES: u64 = VhostUserProtocolFeatures::CONFIG.bits()
+    | VhostUserProtocolFeatures::REPLY_ACK.bits()
+    | VhostUserProtocolFeatures::BACKEND_REQ.bits();
 
 const fn bit(b: u32) -> u64 {
     1 << b
@@ -76,8 +87,8 @@ pub fn names(bits: u64) -> Vec<&'static str> {
 /// What the driver agreed to, in the terms the datapath needs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Negotiated {
-    /// Bytes of `virtio_net_hdr` before every frame in the virtqueues: 12 with VERSION_1 or
-    /// MRG_RXBUF (`num_buffers` present), else 10.
+    /// Bytes of `virtio_net_hdr` before every frame in the virtqueues: [`GUEST_HDR_LEN`] (12)
+    /// with VERSION_1 or MRG_RXBUF (`num_buffers` present), else [`vnet::HDR_LEN`] (10).
     pub hdr_len: usize,
     /// Receive buffers may be merged (`num_buffers` > 1).
     pub mrg_rxbuf: bool,
@@ -97,9 +108,9 @@ impl Negotiated {
         let mrg_rxbuf = has(VIRTIO_NET_F_MRG_RXBUF);
         Negotiated {
             hdr_len: if has(VIRTIO_F_VERSION_1) || mrg_rxbuf {
-                12
+                GUEST_HDR_LEN
             } else {
-                10
+                vnet::HDR_LEN
             },
             mrg_rxbuf,
             rx: Offloads {
@@ -116,13 +127,24 @@ impl Negotiated {
     }
 }
 
-/// `struct virtio_net_config` as far as we offer it: mac, status, max_virtqueue_pairs, mtu.
-pub fn config_space(mac: MacAddr, mtu: u16) -> [u8; 12] {
-    let mut c = [0u8; 12];
-    c[..6].copy_from_slice(&mac.0);
-    c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-    c[8..10].copy_from_slice(&1u16.to_le_bytes());
-    c[10..12].copy_from_slice(&mtu.to_le_bytes());
+/// Bytes of `struct virtio_net_config` we offer: mac, status, max_virtqueue_pairs, mtu.
+pub const CONFIG_LEN: usize = offset_of!(virtio_net_config, mtu) + size_of::<u16>();
+
+/// `struct virtio_net_config` as far as we offer it ([`CONFIG_LEN`]).
+pub fn config_space(mac: MacAddr, mtu: u16) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        c[offset..offset + bytes.len()].copy_from_slice(bytes);
+    };
+    put(offset_of!(virtio_net_config, mac), &mac.0);
+    let link_up = VIRTIO_NET_S_LINK_UP as u16;
+    put(
+        offset_of!(virtio_net_config, status),
+        &link_up.to_le_bytes(),
+    );
+    let pairs = offset_of!(virtio_net_config, max_virtqueue_pairs);
+    put(pairs, &1u16.to_le_bytes());
+    put(offset_of!(virtio_net_config, mtu), &mtu.to_le_bytes());
     c
 }
 
@@ -154,6 +176,19 @@ mod tests {
             names(offered(true, 10) & !offered(false, 10))[..2],
             ["CSUM", "GUEST_CSUM"]
         );
+    }
+
+    #[test]
+    fn header_and_config_sizes_are_the_specs() {
+        assert_eq!(
+            (GUEST_HDR_LEN, NUM_BUFFERS_OFFSET, vnet::HDR_LEN),
+            (12, 10, 10)
+        );
+        assert_eq!(CONFIG_LEN, 12);
+        assert_eq!(VHOST_USER_F_PROTOCOL_FEATURES, 1 << 30);
+        assert_eq!(PROTOCOL_FEATURES, 0x200 | 0x8 | 0x20);
+        let c = config_space(MacAddr([2, 0, 0, 0, 0, 7]), 9000);
+        assert_eq!(c, [2, 0, 0, 0, 0, 7, 1, 0, 1, 0, 0x28, 0x23]);
     }
 
     #[test]

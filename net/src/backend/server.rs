@@ -32,7 +32,7 @@ use crate::transport;
 pub struct NetBackend {
     dp: Arc<Mutex<Datapath>>,
     offered: u64,
-    config: [u8; 12],
+    config: [u8; features::CONFIG_LEN],
     name: String,
     /// What the control handles share with the backend (see [`NetBackend::control`]).
     shared: Arc<Shared>,

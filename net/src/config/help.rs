@@ -1,7 +1,48 @@
-//! The reference text for device specifications, shown by `--help`.
+//! The reference text for device specifications, shown by `--help`: a fixed head (the forms
+//! and the options every transport shares), then one entry per row of
+//! [`KINDS`](crate::kind::KINDS) in each form, then examples. It is assembled at compile time,
+//! so it stays a `&'static str`.
+
+use crate::kind::{Row, KINDS};
+
+/// The `&'static str` a `const fn(&mut Out)` writes: measured, then written.
+macro_rules! assembled {
+    ($write:ident) => {{
+        const LEN: usize = {
+            let mut out = Out {
+                buf: &mut [],
+                len: 0,
+                column: 0,
+            };
+            $write(&mut out);
+            out.len
+        };
+        const BYTES: [u8; LEN] = {
+            let mut buf = [0u8; LEN];
+            $write(&mut Out {
+                buf: &mut buf,
+                len: 0,
+                column: 0,
+            });
+            buf
+        };
+        match core::str::from_utf8(&BYTES) {
+            Ok(s) => s,
+            Err(_) => panic!("the help text is not UTF-8"),
+        }
+    }};
+}
 
 /// Every transport and option, for `vmm --help` and `vmm net-backend --help`.
-pub const SPEC_HELP: &str = "\
+pub const SPEC_HELP: &str = assembled!(help);
+
+/// The vector transports' names, for an unknown `transport=NAME`.
+pub const VECTOR_NAMES: &str = assembled!(vector_names);
+
+/// The legacy transports' names, for an unknown `ethN=NAME`.
+pub const LEGACY_NAMES: &str = assembled!(legacy_names);
+
+const HEAD: &str = "\
 DEVICE SPECIFICATIONS (User-Mode Linux syntax)
 
   vecN:transport=NAME,key=value,...      vector transports
@@ -33,57 +74,11 @@ raw, hybrid also:
                 Both are refused on other transports: they have no BPF receive filter.
 
 vector transports:
-  tap       ifname=NAME (optional: a new tapN is created)
-            A tap device; Linux has no multi-packet I/O on a tap, so one packet per call.
-  hybrid    ifname=NAME (required)
-            Transmit through the tap NAME, receive through AF_PACKET on it (multi-packet).
-  raw       ifname=NAME (required)
-            AF_PACKET on any interface (a veth end, a NIC); copies of our own transmissions are
-            dropped.
-  gre       src=ADDR dst=ADDR (required) v6=0|1 rx_key=N tx_key=N sequence=0|1 pin_sequence=0|1
-            Ethernet over GRE (IP protocol 47); keys both or neither; sequence numbers start
-            at 1 (always 0 with pin_sequence). v6=1 makes both addresses IPv6.
-  l2tpv3    src=ADDR dst=ADDR rx_session=N tx_session=N (required) udp=0|1 srcport=N dstport=N
-            v6=0|1 rx_cookie=N tx_cookie=N cookie64=0|1 counter=0|1 pin_counter=0|1
-            Ethernet over L2TPv3, raw IP (protocol 115) or UDP (udp=1 needs srcport and dstport;
-            src_port/dst_port, the how-to's spelling, are accepted too). Cookies both or
-            neither, 64-bit with cookie64=1. counter is UML's plain 32-bit counter (first 1, 0
-            with pin_counter), not RFC 4719's default L2-specific sublayer that Linux's own
-            l2tp driver uses.
-  bess      dst=PATH (required) src=PATH
-            A unix seqpacket socket connected to dst (bound to src if given); paths <= 107 bytes.
-  fd        fd=N (required)
-            An inherited descriptor used both ways, bare frames: a datagram or seqpacket socket
-            (multi-packet), or with vec=0 also a tap without vnet header.
-  user      hostfwd=FWD (repeatable) net=ADDR/PREFIX restrict=0|1
-            Rootless user networking through libslirp (QEMU's -netdev user): DHCP, DNS,
-            outbound TCP/UDP through the host's sockets; needs no privilege. With the default
-            net=10.0.2.0/24 the guest gets 10.0.2.15, the gateway 10.0.2.2 is also the host's
-            loopback (10.0.2.2:PORT reaches 127.0.0.1:PORT) and 10.0.2.3 answers DNS. Prefix
-            8..=27. restrict=1: nothing outbound, only forwards come in.
-            hostfwd=[tcp|udp]:[HOSTADDR]:HPORT-[GUESTADDR]:GPORT forwards the host's
-            HOSTADDR:HPORT (default 127.0.0.1, never all addresses unless 0.0.0.0 is given)
-            to the guest's GUESTADDR:GPORT (default the first DHCP address); give hostfwd=
-            once per forward, e.g. hostfwd=tcp::2222-:22,hostfwd=udp::5353-:53.
-  vde       vnl=VNL
-            A port on a vde_switch (UML >= 6.12's vector form of ethN=vde). VNL is libvdeplug4's
-            locator: vde:///DIR or a plain DIR (the switch's directory, holding DIR/ctl), or
-            vde:// or empty (libvdeplug's default switch: /var/run/vde.ctl, then /tmp/vde.ctl).
-            We speak vde_switch's protocol ourselves (every frame one datagram, multi-packet);
-            libvdeplug's other modules (tap://, slirp://, vxvde://, cmd://, ...) and its
-            [options] are refused: use transport=tap or user, or ethN=vde for PORT/GROUP/MODE.
+";
 
-legacy transports:
-  ethN=tuntap,IFNAME,MAC,GATE_IP          an existing tap IFNAME (required: the setuid uml_net
-                                          helper that made one is obsolete)
-  ethN=mcast,MAC,GROUP,PORT,TTL           UDP multicast; defaults 239.192.168.1, 1102, 1
-  ethN=ucast,MAC,REMOTE_IP,LPORT,RPORT    UDP point to point; REMOTE_IP required; ports 1102
-  ethN=pcap,IFNAME,FILTER,OPT,OPT,MAC     receive only, through a pcap filter expression (no
-                                          commas in it); OPT: promisc|nopromisc,
-                                          optimize|nooptimize (defaults promisc, nooptimize)
-  ethN=daemon,MAC,unix,CTL_PATH           a port on uml_switch; CTL_PATH default /tmp/uml.ctl
-  ethN=vde,SWITCH,MAC,PORT,GROUP,MODE,DESCR  a port on vde_switch; MODE in octal
+const LEGACY_HEAD: &str = "\nlegacy transports:\n";
 
+const TAIL: &str = "
 EXAMPLES
   vec0:transport=raw,ifname=veth0,gro=1,depth=128
   vec0:transport=tap,ifname=tap0,mac=02:00:00:00:00:01
@@ -95,3 +90,108 @@ EXAMPLES
   vec0:transport=vde,vnl=vde:///tmp/switch
   eth0=daemon,,unix,/tmp/uml.ctl
 ";
+
+/// Where a vector transport's synopsis starts, and its description below it.
+const VECTOR_COLUMN: usize = 12;
+/// Where a legacy transport's description starts.
+const LEGACY_COLUMN: usize = 42;
+
+const fn help(out: &mut Out) {
+    out.text(HEAD, 0);
+    let mut i = 0;
+    while i < KINDS.len() {
+        let row: &Row = &KINDS[i];
+        if let Some(v) = &row.vector {
+            out.text("  ", 0);
+            out.text(row.name, 0);
+            out.pad_to(VECTOR_COLUMN, 1);
+            out.text(v.synopsis, VECTOR_COLUMN);
+            out.text("\n", 0);
+            out.pad_to(VECTOR_COLUMN, 0);
+            out.text(v.about, VECTOR_COLUMN);
+            out.text("\n", 0);
+        }
+        i += 1;
+    }
+    out.text(LEGACY_HEAD, 0);
+    let mut i = 0;
+    while i < KINDS.len() {
+        if let Some(l) = &KINDS[i].legacy {
+            out.text("  ethN=", 0);
+            out.text(l.usage, 0);
+            out.pad_to(LEGACY_COLUMN, 2);
+            out.text(l.about, LEGACY_COLUMN);
+            out.text("\n", 0);
+        }
+        i += 1;
+    }
+    out.text(TAIL, 0);
+}
+
+const fn vector_names(out: &mut Out) {
+    names(out, true);
+}
+
+const fn legacy_names(out: &mut Out) {
+    names(out, false);
+}
+
+/// The names of the transports with a vector (or legacy) form, comma-separated.
+const fn names(out: &mut Out, vector: bool) {
+    let mut i = 0;
+    while i < KINDS.len() {
+        let row = &KINDS[i];
+        let listed = if vector {
+            row.vector.is_some()
+        } else {
+            row.legacy.is_some()
+        };
+        if listed {
+            if out.len > 0 {
+                out.text(", ", 0);
+            }
+            out.text(row.name, 0);
+        }
+        i += 1;
+    }
+}
+
+/// Text written at compile time into a buffer; past its end, only counted (a first pass with
+/// an empty buffer measures the text).
+struct Out<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    column: usize,
+}
+
+impl Out<'_> {
+    const fn byte(&mut self, b: u8) {
+        if self.len < self.buf.len() {
+            self.buf[self.len] = b;
+        }
+        self.len += 1;
+        self.column = if b == b'\n' { 0 } else { self.column + 1 };
+    }
+
+    /// `s`, every line after its first indented to `indent`.
+    const fn text(&mut self, s: &str, indent: usize) {
+        let s = s.as_bytes();
+        let mut i = 0;
+        while i < s.len() {
+            if self.column == 0 && s[i] != b'\n' {
+                self.pad_to(indent, 0);
+            }
+            self.byte(s[i]);
+            i += 1;
+        }
+    }
+
+    /// Spaces up to `column`, and at least `min` of them.
+    const fn pad_to(&mut self, column: usize, min: usize) {
+        let mut n = 0;
+        while n < min || self.column < column {
+            self.byte(b' ');
+            n += 1;
+        }
+    }
+}

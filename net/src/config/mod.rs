@@ -9,9 +9,9 @@
 
 mod error;
 mod help;
-mod legacy;
+pub(crate) mod legacy;
 mod value;
-mod vector;
+pub(crate) mod vector;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -19,6 +19,8 @@ use std::str::FromStr;
 
 pub use error::ConfigError;
 pub use help::SPEC_HELP;
+
+use crate::kind::Kind;
 
 /// Parses a device specification: `vecN:transport=NAME,key=value,...` or
 /// `ethN=TRANSPORT,positional,...`.
@@ -183,6 +185,28 @@ pub enum TransportConfig {
     /// Legacy `ethN=vde,...` or UML >= 6.12's `vecN:transport=vde,vnl=VNL` (a `vde_switch`
     /// port).
     Vde(VdeConfig),
+}
+
+impl TransportConfig {
+    /// Which transport this configures: its row in [`KINDS`](crate::kind::KINDS).
+    pub fn kind(&self) -> Kind {
+        match self {
+            TransportConfig::Tap(_) => Kind::Tap,
+            TransportConfig::Hybrid(_) => Kind::Hybrid,
+            TransportConfig::Raw(_) => Kind::Raw,
+            TransportConfig::Gre(_) => Kind::Gre,
+            TransportConfig::L2tpv3(_) => Kind::L2tpv3,
+            TransportConfig::Bess(_) => Kind::Bess,
+            TransportConfig::Fd(_) => Kind::Fd,
+            TransportConfig::User(_) => Kind::User,
+            TransportConfig::TunTap(_) => Kind::TunTap,
+            TransportConfig::Mcast(_) => Kind::Mcast,
+            TransportConfig::Ucast(_) => Kind::Ucast,
+            TransportConfig::Pcap(_) => Kind::Pcap,
+            TransportConfig::Daemon(_) => Kind::Daemon,
+            TransportConfig::Vde(_) => Kind::Vde,
+        }
+    }
 }
 
 /// `transport=tap`.

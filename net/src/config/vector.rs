@@ -4,57 +4,17 @@
 //! prefix; every such mistake is an error here, naming the option and its value.
 
 use super::error::ConfigError;
+use super::help::VECTOR_NAMES;
 use super::value;
 use super::*;
+use crate::kind;
 
-/// The vector transports, in UML's order.
-pub const TRANSPORTS: &str = "tap, hybrid, raw, gre, l2tpv3, bess, fd, user, vde";
+/// Options every vector transport takes; each transport's own are in its row of
+/// [`KINDS`](crate::kind::KINDS).
+pub const COMMON: &[&str] = &["transport", "depth", "mtu", "headroom", "vec", "mac"];
 
-/// Every transport: options common to all.
-const ALL: &[&str] = &[
-    "tap", "hybrid", "raw", "gre", "l2tpv3", "bess", "fd", "user", "vde",
-];
-/// Transports with a classic BPF receive filter (an AF_PACKET socket's): `bpffile` and
-/// `bpfflash` only mean something there.
-const BPF: &[&str] = &["raw", "hybrid"];
-/// Transports that carry a `virtio_net_hdr` and so can offload.
-const VNET: &[&str] = &["tap", "hybrid", "raw"];
-
-/// Each option and the transports it belongs to.
-const OPTIONS: &[(&str, &[&str])] = &[
-    ("transport", ALL),
-    ("depth", ALL),
-    ("mtu", ALL),
-    ("headroom", ALL),
-    ("vec", ALL),
-    ("mac", ALL),
-    ("gro", VNET),
-    ("bpffile", BPF),
-    ("bpfflash", BPF),
-    ("ifname", VNET),
-    ("src", &["gre", "l2tpv3", "bess"]),
-    ("dst", &["gre", "l2tpv3", "bess"]),
-    ("v6", &["gre", "l2tpv3"]),
-    ("rx_key", &["gre"]),
-    ("tx_key", &["gre"]),
-    ("sequence", &["gre"]),
-    ("pin_sequence", &["gre"]),
-    ("udp", &["l2tpv3"]),
-    ("srcport", &["l2tpv3"]),
-    ("dstport", &["l2tpv3"]),
-    ("rx_session", &["l2tpv3"]),
-    ("tx_session", &["l2tpv3"]),
-    ("rx_cookie", &["l2tpv3"]),
-    ("tx_cookie", &["l2tpv3"]),
-    ("cookie64", &["l2tpv3"]),
-    ("counter", &["l2tpv3"]),
-    ("pin_counter", &["l2tpv3"]),
-    ("fd", &["fd"]),
-    ("hostfwd", &["user"]),
-    ("net", &["user"]),
-    ("restrict", &["user"]),
-    ("vnl", &["vde"]),
-];
+/// Builds one transport's configuration from its options (membership already checked).
+pub(crate) type Parse = fn(&Opts) -> Result<TransportConfig, ConfigError>;
 
 /// Options that may be given more than once, each occurrence adding one more (QEMU's
 /// `hostfwd=` repeats the same way); every other option given twice is an error.
@@ -65,8 +25,10 @@ const ALIASES: &[(&str, &str)] = &[("src_port", "srcport"), ("dst_port", "dstpor
 
 /// The options of one device, checked for duplicates and membership, with typed getters whose
 /// errors name the device, key and value.
-struct Opts<'a> {
+pub(crate) struct Opts<'a> {
     dev: &'a str,
+    /// The transport's name, from its row.
+    transport: &'static str,
     items: Vec<(&'static str, &'a str)>,
 }
 
@@ -113,13 +75,12 @@ impl<'a> Opts<'a> {
 
     fn required<T>(
         &self,
-        transport: &'static str,
         key: &'static str,
         f: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<T, ConfigError> {
         self.parse(key, f)?.ok_or_else(|| ConfigError::Missing {
             dev: self.dev.to_string(),
-            transport,
+            transport: self.transport,
             key,
         })
     }
@@ -163,7 +124,8 @@ pub fn parse(dev: &str, rest: &str) -> Result<NetSpec, ConfigError> {
             .iter()
             .find(|(alias, _)| *alias == key)
             .map_or(key, |(_, canonical)| canonical);
-        let Some(&(canonical, _)) = OPTIONS.iter().find(|(k, _)| *k == key) else {
+        let known = COMMON.iter().copied().find(|k| *k == key);
+        let Some(canonical) = known.or_else(|| kind::vector_option(key)) else {
             unknown.get_or_insert((key, val));
             continue;
         };
@@ -175,20 +137,23 @@ pub fn parse(dev: &str, rest: &str) -> Result<NetSpec, ConfigError> {
         }
         items.push((canonical, val));
     }
-    let opts = Opts { dev, items };
-    let name = opts
-        .get("transport")
+    let name = items
+        .iter()
+        .find(|(k, _)| *k == "transport")
+        .map(|(_, v)| *v)
         .ok_or_else(|| ConfigError::MissingTransport {
             dev: dev.to_string(),
         })?;
-    let transport =
-        *ALL.iter()
-            .find(|t| **t == name)
-            .ok_or_else(|| ConfigError::UnknownTransport {
-                dev: dev.to_string(),
-                name: name.to_string(),
-                expected: TRANSPORTS,
-            })?;
+    let (row, form) = kind::vector(name).ok_or_else(|| ConfigError::UnknownTransport {
+        dev: dev.to_string(),
+        name: name.to_string(),
+        expected: VECTOR_NAMES,
+    })?;
+    let opts = Opts {
+        dev,
+        transport: row.name,
+        items,
+    };
     if let Some((key, val)) = unknown {
         return Err(ConfigError::UnknownKey {
             dev: dev.to_string(),
@@ -197,14 +162,21 @@ pub fn parse(dev: &str, rest: &str) -> Result<NetSpec, ConfigError> {
         });
     }
     for (key, val) in &opts.items {
-        if matches!(*key, "bpffile" | "bpfflash") && !BPF.contains(&transport) {
+        if COMMON.contains(key) || form.options.contains(key) {
+            continue;
+        }
+        let belongs: Vec<&str> = kind::with_option(key).map(|r| r.name).collect();
+        if matches!(*key, "bpffile" | "bpfflash") {
+            // Named raw first, as the help text and the Transport trait name them.
+            let holders: Vec<&str> = belongs.iter().rev().copied().collect();
             return Err(opts.bad(
                 key,
                 val,
                 format!(
-                    "transport {transport} has no BPF receive filter (only {}, which receive \
+                    "transport {} has no BPF receive filter (only {}, which receive \
                      through an AF_PACKET socket, do): there is no filter to {}",
-                    BPF.join(" and "),
+                    row.name,
+                    holders.join(" and "),
                     if *key == "bpffile" {
                         "attach"
                     } else {
@@ -213,57 +185,64 @@ pub fn parse(dev: &str, rest: &str) -> Result<NetSpec, ConfigError> {
                 ),
             ));
         }
-        let belongs = OPTIONS
-            .iter()
-            .find(|(k, _)| k == key)
-            .map_or(ALL, |(_, t)| *t);
-        if !belongs.contains(&transport) {
-            return Err(ConfigError::WrongTransport {
-                dev: dev.to_string(),
-                key: key.to_string(),
-                value: val.to_string(),
-                transport,
-                belongs: belongs.join(", "),
-            });
-        }
+        return Err(ConfigError::WrongTransport {
+            dev: dev.to_string(),
+            key: key.to_string(),
+            value: val.to_string(),
+            transport: row.name,
+            belongs: belongs.join(", "),
+        });
     }
-    let common = common(&opts)?;
-    let transport = match transport {
-        "tap" => TransportConfig::Tap(TapConfig {
-            ifname: opts.parse("ifname", value::ifname)?,
-        }),
-        "hybrid" => TransportConfig::Hybrid(HybridConfig {
-            ifname: opts.required("hybrid", "ifname", value::ifname)?,
-        }),
-        "raw" => TransportConfig::Raw(RawConfig {
-            ifname: opts.required("raw", "ifname", value::ifname)?,
-        }),
-        "gre" => TransportConfig::Gre(gre(&opts)?),
-        "l2tpv3" => TransportConfig::L2tpv3(l2tpv3(&opts)?),
-        "bess" => TransportConfig::Bess(BessConfig {
-            src: opts.parse("src", value::socket_path)?,
-            dst: opts.required("bess", "dst", value::socket_path)?,
-        }),
-        "user" => TransportConfig::User(user(&opts)?),
-        // UML >= 6.12's vector form of the legacy `ethN=vde,...`: the same switch port.
-        "vde" => TransportConfig::Vde(VdeConfig {
-            switch: opts.parse("vnl", value::vnl)?.flatten(),
-            port: None,
-            group: None,
-            mode: None,
-            descr: None,
-        }),
-        _ => TransportConfig::Fd(FdConfig {
-            fd: opts.required("fd", "fd", |v| {
-                value::number(v, i32::MAX as u64).map(|n| n as i32)
-            })?,
-        }),
-    };
     Ok(NetSpec {
         name: dev.to_string(),
-        common,
-        transport,
+        common: common(&opts)?,
+        transport: (form.parse)(&opts)?,
     })
+}
+
+pub(crate) fn tap(opts: &Opts) -> Result<TransportConfig, ConfigError> {
+    Ok(TransportConfig::Tap(TapConfig {
+        ifname: opts.parse("ifname", value::ifname)?,
+    }))
+}
+
+pub(crate) fn hybrid(opts: &Opts) -> Result<TransportConfig, ConfigError> {
+    Ok(TransportConfig::Hybrid(HybridConfig {
+        ifname: opts.required("ifname", value::ifname)?,
+    }))
+}
+
+pub(crate) fn raw(opts: &Opts) -> Result<TransportConfig, ConfigError> {
+    Ok(TransportConfig::Raw(RawConfig {
+        ifname: opts.required("ifname", value::ifname)?,
+    }))
+}
+
+pub(crate) fn bess(opts: &Opts) -> Result<TransportConfig, ConfigError> {
+    Ok(TransportConfig::Bess(BessConfig {
+        src: opts.parse("src", value::socket_path)?,
+        dst: opts.required("dst", value::socket_path)?,
+    }))
+}
+
+pub(crate) fn fd(opts: &Opts) -> Result<TransportConfig, ConfigError> {
+    Ok(TransportConfig::Fd(FdConfig {
+        fd: opts.required("fd", |v| {
+            value::number(v, i32::MAX as u64).map(|n| n as i32)
+        })?,
+    }))
+}
+
+/// UML >= 6.12's vector form of the legacy `ethN=vde,...`: the same switch port, with port,
+/// group, mode and description at their defaults.
+pub(crate) fn vde(opts: &Opts) -> Result<TransportConfig, ConfigError> {
+    Ok(TransportConfig::Vde(VdeConfig {
+        switch: opts.parse("vnl", value::vnl)?.flatten(),
+        port: None,
+        group: None,
+        mode: None,
+        descr: None,
+    }))
 }
 
 fn common(opts: &Opts) -> Result<CommonOpts, ConfigError> {
@@ -283,10 +262,10 @@ fn common(opts: &Opts) -> Result<CommonOpts, ConfigError> {
 }
 
 /// The two tunnel endpoints: both IPv4, or both IPv6 with `v6=1`.
-fn endpoints(opts: &Opts, transport: &'static str) -> Result<(IpAddr, IpAddr, bool), ConfigError> {
+fn endpoints(opts: &Opts) -> Result<(IpAddr, IpAddr, bool), ConfigError> {
     let v6 = opts.flag("v6")?;
-    let src = opts.required(transport, "src", value::ip)?;
-    let dst = opts.required(transport, "dst", value::ip)?;
+    let src = opts.required("src", value::ip)?;
+    let dst = opts.required("dst", value::ip)?;
     for (key, addr) in [("src", src), ("dst", dst)] {
         if addr.is_ipv6() != v6 {
             let want = if v6 {
@@ -300,7 +279,7 @@ fn endpoints(opts: &Opts, transport: &'static str) -> Result<(IpAddr, IpAddr, bo
     Ok((src, dst, v6))
 }
 
-fn user(opts: &Opts) -> Result<UserConfig, ConfigError> {
+pub(crate) fn user(opts: &Opts) -> Result<TransportConfig, ConfigError> {
     let d = UserConfig::default();
     let (net, prefix) = opts
         .parse("net", value::ipv4_net)?
@@ -340,34 +319,34 @@ fn user(opts: &Opts) -> Result<UserConfig, ConfigError> {
         }
         c.hostfwd.push(fwd);
     }
-    Ok(c)
+    Ok(TransportConfig::User(c))
 }
 
-fn gre(opts: &Opts) -> Result<GreConfig, ConfigError> {
-    let (src, dst, v6) = endpoints(opts, "gre")?;
+pub(crate) fn gre(opts: &Opts) -> Result<TransportConfig, ConfigError> {
+    let (src, dst, v6) = endpoints(opts)?;
     let keys = opts
         .pair("rx_key", "tx_key", |v| {
             value::number(v, u32::MAX.into()).map(|n| n as u32)
         })?
         .map(|(rx, tx)| GreKeys { rx, tx });
-    Ok(GreConfig {
+    Ok(TransportConfig::Gre(GreConfig {
         src,
         dst,
         v6,
         keys,
         sequence: opts.flag("sequence")?,
         pin_sequence: opts.flag("pin_sequence")?,
-    })
+    }))
 }
 
-fn l2tpv3(opts: &Opts) -> Result<L2tpv3Config, ConfigError> {
-    let (src, dst, v6) = endpoints(opts, "l2tpv3")?;
+pub(crate) fn l2tpv3(opts: &Opts) -> Result<TransportConfig, ConfigError> {
+    let (src, dst, v6) = endpoints(opts)?;
     let udp = opts.flag("udp")?;
     let port = |v: &str| value::ranged(v, 1, 65535).map(|n| n as u16);
     let (srcport, dstport) = if udp {
         (
-            Some(opts.required("l2tpv3", "srcport", port)?),
-            Some(opts.required("l2tpv3", "dstport", port)?),
+            Some(opts.required("srcport", port)?),
+            Some(opts.required("dstport", port)?),
         )
     } else {
         for key in ["srcport", "dstport"] {
@@ -391,18 +370,18 @@ fn l2tpv3(opts: &Opts) -> Result<L2tpv3Config, ConfigError> {
             })
         })?
         .map(|(rx, tx)| L2tpCookies { rx, tx });
-    Ok(L2tpv3Config {
+    Ok(TransportConfig::L2tpv3(L2tpv3Config {
         src,
         dst,
         udp,
         srcport,
         dstport,
         v6,
-        rx_session: opts.required("l2tpv3", "rx_session", session)?,
-        tx_session: opts.required("l2tpv3", "tx_session", session)?,
+        rx_session: opts.required("rx_session", session)?,
+        tx_session: opts.required("tx_session", session)?,
         cookies,
         cookie64,
         counter: opts.flag("counter")?,
         pin_counter: opts.flag("pin_counter")?,
-    })
+    }))
 }

@@ -14,7 +14,9 @@ use super::ipsock::{self, SockAddr};
 use super::sys;
 use super::tunnel::{Bare, Tunnel, TunnelOpts};
 use super::TransportError;
+use super::{Opening, Transport};
 use crate::config::BessConfig;
+use crate::config::TransportConfig;
 
 pub type Bess = Tunnel<Bare>;
 
@@ -30,8 +32,12 @@ pub fn open(config: &BessConfig, depth: usize) -> Result<Bess, TransportError> {
     let fd: OwnedFd = match &config.src {
         Some(src) => {
             let src = SockAddr::unix(src).map_err(|e| invalid(e.to_string()))?;
-            ipsock::bound_socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, &src, false)
-                .map_err(invalid)?
+            ipsock::bound_socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, &src, false).map_err(
+                |source| TransportError::Socket {
+                    transport: "bess",
+                    source,
+                },
+            )?
         }
         None => sys::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0)
             .map_err(|e| invalid(format!("socket: {e}")))?,
@@ -59,4 +65,15 @@ pub fn open(config: &BessConfig, depth: usize) -> Result<Bess, TransportError> {
             hangup_check: true,
         },
     ))
+}
+
+/// The opener of `transport=bess` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::Bess(c) = config else {
+        return Err(super::wrong_config("bess"));
+    };
+    Ok(Box::new(open(c, o.depth)?))
 }

@@ -8,7 +8,9 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::sys::{self, Mmsg};
+use super::Opening;
 use super::{Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats};
+use crate::config::TransportConfig;
 
 pub struct Fd {
     fd: OwnedFd,
@@ -185,4 +187,15 @@ impl Transport for Fd {
             ..self.stats
         }
     }
+}
+
+/// The opener of `transport=fd` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::Fd(c) = config else {
+        return Err(super::wrong_config("fd"));
+    };
+    Ok(Box::new(Fd::open(c.fd, o.depth, o.vec)?))
 }

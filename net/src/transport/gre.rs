@@ -16,7 +16,9 @@ use super::ipsock::{self, SockAddr, SourceMatch};
 use super::tunnel::{Tunnel, TunnelOpts};
 use super::wire::{GreCodec, IPPROTO_GRE};
 use super::TransportError;
+use super::{Opening, Transport};
 use crate::config::GreConfig;
+use crate::config::TransportConfig;
 
 pub type Gre = Tunnel<GreCodec>;
 
@@ -39,9 +41,9 @@ pub fn open(config: &GreConfig, depth: usize) -> Result<Gre, TransportError> {
         &SockAddr::ip(config.src, 0),
         false,
     )
-    .map_err(|reason| TransportError::Invalid {
+    .map_err(|source| TransportError::Socket {
         transport: "gre",
-        reason,
+        source,
     })?;
     Ok(Tunnel::new(
         "gre",
@@ -59,4 +61,15 @@ pub fn open(config: &GreConfig, depth: usize) -> Result<Gre, TransportError> {
             hangup_check: false,
         },
     ))
+}
+
+/// The opener of `transport=gre` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::Gre(c) = config else {
+        return Err(super::wrong_config("gre"));
+    };
+    Ok(Box::new(open(c, o.depth)?))
 }

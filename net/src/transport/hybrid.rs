@@ -10,7 +10,9 @@ use std::os::fd::RawFd;
 use super::bpf::BpfProgram;
 use super::packet::{Direction, PacketSocket};
 use super::tapdev::TapDev;
+use super::Opening;
 use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use crate::config::TransportConfig;
 
 pub struct Hybrid {
     tap: TapDev,
@@ -104,4 +106,19 @@ impl Transport for Hybrid {
                 source,
             })
     }
+}
+
+/// The opener of `transport=hybrid` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::Hybrid(c) = config else {
+        return Err(super::wrong_config("hybrid"));
+    };
+    Ok(Box::new(Hybrid::open(
+        &c.ifname,
+        o.depth,
+        o.filter.as_ref(),
+    )?))
 }

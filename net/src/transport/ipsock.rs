@@ -208,6 +208,47 @@ pub fn connect(fd: &OwnedFd, addr: &SockAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// Why [`bound_socket`] failed: the step, the system's error and, for the usual failures, a
+/// hint in the user's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("socket: {source}{}", socket_hint(.source))]
+    Socket {
+        #[source]
+        source: io::Error,
+    },
+    #[error("setsockopt(SO_REUSEADDR): {source}")]
+    ReuseAddr {
+        #[source]
+        source: io::Error,
+    },
+    #[error("bind {addr}: {source}{}", bind_hint(.source))]
+    Bind {
+        /// The local address, as `{:?}` of [`SockAddr`] renders it.
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn socket_hint(e: &io::Error) -> &'static str {
+    if e.raw_os_error() == Some(libc::EPERM) {
+        " (raw IP sockets need CAP_NET_RAW: run as root)"
+    } else {
+        ""
+    }
+}
+
+fn bind_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => {
+            " (another socket, perhaps another tunnel, already has this address and port)"
+        }
+        Some(libc::EADDRNOTAVAIL) => " (not an address of this host or namespace)",
+        _ => "",
+    }
+}
+
 /// A socket of `family` and `ty` bound to `local`, with an error that names the address and,
 /// for the usual failures, says why in the user's terms.
 pub fn bound_socket(
@@ -216,28 +257,15 @@ pub fn bound_socket(
     protocol: i32,
     local: &SockAddr,
     reuse: bool,
-) -> Result<OwnedFd, String> {
-    let fd = sys::socket(family, ty, protocol).map_err(|e| {
-        let hint = if e.raw_os_error() == Some(libc::EPERM) {
-            " (raw IP sockets need CAP_NET_RAW: run as root)"
-        } else {
-            ""
-        };
-        format!("socket: {e}{hint}")
-    })?;
+) -> Result<OwnedFd, BindError> {
+    let fd = sys::socket(family, ty, protocol).map_err(|source| BindError::Socket { source })?;
     if reuse {
         sys::setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
-            .map_err(|e| format!("setsockopt(SO_REUSEADDR): {e}"))?;
+            .map_err(|source| BindError::ReuseAddr { source })?;
     }
-    bind(&fd, local).map_err(|e| {
-        let hint = match e.raw_os_error() {
-            Some(libc::EADDRINUSE) => {
-                " (another socket, perhaps another tunnel, already has this address and port)"
-            }
-            Some(libc::EADDRNOTAVAIL) => " (not an address of this host or namespace)",
-            _ => "",
-        };
-        format!("bind {local:?}: {e}{hint}")
+    bind(&fd, local).map_err(|source| BindError::Bind {
+        addr: format!("{local:?}"),
+        source,
     })?;
     Ok(fd)
 }

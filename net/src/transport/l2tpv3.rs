@@ -13,9 +13,18 @@ use super::ipsock::{self, SockAddr, SourceMatch};
 use super::tunnel::{Tunnel, TunnelOpts};
 use super::wire::{L2tpv3Codec, IPPROTO_L2TP};
 use super::TransportError;
+use super::{Opening, Transport};
 use crate::config::L2tpv3Config;
+use crate::config::TransportConfig;
 
 pub type L2tpv3 = Tunnel<L2tpv3Codec>;
+
+fn socket_error(source: ipsock::BindError) -> TransportError {
+    TransportError::Socket {
+        transport: "l2tpv3",
+        source,
+    }
+}
 
 fn invalid(reason: String) -> TransportError {
     TransportError::Invalid {
@@ -45,7 +54,7 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
             &SockAddr::ip(config.src, srcport),
             false,
         )
-        .map_err(invalid)?;
+        .map_err(socket_error)?;
         (fd, SockAddr::ip(config.dst, dstport), Some(dstport))
     } else {
         let fd = ipsock::bound_socket(
@@ -55,7 +64,7 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
             &SockAddr::ip(config.src, 0),
             false,
         )
-        .map_err(invalid)?;
+        .map_err(socket_error)?;
         (fd, SockAddr::ip(config.dst, 0), None)
     };
     Ok(Tunnel::new(
@@ -74,4 +83,15 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
             hangup_check: false,
         },
     ))
+}
+
+/// The opener of `transport=l2tpv3` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::L2tpv3(c) = config else {
+        return Err(super::wrong_config("l2tpv3"));
+    };
+    Ok(Box::new(open(c, o.depth)?))
 }

@@ -5,27 +5,30 @@
 //! When [`Transport::vnet_hdr_len`] is non-zero every packet in a batch, in both directions,
 //! starts with that many bytes of `struct virtio_net_hdr` (little-endian, no `num_buffers`).
 
-mod bess;
+pub(crate) mod bess;
 mod bpf;
-mod daemon;
-mod fd;
-mod gre;
-mod hybrid;
+pub(crate) mod daemon;
+pub(crate) mod fd;
+pub(crate) mod gre;
+pub(crate) mod hybrid;
 mod ipsock;
-mod l2tpv3;
+pub(crate) mod l2tpv3;
 mod packet;
-mod pcap;
-mod raw;
+pub(crate) mod pcap;
+pub(crate) mod raw;
+mod switch_port;
 mod sys;
-mod tap;
+pub(crate) mod tap;
 mod tapdev;
 mod tunnel;
-mod udp;
-mod user;
-mod vde;
+pub(crate) mod udp;
+pub(crate) mod user;
+pub(crate) mod vde;
 pub mod vnet;
 
 use std::os::fd::RawFd;
+
+use crate::config::TransportConfig;
 
 /// Classic BPF in user space and libpcap's compiler, for the backend's frame capture.
 pub(crate) use bpf::run as run_bpf;
@@ -320,6 +323,13 @@ pub enum TransportError {
     Bpf { path: String, reason: String },
     #[error("transport `{0}` is not implemented yet")]
     Unsupported(&'static str),
+    /// A socket that could not be made or bound (tunnels, udp, bess).
+    #[error("{transport}: {source}")]
+    Socket {
+        transport: &'static str,
+        #[source]
+        source: ipsock::BindError,
+    },
     #[error("{transport}: {reason}")]
     Invalid {
         transport: &'static str,
@@ -374,52 +384,49 @@ pub trait Transport: Send {
 
 pub mod wire;
 
-/// Opens the transport a spec describes.
+/// What an opener gets besides the transport's own configuration: the common options it
+/// needs, resolved.
+pub(crate) struct Opening {
+    /// Packets per multi-packet call: `depth`, or 1 with `vec=0`.
+    pub depth: usize,
+    /// `vec`: multi-packet I/O.
+    pub vec: bool,
+    pub mtu: u16,
+    /// The `bpffile` program, loaded.
+    pub filter: Option<BpfProgram>,
+}
+
+/// Opens one transport from its configuration: a row's `open` in [`crate::kind::KINDS`].
+pub(crate) type Opener =
+    fn(&TransportConfig, &Opening) -> Result<Box<dyn Transport>, TransportError>;
+
+/// An opener given a configuration that is not its transport's: the table pairs each
+/// configuration with its opener, so this is a bug in the table, reported rather than panicking.
+fn wrong_config(opener: &'static str) -> TransportError {
+    TransportError::Invalid {
+        transport: opener,
+        reason: "given another transport's configuration (the transport table is wrong)".into(),
+    }
+}
+
+/// Opens the transport a spec describes, through its row of [`crate::kind::KINDS`].
 pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, TransportError> {
-    use crate::config::TransportConfig as T;
-    let depth = if spec.common.vec {
-        usize::from(spec.common.depth)
-    } else {
-        1
+    let opening = Opening {
+        depth: if spec.common.vec {
+            usize::from(spec.common.depth)
+        } else {
+            1
+        },
+        vec: spec.common.vec,
+        mtu: spec.common.mtu,
+        filter: spec
+            .common
+            .bpffile
+            .as_deref()
+            .map(BpfProgram::load)
+            .transpose()?,
     };
-    let filter = spec
-        .common
-        .bpffile
-        .as_deref()
-        .map(BpfProgram::load)
-        .transpose()?;
-    Ok(match &spec.transport {
-        T::Tap(c) => Box::new(tap::Tap::open("tap", c.ifname.as_deref(), spec.common.vec)?),
-        T::TunTap(c) => Box::new(tap::Tap::open("tuntap", Some(&c.ifname), spec.common.vec)?),
-        T::Raw(c) => Box::new(raw::Raw::open(&c.ifname, depth, filter.as_ref())?),
-        T::Hybrid(c) => Box::new(hybrid::Hybrid::open(&c.ifname, depth, filter.as_ref())?),
-        T::Fd(c) => Box::new(fd::Fd::open(c.fd, depth, spec.common.vec)?),
-        T::User(c) => Box::new(user::User::open(c, spec.common.mtu)?),
-        T::Gre(c) => Box::new(gre::open(c, depth)?),
-        T::L2tpv3(c) => Box::new(l2tpv3::open(c, depth)?),
-        T::Bess(c) => Box::new(bess::open(c, depth)?),
-        T::Mcast(c) => Box::new(udp::open_mcast(c, depth)?),
-        T::Ucast(c) => Box::new(udp::open_ucast(c, depth)?),
-        T::Pcap(c) => Box::new(pcap::Pcap::open(
-            &c.ifname,
-            c.filter.as_deref(),
-            filter.as_ref(),
-            c.promisc,
-            c.optimize,
-            depth,
-        )?),
-        T::Daemon(c) => Box::new(daemon::Daemon::open(&c.ctl, depth)?),
-        T::Vde(c) => Box::new(vde::Vde::open(
-            c.switch.as_deref(),
-            &vde::VdeOptions {
-                port: c.port.unwrap_or(0),
-                group: c.group.as_deref(),
-                mode: c.mode.unwrap_or(0o700),
-                descr: c.descr.as_deref().unwrap_or(vde::DEFAULT_DESCR),
-            },
-            depth,
-        )?),
-    })
+    (spec.transport.kind().row().open)(&spec.transport, &opening)
 }
 
 #[cfg(test)]

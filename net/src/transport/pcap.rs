@@ -27,7 +27,9 @@ use std::sync::Mutex;
 use super::bpf::BpfProgram;
 use super::packet::KernelDrops;
 use super::sys::{self, cvt, Mmsg};
+use super::Opening;
 use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use crate::config::TransportConfig;
 
 /// libpcap's `MAXIMUM_SNAPLEN`: the filter's accepting return never trims a frame.
 pub const SNAPLEN: c_int = 262_144;
@@ -308,6 +310,24 @@ impl Transport for Pcap {
             ..self.stats
         }
     }
+}
+
+/// The opener of `ethN=pcap` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::Pcap(c) = config else {
+        return Err(super::wrong_config("pcap"));
+    };
+    Ok(Box::new(Pcap::open(
+        &c.ifname,
+        c.filter.as_deref(),
+        o.filter.as_ref(),
+        c.promisc,
+        c.optimize,
+        o.depth,
+    )?))
 }
 
 #[cfg(test)]

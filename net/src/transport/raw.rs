@@ -6,7 +6,9 @@ use std::os::fd::RawFd;
 
 use super::bpf::BpfProgram;
 use super::packet::{Direction, PacketSocket};
+use super::Opening;
 use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use crate::config::TransportConfig;
 
 pub struct Raw {
     sock: PacketSocket,
@@ -122,4 +124,15 @@ pub fn send_all(
         }
     }
     Ok(done)
+}
+
+/// The opener of `transport=raw` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::Raw(c) = config else {
+        return Err(super::wrong_config("raw"));
+    };
+    Ok(Box::new(Raw::open(&c.ifname, o.depth, o.filter.as_ref())?))
 }

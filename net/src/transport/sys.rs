@@ -1,5 +1,19 @@
-//! Thin, safe wrappers over the system calls the transports use. Everything that touches raw
-//! pointers is here, each with its `// SAFETY:` argument.
+//! Thin, safe wrappers over the system calls several transports share: errno conversion,
+//! sockets and socket options, packet-socket binding and filters, `recvmmsg`/`sendmmsg`
+//! headers ([`Mmsg`]), descriptor probes and drop counters. Each `unsafe` block carries its
+//! `// SAFETY:` argument.
+//!
+//! Not everything unsafe is here: code that builds or reads one transport's own C structures
+//! stays beside that transport, with its `// SAFETY:` arguments, where a reader of the
+//! transport needs it:
+//! - `ipsock`: `sockaddr_in`/`sockaddr_in6` in a `sockaddr_storage`, `bind`/`connect` of them;
+//! - `tapdev`: opening `/dev/net/tun` and its `TUNSET*` ioctls;
+//! - `pcap`: libpcap loaded with `dlopen` and called through its function pointers;
+//! - `switch_port`, `daemon`, `vde`: `sockaddr_un` and the switches' sockets, `chown`/`chmod`
+//!   of vde's data socket, `getgrnam_r`;
+//! - `tunnel`: the `mmsghdr` vectors of the tunnels' multi-packet I/O;
+//! - `udp`: the multicast membership option; `fd`: adopting the inherited descriptor;
+//! - `user`: libslirp's callbacks and the C structures it hands over.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};

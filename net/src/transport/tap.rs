@@ -3,7 +3,9 @@
 use std::os::fd::RawFd;
 
 use super::tapdev::TapDev;
+use super::Opening;
 use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use crate::config::TransportConfig;
 
 pub struct Tap {
     dev: TapDev,
@@ -105,4 +107,16 @@ impl Transport for Tap {
             ..self.stats
         }
     }
+}
+
+/// The opener of `transport=tap` and `ethN=tuntap` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    Ok(Box::new(match config {
+        TransportConfig::Tap(c) => Tap::open("tap", c.ifname.as_deref(), o.vec)?,
+        TransportConfig::TunTap(c) => Tap::open("tuntap", Some(&c.ifname), o.vec)?,
+        _ => return Err(super::wrong_config("tap")),
+    }))
 }

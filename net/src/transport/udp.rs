@@ -24,12 +24,18 @@ use super::ipsock::{self, SockAddr, SourceMatch};
 use super::sys::{self, cvt};
 use super::tunnel::{Bare, Tunnel, TunnelOpts};
 use super::TransportError;
+use super::{Opening, Transport};
+use crate::config::TransportConfig;
 use crate::config::{McastConfig, UcastConfig};
 
 pub type Udp = Tunnel<Bare>;
 
 fn invalid(transport: &'static str) -> impl Fn(String) -> TransportError {
     move |reason| TransportError::Invalid { transport, reason }
+}
+
+fn socket_error(transport: &'static str) -> impl Fn(ipsock::BindError) -> TransportError {
+    move |source| TransportError::Socket { transport, source }
 }
 
 pub fn open_mcast(config: &McastConfig, depth: usize) -> Result<Udp, TransportError> {
@@ -51,7 +57,7 @@ pub fn open_mcast(config: &McastConfig, depth: usize) -> Result<Udp, TransportEr
         &group_addr,
         true,
     )
-    .map_err(&err)?;
+    .map_err(socket_error("mcast"))?;
     let mreq = libc::ip_mreq {
         imr_multiaddr: libc::in_addr {
             s_addr: u32::from_ne_bytes(group.octets()),
@@ -115,7 +121,6 @@ pub fn open_mcast(config: &McastConfig, depth: usize) -> Result<Udp, TransportEr
 }
 
 pub fn open_ucast(config: &UcastConfig, depth: usize) -> Result<Udp, TransportError> {
-    let err = invalid("ucast");
     let any = match config.remote {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
@@ -127,7 +132,7 @@ pub fn open_ucast(config: &UcastConfig, depth: usize) -> Result<Udp, TransportEr
         &SockAddr::ip(any, config.local_port),
         true,
     )
-    .map_err(&err)?;
+    .map_err(socket_error("ucast"))?;
     Ok(Tunnel::new(
         "ucast",
         fd,
@@ -141,4 +146,16 @@ pub fn open_ucast(config: &UcastConfig, depth: usize) -> Result<Udp, TransportEr
             hangup_check: false,
         },
     ))
+}
+
+/// The opener of `ethN=mcast` and `ethN=ucast` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    Ok(Box::new(match config {
+        TransportConfig::Mcast(c) => open_mcast(c, o.depth)?,
+        TransportConfig::Ucast(c) => open_ucast(c, o.depth)?,
+        _ => return Err(super::wrong_config("mcast")),
+    }))
 }

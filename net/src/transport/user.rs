@@ -33,7 +33,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use libslirp_sys as ffi;
 
 use super::sys::{self, cvt};
+use super::Opening;
 use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use crate::config::TransportConfig;
 use crate::config::UserConfig;
 
 /// Guest-bound frames kept while the guest does not take them (a TCP window's worth many
@@ -636,6 +638,17 @@ unsafe extern "C" fn get_revents(idx: c_int, opaque: *mut c_void) -> c_int {
         .ok()
         .and_then(|i| fds.get(i))
         .map_or(0, |p| poll_to_slirp(p.revents))
+}
+
+/// The opener of `transport=user` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::User(c) = config else {
+        return Err(super::wrong_config("user"));
+    };
+    Ok(Box::new(User::open(c, o.mtu)?))
 }
 
 #[cfg(test)]

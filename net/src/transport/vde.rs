@@ -43,12 +43,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::daemon::{
+use super::switch_port::{
     bind_un, connect_ctl, describe, handshake, sockaddr_bytes, SwitchPort, SUN_LEN, SWITCH_MAGIC,
     SWITCH_VERSION,
 };
 use super::sys::{self, cvt};
 use super::TransportError;
+use super::{Opening, Transport};
+use crate::config::TransportConfig;
 
 const T: &str = "vde";
 /// libvdeplug's `MAXDESCR`.
@@ -269,6 +271,26 @@ impl Vde {
         }
         Err(invalid(format!("binding the data socket: {last}")))
     }
+}
+
+/// The opener of `ethN=vde` and `vecN:transport=vde` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::Vde(c) = config else {
+        return Err(super::wrong_config("vde"));
+    };
+    Ok(Box::new(Vde::open(
+        c.switch.as_deref(),
+        &VdeOptions {
+            port: c.port.unwrap_or(0),
+            group: c.group.as_deref(),
+            mode: c.mode.unwrap_or(0o700),
+            descr: c.descr.as_deref().unwrap_or(DEFAULT_DESCR),
+        },
+        o.depth,
+    )?))
 }
 
 #[cfg(test)]

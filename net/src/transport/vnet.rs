@@ -2,8 +2,8 @@
 //! `num_buffers`), and the one piece of offload work done in software: completing a partial
 //! checksum when the guest did not agree to receive one.
 
-/// Bytes of the header the host side carries.
-pub const HDR_LEN: usize = 10;
+/// Bytes of the header the host side carries: `struct virtio_net_hdr`.
+pub const HDR_LEN: usize = std::mem::size_of::<virtio_bindings::virtio_net::virtio_net_hdr>();
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at csum_start+csum_offset is partial.
 pub const F_NEEDS_CSUM: u8 = 1;
