@@ -60,7 +60,8 @@ impl Daemon {
     /// Waits until `path` exists (a socket the daemon binds), or panics with its log.
     pub fn wait_for_path(&mut self, path: &Path, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while !path.exists() {
+        let pid = self.pid();
+        while !path.exists() || !unix_socket_ready(pid, path) {
             assert!(
                 self.running(),
                 "daemon exited before creating {}:\n{}",
@@ -210,4 +211,32 @@ pub fn fd_net_backend(
     drop(fd);
     d.wait_for_path(&sock, Duration::from_secs(10));
     (d, sock)
+}
+
+/// Whether `path` is ready to be connected to, as process `pid` (in its own network
+/// namespace) sees it: a path that is not a socket is ready once it exists; a stream socket
+/// once it listens (between `bind` and `listen` the path exists but a connect is refused); a
+/// datagram socket once it is bound.
+pub fn unix_socket_ready(pid: u32, path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {}
+        Ok(_) => return true,
+        Err(_) => return false,
+    }
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/unix")) else {
+        return true;
+    };
+    let want = path.to_string_lossy();
+    // `Num RefCount Protocol Flags Type St Inode Path`; Flags 0x10000 is __SO_ACCEPTCON
+    // (listening), Type 1 is SOCK_STREAM, 5 SOCK_SEQPACKET.
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 8 || f[7] != want {
+            return false;
+        }
+        let flags = u32::from_str_radix(f[3], 16).unwrap_or(0);
+        let stream = matches!(f[4], "0001" | "0005");
+        !stream || flags & 0x10000 != 0
+    })
 }

@@ -48,9 +48,10 @@ impl Switch {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {program}: {e} (run resources/setup.sh)"));
+        let pid = child.id();
         let mut s = Switch { child, log };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !ready.exists() {
+        while !ready.exists() || !vmm_tests::process::unix_socket_ready(pid, ready) {
             assert!(
                 matches!(s.child.try_wait(), Ok(None)),
                 "{program} exited before creating {}:\n{}",
