@@ -778,23 +778,16 @@ impl Vmm {
     }
 }
 
-/// Kicks every vCPU thread out of `KVM_RUN` until it notices the exit request, then joins it.
-/// Re-kicks because a signal that lands just before a thread re-enters `KVM_RUN` is lost.
+/// Stops every vCPU thread and joins it. The exit request is already set; one kick each is
+/// enough, because the kick handler sets the thread's `immediate_exit` ([`vcpu`]).
 fn stop_threads(threads: Vec<std::thread::JoinHandle<()>>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    for handle in &threads {
+        // Not joined yet: joined below, after every thread was kicked.
+        vcpu::kick(handle.as_pthread_t());
+    }
     for handle in threads {
-        while !handle.is_finished() && Instant::now() < deadline {
-            // SAFETY: the thread has not been joined, so its pthread_t is valid; the signal has
-            // a no-op handler installed by `install_kick_handler`.
-            unsafe { libc::pthread_kill(handle.as_pthread_t(), vcpu::kick_signal()) };
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if handle.is_finished() {
-            if handle.join().is_err() {
-                log::error!("a vCPU thread panicked");
-            }
-        } else {
-            log::error!("a vCPU thread did not stop; leaving it detached");
+        if handle.join().is_err() {
+            log::error!("a vCPU thread panicked");
         }
     }
 }
