@@ -326,8 +326,6 @@ impl Vcpu {
         self.fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))
     }
 
-    /// Runs the guest until an exit is requested (by a device, another vCPU, or this one).
-    /// Errors are stored in `error` and reported as [`ExitRequest::VcpuFailed`].
     /// A one-line summary of the vCPU's registers, for diagnostics.
     fn state(&self) -> String {
         match (self.fd.get_regs(), self.fd.get_sregs()) {
@@ -340,6 +338,9 @@ impl Vcpu {
         }
     }
 
+    /// Runs the guest until an exit is requested (by a device, another vCPU, or this one).
+    /// Errors are stored in `error` and reported as [`ExitRequest::VcpuFailed`]. Kicks
+    /// ([`kick`]) reach this thread's `KVM_RUN` from the start of this call to its end.
     pub fn run(
         mut self,
         pio: &Bus,
