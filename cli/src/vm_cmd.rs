@@ -265,16 +265,10 @@ fn boot_once(config: vmm_vmm::VmConfig, timeout: Option<&str>) -> Option<ExitCod
 
 /// Bad input (the kernel or initrd file, sizes, counts) is status 2; the rest is 1.
 fn exit_status(e: &vmm_vmm::VmmError) -> u8 {
-    match e {
-        vmm_vmm::VmmError::Config(_)
-        | vmm_vmm::VmmError::Boot(_)
-        | vmm_vmm::VmmError::ConsoleLog { .. }
-        | vmm_vmm::VmmError::Memory(vmm_vmm::memory::Error::BadSize { .. }) => EXIT_USAGE,
-        vmm_vmm::VmmError::Device(d) if d.usage => EXIT_USAGE,
-        vmm_vmm::VmmError::Control(
-            vmm_vmm::control::Error::InUse(_) | vmm_vmm::control::Error::NotSocket(_),
-        ) => EXIT_USAGE,
-        _ => 1,
+    if e.is_bad_input() {
+        EXIT_USAGE
+    } else {
+        1
     }
 }
 

@@ -207,9 +207,38 @@ impl RunReport {
 /// Any error building or running the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
-    /// The configuration is invalid.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// No vCPUs, or more than the MP table describes.
+    #[error("{requested} vCPUs requested; 1..={max} supported")]
+    CpuCount {
+        /// What the configuration asked for.
+        requested: u8,
+        /// [`mptable::MAX_CPUS`].
+        max: u8,
+    },
+    /// More vCPUs than this host's KVM allows.
+    #[error("{requested} vCPUs requested; this KVM allows {max}")]
+    KvmCpuLimit {
+        /// What the configuration asked for.
+        requested: u8,
+        /// `KVM_CAP_MAX_VCPUS`.
+        max: usize,
+    },
+    /// The 32-bit hole has no room for another device's BAR.
+    #[error("no room left for another PCI BAR ({size:#x} bytes below {PCI_BAR_END:#x})")]
+    PciSpace {
+        /// The BAR's size.
+        size: u64,
+    },
+    /// PCI bus 0 refused a device (no free slot).
+    #[error(transparent)]
+    PciBus(#[from] vmm_devices::pci::PciError),
+    /// The virtio-pci transport could not be built around a device.
+    #[error("virtio-pci device: {0}")]
+    VirtioTransport(#[from] virtio_pci::Error),
+    /// Every vCPU stopped, yet nothing asked the VM to end and no vCPU reported an error (a
+    /// bug).
+    #[error("the VM stopped without a reason")]
+    NoExitReason,
     /// KVM is not usable.
     #[error(transparent)]
     Kvm(#[from] kvm::Error),
@@ -263,6 +292,63 @@ pub enum VmmError {
     },
 }
 
+impl VmmError {
+    /// Whether the caller's input is at fault (a bad argument, a file that is not what it
+    /// should be, a socket path in use), rather than the host, KVM, a backend or the VMM: the
+    /// `vmm` binary exits 2 for bad input and 1 for everything else. Every variant is matched
+    /// by name, so a new one must be decided here.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            VmmError::CpuCount { .. } | VmmError::KvmCpuLimit { .. } => true,
+            VmmError::ConsoleLog { .. } => true,
+            VmmError::Device(d) => d.usage,
+            VmmError::Control(e) => match e {
+                control::Error::InUse(_) | control::Error::NotSocket(_) => true,
+                control::Error::Bind { .. } => false,
+            },
+            VmmError::Memory(e) => match e {
+                memory::Error::BadSize { .. } => true,
+                memory::Error::Memfd(_)
+                | memory::Error::Truncate { .. }
+                | memory::Error::Seal(_)
+                | memory::Error::Mmap(_)
+                | memory::Error::SetMemoryRegion { .. } => false,
+            },
+            VmmError::Boot(e) => match e {
+                boot::Error::KernelOpen { .. }
+                | boot::Error::KernelRead { .. }
+                | boot::Error::NotAKernel { .. }
+                | boot::Error::UnsupportedKernel { .. }
+                | boot::Error::Truncated { .. }
+                | boot::Error::KernelDoesNotFit { .. }
+                | boot::Error::KernelTooLow { .. }
+                | boot::Error::EntryOutsideImage { .. }
+                | boot::Error::Load { .. }
+                | boot::Error::Initrd { .. }
+                | boot::Error::InitrdDoesNotFit { .. }
+                | boot::Error::Cmdline(_) => true,
+                // The VMM writing its own structures into memory it sized.
+                boot::Error::GuestWrite { .. } | boot::Error::BootParams(_) => false,
+            },
+            VmmError::MpTable(e) => match e {
+                mptable::Error::TooManyCpus(_) => true,
+                mptable::Error::Write(_) => false,
+            },
+            VmmError::Kvm(_)
+            | VmmError::Vm(_)
+            | VmmError::Cpuid(_)
+            | VmmError::Vcpu(_)
+            | VmmError::Bus(_)
+            | VmmError::PciSpace { .. }
+            | VmmError::PciBus(_)
+            | VmmError::VirtioTransport(_)
+            | VmmError::NoExitReason
+            | VmmError::EventLoop(_)
+            | VmmError::Io { .. } => false,
+        }
+    }
+}
+
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
     move |source| VmmError::Io { what, source }
 }
@@ -310,11 +396,10 @@ impl Vmm {
         // Bad device arguments are found before anything is built.
         let virtiofsd = builder::check(&mut config.devices, config.virtiofsd.as_deref())?;
         if config.cpus == 0 || config.cpus > mptable::MAX_CPUS {
-            return Err(VmmError::Config(format!(
-                "{} vCPUs requested; 1..={} supported",
-                config.cpus,
-                mptable::MAX_CPUS
-            )));
+            return Err(VmmError::CpuCount {
+                requested: config.cpus,
+                max: mptable::MAX_CPUS,
+            });
         }
         let console_log = match &config.console_log {
             Some(path) => Some(
@@ -352,10 +437,10 @@ impl Vmm {
         let kvm = kvm::open()?;
         let max_vcpus = kvm.get_max_vcpus();
         if usize::from(config.cpus) > max_vcpus {
-            return Err(VmmError::Config(format!(
-                "{} vCPUs requested; this KVM allows {max_vcpus}",
-                config.cpus
-            )));
+            return Err(VmmError::KvmCpuLimit {
+                requested: config.cpus,
+                max: max_vcpus,
+            });
         }
 
         let vm = vm::Vm::new(&kvm)?;
@@ -435,7 +520,7 @@ impl Vmm {
     fn allocate_bar(&mut self, size: u64) -> Result<u64, VmmError> {
         let bar = self.next_bar.next_multiple_of(size);
         if bar + size > PCI_BAR_END {
-            return Err(VmmError::Config("no room left for another PCI BAR".into()));
+            return Err(VmmError::PciSpace { size });
         }
         self.next_bar = bar + size;
         Ok(bar)
@@ -453,8 +538,7 @@ impl Vmm {
             .pci
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .add_device(dev)
-            .map_err(|e| VmmError::Config(e.to_string()))?;
+            .add_device(dev)?;
         log::info!("pvpanic in slot {slot}, BAR {bar:#x}");
         Ok(())
     }
@@ -468,8 +552,7 @@ impl Vmm {
         let vectors = dev.queue_max_sizes().len() as u32 + 1;
         let gsis = self.routing.allocate(vectors);
         let router: Arc<dyn virtio_pci::MsiRouter> = self.routing.clone();
-        let pci_dev = VirtioPciDevice::new(dev, bar, &gsis, router)
-            .map_err(|e| VmmError::Config(format!("virtio-pci device: {e}")))?;
+        let pci_dev = VirtioPciDevice::new(dev, bar, &gsis, router)?;
         for (offset, kick) in pci_dev.notifiers() {
             self.vm
                 .fd()
@@ -490,8 +573,7 @@ impl Vmm {
             .pci
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .add_device(pci_dev.clone())
-            .map_err(|e| VmmError::Config(e.to_string()))?;
+            .add_device(pci_dev.clone())?;
         self.virtio.push(pci_dev);
         log::info!("virtio-pci device in slot {slot}, BAR {bar:#x}, GSIs {gsis:?}");
         Ok(slot)
@@ -643,7 +725,7 @@ impl Vmm {
                 let e = error.lock().unwrap_or_else(|p| p.into_inner()).take();
                 return Err(match e {
                     Some(e) => e.into(),
-                    None => VmmError::Config("the VM stopped without a reason".into()),
+                    None => VmmError::NoExitReason,
                 });
             }
         };
@@ -696,23 +778,16 @@ impl Vmm {
     }
 }
 
-/// Kicks every vCPU thread out of `KVM_RUN` until it notices the exit request, then joins it.
-/// Re-kicks because a signal that lands just before a thread re-enters `KVM_RUN` is lost.
+/// Stops every vCPU thread and joins it. The exit request is already set; one kick each is
+/// enough, because the kick handler sets the thread's `immediate_exit` ([`vcpu`]).
 fn stop_threads(threads: Vec<std::thread::JoinHandle<()>>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    for handle in &threads {
+        // Not joined yet: joined below, after every thread was kicked.
+        vcpu::kick(handle.as_pthread_t());
+    }
     for handle in threads {
-        while !handle.is_finished() && Instant::now() < deadline {
-            // SAFETY: the thread has not been joined, so its pthread_t is valid; the signal has
-            // a no-op handler installed by `install_kick_handler`.
-            unsafe { libc::pthread_kill(handle.as_pthread_t(), vcpu::kick_signal()) };
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if handle.is_finished() {
-            if handle.join().is_err() {
-                log::error!("a vCPU thread panicked");
-            }
-        } else {
-            log::error!("a vCPU thread did not stop; leaving it detached");
+        if handle.join().is_err() {
+            log::error!("a vCPU thread panicked");
         }
     }
 }
@@ -733,5 +808,161 @@ mod exit_code_tests {
             "a triple fault is a failure"
         );
         assert_eq!(VmExit::Stopped.exit_code(), 130);
+    }
+}
+
+#[cfg(test)]
+mod bad_input_tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn io() -> std::io::Error {
+        std::io::Error::from_raw_os_error(libc::EIO)
+    }
+
+    fn ioctl() -> kvm_ioctls::Error {
+        kvm_ioctls::Error::new(libc::EINVAL)
+    }
+
+    fn guest_write() -> vm_memory::GuestMemoryError {
+        vm_memory::GuestMemoryError::InvalidGuestAddress(vm_memory::GuestAddress(0))
+    }
+
+    /// Exit status 2 ("fix your command line") for exactly the errors a user's input causes;
+    /// 1 for the host, KVM, a backend or the VMM itself.
+    #[test]
+    fn only_bad_input_is_bad_input() {
+        let p = || PathBuf::from("/x");
+        let boot = |e: boot::Error| VmmError::Boot(e);
+        let bad_input = [
+            VmmError::CpuCount {
+                requested: 0,
+                max: mptable::MAX_CPUS,
+            },
+            VmmError::KvmCpuLimit {
+                requested: 32,
+                max: 8,
+            },
+            VmmError::ConsoleLog {
+                path: p(),
+                source: io(),
+            },
+            VmmError::Device(builder::DeviceError::usage("--net junk")),
+            VmmError::Control(control::Error::InUse(p())),
+            VmmError::Control(control::Error::NotSocket(p())),
+            VmmError::Memory(memory::Error::BadSize { mib: 1 }),
+            boot(boot::Error::KernelOpen {
+                path: p(),
+                source: io(),
+            }),
+            boot(boot::Error::KernelRead {
+                path: p(),
+                source: io(),
+            }),
+            boot(boot::Error::NotAKernel {
+                path: p(),
+                reason: String::new(),
+            }),
+            boot(boot::Error::UnsupportedKernel {
+                path: p(),
+                reason: String::new(),
+            }),
+            boot(boot::Error::Truncated {
+                path: p(),
+                what: String::new(),
+            }),
+            boot(boot::Error::KernelDoesNotFit {
+                path: p(),
+                start: 0,
+                end: 0,
+                ram_end: 0,
+            }),
+            boot(boot::Error::KernelTooLow {
+                path: p(),
+                start: 0,
+            }),
+            boot(boot::Error::EntryOutsideImage {
+                path: p(),
+                entry: 0,
+                start: 0,
+                end: 0,
+            }),
+            boot(boot::Error::Load {
+                path: p(),
+                source: linux_loader::loader::Error::MemoryOverflow,
+            }),
+            boot(boot::Error::Initrd {
+                path: p(),
+                source: io(),
+            }),
+            boot(boot::Error::InitrdDoesNotFit {
+                path: p(),
+                size: 0,
+                kernel_end: 0,
+                limit: 0,
+            }),
+            boot(boot::Error::Cmdline(
+                linux_loader::cmdline::Error::InvalidAscii,
+            )),
+            VmmError::MpTable(mptable::Error::TooManyCpus(99)),
+        ];
+        let failures = [
+            VmmError::Kvm(kvm::Error::Open(ioctl())),
+            VmmError::Kvm(kvm::Error::ApiVersion(11)),
+            VmmError::Kvm(kvm::Error::MissingCap(kvm_ioctls::Cap::Irqchip)),
+            VmmError::Vm(vm::Error::Create(ioctl())),
+            VmmError::Memory(memory::Error::Memfd(io())),
+            VmmError::Memory(memory::Error::Truncate {
+                size: 0,
+                source: io(),
+            }),
+            VmmError::Memory(memory::Error::Seal(io())),
+            VmmError::Memory(memory::Error::Mmap(
+                vm_memory::mmap::FromRangesError::InvalidGuestRegion,
+            )),
+            VmmError::Memory(memory::Error::SetMemoryRegion {
+                slot: 0,
+                source: ioctl(),
+            }),
+            boot(boot::Error::GuestWrite {
+                what: "the GDT",
+                source: guest_write(),
+            }),
+            boot(boot::Error::BootParams(
+                linux_loader::configurator::Error::Linux(
+                    linux_loader::configurator::linux::Error::ZeroPagePastRamEnd,
+                ),
+            )),
+            VmmError::Cpuid(cpuid::Error::Supported(ioctl())),
+            VmmError::MpTable(mptable::Error::Write(guest_write())),
+            VmmError::Vcpu(vcpu::Error::FailEntry {
+                index: 0,
+                reason: 0,
+            }),
+            VmmError::Bus(bus::Error::Overlap { base: 0, len: 1 }),
+            VmmError::PciSpace { size: 0x8000 },
+            VmmError::PciBus(vmm_devices::pci::PciError::BusFull),
+            VmmError::VirtioTransport(virtio_pci::Error::QueueCount(0)),
+            VmmError::NoExitReason,
+            VmmError::Device(builder::DeviceError::runtime("--net tap:x: EPERM")),
+            VmmError::Control(control::Error::Bind {
+                path: p(),
+                source: io(),
+            }),
+            VmmError::EventLoop(event_loop::Error::Manager(
+                event_manager::Error::InvalidCapacity,
+            )),
+            VmmError::Io {
+                what: "creating an eventfd",
+                source: io(),
+            },
+        ];
+        for e in &bad_input {
+            assert!(e.is_bad_input(), "bad input, exit 2: {e}");
+        }
+        for e in &failures {
+            assert!(!e.is_bad_input(), "a failure, exit 1: {e}");
+        }
     }
 }

@@ -3,15 +3,19 @@
 //! Only the BSP (vCPU 0) gets boot registers. APs are left in KVM's reset state; with the
 //! in-kernel LAPIC they wait inside `KVM_RUN` for the guest's INIT/SIPI, as on real hardware.
 //!
-//! Stopping: every loop checks the shared [`ExitNotifier`] before entering the guest, and the
-//! VMM kicks threads blocked in `KVM_RUN` (halted, or waiting for SIPI) with [`KICK_SIGNAL`],
-//! whose no-op handler makes `KVM_RUN` return `EINTR`.
+//! Stopping and pausing: every loop checks the shared [`ExitNotifier`] and the [`PauseGate`]
+//! before entering the guest, and the VMM kicks each thread once with [`kick_signal`]. As in
+//! Firecracker, the signal's handler sets `immediate_exit` in the thread's own `kvm_run`: a
+//! thread inside `KVM_RUN` (halted, or waiting for SIPI) returns `EINTR`, and one kicked just
+//! before it enters `KVM_RUN` returns at once instead of sleeping through the kick. Either way
+//! it then sees the request, so one kick is enough and the VMM can join every thread.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_run, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_devices::{ExitNotifier, ExitRequest};
 
@@ -76,15 +80,67 @@ pub fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-/// Installs the no-op handler for [`kick_signal`] (once per process).
+thread_local! {
+    /// The `kvm_run` of the vCPU this thread runs, while [`Vcpu::run`] runs it (null
+    /// otherwise): what the kick handler sets `immediate_exit` in.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The kick handler: makes this thread's current or next `KVM_RUN` return `EINTR`.
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // A const-initialised thread local of a type without a destructor: reading it is a plain
+    // TLS load, safe in a signal handler.
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: `run` is this thread's vCPU's `kvm_run` page, mapped by its `VcpuFd`;
+        // `KickTarget` clears the pointer before that `VcpuFd` is dropped, and the handler runs
+        // on this same thread, so the page is mapped. The kernel shares the page, hence a
+        // volatile one-byte store; the vCPU loop clears it after the `EINTR` it causes.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the handler for [`kick_signal`] (once per process).
 pub fn install_kick_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-        if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), noop) {
+        if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick) {
             log::warn!("cannot install the vCPU kick handler: {e}");
         }
     });
+}
+
+/// Kicks a vCPU thread out of `KVM_RUN`, or makes its next `KVM_RUN` return at once.
+///
+/// `thread` must not have been joined yet (an exited but unjoined thread is fine).
+pub(crate) fn kick(thread: libc::pthread_t) {
+    // SAFETY: the caller guarantees the thread was not joined, so its pthread_t is valid; the
+    // signal has `on_kick` installed (`install_kick_handler`, called before any vCPU thread is
+    // spawned), which only stores one byte.
+    let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
+    if rc != 0 {
+        log::warn!(
+            "cannot kick a vCPU thread: {}",
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+}
+
+/// Points the kick handler at a vCPU's `kvm_run` while it lives on this thread.
+struct KickTarget;
+
+impl KickTarget {
+    fn new(fd: &mut VcpuFd) -> Self {
+        let run: *mut kvm_run = fd.get_kvm_run();
+        KVM_RUN.with(|c| c.set(run));
+        KickTarget
+    }
+}
+
+impl Drop for KickTarget {
+    fn drop(&mut self) {
+        KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
 }
 
 /// What each vCPU thread reports about itself (for tests and diagnostics).
@@ -270,8 +326,6 @@ impl Vcpu {
         self.fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))
     }
 
-    /// Runs the guest until an exit is requested (by a device, another vCPU, or this one).
-    /// Errors are stored in `error` and reported as [`ExitRequest::VcpuFailed`].
     /// A one-line summary of the vCPU's registers, for diagnostics.
     fn state(&self) -> String {
         match (self.fd.get_regs(), self.fd.get_sregs()) {
@@ -284,6 +338,9 @@ impl Vcpu {
         }
     }
 
+    /// Runs the guest until an exit is requested (by a device, another vCPU, or this one).
+    /// Errors are stored in `error` and reported as [`ExitRequest::VcpuFailed`]. Kicks
+    /// ([`kick`]) reach this thread's `KVM_RUN` from the start of this call to its end.
     pub fn run(
         mut self,
         pio: &Bus,
@@ -294,6 +351,8 @@ impl Vcpu {
         pause: &PauseGate,
     ) {
         let index = self.index;
+        // Before the first look at `exit` and `pause`: a kick from here on is never lost.
+        let kick_target = KickTarget::new(&mut self.fd);
         while !exit.is_requested() {
             pause.wait(exit);
             if exit.is_requested() {
@@ -336,7 +395,11 @@ impl Vcpu {
                     index,
                     exit: format!("{other:?}"),
                 }),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(None),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A kick: clear it before the loop looks at why it came.
+                    self.fd.set_kvm_immediate_exit(0);
+                    Ok(None)
+                }
                 Err(source) => Err(Error::Ioctl {
                     index,
                     what: "KVM_RUN",
@@ -357,6 +420,8 @@ impl Vcpu {
                 }
             }
         }
+        // Explicitly, before `self` (the `kvm_run` mapping) goes.
+        drop(kick_target);
     }
 }
 
@@ -431,21 +496,21 @@ impl VcpuThreads {
         }
     }
 
-    /// Pauses every vCPU and waits (up to a second) until each is parked; false if some did
-    /// not park in time (they will, at their next exit).
+    /// Pauses every vCPU (one kick each) and waits (up to a second) until each is parked;
+    /// false if some did not park in time (a vCPU busy in a device; it parks when that
+    /// returns) or the VM is ending.
     pub fn pause(&self) -> bool {
         self.gate.set(true);
+        for &t in &self.threads {
+            // Not joined: the VMM drops `self` before it joins them (see `new`).
+            kick(t);
+        }
         let deadline = Instant::now() + Duration::from_secs(1);
         while self.gate.parked.load(Ordering::SeqCst) < self.threads.len() {
             if Instant::now() > deadline || self.exit.is_requested() {
                 return false;
             }
-            for t in &self.threads {
-                // SAFETY: the thread has not been joined (see `new`), so its pthread_t is
-                // valid; the kick signal has a no-op handler (install_kick_handler).
-                unsafe { libc::pthread_kill(*t, kick_signal()) };
-            }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(1));
         }
         true
     }
@@ -463,5 +528,40 @@ impl VcpuThreads {
     /// How many vCPUs there are.
     pub fn count(&self) -> usize {
         self.threads.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kick_self() {
+        // SAFETY: pthread_self has no preconditions; this thread is running, so not joined.
+        kick(unsafe { libc::pthread_self() });
+    }
+
+    /// A kick that lands before a thread enters `KVM_RUN` is not lost: the handler set
+    /// `immediate_exit`, so `KVM_RUN` returns `EINTR` at once instead of running the guest.
+    #[test]
+    fn a_kick_before_kvm_run_makes_it_return_at_once() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("SKIPPED: /dev/kvm does not open here");
+            return;
+        };
+        let vm = kvm.create_vm().unwrap();
+        let mut fd = vm.create_vcpu(0).unwrap();
+        install_kick_handler();
+
+        // No vCPU on this thread yet: a kick changes nothing.
+        kick_self();
+        assert_eq!(fd.get_kvm_run().immediate_exit, 0);
+
+        let target = KickTarget::new(&mut fd);
+        kick_self();
+        assert_eq!(fd.get_kvm_run().immediate_exit, 1);
+        let e = fd.run().unwrap_err();
+        assert_eq!(e.errno(), libc::EINTR, "{e}");
+        drop(target);
+        assert!(KVM_RUN.with(Cell::get).is_null());
     }
 }

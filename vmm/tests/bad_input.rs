@@ -133,13 +133,25 @@ fn memory_too_small_for_initrd() {
 fn bad_sizes() {
     let mut c = config(Path::new(vmm_test_guest::ELF_PATH));
     c.mem_mib = 1;
-    assert!(matches!(run(c), Err(VmmError::Memory(_))));
+    let e = run(c).unwrap_err();
+    assert!(
+        matches!(e, VmmError::Memory(_)) && e.is_bad_input(),
+        "{e:?}"
+    );
     let mut c = config(Path::new(vmm_test_guest::ELF_PATH));
     c.cpus = 0;
-    assert!(matches!(run(c), Err(VmmError::Config(_))));
+    let e = run(c).unwrap_err();
+    assert!(
+        matches!(e, VmmError::CpuCount { requested: 0, .. }) && e.is_bad_input(),
+        "{e:?}"
+    );
     let mut c = config(Path::new(vmm_test_guest::ELF_PATH));
     c.cmdline = "x".repeat(10_000);
-    assert!(matches!(run(c), Err(VmmError::Boot(BootError::Cmdline(_)))));
+    let e = run(c).unwrap_err();
+    assert!(
+        matches!(e, VmmError::Boot(BootError::Cmdline(_))) && e.is_bad_input(),
+        "{e:?}"
+    );
 }
 
 /// Offset of the PVH entry in the test guest's ELF: the descriptor right after the "Xen" name of
@@ -179,6 +191,22 @@ fn entry_point_outside_the_image() {
     let p = scratch("elf-entry-out", &elf);
     let e = boot_err(config(&p));
     assert!(matches!(e, BootError::EntryOutsideImage { .. }), "{e:?}");
+
+    // No PVH note, the header's own entry: the 64-bit Linux protocol enters at e_entry.
+    let mut elf = guest(vmm_test_guest::ELF_PATH);
+    let at = pvh_entry_offset(&elf);
+    elf[at - 8] = 0x7f;
+    let e_entry = u64::from_le_bytes(elf[24..32].try_into().unwrap());
+    let p = scratch("elf-no-pvh", &elf);
+    let ram = vmm_vmm::GuestRam::new(16).unwrap();
+    let spec = vmm_vmm::boot::BootSpec {
+        kernel: &p,
+        initrd: None,
+        cmdline: "",
+    };
+    let entry = vmm_vmm::boot::load(&ram, &spec).unwrap();
+    assert_eq!(entry.rip, e_entry);
+    assert!(matches!(entry.mode, vmm_vmm::EntryMode::Linux64 { .. }));
 
     // The unmodified images still load (their entries are inside).
     for img in [vmm_test_guest::ELF_PATH, vmm_test_guest::BZIMAGE_PATH] {

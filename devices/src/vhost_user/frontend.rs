@@ -75,8 +75,8 @@ pub enum FrontendError {
     /// The guest chose a queue size the ring layout does not allow.
     #[error("queue {index}: size {size} is not a power of two in 1..=32768")]
     QueueSize { index: usize, size: u16 },
-    /// An eventfd could not be made (the host is out of descriptors).
-    #[error("cannot create an eventfd: {0}")]
+    /// An eventfd could not be made or duplicated (the host is out of descriptors).
+    #[error("cannot create or duplicate an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
     /// A backend that replaces a lost one lacks features the guest is using.
     #[error("the new backend lacks features the guest uses ({0:#x})")]
@@ -610,8 +610,7 @@ impl<K: DeviceKind> VirtioDevice for VhostUserDevice<K> {
         let offered = self.features();
         let mut activation = lock(&self.shared.activation);
         let mut conn = lock(&self.shared.conn);
-        conn.activate(acked & offered, &self.mem, queues)
-            .map_err(ActivateError::from)?;
+        conn.activate(acked & offered, &self.mem, queues)?;
         if self.monitor.is_some() {
             let queues = queues
                 .iter()
@@ -626,7 +625,7 @@ impl<K: DeviceKind> VirtioDevice for VhostUserDevice<K> {
                     })
                 })
                 .collect::<std::io::Result<Vec<_>>>()
-                .map_err(|e| ActivateError::from(format!("duplicating ring eventfds: {e}")))?;
+                .map_err(FrontendError::EventFd)?;
             *activation = Some(Activation {
                 acked: acked & offered,
                 backend_features: conn.device_features(),

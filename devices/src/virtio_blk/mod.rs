@@ -780,7 +780,7 @@ impl VirtioDevice for VirtioBlk {
     }
 
     fn activate(&mut self, _acked: u64, queues: &[QueueSetup]) -> Result<(), ActivateError> {
-        self.start(queues).map_err(|e| Box::new(e) as ActivateError)
+        Ok(self.start(queues)?)
     }
 
     fn reset(&mut self) {

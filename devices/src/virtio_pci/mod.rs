@@ -106,9 +106,34 @@ pub struct QueueSetup<'a> {
     pub call: &'a EventFd,
 }
 
-/// Any error a device reports at activation; the transport logs it and sets
-/// DEVICE_NEEDS_RESET, so the guest sees a broken device rather than a hung one.
-pub type ActivateError = Box<dyn std::error::Error + Send + Sync>;
+/// Why a device could not be started; the transport logs it and sets DEVICE_NEEDS_RESET, so the
+/// guest sees a broken device rather than a hung one.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set DRIVER_OK with a queue it never enabled.
+    #[error("queue {0} is not enabled")]
+    QueueNotEnabled(usize),
+    /// The driver chose a size the queue cannot have.
+    #[error("queue {index}: size {size} is not a power of two in 1..={max}")]
+    QueueSize {
+        /// The queue.
+        index: usize,
+        /// The size the driver wrote.
+        size: u16,
+        /// The device's largest size for it.
+        max: u16,
+    },
+    /// A vhost-user frontend (net, fs): the backend failed or refused the rings.
+    #[error(transparent)]
+    VhostUser(#[from] crate::vhost_user::FrontendError),
+    /// The virtio-blk device could not start its worker.
+    #[error(transparent)]
+    Blk(#[from] crate::virtio_blk::BlkError),
+    /// A device from outside this crate (an embedder's own [`VirtioDevice`]), with its own
+    /// error.
+    #[error(transparent)]
+    External(Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// A virtio device behind the transport.
 pub trait VirtioDevice: Send {
@@ -498,14 +523,14 @@ impl VirtioPciDevice {
         let mut setups = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter().enumerate() {
             if !q.enabled {
-                return Err(format!("queue {i} is not enabled").into());
+                return Err(ActivateError::QueueNotEnabled(i));
             }
             if q.size == 0 || q.size > q.max || !q.size.is_power_of_two() {
-                return Err(format!(
-                    "queue {i}: size {} is not a power of two in 1..={}",
-                    q.size, q.max
-                )
-                .into());
+                return Err(ActivateError::QueueSize {
+                    index: i,
+                    size: q.size,
+                    max: q.max,
+                });
             }
             let call = self.msix.irqfd(q.vector).unwrap_or(&self.no_vector_call);
             setups.push(QueueSetup {

@@ -47,7 +47,9 @@ impl VirtioDevice for Mock {
         use std::os::fd::AsRawFd;
         let mut log = self.0.lock().unwrap();
         if log.fail_activation {
-            return Err("backend refused".into());
+            return Err(ActivateError::External(
+                std::io::Error::other("backend refused").into(),
+            ));
         }
         log.activations.push(Activation {
             acked,

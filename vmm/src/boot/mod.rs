@@ -258,6 +258,12 @@ pub fn load(ram: &GuestRam, spec: &BootSpec<'_>) -> Result<BootEntry, Error> {
 /// the `kernel_load` fuzz target drives, with images written to a memfd.
 pub fn load_file(ram: &GuestRam, file: &mut File, spec: &BootSpec<'_>) -> Result<BootEntry, Error> {
     let path = spec.kernel;
+    // The headers are read here before linux-loader reads them again, on purpose: a truncated,
+    // foreign or oversized image is reported by name and cause before guest memory is touched
+    // (linux-loader says "failed to read" at an offset), and `info.end` counts what the kernel
+    // needs beyond its file (bss, a bzImage's init_size), which linux-loader's `kernel_end`
+    // does not. Everything linux-loader returns (load address, ELF entry, PVH note, setup
+    // header) is taken from its result.
     let info = image::probe(file, path)?;
     check_fits(ram, path, &info)?;
 
@@ -279,7 +285,9 @@ pub fn load_file(ram: &GuestRam, file: &mut File, spec: &BootSpec<'_>) -> Result
         (Some(addr), _) => addr.0,
         // The 64-bit entry of a bzImage is 0x200 past the start of its protected-mode part.
         (None, KernelFormat::BzImage) => result.kernel_load.0 + 0x200,
-        (None, KernelFormat::Elf) => elf_entry(file, path)?,
+        // linux-loader's ELF result: `kernel_load` is the header's `e_entry` (no load offset
+        // is passed), already checked to be at or above HIMEM_START.
+        (None, KernelFormat::Elf) => result.kernel_load.0,
     };
     // An entry outside the image would run whatever the guest's memory holds there and end in a
     // triple fault (exit status 1, "the guest crashed"); it is bad input (status 2).
@@ -365,18 +373,6 @@ fn check_fits(ram: &GuestRam, path: &Path, info: &KernelInfo) -> Result<(), Erro
         });
     }
     Ok(())
-}
-
-fn elf_entry(file: &mut File, path: &Path) -> Result<u64, Error> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut b = [0u8; 8];
-    file.seek(SeekFrom::Start(24))
-        .and_then(|_| file.read_exact(&mut b))
-        .map_err(|source| Error::KernelRead {
-            path: path.to_owned(),
-            source,
-        })?;
-    Ok(u64::from_le_bytes(b))
 }
 
 /// A loaded initrd: guest address and size.

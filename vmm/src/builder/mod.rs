@@ -52,10 +52,19 @@ pub struct DeviceError {
 }
 
 impl DeviceError {
-    fn usage(msg: impl Into<String>) -> Self {
+    /// Bad input: the option or its value is wrong.
+    pub(crate) fn usage(msg: impl Into<String>) -> Self {
         DeviceError {
             msg: msg.into(),
             usage: true,
+        }
+    }
+
+    /// A run-time failure: the input is fine, the host or a backend failed.
+    pub(crate) fn runtime(msg: impl Into<String>) -> Self {
+        DeviceError {
+            msg: msg.into(),
+            usage: false,
         }
     }
 }
@@ -223,20 +232,20 @@ pub fn attach(
     attached: &mut Attached,
     mut plug: impl FnMut(Box<dyn vmm_devices::virtio_pci::VirtioDevice>) -> Result<usize, String>,
 ) -> Result<(), DeviceError> {
-    let runtime = |msg: String| DeviceError { msg, usage: false };
     for (index, device) in devices.into_iter().enumerate() {
         match device {
             DeviceConfig::Net { arg, net } => {
                 let (dev, thread, mut nic) = net::open(&arg, net, mem, index)?;
                 attached.backends.extend(thread);
-                nic.slot = plug(Box::new(dev)).map_err(|e| runtime(format!("--net {arg}: {e}")))?;
+                nic.slot = plug(Box::new(dev))
+                    .map_err(|e| DeviceError::runtime(format!("--net {arg}: {e}")))?;
                 attached.devices.push(AttachedDevice::Net(nic));
             }
             DeviceConfig::Fs { arg, fs } => {
                 let (dev, daemon) = fs::open(&arg, &fs, virtiofsd, mem)?;
                 attached.daemons.extend(daemon);
-                let slot =
-                    plug(Box::new(dev)).map_err(|e| runtime(format!("virtio-fs {arg}: {e}")))?;
+                let slot = plug(Box::new(dev))
+                    .map_err(|e| DeviceError::runtime(format!("virtio-fs {arg}: {e}")))?;
                 attached.devices.push(AttachedDevice::Fs {
                     tag: fs.tag().to_string(),
                     arg,
@@ -245,8 +254,8 @@ pub fn attach(
             }
             DeviceConfig::Disk { arg, disk } => {
                 let dev = disk::open(&arg, &disk, mem)?;
-                let slot =
-                    plug(Box::new(dev)).map_err(|e| runtime(format!("--disk {arg}: {e}")))?;
+                let slot = plug(Box::new(dev))
+                    .map_err(|e| DeviceError::runtime(format!("--disk {arg}: {e}")))?;
                 attached.devices.push(AttachedDevice::Disk {
                     arg,
                     path: disk.opts.path.clone(),
