@@ -240,3 +240,60 @@ pub fn unix_socket_ready(pid: u32, path: &Path) -> bool {
         !stream || flags & 0x10000 != 0
     })
 }
+
+/// virtiofsd on PATH or in ~/.cargo/bin, as resources/setup.sh installs it.
+pub fn find_virtiofsd() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(home.map(|h| h.join(".cargo/bin")))
+        .map(|d| d.join("virtiofsd"))
+        .find(|p| p.is_file())
+}
+
+/// A virtiofsd of the test's own (for frontends other than `vmm`, which starts its own),
+/// serving `dir` at `socket` without a sandbox; killed and reaped when dropped.
+pub struct TestVirtiofsd(std::process::Child);
+
+impl TestVirtiofsd {
+    /// Starts `bin` and waits (10 s at most) until its socket listens.
+    pub fn start(bin: &Path, dir: &Path, socket: &Path, readonly: bool) -> TestVirtiofsd {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--socket-path")
+            .arg(socket)
+            .arg("--shared-dir")
+            .arg(dir)
+            .args([
+                "--sandbox",
+                "none",
+                "--cache",
+                "auto",
+                "--log-level",
+                "error",
+            ])
+            .stdin(std::process::Stdio::null());
+        if readonly {
+            cmd.arg("--readonly");
+        }
+        let child = cmd.spawn().expect("start virtiofsd");
+        let pid = child.id();
+        let d = TestVirtiofsd(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !unix_socket_ready(pid, socket) || !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "virtiofsd did not listen on {} in 10 s",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+}
+
+impl Drop for TestVirtiofsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

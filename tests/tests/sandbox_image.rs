@@ -14,11 +14,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vmm_tests::guest::{built, pvm_words, Guest};
-use vmm_tests::process::vmm_bin;
+use vmm_tests::process::{find_virtiofsd, vmm_bin, TestVirtiofsd};
 use vmm_tests::{say, TempDir};
 
 fn key() -> String {
@@ -85,38 +85,6 @@ fn the_pvm_kernel_runs_debians_userland_from_the_image() {
     );
 }
 
-/// virtiofsd on PATH or in ~/.cargo/bin, as resources/setup.sh installs it.
-fn virtiofsd() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(home.map(|h| h.join(".cargo/bin")))
-        .map(|d| d.join("virtiofsd"))
-        .find(|p| p.is_file())
-}
-
-/// Kills the daemon when the test ends, however it ends.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn the_images_kernel_boots_it_to_a_root_login_with_dhcp_and_the_share_under_qemu() {
     let key = key();
@@ -126,28 +94,7 @@ fn the_images_kernel_boots_it_to_a_root_login_with_dhcp_and_the_share_under_qemu
     let token = format!("shared-{}", std::process::id());
     std::fs::write(shared.join("hello.txt"), format!("{token}\n")).unwrap();
     let sock = dir.path().join("fs.sock");
-    let daemon = virtiofsd().map(|bin| {
-        let d = Daemon(
-            Command::new(bin)
-                .arg("--socket-path")
-                .arg(&sock)
-                .arg("--shared-dir")
-                .arg(&shared)
-                .args([
-                    "--sandbox",
-                    "none",
-                    "--cache",
-                    "auto",
-                    "--log-level",
-                    "error",
-                ])
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("start virtiofsd"),
-        );
-        wait_for(&sock);
-        d
-    });
+    let daemon = find_virtiofsd().map(|bin| TestVirtiofsd::start(&bin, &shared, &sock, false));
     if daemon.is_none() {
         say("no virtiofsd (resources/setup.sh installs it): the share is not checked");
     }

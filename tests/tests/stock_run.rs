@@ -7,53 +7,22 @@
 //! QEMU stands in for our VMM here because a stock kernel cannot boot on this project's PVM
 //! machines in useful time; where KVM is hardware, `vmm run` boots it itself (the same archive).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vmm_tests::guest::{built, module_tree, Guest};
+use vmm_tests::process::{find_virtiofsd, TestVirtiofsd};
 use vmm_tests::{say, TempDir};
 use vmm_vmm::initramfs;
 
 /// The stock kernel's boot under TCG (seconds here) plus loading the modules.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// virtiofsd on PATH or in ~/.cargo/bin, as resources/setup.sh installs it.
-fn virtiofsd() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(home.map(|h| h.join(".cargo/bin")))
-        .map(|d| d.join("virtiofsd"))
-        .find(|p| p.is_file())
-}
-
-/// Kills the daemon when the test ends, however it ends.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn the_stock_kernel_loads_its_modules_and_mounts_the_hosts_root() {
     vmm_tests::require_root();
-    let Some(virtiofsd) = virtiofsd() else {
+    let Some(virtiofsd) = find_virtiofsd() else {
         say("SKIPPED: no virtiofsd (resources/setup.sh installs it)");
         return;
     };
@@ -97,17 +66,7 @@ fn the_stock_kernel_loads_its_modules_and_mounts_the_hosts_root() {
     std::fs::set_permissions(&stage2, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
     let sock = dir.path().join("fs.sock");
-    let _daemon = Daemon(
-        Command::new(&virtiofsd)
-            .arg("--socket-path")
-            .arg(&sock)
-            .args(["--shared-dir", "/", "--readonly", "--sandbox", "none"])
-            .args(["--cache", "auto", "--log-level", "error"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start virtiofsd"),
-    );
-    wait_for(&sock);
+    let _daemon = TestVirtiofsd::start(&virtiofsd, Path::new("/"), &sock, true);
 
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-M", "q35", "-accel", "tcg", "-m", "512", "-nographic"])

@@ -31,12 +31,7 @@ fn usable() -> Option<PathBuf> {
         say(&format!("SKIPPED: /dev/kvm is not usable here ({e})"));
         return None;
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .chain(home.map(|h| h.join(".cargo/bin")))
-        .map(|d| d.join("virtiofsd"))
-        .find(|p| p.is_file());
+    let found = vmm_tests::process::find_virtiofsd();
     if found.is_none() {
         say("SKIPPED: virtiofsd is not installed (run resources/setup.sh)");
     }
