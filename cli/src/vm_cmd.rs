@@ -222,11 +222,7 @@ pub fn parse_devices(
 
 /// Builds the VM with its devices, runs it and turns the outcome into the exit status. A
 /// `reboot` through the control socket builds the same VM again (its console log continues).
-pub fn boot(
-    mut config: vmm_vmm::VmConfig,
-    timeout: Option<&str>,
-    lockdown: &Lockdown,
-) -> ExitCode {
+pub fn boot(mut config: vmm_vmm::VmConfig, timeout: Option<&str>, lockdown: &Lockdown) -> ExitCode {
     loop {
         match boot_once(config.clone(), timeout, lockdown) {
             Some(status) => return status,

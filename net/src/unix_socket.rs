@@ -119,8 +119,12 @@ mod tests {
         assert_eq!(parse_mode("0660"), Ok(0o660));
         assert_eq!(parse_mode("600"), Ok(0o600));
         assert_eq!(parse_mode("0o666"), Ok(0o666));
-        assert!(parse_mode("4755").unwrap_err().contains("permission bits only"));
-        assert!(parse_mode("0689").unwrap_err().contains("not an octal mode"));
+        assert!(parse_mode("4755")
+            .unwrap_err()
+            .contains("permission bits only"));
+        assert!(parse_mode("0689")
+            .unwrap_err()
+            .contains("not an octal mode"));
         assert!(parse_mode("").is_err());
     }
 

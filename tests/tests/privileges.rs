@@ -235,7 +235,10 @@ fn backend_without_privileges_moves_frames(user: Option<&str>, uid: u32) {
         let (spec, wire_if) = match kind {
             "raw" => {
                 let (peer_end, dp_end) = ns.veth_pair(None);
-                (format!("vec0:transport=raw,ifname={dp_end}"), Some(peer_end))
+                (
+                    format!("vec0:transport=raw,ifname={dp_end}"),
+                    Some(peer_end),
+                )
             }
             "tap" => {
                 let tap = ns.tap(None);
@@ -268,8 +271,7 @@ fn backend_without_privileges_moves_frames(user: Option<&str>, uid: u32) {
             let got = match &mut wire {
                 Wire::Packet(p) => p.recv_matching(Duration::from_secs(5), |f| f == sent),
                 Wire::Gre(t) => {
-                    recv_kept(t.as_mut(), 1, Duration::from_secs(5), 2048, |f| f == sent)
-                        .pop()
+                    recv_kept(t.as_mut(), 1, Duration::from_secs(5), 2048, |f| f == sent).pop()
                 }
             };
             assert!(got.is_some(), "{kind}: the guest's frame not on the wire");
@@ -286,7 +288,12 @@ fn backend_without_privileges_moves_frames(user: Option<&str>, uid: u32) {
         drop(rig);
         assert!(d.running(), "{kind}: backend died:\n{}", d.log());
         let status = d.terminate(Duration::from_secs(5));
-        assert_eq!(status.and_then(|s| s.code()), Some(0), "{kind}:\n{}", d.log());
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{kind}:\n{}",
+            d.log()
+        );
     }
 }
 
@@ -305,7 +312,13 @@ fn net_backend_socket_is_0600_unless_shared_with_a_group() {
     require_root();
     let dir = TempDir::new("privsock");
     let private = dir.path().join("private.sock");
-    let mut d = backend(None, &private, "vec0:transport=user", &[], dir.path().join("p.log"));
+    let mut d = backend(
+        None,
+        &private,
+        "vec0:transport=user",
+        &[],
+        dir.path().join("p.log"),
+    );
     assert_dropped(d.pid(), 0, &|| d.log());
     let mode = std::fs::metadata(&private).unwrap();
     use std::os::unix::fs::MetadataExt;
@@ -372,7 +385,10 @@ fn what_is_not_a_socket_is_refused_and_kept_and_unknown_users_are_errors() {
             "vec0:transport=user".as_ref(),
         ]);
         assert!(
-            err.contains(&format!("--socket {}: exists and is not a socket", path.display())),
+            err.contains(&format!(
+                "--socket {}: exists and is not a socket",
+                path.display()
+            )),
             "{err}"
         );
         let err = run(&[
@@ -382,7 +398,10 @@ fn what_is_not_a_socket_is_refused_and_kept_and_unknown_users_are_errors() {
             path.as_os_str(),
         ]);
         assert!(
-            err.contains(&format!("--api {}: exists and is not a socket", path.display())),
+            err.contains(&format!(
+                "--api {}: exists and is not a socket",
+                path.display()
+            )),
             "{err}"
         );
     }
@@ -399,7 +418,10 @@ fn what_is_not_a_socket_is_refused_and_kept_and_unknown_users_are_errors() {
         sock.as_os_str(),
         "vec0:transport=user".as_ref(),
     ]);
-    assert!(err.contains("--user vmm-no-such-user: no such user"), "{err}");
+    assert!(
+        err.contains("--user vmm-no-such-user: no such user"),
+        "{err}"
+    );
     assert!(!sock.exists());
     let err = run(&[
         "--kernel".as_ref(),
@@ -407,7 +429,10 @@ fn what_is_not_a_socket_is_refused_and_kept_and_unknown_users_are_errors() {
         "--user".as_ref(),
         "vmm-no-such-user".as_ref(),
     ]);
-    assert!(err.contains("--user vmm-no-such-user: no such user"), "{err}");
+    assert!(
+        err.contains("--user vmm-no-such-user: no such user"),
+        "{err}"
+    );
     let err = run(&[
         "net-backend".as_ref(),
         "--socket-mode".as_ref(),
@@ -416,7 +441,10 @@ fn what_is_not_a_socket_is_refused_and_kept_and_unknown_users_are_errors() {
         sock.as_os_str(),
         "vec0:transport=user".as_ref(),
     ]);
-    assert!(err.contains("--socket-mode 0689: not an octal mode"), "{err}");
+    assert!(
+        err.contains("--socket-mode 0689: not an octal mode"),
+        "{err}"
+    );
     let err = run(&[
         "net-backend".as_ref(),
         "--socket-group".as_ref(),
@@ -425,7 +453,10 @@ fn what_is_not_a_socket_is_refused_and_kept_and_unknown_users_are_errors() {
         sock.as_os_str(),
         "vec0:transport=user".as_ref(),
     ]);
-    assert!(err.contains("--socket-group vmm-no-such-group: no such group"), "{err}");
+    assert!(
+        err.contains("--socket-group vmm-no-such-group: no such group"),
+        "{err}"
+    );
 }
 
 /// `vmm` running the test guest (kept up), with `args`; returns once the guest waits.
@@ -445,7 +476,11 @@ fn test_vm(api: &Path, args: &[&str], log: PathBuf) -> Daemon {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !d.log().contains(vmm_test_guest::WAITING) {
         assert!(d.running(), "vmm exited:\n{}", d.log());
-        assert!(Instant::now() < deadline, "the guest did not wait:\n{}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not wait:\n{}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     d
@@ -491,7 +526,7 @@ fn vmm_as_nobody_runs_the_guest_with_no_capabilities() {
     );
     let swap = ctl(&api, "net swap vec0 transport=user");
     assert!(swap.contains("privileges were dropped"), "{swap}");
-    assert_eq!(ctl(&api, "halt").contains("\"ok\":true"), true);
+    assert!(ctl(&api, "halt").contains("\"ok\":true"));
     assert!(vm.terminate(Duration::from_secs(10)).is_some());
 
     // Root without --user: uid 0, no capabilities; the socket shared with a group.

@@ -218,7 +218,15 @@ fn lookup_user(name: &str) -> Result<Option<Account>, Error> {
             return Ok(None);
         };
         // SAFETY: as above, with a NUL-terminated name.
-        unsafe { libc::getpwnam_r(c.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) }
+        unsafe {
+            libc::getpwnam_r(
+                c.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        }
     };
     if rc != 0 || found.is_null() {
         return Ok(None);
@@ -264,8 +272,15 @@ pub fn lookup_group(option: &'static str, name: &str) -> Result<u32, Error> {
     let mut found: *mut libc::group = std::ptr::null_mut();
     // SAFETY: every pointer is to live memory of the stated size; getgrnam_r writes the entry
     // into `grp` and `buf` and sets `found` to `&grp` or null.
-    let rc =
-        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut found) };
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
     if rc != 0 || found.is_null() {
         return Err(no_such());
     }
@@ -332,9 +347,7 @@ fn drop_this_thread(t: &Target) -> Result<(), i32> {
         let has = unsafe { libc::syscall(libc::SYS_prctl, libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
         if has == 1 {
             // SAFETY: see above.
-            check(unsafe {
-                libc::syscall(libc::SYS_prctl, libc::PR_CAPBSET_DROP, cap, 0, 0, 0)
-            })?;
+            check(unsafe { libc::syscall(libc::SYS_prctl, libc::PR_CAPBSET_DROP, cap, 0, 0, 0) })?;
         }
     }
     if let Some((uid, gid, groups)) = &t.switch {
