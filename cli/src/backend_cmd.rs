@@ -5,11 +5,27 @@ use std::process::ExitCode;
 
 use vmm_vmm::signals;
 
+use crate::privs::{Lockdown, PrivilegeArgs};
 use crate::{fail, EXIT_USAGE};
 
-pub fn run(socket: &Path, spec: &str) -> ExitCode {
+pub fn run(
+    socket: &Path,
+    spec: &str,
+    privileges: &PrivilegeArgs,
+    mode: Option<&str>,
+    group: Option<&str>,
+) -> ExitCode {
     let spec = match umlnet::config::parse_spec(spec) {
         Ok(spec) => spec,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let lockdown = match Lockdown::new(
+        privileges,
+        ("--socket-mode", mode),
+        ("--socket-group", group),
+        true,
+    ) {
+        Ok(l) => l,
         Err(e) => return fail(EXIT_USAGE, e),
     };
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -28,7 +44,13 @@ pub fn run(socket: &Path, spec: &str) -> ExitCode {
         Ok(event) => event,
         Err(e) => return fail(1, format_args!("installing signal handlers: {e}")),
     };
-    match umlnet::backend::serve(socket, spec, shutdown) {
+    // Once the transport is open and the socket bound: share it, drop privileges, then serve.
+    let ready = |path: &Path| {
+        lockdown
+            .apply(Some(path), "--socket")
+            .map_err(umlnet::backend::BackendError::Setup)
+    };
+    match umlnet::backend::serve_with(socket, spec, shutdown, ready) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.exit_status(), e),
     }

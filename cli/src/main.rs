@@ -6,6 +6,7 @@
 
 mod backend_cmd;
 mod ctl_cmd;
+mod privs;
 mod run_cmd;
 mod vm_cmd;
 
@@ -67,9 +68,18 @@ enum Command {
         after_long_help = umlnet::config::SPEC_HELP
     )]
     NetBackend {
-        /// The unix socket to listen on (a stale socket file there is replaced).
+        /// The unix socket to listen on, created mode 0600 (only this user can connect). A
+        /// stale socket there (nobody listening) is replaced; anything else is refused.
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
+        /// Share the socket: its mode, in octal (e.g. 0660 with --socket-group).
+        #[arg(long, value_name = "OCTAL")]
+        socket_mode: Option<String>,
+        /// Share the socket: its group (a name or gid), whose members --socket-mode lets in.
+        #[arg(long, value_name = "GROUP")]
+        socket_group: Option<String>,
+        #[command(flatten)]
+        privileges: privs::PrivilegeArgs,
         /// The device: `vecN:transport=NAME,key=value,...` or `ethN=TRANSPORT,...`.
         #[arg(value_name = "SPEC")]
         spec: String,
@@ -114,7 +124,19 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::NetBackend { socket, spec }) => backend_cmd::run(&socket, &spec),
+        Some(Command::NetBackend {
+            socket,
+            socket_mode,
+            socket_group,
+            privileges,
+            spec,
+        }) => backend_cmd::run(
+            &socket,
+            &spec,
+            &privileges,
+            socket_mode.as_deref(),
+            socket_group.as_deref(),
+        ),
         Some(Command::Run(args)) => run_cmd::run(*args),
         Some(Command::Ctl { socket, words }) => ctl_cmd::run(&socket, &words),
         None => vm_cmd::run(cli.vm),

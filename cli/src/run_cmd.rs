@@ -21,6 +21,7 @@ use clap::Args;
 use vmm_vmm::builder::fs::{private_dir, FsArg};
 use vmm_vmm::builder::{shares, DeviceConfig};
 
+use crate::privs::Lockdown;
 use crate::vm_cmd::{boot, parse_devices, parse_mem, parse_timeout};
 use crate::{fail, EXIT_USAGE};
 
@@ -261,7 +262,9 @@ pub fn run(args: RunArgs) -> ExitCode {
     config.cpus = args.cpus;
     config.devices = devices;
     config.virtiofsd = args.virtiofsd;
-    let status = boot(config, args.timeout.as_deref());
+    // As root, the run's capabilities go once the VM is built; uid 0 stays (the run's
+    // directory is root's, and CMD runs as root in the guest).
+    let status = boot(config, args.timeout.as_deref(), &Lockdown::root_only());
     drop(dir);
     status
 }

@@ -12,6 +12,7 @@ use vmm_vmm::watch::{FailOn, FailureKind};
 
 use vmm_vmm::builder::{DeviceConfig, DeviceError};
 
+use crate::privs::Lockdown;
 use crate::{fail, EXIT_USAGE};
 
 #[derive(Args)]
@@ -77,6 +78,14 @@ pub struct VmArgs {
     /// frames, pauses, halts or reboots the VM, sends SysRq.
     #[arg(long, value_name = "PATH")]
     api: Option<PathBuf>,
+    /// Share the control socket: its mode, in octal (e.g. 0660 with --api-group).
+    #[arg(long, value_name = "OCTAL", requires = "api")]
+    api_mode: Option<String>,
+    /// Share the control socket: its group (a name or gid), whose members --api-mode lets in.
+    #[arg(long, value_name = "GROUP", requires = "api")]
+    api_group: Option<String>,
+    #[command(flatten)]
+    privileges: crate::privs::PrivilegeArgs,
     /// Do not offer the pvpanic PCI device (1b36:0011). A panic is still caught from the
     /// console's panic banner.
     #[arg(long)]
@@ -173,6 +182,15 @@ pub fn run(args: VmArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    let lockdown = match Lockdown::new(
+        &args.privileges,
+        ("--api-mode", args.api_mode.as_deref()),
+        ("--api-group", args.api_group.as_deref()),
+        true,
+    ) {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
     let mut config = vmm_vmm::VmConfig::new(kernel);
     config.timeout = timeout;
     config.console_log = args.console_log;
@@ -185,7 +203,7 @@ pub fn run(args: VmArgs) -> ExitCode {
     config.devices = devices;
     config.virtiofsd = args.virtiofsd;
     config.api = args.api;
-    boot(config, args.timeout.as_deref())
+    boot(config, args.timeout.as_deref(), &lockdown)
 }
 
 /// `--net`, `--fs` and `--share`, in that order; the first bad one is the error (a one-line
@@ -204,9 +222,9 @@ pub fn parse_devices(
 
 /// Builds the VM with its devices, runs it and turns the outcome into the exit status. A
 /// `reboot` through the control socket builds the same VM again (its console log continues).
-pub fn boot(mut config: vmm_vmm::VmConfig, timeout: Option<&str>) -> ExitCode {
+pub fn boot(mut config: vmm_vmm::VmConfig, timeout: Option<&str>, lockdown: &Lockdown) -> ExitCode {
     loop {
-        match boot_once(config.clone(), timeout) {
+        match boot_once(config.clone(), timeout, lockdown) {
             Some(status) => return status,
             None => {
                 eprintln!("vmm: rebooting (control socket)");
@@ -217,13 +235,23 @@ pub fn boot(mut config: vmm_vmm::VmConfig, timeout: Option<&str>) -> ExitCode {
 }
 
 /// One boot: the exit status, or `None` for a reboot.
-fn boot_once(config: vmm_vmm::VmConfig, timeout: Option<&str>) -> Option<ExitCode> {
+fn boot_once(
+    config: vmm_vmm::VmConfig,
+    timeout: Option<&str>,
+    lockdown: &Lockdown,
+) -> Option<ExitCode> {
+    let api = config.api.clone();
     let mut vmm = match vmm_vmm::Vmm::new(config) {
         Ok(v) => v,
         Err(e) => return Some(fail(exit_status(&e), e)),
     };
     // SIGINT/SIGTERM stop the VM (status 130, "stopped by the host").
     if let Err(e) = vmm.stop_on_signals() {
+        return Some(fail(1, e));
+    }
+    // Everything is open (devices, transports, virtiofsd, the control socket): share the
+    // socket as asked and drop privileges before the guest runs.
+    if let Err(e) = lockdown.apply(api.as_deref(), "--api") {
         return Some(fail(1, e));
     }
     match vmm.run() {

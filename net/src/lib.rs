@@ -8,8 +8,10 @@
 //!   frames (optionally prefixed with a `virtio_net_hdr`) in batches.
 //! - [`backend`]: the vhost-user-net device that moves frames between a frontend's virtqueues
 //!   and a transport, and the server that accepts frontends.
+//! - [`unix_socket`]: listening sockets bound 0600, shared only on purpose.
 
 pub mod backend;
 pub mod config;
 pub mod kind;
 pub mod transport;
+pub mod unix_socket;

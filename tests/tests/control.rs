@@ -86,6 +86,8 @@ fn test_guest(api: &Path) -> Guest {
             "2",
         ])
         .args(["--net", "user", "--timeout", "120"])
+        // `reboot` and `net swap` are refused once privileges are dropped.
+        .arg("--keep-privileges")
         .arg("--api")
         .arg(api);
     Guest::command(cmd)
@@ -320,6 +322,7 @@ fn control_verbs_seen_by_a_real_linux_guest() {
         .arg(built("linux/initramfs.cpio"))
         .args(["--mem", "128", "--cmdline", &cmdline, "--timeout", "600"])
         .args(["--net", &format!("vec0:transport=tap,ifname={tap}")])
+        .arg("--keep-privileges")
         .arg("--api")
         .arg(&api)
         .env("RUST_LOG", "warn");

@@ -16,6 +16,8 @@
 //!   receive filter of the NIC's raw or hybrid socket, UML's `bpfflash`; only on a NIC whose
 //!   spec said `bpfflash=1`;
 //! - `halt`: the VM ends (status 130); `reboot`: the VMM boots the same configuration afresh;
+//!   once the VMM has dropped its privileges ([`crate::privileges`]), `reboot` and `net swap`
+//!   are refused (they open devices and transports again; `--keep-privileges` keeps them);
 //! - `sysrq KEY`: a serial BREAK and KEY on the console, which Linux takes as magic SysRq KEY;
 //! - `pause`, `resume`: the vCPUs stop between two `KVM_RUN`s and start again.
 //!
@@ -28,7 +30,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -65,7 +66,7 @@ pub enum Error {
     #[error("--api {}: another process is listening there", .0.display())]
     InUse(PathBuf),
     /// Something that is not a socket is at the path (never removed).
-    #[error("--api {}: exists and is not a socket", .0.display())]
+    #[error("--api {}: exists and is not a socket (not replaced)", .0.display())]
     NotSocket(PathBuf),
     /// Binding, listening or setting its mode failed.
     #[error("--api {}: {source}", .path.display())]
@@ -88,34 +89,22 @@ impl ControlSocket {
     /// Binds `path`, mode 0600. A socket left there by a VMM that died (nobody accepts on it)
     /// is replaced; a live one, or anything else at the path, is an error.
     pub fn bind(path: &Path) -> Result<Self, Error> {
+        use umlnet::unix_socket::BindError;
         let bind_err = |source| Error::Bind {
             path: path.to_path_buf(),
             source,
         };
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => {
-                if UnixStream::connect(path).is_ok() {
-                    return Err(Error::InUse(path.to_path_buf()));
-                }
-                std::fs::remove_file(path).map_err(bind_err)?;
-            }
-            Ok(_) => return Err(Error::NotSocket(path.to_path_buf())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bind_err(e)),
-        }
-        // SAFETY: umask only swaps the process's file mode mask; no memory is involved. The
-        // socket is created 0600 from the start, so no other user can connect in between.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(path);
-        // SAFETY: as above, restoring the previous mask.
-        unsafe { libc::umask(old) };
-        let listener = bound.map_err(bind_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
-        Ok(ControlSocket {
+        let listener = umlnet::unix_socket::bind_private(path).map_err(|e| match e {
+            BindError::InUse => Error::InUse(path.to_path_buf()),
+            BindError::NotSocket => Error::NotSocket(path.to_path_buf()),
+            BindError::Io(e) => bind_err(e),
+        })?;
+        let socket = ControlSocket {
             listener,
             path: path.to_path_buf(),
-        })
+        };
+        socket.listener.set_nonblocking(true).map_err(bind_err)?;
+        Ok(socket)
     }
 }
 
@@ -504,6 +493,9 @@ impl ControlServer {
                 };
                 let parsed = umlnet::config::parse_spec(&full)
                     .map_err(|e| format!("net swap {nic} {spec}: {e}"))?;
+                if let Some(why) = crate::privileges::refusal() {
+                    return Err(format!("net swap {nic} {spec}: {why}"));
+                }
                 control
                     .swap(parsed)
                     .map_err(|e| format!("net swap {nic} {spec}: {e}"))?;
@@ -557,6 +549,9 @@ impl ControlServer {
                 Ok(json!({"ok": true, "state": "halting"}))
             }
             Request::Reboot => {
+                if let Some(why) = crate::privileges::refusal() {
+                    return Err(format!("reboot: {why}"));
+                }
                 self.ctx.exit.request(ExitRequest::Reboot);
                 Ok(json!({"ok": true, "state": "rebooting"}))
             }

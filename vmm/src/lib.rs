@@ -32,6 +32,7 @@ pub mod kvm;
 pub mod legacy;
 pub mod memory;
 pub mod mptable;
+pub mod privileges;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

@@ -26,7 +26,7 @@ pub mod server;
 pub use capture::{CaptureError, CaptureSummary};
 pub use control::{FlashError, NetControl, NetStats, SwapError};
 pub use datapath::NetCounters;
-pub use server::{serve, NetBackend};
+pub use server::{serve, serve_with, NetBackend};
 
 use crate::transport::TransportError;
 
@@ -35,12 +35,16 @@ use crate::transport::TransportError;
 pub enum BackendError {
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("socket {path}: {source}")]
+    /// The listening socket (`--socket PATH`) cannot be bound: bad input, exit status 2.
+    #[error("--socket {path}: {source}")]
     Socket {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: crate::unix_socket::BindError,
     },
+    /// Sharing the socket or dropping privileges before serving failed.
+    #[error("{0}")]
+    Setup(String),
     #[error("{op}: {source}")]
     Io {
         op: &'static str,

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -269,6 +269,18 @@ pub(super) fn unwatch(handlers: &Workers, (rx, tx): (RawFd, RawFd)) {
 /// Listens on `socket` and serves one frontend at a time until `shutdown` becomes readable,
 /// then removes the socket.
 pub fn serve(socket: &Path, spec: NetSpec, shutdown: EventFd) -> Result<(), BackendError> {
+    serve_with(socket, spec, shutdown, |_| Ok(()))
+}
+
+/// [`serve`], calling `ready` once the transport is open and the socket bound (mode 0600),
+/// before the first frontend is accepted: where the caller shares the socket and drops its
+/// privileges. An error from `ready` ends the backend (the socket is removed).
+pub fn serve_with(
+    socket: &Path,
+    spec: NetSpec,
+    shutdown: EventFd,
+    ready: impl FnOnce(&Path) -> Result<(), BackendError>,
+) -> Result<(), BackendError> {
     let backend = NetBackend::open(&spec)?;
     let listener = bind(socket)?;
     listener
@@ -277,6 +289,10 @@ pub fn serve(socket: &Path, spec: NetSpec, shutdown: EventFd) -> Result<(), Back
             op: "O_NONBLOCK on the listener",
             source,
         })?;
+    if let Err(e) = ready(socket) {
+        let _ = std::fs::remove_file(socket);
+        return Err(e);
+    }
     log::info!("{}: listening on {}", spec.name, socket.display());
     let result = loop {
         let fds = [listener.as_raw_fd(), shutdown.as_raw_fd()];
@@ -312,23 +328,13 @@ pub fn serve(socket: &Path, spec: NetSpec, shutdown: EventFd) -> Result<(), Back
     result
 }
 
-/// Binds the listening socket, replacing a stale socket file but nothing else.
+/// Binds the listening socket mode 0600, replacing a stale socket (one nobody listens on)
+/// but nothing else.
 fn bind(socket: &Path) -> Result<UnixListener, BackendError> {
-    let err = |source| BackendError::Socket {
+    crate::unix_socket::bind_private(socket).map_err(|source| BackendError::Socket {
         path: socket.display().to_string(),
         source,
-    };
-    match std::fs::symlink_metadata(socket) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(socket).map_err(err)?,
-        Ok(_) => {
-            return Err(err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "exists and is not a socket",
-            )))
-        }
-        Err(_) => {}
-    }
-    UnixListener::bind(socket).map_err(err)
+    })
 }
 
 /// Polls the descriptors; returns the first readable one, `None` if interrupted.
@@ -374,10 +380,19 @@ impl PrivateSocket {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        // Created 0700 (a umask can only narrow it), the socket in it 0600.
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let path = dir.join("h.sock");
-        let listener = UnixListener::bind(&path)?;
+        let listener = match crate::unix_socket::bind_private(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(match e {
+                    crate::unix_socket::BindError::Io(e) => e,
+                    other => io::Error::other(other.to_string()),
+                });
+            }
+        };
         Ok(PrivateSocket {
             dir,
             path,
