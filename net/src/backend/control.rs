@@ -191,7 +191,8 @@ pub(super) struct Shared {
     capture: Mutex<Option<CaptureSession>>,
     last_capture: Mutex<Option<CaptureSummary>>,
     /// Drops counted by transports since swapped out.
-    retired: Mutex<TransportStats>,
+    /// Counters of the transports swapped out, by name (as [`transport_counters`] names them).
+    retired: Mutex<Vec<(&'static str, u64)>>,
     swaps: AtomicU64,
 }
 
@@ -214,7 +215,7 @@ impl Shared {
             workers: Mutex::new(None),
             capture: Mutex::new(None),
             last_capture: Mutex::new(None),
-            retired: Mutex::new(TransportStats::default()),
+            retired: Mutex::new(transport_counters(&TransportStats::default())),
             swaps: AtomicU64::new(0),
         }
     }
@@ -244,13 +245,14 @@ impl NetControl {
     /// A snapshot of every counter (see [`NetStats`]).
     pub fn stats(&self) -> NetStats {
         let s = &*self.shared;
-        let (transport, mut ts, counters) = {
+        let (transport, ts, counters) = {
             let dp = device::lock(&s.dp);
             (dp.transport().name(), dp.transport().stats(), dp.stats())
         };
-        add_transport_stats(&mut ts, &lock(&s.retired));
+        let mut transport_total = transport_counters(&ts);
+        add_counters(&mut transport_total, &lock(&s.retired));
         let mut out = device_counters(&counters);
-        out.extend(transport_counters(&ts));
+        out.extend(transport_total);
         out.push(("swaps", s.swaps.load(Ordering::Relaxed)));
         let (capture, summary) = match lock(&s.capture).as_ref() {
             Some(c) => (
@@ -366,7 +368,7 @@ impl NetControl {
         s.bpfflash.store(bpfflash, Ordering::Relaxed);
         drop(workers);
         let old_stats = old.stats();
-        add_transport_stats(&mut lock(&s.retired), &old_stats);
+        add_counters(&mut lock(&s.retired), &transport_counters(&old_stats));
         s.swaps.fetch_add(1, Ordering::Relaxed);
         log::info!(
             "{}: transport {} replaced by {} ({}: {old_stats})",
@@ -561,53 +563,15 @@ fn transport_counters(t: &TransportStats) -> Vec<(&'static str, u64)> {
     ]
 }
 
-/// Adds `b`'s counters to `a`'s. `b` is destructured whole, so a counter added to
-/// TransportStats must be summed here too.
-fn add_transport_stats(a: &mut TransportStats, b: &TransportStats) {
-    let TransportStats {
-        rx_dropped_truncated,
-        tx_dropped,
-        rx_dropped_header: h,
-        rx_dropped_foreign,
-        rx_dropped_own,
-        tx_refused,
-        rx_dropped_kernel,
-        peer_hung_up,
-        tx_dropped_peer_gone,
-        rx_dropped_backlog,
-    } = *b;
-    a.rx_dropped_truncated += rx_dropped_truncated;
-    a.tx_dropped += tx_dropped;
-    a.rx_dropped_foreign += rx_dropped_foreign;
-    a.rx_dropped_own += rx_dropped_own;
-    a.tx_refused += tx_refused;
-    a.rx_dropped_kernel += rx_dropped_kernel;
-    a.peer_hung_up += peer_hung_up;
-    a.tx_dropped_peer_gone += tx_dropped_peer_gone;
-    a.rx_dropped_backlog += rx_dropped_backlog;
-    let HeaderDrops {
-        truncated,
-        bad_ip_header,
-        wrong_ip_protocol,
-        wrong_flags,
-        wrong_protocol,
-        wrong_key,
-        not_l2tpv3_data,
-        wrong_cookie,
-        wrong_session,
-        too_short,
-    } = h;
-    let ah = &mut a.rx_dropped_header;
-    ah.truncated += truncated;
-    ah.bad_ip_header += bad_ip_header;
-    ah.wrong_ip_protocol += wrong_ip_protocol;
-    ah.wrong_flags += wrong_flags;
-    ah.wrong_protocol += wrong_protocol;
-    ah.wrong_key += wrong_key;
-    ah.not_l2tpv3_data += not_l2tpv3_data;
-    ah.wrong_cookie += wrong_cookie;
-    ah.wrong_session += wrong_session;
-    ah.too_short += too_short;
+/// Adds `b`'s counters to `a`'s, name by name (both as [`transport_counters`] lists them, so in
+/// the same order; a name missing from `a` is a bug, and is added rather than lost).
+fn add_counters(a: &mut Vec<(&'static str, u64)>, b: &[(&'static str, u64)]) {
+    for &(name, value) in b {
+        match a.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v += value,
+            None => a.push((name, value)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -58,11 +58,8 @@ pub fn open(config: &BessConfig, depth: usize) -> Result<Bess, TransportError> {
         Bare,
         depth,
         TunnelOpts {
-            tx: None,
-            dest: None,
-            accept_from: None,
-            own: None,
             hangup_check: true,
+            ..TunnelOpts::default()
         },
     ))
 }

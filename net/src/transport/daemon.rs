@@ -37,7 +37,6 @@ use super::switch_port::{
     bind_un, connect_ctl, describe, handshake, sockaddr_bytes, SwitchPort, SUN_LEN, SWITCH_MAGIC,
     SWITCH_VERSION,
 };
-use super::sys;
 use super::{Opening, Transport, TransportError};
 use crate::config::TransportConfig;
 
@@ -76,13 +75,7 @@ pub struct Daemon;
 impl Daemon {
     pub fn open(ctl_path: &Path, depth: usize) -> Result<SwitchPort, TransportError> {
         const T: &str = "daemon";
-        let data = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0).map_err(|source| {
-            TransportError::Io {
-                transport: T,
-                op: "socket(AF_UNIX, SOCK_DGRAM)",
-                source,
-            }
-        })?;
+        let data = super::switch_port::data_socket(T)?;
         let local = loop {
             let addr = abstract_addr("uml");
             match bind_un(data.as_raw_fd(), &addr) {

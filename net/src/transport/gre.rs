@@ -51,14 +51,12 @@ pub fn open(config: &GreConfig, depth: usize) -> Result<Gre, TransportError> {
         GreCodec::new(config),
         depth,
         TunnelOpts {
-            tx: None,
             dest: Some(SockAddr::ip(config.dst, 0)),
             accept_from: Some(SourceMatch {
                 ip: Some(config.dst),
                 port: None,
             }),
-            own: None,
-            hangup_check: false,
+            ..TunnelOpts::default()
         },
     ))
 }

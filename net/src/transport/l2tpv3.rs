@@ -73,14 +73,12 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
         L2tpv3Codec::new(config),
         depth,
         TunnelOpts {
-            tx: None,
             dest: Some(dest),
             accept_from: Some(SourceMatch {
                 ip: Some(config.dst),
                 port: peer_port,
             }),
-            own: None,
-            hangup_check: false,
+            ..TunnelOpts::default()
         },
     ))
 }

@@ -68,6 +68,15 @@ pub(super) fn bind_un(fd: RawFd, addr: &libc::sockaddr_un) -> std::io::Result<()
 }
 
 /// Connects datagram socket `fd` to `addr` (whole structure length, as the switches send it).
+/// The port's data socket: a unix datagram socket, each frame one message.
+pub(crate) fn data_socket(transport: &'static str) -> Result<OwnedFd, TransportError> {
+    super::sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0).map_err(|source| TransportError::Io {
+        transport,
+        op: "socket(AF_UNIX, SOCK_DGRAM)",
+        source,
+    })
+}
+
 fn connect_un(fd: RawFd, addr: &libc::sockaddr_un) -> std::io::Result<()> {
     // SAFETY: as in `bind_un`.
     cvt(unsafe {

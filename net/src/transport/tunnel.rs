@@ -306,6 +306,7 @@ pub struct Tunnel<E: Encap> {
 }
 
 /// Options of [`Tunnel::new`] beyond the socket and the header.
+#[derive(Default)]
 pub struct TunnelOpts {
     pub tx: Option<OwnedFd>,
     pub dest: Option<SockAddr>,

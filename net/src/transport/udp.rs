@@ -112,10 +112,8 @@ pub fn open_mcast(config: &McastConfig, depth: usize) -> Result<Udp, TransportEr
         depth,
         TunnelOpts {
             tx: Some(tx),
-            dest: None,
-            accept_from: None,
             own,
-            hangup_check: false,
+            ..TunnelOpts::default()
         },
     ))
 }
@@ -139,11 +137,8 @@ pub fn open_ucast(config: &UcastConfig, depth: usize) -> Result<Udp, TransportEr
         Bare,
         depth,
         TunnelOpts {
-            tx: None,
             dest: Some(SockAddr::ip(config.remote, config.remote_port)),
-            accept_from: None,
-            own: None,
-            hangup_check: false,
+            ..TunnelOpts::default()
         },
     ))
 }

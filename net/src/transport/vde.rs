@@ -47,7 +47,7 @@ use super::switch_port::{
     bind_un, connect_ctl, describe, handshake, sockaddr_bytes, SwitchPort, SUN_LEN, SWITCH_MAGIC,
     SWITCH_VERSION,
 };
-use super::sys::{self, cvt};
+use super::sys::cvt;
 use super::TransportError;
 use super::{Opening, Transport};
 use crate::config::TransportConfig;
@@ -202,13 +202,7 @@ impl Vde {
         // The switch may run elsewhere: it needs an absolute name for our socket.
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
 
-        let data = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0).map_err(|source| {
-            TransportError::Io {
-                transport: T,
-                op: "socket(AF_UNIX, SOCK_DGRAM)",
-                source,
-            }
-        })?;
+        let data = super::switch_port::data_socket(T)?;
         let (local, _unlink) = Self::bind_data(data.as_raw_fd(), &dir)?;
         let local_path = _unlink.0.clone();
         let c_path = path_cstring(&local_path)?;
