@@ -21,6 +21,41 @@ pub fn built(rel: &str) -> PathBuf {
     p
 }
 
+/// The md5 of `data` in hex, as the guest's `md5sum` prints it.
+pub fn md5_hex(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run md5sum");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `vmm` booting the real-Linux test kernel with its initramfs and 128 MiB, running `steps`
+/// (resources/guest/init's `vmtest.steps`) and ending with their status through the debug-exit
+/// port; the caller adds the devices.
+pub fn linux_steps_command(steps: &str) -> Command {
+    let cmdline = format!(
+        "console=ttyS0 reboot=k panic=1 {} vmtest.steps={steps} vmtest.exitport=0xf4",
+        pvm_words()
+    );
+    let mut cmd = Command::new(crate::process::vmm_bin());
+    cmd.arg("--kernel")
+        .arg(built("linux/vmlinux"))
+        .arg("--initrd")
+        .arg(built("linux/initramfs.cpio"))
+        .args(["--mem", "128", "--cmdline", &cmdline])
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
 /// The one kernel module tree (`RELEASE/` with depmod's `modules.dep`) in the built directory
 /// `rel` (resources/kernel/build.sh and resources/images/stock-guest.sh install them).
 pub fn module_tree(rel: &str) -> PathBuf {

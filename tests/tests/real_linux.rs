@@ -12,10 +12,9 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmm_tests::guest::{built, pvm_words, test_bytes, Guest};
+use vmm_tests::guest::{built, md5_hex, pvm_words, test_bytes, Guest};
 use vmm_tests::netns::NetNs;
 use vmm_tests::process::{net_backend, vmm_bin};
 use vmm_tests::{unique_subnet, TempDir};
@@ -128,21 +127,6 @@ fn serve_and_take_back(
     s.read_to_end(&mut back)
         .expect("receive the file from the guest");
     back
-}
-
-fn md5_hex(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run md5sum");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// How the guest's virtio-net device reaches the peer.

@@ -13,11 +13,10 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::guest::{built, pvm_words, test_bytes, Guest};
-use vmm_tests::process::vmm_bin;
+use vmm_tests::guest::{linux_steps_command, md5_hex, test_bytes, Guest};
 use vmm_tests::TempDir;
 
 /// Boot to the end of the test steps; PVM measured ~60-90 s to /init.
@@ -29,21 +28,6 @@ const DISK_LEN: usize = 256 * 1024;
 
 fn say(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
-}
-
-fn md5(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run md5sum");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn qemu_img(args: &[&str]) -> String {
@@ -115,17 +99,8 @@ fn disks_read_write_refuse_and_snapshot() {
                  blkmd5:vdb:65536,noblkwrite:vdb:must-not-land,\
                  blkwrite:vdc:into-the-overlay,blkmd5:vdc:65536,\
                  blkmd5:vdd:65536,blkwrite:vdd:written-into-qcow2";
-    let cmdline = format!(
-        "console=ttyS0 reboot=k panic=1 {} vmtest.steps={steps} vmtest.exitport=0xf4",
-        pvm_words()
-    );
-    let mut cmd = Command::new(vmm_bin());
-    cmd.arg("--kernel")
-        .arg(built("linux/vmlinux"))
-        .arg("--initrd")
-        .arg(built("linux/initramfs.cpio"))
-        .args(["--mem", "128", "--cmdline", &cmdline])
-        .arg("--disk")
+    let mut cmd = linux_steps_command(steps);
+    cmd.arg("--disk")
         .arg(format!("path={},serial=disk-rw", rw.display()))
         .arg("--disk")
         .arg(format!("path={},readonly=on,serial=disk-ro", ro.display()))
@@ -166,12 +141,12 @@ fn disks_read_write_refuse_and_snapshot() {
     }
     // Reads are byte-exact: the guest's md5 is the host's.
     for (dev, data) in [("vda", &rw_data), ("vdb", &ro_data), ("vdd", &q_data)] {
-        let line = format!("vmtest: blkmd5 {dev} 65536: {}", md5(&data[..CHECKED]));
+        let line = format!("vmtest: blkmd5 {dev} 65536: {}", md5_hex(&data[..CHECKED]));
         assert!(console.contains(&line), "{line}\n{console}");
     }
     // The snapshot disk reads back the guest's own write, over the image's bytes.
     let seen = with_line(&snap_data, "into-the-overlay");
-    let line = format!("vmtest: blkmd5 vdc 65536: {}", md5(&seen[..CHECKED]));
+    let line = format!("vmtest: blkmd5 vdc 65536: {}", md5_hex(&seen[..CHECKED]));
     assert!(console.contains(&line), "{line}\n{console}");
     assert!(
         console.contains("vmtest: noblkwrite: writing vdb failed, as it must"),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::guest::{built, module_tree, pvm_words, test_bytes, Guest};
+use vmm_tests::guest::{built, linux_steps_command, module_tree, pvm_words, test_bytes, Guest};
 use vmm_tests::process::vmm_bin;
 use vmm_tests::TempDir;
 
@@ -54,17 +54,8 @@ fn share_reads_writes_and_readonly_refuses() {
     let steps = "mount:rw:/tmp/rw,mount:ro:/tmp/ro,cat:/tmp/ro/hello.txt,\
                  copy:/tmp/rw/in.bin:/tmp/rw/out.bin,write:/tmp/rw/note.txt:written-by-the-guest,\
                  nowrite:/tmp/ro/nope.txt";
-    let cmdline = format!(
-        "console=ttyS0 reboot=k panic=1 {} vmtest.steps={steps} vmtest.exitport=0xf4",
-        pvm_words()
-    );
-    let mut cmd = Command::new(vmm_bin());
-    cmd.arg("--kernel")
-        .arg(built("linux/vmlinux"))
-        .arg("--initrd")
-        .arg(built("linux/initramfs.cpio"))
-        .args(["--mem", "128", "--cmdline", &cmdline])
-        .arg("--share")
+    let mut cmd = linux_steps_command(steps);
+    cmd.arg("--share")
         .arg(format!("{},tag=rw", rw.display()))
         .arg("--share")
         .arg(format!("{},tag=ro,readonly=on", ro.display()))
