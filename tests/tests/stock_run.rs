@@ -99,15 +99,18 @@ fn the_stock_kernel_loads_its_modules_and_mounts_the_hosts_root() {
         start.elapsed().as_secs_f64()
     ));
     let console = guest.console();
-    // A /proc/modules line: `NAME SIZE REFS DEPS STATE ADDR`; the first may follow the
-    // firmware's terminal escapes.
+    // A /proc/modules line: `NAME SIZE REFS DEPS STATE ADDR`; it may follow the firmware's
+    // terminal escapes and its last words on the same line ("Booting from ROM..ESC[2Jname").
     let loaded = |m: &str| {
         console.lines().filter(|l| l.contains(" Live ")).any(|l| {
-            let first = l.split(' ').next().unwrap_or("");
-            // Module names are lower case: an escape's final letter (`ESC[2J`) is not.
-            first.strip_suffix(m).is_some_and(|before| {
-                !before
-                    .ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            l.match_indices(m).any(|(at, _)| {
+                // Module names are lower case: an escape's final letter (`ESC[2J`) is not.
+                let before_ok = !l[..at]
+                    .ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                let after = &l[at + m.len()..];
+                before_ok
+                    && after.starts_with(' ')
+                    && after[1..].starts_with(|c: char| c.is_ascii_digit())
             })
         })
     };
