@@ -105,6 +105,9 @@ pub const NET_BACKEND: &[(i64, &str)] = syscalls![
     SYS_fdatasync,
     SYS_ftruncate,
     SYS_eventfd2,
+    SYS_timerfd_create,
+    SYS_timerfd_settime,
+    SYS_timerfd_gettime,
     SYS_pipe2,
     // Sockets.
     SYS_socket,
@@ -190,7 +193,9 @@ fn compile(list: &[(i64, &str)], mode: Mode) -> Result<BpfProgram, String> {
     rules.insert(libc::SYS_kcmp, vec![kcmp_file]);
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
         .map_err(|e| e.to_string())?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
 /// Installs `list` by `mode` on every thread of the process (TSYNC); threads created later
