@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use vmm_vmm::signals;
+use vmm_vmm::{seccomp, signals};
 
 use crate::privs::{Lockdown, PrivilegeArgs};
 use crate::{fail, EXIT_USAGE};
@@ -12,6 +12,7 @@ pub fn run(
     socket: &Path,
     spec: &str,
     privileges: &PrivilegeArgs,
+    filter: seccomp::Mode,
     mode: Option<&str>,
     group: Option<&str>,
 ) -> ExitCode {
@@ -44,10 +45,15 @@ pub fn run(
         Ok(event) => event,
         Err(e) => return fail(1, format_args!("installing signal handlers: {e}")),
     };
-    // Once the transport is open and the socket bound: share it, drop privileges, then serve.
+    // Once the transport is open and the socket bound: share it, drop privileges, install
+    // the seccomp filter (every thread, and those created later), then serve.
     let ready = |path: &Path| {
         lockdown
             .apply(Some(path), "--socket")
+            .and_then(|()| {
+                seccomp::install_all_threads(seccomp::NET_BACKEND, filter)
+                    .map_err(|e| format!("seccomp: {e}"))
+            })
             .map_err(umlnet::backend::BackendError::Setup)
     };
     match umlnet::backend::serve_with(socket, spec, shutdown, ready) {

@@ -80,6 +80,12 @@ enum Command {
         socket_group: Option<String>,
         #[command(flatten)]
         privileges: privs::PrivilegeArgs,
+        /// Once privileges are dropped, a seccomp filter allows only the system calls the
+        /// backend needs while it serves, in every thread. A call off the list: `kill` ends the
+        /// backend (status 159) naming the call on stderr; `log` allows it and the kernel logs
+        /// it (audit type 1326); `off` installs no filter.
+        #[arg(long, value_name = "kill|log|off", default_value = "kill")]
+        seccomp: vmm_vmm::seccomp::Mode,
         /// The device: `vecN:transport=NAME,key=value,...` or `ethN=TRANSPORT,...`.
         #[arg(value_name = "SPEC")]
         spec: String,
@@ -129,11 +135,13 @@ fn main() -> ExitCode {
             socket_mode,
             socket_group,
             privileges,
+            seccomp,
             spec,
         }) => backend_cmd::run(
             &socket,
             &spec,
             &privileges,
+            seccomp,
             socket_mode.as_deref(),
             socket_group.as_deref(),
         ),
