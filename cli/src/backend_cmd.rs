@@ -16,7 +16,7 @@ pub fn run(
     mode: Option<&str>,
     group: Option<&str>,
 ) -> ExitCode {
-    let spec = match umlnet::config::parse_spec(spec) {
+    let spec = match vmm_net::config::parse_spec(spec) {
         Ok(spec) => spec,
         Err(e) => return fail(EXIT_USAGE, e),
     };
@@ -54,9 +54,9 @@ pub fn run(
                 seccomp::install_all_threads(seccomp::NET_BACKEND, filter)
                     .map_err(|e| format!("seccomp: {e}"))
             })
-            .map_err(umlnet::backend::BackendError::Setup)
+            .map_err(vmm_net::backend::BackendError::Setup)
     };
-    match umlnet::backend::serve_with(socket, spec, shutdown, ready) {
+    match vmm_net::backend::serve_with(socket, spec, shutdown, ready) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.exit_status(), e),
     }

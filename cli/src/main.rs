@@ -27,7 +27,7 @@ const EXIT_USAGE: u8 = 2;
         of UML's transports (tap, hybrid, raw, gre, l2tpv3, bess, fd, and the legacy tuntap, \
         mcast, ucast, pcap, daemon, vde), configured with UML's own syntax, plus `user`: \
         rootless user networking through libslirp (`--net user`).",
-    after_long_help = umlnet::config::SPEC_HELP,
+    after_long_help = vmm_net::config::SPEC_HELP,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -65,7 +65,7 @@ enum Command {
             Example:\n  vmm net-backend --socket /tmp/vec0.sock vec0:transport=tap,ifname=tap0\n  \
             qemu-system-x86_64 ... -chardev socket,id=c0,path=/tmp/vec0.sock \\\n    \
             -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0",
-        after_long_help = umlnet::config::SPEC_HELP
+        after_long_help = vmm_net::config::SPEC_HELP
     )]
     NetBackend {
         /// The unix socket to listen on, created mode 0600 (only this user can connect). A

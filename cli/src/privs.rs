@@ -1,10 +1,10 @@
 //! The options that share our sockets and drop our privileges, common to `vmm` and `vmm
-//! net-backend` (the mechanism is `vmm_vmm::privileges` and `umlnet::unix_socket`).
+//! net-backend` (the mechanism is `vmm_vmm::privileges` and `vmm_net::unix_socket`).
 
 use std::path::Path;
 
 use clap::Args;
-use umlnet::unix_socket::{self, Access};
+use vmm_net::unix_socket::{self, Access};
 use vmm_vmm::privileges::{self, Plan};
 
 /// `--user` and `--keep-privileges`.

@@ -10,10 +10,6 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use umlnet::backend::datapath::Datapath;
-use umlnet::backend::features::Negotiated;
-use umlnet::config::{CommonOpts, NetSpec, RawConfig, TransportConfig};
-use umlnet::transport::{self, PacketBatch, Transport};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -22,6 +18,10 @@ use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_net::backend::datapath::Datapath;
+use vmm_net::backend::features::Negotiated;
+use vmm_net::config::{CommonOpts, NetSpec, RawConfig, TransportConfig};
+use vmm_net::transport::{self, PacketBatch, Transport};
 
 const QSIZE: u16 = 256;
 const DATA: u64 = 0x10_0000;

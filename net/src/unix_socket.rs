@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn bound_0600_stale_replaced_others_refused_and_kept() {
-        let dir = std::env::temp_dir().join(format!("umlnet-sock-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("vmm_net-sock-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.sock");
         let _ = std::fs::remove_file(&path);

@@ -5,8 +5,8 @@
 //! later fields too.
 
 use std::net::{IpAddr, Ipv4Addr};
-use umlnet::config::{GreConfig, GreKeys, L2tpCookies, L2tpv3Config};
-use umlnet::transport::wire::{GreCodec, L2tpv3Codec};
+use vmm_net::config::{GreConfig, GreKeys, L2tpCookies, L2tpv3Config};
+use vmm_net::transport::wire::{GreCodec, L2tpv3Codec};
 
 /// Marsaglia's xorshift64: deterministic, no dependency.
 struct XorShift(u64);

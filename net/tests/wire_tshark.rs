@@ -8,8 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use umlnet::config::{GreConfig, GreKeys, L2tpCookies, L2tpv3Config};
-use umlnet::transport::wire::{GreCodec, L2tpv3Codec};
+use vmm_net::config::{GreConfig, GreKeys, L2tpCookies, L2tpv3Config};
+use vmm_net::transport::wire::{GreCodec, L2tpv3Codec};
 
 const OUTER_SRC_MAC: [u8; 6] = [0x02, 0x10, 0x10, 0x10, 0x10, 0x01];
 const OUTER_DST_MAC: [u8; 6] = [0x02, 0x10, 0x10, 0x10, 0x10, 0x02];

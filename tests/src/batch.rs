@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use umlnet::transport::{PacketBatch, Transport};
+use vmm_net::transport::{PacketBatch, Transport};
 
 use crate::peer::wait_readable;
 

@@ -20,9 +20,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use umlnet::backend::{CaptureError, FlashError, NetBackend, NetControl, SwapError};
-use umlnet::config::parse_spec;
 use vm_memory::{Bytes, GuestAddress};
+use vmm_net::backend::{CaptureError, FlashError, NetBackend, NetControl, SwapError};
+use vmm_net::config::parse_spec;
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{is_test_frame, test_frame, PacketPeer};
 use vmm_tests::rig::{transport_pair, Rig, HDR, RINGS};
@@ -477,7 +477,7 @@ fn a_flashed_filter_replaces_the_raw_receive_filter_only_with_bpfflash() {
 
     // Flashing a program that passes everything lets X through again.
     let all = dir.path().join("all.bpf");
-    std::fs::write(&all, umlnet::transport::BpfProgram::ret(u32::MAX)).unwrap();
+    std::fs::write(&all, vmm_net::transport::BpfProgram::ret(u32::MAX)).unwrap();
     ctl.flash_bpf(&all).expect("flash pass-all");
     assert_eq!(guest_gets(&mut rig, 5, |_| on_vb.send(&x)), x);
     let st = ctl.stats();

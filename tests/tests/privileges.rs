@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use umlnet::config::parse_spec;
-use umlnet::transport::{self, Transport};
 use vm_memory::{Bytes, GuestAddress};
+use vmm_net::config::parse_spec;
+use vmm_net::transport::{self, Transport};
 use vmm_tests::batch::{recv_kept, send_at_once};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{is_test_frame, test_frame, PacketPeer};

@@ -71,7 +71,7 @@ impl Lan {
             .arg(initramfs())
             .args(["--mem", "128", "--cpus", &cpus.to_string()])
             .args(["--cmdline", cmdline, "--net", net])
-            .env("RUST_LOG", "warn,vmm_net=info,umlnet=info");
+            .env("RUST_LOG", "warn,vmm_net=info,vmm_net=info");
         Guest::command(cmd)
     }
 

@@ -11,10 +11,10 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use umlnet::config::{
+use vmm_net::config::{
     CommonOpts, FdConfig, HybridConfig, NetSpec, RawConfig, TapConfig, TransportConfig,
 };
-use umlnet::transport::{self, Offloads, PacketBatch, Transport};
+use vmm_net::transport::{self, Offloads, PacketBatch, Transport};
 use vmm_tests::batch::{recv_kept, send_at_once};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{is_test_frame, test_frame, tso_frame, wait_readable, PacketPeer};
@@ -158,7 +158,7 @@ fn raw_bpffile_filters_and_malformed_files_are_refused() {
     let (peer_end, dp_end) = ns.veth_pair(None);
     let dir = TempDir::new("bpf");
     let drop_all = dir.path().join("drop.bpf");
-    std::fs::write(&drop_all, umlnet::transport::BpfProgram::ret(0)).unwrap();
+    std::fs::write(&drop_all, vmm_net::transport::BpfProgram::ret(0)).unwrap();
     let bad = dir.path().join("bad.bpf");
     std::fs::write(&bad, [0u8; 7]).unwrap();
     let mk = |file: &std::path::Path| {
@@ -189,7 +189,7 @@ fn raw_bpffile_filters_and_malformed_files_are_refused() {
 /// new program accepts; a program that drops everything, then one that passes everything.
 #[test]
 fn hybrid_replaced_filter_keeps_the_direction_check() {
-    use umlnet::transport::BpfProgram;
+    use vmm_net::transport::BpfProgram;
     let ns = NetNs::new();
     let tap = ns.tap(None);
     let s = spec(

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use umlnet::config::parse_spec;
-use umlnet::transport::{self, PacketBatch, Transport};
+use vmm_net::config::parse_spec;
+use vmm_net::transport::{self, PacketBatch, Transport};
 use vmm_tests::batch::{batch_of, recv_kept};
 use vmm_tests::guest::{Guest, GuestConfig, GuestNet};
 use vmm_tests::netns::NetNs;

@@ -17,8 +17,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use umlnet::config::parse_spec;
-use umlnet::transport::{self, PacketBatch, Transport};
+use vmm_net::config::parse_spec;
+use vmm_net::transport::{self, PacketBatch, Transport};
 use vmm_tests::batch::{recv_kept, send_at_once};
 use vmm_tests::guest::{Guest, GuestConfig, GuestNet};
 use vmm_tests::netns::NetNs;

@@ -145,7 +145,7 @@ fn linux_user_networking_as_an_unprivileged_user() {
     .map(|s| s.to_string())
     .collect();
     let mut cmd = as_nobody_with_kvm(std::path::Path::new(&copies[0]), &args);
-    cmd.env("RUST_LOG", "warn,umlnet=info");
+    cmd.env("RUST_LOG", "warn,vmm_net=info");
     let mut guest = Guest::command(cmd);
 
     guest.expect(

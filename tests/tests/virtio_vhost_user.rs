@@ -12,8 +12,8 @@
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 
-use umlnet::backend::NetBackend;
-use umlnet::config::parse_spec;
+use vmm_net::backend::NetBackend;
+use vmm_net::config::parse_spec;
 use vmm_tests::rig::{transport_pair, Rig, DEVICE_NEEDS_RESET, RINGS};
 
 fn rig() -> Rig {

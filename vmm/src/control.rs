@@ -40,7 +40,7 @@ use serde_json::{json, Value};
 use vmm_devices::serial::SerialConsole;
 use vmm_devices::{ExitNotifier, ExitRequest};
 
-use umlnet::backend::NetControl;
+use vmm_net::backend::NetControl;
 
 use crate::builder::net::{Nic, NicBackend};
 use crate::builder::AttachedDevice;
@@ -89,12 +89,12 @@ impl ControlSocket {
     /// Binds `path`, mode 0600. A socket left there by a VMM that died (nobody accepts on it)
     /// is replaced; a live one, or anything else at the path, is an error.
     pub fn bind(path: &Path) -> Result<Self, Error> {
-        use umlnet::unix_socket::BindError;
+        use vmm_net::unix_socket::BindError;
         let bind_err = |source| Error::Bind {
             path: path.to_path_buf(),
             source,
         };
-        let listener = umlnet::unix_socket::bind_private(path).map_err(|e| match e {
+        let listener = vmm_net::unix_socket::bind_private(path).map_err(|e| match e {
             BindError::InUse => Error::InUse(path.to_path_buf()),
             BindError::NotSocket => Error::NotSocket(path.to_path_buf()),
             BindError::Io(e) => bind_err(e),
@@ -491,7 +491,7 @@ impl ControlServer {
                 } else {
                     spec.clone()
                 };
-                let parsed = umlnet::config::parse_spec(&full)
+                let parsed = vmm_net::config::parse_spec(&full)
                     .map_err(|e| format!("net swap {nic} {spec}: {e}"))?;
                 if let Some(why) = crate::privileges::refusal() {
                     return Err(format!("net swap {nic} {spec}: {why}"));

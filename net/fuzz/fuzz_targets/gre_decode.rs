@@ -7,8 +7,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr};
-use umlnet::config::{GreConfig, GreKeys};
-use umlnet::transport::wire::{GreCodec, ETH_HLEN};
+use vmm_net::config::{GreConfig, GreKeys};
+use vmm_net::transport::wire::{GreCodec, ETH_HLEN};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&bits, rest)) = data.split_first() else {

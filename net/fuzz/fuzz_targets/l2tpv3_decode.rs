@@ -8,8 +8,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr};
-use umlnet::config::{L2tpCookies, L2tpv3Config};
-use umlnet::transport::wire::{L2tpv3Codec, ETH_HLEN};
+use vmm_net::config::{L2tpCookies, L2tpv3Config};
+use vmm_net::transport::wire::{L2tpv3Codec, ETH_HLEN};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&bits, rest)) = data.split_first() else {

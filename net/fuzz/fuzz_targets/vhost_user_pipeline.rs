@@ -25,8 +25,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use libfuzzer_sys::fuzz_target;
-use umlnet::backend::features::VHOST_USER_F_PROTOCOL_FEATURES;
-use umlnet::backend::interop::{Message, Normaliser, Verdict};
+use vmm_net::backend::features::VHOST_USER_F_PROTOCOL_FEATURES;
+use vmm_net::backend::interop::{Message, Normaliser, Verdict};
 
 const GET_FEATURES: u32 = 1;
 const SET_FEATURES: u32 = 2;

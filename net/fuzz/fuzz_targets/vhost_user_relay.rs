@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use umlnet::backend::interop::{Message, Normaliser};
+use vmm_net::backend::interop::{Message, Normaliser};
 
 fuzz_target!(|data: &[u8]| {
     let mut norm = Normaliser::default();

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use umlnet::backend::NetBackend;
-use umlnet::config::{MacAddr, NetSpec};
 use vmm_devices::vhost_user::net::VhostUserNetDevice;
 use vmm_devices::vhost_user::{FrontendError, LinkControl};
+use vmm_net::backend::NetBackend;
+use vmm_net::config::{MacAddr, NetSpec};
 
 /// One `--net` argument, parsed.
 #[derive(Clone, Debug)]
@@ -89,7 +89,7 @@ impl NetArg {
                 .map(|socket| NetArg::External { socket, mac })
                 .ok_or_else(|| err("vhost-user needs socket=PATH".into()));
         }
-        umlnet::config::parse_spec(arg)
+        vmm_net::config::parse_spec(arg)
             .map(|s| NetArg::Builtin(Box::new(s)))
             .map_err(|e| err(e.to_string()))
     }
@@ -100,7 +100,7 @@ impl NetArg {
 pub fn number_user_shorthands(nets: &mut [(&str, &mut NetArg)]) {
     let mut taken: Vec<String> = nets
         .iter()
-        .filter(|(arg, _)| umlnet::config::user_shorthand(arg).is_none())
+        .filter(|(arg, _)| vmm_net::config::user_shorthand(arg).is_none())
         .filter_map(|(_, n)| match n {
             NetArg::Builtin(spec) => Some(spec.name.clone()),
             NetArg::External { .. } => None,
@@ -110,7 +110,7 @@ pub fn number_user_shorthands(nets: &mut [(&str, &mut NetArg)]) {
         let NetArg::Builtin(spec) = &mut **n else {
             continue;
         };
-        if umlnet::config::user_shorthand(arg).is_none() {
+        if vmm_net::config::user_shorthand(arg).is_none() {
             continue;
         }
         let name = (0..)
@@ -163,7 +163,7 @@ pub struct Nic {
 pub enum NicBackend {
     /// A backend thread of the VMM serving a UML transport, with its counters, transport swap
     /// and capture.
-    InProcess(umlnet::backend::NetControl),
+    InProcess(vmm_net::backend::NetControl),
     /// An external vhost-user backend.
     External {
         /// Its socket.

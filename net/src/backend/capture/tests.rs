@@ -46,7 +46,10 @@ fn records(bytes: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
 }
 
 fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("umlnet-capture-{}-{name}.pcap", std::process::id()))
+    std::env::temp_dir().join(format!(
+        "vmm_net-capture-{}-{name}.pcap",
+        std::process::id()
+    ))
 }
 
 #[test]

@@ -121,7 +121,7 @@ fn a_swap_without_a_frontend_moves_the_device_to_the_new_descriptor() {
 fn a_capture_needs_a_good_filter_and_only_one_runs_at_a_time() {
     let (backend, _peer) = fd_backend();
     let ctl = backend.control();
-    let path = std::env::temp_dir().join(format!("umlnet-ctl-{}.pcap", std::process::id()));
+    let path = std::env::temp_dir().join(format!("vmm_net-ctl-{}.pcap", std::process::id()));
     let e = ctl.capture_start(&path, Some("port 99999")).unwrap_err();
     assert!(e.to_string().contains("`port 99999`"), "{e}");
     assert!(!path.exists(), "a refused start made the file");
@@ -146,7 +146,7 @@ fn a_capture_needs_a_good_filter_and_only_one_runs_at_a_time() {
 fn a_flash_needs_bpfflash_on_the_device() {
     let (backend, _peer) = fd_backend();
     let ctl = backend.control();
-    let path = std::env::temp_dir().join(format!("umlnet-flash-{}.bpf", std::process::id()));
+    let path = std::env::temp_dir().join(format!("vmm_net-flash-{}.bpf", std::process::id()));
     std::fs::write(&path, BpfProgram::ret(0)).unwrap();
     let e = ctl.flash_bpf(&path).unwrap_err();
     assert!(matches!(e, FlashError::NotAllowed { .. }), "{e:?}");
