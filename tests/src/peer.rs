@@ -161,20 +161,9 @@ pub fn tso_frame(payload: usize, src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
     f.extend_from_slice(&[0x08, 0x00]);
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&(ip_total as u16).to_be_bytes());
+    let mut ip = ipv4_header(ip_total, 6, [10, 9, 9, 1], [10, 9, 9, 2]);
     ip[6] = 0x40; // DF
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&[10, 9, 9, 1]);
-    ip[16..20].copy_from_slice(&[10, 9, 9, 2]);
-    let sum = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    set_ipv4_checksum(&mut ip);
     f.extend_from_slice(&ip);
     let mut tcp = [0u8; 20];
     tcp[0..2].copy_from_slice(&5001u16.to_be_bytes());
@@ -186,4 +175,30 @@ pub fn tso_frame(payload: usize, src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
     f.extend_from_slice(&tcp);
     f.extend((0..payload).map(|i| (i % 251) as u8));
     f
+}
+
+/// An IPv4 header (no options, TTL 64) of a packet of `total` bytes carrying `protocol` from
+/// `src` to `dst`, its checksum filled in.
+pub fn ipv4_header(total: usize, protocol: u8, src: [u8; 4], dst: [u8; 4]) -> [u8; 20] {
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = protocol;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    set_ipv4_checksum(&mut ip);
+    ip
+}
+
+/// Recomputes an IPv4 header's checksum (after a field changed).
+pub fn set_ipv4_checksum(ip: &mut [u8; 20]) {
+    ip[10..12].fill(0);
+    let sum = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }

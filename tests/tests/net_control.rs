@@ -150,26 +150,33 @@ fn counters_move_by_what_crossed_and_a_swap_moves_the_device_to_the_new_transpor
     );
 }
 
+/// The backend of `spec`, opened in `ns`, serving a rig (its rings up) from a thread of its own.
+fn serve_in(ns: &NetNs, spec: &str) -> (NetControl, Rig) {
+    let backend = ns
+        .enter(|| NetBackend::open(&parse_spec(spec).unwrap()))
+        .unwrap_or_else(|e| panic!("{spec}: {e}"));
+    let ctl = backend.control();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || backend.serve_connection(theirs, None));
+    let (_unused, rig_peer) = transport_pair();
+    let mut rig = Rig::connect(ours, rig_peer);
+    rig.zero_rings();
+    assert_eq!(rig.bring_up(RINGS), 0xf);
+    (ctl, rig)
+}
+
 /// An Ethernet/IPv4/UDP frame from `sport` to `dport` with `payload` bytes.
 fn udp_frame(src: [u8; 6], dst: [u8; 6], sport: u16, dport: u16, payload: usize) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
     f.extend_from_slice(&[0x08, 0x00]);
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((28 + payload) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 7, 7, 1]);
-    ip[16..20].copy_from_slice(&[10, 7, 7, 2]);
-    let sum = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f.extend_from_slice(&ip);
+    f.extend_from_slice(&vmm_tests::peer::ipv4_header(
+        28 + payload,
+        17,
+        [10, 7, 7, 1],
+        [10, 7, 7, 2],
+    ));
     f.extend_from_slice(&sport.to_be_bytes());
     f.extend_from_slice(&dport.to_be_bytes());
     f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
@@ -295,20 +302,7 @@ fn offloads_the_guest_was_offered_pin_the_swap_and_tap_goes_to_raw_in_a_namespac
     }
     let tap = ns.tap(None);
     let (va, vb) = ns.veth_pair(None);
-    let backend = ns
-        .enter(|| {
-            NetBackend::open(
-                &parse_spec(&format!("vec0:transport=tap,ifname={tap},gro=1")).unwrap(),
-            )
-        })
-        .expect("tap backend");
-    let ctl = backend.control();
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    std::thread::spawn(move || backend.serve_connection(theirs, None));
-    let (_unused, rig_peer) = transport_pair();
-    let mut rig = Rig::connect(ours, rig_peer);
-    rig.zero_rings();
-    assert_eq!(rig.bring_up(RINGS), 0xf);
+    let (ctl, mut rig) = serve_in(&ns, &format!("vec0:transport=tap,ifname={tap},gro=1"));
     ns.wait_link_up(&tap);
 
     // fd carries no virtio-net header: the guest was offered offloads it could not keep.
@@ -417,20 +411,7 @@ fn a_flashed_filter_replaces_the_raw_receive_filter_only_with_bpfflash() {
     assert!(e.to_string().contains("`bpfflash=1` not set"), "{e}");
     drop(plain);
 
-    let backend = ns
-        .enter(|| {
-            NetBackend::open(
-                &parse_spec(&format!("vec0:transport=raw,ifname={va},bpfflash=1")).unwrap(),
-            )
-        })
-        .expect("raw backend with bpfflash");
-    let ctl = backend.control();
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    std::thread::spawn(move || backend.serve_connection(theirs, None));
-    let (_unused, rig_peer) = transport_pair();
-    let mut rig = Rig::connect(ours, rig_peer);
-    rig.zero_rings();
-    assert_eq!(rig.bring_up(RINGS), 0xf);
+    let (ctl, mut rig) = serve_in(&ns, &format!("vec0:transport=raw,ifname={va},bpfflash=1"));
     let on_vb = ns.enter(|| PacketPeer::open(&vb, false));
 
     // Before: frames to port 9999 (X) and to 53 (Y) both reach the guest, byte-exact.
