@@ -23,8 +23,8 @@ pub use status::DEVICE_NEEDS_RESET;
 pub const HDR: usize = 12;
 pub const QSIZE: u64 = 16;
 pub const RINGS: u64 = 0x10_0000;
-const TX_BUF: u64 = 0x20_0000;
-const RX_BUF: u64 = 0x30_0000;
+pub const TX_BUF: u64 = 0x20_0000;
+pub const RX_BUF: u64 = 0x30_0000;
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
 
@@ -204,4 +204,60 @@ impl Rig {
             .unwrap();
         assert_eq!(got, frame, "received frame");
     }
+}
+
+/// A vhost-user frontend (this rig) connected to a backend listening on `sock`, the device up.
+/// The rig's own transport end is not used: frames go through the backend's real transport.
+pub fn frontend(sock: &std::path::Path) -> Rig {
+    let stream = UnixStream::connect(sock).expect("connect to the backend");
+    let (_unused, peer) = transport_pair();
+    let mut rig = Rig::connect(stream, peer);
+    rig.zero_rings();
+    assert_eq!(rig.bring_up(RINGS), 0xf, "device status");
+    rig
+}
+
+/// The guest sends a test frame (`seed` picks its length and bytes) from `src` to `dst` as
+/// transmit entry `idx`; returns the frame.
+pub fn guest_sends(rig: &mut Rig, idx: u16, seed: u8, src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
+    let frame = test_frame(60 + usize::from(seed) * 10, src, dst, seed);
+    let mut buf = vec![0u8; HDR];
+    buf.extend_from_slice(&frame);
+    rig.ram
+        .memory()
+        .write_slice(&buf, GuestAddress(TX_BUF))
+        .unwrap();
+    rig.offer(1, idx, TX_BUF, buf.len() as u32, 0);
+    rig.wait_used(1, idx + 1);
+    frame
+}
+
+/// The guest receives `frame` byte-exact, skipping what else the host sent (an IPv6 router
+/// solicitation...); `idx` is the next receive entry.
+pub fn guest_receives(rig: &mut Rig, idx: &mut u16, frame: &[u8]) {
+    guest_receives_matching(rig, idx, |got| got == frame);
+}
+
+/// The guest receives a frame `want` accepts, skipping others (16 at most); returns it.
+pub fn guest_receives_matching(
+    rig: &mut Rig,
+    idx: &mut u16,
+    want: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    for _ in 0..16 {
+        rig.offer(0, *idx, RX_BUF, 2048, 2);
+        rig.wait_used(0, *idx + 1);
+        let entry = RINGS + 0x2000 + 4 + 8 * (u64::from(*idx) % QSIZE);
+        *idx += 1;
+        let len: u32 = rig.ram.memory().read_obj(GuestAddress(entry + 4)).unwrap();
+        let mut got = vec![0u8; (len as usize).saturating_sub(HDR)];
+        rig.ram
+            .memory()
+            .read_slice(&mut got, GuestAddress(RX_BUF + HDR as u64))
+            .unwrap();
+        if want(&got) {
+            return got;
+        }
+    }
+    panic!("the frame never reached the guest");
 }

@@ -12,14 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress};
 use vmm_net::config::parse_spec;
 use vmm_net::transport::{self, Transport};
 use vmm_tests::batch::{recv_kept, send_at_once};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{is_test_frame, test_frame, PacketPeer};
 use vmm_tests::process::{vmm_bin, Daemon};
-use vmm_tests::rig::{transport_pair, Rig, HDR, RINGS};
+use vmm_tests::rig::{frontend, guest_receives, guest_sends};
 use vmm_tests::{kvm_usable, require_root, TempDir};
 
 const NOBODY: u32 = 65534;
@@ -28,8 +27,6 @@ const OTHER: u32 = 65533;
 const SHARED_GROUP: u32 = 54321;
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
-const TX_BUF: u64 = 0x20_0000;
-const RX_BUF: u64 = 0x30_0000;
 
 /// `vmm net-backend ARGS... --socket SOCK SPEC` (in `ns` if given), started and its socket
 /// there.
@@ -171,52 +168,6 @@ fn assert_access(path: &Path, owner: u32, shared: bool) {
     }
 }
 
-/// A vhost-user frontend (the test's rig) on `sock`, the device up.
-fn frontend(sock: &Path) -> Rig {
-    let stream = UnixStream::connect(sock).expect("connect to the backend");
-    // The rig's own transport end is not used: frames go through the real transport.
-    let (_unused, peer) = transport_pair();
-    let mut rig = Rig::connect(stream, peer);
-    rig.zero_rings();
-    assert_eq!(rig.bring_up(RINGS), 0xf, "device status");
-    rig
-}
-
-/// The guest sends a frame (transmit queue entry `idx`); returns it.
-fn guest_sends(rig: &mut Rig, idx: u16, seed: u8) -> Vec<u8> {
-    let frame = test_frame(60 + usize::from(seed) * 10, GUEST_MAC, HOST_MAC, seed);
-    let mut buf = vec![0u8; HDR];
-    buf.extend_from_slice(&frame);
-    rig.ram
-        .memory()
-        .write_slice(&buf, GuestAddress(TX_BUF))
-        .unwrap();
-    rig.offer(1, idx, TX_BUF, buf.len() as u32, 0);
-    rig.wait_used(1, idx + 1);
-    frame
-}
-
-/// The guest receives `frame`, skipping what else the host sent (an IPv6 router
-/// solicitation...); `idx` is the next receive entry.
-fn guest_receives(rig: &mut Rig, idx: &mut u16, frame: &[u8]) {
-    for _ in 0..16 {
-        rig.offer(0, *idx, RX_BUF, 2048, 2);
-        rig.wait_used(0, *idx + 1);
-        let entry = RINGS + 0x2000 + 4 + 8 * (u64::from(*idx) % 16);
-        *idx += 1;
-        let len: u32 = rig.ram.memory().read_obj(GuestAddress(entry + 4)).unwrap();
-        let mut got = vec![0u8; (len as usize).saturating_sub(HDR)];
-        rig.ram
-            .memory()
-            .read_slice(&mut got, GuestAddress(RX_BUF + HDR as u64))
-            .unwrap();
-        if got == frame {
-            return;
-        }
-    }
-    panic!("the frame never reached the guest");
-}
-
 /// Frames cross raw (veth), tap and gre both ways while `vmm net-backend --user nobody` (or
 /// root without --user: `user` None) serves them with no capabilities.
 fn backend_without_privileges_moves_frames(user: Option<&str>, uid: u32) {
@@ -267,7 +218,7 @@ fn backend_without_privileges_moves_frames(user: Option<&str>, uid: u32) {
         let mut rx = 0;
         for round in 0..2u8 {
             // Out of the guest, onto the wire.
-            let sent = guest_sends(&mut rig, u16::from(round), 10 + round);
+            let sent = guest_sends(&mut rig, u16::from(round), 10 + round, GUEST_MAC, HOST_MAC);
             let got = match &mut wire {
                 Wire::Packet(p) => p.recv_matching(Duration::from_secs(5), |f| f == sent),
                 Wire::Gre(t) => {

@@ -15,13 +15,14 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{test_frame, PacketPeer, TEST_ETHERTYPE};
 use vmm_tests::process::{fd_net_backend, vmm_bin, Daemon};
-use vmm_tests::rig::{transport_pair, Rig, HDR, RINGS};
+use vmm_tests::rig::{
+    frontend, guest_receives, guest_receives_matching, guest_sends, transport_pair, Rig, HDR,
+    TX_BUF,
+};
 use vmm_tests::{require_root, TempDir};
 
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x41];
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
-const TX_BUF: u64 = 0x20_0000;
-const RX_BUF: u64 = 0x30_0000;
 const SELFTEST: &str = "VMM_SECCOMP_SELFTEST";
 
 /// `vmm net-backend ARGS... --socket SOCK SPEC` (in `ns` if given) with `env`.
@@ -96,54 +97,6 @@ fn assert_filtered(pid: u32, log: &dyn Fn() -> String) {
     assert!(seen > 0);
 }
 
-/// A vhost-user frontend (the test's rig) on `sock`, the device up.
-fn frontend(sock: &Path) -> Rig {
-    let stream = UnixStream::connect(sock).expect("connect to the backend");
-    let (_unused, peer) = transport_pair();
-    let mut rig = Rig::connect(stream, peer);
-    rig.zero_rings();
-    assert_eq!(rig.bring_up(RINGS), 0xf, "device status");
-    rig
-}
-
-fn guest_sends(rig: &mut Rig, idx: u16, seed: u8) -> Vec<u8> {
-    let frame = test_frame(60 + usize::from(seed) * 10, GUEST_MAC, HOST_MAC, seed);
-    let mut buf = vec![0u8; HDR];
-    buf.extend_from_slice(&frame);
-    rig.ram
-        .memory()
-        .write_slice(&buf, GuestAddress(TX_BUF))
-        .unwrap();
-    rig.offer(1, idx, TX_BUF, buf.len() as u32, 0);
-    rig.wait_used(1, idx + 1);
-    frame
-}
-
-/// The guest receives `frame` byte-exact, skipping what else the host sent.
-fn guest_receives(rig: &mut Rig, idx: &mut u16, frame: &[u8]) {
-    guest_receives_matching(rig, idx, |got| got == frame);
-}
-
-/// The guest receives a frame `want` accepts, skipping others; returns it.
-fn guest_receives_matching(rig: &mut Rig, idx: &mut u16, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
-    for _ in 0..16 {
-        rig.offer(0, *idx, RX_BUF, 2048, 2);
-        rig.wait_used(0, *idx + 1);
-        let entry = RINGS + 0x2000 + 4 + 8 * (u64::from(*idx) % 16);
-        *idx += 1;
-        let len: u32 = rig.ram.memory().read_obj(GuestAddress(entry + 4)).unwrap();
-        let mut got = vec![0u8; (len as usize).saturating_sub(HDR)];
-        rig.ram
-            .memory()
-            .read_slice(&mut got, GuestAddress(RX_BUF + HDR as u64))
-            .unwrap();
-        if want(&got) {
-            return got;
-        }
-    }
-    panic!("the frame never reached the guest");
-}
-
 fn stops_cleanly(mut d: Daemon, what: &str) {
     assert!(d.running(), "{what}: backend died:\n{}", d.log());
     let status = d.terminate(Duration::from_secs(5));
@@ -204,7 +157,7 @@ fn filtered_backend_moves_frames_over_raw_tap_and_pcap() {
         ns.wait_link_up(&ifname);
         let mut rx = 0;
         for round in 0..2u8 {
-            let sent = guest_sends(&mut rig, u16::from(round), 10 + round);
+            let sent = guest_sends(&mut rig, u16::from(round), 10 + round, GUEST_MAC, HOST_MAC);
             // pcap is receive-only: what the guest sends is refused (and counted).
             if kind != "pcap" {
                 let got = wire.recv_matching(Duration::from_secs(5), |f| f == sent);
