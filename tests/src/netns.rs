@@ -119,6 +119,18 @@ impl NetNs {
         (a, b)
     }
 
+    /// Turns IPv6 off on every link of the namespace, present and future: their router
+    /// solicitations and MLD reports would otherwise reach a test's guest before its frames.
+    pub fn disable_ipv6(&self) {
+        for key in ["all", "default"] {
+            let (ok, out) = self.run(
+                "sysctl",
+                &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
+            );
+            assert!(ok, "sysctl: {out}");
+        }
+    }
+
     /// Creates a persistent tap in this namespace, up, with `addr`.
     pub fn tap(&self, addr: Option<&str>) -> String {
         let t = crate::unique_name("vtap");

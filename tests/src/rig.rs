@@ -221,15 +221,33 @@ pub fn frontend(sock: &std::path::Path) -> Rig {
 /// transmit entry `idx`; returns the frame.
 pub fn guest_sends(rig: &mut Rig, idx: u16, seed: u8, src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
     let frame = test_frame(60 + usize::from(seed) * 10, src, dst, seed);
+    guest_sends_frame(rig, idx, &frame);
+    frame
+}
+
+/// The guest sends `frame` (behind a zero virtio-net header) as transmit entry `idx`; returns
+/// once the device used the chain.
+pub fn guest_sends_frame(rig: &mut Rig, idx: u16, frame: &[u8]) {
     let mut buf = vec![0u8; HDR];
-    buf.extend_from_slice(&frame);
+    buf.extend_from_slice(frame);
     rig.ram
         .memory()
         .write_slice(&buf, GuestAddress(TX_BUF))
         .unwrap();
     rig.offer(1, idx, TX_BUF, buf.len() as u32, 0);
     rig.wait_used(1, idx + 1);
-    frame
+}
+
+/// The frame in receive entry `idx`, which the device has used (its virtio-net header off).
+pub fn used_frame(rig: &Rig, idx: u16) -> Vec<u8> {
+    let entry = RINGS + 0x2000 + 4 + 8 * (u64::from(idx) % QSIZE);
+    let len: u32 = rig.ram.memory().read_obj(GuestAddress(entry + 4)).unwrap();
+    let mut got = vec![0u8; (len as usize).saturating_sub(HDR)];
+    rig.ram
+        .memory()
+        .read_slice(&mut got, GuestAddress(RX_BUF + HDR as u64))
+        .unwrap();
+    got
 }
 
 /// The guest receives `frame` byte-exact, skipping what else the host sent (an IPv6 router
@@ -247,14 +265,8 @@ pub fn guest_receives_matching(
     for _ in 0..16 {
         rig.offer(0, *idx, RX_BUF, 2048, 2);
         rig.wait_used(0, *idx + 1);
-        let entry = RINGS + 0x2000 + 4 + 8 * (u64::from(*idx) % QSIZE);
+        let got = used_frame(rig, *idx);
         *idx += 1;
-        let len: u32 = rig.ram.memory().read_obj(GuestAddress(entry + 4)).unwrap();
-        let mut got = vec![0u8; (len as usize).saturating_sub(HDR)];
-        rig.ram
-            .memory()
-            .read_slice(&mut got, GuestAddress(RX_BUF + HDR as u64))
-            .unwrap();
         if want(&got) {
             return got;
         }

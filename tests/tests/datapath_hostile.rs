@@ -412,8 +412,7 @@ fn rx_frame(front: &Front, slot: u16) -> Vec<u8> {
 fn quiet_ns() -> NetNs {
     require_root();
     let ns = NetNs::new();
-    ns.run("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    ns.run("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    ns.disable_ipv6();
     ns
 }
 

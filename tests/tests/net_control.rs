@@ -20,17 +20,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use vm_memory::{Bytes, GuestAddress};
 use vmm_net::backend::{CaptureError, FlashError, NetBackend, NetControl, SwapError};
 use vmm_net::config::parse_spec;
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{is_test_frame, test_frame, PacketPeer};
-use vmm_tests::rig::{transport_pair, Rig, HDR, RINGS};
+use vmm_tests::rig::{guest_sends_frame, transport_pair, used_frame, Rig, RINGS, RX_BUF};
 use vmm_tests::TempDir;
 
 /// Guest buffers of our own (the rig's are at 0x20_0000 and 0x30_0000).
-const TX_AT: u64 = 0x40_0000;
-const RX_AT: u64 = 0x50_0000;
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
 
@@ -50,32 +47,13 @@ fn fd_spec(fd: std::os::fd::OwnedFd) -> String {
     format!("vec0:transport=fd,fd={}", fd.into_raw_fd())
 }
 
-/// The guest sends `frame` (transmit entry `idx`); returns once the device used the chain.
-fn guest_sends(rig: &mut Rig, idx: u16, frame: &[u8]) {
-    let mut buf = vec![0u8; HDR];
-    buf.extend_from_slice(frame);
-    rig.ram
-        .memory()
-        .write_slice(&buf, GuestAddress(TX_AT))
-        .unwrap();
-    rig.offer(1, idx, TX_AT, buf.len() as u32, 0);
-    rig.wait_used(1, idx + 1);
-}
-
 /// A receive buffer is posted (entry `idx`), `send` puts a frame on the wire, and the frame
 /// the guest got is returned.
 fn guest_gets(rig: &mut Rig, idx: u16, send: impl FnOnce(&Rig)) -> Vec<u8> {
-    rig.offer(0, idx, RX_AT, 2048, 2);
+    rig.offer(0, idx, RX_BUF, 2048, 2);
     send(rig);
     rig.wait_used(0, idx + 1);
-    let entry = RINGS + 0x2000 + 4 + 8 * (u64::from(idx) % 16);
-    let len: u32 = rig.ram.memory().read_obj(GuestAddress(entry + 4)).unwrap();
-    let mut got = vec![0u8; len as usize - HDR];
-    rig.ram
-        .memory()
-        .read_slice(&mut got, GuestAddress(RX_AT + HDR as u64))
-        .unwrap();
-    got
+    used_frame(rig, idx)
 }
 
 #[test]
@@ -231,7 +209,7 @@ fn a_filtered_capture_holds_exactly_the_matching_frames_of_both_directions() {
     ];
     let mut buf = vec![0u8; 4096];
     for (i, f) in out.iter().enumerate() {
-        guest_sends(&mut rig, i as u16, f);
+        guest_sends_frame(&mut rig, i as u16, f);
         let n = rig.peer.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], &f[..]);
     }
@@ -271,7 +249,7 @@ fn a_filtered_capture_holds_exactly_the_matching_frames_of_both_directions() {
 
     // Capture off: frames cross, the file stays as it was.
     let before = std::fs::read(&path).unwrap();
-    guest_sends(&mut rig, 3, &out[0]);
+    guest_sends_frame(&mut rig, 3, &out[0]);
     let _ = rig.peer.recv(&mut buf).unwrap();
     let got = guest_gets(&mut rig, 3, |rig| {
         rig.peer.send(&inn[0]).unwrap();
@@ -293,13 +271,7 @@ fn offloads_the_guest_was_offered_pin_the_swap_and_tap_goes_to_raw_in_a_namespac
     let ns = NetNs::new();
     // No IPv6 on the links: their router solicitations and MLD reports would reach the guest
     // before our frames.
-    for key in ["all", "default"] {
-        let (ok, out) = ns.run(
-            "sysctl",
-            &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
-        );
-        assert!(ok, "sysctl: {out}");
-    }
+    ns.disable_ipv6();
     let tap = ns.tap(None);
     let (va, vb) = ns.veth_pair(None);
     let (ctl, mut rig) = serve_in(&ns, &format!("vec0:transport=tap,ifname={tap},gro=1"));
@@ -320,7 +292,7 @@ fn offloads_the_guest_was_offered_pin_the_swap_and_tap_goes_to_raw_in_a_namespac
     // Frames go out on the tap.
     let on_tap = ns.enter(|| PacketPeer::open(&tap, false));
     let frame = test_frame(200, GUEST_MAC, HOST_MAC, 1);
-    guest_sends(&mut rig, 0, &frame);
+    guest_sends_frame(&mut rig, 0, &frame);
     let got = on_tap
         .recv_matching(Duration::from_secs(3), |f| is_test_frame(f, 0))
         .expect("frame on the tap");
@@ -332,7 +304,7 @@ fn offloads_the_guest_was_offered_pin_the_swap_and_tap_goes_to_raw_in_a_namespac
     assert_eq!(ctl.stats().transport, "raw");
     let on_vb = ns.enter(|| PacketPeer::open(&vb, false));
     let frame = test_frame(300, GUEST_MAC, HOST_MAC, 2);
-    guest_sends(&mut rig, 1, &frame);
+    guest_sends_frame(&mut rig, 1, &frame);
     let got = on_vb
         .recv_matching(Duration::from_secs(3), |f| is_test_frame(f, 0))
         .expect("frame on the veth");
@@ -388,13 +360,7 @@ fn write_bpf(path: &Path, expr: &str) {
 #[test]
 fn a_flashed_filter_replaces_the_raw_receive_filter_only_with_bpfflash() {
     let ns = NetNs::new();
-    for key in ["all", "default"] {
-        let (ok, out) = ns.run(
-            "sysctl",
-            &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
-        );
-        assert!(ok, "sysctl: {out}");
-    }
+    ns.disable_ipv6();
     let (va, vb) = ns.veth_pair(None);
     let dir = TempDir::new("bf");
     let drop_9999 = dir.path().join("not-9999.bpf");
@@ -431,7 +397,7 @@ fn a_flashed_filter_replaces_the_raw_receive_filter_only_with_bpfflash() {
     // Our own transmissions still stay out: the guest sends a frame (it leaves on the
     // veth), then the next frame it gets is the one sent from the far end, not an echo.
     let out = udp_frame(GUEST_MAC, HOST_MAC, 4000, 7, 80);
-    guest_sends(&mut rig, 0, &out);
+    guest_sends_frame(&mut rig, 0, &out);
     let left = on_vb
         .recv_matching(Duration::from_secs(3), |f| f == out.as_slice())
         .expect("the guest's frame on the veth");
