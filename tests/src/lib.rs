@@ -92,3 +92,33 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Holds a cached build's integrity rules, as its recipe's `--check` reports them through
+/// `check` (exit status 0: the cache would be used, 1: rebuilt; and its output): one flipped
+/// byte in `corrupt` is a rebuild saying "corrupt", a missing `missing` is a rebuild, and so is
+/// a missing SHA256SUMS. `copy` is a copy of a valid build, which this damages.
+pub fn assert_cache_refuses_damage(
+    copy: &std::path::Path,
+    corrupt: &str,
+    missing: &str,
+    check: impl Fn() -> (i32, String),
+) {
+    let (code, text) = check();
+    assert_eq!(code, 0, "an intact copy is used: {text}");
+    let file = copy.join(corrupt);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let (code, text) = check();
+    assert_eq!(code, 1, "a corrupt {corrupt} is rebuilt, not used: {text}");
+    assert!(text.contains("corrupt"), "{text}");
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(check().0, 0, "restored");
+    std::fs::remove_file(copy.join(missing)).unwrap();
+    let (code, text) = check();
+    assert_eq!(code, 1, "a missing {missing} means a rebuild: {text}");
+    std::fs::remove_file(copy.join("SHA256SUMS")).unwrap();
+    assert_eq!(check().0, 1, "no checksums, no use");
+}
