@@ -175,6 +175,29 @@ pub const NET_BACKEND: &[(i64, &str)] = syscalls![
     SYS_exit_group,
 ];
 
+/// What `vmm` (the VM process) needs besides [`NET_BACKEND`] (its in-process backends serve
+/// with that list) once the VM is built and privileges are dropped: the vCPUs' and devices'
+/// calls (KVM's are ioctls), the virtio-blk worker's vectored and positioned I/O and hole
+/// punching, stopping virtiofsd (kill, wait), and removing the control socket and `vmm run`'s
+/// directory at exit.
+pub const VM_EXTRA: &[(i64, &str)] = syscalls![
+    SYS_preadv,
+    SYS_pwritev,
+    SYS_preadv2,
+    SYS_pwritev2,
+    SYS_fallocate,
+    SYS_flock,
+    SYS_getdents64,
+    SYS_kill,
+    SYS_wait4,
+    SYS_waitid,
+];
+
+/// The whole list of `vmm` (the VM process): [`NET_BACKEND`] and [`VM_EXTRA`].
+pub fn vm_list() -> Vec<(i64, &'static str)> {
+    NET_BACKEND.iter().chain(VM_EXTRA).copied().collect()
+}
+
 /// Compiles `list` for this machine: allowed calls, anything else by `mode`.
 fn compile(list: &[(i64, &str)], mode: Mode) -> Result<BpfProgram, String> {
     let mismatch = match mode {
@@ -316,6 +339,13 @@ mod tests {
         }
         assert!(compile(NET_BACKEND, Mode::Kill).is_ok());
         assert!(compile(NET_BACKEND, Mode::Log).is_ok());
+        let vm = vm_list();
+        assert!(!vm.iter().any(|&(nr, _)| nr == libc::SYS_uname));
+        for &(nr, n) in VM_EXTRA {
+            assert_eq!(name(nr), n.trim_start_matches("SYS_"), "{n}");
+            assert!(!NET_BACKEND.iter().any(|&(m, _)| m == nr), "{n} twice");
+        }
+        assert!(compile(&vm, Mode::Kill).is_ok());
     }
 
     #[test]
