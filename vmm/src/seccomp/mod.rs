@@ -8,6 +8,10 @@
 //! reconnecting and hostile frontends, SIGTERM shutdown) with `--seccomp log` and the kernel's
 //! audit records, and `strace -f`.
 //!
+//! `vmm` (the VM process) installs [`vm_list`] the same way once the VM is built and
+//! privileges are dropped, before the vCPUs run; with privileges kept (`--keep-privileges`, or
+//! not root) it installs none, since `reboot` and `net swap` build devices again.
+//!
 //! A call off the list, by [`Mode`]:
 //! - `kill`: `SECCOMP_RET_TRAP`; the SIGSYS handler writes `vmm: seccomp: forbidden system
 //!   call N (NAME)` to stderr (async-signal-safe `write`) and ends the process with status
