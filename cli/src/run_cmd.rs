@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// (repeatable).
     #[arg(long = "module", value_name = "NAME")]
     module: Vec<String>,
+    /// The seccomp filter once the VM is built, as for `vmm --seccomp` (as root only: the
+    /// filter goes with dropped capabilities).
+    #[arg(long, value_name = "kill|log|off", default_value = "kill")]
+    seccomp: vmm_vmm::seccomp::Mode,
     /// The command to run in the guest, and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -264,7 +268,12 @@ pub fn run(args: RunArgs) -> ExitCode {
     config.virtiofsd = args.virtiofsd;
     // As root, the run's capabilities go once the VM is built; uid 0 stays (the run's
     // directory is root's, and CMD runs as root in the guest).
-    let status = boot(config, args.timeout.as_deref(), &Lockdown::root_only());
+    let status = boot(
+        config,
+        args.timeout.as_deref(),
+        &Lockdown::root_only(),
+        args.seccomp,
+    );
     drop(dir);
     status
 }

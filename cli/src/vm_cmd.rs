@@ -11,6 +11,8 @@ use clap::Args;
 use vmm_vmm::watch::{FailOn, FailureKind};
 
 use vmm_vmm::builder::{DeviceConfig, DeviceError};
+use vmm_vmm::privileges::Plan;
+use vmm_vmm::seccomp;
 
 use crate::privs::Lockdown;
 use crate::{fail, EXIT_USAGE};
@@ -86,6 +88,13 @@ pub struct VmArgs {
     api_group: Option<String>,
     #[command(flatten)]
     privileges: crate::privs::PrivilegeArgs,
+    /// Once privileges are dropped (all devices open, before the vCPUs run), a seccomp filter
+    /// allows only the system calls the VM needs, in every thread. A call off the list: `kill`
+    /// ends vmm (status 159) naming the call on stderr; `log` allows it and the kernel logs it
+    /// (audit type 1326); `off` installs no filter. With privileges kept (--keep-privileges,
+    /// or not root) there is no filter: `reboot` and `net swap` open devices again.
+    #[arg(long, value_name = "kill|log|off", default_value = "kill")]
+    seccomp: vmm_vmm::seccomp::Mode,
     /// Do not offer the pvpanic PCI device (1b36:0011). A panic is still caught from the
     /// console's panic banner.
     #[arg(long)]
@@ -203,7 +212,7 @@ pub fn run(args: VmArgs) -> ExitCode {
     config.devices = devices;
     config.virtiofsd = args.virtiofsd;
     config.api = args.api;
-    boot(config, args.timeout.as_deref(), &lockdown)
+    boot(config, args.timeout.as_deref(), &lockdown, args.seccomp)
 }
 
 /// `--net`, `--fs` and `--share`, in that order; the first bad one is the error (a one-line
@@ -222,9 +231,24 @@ pub fn parse_devices(
 
 /// Builds the VM with its devices, runs it and turns the outcome into the exit status. A
 /// `reboot` through the control socket builds the same VM again (its console log continues).
-pub fn boot(mut config: vmm_vmm::VmConfig, timeout: Option<&str>, lockdown: &Lockdown) -> ExitCode {
+pub fn boot(
+    mut config: vmm_vmm::VmConfig,
+    timeout: Option<&str>,
+    lockdown: &Lockdown,
+    filter: seccomp::Mode,
+) -> ExitCode {
+    // The filter goes with dropped privileges: with them kept, `reboot` and `net swap` build
+    // devices again, which the list does not cover.
+    let filter = if matches!(lockdown.plan, Plan::Keep) {
+        if filter != seccomp::Mode::Off {
+            log::info!("seccomp: no filter, privileges are kept (--keep-privileges, or not root)");
+        }
+        seccomp::Mode::Off
+    } else {
+        filter
+    };
     loop {
-        match boot_once(config.clone(), timeout, lockdown) {
+        match boot_once(config.clone(), timeout, lockdown, filter) {
             Some(status) => return status,
             None => {
                 eprintln!("vmm: rebooting (control socket)");
@@ -239,6 +263,7 @@ fn boot_once(
     config: vmm_vmm::VmConfig,
     timeout: Option<&str>,
     lockdown: &Lockdown,
+    filter: seccomp::Mode,
 ) -> Option<ExitCode> {
     let api = config.api.clone();
     let mut vmm = match vmm_vmm::Vmm::new(config) {
@@ -253,6 +278,11 @@ fn boot_once(
     // socket as asked and drop privileges before the guest runs.
     if let Err(e) = lockdown.apply(api.as_deref(), "--api") {
         return Some(fail(1, e));
+    }
+    // Then the seccomp filter, on every thread and those created later (privileges dropped,
+    // so there is no reboot: this runs once).
+    if let Err(e) = seccomp::install_all_threads(&seccomp::vm_list(), filter) {
+        return Some(fail(1, format_args!("seccomp: {e}")));
     }
     match vmm.run() {
         Ok(report) => {
