@@ -122,3 +122,25 @@ pub fn assert_cache_refuses_damage(
     std::fs::remove_file(copy.join("SHA256SUMS")).unwrap();
     assert_eq!(check().0, 1, "no checksums, no use");
 }
+
+/// A field of a `/proc/.../status` file (`Name:\tvalue`), trimmed; empty when absent.
+pub fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or("")
+        .trim()
+}
+
+/// One request line on a control socket (`vmm --api`), and its reply line.
+pub fn ctl_request(api: &std::path::Path, request: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s =
+        std::os::unix::net::UnixStream::connect(api).expect("connect to the control socket");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}

@@ -7,7 +7,6 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{is_test_frame, test_frame, PacketPeer};
 use vmm_tests::process::{vmm_bin, Daemon};
 use vmm_tests::rig::{frontend, guest_receives, guest_sends};
-use vmm_tests::{kvm_usable, require_root, TempDir};
+use vmm_tests::{ctl_request, kvm_usable, require_root, status_field, TempDir};
 
 const NOBODY: u32 = 65534;
 /// Another local user, neither root nor nobody, and a group it may be put in.
@@ -48,16 +47,6 @@ fn backend(ns: Option<&NetNs>, sock: &Path, spec: &str, args: &[&str], log: Path
     d
 }
 
-/// A field of /proc/PID/status (or of a thread's).
-fn field(status: &str, name: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
 /// Waits until every thread of `pid` runs as `uid` (all four ids) with no capabilities and
 /// no_new_privs, or panics with what it saw and the log.
 fn assert_dropped(pid: u32, uid: u32, log: &dyn Fn() -> String) {
@@ -80,13 +69,13 @@ fn assert_dropped(pid: u32, uid: u32, log: &dyn Fn() -> String) {
                 ("CapAmb", "0000000000000000".into()),
                 ("NoNewPrivs", "1".into()),
             ] {
-                let got = field(&status, name);
+                let got = status_field(&status, name);
                 if got != want {
                     bad.push(format!("{}: {name} {got}", task.display()));
                 }
             }
             if uid != 0 {
-                let gid = field(&status, "Gid");
+                let gid = status_field(&status, "Gid");
                 if gid != format!("{uid}\t{uid}\t{uid}\t{uid}") {
                     bad.push(format!("{}: Gid {gid}", task.display()));
                 }
@@ -437,17 +426,6 @@ fn test_vm(api: &Path, args: &[&str], log: PathBuf) -> Daemon {
     d
 }
 
-/// One request on the control socket, the reply line.
-fn ctl(api: &Path, request: &str) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = UnixStream::connect(api).expect("connect to the control socket");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("{request}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    line
-}
-
 #[test]
 fn vmm_as_nobody_runs_the_guest_with_no_capabilities() {
     require_root();
@@ -468,16 +446,16 @@ fn vmm_as_nobody_runs_the_guest_with_no_capabilities() {
     let m = std::fs::metadata(&api).unwrap();
     assert_eq!((m.mode() & 0o777, m.uid()), (0o600, NOBODY));
     assert_access(&api, NOBODY, false);
-    let info = ctl(&api, "info");
+    let info = ctl_request(&api, "info");
     assert!(info.contains("\"ok\":true"), "{info}");
-    let reboot = ctl(&api, "reboot");
+    let reboot = ctl_request(&api, "reboot");
     assert!(
         reboot.contains("\"ok\":false") && reboot.contains("privileges were dropped"),
         "{reboot}"
     );
-    let swap = ctl(&api, "net swap vec0 transport=user");
+    let swap = ctl_request(&api, "net swap vec0 transport=user");
     assert!(swap.contains("privileges were dropped"), "{swap}");
-    assert!(ctl(&api, "halt").contains("\"ok\":true"));
+    assert!(ctl_request(&api, "halt").contains("\"ok\":true"));
     assert!(vm.terminate(Duration::from_secs(10)).is_some());
 
     // Root without --user: uid 0, no capabilities; the socket shared with a group.
@@ -492,6 +470,6 @@ fn vmm_as_nobody_runs_the_guest_with_no_capabilities() {
     let m = std::fs::metadata(&api).unwrap();
     assert_eq!((m.mode() & 0o777, m.gid()), (0o660, SHARED_GROUP));
     assert_access(&api, 0, true);
-    assert!(ctl(&api, "info").contains("\"ok\":true"));
+    assert!(ctl_request(&api, "info").contains("\"ok\":true"));
     assert!(vm.terminate(Duration::from_secs(10)).is_some());
 }

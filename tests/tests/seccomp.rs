@@ -19,7 +19,7 @@ use vmm_tests::rig::{
     frontend, guest_receives, guest_receives_matching, guest_sends, transport_pair, Rig, HDR,
     TX_BUF,
 };
-use vmm_tests::{require_root, TempDir};
+use vmm_tests::{require_root, status_field, TempDir};
 
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x41];
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
@@ -58,18 +58,15 @@ fn started(cmd: Command, sock: &Path, log: PathBuf) -> Daemon {
     d
 }
 
-/// A field of a /proc status file.
-fn field(status: &str, name: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse().ok())
+/// A number field of a /proc status file.
+fn seccomp_field(status: &str, name: &str) -> Option<u32> {
+    status_field(status, name).parse().ok()
 }
 
 /// Every thread of `pid` is in seccomp filter mode (2) with one filter more than we have.
 fn assert_filtered(pid: u32, log: &dyn Fn() -> String) {
     let ours = std::fs::read_to_string("/proc/self/status").unwrap();
-    let want = field(&ours, "Seccomp_filters").unwrap_or(0) + 1;
+    let want = seccomp_field(&ours, "Seccomp_filters").unwrap_or(0) + 1;
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -80,14 +77,14 @@ fn assert_filtered(pid: u32, log: &dyn Fn() -> String) {
             continue;
         };
         assert_eq!(
-            field(&status, "Seccomp"),
+            seccomp_field(&status, "Seccomp"),
             Some(2),
             "{}:\n{status}\n{}",
             task.display(),
             log()
         );
         assert_eq!(
-            field(&status, "Seccomp_filters"),
+            seccomp_field(&status, "Seccomp_filters"),
             Some(want),
             "{}",
             task.display()
@@ -276,8 +273,8 @@ fn log_mode_allows_the_call_and_off_installs_nothing() {
     let ours = std::fs::read_to_string("/proc/self/status").unwrap();
     let theirs = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
     assert_eq!(
-        field(&theirs, "Seccomp_filters"),
-        field(&ours, "Seccomp_filters")
+        seccomp_field(&theirs, "Seccomp_filters"),
+        seccomp_field(&ours, "Seccomp_filters")
     );
     stops_cleanly(d, "off");
 

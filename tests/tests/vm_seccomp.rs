@@ -5,13 +5,12 @@
 //! ends it with status 159 naming the call; `--seccomp log` lets the same call through and the
 //! VM runs on; with `--keep-privileges` there is no filter (one info line says so).
 
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use vmm_tests::process::{vmm_bin, Daemon};
-use vmm_tests::{kvm_usable, require_root, TempDir};
+use vmm_tests::{ctl_request, kvm_usable, require_root, status_field, TempDir};
 
 const SELFTEST: &str = "VMM_SECCOMP_SELFTEST";
 
@@ -64,25 +63,6 @@ fn exits(d: &mut Daemon) -> ExitStatus {
     d.terminate(Duration::from_secs(1)).expect("status")
 }
 
-/// One request on the control socket, the reply line.
-fn ctl(api: &str, request: &str) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = UnixStream::connect(api).expect("connect to the control socket");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("{request}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    line
-}
-
-/// A field of a /proc status file.
-fn field(status: &str, name: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// The `Seccomp:` mode of every thread of `pid`.
 fn modes(pid: u32) -> Vec<(String, Option<u32>)> {
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -93,7 +73,10 @@ fn modes(pid: u32) -> Vec<(String, Option<u32>)> {
         .filter_map(|t| {
             let status = std::fs::read_to_string(t.join("status")).ok()?;
             let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
-            Some((comm.trim().to_string(), field(&status, "Seccomp")))
+            Some((
+                comm.trim().to_string(),
+                status_field(&status, "Seccomp").parse().ok(),
+            ))
         })
         .collect()
 }
@@ -114,14 +97,14 @@ fn vmm_runs_the_guest_filtered_in_every_thread_and_answers_its_control_socket() 
         "{threads:?}\n{}",
         vm.log()
     );
-    let info = ctl(&api, "info");
+    let info = ctl_request(Path::new(&api), "info");
     assert!(info.contains("\"ok\":true"), "{info}\n{}", vm.log());
-    let pause = ctl(&api, "pause");
+    let pause = ctl_request(Path::new(&api), "pause");
     assert!(pause.contains("\"paused\""), "{pause}\n{}", vm.log());
-    let resume = ctl(&api, "resume");
+    let resume = ctl_request(Path::new(&api), "resume");
     assert!(resume.contains("\"running\""), "{resume}\n{}", vm.log());
-    assert!(ctl(&api, "info").contains("\"ok\":true"));
-    assert!(ctl(&api, "halt").contains("\"ok\":true"));
+    assert!(ctl_request(Path::new(&api), "info").contains("\"ok\":true"));
+    assert!(ctl_request(Path::new(&api), "halt").contains("\"ok\":true"));
     let status = exits(&mut vm);
     assert_eq!(status.code(), Some(130), "{}", vm.log());
     assert!(!vm.log().contains("forbidden"), "{}", vm.log());
@@ -148,8 +131,8 @@ fn a_call_off_the_list_ends_vmm_naming_it_and_log_mode_lets_it_run() {
     let (mut vm, api) = start(&dir, "log", &["--seccomp", "log"], &[(SELFTEST, "1")]);
     assert!(guest_waits(&mut vm), "vmm exited:\n{}", vm.log());
     assert!(modes(vm.pid()).iter().all(|(_, m)| *m == Some(2)));
-    assert!(ctl(&api, "info").contains("\"ok\":true"));
-    assert!(ctl(&api, "halt").contains("\"ok\":true"));
+    assert!(ctl_request(Path::new(&api), "info").contains("\"ok\":true"));
+    assert!(ctl_request(Path::new(&api), "halt").contains("\"ok\":true"));
     assert_eq!(exits(&mut vm).code(), Some(130), "{}", vm.log());
 }
 
@@ -178,7 +161,7 @@ fn no_filter_with_seccomp_off_or_kept_privileges() {
                 vm.log()
             );
         }
-        assert!(ctl(&api, "halt").contains("\"ok\":true"));
+        assert!(ctl_request(Path::new(&api), "halt").contains("\"ok\":true"));
         assert_eq!(exits(&mut vm).code(), Some(130), "{name}: {}", vm.log());
     }
 }
