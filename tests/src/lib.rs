@@ -144,3 +144,17 @@ pub fn ctl_request(api: &std::path::Path, request: &str) -> String {
     BufReader::new(s).read_line(&mut line).unwrap();
     line
 }
+
+/// `RECIPE --check` (a build script under resources/, relative to the workspace) with its
+/// cache at `cache`: (exit status, stdout and stderr).
+pub fn recipe_check(recipe: &str, cache: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new("bash")
+        .arg(workspace_root().join(recipe))
+        .arg("--check")
+        .env("VMM_CACHE_DIR", cache)
+        .output()
+        .unwrap_or_else(|e| panic!("run {recipe} --check: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text += &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}

@@ -297,3 +297,49 @@ impl Drop for TestVirtiofsd {
         let _ = self.0.wait();
     }
 }
+
+/// Variables of ours a test's `vmm` must not inherit from whoever runs the tests: the seccomp
+/// self-test, and sudo's invoking user (which `vmm` would switch to).
+const FOREIGN_ENV: [&str; 3] = ["VMM_SECCOMP_SELFTEST", "SUDO_UID", "SUDO_GID"];
+
+/// `vmm net-backend ARGS... --socket SOCK SPEC` (in `ns` if given), logging at info.
+pub fn net_backend_command(
+    ns: Option<&crate::netns::NetNs>,
+    sock: &Path,
+    spec: &str,
+    args: &[&str],
+) -> Command {
+    let mut cmd = match ns {
+        Some(ns) => ns.command(vmm_bin().to_str().unwrap()),
+        None => Command::new(vmm_bin()),
+    };
+    cmd.arg("net-backend")
+        .args(args)
+        .arg("--socket")
+        .arg(sock)
+        .arg(spec)
+        .env("RUST_LOG", "info");
+    for k in FOREIGN_ENV {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
+/// `vmm` running the test guest (`kernel`: vmm_test_guest::ELF_PATH, a dev-dependency of the
+/// tests) kept up (`vmtest.wait`) with a `user` NIC, `args` and the control socket at `api`,
+/// logging at info.
+pub fn waiting_test_vm_command(kernel: &Path, api: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(vmm_bin());
+    cmd.arg("--kernel")
+        .arg(kernel)
+        .args(["--cmdline", "console=ttyS0 vmtest.wait", "--mem", "64"])
+        .args(["--net", "user", "--timeout", "120"])
+        .args(args)
+        .arg("--api")
+        .arg(api)
+        .env("RUST_LOG", "info");
+    for k in FOREIGN_ENV {
+        cmd.env_remove(k);
+    }
+    cmd
+}

@@ -3,7 +3,6 @@
 //! rebuild. Checked with `build.sh --check` on a copy of the cache, so nothing is rebuilt here.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use vmm_tests::TempDir;
 
@@ -19,16 +18,7 @@ fn cache_root() -> PathBuf {
 
 /// `build.sh --check` with the cache at `cache`: (exit code, output).
 fn check(cache: &Path) -> (i32, String) {
-    let script = vmm_tests::workspace_root().join("resources/kernel/build.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg("--check")
-        .env("VMM_CACHE_DIR", cache)
-        .output()
-        .expect("run build.sh --check");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text += &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+    vmm_tests::recipe_check("resources/kernel/build.sh", cache)
 }
 
 fn copy_dir(from: &Path, to: &Path) {

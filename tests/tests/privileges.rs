@@ -16,7 +16,7 @@ use vmm_net::transport::{self, Transport};
 use vmm_tests::batch::{recv_kept, send_at_once};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{is_test_frame, test_frame, PacketPeer};
-use vmm_tests::process::{vmm_bin, Daemon};
+use vmm_tests::process::{net_backend_command, vmm_bin, waiting_test_vm_command, Daemon};
 use vmm_tests::rig::{frontend, guest_receives, guest_sends};
 use vmm_tests::{ctl_request, kvm_usable, require_root, status_field, TempDir};
 
@@ -30,19 +30,7 @@ const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
 /// `vmm net-backend ARGS... --socket SOCK SPEC` (in `ns` if given), started and its socket
 /// there.
 fn backend(ns: Option<&NetNs>, sock: &Path, spec: &str, args: &[&str], log: PathBuf) -> Daemon {
-    let mut cmd = match ns {
-        Some(ns) => ns.command(vmm_bin().to_str().unwrap()),
-        None => Command::new(vmm_bin()),
-    };
-    cmd.arg("net-backend")
-        .args(args)
-        .arg("--socket")
-        .arg(sock)
-        .arg(spec)
-        .env("RUST_LOG", "info")
-        .env_remove("SUDO_UID")
-        .env_remove("SUDO_GID");
-    let mut d = Daemon::spawn(cmd, log);
+    let mut d = Daemon::spawn(net_backend_command(ns, sock, spec, args), log);
     d.wait_for_path(sock, Duration::from_secs(10));
     d
 }
@@ -401,17 +389,7 @@ fn what_is_not_a_socket_is_refused_and_kept_and_unknown_users_are_errors() {
 
 /// `vmm` running the test guest (kept up), with `args`; returns once the guest waits.
 fn test_vm(api: &Path, args: &[&str], log: PathBuf) -> Daemon {
-    let mut cmd = Command::new(vmm_bin());
-    cmd.arg("--kernel")
-        .arg(vmm_test_guest::ELF_PATH)
-        .args(["--cmdline", "console=ttyS0 vmtest.wait", "--mem", "64"])
-        .args(["--net", "user", "--timeout", "120"])
-        .args(args)
-        .arg("--api")
-        .arg(api)
-        .env("RUST_LOG", "info")
-        .env_remove("SUDO_UID")
-        .env_remove("SUDO_GID");
+    let cmd = waiting_test_vm_command(Path::new(vmm_test_guest::ELF_PATH), api, args);
     let mut d = Daemon::spawn(cmd, log);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !d.log().contains(vmm_test_guest::WAITING) {

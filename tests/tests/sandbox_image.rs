@@ -193,16 +193,7 @@ fn the_images_kernel_boots_it_to_a_root_login_with_dhcp_and_the_share_under_qemu
 
 /// `sandbox.sh --check` with the cache at `cache`: (exit code, output).
 fn check(cache: &Path) -> (i32, String) {
-    let script = vmm_tests::workspace_root().join("resources/images/sandbox.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg("--check")
-        .env("VMM_CACHE_DIR", cache)
-        .output()
-        .expect("run sandbox.sh --check");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text += &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+    vmm_tests::recipe_check("resources/images/sandbox.sh", cache)
 }
 
 fn cache_root() -> PathBuf {

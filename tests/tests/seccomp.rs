@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{test_frame, PacketPeer, TEST_ETHERTYPE};
-use vmm_tests::process::{fd_net_backend, vmm_bin, Daemon};
+use vmm_tests::process::{fd_net_backend, net_backend_command, vmm_bin, Daemon};
 use vmm_tests::rig::{
     frontend, guest_receives, guest_receives_matching, guest_sends, transport_pair, Rig, HDR,
     TX_BUF,
@@ -33,19 +33,7 @@ fn backend_cmd(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Command {
-    let mut cmd = match ns {
-        Some(ns) => ns.command(vmm_bin().to_str().unwrap()),
-        None => Command::new(vmm_bin()),
-    };
-    cmd.arg("net-backend")
-        .args(args)
-        .arg("--socket")
-        .arg(sock)
-        .arg(spec)
-        .env("RUST_LOG", "info")
-        .env_remove(SELFTEST)
-        .env_remove("SUDO_UID")
-        .env_remove("SUDO_GID");
+    let mut cmd = net_backend_command(ns, sock, spec, args);
     for (k, v) in env {
         cmd.env(k, v);
     }

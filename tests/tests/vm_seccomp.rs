@@ -6,10 +6,10 @@
 //! VM runs on; with `--keep-privileges` there is no filter (one info line says so).
 
 use std::path::Path;
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use vmm_tests::process::{vmm_bin, Daemon};
+use vmm_tests::process::{waiting_test_vm_command, Daemon};
 use vmm_tests::{ctl_request, kvm_usable, require_root, status_field, TempDir};
 
 const SELFTEST: &str = "VMM_SECCOMP_SELFTEST";
@@ -17,18 +17,7 @@ const SELFTEST: &str = "VMM_SECCOMP_SELFTEST";
 /// `vmm` with the test guest kept up (`vmtest.wait`), `args`, `env` and a control socket.
 fn start(dir: &TempDir, name: &str, args: &[&str], env: &[(&str, &str)]) -> (Daemon, String) {
     let api = dir.path().join(format!("{name}.sock"));
-    let mut cmd = Command::new(vmm_bin());
-    cmd.arg("--kernel")
-        .arg(vmm_test_guest::ELF_PATH)
-        .args(["--cmdline", "console=ttyS0 vmtest.wait", "--mem", "64"])
-        .args(["--net", "user", "--timeout", "120"])
-        .args(args)
-        .arg("--api")
-        .arg(&api)
-        .env("RUST_LOG", "info")
-        .env_remove(SELFTEST)
-        .env_remove("SUDO_UID")
-        .env_remove("SUDO_GID");
+    let mut cmd = waiting_test_vm_command(Path::new(vmm_test_guest::ELF_PATH), &api, args);
     for (k, v) in env {
         cmd.env(k, v);
     }
