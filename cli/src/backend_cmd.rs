@@ -46,12 +46,15 @@ pub fn run(
         Err(e) => return fail(1, format_args!("installing signal handlers: {e}")),
     };
     // Once the transport is open and the socket bound: share it, drop privileges, install
-    // the seccomp filter (every thread, and those created later), then serve.
+    // the seccomp filter (every thread, and those created later) and arm the per-thread ones
+    // (each vhost-user, datapath and relay thread confines itself as it starts to act), then
+    // serve.
     let ready = |path: &Path| {
         lockdown
             .apply(Some(path), "--socket")
             .and_then(|()| {
                 seccomp::install_all_threads(seccomp::NET_BACKEND, filter)
+                    .and_then(|()| seccomp::arm(filter))
                     .map_err(|e| format!("seccomp: {e}"))
             })
             .map_err(vmm_net::backend::BackendError::Setup)

@@ -237,16 +237,15 @@ pub fn boot(
     lockdown: &Lockdown,
     filter: seccomp::Mode,
 ) -> ExitCode {
-    // The filter goes with dropped privileges: with them kept, `reboot` and `net swap` build
-    // devices again, which the list does not cover.
-    let filter = if matches!(lockdown.plan, Plan::Keep) {
-        if filter != seccomp::Mode::Off {
-            log::info!("seccomp: no filter, privileges are kept (--keep-privileges, or not root)");
-        }
-        seccomp::Mode::Off
-    } else {
-        filter
-    };
+    // The process's filter goes with dropped privileges: with them kept, `reboot` and `net
+    // swap` build devices again, which its list does not cover. The threads that read the
+    // guest's, frontends' and peers' input are confined either way.
+    if matches!(lockdown.plan, Plan::Keep) && filter != seccomp::Mode::Off {
+        log::info!(
+            "seccomp: vCPU and datapath threads filtered; no process-wide filter, privileges \
+             are kept (--keep-privileges, or not root)"
+        );
+    }
     loop {
         match boot_once(config.clone(), timeout, lockdown, filter) {
             Some(status) => return status,
@@ -279,9 +278,17 @@ fn boot_once(
     if let Err(e) = lockdown.apply(api.as_deref(), "--api") {
         return Some(fail(1, e));
     }
-    // Then the seccomp filter, on every thread and those created later (privileges dropped,
-    // so there is no reboot: this runs once).
-    if let Err(e) = seccomp::install_all_threads(&seccomp::vm_list(), filter) {
+    // Then the seccomp filters: the process's on every thread and those created later
+    // (privileges dropped, so there is no reboot: this runs once); and each vCPU, datapath,
+    // vhost-user and relay thread confines itself as it next acts.
+    let process = if matches!(lockdown.plan, Plan::Keep) {
+        seccomp::Mode::Off
+    } else {
+        filter
+    };
+    if let Err(e) = seccomp::install_all_threads(&seccomp::vm_list(), process)
+        .and_then(|()| seccomp::arm(filter))
+    {
         return Some(fail(1, format_args!("seccomp: {e}")));
     }
     match vmm.run() {

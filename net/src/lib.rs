@@ -13,5 +13,6 @@
 pub mod backend;
 pub mod config;
 pub mod kind;
+pub mod seccomp;
 pub mod transport;
 pub mod unix_socket;

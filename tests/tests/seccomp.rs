@@ -2,7 +2,10 @@
 //! fd, raw, tap and pcap (receive-only) byte-exact, and user networking (libslirp) answers the
 //! guest's ARP, while every thread of the backend is in filter mode; a system
 //! call off the allow-list ends it with one line naming the call (the self-test:
-//! `VMM_SECCOMP_SELFTEST=1` makes the backend call `uname` right after installing the filter);
+//! `VMM_SECCOMP_SELFTEST=control` makes the backend call `uname` right after installing the
+//! filter); the datapath worker, the vhost-user handler and the relay each have a filter of
+//! their own on top, narrower (`VMM_SECCOMP_SELFTEST=worker|handler|relay`: `listen`, allowed
+//! to the process, ends it when that thread calls it);
 //! with `--seccomp log` the same call is allowed (the kernel logs it) and the backend serves
 //! on; `--seccomp off` installs nothing.
 
@@ -51,35 +54,51 @@ fn seccomp_field(status: &str, name: &str) -> Option<u32> {
     status_field(status, name).parse().ok()
 }
 
-/// Every thread of `pid` is in seccomp filter mode (2) with one filter more than we have.
-fn assert_filtered(pid: u32, log: &dyn Fn() -> String) {
+/// Every thread of `pid` is in seccomp filter mode (2) with the process's filter (one more
+/// than we have), and the threads that read a frontend's or a peer's input with their own on
+/// top, by name: the datapath (`vring_worker`), the vhost-user handler (named after the
+/// device, `device`) and the relay (`vu-relay-*`); they all acted by the time this is called.
+/// `None`: no frontend came yet, so no thread of those kinds exists.
+fn assert_filtered(pid: u32, device: Option<&str>, log: &dyn Fn() -> String) {
     let ours = std::fs::read_to_string("/proc/self/status").unwrap();
-    let want = seccomp_field(&ours, "Seccomp_filters").unwrap_or(0) + 1;
+    let process = seccomp_field(&ours, "Seccomp_filters").unwrap_or(0) + 1;
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(!tasks.is_empty(), "no process {pid}:\n{}", log());
-    let mut seen = 0;
+    let mut confined = Vec::new();
     for task in tasks {
         let Ok(status) = std::fs::read_to_string(task.join("status")) else {
             continue;
         };
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let comm = comm.trim();
         assert_eq!(
             seccomp_field(&status, "Seccomp"),
             Some(2),
-            "{}:\n{status}\n{}",
+            "{} ({comm}):\n{status}\n{}",
             task.display(),
             log()
         );
+        let own = comm == "vring_worker" || Some(comm) == device || comm.starts_with("vu-relay-");
         assert_eq!(
             seccomp_field(&status, "Seccomp_filters"),
-            Some(want),
-            "{}",
+            Some(process + u32::from(own)),
+            "{} ({comm})",
             task.display()
         );
-        seen += 1;
+        if own {
+            confined.push(comm.to_string());
+        }
     }
-    assert!(seen > 0);
+    confined.sort();
+    confined.dedup();
+    let mut want: Vec<_> = device
+        .into_iter()
+        .chain(["vring_worker", "vu-relay-in", "vu-relay-out"])
+        .collect();
+    want.sort();
+    assert_eq!(confined, want, "{}", log());
 }
 
 fn stops_cleanly(mut d: Daemon, what: &str) {
@@ -103,7 +122,7 @@ fn filtered_backend_moves_frames_over_fd() {
     let mut rig = Rig::connect(stream, peer);
     rig.frames_flow();
     // The connection's handler and vring worker threads, created after the filter, have it.
-    assert_filtered(d.pid(), &|| d.log());
+    assert_filtered(d.pid(), Some("vec0"), &|| d.log());
     stops_cleanly(d, "fd");
     drop(rig);
 }
@@ -152,7 +171,8 @@ fn filtered_backend_moves_frames_over_raw_tap_and_pcap() {
             wire.send(&frame);
             guest_receives(&mut rig, &mut rx, &frame);
         }
-        assert_filtered(d.pid(), &|| d.log());
+        let device = if kind == "pcap" { "eth0" } else { "vec0" };
+        assert_filtered(d.pid(), Some(device), &|| d.log());
         drop(rig);
         stops_cleanly(d, kind);
     }
@@ -188,7 +208,7 @@ fn filtered_user_networking_answers_arp() {
         assert_eq!(&reply[28..32], &[10, 0, 2, 2], "the gateway's reply");
         assert_eq!(&reply[0..6], &GUEST_MAC);
     }
-    assert_filtered(d.pid(), &|| d.log());
+    assert_filtered(d.pid(), Some("vec0"), &|| d.log());
     drop(rig);
     stops_cleanly(d, "user");
 }
@@ -197,11 +217,17 @@ fn filtered_user_networking_answers_arp() {
 fn a_forbidden_call_ends_the_backend_naming_it() {
     let dir = TempDir::new("sckill");
     let sock = dir.path().join("net.sock");
-    let mut child = backend_cmd(None, &sock, "vec0:transport=user", &[], &[(SELFTEST, "1")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = backend_cmd(
+        None,
+        &sock,
+        "vec0:transport=user",
+        &[],
+        &[(SELFTEST, "control")],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -229,6 +255,48 @@ fn a_forbidden_call_ends_the_backend_naming_it() {
     assert!(err.lines().any(|l| l == want), "{err}");
 }
 
+/// Each thread kind's own filter: with `VMM_SECCOMP_SELFTEST=KIND` the first thread of that
+/// kind calls `listen` right after confining itself, a call the process's filter allows and
+/// the kind's does not, and the backend ends with status 159 naming it. The relay confines
+/// itself at the frontend's first message, the handler at the first that reaches the device,
+/// the datapath worker at its first event (here the guest's frame).
+#[test]
+fn each_thread_kind_has_a_filter_of_its_own() {
+    let dir = TempDir::new("sckinds");
+    for kind in ["relay", "handler", "worker"] {
+        let sock = dir.path().join(format!("{kind}.sock"));
+        let cmd = backend_cmd(None, &sock, "vec0:transport=user", &[], &[(SELFTEST, kind)]);
+        let mut d = started(cmd, &sock, dir.path().join(format!("{kind}.log")));
+        // The frontend fails once the backend is gone: its thread is left to end by itself.
+        std::thread::spawn(move || {
+            let mut rig = frontend(&sock);
+            rig.offer(1, 0, TX_BUF, (HDR + 60) as u32, 0);
+            std::thread::sleep(Duration::from_secs(10));
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while d.running() {
+            assert!(
+                Instant::now() < deadline,
+                "{kind}: the backend survived its thread's forbidden call:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = d.terminate(Duration::from_secs(1)).expect("status");
+        assert_eq!(status.code(), Some(159), "{kind}:\n{}", d.log());
+        let want = format!(
+            "vmm: seccomp: forbidden system call {} (listen)",
+            libc::SYS_listen
+        );
+        assert!(d.log().lines().any(|l| l == want), "{kind}:\n{}", d.log());
+        assert!(
+            d.log().contains(&format!("{SELFTEST}={kind}")),
+            "{kind}:\n{}",
+            d.log()
+        );
+    }
+}
+
 #[test]
 fn log_mode_allows_the_call_and_off_installs_nothing() {
     let dir = TempDir::new("sclog");
@@ -238,11 +306,11 @@ fn log_mode_allows_the_call_and_off_installs_nothing() {
         &sock,
         "vec0:transport=user",
         &["--seccomp", "log"],
-        &[(SELFTEST, "1")],
+        &[(SELFTEST, "control")],
     );
     let d = started(cmd, &sock, dir.path().join("log.log"));
     std::thread::sleep(Duration::from_millis(300));
-    assert_filtered(d.pid(), &|| d.log());
+    assert_filtered(d.pid(), None, &|| d.log());
     assert!(d.log().contains(SELFTEST), "{}", d.log());
     let mut d = d;
     assert!(d.running(), "{}", d.log());

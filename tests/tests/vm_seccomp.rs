@@ -1,9 +1,11 @@
 //! `vmm`'s own seccomp filter (the VM process): with the default (`--seccomp kill`), once the
 //! VM is built and privileges dropped, every thread of `vmm` running the test guest is in
 //! filter mode and the control socket still answers `info`, `pause`, `resume` and `halt`
-//! (status 130); the self-test (`VMM_SECCOMP_SELFTEST=1`: `uname` right after the filter)
-//! ends it with status 159 naming the call; `--seccomp log` lets the same call through and the
-//! VM runs on; with `--keep-privileges` there is no filter (one info line says so).
+//! (status 130), each vCPU thread with a filter of its own on top; the self-test
+//! (`VMM_SECCOMP_SELFTEST=control`: `uname` right after the process's filter;
+//! `VMM_SECCOMP_SELFTEST=vcpu`: `listen`, allowed to the process, from the vCPU thread) ends it
+//! with status 159 naming the call; `--seccomp log` lets the same call through and the VM runs
+//! on; with `--keep-privileges` only the vCPUs are filtered (one info line says so).
 
 use std::path::Path;
 use std::process::ExitStatus;
@@ -52,8 +54,8 @@ fn exits(d: &mut Daemon) -> ExitStatus {
     d.terminate(Duration::from_secs(1)).expect("status")
 }
 
-/// The `Seccomp:` mode of every thread of `pid`.
-fn modes(pid: u32) -> Vec<(String, Option<u32>)> {
+/// The name, `Seccomp:` mode and `Seccomp_filters:` count of every thread of `pid`.
+fn modes(pid: u32) -> Vec<(String, Option<u32>, Option<u32>)> {
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -65,9 +67,16 @@ fn modes(pid: u32) -> Vec<(String, Option<u32>)> {
             Some((
                 comm.trim().to_string(),
                 status_field(&status, "Seccomp").parse().ok(),
+                status_field(&status, "Seccomp_filters").parse().ok(),
             ))
         })
         .collect()
+}
+
+/// How many filters this process has (the test harness may run under one).
+fn our_filters() -> u32 {
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    status_field(&ours, "Seccomp_filters").parse().unwrap_or(0)
 }
 
 #[test]
@@ -79,13 +88,16 @@ fn vmm_runs_the_guest_filtered_in_every_thread_and_answers_its_control_socket() 
     let dir = TempDir::new("vmseccomp");
     let (mut vm, api) = start(&dir, "kill", &[], &[]);
     assert!(guest_waits(&mut vm), "vmm exited:\n{}", vm.log());
+    // Every thread has the process's filter; the vCPU its own on top.
     let threads = modes(vm.pid());
     assert!(threads.len() > 1, "{threads:?}");
-    assert!(
-        threads.iter().all(|(_, m)| *m == Some(2)),
-        "{threads:?}\n{}",
-        vm.log()
-    );
+    let process = our_filters() + 1;
+    for (comm, mode, filters) in &threads {
+        assert_eq!(*mode, Some(2), "{comm}: {threads:?}\n{}", vm.log());
+        let own = u32::from(comm.starts_with("vcpu"));
+        assert_eq!(*filters, Some(process + own), "{comm}: {threads:?}");
+    }
+    assert!(threads.iter().any(|(c, ..)| c == "vcpu0"), "{threads:?}");
     let info = ctl_request(Path::new(&api), "info");
     assert!(info.contains("\"ok\":true"), "{info}\n{}", vm.log());
     let pause = ctl_request(Path::new(&api), "pause");
@@ -107,7 +119,7 @@ fn a_call_off_the_list_ends_vmm_naming_it_and_log_mode_lets_it_run() {
         return;
     }
     let dir = TempDir::new("vmseccomp");
-    let (mut vm, _) = start(&dir, "selftest", &[], &[(SELFTEST, "1")]);
+    let (mut vm, _) = start(&dir, "selftest", &[], &[(SELFTEST, "control")]);
     let status = exits(&mut vm);
     assert_eq!(status.code(), Some(159), "{}", vm.log());
     assert!(
@@ -117,9 +129,24 @@ fn a_call_off_the_list_ends_vmm_naming_it_and_log_mode_lets_it_run() {
         vm.log()
     );
 
-    let (mut vm, api) = start(&dir, "log", &["--seccomp", "log"], &[(SELFTEST, "1")]);
+    // The vCPU's own filter: `listen`, which the process's filter allows, ends it too.
+    let (mut vm, _) = start(&dir, "vcpu", &[], &[(SELFTEST, "vcpu")]);
+    let status = exits(&mut vm);
+    assert_eq!(status.code(), Some(159), "{}", vm.log());
+    let want = format!(
+        "vmm: seccomp: forbidden system call {} (listen)",
+        libc::SYS_listen
+    );
+    assert!(vm.log().lines().any(|l| l == want), "{}", vm.log());
+    assert!(
+        vm.log().contains("VMM_SECCOMP_SELFTEST=vcpu"),
+        "{}",
+        vm.log()
+    );
+
+    let (mut vm, api) = start(&dir, "log", &["--seccomp", "log"], &[(SELFTEST, "control")]);
     assert!(guest_waits(&mut vm), "vmm exited:\n{}", vm.log());
-    assert!(modes(vm.pid()).iter().all(|(_, m)| *m == Some(2)));
+    assert!(modes(vm.pid()).iter().all(|(_, m, _)| *m == Some(2)));
     assert!(ctl_request(Path::new(&api), "info").contains("\"ok\":true"));
     assert!(ctl_request(Path::new(&api), "halt").contains("\"ok\":true"));
     assert_eq!(exits(&mut vm).code(), Some(130), "{}", vm.log());
@@ -136,16 +163,22 @@ fn no_filter_with_seccomp_off_or_kept_privileges() {
         ("off", &["--seccomp", "off"][..]),
         ("keep", &["--keep-privileges"][..]),
     ] {
-        let (mut vm, api) = start(&dir, name, args, &[(SELFTEST, "1")]);
+        let (mut vm, api) = start(&dir, name, args, &[(SELFTEST, "control")]);
         assert!(guest_waits(&mut vm), "{name}: vmm exited:\n{}", vm.log());
+        // With privileges kept the vCPU still confines itself; nothing else is filtered.
         let threads = modes(vm.pid());
-        assert!(
-            threads.iter().all(|(_, m)| *m == Some(0)),
-            "{name}: {threads:?}"
-        );
+        for (comm, mode, _) in &threads {
+            let want = if name == "keep" && comm.starts_with("vcpu") {
+                2
+            } else {
+                0
+            };
+            assert_eq!(*mode, Some(want), "{name}: {comm}: {threads:?}");
+        }
         if name == "keep" {
             assert!(
-                vm.log().contains("seccomp: no filter, privileges are kept"),
+                vm.log()
+                    .contains("no process-wide filter, privileges are kept"),
                 "{}",
                 vm.log()
             );

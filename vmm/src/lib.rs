@@ -33,7 +33,7 @@ pub mod legacy;
 pub mod memory;
 pub mod mptable;
 pub mod privileges;
-pub mod seccomp;
+pub use vmm_net::seccomp;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

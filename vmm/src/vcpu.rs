@@ -351,6 +351,8 @@ impl Vcpu {
         pause: &PauseGate,
     ) {
         let index = self.index;
+        // Everything from here on runs what the guest asks (once armed; see crate::seccomp).
+        crate::seccomp::confine(crate::seccomp::ThreadKind::Vcpu);
         // Before the first look at `exit` and `pause`: a kick from here on is never lost.
         let kick_target = KickTarget::new(&mut self.fd);
         while !exit.is_requested() {

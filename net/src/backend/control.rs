@@ -75,6 +75,14 @@ pub enum SwapError {
         #[source]
         source: TransportError,
     },
+    /// The datapath's seccomp filter was made for a transport that opens no sockets as it
+    /// runs (see [`crate::seccomp::ThreadKind::Worker`]).
+    #[error("{device}: transport={transport} opens sockets as it runs, which the datapath's seccomp filter (made for transport={current}) forbids; give the NIC transport={transport} from the start, or run with --seccomp off")]
+    Seccomp {
+        device: String,
+        transport: &'static str,
+        current: &'static str,
+    },
     #[error("{device}: watching the new transport's descriptors: {source}")]
     Watch {
         device: String,
@@ -324,6 +332,17 @@ impl NetControl {
                 transport: new.name(),
                 gro: u8::from(spec.common.gro),
                 missing: features::names(missing).join(", "),
+            });
+        }
+        let current = {
+            let dp = device::lock(&s.dp);
+            (dp.transport().name(), dp.transport().opens_sockets())
+        };
+        if crate::seccomp::armed() && new.opens_sockets() && !current.1 {
+            return Err(SwapError::Seccomp {
+                device: device(),
+                transport: new.name(),
+                current: current.0,
             });
         }
         let new_name = new.name();

@@ -27,6 +27,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::datapath::Datapath;
 use super::features::{self, Negotiated};
 use super::guard;
+use crate::seccomp::{self, ThreadKind};
 
 /// Queue indexes, which are also the worker's event ids for their kicks.
 pub const RX_QUEUE: u16 = 0;
@@ -175,10 +176,12 @@ impl VhostUserBackendMut for NetDevice {
     }
 
     fn features(&self) -> u64 {
+        seccomp::confine(ThreadKind::Handler);
         self.offered
     }
 
     fn acked_features(&mut self, acked: u64) {
+        seccomp::confine(ThreadKind::Handler);
         let n = Negotiated::from_features(acked & self.offered);
         if let Err(e) = lock(&self.dp).set_negotiated(n) {
             log::warn!("mirroring the guest's offloads: {e}");
@@ -187,10 +190,12 @@ impl VhostUserBackendMut for NetDevice {
 
     /// See [`features::PROTOCOL_FEATURES`] for what is offered and why.
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        seccomp::confine(ThreadKind::Handler);
         VhostUserProtocolFeatures::from_bits_truncate(features::PROTOCOL_FEATURES)
     }
 
     fn reset_device(&mut self) {
+        seccomp::confine(ThreadKind::Handler);
         lock(&self.dp).reset();
     }
 
@@ -198,15 +203,18 @@ impl VhostUserBackendMut for NetDevice {
     fn set_event_idx(&mut self, _enabled: bool) {}
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        seccomp::confine(ThreadKind::Handler);
         features::read_config(&self.config, offset, size)
     }
 
     fn set_backend_req_fd(&mut self, channel: vhost::vhost_user::Backend) {
+        seccomp::confine(ThreadKind::Handler);
         self.backend_req = Some(channel);
     }
 
     /// Takes the new memory and watches its mappings (the old watches go with the old table).
     fn update_memory(&mut self, mem: Mem) -> io::Result<()> {
+        seccomp::confine(ThreadKind::Handler);
         let mut watches = Vec::new();
         for region in mem.memory().iter() {
             match guard::watch(
@@ -245,6 +253,9 @@ impl VhostUserBackendMut for NetDevice {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        seccomp::confine_with(|| ThreadKind::Worker {
+            sockets: lock(&self.dp).transport().opens_sockets(),
+        });
         let (Some(mem), [rx, tx]) = (&self.mem, vrings) else {
             return Ok(());
         };

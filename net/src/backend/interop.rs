@@ -95,6 +95,9 @@ pub fn recv_message(sock: &UnixStream) -> Result<Message, RelayError> {
     // bytes may be written to.
     let (n, nfds) = unsafe { sock.recv_with_fds(&mut iov, &mut raw_fds) }
         .map_err(|e| RelayError::Io(io::Error::from_raw_os_error(e.errno())))?;
+    // Only the relay's threads read messages: confined (once armed) before the first byte of
+    // what a frontend sent is looked at.
+    crate::seccomp::confine(crate::seccomp::ThreadKind::Relay);
     // SAFETY: recv_with_fds returned `nfds` new descriptors that nobody else owns.
     let fds: Vec<OwnedFd> = raw_fds[..nfds]
         .iter()

@@ -364,6 +364,13 @@ pub trait Transport: Send {
     /// Transports without offloads ignore it.
     fn set_offloads(&mut self, offloads: Offloads) -> Result<(), TransportError>;
 
+    /// Whether the transport opens sockets as it runs (libslirp's connections on the guest's
+    /// behalf), which the datapath's seccomp filter then allows
+    /// ([`crate::seccomp::ThreadKind::Worker`]).
+    fn opens_sockets(&self) -> bool {
+        false
+    }
+
     /// What the transport dropped so far.
     fn stats(&self) -> TransportStats {
         TransportStats::default()

@@ -433,6 +433,10 @@ impl Transport for User {
         "user"
     }
 
+    fn opens_sockets(&self) -> bool {
+        true
+    }
+
     fn vnet_hdr_len(&self) -> usize {
         0
     }
