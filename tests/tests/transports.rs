@@ -190,15 +190,7 @@ fn raw_bpffile_filters_and_malformed_files_are_refused() {
 #[test]
 fn hybrid_replaced_filter_keeps_the_direction_check() {
     use vmm_net::transport::BpfProgram;
-    let ns = NetNs::new();
-    let tap = ns.tap(None);
-    let s = spec(
-        TransportConfig::Hybrid(HybridConfig {
-            ifname: tap.clone(),
-        }),
-        false,
-    );
-    let (mut t, peer) = open_in(&ns, s, &tap, false);
+    let (_ns, mut t, peer) = on_a_tap(hybrid, false);
     let prog = |k: u32| BpfProgram::parse(&BpfProgram::ret(k)).expect("program");
     t.replace_filter(&prog(0)).expect("drop-all filter");
     peer.send(&test_frame(60, HOST, GUEST, 9));
@@ -211,18 +203,26 @@ fn hybrid_replaced_filter_keeps_the_direction_check() {
     small_frames_both_ways(t.as_mut(), &peer);
 }
 
-#[test]
-fn tap_frames_cross_byte_exact() {
+fn tap(ifname: String) -> TransportConfig {
+    TransportConfig::Tap(TapConfig {
+        ifname: Some(ifname),
+    })
+}
+
+fn hybrid(ifname: String) -> TransportConfig {
+    TransportConfig::Hybrid(HybridConfig { ifname })
+}
+
+/// `config` (tap or hybrid) opened on a new tap in a new namespace, with `gro`, and a peer
+/// on the tap's far side; the namespace goes with the first value.
+fn on_a_tap(
+    config: fn(String) -> TransportConfig,
+    gro: bool,
+) -> (NetNs, Box<dyn Transport>, PacketPeer) {
     let ns = NetNs::new();
     let tap = ns.tap(None);
-    let s = spec(
-        TransportConfig::Tap(TapConfig {
-            ifname: Some(tap.clone()),
-        }),
-        false,
-    );
-    let (mut t, peer) = open_in(&ns, s, &tap, false);
-    small_frames_both_ways(t.as_mut(), &peer);
+    let (t, peer) = open_in(&ns, spec(config(tap.clone()), gro), &tap, gro);
+    (ns, t, peer)
 }
 
 const TSO: Offloads = Offloads {
@@ -232,48 +232,36 @@ const TSO: Offloads = Offloads {
     ecn: false,
 };
 
+/// Small frames both ways byte-exact over `config` on a tap, or with `tso` a 64 KiB TSO
+/// frame each way, whole.
+fn crosses_a_tap(config: fn(String) -> TransportConfig, tso: bool) {
+    let (_ns, mut t, peer) = on_a_tap(config, tso);
+    if tso {
+        t.set_offloads(TSO).expect("offloads");
+        tso_both_ways(t.as_mut(), &peer);
+    } else {
+        small_frames_both_ways(t.as_mut(), &peer);
+    }
+}
+
+#[test]
+fn tap_frames_cross_byte_exact() {
+    crosses_a_tap(tap, false);
+}
+
 #[test]
 fn tap_tso_frames_cross_whole() {
-    let ns = NetNs::new();
-    let tap = ns.tap(None);
-    let s = spec(
-        TransportConfig::Tap(TapConfig {
-            ifname: Some(tap.clone()),
-        }),
-        true,
-    );
-    let (mut t, peer) = open_in(&ns, s, &tap, true);
-    t.set_offloads(TSO).expect("offloads");
-    tso_both_ways(t.as_mut(), &peer);
+    crosses_a_tap(tap, true);
 }
 
 #[test]
 fn hybrid_frames_cross_byte_exact() {
-    let ns = NetNs::new();
-    let tap = ns.tap(None);
-    let s = spec(
-        TransportConfig::Hybrid(HybridConfig {
-            ifname: tap.clone(),
-        }),
-        false,
-    );
-    let (mut t, peer) = open_in(&ns, s, &tap, false);
-    small_frames_both_ways(t.as_mut(), &peer);
+    crosses_a_tap(hybrid, false);
 }
 
 #[test]
 fn hybrid_tso_frames_cross_whole() {
-    let ns = NetNs::new();
-    let tap = ns.tap(None);
-    let s = spec(
-        TransportConfig::Hybrid(HybridConfig {
-            ifname: tap.clone(),
-        }),
-        true,
-    );
-    let (mut t, peer) = open_in(&ns, s, &tap, true);
-    t.set_offloads(TSO).expect("offloads");
-    tso_both_ways(t.as_mut(), &peer);
+    crosses_a_tap(hybrid, true);
 }
 
 /// A batch of `depth` frames in one call each way over a socketpair of type `ty`.

@@ -114,6 +114,15 @@ impl ThreadKind {
         }
     }
 
+    /// The calls the kind may make only with certain arguments (not on [`ThreadKind::list`]).
+    pub fn conditional(self) -> &'static [Conditional] {
+        match self {
+            ThreadKind::Handler => HANDLER_CONDITIONAL,
+            ThreadKind::Worker { .. } => WORKER_CONDITIONAL,
+            ThreadKind::Vcpu | ThreadKind::Relay => &[],
+        }
+    }
+
     /// The calls the kind may make: [`THREAD_BASE`] and its own.
     pub fn list(self) -> Vec<(i64, &'static str)> {
         let own: &[&[(i64, &str)]] = match self {
@@ -130,6 +139,43 @@ impl ThreadKind {
             .collect()
     }
 }
+
+/// A call allowed only when one argument has one of a few values (an ioctl's request, a
+/// signal's number).
+#[derive(Clone, Copy, Debug)]
+pub struct Conditional {
+    pub nr: i64,
+    pub name: &'static str,
+    /// Which argument, from 0.
+    pub arg: u8,
+    pub values: &'static [u64],
+}
+
+/// The handler's `ioctl`s: `TUNSETOFFLOAD` (mirroring the offloads the guest acked on a tap),
+/// `FIONBIO` (non-blocking sockets); its `rt_sigaction`: SIGBUS only (the guard on the
+/// frontend's memory, installed at the first memory table).
+const HANDLER_CONDITIONAL: &[Conditional] = &[
+    Conditional {
+        nr: libc::SYS_ioctl,
+        name: "SYS_ioctl",
+        arg: 1,
+        values: &[libc::TUNSETOFFLOAD, libc::FIONBIO],
+    },
+    Conditional {
+        nr: libc::SYS_rt_sigaction,
+        name: "SYS_rt_sigaction",
+        arg: 0,
+        values: &[libc::SIGBUS as u64],
+    },
+];
+
+/// The worker's `ioctl`s: `FIONBIO` and `FIONREAD` (libslirp's and glib's sockets).
+const WORKER_CONDITIONAL: &[Conditional] = &[Conditional {
+    nr: libc::SYS_ioctl,
+    name: "SYS_ioctl",
+    arg: 1,
+    values: &[libc::FIONBIO, libc::FIONREAD],
+}];
 
 macro_rules! syscalls {
     ($($name:ident),* $(,)?) => {
@@ -231,7 +277,6 @@ pub const WORKER: &[(i64, &str)] = syscalls![
     SYS_sendto,
     SYS_sendmsg,
     SYS_sendmmsg,
-    SYS_ioctl,
     SYS_poll,
     SYS_ppoll,
     SYS_epoll_wait,
@@ -258,13 +303,15 @@ pub const WORKER_SOCKETS: &[(i64, &str)] = syscalls![
 ];
 
 /// The interop relay, besides [`THREAD_BASE`]: messages with descriptors both ways, waiting
-/// on them, and ending the connection.
+/// on them, checking a memory region's file (its size, its name in `/proc/self/fd` for the
+/// warning), and ending the connection.
 pub const RELAY: &[(i64, &str)] = syscalls![
     SYS_read,
     SYS_recvfrom,
     SYS_recvmsg,
     SYS_fstat,
     SYS_newfstatat,
+    SYS_readlink,
     SYS_sendmsg,
     SYS_poll,
     SYS_ppoll,
@@ -403,8 +450,13 @@ pub fn vm_list() -> Vec<(i64, &'static str)> {
     NET_BACKEND.iter().chain(VM_EXTRA).copied().collect()
 }
 
-/// Compiles `list` for this machine: allowed calls, anything else by `mode`.
-fn compile(list: &[(i64, &str)], mode: Mode) -> Result<BpfProgram, String> {
+/// Compiles `list` for this machine: allowed calls, the `conditional` ones only with one of
+/// their argument values, anything else by `mode`.
+fn compile(
+    list: &[(i64, &str)],
+    conditional: &[Conditional],
+    mode: Mode,
+) -> Result<BpfProgram, String> {
     let mismatch = match mode {
         Mode::Kill => SeccompAction::Trap,
         Mode::Log => SeccompAction::Log,
@@ -415,10 +467,29 @@ fn compile(list: &[(i64, &str)], mode: Mode) -> Result<BpfProgram, String> {
         list.iter().map(|&(nr, _)| (nr, Vec::new())).collect();
     // kcmp only compares two of our descriptors (KCMP_FILE: whether a transport descriptor
     // and a frontend's are the same file), nothing else about any process.
-    let kcmp_file = SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)
-        .and_then(|c| SeccompRule::new(vec![c]))
-        .map_err(|e| e.to_string())?;
-    rules.insert(libc::SYS_kcmp, vec![kcmp_file]);
+    let kcmp = Conditional {
+        nr: libc::SYS_kcmp,
+        name: "SYS_kcmp",
+        arg: 2,
+        values: &[0],
+    };
+    for c in conditional.iter().chain([&kcmp]) {
+        let alternatives = c
+            .values
+            .iter()
+            .map(|&v| {
+                let len = if v > u64::from(u32::MAX) {
+                    SeccompCmpArgLen::Qword
+                } else {
+                    SeccompCmpArgLen::Dword
+                };
+                SeccompCondition::new(c.arg, len, SeccompCmpOp::Eq, v)
+                    .and_then(|cond| SeccompRule::new(vec![cond]))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.insert(c.nr, alternatives);
+    }
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
         .map_err(|e| e.to_string())?;
     filter
@@ -432,7 +503,7 @@ pub fn install_all_threads(list: &[(i64, &str)], mode: Mode) -> Result<(), Strin
     if mode == Mode::Off {
         return Ok(());
     }
-    let program = compile(list, mode)?;
+    let program = compile(list, &[], mode)?;
     if mode == Mode::Kill {
         install_sigsys_handler().map_err(|e| format!("SIGSYS handler: {e}"))?;
     }
@@ -497,7 +568,7 @@ pub fn confine_with(kind: impl FnOnce() -> ThreadKind) {
         return;
     }
     let kind = kind();
-    let applied = compile(&kind.list(), mode)
+    let applied = compile(&kind.list(), kind.conditional(), mode)
         .and_then(|program| seccompiler::apply_filter(&program).map_err(|e| e.to_string()));
     if let Err(e) = applied {
         log::error!("seccomp: confining a {} thread: {e}", kind.name());
@@ -615,15 +686,15 @@ mod tests {
         for &(nr, n) in NET_BACKEND {
             assert_eq!(name(nr), n.trim_start_matches("SYS_"), "{n}");
         }
-        assert!(compile(NET_BACKEND, Mode::Kill).is_ok());
-        assert!(compile(NET_BACKEND, Mode::Log).is_ok());
+        assert!(compile(NET_BACKEND, &[], Mode::Kill).is_ok());
+        assert!(compile(NET_BACKEND, &[], Mode::Log).is_ok());
         let vm = vm_list();
         assert!(!vm.iter().any(|&(nr, _)| nr == libc::SYS_uname));
         for &(nr, n) in VM_EXTRA {
             assert_eq!(name(nr), n.trim_start_matches("SYS_"), "{n}");
             assert!(!NET_BACKEND.iter().any(|&(m, _)| m == nr), "{n} twice");
         }
-        assert!(compile(&vm, Mode::Kill).is_ok());
+        assert!(compile(&vm, &[], Mode::Kill).is_ok());
     }
 
     const KINDS: [ThreadKind; 5] = [
@@ -661,7 +732,7 @@ mod tests {
                 "{kind:?}"
             );
             assert!(process.iter().any(|&(nr, _)| nr == libc::SYS_listen));
-            assert!(compile(&list, Mode::Kill).is_ok());
+            assert!(compile(&list, kind.conditional(), Mode::Kill).is_ok());
         }
     }
 

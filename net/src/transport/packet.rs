@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::bpf::BpfProgram;
 use super::sys::{self, Mmsg, RecvMeta};
-use super::PacketBatch;
+use super::{PacketBatch, TransportError, TransportStats};
 
 /// Which frames the socket keeps, by `sll_pkttype`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +104,45 @@ impl PacketSocket {
 
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// [`PacketSocket::recv`] as `transport`'s [`Transport::recv`](super::Transport::recv):
+    /// truncated frames counted in `stats`, an error named after the transport.
+    pub fn recv_for(
+        &mut self,
+        transport: &'static str,
+        batch: &mut PacketBatch,
+        stats: &mut TransportStats,
+    ) -> Result<usize, TransportError> {
+        self.recv(batch, &mut stats.rx_dropped_truncated)
+            .map_err(|source| TransportError::Io {
+                transport,
+                op: "recvmmsg",
+                source,
+            })
+    }
+
+    /// `stats` with the kernel's drops on this socket.
+    pub fn stats_with(&self, stats: &TransportStats) -> TransportStats {
+        TransportStats {
+            rx_dropped_kernel: self.kernel_drops(),
+            ..*stats
+        }
+    }
+
+    /// [`PacketSocket::set_filter`] as `transport`'s
+    /// [`Transport::replace_filter`](super::Transport::replace_filter).
+    pub fn replace_filter_for(
+        &mut self,
+        transport: &'static str,
+        program: &BpfProgram,
+    ) -> Result<(), TransportError> {
+        self.set_filter(program)
+            .map_err(|source| TransportError::Io {
+                transport,
+                op: "SO_ATTACH_FILTER",
+                source,
+            })
     }
 
     /// Receives a batch, keeping only whole frames of the wanted direction, in order.

@@ -54,13 +54,7 @@ impl Transport for Raw {
     }
 
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
-        self.sock
-            .recv(batch, &mut self.stats.rx_dropped_truncated)
-            .map_err(|source| TransportError::Io {
-                transport: "raw",
-                op: "recvmmsg",
-                source,
-            })
+        self.sock.recv_for("raw", batch, &mut self.stats)
     }
 
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
@@ -74,20 +68,11 @@ impl Transport for Raw {
     }
 
     fn stats(&self) -> TransportStats {
-        TransportStats {
-            rx_dropped_kernel: self.sock.kernel_drops(),
-            ..self.stats
-        }
+        self.sock.stats_with(&self.stats)
     }
 
     fn replace_filter(&mut self, program: &BpfProgram) -> Result<(), TransportError> {
-        self.sock
-            .set_filter(program)
-            .map_err(|source| TransportError::Io {
-                transport: "raw",
-                op: "SO_ATTACH_FILTER",
-                source,
-            })
+        self.sock.replace_filter_for("raw", program)
     }
 }
 
