@@ -40,6 +40,22 @@ impl MsiRouter for NoInterrupts {
     }
 }
 
+/// A virtio-net device in 16 MiB of guest RAM, its vhost-user frontend connected over
+/// `stream`, at BAR 0xc000_0000 with three MSI-X vectors that go nowhere.
+pub fn net_device(stream: UnixStream) -> (VirtioPciDevice, GuestRam) {
+    let ram = GuestRam::new(16).expect("guest memory");
+    let net = VhostUserNetDevice::from_stream(stream, ram.memory().clone())
+        .expect("vhost-user handshake");
+    let dev = VirtioPciDevice::new(
+        Box::new(net),
+        0xc000_0000,
+        &[24, 25, 26],
+        Arc::new(NoInterrupts),
+    )
+    .expect("virtio-pci device");
+    (dev, ram)
+}
+
 /// The device, its guest memory, and the transport's other end.
 pub struct Rig {
     pub dev: VirtioPciDevice,
@@ -76,16 +92,7 @@ impl Rig {
     /// end is `peer`; MSI-X on with every vector masked, as a driver leaves it before it
     /// requests interrupts.
     pub fn connect(stream: UnixStream, peer: UnixDatagram) -> Rig {
-        let ram = GuestRam::new(16).expect("guest memory");
-        let net = VhostUserNetDevice::from_stream(stream, ram.memory().clone())
-            .expect("vhost-user handshake");
-        let dev = VirtioPciDevice::new(
-            Box::new(net),
-            0xc000_0000,
-            &[24, 25, 26],
-            Arc::new(NoInterrupts),
-        )
-        .expect("virtio-pci device");
+        let (dev, ram) = net_device(stream);
         let mut r = Rig { dev, ram, peer };
         r.dev.write_config(1, 0, &[0x06, 0]);
         r.dev.write_config(0x21, 2, &[0, 0x80]);

@@ -14,18 +14,16 @@
 
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_devices::pci::PciDevice;
-use vmm_devices::vhost_user::net::VhostUserNetDevice;
-use vmm_devices::virtio_pci::{MsiMessage, MsiRouter, VirtioPciDevice, MSIX_TABLE_OFFSET};
+use vmm_devices::virtio_pci::{VirtioPciDevice, MSIX_TABLE_OFFSET};
 use vmm_devices::BusDevice;
-use vmm_sys_util::eventfd::EventFd;
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{test_frame, PacketPeer, TEST_ETHERTYPE};
 use vmm_tests::process::{fd_net_backend, net_backend, Daemon};
+use vmm_tests::rig::net_device;
 use vmm_tests::{require_root, TempDir};
 use vmm_vmm::GuestRam;
 
@@ -43,18 +41,6 @@ const MRG_RXBUF: u64 = 1 << 15;
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 
-/// Interrupts are not under test: completions are polled in the used rings.
-struct NoInterrupts;
-
-impl MsiRouter for NoInterrupts {
-    fn unmask(&self, _: u32, _: MsiMessage, _: &EventFd) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn mask(&self, _: u32, _: &EventFd) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A frontend of the backend process at a socket: a virtio-pci net device and its guest RAM,
 /// with the rings' state kept here (next avail index per queue, descriptors written by hand).
 struct Front {
@@ -67,16 +53,7 @@ impl Front {
     /// Connects and brings the device up with `features` (VERSION_1 is always added).
     fn connect(sock: &Path, features: u64) -> Front {
         let stream = UnixStream::connect(sock).expect("connect to the backend");
-        let ram = GuestRam::new(16).expect("guest memory");
-        let net = VhostUserNetDevice::from_stream(stream, ram.memory().clone())
-            .expect("vhost-user handshake");
-        let dev = VirtioPciDevice::new(
-            Box::new(net),
-            0xc000_0000,
-            &[24, 25, 26],
-            Arc::new(NoInterrupts),
-        )
-        .expect("virtio-pci device");
+        let (dev, ram) = net_device(stream);
         let mut f = Front {
             dev,
             ram,

@@ -294,13 +294,21 @@ fn daemon_two_ports_exchange_frames_byte_exact() {
     assert!(switch.running(), "uml_switch died:\n{}", switch.log());
 }
 
+/// Opening `spec` fails (no switch listens) with an error naming `socket`.
+fn no_switch_names(spec: &str, socket: &str) {
+    let s = parse_spec(spec).expect("parse");
+    let err = transport::open(&s).err().expect("opened without a switch");
+    assert!(err.to_string().contains(socket), "{err}");
+}
+
 #[test]
 fn daemon_without_a_switch_is_an_error_naming_the_socket() {
     let dir = TempDir::new("dn");
     let ctl = dir.path().join("no-switch.ctl");
-    let s = parse_spec(&format!("eth0=daemon,,unix,{}", ctl.display())).expect("parse");
-    let err = transport::open(&s).err().expect("opened without a switch");
-    assert!(err.to_string().contains("no-switch.ctl"), "{err}");
+    no_switch_names(
+        &format!("eth0=daemon,,unix,{}", ctl.display()),
+        "no-switch.ctl",
+    );
 }
 
 #[test]
@@ -498,21 +506,22 @@ fn vector_vde_ports_exchange_frames_byte_exact() {
     let e = parse_spec("vec0:transport=vde,vnl=vxvde://234.0.0.1").unwrap_err();
     assert!(e.to_string().contains("vnl=vxvde://234.0.0.1"), "{e}");
     // A vector port on a missing switch names its control socket.
-    let s = parse_spec(&format!(
-        "vec0:transport=vde,vnl=vde://{}/no-switch",
-        dir.path().display()
-    ))
-    .expect("parse");
-    let err = transport::open(&s).err().expect("opened without a switch");
-    assert!(err.to_string().contains("no-switch/ctl"), "{err}");
+    no_switch_names(
+        &format!(
+            "vec0:transport=vde,vnl=vde://{}/no-switch",
+            dir.path().display()
+        ),
+        "no-switch/ctl",
+    );
 }
 
 #[test]
 fn vde_without_a_switch_is_an_error_naming_the_socket() {
     let dir = TempDir::new("vn");
-    let s = parse_spec(&format!("eth0=vde,{}/no-switch", dir.path().display())).expect("parse");
-    let err = transport::open(&s).err().expect("opened without a switch");
-    assert!(err.to_string().contains("no-switch/ctl"), "{err}");
+    no_switch_names(
+        &format!("eth0=vde,{}/no-switch", dir.path().display()),
+        "no-switch/ctl",
+    );
 }
 
 #[test]
