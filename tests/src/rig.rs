@@ -181,18 +181,10 @@ impl Rig {
 
     /// A frame through the transmit queue, out of the transport.
     pub fn transmit(&mut self, idx: u16, seed: u8) {
-        let frame = test_frame(60 + usize::from(seed) * 10, GUEST_MAC, HOST_MAC, seed);
-        let mut buf = vec![0u8; HDR];
-        buf.extend_from_slice(&frame);
-        self.ram
-            .memory()
-            .write_slice(&buf, GuestAddress(TX_BUF))
-            .unwrap();
-        self.offer(1, idx, TX_BUF, buf.len() as u32, 0);
+        let frame = guest_sends(self, idx, seed, GUEST_MAC, HOST_MAC);
         let mut out = vec![0u8; 2048];
         let n = self.peer.recv(&mut out).expect("frame from the transport");
         assert_eq!(&out[..n], &frame[..], "transmitted frame");
-        self.wait_used(1, idx + 1);
     }
 
     /// A frame from the transport into a receive buffer.

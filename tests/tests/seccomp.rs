@@ -14,13 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{test_frame, PacketPeer, TEST_ETHERTYPE};
 use vmm_tests::process::{fd_net_backend, net_backend_command, vmm_bin, Daemon};
 use vmm_tests::rig::{
-    frontend, guest_receives, guest_receives_matching, guest_sends, transport_pair, Rig, HDR,
-    TX_BUF,
+    frontend, guest_receives, guest_receives_matching, guest_sends, guest_sends_frame,
+    transport_pair, Rig, HDR, TX_BUF,
 };
 use vmm_tests::{require_root, status_field, TempDir};
 
@@ -194,14 +193,7 @@ fn filtered_user_networking_answers_arp() {
         arp.extend_from_slice(&GUEST_MAC);
         arp.extend_from_slice(&[10, 0, 2, 15, 0, 0, 0, 0, 0, 0, 10, 0, 2, 2]);
         arp.resize(60, 0);
-        let mut buf = vec![0u8; HDR];
-        buf.extend_from_slice(&arp);
-        rig.ram
-            .memory()
-            .write_slice(&buf, GuestAddress(TX_BUF))
-            .unwrap();
-        rig.offer(1, round, TX_BUF, buf.len() as u32, 0);
-        rig.wait_used(1, round + 1);
+        guest_sends_frame(&mut rig, round, &arp);
         let reply = guest_receives_matching(&mut rig, &mut rx, |f| {
             f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
         });
