@@ -214,9 +214,65 @@ enum Delivery {
     NoBuffers,
 }
 
-/// Bytes a batch buffer holds: a transport header, the largest frame, headroom to spare.
-pub fn buffer_capacity(headroom: u16) -> usize {
-    vnet::HDR_LEN + 65_535 + ETH_HLEN + usize::from(headroom)
+/// Bytes the buffers of one direction's batch may take in all: the depth shrinks for large
+/// buffers, so a device's batches stay within 1 MiB whatever it negotiated. Small frames
+/// (buffers of an MTU) keep the full depth; 64 KiB GSO frames go 7 at a time, which is
+/// 450 KiB per system call.
+pub const BATCH_BUDGET: usize = 512 * 1024;
+
+/// The largest GSO frame: a 64 KiB IP packet behind an Ethernet header.
+const GSO_FRAME: usize = 65_535 + ETH_HLEN;
+
+/// The shape of a datapath's two batches: each direction's buffer size (the transport's
+/// header, the longest frame that direction may carry under what the guest negotiated, the
+/// headroom) and depth (the configured one, within [`BATCH_BUDGET`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub rx_capacity: usize,
+    pub rx_depth: usize,
+    pub tx_capacity: usize,
+    pub tx_depth: usize,
+}
+
+impl Geometry {
+    /// Receive buffers hold a GSO frame only when the guest takes them (GUEST_TSO4/6),
+    /// else a frame of the MTU (at least 1500) with a VLAN tag, like a NIC's receive limit:
+    /// a longer one is dropped and counted as truncated by the transport. Transmit buffers
+    /// hold a GSO frame only when the guest may send them (HOST_TSO4/6), else the longest
+    /// frame [`Datapath::gather`] lets out.
+    pub fn new(
+        depth: usize,
+        headroom: u16,
+        mtu: u16,
+        n: &Negotiated,
+        t: &dyn Transport,
+    ) -> Geometry {
+        let extra = t.vnet_hdr_len() + usize::from(headroom);
+        let rx_frame = if n.rx.tso4 || n.rx.tso6 {
+            GSO_FRAME + VLAN_TAG_LEN
+        } else {
+            usize::from(mtu.max(1500)) + L2_OVERHEAD
+        };
+        let tx_frame = if n.tx_tso4 || n.tx_tso6 {
+            GSO_FRAME + VLAN_TAG_LEN
+        } else {
+            max_tx_frame(mtu, n)
+        };
+        let rx_capacity = extra + t.rx_overhead() + rx_frame;
+        let tx_capacity = extra + tx_frame;
+        let within = |cap: usize| depth.clamp(1, (BATCH_BUDGET / cap).max(1));
+        Geometry {
+            rx_capacity,
+            rx_depth: within(rx_capacity),
+            tx_capacity,
+            tx_depth: within(tx_capacity),
+        }
+    }
+
+    /// Bytes of buffers both batches hold.
+    pub fn bytes(&self) -> usize {
+        self.rx_capacity * self.rx_depth + self.tx_capacity * self.tx_depth
+    }
 }
 
 /// Ethernet header plus one VLAN tag: what a frame may carry beyond the MTU (Linux lets a
@@ -225,6 +281,15 @@ const L2_OVERHEAD: usize = ETH_HLEN + VLAN_TAG_LEN;
 
 /// An 802.1Q tag.
 const VLAN_TAG_LEN: usize = 4;
+
+/// Whether the guest negotiated sending GSO frames of type `gso` (TSO4, TSO6, with ECN).
+fn gso_allowed(gso: u8, n: &Negotiated) -> bool {
+    (match gso & !vnet::GSO_ECN {
+        vnet::GSO_TCPV4 => n.tx_tso4,
+        vnet::GSO_TCPV6 => n.tx_tso6,
+        _ => false,
+    }) && (gso & vnet::GSO_ECN == 0 || n.tx_ecn)
+}
 
 /// The longest frame without GSO the guest may send: the device's MTU when it negotiated
 /// VIRTIO_NET_F_MTU, else at least the Ethernet default of 1500 (a driver that ignores the
@@ -256,21 +321,23 @@ pub struct Datapath {
     stats: Arc<NetCounters>,
     /// The running capture, if any: every frame that crosses is offered to it.
     capture: Option<CaptureTap>,
-    /// What batches were sized for (see [`Datapath::replace_transport`]).
+    /// What batches are sized for: the configured depth and headroom, and the resulting
+    /// shape under what is negotiated (see [`Geometry`]).
     depth: usize,
     headroom: u16,
+    geometry: Geometry,
 }
 
 impl Datapath {
     /// A datapath for a device of MTU `mtu` over `transport`, moving `depth` frames per batch.
     pub fn new(transport: Box<dyn Transport>, depth: usize, headroom: u16, mtu: u16) -> Datapath {
-        let cap = buffer_capacity(headroom);
         let negotiated = Negotiated::default();
+        let geometry = Geometry::new(depth, headroom, mtu, &negotiated, transport.as_ref());
         Datapath {
             transport,
-            rx: PacketBatch::new(depth, cap),
+            rx: PacketBatch::new(geometry.rx_depth, geometry.rx_capacity),
             rx_next: 0,
-            tx: PacketBatch::new(depth, cap),
+            tx: PacketBatch::new(geometry.tx_depth, geometry.tx_capacity),
             negotiated,
             mtu,
             max_tx_frame: max_tx_frame(mtu, &negotiated),
@@ -280,14 +347,43 @@ impl Datapath {
             capture: None,
             depth,
             headroom,
+            geometry,
         }
+    }
+
+    /// The batches' shape now.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Sizes the batches for the transport, depth, headroom and negotiation now in place,
+    /// if that changes their shape (or `always`): frames still waiting either way are dropped
+    /// and counted in `dropped`.
+    fn reshape(&mut self, always: bool, dropped: fn(&NetCounters) -> &AtomicU64) {
+        let g = Geometry::new(
+            self.depth,
+            self.headroom,
+            self.mtu,
+            &self.negotiated,
+            self.transport.as_ref(),
+        );
+        if g == self.geometry && !always {
+            return;
+        }
+        let pending = self.rx.count() - self.rx_next.min(self.rx.count()) + self.tx.count();
+        dropped(&self.stats).fetch_add(pending as u64, Ordering::Relaxed);
+        self.rx = PacketBatch::new(g.rx_depth, g.rx_capacity);
+        self.rx_next = 0;
+        self.tx = PacketBatch::new(g.tx_depth, g.tx_capacity);
+        self.geometry = g;
     }
 
     /// Replaces the transport between batches (the caller holds the datapath's lock, which a
     /// batch holds throughout) and returns the old one. The new transport gets the offloads
     /// the guest negotiated. Frames waiting either way stay and go to the new transport (or
-    /// the guest) when they still fit: same header length, same batch size. Otherwise they
-    /// are dropped and counted in `dropped_at_swap`, and the batches are sized anew.
+    /// the guest) when they still fit: same header length, same batch shape ([`Geometry`]).
+    /// Otherwise they are dropped and counted in `dropped_at_swap`, and the batches are sized
+    /// anew.
     pub fn replace_transport(
         &mut self,
         mut new: Box<dyn Transport>,
@@ -297,22 +393,13 @@ impl Datapath {
         if let Err(e) = new.set_offloads(self.negotiated.rx) {
             return Err((new, e));
         }
-        let fits = new.vnet_hdr_len() == self.transport.vnet_hdr_len()
-            && depth == self.depth
-            && headroom == self.headroom;
-        if !fits {
-            let pending = self.rx.count() - self.rx_next.min(self.rx.count()) + self.tx.count();
-            self.stats
-                .dropped_at_swap
-                .fetch_add(pending as u64, Ordering::Relaxed);
-            let cap = buffer_capacity(headroom);
-            self.rx = PacketBatch::new(depth, cap);
-            self.rx_next = 0;
-            self.tx = PacketBatch::new(depth, cap);
-            self.depth = depth;
-            self.headroom = headroom;
-        }
-        Ok(std::mem::replace(&mut self.transport, new))
+        // Waiting frames that carry the old transport's header fit no other.
+        let other_header = new.vnet_hdr_len() != self.transport.vnet_hdr_len();
+        let old = std::mem::replace(&mut self.transport, new);
+        self.depth = depth;
+        self.headroom = headroom;
+        self.reshape(other_header, |s| &s.dropped_at_swap);
+        Ok(old)
     }
 
     /// Installs (or, with `None`, removes and returns) the capture tap.
@@ -337,6 +424,9 @@ impl Datapath {
     pub fn set_negotiated(&mut self, n: Negotiated) -> Result<(), TransportError> {
         self.negotiated = n;
         self.max_tx_frame = max_tx_frame(self.mtu, &n);
+        // A negotiation follows a new frontend or a reset, which dropped (and counted) what
+        // was waiting; anything left is counted the same way.
+        self.reshape(false, |s| &s.dropped_at_disconnect);
         self.transport.set_offloads(n.rx)
     }
 
@@ -358,6 +448,8 @@ impl Datapath {
         self.tx.clear();
         self.negotiated = Negotiated::default();
         self.max_tx_frame = max_tx_frame(self.mtu, &self.negotiated);
+        // Back to the buffers a device without offloads needs (nothing waits now).
+        self.reshape(false, |s| &s.dropped_at_disconnect);
     }
 
     /// Moves frames from the transport to the guest until the transport is drained or the
@@ -528,6 +620,7 @@ impl Datapath {
         let mut ghdr = [0u8; GUEST_HDR_LEN];
         let mut pos = 0usize;
         let mut verdict = None;
+        let mut oversized = false;
         let mut walk = Walk::new(chain, queue_size);
         for desc in walk.by_ref() {
             if desc.is_write_only() {
@@ -551,8 +644,11 @@ impl Datapath {
             }
             let at = thl + (pos - ghl);
             if at + len > cap {
-                verdict = Some(Refused::Frame(&stats.tx_dropped_over_mtu));
-                break;
+                // Too long to send; the rest of the chain is still walked (not copied), so a
+                // malformed chain is counted as such.
+                oversized = true;
+                pos += len;
+                continue;
             }
             if mem.read_slice(&mut space[at..at + len], addr).is_err() {
                 verdict = Some(Refused::Chain(ChainError::BadAddress));
@@ -563,6 +659,16 @@ impl Datapath {
         if verdict.is_none() {
             verdict = walk.error().map(Refused::Chain);
         }
+        if verdict.is_none() && oversized {
+            // Buffers hold GSO frames only when the guest may send them.
+            verdict = Some(Refused::Frame(
+                if ghdr[1] != vnet::GSO_NONE && !gso_allowed(ghdr[1], &n) {
+                    &stats.tx_dropped_gso
+                } else {
+                    &stats.tx_dropped_over_mtu
+                },
+            ));
+        }
         let frame_len = pos.saturating_sub(ghl);
         if verdict.is_none() {
             let gso = ghdr[1];
@@ -571,12 +677,7 @@ impl Datapath {
             } else if gso == vnet::GSO_NONE {
                 (frame_len > max_frame).then_some(Refused::Frame(&stats.tx_dropped_over_mtu))
             } else {
-                let allowed = match gso & !vnet::GSO_ECN {
-                    vnet::GSO_TCPV4 => n.tx_tso4,
-                    vnet::GSO_TCPV6 => n.tx_tso6,
-                    _ => false,
-                } && (gso & vnet::GSO_ECN == 0 || n.tx_ecn);
-                (!allowed).then_some(Refused::Frame(&stats.tx_dropped_gso))
+                (!gso_allowed(gso, &n)).then_some(Refused::Frame(&stats.tx_dropped_gso))
             };
         }
         match verdict {

@@ -238,6 +238,7 @@ pub const VCPU: &[(i64, &str)] = syscalls![
     SYS_set_robust_list,
     SYS_rseq,
     SYS_prctl,
+    SYS_sched_getaffinity,
     SYS_pread64,
     SYS_pwrite64,
     SYS_preadv,
@@ -262,6 +263,7 @@ pub const HANDLER: &[(i64, &str)] = syscalls![
     SYS_dup,
     SYS_epoll_ctl,
     SYS_shutdown,
+    SYS_getsockopt,
 ];
 
 /// The datapath, besides [`THREAD_BASE`]: its epoll, the queues' eventfds, and the

@@ -364,6 +364,13 @@ pub trait Transport: Send {
     /// Transports without offloads ignore it.
     fn set_offloads(&mut self, offloads: Offloads) -> Result<(), TransportError>;
 
+    /// Bytes a received message may carry in front of the frame, which the transport strips
+    /// after receiving it into a batch buffer (a tunnel's IP and tunnel headers): the
+    /// datapath sizes receive buffers by the frame plus this.
+    fn rx_overhead(&self) -> usize {
+        0
+    }
+
     /// Whether the transport opens sockets as it runs (libslirp's connections on the guest's
     /// behalf), which the datapath's seccomp filter then allows
     /// ([`crate::seccomp::ThreadKind::Worker`]).

@@ -420,6 +420,12 @@ impl<E: Encap> Transport for Tunnel<E> {
         0
     }
 
+    /// An IPv4 header with options (raw IP sockets, GRE and L2TPv3 over IP, receive it) and
+    /// the longest tunnel header.
+    fn rx_overhead(&self) -> usize {
+        60 + MAX_HEADER
+    }
+
     fn rx_fd(&self) -> RawFd {
         self.rx.as_raw_fd()
     }

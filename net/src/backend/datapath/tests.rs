@@ -27,6 +27,8 @@ struct Host {
     incoming: VecDeque<Vec<u8>>,
     sent: Vec<Vec<u8>>,
     accept: usize,
+    /// Incoming frames larger than the batch's buffers.
+    truncated: usize,
 }
 
 /// A transport in memory.
@@ -56,6 +58,11 @@ impl Transport for FakeTransport {
                 break;
             };
             let b = &mut batch.bufs_mut()[n];
+            if f.len() > b.capacity() {
+                // As a socket does: truncated, and dropped by the transport.
+                host.truncated += 1;
+                continue;
+            }
             b.space()[..f.len()].copy_from_slice(&f);
             b.set_len(f.len());
             n += 1;
@@ -87,6 +94,7 @@ fn datapath(hdr: usize, incoming: Vec<Vec<u8>>, features: u64) -> (Datapath, Arc
         incoming: incoming.into(),
         sent: Vec::new(),
         accept: usize::MAX,
+        truncated: 0,
     }));
     let t = FakeTransport {
         hdr,
@@ -240,13 +248,13 @@ fn rx_waits_for_buffers_instead_of_dropping() {
 fn rx_without_mrg_drops_a_frame_larger_than_one_buffer() {
     let m = mem();
     let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
-    rx_chains(&vq, 2, 2048, 0);
+    rx_chains(&vq, 2, 1024, 0);
     let mut q: Queue = vq.create_queue().unwrap();
     let v1 = 1 << VIRTIO_F_VERSION_1;
     let (mut dp, _host) = datapath(
         10,
         vec![
-            with_hdr([0; 10], &frame(4000, 5)),
+            with_hdr([0; 10], &frame(1400, 5)),
             with_hdr([0; 10], &frame(60, 6)),
         ],
         v1,
@@ -609,4 +617,121 @@ fn frames_pending_at_disconnect_are_counted() {
     dp.process_rx(&mut q, &m).unwrap();
     dp.reset();
     assert_eq!(load(&dp.stats().dropped_at_disconnect), 1);
+}
+
+/// A transport that only has a header length and a receive overhead, for sizing batches.
+struct Shape {
+    hdr: usize,
+    overhead: usize,
+}
+
+impl Transport for Shape {
+    fn name(&self) -> &'static str {
+        "shape"
+    }
+    fn vnet_hdr_len(&self) -> usize {
+        self.hdr
+    }
+    fn rx_overhead(&self) -> usize {
+        self.overhead
+    }
+    fn rx_fd(&self) -> RawFd {
+        -1
+    }
+    fn tx_fd(&self) -> RawFd {
+        -1
+    }
+    fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
+        batch.set_count(0);
+        Ok(0)
+    }
+    fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
+        Ok(batch.count())
+    }
+    fn set_offloads(&mut self, _: Offloads) -> Result<(), TransportError> {
+        Ok(())
+    }
+}
+
+const GSO_BOTH: u64 = MRG
+    | 1 << VIRTIO_NET_F_GUEST_TSO4
+    | 1 << VIRTIO_NET_F_GUEST_TSO6
+    | 1 << VIRTIO_NET_F_HOST_TSO4
+    | 1 << VIRTIO_NET_F_HOST_TSO6;
+
+/// Buffers are sized by what each direction may carry: an MTU's frame without offloads, at
+/// the full depth; a 64 KiB GSO frame when negotiated, fewer at a time. A tunnel's receive
+/// buffers leave room for its IP and tunnel headers. A device's batches never take more than
+/// 1 MiB, whatever the depth, MTU, headroom and features.
+#[test]
+fn batches_fit_what_each_direction_carries_within_one_mebibyte() {
+    let raw = Shape {
+        hdr: 10,
+        overhead: 0,
+    };
+    let plain = Negotiated::from_features(MRG);
+    let g = Geometry::new(64, 0, 1500, &plain, &raw);
+    assert_eq!((g.rx_capacity, g.rx_depth), (10 + 1518, 64));
+    assert_eq!((g.tx_capacity, g.tx_depth), (10 + 1518, 64));
+    assert!(g.bytes() < 200 * 1024, "{g:?}");
+
+    let gso = Negotiated::from_features(GSO_BOTH);
+    let g = Geometry::new(64, 0, 1500, &gso, &raw);
+    assert_eq!(g.rx_capacity, 10 + 65_535 + 14 + 4);
+    assert_eq!((g.rx_depth, g.tx_depth), (7, 7));
+    assert!(g.bytes() <= 1 << 20, "{g:?}");
+
+    let gre = Shape {
+        hdr: 0,
+        overhead: 84,
+    };
+    let g = Geometry::new(64, 16, 1500, &plain, &gre);
+    assert_eq!(g.rx_capacity, 16 + 84 + 1518);
+    assert_eq!(g.tx_capacity, 16 + 1518);
+
+    for depth in [1, 8, 64, 1024] {
+        for mtu in [68, 1500, 9000, 65_535] {
+            for headroom in [0, 128, u16::MAX] {
+                for features in [0, MRG, GSO_BOTH] {
+                    let n = Negotiated::from_features(features);
+                    let g = Geometry::new(depth, headroom, mtu, &n, &gre);
+                    assert!(g.bytes() <= 1 << 20, "{depth} {mtu} {headroom}: {g:?}");
+                    assert!(g.rx_depth >= 1 && g.rx_depth <= depth, "{g:?}");
+                    let g = Geometry::new(depth, headroom, mtu, &n, &raw);
+                    assert!(g.bytes() <= 1 << 20, "{depth} {mtu} {headroom}: {g:?}");
+                }
+            }
+        }
+    }
+}
+
+/// The datapath follows the negotiation: large buffers once the guest takes GSO, back to
+/// small ones after a reset; in between a 9000-byte GSO frame arrives whole.
+#[test]
+fn batches_follow_the_negotiation() {
+    let (mut dp, host) = datapath(10, Vec::new(), MRG);
+    let small = dp.geometry();
+    assert_eq!(small.rx_capacity, 10 + 1518 + 2);
+    dp.set_negotiated(Negotiated::from_features(GSO_BOTH))
+        .unwrap();
+    let big = dp.geometry();
+    assert!(
+        big.rx_capacity > 65_535 && big.tx_capacity > 65_535,
+        "{big:?}"
+    );
+
+    let m = mem();
+    let mut h = [0u8; 10];
+    h[1] = 1; // GSO_TCPV4
+    let f = frame(9000, 3);
+    host.lock().unwrap().incoming.push_back(with_hdr(h, &f));
+    let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
+    rx_chains(&vq, 4, 4096, 0);
+    let mut q: Queue = vq.create_queue().unwrap();
+    dp.process_rx(&mut q, &m).unwrap();
+    assert_eq!(host.lock().unwrap().truncated, 0);
+    assert_eq!(dp.stats().rx_packets.load(Ordering::Relaxed), 1);
+
+    dp.reset();
+    assert_eq!(dp.geometry(), small);
 }
