@@ -253,14 +253,21 @@ impl NetControl {
     /// A snapshot of every counter (see [`NetStats`]).
     pub fn stats(&self) -> NetStats {
         let s = &*self.shared;
-        let (transport, ts, counters) = {
+        let (transport, ts, counters, batches) = {
             let dp = device::lock(&s.dp);
-            (dp.transport().name(), dp.transport().stats(), dp.stats())
+            (
+                dp.transport().name(),
+                dp.transport().stats(),
+                dp.stats(),
+                dp.geometry(),
+            )
         };
         let mut transport_total = transport_counters(&ts);
         add_counters(&mut transport_total, &lock(&s.retired));
         let mut out = device_counters(&counters);
         out.extend(transport_total);
+        // Not a counter: what the batches hold now (see datapath::Geometry).
+        out.push(("batch_buffer_bytes", batches.bytes() as u64));
         out.push(("swaps", s.swaps.load(Ordering::Relaxed)));
         let (capture, summary) = match lock(&s.capture).as_ref() {
             Some(c) => (

@@ -55,6 +55,9 @@ fn stats_name_every_counter_once_and_render_as_json() {
     ] {
         assert_eq!(st.get(n), Some(0), "{n}");
     }
+    // fd, no offloads negotiated: MTU-sized buffers at the full depth, well under 1 MiB.
+    let batches = st.get("batch_buffer_bytes").expect("batch_buffer_bytes");
+    assert!(batches > 0 && batches < 1 << 20, "{batches}");
     let json = st.to_json();
     assert!(
         json.starts_with(
