@@ -53,7 +53,7 @@ pub fn run(
         lockdown
             .apply(Some(path), "--socket")
             .and_then(|()| {
-                seccomp::install_all_threads(seccomp::NET_BACKEND, filter)
+                seccomp::install_all_threads(&seccomp::net_backend_list(), filter)
                     .and_then(|()| seccomp::arm(filter))
                     .map_err(|e| format!("seccomp: {e}"))
             })

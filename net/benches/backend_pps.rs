@@ -11,7 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MRG_RXBUF,
+};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
@@ -107,7 +110,7 @@ fn secs() -> Duration {
 
 /// Guest → host through the datapath: the ring is refilled with QSIZE transmit chains, the
 /// datapath drains it into the transport.
-fn datapath_tx(t: Box<dyn Transport>) -> f64 {
+fn datapath_tx(t: Box<dyn Transport>, features: u64) -> f64 {
     let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
     let vq = MockSplitQueue::create(&m, GuestAddress(0), QSIZE);
     let mut descs = Vec::new();
@@ -124,7 +127,7 @@ fn datapath_tx(t: Box<dyn Transport>) -> f64 {
     }
     store_descs(&vq, &descs);
     let mut q: Queue = vq.create_queue().unwrap();
-    let mut dp = datapath(t);
+    let mut dp = datapath(t, features);
     let (mut sent, start) = (0u64, Instant::now());
     let chains = QSIZE / 2;
     let mut next = 0u16;
@@ -144,19 +147,30 @@ fn datapath_tx(t: Box<dyn Transport>) -> f64 {
     sent as f64 / start.elapsed().as_secs_f64()
 }
 
-/// The datapath as a modern guest with merged receive buffers sets it up.
-fn datapath(t: Box<dyn Transport>) -> Datapath {
+/// What a modern guest with merged receive buffers negotiates without offloads.
+const PLAIN: u64 = 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF;
+
+/// ... and with TSO both ways (a Linux guest on raw with `gro=1`): the batches then hold
+/// 64 KiB buffers, fewer of them (see `datapath::Geometry`).
+const TSO: u64 = PLAIN
+    | 1 << VIRTIO_NET_F_GUEST_CSUM
+    | 1 << VIRTIO_NET_F_GUEST_TSO4
+    | 1 << VIRTIO_NET_F_GUEST_TSO6
+    | 1 << VIRTIO_NET_F_CSUM
+    | 1 << VIRTIO_NET_F_HOST_TSO4
+    | 1 << VIRTIO_NET_F_HOST_TSO6;
+
+/// The datapath as a guest that negotiated `features` sets it up.
+fn datapath(t: Box<dyn Transport>, features: u64) -> Datapath {
     let mut dp = Datapath::new(t, 64, 2, 1500);
-    dp.set_negotiated(Negotiated::from_features(
-        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF,
-    ))
-    .unwrap();
+    dp.set_negotiated(Negotiated::from_features(features))
+        .unwrap();
     dp
 }
 
 /// Host → guest through the datapath: a generator thread floods the veth peer; the datapath
 /// delivers into QSIZE receive buffers, refilled each round.
-fn datapath_rx(t: Box<dyn Transport>, flood: impl FnOnce(Instant) + Send) -> f64 {
+fn datapath_rx(t: Box<dyn Transport>, features: u64, flood: impl FnOnce(Instant) + Send) -> f64 {
     let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
     let vq = MockSplitQueue::create(&m, GuestAddress(0), QSIZE);
     let descs: Vec<RawDescriptor> = (0..QSIZE)
@@ -171,7 +185,7 @@ fn datapath_rx(t: Box<dyn Transport>, flood: impl FnOnce(Instant) + Send) -> f64
         .collect();
     store_descs(&vq, &descs);
     let mut q: Queue = vq.create_queue().unwrap();
-    let mut dp = datapath(t);
+    let mut dp = datapath(t, features);
     let end = Instant::now() + secs();
     std::thread::scope(|s| {
         s.spawn(|| flood(end));
@@ -260,10 +274,28 @@ fn main() {
         }
     };
     let rows = [
-        ("guest->host", datapath_tx(open("pb")), bare_tx(open("pb"))),
+        (
+            "guest->host",
+            "none",
+            datapath_tx(open("pb"), PLAIN),
+            bare_tx(open("pb")),
+        ),
         (
             "host->guest",
-            datapath_rx(open("pb"), flood),
+            "none",
+            datapath_rx(open("pb"), PLAIN, flood),
+            bare_rx(open("pb"), flood),
+        ),
+        (
+            "guest->host",
+            "TSO",
+            datapath_tx(open("pb"), TSO),
+            bare_tx(open("pb")),
+        ),
+        (
+            "host->guest",
+            "TSO",
+            datapath_rx(open("pb"), TSO, flood),
             bare_rx(open("pb"), flood),
         ),
     ];
@@ -272,12 +304,12 @@ fn main() {
         secs()
     );
     println!(
-        "{:<12} {:>14} {:>16} {:>7}",
-        "direction", "datapath Mpps", "bare socket Mpps", "ratio"
+        "{:<12} {:<10} {:>14} {:>16} {:>7}",
+        "direction", "offloads", "datapath Mpps", "bare socket Mpps", "ratio"
     );
-    for (dir, dp, bare) in rows {
+    for (dir, offloads, dp, bare) in rows {
         println!(
-            "{dir:<12} {:>14.3} {:>16.3} {:>7.2}",
+            "{dir:<12} {offloads:<10} {:>14.3} {:>16.3} {:>7.2}",
             dp / 1e6,
             bare / 1e6,
             dp / bare

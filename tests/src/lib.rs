@@ -147,6 +147,33 @@ pub fn ctl_request(api: &std::path::Path, request: &str) -> String {
 
 /// `RECIPE --check` (a build script under resources/, relative to the workspace) with its
 /// cache at `cache`: (exit status, stdout and stderr).
+/// Where the recipes cache their builds: `$VMM_CACHE_DIR`, else `$XDG_CACHE_HOME/vmm`, else
+/// `~/.cache/vmm` (as the recipes decide).
+pub fn cache_root() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(d) = std::env::var_os("VMM_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
+    base.join("vmm")
+}
+
+/// The cached build `kind/key` of `recipe`, which must exist and pass the recipe's own
+/// `--check` (the build the other tests use).
+pub fn valid_cached_build(recipe: &str, kind: &str, key: &str) -> std::path::PathBuf {
+    let real = cache_root().join(kind).join(key);
+    assert!(
+        real.join("SHA256SUMS").exists(),
+        "{} has no cached build: run resources/setup.sh",
+        real.display()
+    );
+    let (code, text) = recipe_check(recipe, &cache_root());
+    assert_eq!(code, 0, "the real cache is valid: {text}");
+    real
+}
+
 pub fn recipe_check(recipe: &str, cache: &std::path::Path) -> (i32, String) {
     let out = std::process::Command::new("bash")
         .arg(workspace_root().join(recipe))

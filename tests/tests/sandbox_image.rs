@@ -13,7 +13,7 @@
 //! - The cache check: a cached build is used only when its files match its checksums.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -192,31 +192,16 @@ fn the_images_kernel_boots_it_to_a_root_login_with_dhcp_and_the_share_under_qemu
 }
 
 /// `sandbox.sh --check` with the cache at `cache`: (exit code, output).
-fn check(cache: &Path) -> (i32, String) {
-    vmm_tests::recipe_check("resources/images/sandbox.sh", cache)
-}
+const RECIPE: &str = "resources/images/sandbox.sh";
 
-fn cache_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("VMM_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    base.join("vmm")
+fn check(cache: &Path) -> (i32, String) {
+    vmm_tests::recipe_check(RECIPE, cache)
 }
 
 #[test]
 fn a_corrupt_or_incomplete_cached_sandbox_is_not_used() {
     let key = key();
-    let real = cache_root().join("sandbox").join(&key);
-    assert!(
-        real.join("SHA256SUMS").exists(),
-        "{} has no cached build: run resources/setup.sh",
-        real.display()
-    );
-    let (code, text) = check(&cache_root());
-    assert_eq!(code, 0, "the real cache is valid: {text}");
+    let real = vmm_tests::valid_cached_build(RECIPE, "sandbox", &key);
 
     // A copy (the image hard-linked: it is only read).
     let tmp = TempDir::new("sbc");

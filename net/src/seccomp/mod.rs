@@ -3,7 +3,7 @@
 //! reads what a guest, a frontend or a wire peer sends.
 //!
 //! # The process's filter
-//! `vmm net-backend` installs [`NET_BACKEND`], `vmm` (the VM process) [`vm_list`], with
+//! `vmm net-backend` installs [`net_backend_list`], `vmm` (the VM process) [`vm_list`], with
 //! `SECCOMP_FILTER_FLAG_TSYNC` on every thread that exists then; threads created later
 //! inherit it. It is what the main thread needs: the event loop, the control socket (`net
 //! swap` opens transports, `net capture` files), set-up and teardown. With privileges kept
@@ -321,21 +321,19 @@ pub const RELAY: &[(i64, &str)] = syscalls![
     SYS_fcntl,
 ];
 
-/// What `vmm net-backend` needs once it serves: the datapath (reads, writes, socket and
+/// What `vmm net-backend` needs once it serves, besides [`THREAD_BASE`]: the datapath (reads, writes, socket and
 /// message calls on the transport, eventfds, epoll), the vhost-user protocol (messages with
 /// descriptors, mapping the frontend's memory), threads coming and going (one handler and
 /// its vring workers per frontend), libslirp's and glib's timers and polls, libpcap's
 /// reads, the capture writer, and shutdown (removing the socket). Plus `kcmp` with
 /// `KCMP_FILE` only (see `compile`).
-pub const NET_BACKEND: &[(i64, &str)] = syscalls![
+const NET_BACKEND_EXTRA: &[(i64, &str)] = syscalls![
     // Descriptors and I/O.
     SYS_read,
-    SYS_write,
     SYS_readv,
     SYS_writev,
     SYS_pread64,
     SYS_pwrite64,
-    SYS_close,
     SYS_dup,
     SYS_dup3,
     SYS_fcntl,
@@ -392,49 +390,29 @@ pub const NET_BACKEND: &[(i64, &str)] = syscalls![
     SYS_epoll_wait,
     SYS_epoll_pwait,
     SYS_epoll_pwait2,
-    SYS_futex,
     SYS_nanosleep,
     SYS_clock_nanosleep,
-    SYS_clock_gettime,
-    SYS_gettimeofday,
-    SYS_sched_yield,
-    // Memory.
-    SYS_brk,
-    SYS_mmap,
-    SYS_munmap,
-    SYS_mremap,
-    SYS_mprotect,
-    SYS_madvise,
     // Threads and signals.
     SYS_clone,
     SYS_clone3,
     SYS_set_robust_list,
     SYS_rseq,
-    SYS_sigaltstack,
     SYS_prctl,
     // A thread confining itself further (see `confine`): a filter can only narrow.
     SYS_seccomp,
     SYS_sched_getaffinity,
-    SYS_getrandom,
-    SYS_gettid,
-    SYS_getpid,
     SYS_getuid,
     SYS_geteuid,
     SYS_getgid,
     SYS_getegid,
     SYS_tgkill,
     SYS_rt_sigaction,
-    SYS_rt_sigprocmask,
-    SYS_rt_sigreturn,
-    SYS_restart_syscall,
-    SYS_exit,
-    SYS_exit_group,
 ];
 
-/// What `vmm` (the VM process) needs besides [`NET_BACKEND`] (its in-process backends serve
+/// What `vmm` (the VM process) needs besides [`net_backend_list`] (its in-process backends serve
 /// with that list) once the VM is built and privileges are dropped; KVM's calls are ioctls,
 /// already there. Found by running the suites that start `vmm` with `--seccomp log` and
-/// [`NET_BACKEND`] alone, reading the kernel's audit records (type 1326).
+/// [`net_backend_list`] alone, reading the kernel's audit records (type 1326).
 pub const VM_EXTRA: &[(i64, &str)] = syscalls![
     // The virtio-blk worker: vectored positioned I/O, hole punching (discard, write zeroes).
     SYS_preadv,
@@ -447,9 +425,21 @@ pub const VM_EXTRA: &[(i64, &str)] = syscalls![
     SYS_getdents64,
 ];
 
-/// The whole list of `vmm` (the VM process): [`NET_BACKEND`] and [`VM_EXTRA`].
+/// The whole list of `vmm net-backend`: [`THREAD_BASE`], which every thread needs, and
+/// what serving needs besides.
+pub fn net_backend_list() -> Vec<(i64, &'static str)> {
+    THREAD_BASE
+        .iter()
+        .chain(NET_BACKEND_EXTRA)
+        .copied()
+        .collect()
+}
+
+/// The whole list of `vmm` (the VM process): [`net_backend_list`] and [`VM_EXTRA`].
 pub fn vm_list() -> Vec<(i64, &'static str)> {
-    NET_BACKEND.iter().chain(VM_EXTRA).copied().collect()
+    let mut list = net_backend_list();
+    list.extend_from_slice(VM_EXTRA);
+    list
 }
 
 /// Compiles `list` for this machine: allowed calls, the `conditional` ones only with one of
@@ -684,17 +674,23 @@ mod tests {
 
     #[test]
     fn the_self_test_call_is_forbidden_and_the_list_compiles() {
-        assert!(!NET_BACKEND.iter().any(|&(nr, _)| nr == libc::SYS_uname));
-        for &(nr, n) in NET_BACKEND {
+        let backend = net_backend_list();
+        assert!(!backend.iter().any(|&(nr, _)| nr == libc::SYS_uname));
+        for &(nr, n) in &backend {
             assert_eq!(name(nr), n.trim_start_matches("SYS_"), "{n}");
+            assert_eq!(
+                backend.iter().filter(|&&(m, _)| m == nr).count(),
+                1,
+                "{n} twice"
+            );
         }
-        assert!(compile(NET_BACKEND, &[], Mode::Kill).is_ok());
-        assert!(compile(NET_BACKEND, &[], Mode::Log).is_ok());
+        assert!(compile(&backend, &[], Mode::Kill).is_ok());
+        assert!(compile(&backend, &[], Mode::Log).is_ok());
         let vm = vm_list();
         assert!(!vm.iter().any(|&(nr, _)| nr == libc::SYS_uname));
         for &(nr, n) in VM_EXTRA {
             assert_eq!(name(nr), n.trim_start_matches("SYS_"), "{n}");
-            assert!(!NET_BACKEND.iter().any(|&(m, _)| m == nr), "{n} twice");
+            assert!(!backend.iter().any(|&(m, _)| m == nr), "{n} twice");
         }
         assert!(compile(&vm, &[], Mode::Kill).is_ok());
     }
@@ -714,10 +710,11 @@ mod tests {
     #[test]
     fn each_kind_narrows_the_process_list() {
         let vm = vm_list();
+        let backend = net_backend_list();
         for kind in KINDS {
             let process: &[(i64, &str)] = match kind {
                 ThreadKind::Vcpu => &vm,
-                _ => NET_BACKEND,
+                _ => &backend,
             };
             let list = kind.list();
             for &(nr, n) in &list {
