@@ -273,32 +273,25 @@ fn main() {
             let _ = g.send(&b);
         }
     };
-    let rows = [
-        (
-            "guest->host",
-            "none",
-            datapath_tx(open("pb"), PLAIN),
-            bare_tx(open("pb")),
-        ),
-        (
-            "host->guest",
-            "none",
-            datapath_rx(open("pb"), PLAIN, flood),
-            bare_rx(open("pb"), flood),
-        ),
-        (
-            "guest->host",
-            "TSO",
-            datapath_tx(open("pb"), TSO),
-            bare_tx(open("pb")),
-        ),
-        (
-            "host->guest",
-            "TSO",
-            datapath_rx(open("pb"), TSO, flood),
-            bare_rx(open("pb"), flood),
-        ),
-    ];
+    let rows: Vec<_> = [("none", PLAIN), ("TSO", TSO)]
+        .into_iter()
+        .flat_map(|(offloads, features)| {
+            [
+                (
+                    "guest->host",
+                    offloads,
+                    datapath_tx(open("pb"), features),
+                    bare_tx(open("pb")),
+                ),
+                (
+                    "host->guest",
+                    offloads,
+                    datapath_rx(open("pb"), features, flood),
+                    bare_rx(open("pb"), flood),
+                ),
+            ]
+        })
+        .collect();
     println!(
         "64-byte frames, raw on a veth, one core for the datapath ({:?} each)",
         secs()

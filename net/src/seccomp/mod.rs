@@ -126,7 +126,7 @@ impl ThreadKind {
     /// The calls the kind may make: [`THREAD_BASE`] and its own.
     pub fn list(self) -> Vec<(i64, &'static str)> {
         let own: &[&[(i64, &str)]] = match self {
-            ThreadKind::Vcpu => &[VCPU],
+            ThreadKind::Vcpu => &[SPAWN, VCPU],
             ThreadKind::Handler => &[HANDLER],
             ThreadKind::Worker { sockets: false } => &[WORKER],
             ThreadKind::Worker { sockets: true } => &[WORKER, WORKER_SOCKETS],
@@ -210,10 +210,23 @@ pub const THREAD_BASE: &[(i64, &str)] = syscalls![
     SYS_exit_group,
 ];
 
-/// A vCPU, besides [`THREAD_BASE`]: `KVM_RUN` and the other KVM ioctls (ioeventfds and
-/// irqfds at activation), eventfds, serial output, the vhost-user frontend's set-up messages,
-/// kicking the other vCPUs (`tgkill`), spawning a device's worker at activation, and the
-/// virtio-blk worker's own calls (it inherits this list).
+/// Starting a thread (Rust's std through glibc's `pthread_create`: the new thread names
+/// itself, registers its robust list and rseq area, asks how many CPUs it may use). Children
+/// inherit every filter of their parent, so a thread kind that spawns grants no more than
+/// it has.
+pub const SPAWN: &[(i64, &str)] = syscalls![
+    SYS_clone,
+    SYS_clone3,
+    SYS_set_robust_list,
+    SYS_rseq,
+    SYS_prctl,
+    SYS_sched_getaffinity,
+];
+
+/// A vCPU, besides [`THREAD_BASE`] and [`SPAWN`]: `KVM_RUN` and the other KVM ioctls
+/// (ioeventfds and irqfds at activation), eventfds, serial output, the vhost-user frontend's
+/// set-up messages, kicking the other vCPUs (`tgkill`), spawning a device's worker at
+/// activation, and the virtio-blk worker's own calls (it inherits this list).
 pub const VCPU: &[(i64, &str)] = syscalls![
     SYS_ioctl,
     SYS_read,
@@ -233,12 +246,6 @@ pub const VCPU: &[(i64, &str)] = syscalls![
     SYS_tgkill,
     SYS_nanosleep,
     SYS_clock_nanosleep,
-    SYS_clone,
-    SYS_clone3,
-    SYS_set_robust_list,
-    SYS_rseq,
-    SYS_prctl,
-    SYS_sched_getaffinity,
     SYS_pread64,
     SYS_pwrite64,
     SYS_preadv,
@@ -321,12 +328,12 @@ pub const RELAY: &[(i64, &str)] = syscalls![
     SYS_fcntl,
 ];
 
-/// What `vmm net-backend` needs once it serves, besides [`THREAD_BASE`]: the datapath (reads, writes, socket and
-/// message calls on the transport, eventfds, epoll), the vhost-user protocol (messages with
-/// descriptors, mapping the frontend's memory), threads coming and going (one handler and
-/// its vring workers per frontend), libslirp's and glib's timers and polls, libpcap's
-/// reads, the capture writer, and shutdown (removing the socket). Plus `kcmp` with
-/// `KCMP_FILE` only (see `compile`).
+/// What `vmm net-backend` needs once it serves, besides [`THREAD_BASE`] and [`SPAWN`]: the
+/// datapath (reads, writes, socket and message calls on the transport, eventfds, epoll), the
+/// vhost-user protocol (messages with descriptors, mapping the frontend's memory), threads
+/// coming and going (one handler and its vring workers per frontend), libslirp's and glib's
+/// timers and polls, libpcap's reads, the capture writer, and shutdown (removing the
+/// socket). Plus `kcmp` with `KCMP_FILE` only (see `compile`).
 const NET_BACKEND_EXTRA: &[(i64, &str)] = syscalls![
     // Descriptors and I/O.
     SYS_read,
@@ -392,15 +399,9 @@ const NET_BACKEND_EXTRA: &[(i64, &str)] = syscalls![
     SYS_epoll_pwait2,
     SYS_nanosleep,
     SYS_clock_nanosleep,
-    // Threads and signals.
-    SYS_clone,
-    SYS_clone3,
-    SYS_set_robust_list,
-    SYS_rseq,
-    SYS_prctl,
-    // A thread confining itself further (see `confine`): a filter can only narrow.
+    // Signals, identities; a thread confining itself further (see `confine`): a filter
+    // can only narrow.
     SYS_seccomp,
-    SYS_sched_getaffinity,
     SYS_getuid,
     SYS_geteuid,
     SYS_getgid,
@@ -425,14 +426,10 @@ pub const VM_EXTRA: &[(i64, &str)] = syscalls![
     SYS_getdents64,
 ];
 
-/// The whole list of `vmm net-backend`: [`THREAD_BASE`], which every thread needs, and
-/// what serving needs besides.
+/// The whole list of `vmm net-backend`: [`THREAD_BASE`], which every thread needs,
+/// [`SPAWN`], and what serving needs besides.
 pub fn net_backend_list() -> Vec<(i64, &'static str)> {
-    THREAD_BASE
-        .iter()
-        .chain(NET_BACKEND_EXTRA)
-        .copied()
-        .collect()
+    [THREAD_BASE, SPAWN, NET_BACKEND_EXTRA].concat()
 }
 
 /// The whole list of `vmm` (the VM process): [`net_backend_list`] and [`VM_EXTRA`].
