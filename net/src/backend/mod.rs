@@ -21,6 +21,7 @@ pub mod features;
 pub mod guard;
 pub mod interop;
 pub mod policy;
+pub mod segment;
 pub mod server;
 
 pub use capture::{CaptureError, CaptureSummary};
