@@ -111,7 +111,8 @@ impl LegacyForm {
     }
 }
 
-/// Options of tap, hybrid and raw: those that carry a `virtio_net_hdr`.
+/// Options of tap, hybrid and raw: those that carry a `virtio_net_hdr` (`gro` hands the
+/// guest's offloads to the host; on gre, l2tpv3, bess and fd the backend does them itself).
 const VNET: &[&str] = &["gro", "ifname"];
 /// Options of raw and hybrid, which receive through an AF_PACKET socket and its classic BPF
 /// filter.
@@ -166,6 +167,7 @@ pub const KINDS: &[Row] = &[
         name: "gre",
         vector: Some(VectorForm {
             options: &[
+                "gro",
                 "src",
                 "dst",
                 "v6",
@@ -190,6 +192,7 @@ pub const KINDS: &[Row] = &[
         name: "l2tpv3",
         vector: Some(VectorForm {
             options: &[
+                "gro",
                 "src",
                 "dst",
                 "v6",
@@ -226,7 +229,7 @@ pub const KINDS: &[Row] = &[
         kind: Kind::Bess,
         name: "bess",
         vector: Some(VectorForm {
-            options: &["src", "dst"],
+            options: &["gro", "src", "dst"],
             synopsis: "dst=PATH (required) src=PATH",
             about: "A unix seqpacket socket connected to dst (bound to src if given); paths \
                     <= 107 bytes.",
@@ -240,7 +243,7 @@ pub const KINDS: &[Row] = &[
         kind: Kind::Fd,
         name: "fd",
         vector: Some(VectorForm {
-            options: &["fd"],
+            options: &["gro", "fd"],
             synopsis: "fd=N (required)",
             about: "An inherited descriptor used both ways, bare frames: a datagram or \
                     seqpacket socket\n\

@@ -191,6 +191,26 @@ pub fn ipv4_header(total: usize, protocol: u8, src: [u8; 4], dst: [u8; 4]) -> [u
     ip
 }
 
+/// An Ethernet frame from `src` to `dst` holding TCP over IPv4 (10.0.0.1:12345 to
+/// 10.0.0.2:80, sequence `seq`, ACK|PSH) with `payload`; checksums left as a guest leaves
+/// them for TSO (the TCP one zero: the backend computes it).
+pub fn tcp4_frame(src: [u8; 6], dst: [u8; 6], seq: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ipv4_header(
+        40 + payload.len(),
+        6,
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+    ));
+    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x50]);
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
 /// Recomputes an IPv4 header's checksum (after a field changed).
 pub fn set_ipv4_checksum(ip: &mut [u8; 20]) {
     ip[10..12].fill(0);

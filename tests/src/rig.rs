@@ -123,8 +123,15 @@ impl Rig {
     /// Reset, VERSION_1 only, both queues at `rings` (+0x3000 for the second), DRIVER_OK.
     /// Returns the device status.
     pub fn bring_up(&mut self, rings: u64) -> u8 {
+        self.bring_up_with(rings, 0)
+    }
+
+    /// [`Rig::bring_up`], the driver also acking `features` (bits below 32).
+    pub fn bring_up_with(&mut self, rings: u64, features: u32) -> u8 {
         self.w(0x14, 1, 0);
         self.w(0x14, 1, 3);
+        self.w(0x08, 4, 0);
+        self.w(0x0c, 4, u64::from(features));
         self.w(0x08, 4, 1);
         self.w(0x0c, 4, 1);
         self.w(0x14, 1, 0xb);
@@ -227,7 +234,13 @@ pub fn guest_sends(rig: &mut Rig, idx: u16, seed: u8, src: [u8; 6], dst: [u8; 6]
 /// The guest sends `frame` (behind a zero virtio-net header) as transmit entry `idx`; returns
 /// once the device used the chain.
 pub fn guest_sends_frame(rig: &mut Rig, idx: u16, frame: &[u8]) {
-    let mut buf = vec![0u8; HDR];
+    guest_sends_with_header(rig, idx, [0; HDR], frame);
+}
+
+/// [`guest_sends_frame`] behind the virtio-net header `hdr` (offloads: a partial checksum,
+/// GSO).
+pub fn guest_sends_with_header(rig: &mut Rig, idx: u16, hdr: [u8; HDR], frame: &[u8]) {
+    let mut buf = hdr.to_vec();
     buf.extend_from_slice(frame);
     rig.ram
         .memory()

@@ -525,6 +525,7 @@ fn device_counters(c: &NetCounters) -> Vec<(&'static str, u64)> {
         ("tx_dropped_runt", g(&c.tx_dropped_runt)),
         ("tx_dropped_over_mtu", g(&c.tx_dropped_over_mtu)),
         ("tx_dropped_gso", g(&c.tx_dropped_gso)),
+        ("tx_dropped_bad_offload", g(&c.tx_dropped_bad_offload)),
         ("dropped_at_disconnect", g(&c.dropped_at_disconnect)),
         ("dropped_at_swap", g(&c.dropped_at_swap)),
         ("bad_chain_bad_address", g(&b.bad_address)),

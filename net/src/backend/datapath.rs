@@ -24,11 +24,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::capture::CaptureTap;
 use super::features::{Negotiated, GUEST_HDR_LEN, NUM_BUFFERS_OFFSET};
+use super::segment;
 use crate::transport::vnet::{self, VnetHdr};
 use crate::transport::wire::ETH_HLEN;
 use crate::transport::{PacketBatch, PacketBuf, Transport, TransportError};
@@ -111,6 +112,10 @@ pub struct NetCounters {
     pub tx_dropped_over_mtu: AtomicU64,
     /// Transmitted GSO frames whose kind (TSO4, TSO6, ECN, UDP) the guest did not negotiate.
     pub tx_dropped_gso: AtomicU64,
+    /// Transmitted frames whose offload the backend could not do itself for a transport
+    /// without a virtio-net header: a GSO frame it cannot segment (see
+    /// [`super::segment::SegmentError`]), a partial checksum outside the frame.
+    pub tx_dropped_bad_offload: AtomicU64,
     /// Frames waiting in the datapath (either way) when a frontend went away.
     pub dropped_at_disconnect: AtomicU64,
     /// Frames waiting in the datapath (either way) when the transport was replaced by one
@@ -128,7 +133,7 @@ impl NetCounters {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let b = &self.bad_chains;
         format!(
-            "rx {} pkts {} bytes, tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx runt {} over-mtu {} gso {}, at disconnect {}; bad chains {} (bad-address {} wrong-direction {} unterminated {} too-long {}); csum completed {}",
+            "rx {} pkts {} bytes, tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx runt {} over-mtu {} gso {} bad-offload {}, at disconnect {}; bad chains {} (bad-address {} wrong-direction {} unterminated {} too-long {}); csum completed {}",
             g(&self.rx_packets),
             g(&self.rx_bytes),
             g(&self.tx_packets),
@@ -139,6 +144,7 @@ impl NetCounters {
             g(&self.tx_dropped_runt),
             g(&self.tx_dropped_over_mtu),
             g(&self.tx_dropped_gso),
+            g(&self.tx_dropped_bad_offload),
             g(&self.dropped_at_disconnect),
             b.total(),
             g(&b.bad_address),
@@ -206,6 +212,16 @@ impl<I: Iterator<Item = Descriptor>> Iterator for Walk<I> {
     }
 }
 
+/// What became of one transmit chain.
+#[derive(Debug, PartialEq, Eq)]
+enum Gathered {
+    /// Taken: in the batch, or refused and counted.
+    Taken,
+    /// A GSO frame whose segments need more free buffers than the batch has: the chain goes
+    /// back to the ring, to be taken again once the batch is sent.
+    NoRoom,
+}
+
 /// What happened to one received frame.
 enum Delivery {
     Delivered,
@@ -232,6 +248,9 @@ pub struct Geometry {
     pub rx_depth: usize,
     pub tx_capacity: usize,
     pub tx_depth: usize,
+    /// A GSO frame from the guest, before it is segmented in software (a transport without
+    /// a virtio-net header, TSO negotiated), else 0.
+    pub scratch: usize,
 }
 
 impl Geometry {
@@ -253,25 +272,35 @@ impl Geometry {
         } else {
             usize::from(mtu.max(1500)) + L2_OVERHEAD
         };
-        let tx_frame = if n.tx_tso4 || n.tx_tso6 {
+        let gso_tx = n.tx_tso4 || n.tx_tso6;
+        // Segmented here (no header to hand GSO to the host): the batch holds the segments.
+        let segmented = gso_tx && t.vnet_hdr_len() == 0;
+        let tx_frame = if gso_tx && !segmented {
             GSO_FRAME + VLAN_TAG_LEN
         } else {
             max_tx_frame(mtu, n)
         };
         let rx_capacity = extra + t.rx_overhead() + rx_frame;
         let tx_capacity = extra + tx_frame;
-        let within = |cap: usize| depth.clamp(1, (BATCH_BUDGET / cap).max(1));
+        let scratch = if segmented {
+            GSO_FRAME + VLAN_TAG_LEN
+        } else {
+            0
+        };
+        let within = |cap: usize, budget: usize| depth.clamp(1, (budget / cap).max(1));
         Geometry {
             rx_capacity,
-            rx_depth: within(rx_capacity),
+            rx_depth: within(rx_capacity, BATCH_BUDGET),
             tx_capacity,
-            tx_depth: within(tx_capacity),
+            // The scratch comes out of the transmit side's budget.
+            tx_depth: within(tx_capacity, BATCH_BUDGET - scratch),
+            scratch,
         }
     }
 
-    /// Bytes of buffers both batches hold.
+    /// Bytes of buffers both batches (and the segmentation scratch) hold.
     pub fn bytes(&self) -> usize {
-        self.rx_capacity * self.rx_depth + self.tx_capacity * self.tx_depth
+        self.rx_capacity * self.rx_depth + self.tx_capacity * self.tx_depth + self.scratch
     }
 }
 
@@ -307,6 +336,8 @@ pub struct Datapath {
     rx_next: usize,
     /// Frames taken from the guest, not yet accepted by the transport.
     tx: PacketBatch,
+    /// A GSO frame from the guest on its way to [`segment`] ([`Geometry::scratch`] bytes).
+    gso_scratch: Vec<u8>,
     negotiated: Negotiated,
     /// The device's MTU (its config space's), and the longest non-GSO frame the guest may
     /// send under what it negotiated.
@@ -338,6 +369,7 @@ impl Datapath {
             rx: PacketBatch::new(geometry.rx_depth, geometry.rx_capacity),
             rx_next: 0,
             tx: PacketBatch::new(geometry.tx_depth, geometry.tx_capacity),
+            gso_scratch: vec![0; geometry.scratch],
             negotiated,
             mtu,
             max_tx_frame: max_tx_frame(mtu, &negotiated),
@@ -375,6 +407,7 @@ impl Datapath {
         self.rx = PacketBatch::new(g.rx_depth, g.rx_capacity);
         self.rx_next = 0;
         self.tx = PacketBatch::new(g.tx_depth, g.tx_capacity);
+        self.gso_scratch = vec![0; g.scratch];
         self.geometry = g;
     }
 
@@ -573,7 +606,11 @@ impl Datapath {
                     break;
                 };
                 let head = chain.head_index();
-                self.gather(chain, queue_size, mem);
+                if self.gather(chain, queue_size, mem) == Gathered::NoRoom {
+                    // Its segments wait for an empty batch: send what is there first.
+                    queue.go_to_previous_position();
+                    break;
+                }
                 let _ = queue.add_used(mem, head, 0);
                 returned = true;
             }
@@ -596,12 +633,15 @@ impl Datapath {
     /// Copies one transmit chain into the next free batch buffer, converting the header. A
     /// chain that is malformed, or a frame the guest may not send (shorter than an Ethernet
     /// header, over the MTU without GSO, GSO it did not negotiate), is counted and not sent.
+    /// On a transport without a virtio-net header, the offloads the guest asked for are done
+    /// here: a partial checksum is completed, a GSO frame is copied aside and segmented into
+    /// as many batch buffers ([`Gathered::NoRoom`] when the batch has not that many free).
     fn gather(
         &mut self,
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
         queue_size: u16,
         mem: &GuestMemoryMmap,
-    ) {
+    ) -> Gathered {
         /// Why a chain is not sent.
         enum Refused<'a> {
             Chain(ChainError),
@@ -612,15 +652,20 @@ impl Datapath {
         let n = self.negotiated;
         let max_frame = self.max_tx_frame;
         let stats = &*self.stats;
+        let free = self.tx.depth() - self.tx.count();
+        let depth = self.tx.depth();
+        let scratch = &mut self.gso_scratch;
         let Some(buf) = self.tx.next_free() else {
-            return;
+            return Gathered::Taken;
         };
         let space = buf.space();
-        let cap = space.len();
         let mut ghdr = [0u8; GUEST_HDR_LEN];
         let mut pos = 0usize;
         let mut verdict = None;
         let mut oversized = false;
+        // Decided at the first byte of the frame, once the header is read: a GSO frame for
+        // software segmentation goes to the scratch buffer.
+        let mut aside = None;
         let mut walk = Walk::new(chain, queue_size);
         for desc in walk.by_ref() {
             if desc.is_write_only() {
@@ -642,15 +687,18 @@ impl Datapath {
             if len == 0 {
                 continue;
             }
+            let to_scratch =
+                *aside.get_or_insert(thl == 0 && ghdr[1] != vnet::GSO_NONE && !scratch.is_empty());
+            let dest: &mut [u8] = if to_scratch { scratch } else { space };
             let at = thl + (pos - ghl);
-            if at + len > cap {
+            if at + len > dest.len() {
                 // Too long to send; the rest of the chain is still walked (not copied), so a
                 // malformed chain is counted as such.
                 oversized = true;
                 pos += len;
                 continue;
             }
-            if mem.read_slice(&mut space[at..at + len], addr).is_err() {
+            if mem.read_slice(&mut dest[at..at + len], addr).is_err() {
                 verdict = Some(Refused::Chain(ChainError::BadAddress));
                 break;
             }
@@ -681,22 +729,66 @@ impl Datapath {
             };
         }
         match verdict {
-            Some(Refused::Chain(e)) => return stats.bad_chains.count(e),
-            Some(Refused::Frame(counter)) => return NetCounters::inc(counter),
+            Some(Refused::Chain(e)) => {
+                stats.bad_chains.count(e);
+                return Gathered::Taken;
+            }
+            Some(Refused::Frame(counter)) => {
+                NetCounters::inc(counter);
+                return Gathered::Taken;
+            }
             None => {}
         }
-        if thl > 0 {
-            space[..vnet::HDR_LEN].copy_from_slice(&ghdr[..vnet::HDR_LEN]);
+        let h = VnetHdr::parse(&ghdr).unwrap_or_default();
+        if aside == Some(true) {
+            let frame = &self.gso_scratch[..frame_len];
+            let plan = match segment::plan(frame, h.gso_type, h.gso_size, depth) {
+                // Segments longer than the MTU allows (an MSS the MTU cannot take).
+                Ok(p) if p.max_segment_len() > max_frame => {
+                    NetCounters::inc(&stats.tx_dropped_over_mtu);
+                    return Gathered::Taken;
+                }
+                Ok(p) => p,
+                Err(e) => {
+                    log::debug!("{}: GSO frame not segmented: {e}", self.transport.name());
+                    NetCounters::inc(&stats.tx_dropped_bad_offload);
+                    return Gathered::Taken;
+                }
+            };
+            if plan.count > free {
+                return Gathered::NoRoom;
+            }
+            for i in 0..plan.count {
+                let Some(buf) = self.tx.next_free() else {
+                    break;
+                };
+                let len = segment::write_segment(frame, &plan, i, buf.space());
+                buf.set_len(len);
+                if let Some(tap) = &mut self.capture {
+                    tap.frame(buf.data());
+                }
+                self.tx.commit();
+            }
+        } else {
+            if thl > 0 {
+                space[..vnet::HDR_LEN].copy_from_slice(&ghdr[..vnet::HDR_LEN]);
+            } else if h.flags & vnet::F_NEEDS_CSUM != 0
+                && !vnet::complete_checksum(&mut space[..frame_len], h.csum_start, h.csum_offset)
+            {
+                NetCounters::inc(&stats.tx_dropped_bad_offload);
+                return Gathered::Taken;
+            }
+            if let Some(tap) = &mut self.capture {
+                tap.frame(&space[thl..thl + frame_len]);
+            }
+            buf.set_len(thl + frame_len);
+            self.tx.commit();
         }
-        if let Some(tap) = &mut self.capture {
-            tap.frame(&space[thl..thl + frame_len]);
-        }
-        buf.set_len(thl + frame_len);
-        self.tx.commit();
         stats.tx_packets.fetch_add(1, Ordering::Relaxed);
         stats
             .tx_bytes
             .fetch_add(frame_len as u64, Ordering::Relaxed);
+        Gathered::Taken
     }
 
     /// Whether frames wait for the transport to become writable.

@@ -160,8 +160,7 @@ pub fn write_segment(frame: &[u8], plan: &Plan, i: usize, out: &mut [u8]) -> usi
     }
 
     let tcp = &mut out[p.l4..len];
-    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]])
-        .wrapping_add((i * p.mss) as u32);
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]).wrapping_add((i * p.mss) as u32);
     tcp[4..8].copy_from_slice(&seq.to_be_bytes());
     if i + 1 < p.count {
         tcp[13] &= !(TCP_FIN | TCP_PSH);
@@ -203,4 +202,4 @@ fn fold(mut sum: u32) -> u16 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -62,10 +62,14 @@ Options of every vector transport:
   headroom=N    bytes reserved before each frame                           default 2, 0..=256
   vec=0|1       multi-packet I/O; vec=0 moves one packet per call          default 1
   mac=MAC       the device's MAC (unicast)                      default: random, locally administered
-tap, hybrid, raw also:
-  gro=0|1       offloads: a virtio_net_hdr on the host side, checksum and TSO offered to the guest
-                and mirrored to the host (TUNSETOFFLOAD, PACKET_VNET_HDR) from what it negotiates;
-                must match the host side's expectations                    default 0
+tap, hybrid, raw, gre, l2tpv3, bess, fd also:
+  gro=0|1       offloads                                                    default 0
+                tap, hybrid, raw: a virtio_net_hdr on the host side, checksum and TSO offered
+                to the guest both ways and mirrored to the host (TUNSETOFFLOAD,
+                PACKET_VNET_HDR) from what it negotiates; must match the host side's
+                expectations
+                gre, l2tpv3, bess, fd: the guest may send partial checksums and 64 KiB TSO
+                frames, which the backend completes and segments before they leave
 raw, hybrid also:
   bpffile=PATH  classic BPF program (an array of struct sock_filter, 8 bytes each) attached as
                 the receive filter; a malformed file is refused at start-up

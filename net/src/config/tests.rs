@@ -184,7 +184,8 @@ fn bess_and_fd() {
         TransportConfig::Fd(FdConfig { fd: 3 })
     );
     err("vec0:transport=fd,fd=-1", &["fd=-1"]);
-    err("vec0:transport=fd,fd=3,gro=1", &["gro=1", "fd"]);
+    assert!(ok("vec0:transport=fd,fd=3,gro=1").common.gro);
+    err("vec0:transport=fd,fd=3,gro=2", &["gro=2"]);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 use super::*;
 
 /// The Internet checksum over `parts`, as a receiver verifies it: all ones when valid.
-fn verify(parts: &[&[u8]]) -> u16 {
+pub(crate) fn verify(parts: &[&[u8]]) -> u16 {
     let bytes: Vec<u8> = parts.concat();
     let mut sum: u64 = 0;
     for w in bytes.chunks(2) {
@@ -14,12 +14,12 @@ fn verify(parts: &[&[u8]]) -> u16 {
     sum as u16
 }
 
-fn payload(len: usize) -> Vec<u8> {
+pub(crate) fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
 /// Ethernet, IPv4 (id 0x1234, DF), TCP (seq 0xfffff000, flags `flags`), `data`.
-fn tcp4(data: &[u8], flags: u8) -> Vec<u8> {
+pub(crate) fn tcp4(data: &[u8], flags: u8) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     let total = (20 + 20 + data.len()) as u16;
     f.extend_from_slice(&[0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0]);
@@ -74,14 +74,21 @@ fn ipv4_segments_carry_the_payload_with_valid_headers() {
         joined.extend_from_slice(body);
         let ip = &s[14..34];
         assert_eq!(verify(&[ip]), 0xffff, "segment {i}: IPv4 header checksum");
-        assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), s.len() - 14);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+            s.len() - 14
+        );
         assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 0x1234 + i as u16);
         let tcp = &s[34..];
         let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
         assert_eq!(seq, 0xffff_f000u32.wrapping_add(1448 * i as u32));
         let flags = tcp[13];
         assert_eq!(flags & 0x10, 0x10, "ACK everywhere");
-        assert_eq!(flags & 0x09 != 0, i == 3, "segment {i}: PSH and FIN on the last only");
+        assert_eq!(
+            flags & 0x09 != 0,
+            i == 3,
+            "segment {i}: PSH and FIN on the last only"
+        );
         let pseudo = [&ip[12..20], &[0, 6], &(tcp.len() as u16).to_be_bytes()[..]].concat();
         assert_eq!(verify(&[&pseudo, tcp]), 0xffff, "segment {i}: TCP checksum");
     }
@@ -100,7 +107,12 @@ fn ipv6_segments_and_cwr_on_the_first_only() {
         let tcp = &s[54..];
         assert_eq!(usize::from(u16::from_be_bytes([ip[4], ip[5]])), tcp.len());
         assert_eq!(tcp[13] & 0x80 != 0, i == 0, "segment {i}: CWR");
-        let pseudo = [&ip[8..40], &[0, 0, 0, 6], &(tcp.len() as u32).to_be_bytes()[..]].concat();
+        let pseudo = [
+            &ip[8..40],
+            &[0, 0, 0, 6],
+            &(tcp.len() as u32).to_be_bytes()[..],
+        ]
+        .concat();
         assert_eq!(verify(&[&pseudo, tcp]), 0xffff, "segment {i}: TCP checksum");
         joined.extend_from_slice(&tcp[20..]);
     }
@@ -124,8 +136,14 @@ fn what_cannot_be_segmented_is_refused() {
     let f4 = tcp4(&payload(3000), 0x10);
     let f6 = tcp6(&payload(3000), 0x10);
     assert_eq!(plan(&f4, 3, 1448, 64), Err(SegmentError::GsoType(3)));
-    assert_eq!(plan(&f4, GSO_TCPV6, 1448, 64), Err(SegmentError::NetworkHeader));
-    assert_eq!(plan(&f6, GSO_TCPV4, 1448, 64), Err(SegmentError::NetworkHeader));
+    assert_eq!(
+        plan(&f4, GSO_TCPV6, 1448, 64),
+        Err(SegmentError::NetworkHeader)
+    );
+    assert_eq!(
+        plan(&f6, GSO_TCPV4, 1448, 64),
+        Err(SegmentError::NetworkHeader)
+    );
     assert_eq!(plan(&f4, GSO_TCPV4, 0, 64), Err(SegmentError::NoMss));
     assert_eq!(
         plan(&f4, GSO_TCPV4, 10, 64),
@@ -133,20 +151,38 @@ fn what_cannot_be_segmented_is_refused() {
     );
     let mut frag = f4.clone();
     frag[20] |= 0x20; // more fragments
-    assert_eq!(plan(&frag, GSO_TCPV4, 1448, 64), Err(SegmentError::NetworkHeader));
+    assert_eq!(
+        plan(&frag, GSO_TCPV4, 1448, 64),
+        Err(SegmentError::NetworkHeader)
+    );
     let mut udp = f4.clone();
     udp[23] = 17;
-    assert_eq!(plan(&udp, GSO_TCPV4, 1448, 64), Err(SegmentError::NetworkHeader));
+    assert_eq!(
+        plan(&udp, GSO_TCPV4, 1448, 64),
+        Err(SegmentError::NetworkHeader)
+    );
     let mut ext = f6.clone();
     ext[20] = 0; // hop-by-hop options first
-    assert_eq!(plan(&ext, GSO_TCPV6, 1448, 64), Err(SegmentError::NetworkHeader));
+    assert_eq!(
+        plan(&ext, GSO_TCPV6, 1448, 64),
+        Err(SegmentError::NetworkHeader)
+    );
     let mut doff = f4.clone();
     doff[46] = 0x40; // 16-byte TCP header
-    assert_eq!(plan(&doff, GSO_TCPV4, 1448, 64), Err(SegmentError::TcpHeader));
+    assert_eq!(
+        plan(&doff, GSO_TCPV4, 1448, 64),
+        Err(SegmentError::TcpHeader)
+    );
     doff[46] = 0xf0; // 60 bytes, past a truncated frame
-    assert_eq!(plan(&doff[..80], GSO_TCPV4, 1448, 64), Err(SegmentError::TcpHeader));
+    assert_eq!(
+        plan(&doff[..80], GSO_TCPV4, 1448, 64),
+        Err(SegmentError::TcpHeader)
+    );
     for cut in 0..54 {
-        assert!(plan(&f4[..cut], GSO_TCPV4, 1448, 64).is_err(), "cut at {cut}");
+        assert!(
+            plan(&f4[..cut], GSO_TCPV4, 1448, 64).is_err(),
+            "cut at {cut}"
+        );
     }
 }
 
