@@ -689,6 +689,13 @@ fn batches_fit_what_each_direction_carries_within_one_mebibyte() {
     assert_eq!(g.rx_capacity, 16 + 84 + 1518);
     assert_eq!(g.tx_capacity, 16 + 1518);
 
+    // The README's table: the defaults (depth 64, headroom 2, MTU 1500).
+    let n = |f| Negotiated::from_features(f);
+    let bytes = |f, t: &Shape| Geometry::new(64, 2, 1500, &n(f), t).bytes();
+    assert_eq!(bytes(MRG, &raw), 2 * 64 * 1530);
+    assert_eq!(bytes(GSO_BOTH, &raw), 2 * 7 * 65_565);
+    assert_eq!(bytes(SOFT_TSO, &gre), 64 * 1604 + 64 * 1520 + 65_553);
+
     for depth in [1, 8, 64, 1024] {
         for mtu in [68, 1500, 9000, 65_535] {
             for headroom in [0, 128, u16::MAX] {
