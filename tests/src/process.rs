@@ -329,10 +329,15 @@ pub fn net_backend_command(
 /// tests) kept up (`vmtest.wait`) with a `user` NIC, `args` and the control socket at `api`,
 /// logging at info.
 pub fn waiting_test_vm_command(kernel: &Path, api: &Path, args: &[&str]) -> Command {
+    test_vm_command_with(kernel, api, "console=ttyS0 vmtest.wait", args)
+}
+
+/// [`waiting_test_vm_command`] with the kernel command line `cmdline`.
+pub fn test_vm_command_with(kernel: &Path, api: &Path, cmdline: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(vmm_bin());
     cmd.arg("--kernel")
         .arg(kernel)
-        .args(["--cmdline", "console=ttyS0 vmtest.wait", "--mem", "64"])
+        .args(["--cmdline", cmdline, "--mem", "64"])
         .args(["--net", "user", "--timeout", "120"])
         .args(args)
         .arg("--api")

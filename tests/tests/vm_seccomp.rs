@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use vmm_tests::process::{waiting_test_vm_command, Daemon};
+use vmm_tests::process::{test_vm_command_with, waiting_test_vm_command, Daemon};
 use vmm_tests::{ctl_request, kvm_usable, require_root, status_field, TempDir};
 
 const SELFTEST: &str = "VMM_SECCOMP_SELFTEST";
@@ -116,6 +116,56 @@ fn vmm_runs_the_guest_filtered_in_every_thread_and_answers_its_control_socket() 
     assert_eq!(status.code(), Some(130), "{}", vm.log());
     assert!(!vm.log().contains("forbidden"), "{}", vm.log());
     assert!(!Path::new(&api).exists(), "the control socket stays");
+}
+
+/// The in-process NIC's threads confine themselves once they act: the test guest ARPs for
+/// the user network's gateway (libslirp answers), then waits; by then the relay from the
+/// frontend, the vhost-user handler (named after the device) and the datapath worker each
+/// carry a filter of their own on top of the process's, like the vCPU.
+#[test]
+fn the_nics_threads_are_confined_once_the_guest_uses_it() {
+    require_root();
+    if !kvm_usable() {
+        return;
+    }
+    let dir = TempDir::new("vmseccomp");
+    let api = dir.path().join("arp.sock");
+    let cmd = test_vm_command_with(
+        Path::new(vmm_test_guest::ELF_PATH),
+        &api,
+        "console=ttyS0 vmtest.arp=10.0.2.15,10.0.2.2 vmtest.wait",
+        &[],
+    );
+    let mut vm = Daemon::spawn(cmd, dir.path().join("arp.log"));
+    assert!(guest_waits(&mut vm), "vmm exited:\n{}", vm.log());
+    let threads = modes(vm.pid());
+    let process = our_filters() + 1;
+    let confined = ["vring_worker", "vec0", "vu-relay-in"];
+    for (comm, mode, filters) in &threads {
+        assert_eq!(*mode, Some(2), "{comm}: {threads:?}");
+        if comm == "vu-relay-out" {
+            // It reads the handler's replies, and none came since start-up: it confines
+            // itself at the next one.
+            assert!(filters.is_some_and(|f| f >= process), "{comm}: {threads:?}");
+            continue;
+        }
+        let own = u32::from(vcpu_made(comm) || confined.contains(&comm.as_str()));
+        assert_eq!(
+            *filters,
+            Some(process + own),
+            "{comm}: {threads:?}\n{}",
+            vm.log()
+        );
+    }
+    for name in confined {
+        assert!(
+            threads.iter().any(|(c, ..)| c == name),
+            "{name}: {threads:?}"
+        );
+    }
+    assert!(ctl_request(&api, "halt").contains("\"ok\":true"));
+    assert_eq!(exits(&mut vm).code(), Some(130), "{}", vm.log());
+    assert!(!vm.log().contains("forbidden"), "{}", vm.log());
 }
 
 #[test]
