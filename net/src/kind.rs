@@ -167,7 +167,6 @@ pub const KINDS: &[Row] = &[
         name: "gre",
         vector: Some(VectorForm {
             options: &[
-                "gro",
                 "src",
                 "dst",
                 "v6",
@@ -175,6 +174,7 @@ pub const KINDS: &[Row] = &[
                 "tx_key",
                 "sequence",
                 "pin_sequence",
+                "gro",
             ],
             synopsis: "src=ADDR dst=ADDR (required) v6=0|1 rx_key=N tx_key=N sequence=0|1 \
                        pin_sequence=0|1",
@@ -192,7 +192,6 @@ pub const KINDS: &[Row] = &[
         name: "l2tpv3",
         vector: Some(VectorForm {
             options: &[
-                "gro",
                 "src",
                 "dst",
                 "v6",
@@ -206,6 +205,7 @@ pub const KINDS: &[Row] = &[
                 "cookie64",
                 "counter",
                 "pin_counter",
+                "gro",
             ],
             synopsis: "src=ADDR dst=ADDR rx_session=N tx_session=N (required) udp=0|1 \
                        srcport=N dstport=N\n\
@@ -229,7 +229,7 @@ pub const KINDS: &[Row] = &[
         kind: Kind::Bess,
         name: "bess",
         vector: Some(VectorForm {
-            options: &["gro", "src", "dst"],
+            options: &["src", "dst", "gro"],
             synopsis: "dst=PATH (required) src=PATH",
             about: "A unix seqpacket socket connected to dst (bound to src if given); paths \
                     <= 107 bytes.",
@@ -243,7 +243,7 @@ pub const KINDS: &[Row] = &[
         kind: Kind::Fd,
         name: "fd",
         vector: Some(VectorForm {
-            options: &["gro", "fd"],
+            options: &["fd", "gro"],
             synopsis: "fd=N (required)",
             about: "An inherited descriptor used both ways, bare frames: a datagram or \
                     seqpacket socket\n\

@@ -128,8 +128,8 @@ impl ThreadKind {
         let own: &[&[(i64, &str)]] = match self {
             ThreadKind::Vcpu => &[SPAWN, VCPU],
             ThreadKind::Handler => &[HANDLER],
-            ThreadKind::Worker { sockets: false } => &[WORKER],
-            ThreadKind::Worker { sockets: true } => &[WORKER, WORKER_SOCKETS],
+            ThreadKind::Worker { sockets: false } => &[MESSAGES, WORKER],
+            ThreadKind::Worker { sockets: true } => &[MESSAGES, WORKER, WORKER_SOCKETS],
             ThreadKind::Relay => &[RELAY],
         };
         THREAD_BASE
@@ -273,19 +273,24 @@ pub const HANDLER: &[(i64, &str)] = syscalls![
     SYS_getsockopt,
 ];
 
-/// The datapath, besides [`THREAD_BASE`]: its epoll, the queues' eventfds, and the
-/// transports' reads and writes (packet and datagram sockets in batches, tap reads and
-/// writes, libpcap's, libslirp's turn).
-pub const WORKER: &[(i64, &str)] = syscalls![
-    SYS_read,
-    SYS_readv,
-    SYS_writev,
+/// Datagram and message I/O, one or many at a time: the transports' batches, the vhost-user
+/// messages.
+pub const MESSAGES: &[(i64, &str)] = syscalls![
     SYS_recvfrom,
     SYS_recvmsg,
     SYS_recvmmsg,
     SYS_sendto,
     SYS_sendmsg,
     SYS_sendmmsg,
+];
+
+/// The datapath, besides [`THREAD_BASE`] and [`MESSAGES`]: its epoll, the queues' eventfds, and the
+/// transports' reads and writes (packet and datagram sockets in batches, tap reads and
+/// writes, libpcap's, libslirp's turn).
+pub const WORKER: &[(i64, &str)] = syscalls![
+    SYS_read,
+    SYS_readv,
+    SYS_writev,
     SYS_poll,
     SYS_ppoll,
     SYS_epoll_wait,
@@ -328,9 +333,9 @@ pub const RELAY: &[(i64, &str)] = syscalls![
     SYS_fcntl,
 ];
 
-/// What `vmm net-backend` needs once it serves, besides [`THREAD_BASE`] and [`SPAWN`]: the
-/// datapath (reads, writes, socket and message calls on the transport, eventfds, epoll), the
-/// vhost-user protocol (messages with descriptors, mapping the frontend's memory), threads
+/// What `vmm net-backend` needs once it serves, besides [`THREAD_BASE`], [`SPAWN`] and
+/// [`MESSAGES`]: the datapath (reads, writes, socket calls on the transport, eventfds,
+/// epoll), the vhost-user protocol (descriptors, mapping the frontend's memory), threads
 /// coming and going (one handler and its vring workers per frontend), libslirp's and glib's
 /// timers and polls, libpcap's reads, the capture writer, and shutdown (removing the
 /// socket). Plus `kcmp` with `KCMP_FILE` only (see `compile`).
@@ -376,12 +381,6 @@ const NET_BACKEND_EXTRA: &[(i64, &str)] = syscalls![
     SYS_connect,
     SYS_accept,
     SYS_accept4,
-    SYS_recvfrom,
-    SYS_recvmsg,
-    SYS_recvmmsg,
-    SYS_sendto,
-    SYS_sendmsg,
-    SYS_sendmmsg,
     SYS_shutdown,
     SYS_getsockopt,
     SYS_setsockopt,
@@ -427,9 +426,9 @@ pub const VM_EXTRA: &[(i64, &str)] = syscalls![
 ];
 
 /// The whole list of `vmm net-backend`: [`THREAD_BASE`], which every thread needs,
-/// [`SPAWN`], and what serving needs besides.
+/// [`SPAWN`], [`MESSAGES`], and what serving needs besides.
 pub fn net_backend_list() -> Vec<(i64, &'static str)> {
-    [THREAD_BASE, SPAWN, NET_BACKEND_EXTRA].concat()
+    [THREAD_BASE, SPAWN, MESSAGES, NET_BACKEND_EXTRA].concat()
 }
 
 /// The whole list of `vmm` (the VM process): [`net_backend_list`] and [`VM_EXTRA`].
