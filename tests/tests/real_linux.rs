@@ -42,6 +42,11 @@ struct Lan {
 }
 
 impl Lan {
+    /// A new LAN, if this machine can run the guest (`kvm_usable` says why not).
+    fn if_kvm() -> Option<Lan> {
+        vmm_tests::kvm_usable().then(Lan::new)
+    }
+
     fn new() -> Lan {
         let (a, b) = unique_subnet();
         Lan {
@@ -259,10 +264,9 @@ fn boot_and_exchange(lan: &Lan, kernel: PathBuf, net: Net, cpus: u8, title: &str
 /// in a `vmcall`) and shows the CPUID read-back warning.
 #[test]
 fn linux_two_cpus_over_raw() {
-    if !vmm_tests::kvm_usable() {
+    let Some(lan) = Lan::if_kvm() else {
         return;
-    }
-    let lan = Lan::new();
+    };
     let ifname = lan.veth();
     let run = boot_and_exchange(
         &lan,
@@ -287,10 +291,9 @@ fn linux_two_cpus_over_raw() {
 /// through PVH.
 #[test]
 fn linux_over_tap() {
-    if !vmm_tests::kvm_usable() {
+    let Some(lan) = Lan::if_kvm() else {
         return;
-    }
-    let lan = Lan::new();
+    };
     let tap = lan.tap();
     boot_and_exchange(
         &lan,
@@ -305,10 +308,9 @@ fn linux_over_tap() {
 /// the guest's NIC has the MAC the VMM was given, not the backend's.
 #[test]
 fn linux_through_an_external_backend() {
-    if !vmm_tests::kvm_usable() {
+    let Some(lan) = Lan::if_kvm() else {
         return;
-    }
-    let lan = Lan::new();
+    };
     let ifname = lan.veth();
     let run = boot_and_exchange(
         &lan,
@@ -339,10 +341,9 @@ fn linux_through_an_external_backend() {
 /// then a file both ways byte-exact.
 #[test]
 fn linux_nic_survives_its_backend_restarting() {
-    if !vmm_tests::kvm_usable() {
+    let Some(lan) = Lan::if_kvm() else {
         return;
-    }
-    let lan = Lan::new();
+    };
     let ifname = lan.veth();
     let spec = format!("vec0:transport=raw,ifname={ifname}");
     let dir = TempDir::new("rc");

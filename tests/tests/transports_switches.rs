@@ -210,6 +210,13 @@ fn two_ports_exchange(a: &mut dyn Transport, b: &mut dyn Transport) {
     );
 }
 
+/// [`uml_guest_pings_guest_on_our_backend`] through `switch`, both on `spec`; the switch
+/// outlives it.
+fn pings_through(mut switch: Switch, spec: &str, dir: &TempDir) {
+    uml_guest_pings_guest_on_our_backend(spec, spec, dir);
+    assert!(switch.running(), "the switch died:\n{}", switch.log());
+}
+
 /// Two UML guests ping each other: one on UML's own transport (`uml_spec`), one on our backend
 /// (`our_spec`, the same switch) through vhost-user.
 fn uml_guest_pings_guest_on_our_backend(uml_spec: &str, our_spec: &str, dir: &TempDir) {
@@ -314,10 +321,9 @@ fn daemon_without_a_switch_is_an_error_naming_the_socket() {
 #[test]
 fn daemon_uml_guest_pings_a_guest_on_our_backend() {
     let dir = TempDir::new("dg");
-    let (mut switch, ctl) = uml_switch(&dir);
+    let (switch, ctl) = uml_switch(&dir);
     let spec = format!("eth0=daemon,,unix,{}", ctl.display());
-    uml_guest_pings_guest_on_our_backend(&spec, &spec, &dir);
-    assert!(switch.running(), "uml_switch died:\n{}", switch.log());
+    pings_through(switch, &spec, &dir);
 }
 
 /// Every frame the transport receives (test frames or not) within `timeout`.
@@ -527,10 +533,9 @@ fn vde_without_a_switch_is_an_error_naming_the_socket() {
 #[test]
 fn vde_uml_guest_pings_a_guest_on_our_backend() {
     let dir = TempDir::new("vg");
-    let (mut switch, sw) = vde_switch(&dir);
+    let (switch, sw) = vde_switch(&dir);
     let spec = format!("eth0=vde,{}", sw.display());
-    uml_guest_pings_guest_on_our_backend(&spec, &spec, &dir);
-    assert!(switch.running(), "vde_switch died:\n{}", switch.log());
+    pings_through(switch, &spec, &dir);
 }
 
 /// When the switch dies the port cannot come back: frames sent to it are taken and counted as

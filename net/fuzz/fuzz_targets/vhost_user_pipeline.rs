@@ -106,22 +106,13 @@ struct Model {
 }
 
 impl Model {
-    fn msg(request: u32, flags: u32, payload: Vec<u8>) -> Message {
-        Message {
-            request,
-            flags,
-            payload,
-            fds: Vec::new(),
-        }
-    }
-
     /// One frontend message through the normaliser, as `Relay`'s inbound thread does it.
     fn send(&mut self, norm: &mut Normaliser, request: u32, flags: u32, payload: Vec<u8>) {
         if self.refused {
             return;
         }
         let id = self.fates.len();
-        let mut msg = Self::msg(request, flags, payload.clone());
+        let mut msg = Message::new(request, flags, payload.clone());
         let verdict = norm.frontend_message(&mut msg);
         assert_eq!((msg.request, msg.flags), (request, flags));
         let early_enable = request == SET_VRING_ENABLE && !self.protocol_acked;

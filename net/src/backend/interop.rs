@@ -59,6 +59,16 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message without descriptors.
+    pub fn new(request: u32, flags: u32, payload: Vec<u8>) -> Message {
+        Message {
+            request,
+            flags,
+            payload,
+            fds: Vec::new(),
+        }
+    }
+
     fn header(&self) -> [u8; 12] {
         let mut h = [0u8; 12];
         h[0..4].copy_from_slice(&self.request.to_le_bytes());
@@ -524,34 +534,25 @@ impl Relay {
 mod tests {
     use super::*;
 
-    fn msg(request: u32, flags: u32, payload: Vec<u8>) -> Message {
-        Message {
-            request,
-            flags,
-            payload,
-            fds: Vec::new(),
-        }
-    }
-
     #[test]
     fn umls_oversized_mem_table_is_cut_to_its_regions() {
         let mut payload = vec![0u8; 72];
         payload[0] = 1; // num_regions
         payload[8..16].copy_from_slice(&0x1000u64.to_le_bytes());
-        let mut m = msg(SET_MEM_TABLE, VERSION_1 | NEED_REPLY, payload.clone());
+        let mut m = Message::new(SET_MEM_TABLE, VERSION_1 | NEED_REPLY, payload.clone());
         assert!(matches!(
             Normaliser::default().normalise(&mut m),
             Verdict::Forward
         ));
         assert_eq!(m.payload, payload[..40]);
         // A well-formed table is left alone, and so is nonsense the handler must reject.
-        let mut ok = msg(SET_MEM_TABLE, VERSION_1, payload[..40].to_vec());
+        let mut ok = Message::new(SET_MEM_TABLE, VERSION_1, payload[..40].to_vec());
         Normaliser::default().normalise(&mut ok);
         assert_eq!(ok.payload.len(), 40);
-        let mut short = msg(SET_MEM_TABLE, VERSION_1, vec![3, 0, 0, 0, 0, 0, 0, 0]);
+        let mut short = Message::new(SET_MEM_TABLE, VERSION_1, vec![3, 0, 0, 0, 0, 0, 0, 0]);
         Normaliser::default().normalise(&mut short);
         assert_eq!(short.payload.len(), 8);
-        let mut huge = msg(SET_MEM_TABLE, VERSION_1, vec![0xff; 72]);
+        let mut huge = Message::new(SET_MEM_TABLE, VERSION_1, vec![0xff; 72]);
         Normaliser::default().normalise(&mut huge);
         assert_eq!(huge.payload.len(), 72);
     }
@@ -559,10 +560,10 @@ mod tests {
     #[test]
     fn qemus_early_vring_enable_is_absorbed_until_features_are_acked() {
         let mut n = Normaliser::default();
-        let enable = |flags| msg(SET_VRING_ENABLE, flags, vec![0; 8]);
+        let enable = |flags| Message::new(SET_VRING_ENABLE, flags, vec![0; 8]);
         // A ring that does not exist is refused rather than held back.
         assert!(matches!(
-            n.frontend_message(&mut msg(
+            n.frontend_message(&mut Message::new(
                 SET_VRING_ENABLE,
                 VERSION_1,
                 vec![64, 0, 0, 0, 1, 0, 0, 0]
@@ -577,7 +578,7 @@ mod tests {
             n.frontend_message(&mut enable(VERSION_1 | NEED_REPLY)),
             Verdict::Absorb { reply: true }
         ));
-        let mut features = msg(
+        let mut features = Message::new(
             SET_FEATURES,
             VERSION_1,
             VHOST_USER_F_PROTOCOL_FEATURES.to_le_bytes().to_vec(),
@@ -629,10 +630,10 @@ mod tests {
         let relay = Relay::start(fe_relay, h_relay, None, Limits::default()).unwrap();
         let patience = Some(std::time::Duration::from_secs(5));
         handler.set_read_timeout(patience).unwrap();
-        send_message(&frontend, &msg(GET_FEATURES, VERSION_1, vec![])).unwrap();
+        send_message(&frontend, &Message::new(GET_FEATURES, VERSION_1, vec![])).unwrap();
         send_message(
             &frontend,
-            &msg(SET_VRING_ENABLE, VERSION_1 | NEED_REPLY, vec![0; 8]),
+            &Message::new(SET_VRING_ENABLE, VERSION_1 | NEED_REPLY, vec![0; 8]),
         )
         .unwrap();
         // The handler sees the frontend's GET_FEATURES, then our barrier.
@@ -651,10 +652,14 @@ mod tests {
         let features = 0x1234_5678u64.to_le_bytes().to_vec();
         send_message(
             &handler,
-            &msg(GET_FEATURES, VERSION_1 | REPLY, features.clone()),
+            &Message::new(GET_FEATURES, VERSION_1 | REPLY, features.clone()),
         )
         .unwrap();
-        send_message(&handler, &msg(GET_FEATURES, VERSION_1 | REPLY, vec![9; 8])).unwrap();
+        send_message(
+            &handler,
+            &Message::new(GET_FEATURES, VERSION_1 | REPLY, vec![9; 8]),
+        )
+        .unwrap();
         let first = recv_message(&frontend).unwrap();
         assert_eq!((first.request, first.payload), (GET_FEATURES, features));
         let second = recv_message(&frontend).unwrap();
@@ -684,7 +689,7 @@ mod tests {
                     [SET_FEATURES, SET_MEM_TABLE, SET_VRING_ENABLE, 1, 99][(next() % 5) as usize];
                 let len = (next() % 120) as usize;
                 let payload: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-                let mut m = msg(request, next() as u32, payload);
+                let mut m = Message::new(request, next() as u32, payload);
                 let before = m.payload.len();
                 let _ = n.frontend_message(&mut m);
                 assert!(m.payload.len() <= before);
