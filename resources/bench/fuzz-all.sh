@@ -34,6 +34,20 @@ seed_kernel_load() {
     [ -e "$dir/seed-bzimage" ] || printf '\003' >"$dir/seed-bzimage"
 }
 
+# A seed for tso_segment: TCPv4 GSO, MSS 1448, a frame whose headers parse (3000 bytes of
+# payload), so the fuzzer starts from frames that segment.
+seed_tso_segment() {
+    local dir="$root/net/fuzz/corpus/tso_segment"
+    mkdir -p "$dir"
+    [ -e "$dir/seed-v4" ] || {
+        printf '\000\250\005'
+        printf '\002\000\000\000\000\001\002\000\000\000\000\002\010\000'
+        printf '\105\000\013\340\022\064\100\000\100\006\000\000\012\000\000\001\012\000\000\002'
+        printf '\060\071\000\120\000\000\000\001\000\000\000\001\120\030\377\377\000\000\000\000'
+        head -c 3000 /dev/zero
+    } >"$dir/seed-v4"
+}
+
 rows=()
 crashed=0
 for crate in net devices vmm; do
@@ -46,6 +60,7 @@ for crate in net devices vmm; do
             continue
         fi
         [ "$target" = kernel_load ] && seed_kernel_load
+        [ "$target" = tso_segment ] && seed_tso_segment
         corpus="$dir/fuzz/corpus/$target"
         artifacts="$dir/fuzz/artifacts/$target"
         mkdir -p "$corpus" "$artifacts"
