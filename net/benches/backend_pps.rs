@@ -103,13 +103,17 @@ fn publish(
     m.write_obj(idx, idx_addr).unwrap();
 }
 
+/// How long each measurement runs (`SECS`, default 3), read once: the loops ask every round.
 fn secs() -> Duration {
-    Duration::from_secs(
-        std::env::var("SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3),
-    )
+    static SECS: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SECS.get_or_init(|| {
+        Duration::from_secs(
+            std::env::var("SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(3),
+        )
+    })
 }
 
 /// Guest → host through the datapath: the ring is refilled with QSIZE transmit chains, the
