@@ -3,7 +3,7 @@
 //! net-backend` process), with the backend's `fd` transport on a seqpacket socketpair whose
 //! other end the test holds. Frames cross both ways and are checked byte-exact.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,24 +65,8 @@ pub struct Rig {
 
 /// A seqpacket socketpair: the end for the backend's `fd` transport, and the test's end.
 pub fn transport_pair() -> (OwnedFd, UnixDatagram) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two descriptors into the live array.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    let (theirs, peer) = unsafe {
-        (
-            OwnedFd::from_raw_fd(fds[0]),
-            UnixDatagram::from_raw_fd(fds[1]),
-        )
-    };
+    let (theirs, ours) = vmm_net::transport::seqpacket_pair().expect("socketpair");
+    let peer = UnixDatagram::from(ours);
     peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     (theirs, peer)
 }

@@ -18,6 +18,7 @@ pub(crate) mod pcap;
 pub(crate) mod raw;
 mod switch_port;
 mod sys;
+pub use sys::seqpacket_pair;
 pub(crate) mod tap;
 mod tapdev;
 mod tunnel;

@@ -21,6 +21,23 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use super::PacketBatch;
 
 /// Converts a -1 return into the errno.
+/// A connected `SOCK_SEQPACKET` pair (close-on-exec): what `transport=fd` wants at one end,
+/// for whoever plays its peer at the other (an embedding program's own switch, a test).
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into the live array.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())

@@ -1,3 +1,4 @@
+use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixDatagram;
 
 use super::*;
@@ -9,20 +10,8 @@ const _: () = send_sync::<NetControl>();
 
 /// A seqpacket pair: the descriptor number for `fd=`, and the test's end.
 fn pair() -> (i32, UnixDatagram) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two descriptors into the live array.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: a fresh descriptor owned by nobody else.
-    let ours = unsafe { <UnixDatagram as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
-    (fds[0], ours)
+    let (theirs, ours) = crate::transport::seqpacket_pair().unwrap();
+    (theirs.into_raw_fd(), UnixDatagram::from(ours))
 }
 
 fn fd_backend() -> (NetBackend, UnixDatagram) {
