@@ -280,7 +280,9 @@ impl Geometry {
         } else {
             max_tx_frame(mtu, n)
         };
-        let rx_capacity = extra + t.rx_overhead() + rx_frame;
+        // One byte more than the longest frame: a tap's read that fills its buffer is how a
+        // truncated frame shows (see `TapDev::recv`).
+        let rx_capacity = extra + t.rx_overhead() + rx_frame + 1;
         let tx_capacity = extra + tx_frame;
         let scratch = if segmented {
             GSO_FRAME + VLAN_TAG_LEN

@@ -671,13 +671,13 @@ fn batches_fit_what_each_direction_carries_within_one_mebibyte() {
     };
     let plain = Negotiated::from_features(MRG);
     let g = Geometry::new(64, 0, 1500, &plain, &raw);
-    assert_eq!((g.rx_capacity, g.rx_depth), (10 + 1518, 64));
+    assert_eq!((g.rx_capacity, g.rx_depth), (10 + 1518 + 1, 64));
     assert_eq!((g.tx_capacity, g.tx_depth), (10 + 1518, 64));
     assert!(g.bytes() < 200 * 1024, "{g:?}");
 
     let gso = Negotiated::from_features(GSO_BOTH);
     let g = Geometry::new(64, 0, 1500, &gso, &raw);
-    assert_eq!(g.rx_capacity, 10 + 65_535 + 14 + 4);
+    assert_eq!(g.rx_capacity, 10 + 65_535 + 14 + 4 + 1);
     assert_eq!((g.rx_depth, g.tx_depth), (7, 7));
     assert!(g.bytes() <= 1 << 20, "{g:?}");
 
@@ -686,15 +686,15 @@ fn batches_fit_what_each_direction_carries_within_one_mebibyte() {
         overhead: 84,
     };
     let g = Geometry::new(64, 16, 1500, &plain, &gre);
-    assert_eq!(g.rx_capacity, 16 + 84 + 1518);
+    assert_eq!(g.rx_capacity, 16 + 84 + 1518 + 1);
     assert_eq!(g.tx_capacity, 16 + 1518);
 
     // The README's table: the defaults (depth 64, headroom 2, MTU 1500).
     let n = |f| Negotiated::from_features(f);
     let bytes = |f, t: &Shape| Geometry::new(64, 2, 1500, &n(f), t).bytes();
-    assert_eq!(bytes(MRG, &raw), 2 * 64 * 1530);
-    assert_eq!(bytes(GSO_BOTH, &raw), 2 * 7 * 65_565);
-    assert_eq!(bytes(SOFT_TSO, &gre), 64 * 1604 + 64 * 1520 + 65_553);
+    assert_eq!(bytes(MRG, &raw), 64 * 1531 + 64 * 1530);
+    assert_eq!(bytes(GSO_BOTH, &raw), 7 * 65_566 + 7 * 65_565);
+    assert_eq!(bytes(SOFT_TSO, &gre), 64 * 1605 + 64 * 1520 + 65_553);
 
     for depth in [1, 8, 64, 1024] {
         for mtu in [68, 1500, 9000, 65_535] {
@@ -718,7 +718,7 @@ fn batches_fit_what_each_direction_carries_within_one_mebibyte() {
 fn batches_follow_the_negotiation() {
     let (mut dp, host) = datapath(10, Vec::new(), MRG);
     let small = dp.geometry();
-    assert_eq!(small.rx_capacity, 10 + 1518 + 2);
+    assert_eq!(small.rx_capacity, 10 + 1518 + 2 + 1);
     dp.set_negotiated(Negotiated::from_features(GSO_BOTH))
         .unwrap();
     let big = dp.geometry();
