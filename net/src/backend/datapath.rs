@@ -258,7 +258,7 @@ impl Geometry {
     /// else a frame of the MTU (at least 1500) with a VLAN tag, like a NIC's receive limit:
     /// a longer one is dropped and counted as truncated by the transport. Transmit buffers
     /// hold a GSO frame only when the guest may send them (HOST_TSO4/6), else the longest
-    /// frame [`Datapath::gather`] lets out.
+    /// frame the datapath lets out.
     pub fn new(
         depth: usize,
         headroom: u16,

@@ -22,12 +22,22 @@
 //! - [`ThreadKind::Relay`] (the two threads between a frontend and the handler): before each
 //!   message it reads.
 //!
+//! A relay thread blocked in a read since before arming confines itself once that read
+//! returns (in `vmm`, the handler-to-frontend relay sees no reply until the guest's driver
+//! asks for one).
+//!
+//! Some calls are allowed only with given arguments ([`ThreadKind::conditional`]): the
+//! handler's `ioctl` (`TUNSETOFFLOAD`, `FIONBIO`) and `rt_sigaction` (SIGBUS), the worker's
+//! `ioctl` (`FIONBIO`, `FIONREAD`). The vCPU's `ioctl` is not narrowed by request: it is how
+//! KVM is driven.
+//!
 //! Per-thread filters are installed whatever the privileges, so a VM that keeps them still
 //! confines what guests and peers reach.
 //!
 //! The lists were found by running the suites (every transport, hostile and reconnecting
 //! frontends, reboots, swaps, captures, shutdown) with `--seccomp log` and reading the
-//! kernel's audit records (type 1326, with each thread's name), and `strace -f`.
+//! kernel's audit records (type 1326, with each thread's name; auditd keeps them all where
+//! the kernel log would rate-limit them).
 //!
 //! # A call off the list, by [`Mode`]
 //! - `kill`: `SECCOMP_RET_TRAP`; the SIGSYS handler writes `vmm: seccomp: forbidden system
