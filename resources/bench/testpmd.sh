@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Guest-to-host packet rate with a real vhost-user frontend: DPDK's testpmd (`net_virtio_user`,
+# txonly, 64-byte frames, --no-huge) drives `vmm net-backend` on `raw` over a veth pair in a
+# fresh namespace; the rate is what the veth's far end receives (its rx_packets counter over
+# SECONDS). The anchors in the same run, on the same veth end:
+# - DPDK's own vhost-user backend doing the same job: a second testpmd forwarding (io mode)
+#   from its vhost PMD (`net_vhost`) to its AF_PACKET PMD (`net_af_packet`);
+# - testpmd's AF_PACKET PMD sending by itself: what the socket gives without vhost-user.
+# Each forwarding loop gets a core of its own (our backend's thread is left to the scheduler).
+#   resources/bench/testpmd.sh [SECONDS]        default 10; as root, after a release build
+# Needs Debian's dpdk-dev (dpdk-testpmd). Prints Mpps for each and the ratio.
+set -euo pipefail
+secs="${1:-10}"
+case "$secs" in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+vmm="${VMM:-$root/target/release/vmm}"
+[ -x "$vmm" ] || { echo "build first: cargo build --release ($vmm missing)" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "run as root (a namespace, a veth pair)" >&2; exit 2; }
+command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing: apt-get install dpdk-dev" >&2; exit 2; }
+
+ns="vtpmd$$"
+work="$(mktemp -d)"
+cleanup() {
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    [ -n "${backend:-}" ] && kill "$backend" 2>/dev/null || true
+    pkill -f "file-prefix=$ns" 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns add "$ns"
+ip -n "$ns" link add va type veth peer name vb
+ip -n "$ns" link set va up
+ip -n "$ns" link set vb up
+
+received() { ip netns exec "$ns" cat /sys/class/net/vb/statistics/rx_packets; }
+
+# testpmd (in the namespace when $1 is "ns") with VDEV, txonly 64-byte frames, for SECONDS plus
+# start-up; prints the rate vb received over SECONDS once testpmd runs, in packets per second.
+testpmd_rate() {
+    local where="$1" vdev="$2" log="$work/testpmd-$3.log"
+    start_testpmd "$where" "$vdev" "$3" txonly 0 "$log"
+    local pmd=$!
+    sleep 1
+    local a b
+    a=$(received)
+    sleep "$secs"
+    b=$(received)
+    kill -INT "$pmd" 2>/dev/null || true
+    wait "$pmd" 2>/dev/null || true
+    echo $(((b - a) / secs))
+}
+
+# Starts testpmd in the background ($! is its pid) and waits until it forwards: where (ns or
+# host), VDEVS (comma-separated --vdev values, ; between devices), name, forwarding mode, the
+# main lcore (the other one forwards), log file.
+start_testpmd() {
+    local where="$1" vdevs="$2" name="$3" mode="$4" main="$5" log="$6"
+    local run=() args=()
+    [ "$where" = ns ] && run=(ip netns exec "$ns")
+    IFS=';' read -ra devs <<<"$vdevs"
+    for d in "${devs[@]}"; do args+=("--vdev=$d"); done
+    "${run[@]}" timeout $((secs + 20)) dpdk-testpmd -l 0-1 --main-lcore "$main" --no-huge \
+        -m 1024 --no-pci --file-prefix="$ns-$name" "${args[@]}" -- --total-num-mbufs=16384 \
+        --forward-mode="$mode" --txpkts=64 --auto-start --stats-period 1 >"$log" 2>&1 </dev/null &
+    # With --stats-period testpmd forwards until a signal, not until stdin ends.
+    for _ in $(seq 100); do
+        grep -q "packet forwarding - ports=" "$log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    cat "$log" >&2
+    echo "testpmd ($name) did not start" >&2
+    exit 1
+}
+
+sock="$work/vu.sock"
+ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "vec0:transport=raw,ifname=va" \
+    >"$work/backend.log" 2>&1 &
+backend=$!
+for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+[ -S "$sock" ] || { cat "$work/backend.log" >&2; echo "the backend did not start" >&2; exit 1; }
+
+ours=$(testpmd_rate host "net_virtio_user0,path=$sock,queues=1,queue_size=256" ours)
+kill "$backend"
+wait "$backend" 2>/dev/null || true
+backend=""
+# DPDK's vhost backend: testpmd in the namespace, vhost PMD to AF_PACKET PMD, forwarding on
+# core 0; the frontend testpmd forwards on core 1.
+start_testpmd ns "net_vhost0,iface=$work/dv.sock,queues=1;net_af_packet0,iface=va" vhost io 1 \
+    "$work/testpmd-vhost.log"
+vhost_pmd=$!
+for _ in $(seq 50); do [ -S "$work/dv.sock" ] && break; sleep 0.1; done
+dpdk_vhost=$(testpmd_rate host "net_virtio_user0,path=$work/dv.sock,queues=1,queue_size=256" dv)
+kill -INT "$vhost_pmd" 2>/dev/null || true
+wait "$vhost_pmd" 2>/dev/null || true
+bare=$(testpmd_rate ns "net_af_packet0,iface=va" bare)
+
+mpps() { echo "$1 / 1000000" | bc -l; }
+ratio() { if [ "$2" -gt 0 ]; then echo "$1 / $2" | bc -l; else echo 0; fi; }
+echo "64-byte frames guest->host, testpmd txonly, ${secs}s each, $(nproc) cores shared"
+printf '%-48s %8s %10s\n' "" "Mpps" "ours/this"
+printf '%-48s %8.3f %10s\n' "testpmd virtio_user -> vmm net-backend (raw)" "$(mpps "$ours")" "-"
+printf '%-48s %8.3f %10.2f\n' "testpmd virtio_user -> DPDK vhost PMD -> af_packet" \
+    "$(mpps "$dpdk_vhost")" "$(ratio "$ours" "$dpdk_vhost")"
+printf '%-48s %8.3f %10.2f\n' "testpmd net_af_packet alone" "$(mpps "$bare")" "$(ratio "$ours" "$bare")"
