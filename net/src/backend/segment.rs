@@ -13,7 +13,7 @@
 
 use thiserror::Error;
 
-use crate::transport::vnet::{GSO_ECN, GSO_TCPV4, GSO_TCPV6};
+use crate::transport::vnet::{ones_complement_sum, GSO_ECN, GSO_TCPV4, GSO_TCPV6};
 use crate::transport::wire::ETH_HLEN;
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -152,7 +152,7 @@ pub fn write_segment(frame: &[u8], plan: &Plan, i: usize, out: &mut [u8]) -> usi
         let id = u16::from_be_bytes([ip[4], ip[5]]).wrapping_add(i as u16);
         ip[4..6].copy_from_slice(&id.to_be_bytes());
         ip[10..12].fill(0);
-        let sum = !fold(sum16(ip, 0));
+        let sum = !(ones_complement_sum(ip, 0) as u16);
         ip[10..12].copy_from_slice(&sum.to_be_bytes());
     } else {
         let payload_len = (len - p.l4) as u16;
@@ -172,33 +172,13 @@ pub fn write_segment(frame: &[u8], plan: &Plan, i: usize, out: &mut [u8]) -> usi
     let tcp_len = tcp.len();
     let ip = &out[p.l3..p.l4];
     let pseudo = if p.ipv4 {
-        sum16(&ip[12..20], u32::from(IPPROTO_TCP) + tcp_len as u32)
+        ones_complement_sum(&ip[12..20], u32::from(IPPROTO_TCP) + tcp_len as u32)
     } else {
-        sum16(&ip[8..40], u32::from(IPPROTO_TCP) + tcp_len as u32)
+        ones_complement_sum(&ip[8..40], u32::from(IPPROTO_TCP) + tcp_len as u32)
     };
-    let sum = !fold(sum16(&out[p.l4..len], pseudo));
+    let sum = !(ones_complement_sum(&out[p.l4..len], pseudo) as u16);
     out[p.l4 + 16..p.l4 + 18].copy_from_slice(&sum.to_be_bytes());
     len
-}
-
-/// Adds `data` as big-endian 16-bit words (an odd byte padded) to `sum`, unfolded.
-fn sum16(data: &[u8], mut sum: u32) -> u32 {
-    let mut words = data.chunks_exact(2);
-    for w in &mut words {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = words.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-/// Folds a 32-bit sum of 16-bit words into 16 bits, ones'-complement.
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 #[cfg(test)]

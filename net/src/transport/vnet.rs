@@ -60,8 +60,9 @@ impl VnetHdr {
     }
 }
 
-/// The ones'-complement sum of `data`, folded, as the Internet checksum needs.
-fn ones_complement_sum(data: &[u8], mut sum: u32) -> u32 {
+/// The ones'-complement sum of `data` added to `sum`, folded to 16 bits, as the Internet
+/// checksum needs (a folded sum can be fed back in as `sum`).
+pub(crate) fn ones_complement_sum(data: &[u8], mut sum: u32) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
         sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
