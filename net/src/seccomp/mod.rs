@@ -28,8 +28,8 @@
 //!
 //! Some calls are allowed only with given arguments ([`ThreadKind::conditional`]): the
 //! handler's `ioctl` (`TUNSETOFFLOAD`, `FIONBIO`) and `rt_sigaction` (SIGBUS), the worker's
-//! `ioctl` (`FIONBIO`, `FIONREAD`). The vCPU's `ioctl` is not narrowed by request: it is how
-//! KVM is driven.
+//! `ioctl` (`FIONBIO`, `FIONREAD`), the vCPU's `tgkill` (our own process only). The vCPU's
+//! `ioctl` is not narrowed by request: it is how KVM is driven.
 //!
 //! Per-thread filters are installed whatever the privileges, so a VM that keeps them still
 //! confines what guests and peers reach.
@@ -129,7 +129,8 @@ impl ThreadKind {
         match self {
             ThreadKind::Handler => HANDLER_CONDITIONAL,
             ThreadKind::Worker { .. } => WORKER_CONDITIONAL,
-            ThreadKind::Vcpu | ThreadKind::Relay => &[],
+            ThreadKind::Vcpu => VCPU_CONDITIONAL,
+            ThreadKind::Relay => &[],
         }
     }
 
@@ -151,15 +152,32 @@ impl ThreadKind {
 }
 
 /// A call allowed only when one argument has one of a few values (an ioctl's request, a
-/// signal's number).
+/// signal's number, our own process).
 #[derive(Clone, Copy, Debug)]
 pub struct Conditional {
     pub nr: i64,
     pub name: &'static str,
     /// Which argument, from 0.
     pub arg: u8,
-    pub values: &'static [u64],
+    pub values: Values,
 }
+
+/// The values a [`Conditional`] argument may take.
+#[derive(Clone, Copy, Debug)]
+pub enum Values {
+    Fixed(&'static [u64]),
+    /// This process's id, as the filter is compiled (a signal only to our own threads).
+    OwnPid,
+}
+
+/// The vCPU's `tgkill`: to our own threads only (kicking the other vCPUs), never another
+/// process.
+const VCPU_CONDITIONAL: &[Conditional] = &[Conditional {
+    nr: libc::SYS_tgkill,
+    name: "SYS_tgkill",
+    arg: 0,
+    values: Values::OwnPid,
+}];
 
 /// The handler's `ioctl`s: `TUNSETOFFLOAD` (mirroring the offloads the guest acked on a tap),
 /// `FIONBIO` (non-blocking sockets); its `rt_sigaction`: SIGBUS only (the guard on the
@@ -169,13 +187,13 @@ const HANDLER_CONDITIONAL: &[Conditional] = &[
         nr: libc::SYS_ioctl,
         name: "SYS_ioctl",
         arg: 1,
-        values: &[libc::TUNSETOFFLOAD, libc::FIONBIO],
+        values: Values::Fixed(&[libc::TUNSETOFFLOAD, libc::FIONBIO]),
     },
     Conditional {
         nr: libc::SYS_rt_sigaction,
         name: "SYS_rt_sigaction",
         arg: 0,
-        values: &[libc::SIGBUS as u64],
+        values: Values::Fixed(&[libc::SIGBUS as u64]),
     },
 ];
 
@@ -184,7 +202,7 @@ const WORKER_CONDITIONAL: &[Conditional] = &[Conditional {
     nr: libc::SYS_ioctl,
     name: "SYS_ioctl",
     arg: 1,
-    values: &[libc::FIONBIO, libc::FIONREAD],
+    values: Values::Fixed(&[libc::FIONBIO, libc::FIONREAD]),
 }];
 
 macro_rules! syscalls {
@@ -235,8 +253,9 @@ pub const SPAWN: &[(i64, &str)] = syscalls![
 
 /// A vCPU, besides [`THREAD_BASE`] and [`SPAWN`]: `KVM_RUN` and the other KVM ioctls
 /// (ioeventfds and irqfds at activation), eventfds, serial output, the vhost-user frontend's
-/// set-up messages, kicking the other vCPUs (`tgkill`), spawning a device's worker at
-/// activation, and the virtio-blk worker's own calls (it inherits this list).
+/// set-up messages, spawning a device's worker at activation, and the virtio-blk worker's own
+/// calls (it inherits this list); and kicking the other vCPUs (`tgkill`, see
+/// `VCPU_CONDITIONAL`).
 pub const VCPU: &[(i64, &str)] = syscalls![
     SYS_ioctl,
     SYS_read,
@@ -253,7 +272,6 @@ pub const VCPU: &[(i64, &str)] = syscalls![
     SYS_epoll_ctl,
     SYS_epoll_wait,
     SYS_epoll_pwait,
-    SYS_tgkill,
     SYS_nanosleep,
     SYS_clock_nanosleep,
     SYS_pread64,
@@ -469,11 +487,16 @@ fn compile(
         nr: libc::SYS_kcmp,
         name: "SYS_kcmp",
         arg: 2,
-        values: &[0],
+        values: Values::Fixed(&[0]),
     };
+    // SAFETY: getpid has no preconditions.
+    let own_pid = [u64::from(unsafe { libc::getpid() }.unsigned_abs())];
     for c in conditional.iter().chain([&kcmp]) {
-        let alternatives = c
-            .values
+        let values: &[u64] = match c.values {
+            Values::Fixed(v) => v,
+            Values::OwnPid => &own_pid,
+        };
+        let alternatives = values
             .iter()
             .map(|&v| {
                 let len = if v > u64::from(u32::MAX) {
