@@ -385,6 +385,11 @@ impl Datapath {
         }
     }
 
+    /// Frames waiting either way: received and not yet delivered, taken and not yet sent.
+    fn pending(&self) -> usize {
+        self.rx.count() - self.rx_next.min(self.rx.count()) + self.tx.count()
+    }
+
     /// The batches' shape now.
     pub fn geometry(&self) -> Geometry {
         self.geometry
@@ -404,8 +409,7 @@ impl Datapath {
         if g == self.geometry && !always {
             return;
         }
-        let pending = self.rx.count() - self.rx_next.min(self.rx.count()) + self.tx.count();
-        dropped(&self.stats).fetch_add(pending as u64, Ordering::Relaxed);
+        dropped(&self.stats).fetch_add(self.pending() as u64, Ordering::Relaxed);
         self.rx = PacketBatch::new(g.rx_depth, g.rx_capacity);
         self.rx_next = 0;
         self.tx = PacketBatch::new(g.tx_depth, g.tx_capacity);
@@ -468,7 +472,7 @@ impl Datapath {
     /// Forgets frames that were waiting for the previous frontend's buffers (its memory is
     /// gone) and the transmit leftovers (already returned to it). Called between frontends.
     pub fn reset(&mut self) {
-        let pending = self.rx.count() - self.rx_next.min(self.rx.count()) + self.tx.count();
+        let pending = self.pending();
         if pending > 0 {
             log::info!(
                 "{}: {pending} frames pending at disconnect dropped",
@@ -709,25 +713,19 @@ impl Datapath {
         if verdict.is_none() {
             verdict = walk.error().map(Refused::Chain);
         }
-        if verdict.is_none() && oversized {
-            // Buffers hold GSO frames only when the guest may send them.
-            verdict = Some(Refused::Frame(
-                if ghdr[1] != vnet::GSO_NONE && !gso_allowed(ghdr[1], &n) {
-                    &stats.tx_dropped_gso
-                } else {
-                    &stats.tx_dropped_over_mtu
-                },
-            ));
-        }
         let frame_len = pos.saturating_sub(ghl);
+        let h = VnetHdr::parse(&ghdr).unwrap_or_default();
         if verdict.is_none() {
-            let gso = ghdr[1];
+            // An oversized frame did not fit its buffer: GSO the guest may not send (buffers
+            // hold GSO frames only when it may) keeps its own counter, the rest is over-MTU.
             verdict = if pos < ghl + ETH_HLEN {
                 Some(Refused::Frame(&stats.tx_dropped_runt))
-            } else if gso == vnet::GSO_NONE {
-                (frame_len > max_frame).then_some(Refused::Frame(&stats.tx_dropped_over_mtu))
+            } else if h.gso_type != vnet::GSO_NONE && !gso_allowed(h.gso_type, &n) {
+                Some(Refused::Frame(&stats.tx_dropped_gso))
+            } else if oversized || (h.gso_type == vnet::GSO_NONE && frame_len > max_frame) {
+                Some(Refused::Frame(&stats.tx_dropped_over_mtu))
             } else {
-                (!gso_allowed(gso, &n)).then_some(Refused::Frame(&stats.tx_dropped_gso))
+                None
             };
         }
         match verdict {
@@ -741,7 +739,6 @@ impl Datapath {
             }
             None => {}
         }
-        let h = VnetHdr::parse(&ghdr).unwrap_or_default();
         if aside == Some(true) {
             let frame = &self.gso_scratch[..frame_len];
             let plan = match segment::plan(frame, h.gso_type, h.gso_size, depth) {
