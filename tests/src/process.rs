@@ -78,6 +78,57 @@ impl Daemon {
         }
     }
 
+    /// Waits until the log holds `text` (true) or the process exits first (false); panics,
+    /// with the log, after `timeout`.
+    pub fn wait_for_log(&mut self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(text) {
+            if !self.running() {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{text}` in {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Waits for the process to exit by itself; its status. Panics, saying `what` and with the
+    /// log, if it still runs after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration, what: &str) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return status;
+            }
+            assert!(self.child.is_some(), "{what}: already reaped");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: still running after {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process still runs, then SIGTERM ends it with status 0 within 5 s, and its log
+    /// names no seccomp violation (`what` says which in a failure).
+    pub fn stops_cleanly(&mut self, what: &str) {
+        assert!(self.running(), "{what}: died:\n{}", self.log());
+        let status = self.terminate(Duration::from_secs(5));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{what}:\n{}",
+            self.log()
+        );
+        assert!(!self.log().contains("forbidden"), "{what}:\n{}", self.log());
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;

@@ -214,14 +214,7 @@ fn backend_without_privileges_moves_frames(user: Option<&str>, uid: u32) {
         }
         assert_dropped(d.pid(), uid, &|| d.log());
         drop(rig);
-        assert!(d.running(), "{kind}: backend died:\n{}", d.log());
-        let status = d.terminate(Duration::from_secs(5));
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "{kind}:\n{}",
-            d.log()
-        );
+        d.stops_cleanly(kind);
     }
 }
 
@@ -391,16 +384,11 @@ fn what_is_not_a_socket_is_refused_and_kept_and_unknown_users_are_errors() {
 fn test_vm(api: &Path, args: &[&str], log: PathBuf) -> Daemon {
     let cmd = waiting_test_vm_command(Path::new(vmm_test_guest::ELF_PATH), api, args);
     let mut d = Daemon::spawn(cmd, log);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !d.log().contains(vmm_test_guest::WAITING) {
-        assert!(d.running(), "vmm exited:\n{}", d.log());
-        assert!(
-            Instant::now() < deadline,
-            "the guest did not wait:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        d.wait_for_log(vmm_test_guest::WAITING, Duration::from_secs(30)),
+        "vmm exited:\n{}",
+        d.log()
+    );
     d
 }
 

@@ -100,29 +100,17 @@ fn assert_filtered(pid: u32, device: Option<&str>, log: &dyn Fn() -> String) {
     assert_eq!(confined, want, "{}", log());
 }
 
-fn stops_cleanly(mut d: Daemon, what: &str) {
-    assert!(d.running(), "{what}: backend died:\n{}", d.log());
-    let status = d.terminate(Duration::from_secs(5));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{what}:\n{}",
-        d.log()
-    );
-    assert!(!d.log().contains("forbidden"), "{what}:\n{}", d.log());
-}
-
 #[test]
 fn filtered_backend_moves_frames_over_fd() {
     let dir = TempDir::new("scfd");
     let (theirs, peer) = transport_pair();
-    let (d, sock) = fd_net_backend(dir.path(), theirs, None);
+    let (mut d, sock) = fd_net_backend(dir.path(), theirs, None);
     let stream = UnixStream::connect(&sock).expect("connect");
     let mut rig = Rig::connect(stream, peer);
     rig.frames_flow();
     // The connection's handler and vring worker threads, created after the filter, have it.
     assert_filtered(d.pid(), Some("vec0"), &|| d.log());
-    stops_cleanly(d, "fd");
+    d.stops_cleanly("fd");
     drop(rig);
 }
 
@@ -154,7 +142,7 @@ fn filtered_backend_moves_frames_over_raw_tap_and_pcap() {
             }
         };
         let cmd = backend_cmd(Some(&ns), &sock, &spec, &[], &[]);
-        let d = started(cmd, &sock, dir.path().join(format!("{kind}.log")));
+        let mut d = started(cmd, &sock, dir.path().join(format!("{kind}.log")));
         let wire = ns.enter(|| PacketPeer::open(&ifname, false));
         let mut rig = frontend(&sock);
         ns.wait_link_up(&ifname);
@@ -173,7 +161,7 @@ fn filtered_backend_moves_frames_over_raw_tap_and_pcap() {
         let device = if kind == "pcap" { "eth0" } else { "vec0" };
         assert_filtered(d.pid(), Some(device), &|| d.log());
         drop(rig);
-        stops_cleanly(d, kind);
+        d.stops_cleanly(kind);
     }
 }
 
@@ -183,7 +171,7 @@ fn filtered_user_networking_answers_arp() {
     let dir = TempDir::new("scuser");
     let sock = dir.path().join("user.sock");
     let cmd = backend_cmd(None, &sock, "vec0:transport=user", &[], &[]);
-    let d = started(cmd, &sock, dir.path().join("user.log"));
+    let mut d = started(cmd, &sock, dir.path().join("user.log"));
     let mut rig = frontend(&sock);
     let mut rx = 0;
     for round in 0..2u16 {
@@ -202,7 +190,7 @@ fn filtered_user_networking_answers_arp() {
     }
     assert_filtered(d.pid(), Some("vec0"), &|| d.log());
     drop(rig);
-    stops_cleanly(d, "user");
+    d.stops_cleanly("user");
 }
 
 #[test]
@@ -265,16 +253,10 @@ fn each_thread_kind_has_a_filter_of_its_own() {
             rig.offer(1, 0, TX_BUF, (HDR + 60) as u32, 0);
             std::thread::sleep(Duration::from_secs(10));
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while d.running() {
-            assert!(
-                Instant::now() < deadline,
-                "{kind}: the backend survived its thread's forbidden call:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let status = d.terminate(Duration::from_secs(1)).expect("status");
+        let status = d.wait_exit(
+            Duration::from_secs(10),
+            &format!("{kind}: the backend survived its thread's forbidden call"),
+        );
         assert_eq!(status.code(), Some(159), "{kind}:\n{}", d.log());
         let want = format!(
             "vmm: seccomp: forbidden system call {} (listen)",
@@ -317,14 +299,14 @@ fn log_mode_allows_the_call_and_off_installs_nothing() {
         &["--seccomp", "off"],
         &[],
     );
-    let d = started(cmd, &sock, dir.path().join("off.log"));
+    let mut d = started(cmd, &sock, dir.path().join("off.log"));
     let ours = std::fs::read_to_string("/proc/self/status").unwrap();
     let theirs = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
     assert_eq!(
         seccomp_field(&theirs, "Seccomp_filters"),
         seccomp_field(&ours, "Seccomp_filters")
     );
-    stops_cleanly(d, "off");
+    d.stops_cleanly("off");
 
     let out = Command::new(vmm_bin())
         .args(["net-backend", "--seccomp", "strict", "--socket"])

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm_tests::process::{test_vm_command_with, waiting_test_vm_command, Daemon};
 use vmm_tests::{ctl_request, kvm_usable, require_root, status_field, TempDir};
@@ -29,29 +29,12 @@ fn start(dir: &TempDir, name: &str, args: &[&str], env: &[(&str, &str)]) -> (Dae
 
 /// Waits until the guest waits (or `vmm` exits: false).
 fn guest_waits(d: &mut Daemon) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !d.log().contains(vmm_test_guest::WAITING) {
-        if !d.running() {
-            return false;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest did not wait:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
+    d.wait_for_log(vmm_test_guest::WAITING, Duration::from_secs(60))
 }
 
 /// Waits for `vmm` to exit by itself, its status.
 fn exits(d: &mut Daemon) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while d.running() {
-        assert!(Instant::now() < deadline, "vmm still runs:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d.terminate(Duration::from_secs(1)).expect("status")
+    d.wait_exit(Duration::from_secs(30), "vmm")
 }
 
 /// The name, `Seccomp:` mode and `Seccomp_filters:` count of every thread of `pid`.
