@@ -6,9 +6,16 @@
 //! transport is not read again until the guest posts buffers: nothing is dropped for lack of
 //! room, and backpressure reaches the host side's socket.
 //!
-//! Transmit (guest → transport, queue 1): chains are copied into a batch (the guest gets its
-//! buffers back at once) and sent with one multi-packet call. When the host would block, the
-//! rest of the batch waits for the descriptor to become writable and no more chains are taken.
+//! Transmit (guest → transport, queue 1): on a transport that sends from gather lists (raw,
+//! tap, hybrid, fd: [`Transport::gathers`]) the frames go from the guest's buffers to the
+//! kernel in one multi-packet call, not copied: the transport header is a copy of the guest's
+//! (checked once, out of the guest's reach), the frame bytes are the guest's. Chains are
+//! returned once the kernel took them; when the host would block, the chains it did not take
+//! go back to the ring (unconsumed) until the descriptor becomes writable, so no pointer into
+//! guest memory outlives the call. Elsewhere, and for frames the backend must change (software
+//! checksum and TSO for a transport without a header, a running capture), chains are copied
+//! into a batch (the guest gets its buffers back at once) and sent the same way; when the host
+//! would block, the rest of the batch waits for writability and no more chains are taken.
 //!
 //! The guest is hostile: a descriptor outside guest memory or in the wrong direction, a chain
 //! that does not end (a loop: virtio-queue's iterator stops silently after the queue size, so
@@ -25,14 +32,14 @@ use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::capture::CaptureTap;
 use super::features::{Negotiated, GUEST_HDR_LEN, NUM_BUFFERS_OFFSET};
 use super::segment;
 use crate::transport::vnet::{self, VnetHdr};
 use crate::transport::wire::ETH_HLEN;
-use crate::transport::{PacketBatch, PacketBuf, Transport, TransportError};
+use crate::transport::{Frames, GatherBatch, PacketBatch, PacketBuf, Transport, TransportError};
 
 /// Why a descriptor chain was refused. Such a chain goes back to the guest empty and is
 /// counted by reason ([`ChainDrops`]); nothing of it reaches the guest or the host.
@@ -222,6 +229,56 @@ enum Gathered {
     NoRoom,
 }
 
+/// Why a transmit chain is not sent: a malformed chain, or a frame the guest may not send
+/// (the counter of the reason). Kept until the chain is returned, so a chain that goes back to
+/// the ring is not counted twice.
+#[derive(Clone, Copy)]
+enum Refusal {
+    Chain(ChainError),
+    Frame(Counter),
+}
+
+/// One of [`NetCounters`]' counters.
+type Counter = fn(&NetCounters) -> &AtomicU64;
+
+impl Refusal {
+    fn count(self, stats: &NetCounters) {
+        match self {
+            Refusal::Chain(e) => stats.bad_chains.count(e),
+            Refusal::Frame(c) => NetCounters::inc(c(stats)),
+        }
+    }
+}
+
+/// What became of one transmit chain in a gathering round ([`Datapath::take`]).
+#[derive(Clone, Copy)]
+enum Took {
+    /// Its frame (this many bytes, from Ethernet on) is the gather batch's next.
+    Frame(usize),
+    Refused(Refusal),
+    /// The backend must change the frame (software offloads) or it has more pieces than a
+    /// gather list takes: it goes through the copying path.
+    Copy,
+    /// The gather batch is out of pieces: the chain goes back to the ring for the next round.
+    Later,
+}
+
+/// A chain taken in a gathering round, returned (or put back) once the kernel answered.
+struct TakenChain {
+    head: u16,
+    /// The ring position it was taken from, to put it (and those after it) back.
+    at: u16,
+    took: Took,
+}
+
+/// Pieces one frame may have in a gather list; a longer chain is copied. A Linux guest uses
+/// at most 19 (MAX_SKB_FRAGS plus the header and the linear part).
+const MAX_PIECES: usize = 64;
+
+/// Pieces a gather batch holds per frame on average: a frame of 20 (the most a Linux guest
+/// sends) or a batch of small ones fit.
+const PIECES_PER_FRAME: usize = 20;
+
 /// What happened to one received frame.
 enum Delivery {
     Delivered,
@@ -338,6 +395,15 @@ pub struct Datapath {
     rx_next: usize,
     /// Frames taken from the guest, not yet accepted by the transport.
     tx: PacketBatch,
+    /// Frames as gather lists of guest memory, filled, sent and cleared within one call of
+    /// [`Datapath::process_tx`]; and the chains they (and the refused ones) came from.
+    gb: GatherBatch,
+    taken: Vec<TakenChain>,
+    /// Whether frames go out from the guest's buffers when the transport can
+    /// ([`Datapath::set_zero_copy`]).
+    zero_copy: bool,
+    /// The host would not take chains that went back to the ring: wait for writability.
+    tx_blocked: bool,
     /// A GSO frame from the guest on its way to [`segment`] ([`Geometry::scratch`] bytes).
     gso_scratch: Vec<u8>,
     negotiated: Negotiated,
@@ -371,6 +437,10 @@ impl Datapath {
             rx: PacketBatch::new(geometry.rx_depth, geometry.rx_capacity),
             rx_next: 0,
             tx: PacketBatch::new(geometry.tx_depth, geometry.tx_capacity),
+            gb: GatherBatch::new(geometry.tx_depth, geometry.tx_depth * PIECES_PER_FRAME),
+            taken: Vec::with_capacity(geometry.tx_depth),
+            zero_copy: true,
+            tx_blocked: false,
             gso_scratch: vec![0; geometry.scratch],
             negotiated,
             mtu,
@@ -413,6 +483,8 @@ impl Datapath {
         self.rx = PacketBatch::new(g.rx_depth, g.rx_capacity);
         self.rx_next = 0;
         self.tx = PacketBatch::new(g.tx_depth, g.tx_capacity);
+        self.gb = GatherBatch::new(g.tx_depth, g.tx_depth * PIECES_PER_FRAME);
+        self.taken = Vec::with_capacity(g.tx_depth);
         self.gso_scratch = vec![0; g.scratch];
         self.geometry = g;
     }
@@ -439,6 +511,13 @@ impl Datapath {
         self.headroom = headroom;
         self.reshape(other_header, |s| &s.dropped_at_swap);
         Ok(old)
+    }
+
+    /// Whether transmitted frames go from the guest's buffers to a transport that can send
+    /// them so ([`Transport::gathers`]); on by default. Off, every frame is copied into the
+    /// batch first (what a benchmark compares against).
+    pub fn set_zero_copy(&mut self, on: bool) {
+        self.zero_copy = on;
     }
 
     /// Installs (or, with `None`, removes and returns) the capture tap.
@@ -485,6 +564,7 @@ impl Datapath {
         self.rx.clear();
         self.rx_next = 0;
         self.tx.clear();
+        self.tx_blocked = false;
         self.negotiated = Negotiated::default();
         self.max_tx_frame = max_tx_frame(self.mtu, &self.negotiated);
         // Back to the buffers a device without offloads needs (nothing waits now).
@@ -593,6 +673,20 @@ impl Datapath {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, TransportError> {
+        self.tx_blocked = false;
+        if self.zero_copy && self.capture.is_none() && self.transport.gathers() {
+            self.process_tx_gathering(queue, mem)
+        } else {
+            self.process_tx_copying(queue, mem)
+        }
+    }
+
+    /// [`Datapath::process_tx`] through the batch: every frame is copied.
+    fn process_tx_copying(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, TransportError> {
         let mut returned = false;
         let queue_size = queue.size();
         // See process_rx: a ring that claims chains it never yields gets one look, not a spin.
@@ -636,6 +730,224 @@ impl Datapath {
         Ok(returned && self.must_notify(queue, mem))
     }
 
+    /// [`Datapath::process_tx`] from the guest's buffers: rounds of up to a batch's depth of
+    /// chains, each frame a gather list, sent with one call; chains the kernel took (and
+    /// refused ones) are returned, the first it did not take and those after it go back to
+    /// the ring. A chain the backend must change goes through the batch, alone, between two
+    /// rounds, behind any leftovers.
+    fn process_tx_gathering(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, TransportError> {
+        let mut returned = false;
+        let queue_size = queue.size();
+        // See process_rx: a ring that claims chains it never yields gets one look, not a spin.
+        let mut rechecked = false;
+        loop {
+            // Copied frames first, in order: while the host refuses them, take nothing more.
+            if self.tx.count() > 0 {
+                let sent = self.transport.send(&self.tx)?;
+                self.tx.consume(sent);
+                if self.tx.count() > 0 {
+                    break;
+                }
+            }
+            let _ = queue.disable_notification(mem);
+            self.gb.clear();
+            self.taken.clear();
+            let mut copy_next = false;
+            while self.taken.len() < self.gb.depth() {
+                let at = queue.next_avail();
+                let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                match self.take(chain, queue_size, mem) {
+                    Took::Copy => {
+                        queue.set_next_avail(at);
+                        copy_next = true;
+                        break;
+                    }
+                    Took::Later => {
+                        queue.set_next_avail(at);
+                        break;
+                    }
+                    took => self.taken.push(TakenChain { head, at, took }),
+                }
+            }
+            let result = if Frames::count(&self.gb) > 0 {
+                self.transport.send_gather(&self.gb)
+            } else {
+                Ok(0)
+            };
+            // No pointer into guest memory outlives the round.
+            self.gb.clear();
+            let accepted = *result.as_ref().unwrap_or(&0);
+            let took_any = !self.taken.is_empty();
+            let mut frames = 0;
+            for t in &self.taken {
+                match t.took {
+                    Took::Frame(_) if frames >= accepted => {
+                        // Not taken: it and everything after it go back to the ring.
+                        queue.set_next_avail(t.at);
+                        self.tx_blocked = true;
+                        break;
+                    }
+                    Took::Frame(len) => {
+                        frames += 1;
+                        self.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+                        self.stats.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                    }
+                    Took::Refused(r) => r.count(&self.stats),
+                    Took::Copy | Took::Later => {}
+                }
+                let _ = queue.add_used(mem, t.head, 0);
+                returned = true;
+            }
+            self.taken.clear();
+            result?;
+            if self.tx_blocked {
+                break;
+            }
+            if copy_next {
+                let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                if self.gather(chain, queue_size, mem) == Gathered::NoRoom {
+                    // Cannot happen with an empty batch (a plan is at most its depth); if it
+                    // did, the chain waits in the ring for the next kick.
+                    queue.go_to_previous_position();
+                    break;
+                }
+                let _ = queue.add_used(mem, head, 0);
+                returned = true;
+                rechecked = false;
+                continue;
+            }
+            if !took_any {
+                // Nothing taken: re-arm notifications; chains that raced in are taken now.
+                match queue.enable_notification(mem) {
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            rechecked = false;
+        }
+        Ok(returned && self.must_notify(queue, mem))
+    }
+
+    /// Adds one transmit chain's frame to the gather batch: a copy of its header when the
+    /// transport has one, then its bytes where they are in guest memory. Refused as the
+    /// copying path refuses ([`tx_refusal`]); a frame the backend must change, or one of
+    /// more pieces than a gather list takes, is left to the copying path.
+    fn take(
+        &mut self,
+        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+        queue_size: u16,
+        mem: &GuestMemoryMmap,
+    ) -> Took {
+        let ghl = self.negotiated.hdr_len.max(vnet::HDR_LEN);
+        let thl = self.transport.vnet_hdr_len();
+        // As long as the copying path's buffer takes.
+        let room = self.geometry.tx_capacity.saturating_sub(thl);
+        let mut ghdr = [0u8; GUEST_HDR_LEN];
+        let mut pos = 0usize;
+        let mut pieces = 0usize;
+        let mut oversized = false;
+        let mut begun = false;
+        let mut bad = None;
+        let mut walk = Walk::new(chain, queue_size);
+        'descs: for desc in walk.by_ref() {
+            if desc.is_write_only() {
+                bad = Some(ChainError::WrongDirection);
+                break;
+            }
+            let mut addr = desc.addr();
+            let mut len = desc.len() as usize;
+            if pos < ghl {
+                let k = len.min(ghl - pos);
+                if mem.read_slice(&mut ghdr[pos..pos + k], addr).is_err() {
+                    bad = Some(ChainError::BadAddress);
+                    break;
+                }
+                pos += k;
+                len -= k;
+                addr = GuestAddress(addr.0.wrapping_add(k as u64));
+            }
+            if len == 0 {
+                continue;
+            }
+            if !begun {
+                let h = VnetHdr::parse(&ghdr).unwrap_or_default();
+                if thl == 0 && (h.gso_type != vnet::GSO_NONE || h.flags & vnet::F_NEEDS_CSUM != 0) {
+                    return Took::Copy;
+                }
+                let mut th = [0u8; vnet::HDR_LEN];
+                th.copy_from_slice(&ghdr[..vnet::HDR_LEN]);
+                if self.gb.begin((thl > 0).then_some(&th)).is_err() {
+                    return self.no_room();
+                }
+                begun = true;
+            }
+            if oversized || pos - ghl + len > room {
+                // Too long to send; the rest of the chain is still walked, so a malformed
+                // chain is counted as such.
+                oversized = true;
+                pos += len;
+                continue;
+            }
+            for slice in mem.get_slices(addr, len) {
+                let Ok(slice) = slice else {
+                    bad = Some(ChainError::BadAddress);
+                    break 'descs;
+                };
+                pieces += 1;
+                if pieces > MAX_PIECES {
+                    self.gb.abandon();
+                    return Took::Copy;
+                }
+                // SAFETY: the slice is guest memory mapped for as long as `mem`, which the
+                // caller holds for the whole round; the batch is cleared before the round
+                // ends.
+                if unsafe { self.gb.push(slice.ptr_guard().as_ptr(), slice.len()) }.is_err() {
+                    return self.no_room();
+                }
+            }
+            pos += len;
+        }
+        if bad.is_none() {
+            bad = walk.error();
+        }
+        let h = VnetHdr::parse(&ghdr).unwrap_or_default();
+        let refused = match bad {
+            Some(e) => Some(Refusal::Chain(e)),
+            None => tx_refusal(&h, pos, ghl, oversized, self.max_tx_frame, &self.negotiated)
+                .map(Refusal::Frame),
+        };
+        if let Some(r) = refused {
+            self.gb.abandon();
+            return Took::Refused(r);
+        }
+        self.gb.finish();
+        Took::Frame(pos - ghl)
+    }
+
+    /// The gather batch cannot take the frame being built: it waits for the next round, or,
+    /// alone in an empty batch (so it will never fit), it is copied.
+    fn no_room(&mut self) -> Took {
+        self.gb.abandon();
+        if Frames::count(&self.gb) > 0 {
+            Took::Later
+        } else {
+            Took::Copy
+        }
+    }
+
     /// Copies one transmit chain into the next free batch buffer, converting the header. A
     /// chain that is malformed, or a frame the guest may not send (shorter than an Ethernet
     /// header, over the MTU without GSO, GSO it did not negotiate), is counted and not sent.
@@ -648,11 +960,6 @@ impl Datapath {
         queue_size: u16,
         mem: &GuestMemoryMmap,
     ) -> Gathered {
-        /// Why a chain is not sent.
-        enum Refused<'a> {
-            Chain(ChainError),
-            Frame(&'a AtomicU64),
-        }
         let ghl = self.negotiated.hdr_len.max(vnet::HDR_LEN);
         let thl = self.transport.vnet_hdr_len();
         let n = self.negotiated;
@@ -675,7 +982,7 @@ impl Datapath {
         let mut walk = Walk::new(chain, queue_size);
         for desc in walk.by_ref() {
             if desc.is_write_only() {
-                verdict = Some(Refused::Chain(ChainError::WrongDirection));
+                verdict = Some(Refusal::Chain(ChainError::WrongDirection));
                 break;
             }
             let mut addr = desc.addr();
@@ -683,7 +990,7 @@ impl Datapath {
             if pos < ghl {
                 let k = len.min(ghl - pos);
                 if mem.read_slice(&mut ghdr[pos..pos + k], addr).is_err() {
-                    verdict = Some(Refused::Chain(ChainError::BadAddress));
+                    verdict = Some(Refusal::Chain(ChainError::BadAddress));
                     break;
                 }
                 pos += k;
@@ -705,39 +1012,22 @@ impl Datapath {
                 continue;
             }
             if mem.read_slice(&mut dest[at..at + len], addr).is_err() {
-                verdict = Some(Refused::Chain(ChainError::BadAddress));
+                verdict = Some(Refusal::Chain(ChainError::BadAddress));
                 break;
             }
             pos += len;
         }
         if verdict.is_none() {
-            verdict = walk.error().map(Refused::Chain);
+            verdict = walk.error().map(Refusal::Chain);
         }
         let frame_len = pos.saturating_sub(ghl);
         let h = VnetHdr::parse(&ghdr).unwrap_or_default();
         if verdict.is_none() {
-            // An oversized frame did not fit its buffer: GSO the guest may not send (buffers
-            // hold GSO frames only when it may) keeps its own counter, the rest is over-MTU.
-            verdict = if pos < ghl + ETH_HLEN {
-                Some(Refused::Frame(&stats.tx_dropped_runt))
-            } else if h.gso_type != vnet::GSO_NONE && !gso_allowed(h.gso_type, &n) {
-                Some(Refused::Frame(&stats.tx_dropped_gso))
-            } else if oversized || (h.gso_type == vnet::GSO_NONE && frame_len > max_frame) {
-                Some(Refused::Frame(&stats.tx_dropped_over_mtu))
-            } else {
-                None
-            };
+            verdict = tx_refusal(&h, pos, ghl, oversized, max_frame, &n).map(Refusal::Frame);
         }
-        match verdict {
-            Some(Refused::Chain(e)) => {
-                stats.bad_chains.count(e);
-                return Gathered::Taken;
-            }
-            Some(Refused::Frame(counter)) => {
-                NetCounters::inc(counter);
-                return Gathered::Taken;
-            }
-            None => {}
+        if let Some(r) = verdict {
+            r.count(stats);
+            return Gathered::Taken;
         }
         if aside == Some(true) {
             let frame = &self.gso_scratch[..frame_len];
@@ -790,9 +1080,34 @@ impl Datapath {
         Gathered::Taken
     }
 
-    /// Whether frames wait for the transport to become writable.
+    /// Whether frames wait for the transport to become writable (in the batch, or chains
+    /// put back in the ring).
     pub fn tx_pending(&self) -> bool {
-        self.tx.count() > 0
+        self.tx.count() > 0 || self.tx_blocked
+    }
+}
+
+/// Why a transmitted frame of `walked` bytes (the guest's `ghl`-byte header included) with
+/// header `h` may not leave, if it may not: shorter than an Ethernet header, GSO the guest did
+/// not negotiate, or `oversized` (longer than its buffer: GSO the guest may not send has its
+/// own counter, the rest is over-MTU) or, without GSO, longer than `max_frame`.
+fn tx_refusal(
+    h: &VnetHdr,
+    walked: usize,
+    ghl: usize,
+    oversized: bool,
+    max_frame: usize,
+    n: &Negotiated,
+) -> Option<Counter> {
+    let frame_len = walked.saturating_sub(ghl);
+    if walked < ghl + ETH_HLEN {
+        Some(|s| &s.tx_dropped_runt)
+    } else if h.gso_type != vnet::GSO_NONE && !gso_allowed(h.gso_type, n) {
+        Some(|s| &s.tx_dropped_gso)
+    } else if oversized || (h.gso_type == vnet::GSO_NONE && frame_len > max_frame) {
+        Some(|s| &s.tx_dropped_over_mtu)
+    } else {
+        None
     }
 }
 

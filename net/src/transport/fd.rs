@@ -9,7 +9,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::sys::{self, Mmsg};
 use super::Opening;
-use super::{Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats};
+use super::{
+    Frames, GatherBatch, Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats,
+};
 use crate::config::TransportConfig;
 
 pub struct Fd {
@@ -148,33 +150,15 @@ impl Transport for Fd {
     }
 
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
-        let fd = self.fd.as_raw_fd();
-        let mut done = 0;
-        while done < batch.count() {
-            if self.peer.tx_gone() {
-                self.stats.tx_dropped_peer_gone += (batch.count() - done) as u64;
-                return Ok(batch.count());
-            }
-            let r = match &mut self.mmsg {
-                Some(mmsg) => mmsg.send(fd, batch, done, None),
-                None => match sys::write(fd, batch.packets()[done].data()) {
-                    Ok(_) => Ok(1),
-                    Err(e) if sys::would_block(&e) => Ok(0),
-                    Err(e) => Err(e),
-                },
-            };
-            match r {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::EINVAL)) => {
-                    self.stats.tx_dropped += 1;
-                    done += 1;
-                }
-                Err(e) if sys::peer_gone(&e) => self.peer.tx_hung_up("fd", &e, &mut self.stats),
-                Err(e) => return Err(Self::io("send")(e)),
-            }
-        }
-        Ok(done)
+        self.send_frames(batch)
+    }
+
+    fn gathers(&self) -> bool {
+        true
+    }
+
+    fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
+        self.send_frames(frames)
     }
 
     fn set_offloads(&mut self, _offloads: Offloads) -> Result<(), TransportError> {
@@ -186,6 +170,46 @@ impl Transport for Fd {
             rx_dropped_kernel: super::kernel_drops(self.fd.as_raw_fd()),
             ..self.stats
         }
+    }
+}
+
+impl Fd {
+    /// Sends frames (a batch, or gather lists): every message the peer takes or refuses
+    /// outright counts as sent; fewer than all means it would block.
+    fn send_frames<F: Frames + ?Sized>(&mut self, batch: &F) -> Result<usize, TransportError> {
+        let fd = self.fd.as_raw_fd();
+        let mut done = 0;
+        while done < batch.count() {
+            if self.peer.tx_gone() {
+                self.stats.tx_dropped_peer_gone += (batch.count() - done) as u64;
+                return Ok(batch.count());
+            }
+            let r = match &mut self.mmsg {
+                Some(mmsg) => mmsg.send(fd, batch, done, None),
+                None => match sys::write_frame(fd, batch, done) {
+                    Ok(_) => Ok(1),
+                    Err(e) if sys::would_block(&e) => Ok(0),
+                    Err(e) => Err(e),
+                },
+            };
+            match r {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                // EFAULT: memory the kernel could not read (the guest's, gone bad).
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMSGSIZE | libc::EINVAL | libc::EFAULT)
+                    ) =>
+                {
+                    self.stats.tx_dropped += 1;
+                    done += 1;
+                }
+                Err(e) if sys::peer_gone(&e) => self.peer.tx_hung_up("fd", &e, &mut self.stats),
+                Err(e) => return Err(Self::io("send")(e)),
+            }
+        }
+        Ok(done)
     }
 }
 

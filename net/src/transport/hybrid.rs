@@ -11,7 +11,7 @@ use super::bpf::BpfProgram;
 use super::packet::{Direction, PacketSocket};
 use super::tapdev::TapDev;
 use super::Opening;
-use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use super::{GatherBatch, Offloads, PacketBatch, Transport, TransportError, TransportStats};
 use crate::config::TransportConfig;
 
 pub struct Hybrid {
@@ -64,12 +64,16 @@ impl Transport for Hybrid {
 
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
         self.tap
-            .send(batch, &mut self.stats.tx_dropped)
-            .map_err(|source| TransportError::Io {
-                transport: "hybrid",
-                op: "write",
-                source,
-            })
+            .send_for("hybrid", batch, &mut self.stats.tx_dropped)
+    }
+
+    fn gathers(&self) -> bool {
+        true
+    }
+
+    fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
+        self.tap
+            .send_for("hybrid", frames, &mut self.stats.tx_dropped)
     }
 
     /// The tap's offloads decide what the host may transmit on it, and so what the packet

@@ -9,6 +9,7 @@ pub(crate) mod bess;
 mod bpf;
 pub(crate) mod daemon;
 pub(crate) mod fd;
+mod gather;
 pub(crate) mod gre;
 pub(crate) mod hybrid;
 mod ipsock;
@@ -34,6 +35,7 @@ use crate::config::TransportConfig;
 /// Classic BPF in user space and libpcap's compiler, for the backend's frame capture.
 pub(crate) use bpf::run as run_bpf;
 pub use bpf::BpfProgram;
+pub use gather::{Frames, GatherBatch};
 pub(crate) use pcap::compile as compile_filter;
 pub use tunnel::HeaderDrops;
 
@@ -360,6 +362,22 @@ pub trait Transport: Send {
     /// than `batch.count()` means the host would block: wait on [`Transport::tx_fd`].
     /// Packets the host refuses outright (too big, ...) count as sent and are dropped.
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError>;
+
+    /// Whether [`Transport::send_gather`] works: the transport sends from gather lists (the
+    /// guest's buffers) as cheaply as from a batch, so the datapath need not copy frames.
+    fn gathers(&self) -> bool {
+        false
+    }
+
+    /// Sends frames given as gather lists, like [`Transport::send`] (same return, same
+    /// drops). Only called when [`Transport::gathers`] says so; the others refuse.
+    fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
+        let _ = frames;
+        Err(TransportError::Invalid {
+            transport: self.name(),
+            reason: "cannot send from gather lists".into(),
+        })
+    }
 
     /// Mirrors the offloads the guest negotiated on the host side (`TUNSETOFFLOAD`, ...).
     /// Transports without offloads ignore it.

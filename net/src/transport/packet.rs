@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::bpf::BpfProgram;
 use super::sys::{self, Mmsg, RecvMeta};
-use super::{PacketBatch, TransportError, TransportStats};
+use super::{Frames, PacketBatch, TransportError, TransportStats};
 
 /// Which frames the socket keeps, by `sll_pkttype`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,8 +179,8 @@ impl PacketSocket {
         self.drops.read(self.fd())
     }
 
-    /// Sends the batch from `start`; returns how many the kernel took.
-    pub fn send(&mut self, batch: &PacketBatch, start: usize) -> io::Result<usize> {
-        self.mmsg.send(self.fd(), batch, start, None)
+    /// Sends the frames from `start`; returns how many the kernel took.
+    pub fn send<F: Frames + ?Sized>(&mut self, frames: &F, start: usize) -> io::Result<usize> {
+        self.mmsg.send(self.fd(), frames, start, None)
     }
 }

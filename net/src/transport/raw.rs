@@ -7,7 +7,9 @@ use std::os::fd::RawFd;
 use super::bpf::BpfProgram;
 use super::packet::{Direction, PacketSocket};
 use super::Opening;
-use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use super::{
+    Frames, GatherBatch, Offloads, PacketBatch, Transport, TransportError, TransportStats,
+};
 use crate::config::TransportConfig;
 
 pub struct Raw {
@@ -61,6 +63,14 @@ impl Transport for Raw {
         send_all(&mut self.sock, batch, &mut self.stats.tx_dropped, "raw")
     }
 
+    fn gathers(&self) -> bool {
+        true
+    }
+
+    fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
+        send_all(&mut self.sock, frames, &mut self.stats.tx_dropped, "raw")
+    }
+
     /// Nothing to mirror: the interface's own offloads are the host's business, and
     /// PACKET_VNET_HDR already tells us about partial and GSO frames.
     fn set_offloads(&mut self, _offloads: Offloads) -> Result<(), TransportError> {
@@ -77,11 +87,12 @@ impl Transport for Raw {
 }
 
 /// Sends a whole batch through an AF_PACKET socket: a frame the kernel refuses outright
-/// (EMSGSIZE, EINVAL: larger than the interface allows, a bad header) is dropped and counted so
-/// one bad frame cannot wedge the queue; a would-block stops and reports what was taken.
-pub fn send_all(
+/// (EMSGSIZE, EINVAL: larger than the interface allows, a bad header; EFAULT: guest memory
+/// the kernel could not read) is dropped and counted so one bad frame cannot wedge the queue;
+/// a would-block stops and reports what was taken.
+pub fn send_all<F: Frames + ?Sized>(
     sock: &mut PacketSocket,
-    batch: &PacketBatch,
+    batch: &F,
     dropped: &mut u64,
     transport: &'static str,
 ) -> Result<usize, TransportError> {
@@ -93,7 +104,9 @@ pub fn send_all(
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::EMSGSIZE | libc::EINVAL | libc::ENETDOWN | libc::ENXIO)
+                    Some(
+                        libc::EMSGSIZE | libc::EINVAL | libc::ENETDOWN | libc::ENXIO | libc::EFAULT
+                    )
                 ) =>
             {
                 *dropped += 1;

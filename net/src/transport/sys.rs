@@ -18,6 +18,7 @@
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
+use super::gather::Frames;
 use super::PacketBatch;
 
 /// Converts a -1 return into the errno.
@@ -359,27 +360,22 @@ impl Mmsg {
         Ok((got, kept))
     }
 
-    /// Sends the batch's packets from `start` without blocking, to the socket's connected or
-    /// bound peer, or to `dest` when given. Returns how many the kernel accepted (0 when it
-    /// would block).
-    pub fn send(
+    /// Sends the frames from `start` without blocking, to the socket's connected or bound
+    /// peer, or to `dest` when given. Returns how many the kernel accepted (0 when it would
+    /// block).
+    pub fn send<F: Frames + ?Sized>(
         &mut self,
         fd: RawFd,
-        batch: &PacketBatch,
+        frames: &F,
         start: usize,
         dest: Option<(&libc::sockaddr_storage, libc::socklen_t)>,
     ) -> io::Result<usize> {
-        let packets = batch.packets().get(start..).unwrap_or_default();
-        let n = packets.len().min(self.hdrs.len());
+        let n = frames.count().saturating_sub(start).min(self.hdrs.len());
         if n == 0 {
             return Ok(0);
         }
-        for (i, p) in packets.iter().take(n).enumerate() {
-            let data = p.data();
-            self.iovs[i] = libc::iovec {
-                iov_base: data.as_ptr() as *mut libc::c_void,
-                iov_len: data.len(),
-            };
+        for i in 0..n {
+            let (iov, iovlen) = frames.iov(start + i, &mut self.iovs[i]);
             let (name, namelen) = match dest {
                 Some((addr, len)) => ((addr as *const libc::sockaddr_storage).cast_mut(), len),
                 None => (std::ptr::null_mut(), 0),
@@ -388,14 +384,27 @@ impl Mmsg {
                 &mut self.hdrs[i],
                 name.cast(),
                 namelen,
-                &mut self.iovs[i],
-                1,
+                iov.cast_mut(),
+                iovlen,
             );
         }
-        // SAFETY: the first `n` headers point at live iovecs describing the batch's packets
-        // (read-only for the kernel) and at `dest`, which outlives the call.
+        // SAFETY: the first `n` headers point at live iovecs (this struct's, or the frames'
+        // own) describing the frames' bytes, read-only for the kernel and live for the call
+        // (the `Frames` implementations vouch for them), and at `dest`, which outlives it.
         unsafe { sendmmsg_nonblocking(fd, &mut self.hdrs[..n]) }
     }
+}
+
+/// `writev` of one frame's pieces.
+pub fn write_frame<F: Frames + ?Sized>(fd: RawFd, frames: &F, i: usize) -> io::Result<usize> {
+    let mut one = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let (iov, n) = frames.iov(i, &mut one);
+    // SAFETY: `iov` points at `n` live iovecs describing readable memory for the call (the
+    // `Frames` implementations vouch for them); the kernel only reads through them.
+    cvt_size(unsafe { libc::writev(fd, iov, n as libc::c_int) })
 }
 
 /// The socket type (`SOCK_DGRAM`, ...) of `fd`, or `None` if it is not a socket.

@@ -4,7 +4,7 @@ use std::os::fd::RawFd;
 
 use super::tapdev::TapDev;
 use super::Opening;
-use super::{Offloads, PacketBatch, Transport, TransportError, TransportStats};
+use super::{GatherBatch, Offloads, PacketBatch, Transport, TransportError, TransportStats};
 use crate::config::TransportConfig;
 
 pub struct Tap {
@@ -82,12 +82,16 @@ impl Transport for Tap {
 
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
         self.dev
-            .send(batch, &mut self.stats.tx_dropped)
-            .map_err(|source| TransportError::Io {
-                transport: self.name,
-                op: "write",
-                source,
-            })
+            .send_for(self.name, batch, &mut self.stats.tx_dropped)
+    }
+
+    fn gathers(&self) -> bool {
+        true
+    }
+
+    fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
+        self.dev
+            .send_for(self.name, frames, &mut self.stats.tx_dropped)
     }
 
     fn set_offloads(&mut self, offloads: Offloads) -> Result<(), TransportError> {

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::sys::{self, cvt};
 use super::vnet;
-use super::{Offloads, PacketBatch};
+use super::{Frames, Offloads, PacketBatch, TransportError};
 
 /// An open tap queue.
 pub struct TapDev {
@@ -121,11 +121,26 @@ impl TapDev {
         Ok(n)
     }
 
+    /// [`TapDev::send`] for transport `name`.
+    pub fn send_for<F: Frames + ?Sized>(
+        &self,
+        name: &'static str,
+        frames: &F,
+        dropped: &mut u64,
+    ) -> Result<usize, TransportError> {
+        self.send(frames, dropped)
+            .map_err(|source| TransportError::Io {
+                transport: name,
+                op: "write",
+                source,
+            })
+    }
+
     /// Writes the batch's packets; returns how many were taken (fewer only when the tap would
     /// block). A frame the kernel refuses (malformed header, too big) is dropped and counted.
-    pub fn send(&self, batch: &PacketBatch, dropped: &mut u64) -> io::Result<usize> {
-        for (i, p) in batch.packets().iter().enumerate() {
-            match sys::write(self.fd(), p.data()) {
+    pub fn send<F: Frames + ?Sized>(&self, batch: &F, dropped: &mut u64) -> io::Result<usize> {
+        for i in 0..batch.count() {
+            match sys::write_frame(self.fd(), batch, i) {
                 Ok(_) => {}
                 Err(e) if sys::would_block(&e) => return Ok(i),
                 Err(e)

@@ -18,7 +18,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::backend::features::Negotiated;
-use crate::transport::{Offloads, PacketBatch, Transport, TransportError};
+use crate::transport::{Frames, GatherBatch, Offloads, PacketBatch, Transport, TransportError};
 
 /// What the fake host side holds: frames to hand the datapath, frames it sent, and how many
 /// more sends the host accepts before "would block". Shared with the test.
@@ -29,6 +29,8 @@ struct Host {
     accept: usize,
     /// Incoming frames larger than the batch's buffers.
     truncated: usize,
+    /// Where each piece of each frame sent from gather lists was, in order.
+    pieces: Vec<usize>,
 }
 
 /// A transport in memory.
@@ -78,9 +80,68 @@ impl Transport for FakeTransport {
             .extend(batch.packets()[..n].iter().map(|p| p.data().to_vec()));
         Ok(n)
     }
+    fn gathers(&self) -> bool {
+        true
+    }
+    fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
+        let mut host = self.host.lock().unwrap();
+        let n = Frames::count(frames).min(host.accept);
+        host.accept -= n;
+        for i in 0..n {
+            let mut one = libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            };
+            let (p, k) = frames.iov(i, &mut one);
+            // SAFETY: a gather batch's iovecs describe live memory for the call (its header
+            // copies, and guest memory the datapath holds).
+            let iovs = unsafe { std::slice::from_raw_parts(p, k) };
+            let mut f = Vec::new();
+            for v in iovs {
+                host.pieces.push(v.iov_base as usize);
+                // SAFETY: as above.
+                f.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+                });
+            }
+            host.sent.push(f);
+        }
+        Ok(n)
+    }
     fn set_offloads(&mut self, _: Offloads) -> Result<(), TransportError> {
         Ok(())
     }
+}
+
+thread_local! {
+    /// The datapaths this test makes copy every transmitted frame (see [`copying`]); else
+    /// they send from the guest's buffers, as with a real transport that gathers.
+    static COPYING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The transmit tests again, with every frame copied into the batch: both paths must send,
+/// refuse and count alike.
+mod copying {
+    macro_rules! copying {
+        ($($name:ident),* $(,)?) => {$(
+            #[test]
+            fn $name() {
+                super::COPYING.with(|c| c.set(true));
+                super::$name();
+            }
+        )*};
+    }
+    copying!(
+        tx_frames_leave_byte_exact_with_the_transport_header,
+        tx_backpressure_keeps_frames_until_the_host_takes_them,
+        hostile_chains_are_counted_and_returned_empty,
+        tx_looping_chain_is_refused_and_the_next_frame_goes_out,
+        tx_frames_over_the_mtu_are_refused_and_counted,
+        tx_gso_frames_need_the_negotiated_feature,
+        tx_indirect_chain_longer_than_the_queue_is_refused,
+        tx_tso_frames_are_segmented_for_a_transport_without_a_header,
+        software_offloads_complete_checksums_and_count_what_they_refuse,
+    );
 }
 
 const DATA: u64 = 0x10_0000;
@@ -95,6 +156,7 @@ fn datapath(hdr: usize, incoming: Vec<Vec<u8>>, features: u64) -> (Datapath, Arc
         sent: Vec::new(),
         accept: usize::MAX,
         truncated: 0,
+        pieces: Vec::new(),
     }));
     let t = FakeTransport {
         hdr,
@@ -103,6 +165,7 @@ fn datapath(hdr: usize, incoming: Vec<Vec<u8>>, features: u64) -> (Datapath, Arc
     let mut dp = Datapath::new(Box::new(t), 8, 2, 1500);
     dp.set_negotiated(Negotiated::from_features(features))
         .unwrap();
+    dp.set_zero_copy(!COPYING.with(|c| c.get()));
     (dp, host)
 }
 
@@ -798,6 +861,8 @@ fn tx_tso_frames_are_segmented_for_a_transport_without_a_header() {
 #[test]
 fn a_tso_frame_waits_in_the_ring_for_room_in_the_batch() {
     use crate::backend::segment::tests::{payload, tcp4};
+    // Frames held in the batch are the copying path's (gathering holds none).
+    COPYING.with(|c| c.set(true));
     let m = mem();
     let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
     for i in 0..6u16 {
@@ -853,4 +918,90 @@ fn software_offloads_complete_checksums_and_count_what_they_refuse() {
     let tcp = &out[0][34..];
     assert_eq!(verify(&[&pseudo, tcp]), 0xffff, "completed checksum");
     assert_eq!(load(&dp.stats().tx_dropped_bad_offload), 2);
+}
+
+/// Gathering: the frame's bytes go to the host from the guest's buffer itself, behind a copy
+/// of its header; chains the host did not take go back to the ring (used only once sent), a
+/// refused chain among them is counted once, and nothing is reordered.
+#[test]
+fn tx_gathering_sends_from_guest_memory_and_puts_back_what_the_host_refused() {
+    let m = mem();
+    let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
+    tx_chain(&m, &vq, 0, [0; 12], &frame(100, 0));
+    vq.add_desc_chains(&[desc(DATA + 0x8_0000, 8, 0, 0)], 2)
+        .unwrap();
+    tx_chain(&m, &vq, 3, [0; 12], &frame(100, 1));
+    tx_chain(&m, &vq, 5, [0; 12], &frame(100, 2));
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (mut dp, host) = datapath(10, vec![], MRG);
+    host.lock().unwrap().accept = 1;
+    assert!(dp.process_tx(&mut q, &m).unwrap());
+    assert_eq!(sent(&host).len(), 1);
+    assert_eq!(q.next_used(), 2, "the sent chain and the runt are returned");
+    assert_eq!(
+        q.next_avail(),
+        2,
+        "the two the host refused are back in the ring"
+    );
+    assert!(dp.tx_pending(), "waiting for the host, not for the guest");
+    let guest = |addr: u64| m.get_host_address(GuestAddress(addr)).unwrap() as usize;
+    {
+        let h = host.lock().unwrap();
+        // A header copy, then the guest's own frame buffer.
+        assert_eq!(h.pieces.len(), 2);
+        assert_eq!(h.pieces[1], guest(DATA + 0x100));
+    }
+    host.lock().unwrap().accept = usize::MAX;
+    dp.process_tx(&mut q, &m).unwrap();
+    let out = sent(&host);
+    assert_eq!(out.len(), 3);
+    for (i, o) in out.iter().enumerate() {
+        assert_eq!(&o[10..], &frame(100, i as u8)[..], "order kept");
+    }
+    assert_eq!(q.next_used(), 4);
+    assert!(!dp.tx_pending());
+    let s = dp.stats();
+    assert_eq!(
+        load(&s.tx_dropped_runt),
+        1,
+        "counted once, not at each look"
+    );
+    assert_eq!(load(&s.tx_packets), 3);
+}
+
+/// On a transport without a header, a frame the backend must change (a partial checksum)
+/// is copied and completed between gathered ones, in order.
+#[test]
+fn tx_gathering_copies_only_what_it_must_change_and_keeps_the_order() {
+    use crate::backend::segment::tests::{payload, tcp4};
+    let m = mem();
+    let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
+    let tcp = tcp4(&payload(100), 0);
+    let mut csum = [0u8; 12];
+    csum[0] = 1; // NEEDS_CSUM
+    csum[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start: the TCP header
+    csum[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset: its checksum
+    tx_chain(&m, &vq, 0, [0; 12], &frame(60, 1));
+    tx_chain(&m, &vq, 2, csum, &tcp);
+    tx_chain(&m, &vq, 4, [0; 12], &frame(60, 3));
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (mut dp, host) = datapath(0, vec![], MRG | 1 << VIRTIO_NET_F_CSUM);
+    dp.process_tx(&mut q, &m).unwrap();
+    let out = sent(&host);
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0], frame(60, 1));
+    assert_eq!(out[2], frame(60, 3));
+    assert_eq!(out[1].len(), tcp.len());
+    assert_ne!(
+        out[1][50..52],
+        tcp[50..52],
+        "the checksum was completed in a copy"
+    );
+    // Two frames gathered (one piece each: no header on this transport), one copied.
+    let guest = |addr: u64| m.get_host_address(GuestAddress(addr)).unwrap() as usize;
+    assert_eq!(
+        host.lock().unwrap().pieces,
+        vec![guest(DATA + 0x100), guest(DATA + 0x4_0100)]
+    );
+    assert_eq!(q.next_used(), 3);
 }

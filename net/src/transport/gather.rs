@@ -1,0 +1,232 @@
+//! Frames handed to a transport as gather lists: pieces of memory the caller owns (the
+//! guest's transmit buffers), sent with one `sendmmsg`/`writev` without being copied into a
+//! [`PacketBatch`] first.
+//!
+//! A frame is its transport header (a copy of the 10-byte `virtio_net_hdr`, held here: the
+//! guest's own header stays out of the kernel's reach, so what was checked is what is sent),
+//! then the frame's pieces in order. The batch is filled, sent and cleared within one call of
+//! the datapath: its pointers into guest memory never outlive the memory guard that made them.
+
+use super::vnet;
+use super::PacketBatch;
+
+/// Frames to send: a [`PacketBatch`]'s buffers (one piece each) or a [`GatherBatch`]'s lists.
+/// What the transports' send paths (`sendmmsg`, `writev`) are written against.
+pub trait Frames {
+    /// How many frames there are.
+    fn count(&self) -> usize;
+
+    /// Frame `i`'s pieces, as an iovec array and its length. A frame of one piece may be
+    /// described in `one`, which the caller keeps alive with the result.
+    fn iov(&self, i: usize, one: &mut libc::iovec) -> (*const libc::iovec, usize);
+}
+
+impl Frames for PacketBatch {
+    fn count(&self) -> usize {
+        PacketBatch::count(self)
+    }
+
+    fn iov(&self, i: usize, one: &mut libc::iovec) -> (*const libc::iovec, usize) {
+        let data = self.packets()[i].data();
+        *one = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        (one as *const libc::iovec, 1)
+    }
+}
+
+/// Up to `depth` frames as gather lists, with room for `pieces` pieces in all; allocated once
+/// per datapath.
+pub struct GatherBatch {
+    iovs: Vec<libc::iovec>,
+    /// Each frame's first piece in `iovs`, and its piece count.
+    frames: Vec<(usize, usize)>,
+    /// Each frame's header copy (when it has one); never reallocated, so the pointers to its
+    /// elements stay valid.
+    heads: Box<[[u8; vnet::HDR_LEN]]>,
+    /// The frame being built: its first piece, and whether it has a header.
+    open: Option<usize>,
+}
+
+// SAFETY: the raw pointers inside point into this struct's own header array and into memory
+// whose validity the callers of `push` vouch for until `clear`; the struct never dereferences
+// them itself, so moving it to another thread is sound.
+unsafe impl Send for GatherBatch {}
+
+/// Why a piece or frame did not fit the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full;
+
+impl GatherBatch {
+    pub fn new(depth: usize, pieces: usize) -> GatherBatch {
+        let depth = depth.max(1);
+        GatherBatch {
+            iovs: Vec::with_capacity(pieces.max(depth)),
+            frames: Vec::with_capacity(depth),
+            heads: vec![[0; vnet::HDR_LEN]; depth].into_boxed_slice(),
+            open: None,
+        }
+    }
+
+    /// How many frames the batch can hold.
+    pub fn depth(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// Forgets every frame (and every pointer the batch held).
+    pub fn clear(&mut self) {
+        self.iovs.clear();
+        self.frames.clear();
+        self.open = None;
+    }
+
+    /// Starts a frame; with `hdr`, its first piece is a copy of it. An unfinished frame is
+    /// forgotten first.
+    pub fn begin(&mut self, hdr: Option<&[u8; vnet::HDR_LEN]>) -> Result<(), Full> {
+        self.abandon();
+        let i = self.frames.len();
+        if i == self.depth() || self.iovs.len() == self.iovs.capacity() {
+            return Err(Full);
+        }
+        self.open = Some(self.iovs.len());
+        if let Some(h) = hdr {
+            self.heads[i] = *h;
+            self.iovs.push(libc::iovec {
+                iov_base: self.heads[i].as_mut_ptr().cast(),
+                iov_len: vnet::HDR_LEN,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds `len` bytes at `ptr` to the frame being built.
+    ///
+    /// # Safety
+    /// The `len` bytes at `ptr` must stay mapped and readable until [`GatherBatch::clear`]
+    /// (or the batch is dropped).
+    pub unsafe fn push(&mut self, ptr: *const u8, len: usize) -> Result<(), Full> {
+        if self.open.is_none() || self.iovs.len() == self.iovs.capacity() {
+            return Err(Full);
+        }
+        self.iovs.push(libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        });
+        Ok(())
+    }
+
+    /// Ends the frame being built: it is sent with the others.
+    pub fn finish(&mut self) {
+        if let Some(first) = self.open.take() {
+            self.frames.push((first, self.iovs.len() - first));
+        }
+    }
+
+    /// Forgets the frame being built, if any.
+    pub fn abandon(&mut self) {
+        if let Some(first) = self.open.take() {
+            self.iovs.truncate(first);
+        }
+    }
+
+    /// Bytes of frame `i`, header included.
+    pub fn frame_len(&self, i: usize) -> usize {
+        let (first, n) = self.frames[i];
+        self.iovs[first..first + n].iter().map(|v| v.iov_len).sum()
+    }
+}
+
+impl Frames for GatherBatch {
+    fn count(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn iov(&self, i: usize, _one: &mut libc::iovec) -> (*const libc::iovec, usize) {
+        let (first, n) = self.frames[i];
+        (self.iovs[first..].as_ptr(), n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(f: &GatherBatch, i: usize) -> Vec<u8> {
+        let mut one = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let (p, n) = f.iov(i, &mut one);
+        // SAFETY: the test's pieces are live slices and the header copies are the batch's.
+        let iovs = unsafe { std::slice::from_raw_parts(p, n) };
+        iovs.iter()
+            .flat_map(|v| {
+                // SAFETY: as above.
+                unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) }
+            })
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn frames_are_their_header_copy_then_their_pieces() {
+        let a = [1u8, 2, 3];
+        let b = [4u8, 5];
+        let mut f = GatherBatch::new(2, 8);
+        {
+            // The header is copied: the original can go.
+            let hdr = [9u8; vnet::HDR_LEN];
+            f.begin(Some(&hdr)).unwrap();
+        }
+        // SAFETY: `a` and `b` outlive the batch's use below.
+        unsafe {
+            f.push(a.as_ptr(), a.len()).unwrap();
+            f.push(b.as_ptr(), b.len()).unwrap();
+        }
+        f.finish();
+        f.begin(None).unwrap();
+        // SAFETY: as above.
+        unsafe { f.push(b.as_ptr(), 1).unwrap() };
+        f.finish();
+        assert_eq!(Frames::count(&f), 2);
+        let mut want = vec![9u8; vnet::HDR_LEN];
+        want.extend([1, 2, 3, 4, 5]);
+        assert_eq!(bytes(&f, 0), want);
+        assert_eq!(f.frame_len(0), vnet::HDR_LEN + 5);
+        assert_eq!(bytes(&f, 1), [4]);
+        // Full: no third frame.
+        assert_eq!(f.begin(None), Err(Full));
+        f.clear();
+        assert_eq!(Frames::count(&f), 0);
+    }
+
+    #[test]
+    fn an_abandoned_frame_leaves_nothing_and_pieces_are_bounded() {
+        let a = [7u8; 4];
+        let mut f = GatherBatch::new(4, 3);
+        // No frame open: no piece.
+        // SAFETY: `a` outlives the batch's use.
+        assert_eq!(unsafe { f.push(a.as_ptr(), 4) }, Err(Full));
+        f.begin(None).unwrap();
+        // SAFETY: as above.
+        unsafe {
+            f.push(a.as_ptr(), 4).unwrap();
+            f.push(a.as_ptr(), 4).unwrap();
+        }
+        f.abandon();
+        assert_eq!(Frames::count(&f), 0);
+        f.begin(None).unwrap();
+        // SAFETY: as above.
+        unsafe {
+            for _ in 0..4 {
+                let _ = f.push(a.as_ptr(), 1);
+            }
+        }
+        f.finish();
+        // Four pieces were offered, the batch had room for 4 iovecs (at least the depth).
+        assert_eq!(bytes(&f, 0).len(), 4);
+        // SAFETY: as above.
+        assert_eq!(unsafe { f.push(a.as_ptr(), 1) }, Err(Full));
+    }
+}
