@@ -39,7 +39,9 @@ use super::features::{Negotiated, GUEST_HDR_LEN, NUM_BUFFERS_OFFSET};
 use super::segment;
 use crate::transport::vnet::{self, VnetHdr};
 use crate::transport::wire::ETH_HLEN;
-use crate::transport::{Frames, GatherBatch, PacketBatch, PacketBuf, Transport, TransportError};
+use crate::transport::{
+    Frames, GatherBatch, PacketBatch, PacketBuf, Transport, TransportError, MAX_FRAME_PIECES,
+};
 
 /// Why a descriptor chain was refused. Such a chain goes back to the guest empty and is
 /// counted by reason ([`ChainDrops`]); nothing of it reaches the guest or the host.
@@ -271,10 +273,6 @@ struct TakenChain {
     took: Took,
 }
 
-/// Pieces one frame may have in a gather list; a longer chain is copied. A Linux guest uses
-/// at most 19 (MAX_SKB_FRAGS plus the header and the linear part).
-const MAX_PIECES: usize = 64;
-
 /// Pieces a gather batch holds per frame on average: a frame of 20 (the most a Linux guest
 /// sends) or a batch of small ones fit.
 const PIECES_PER_FRAME: usize = 20;
@@ -308,6 +306,9 @@ pub struct Geometry {
     /// A GSO frame from the guest, before it is segmented in software (a transport without
     /// a virtio-net header, TSO negotiated), else 0.
     pub scratch: usize,
+    /// Frames per round sent from the guest's buffers: the configured depth, whatever the
+    /// buffers' size (a gather list holds no frame bytes).
+    pub gather_depth: usize,
 }
 
 impl Geometry {
@@ -354,6 +355,7 @@ impl Geometry {
             // The scratch comes out of the transmit side's budget.
             tx_depth: within(tx_capacity, BATCH_BUDGET - scratch),
             scratch,
+            gather_depth: depth.max(1),
         }
     }
 
@@ -361,6 +363,11 @@ impl Geometry {
     pub fn bytes(&self) -> usize {
         self.rx_capacity * self.rx_depth + self.tx_capacity * self.tx_depth + self.scratch
     }
+}
+
+/// The gather batch for a geometry.
+fn gather_batch(g: &Geometry) -> GatherBatch {
+    GatherBatch::new(g.gather_depth, g.gather_depth * PIECES_PER_FRAME)
 }
 
 /// Ethernet header plus one VLAN tag: what a frame may carry beyond the MTU (Linux lets a
@@ -437,8 +444,8 @@ impl Datapath {
             rx: PacketBatch::new(geometry.rx_depth, geometry.rx_capacity),
             rx_next: 0,
             tx: PacketBatch::new(geometry.tx_depth, geometry.tx_capacity),
-            gb: GatherBatch::new(geometry.tx_depth, geometry.tx_depth * PIECES_PER_FRAME),
-            taken: Vec::with_capacity(geometry.tx_depth),
+            gb: gather_batch(&geometry),
+            taken: Vec::with_capacity(geometry.gather_depth),
             zero_copy: true,
             tx_blocked: false,
             gso_scratch: vec![0; geometry.scratch],
@@ -483,8 +490,8 @@ impl Datapath {
         self.rx = PacketBatch::new(g.rx_depth, g.rx_capacity);
         self.rx_next = 0;
         self.tx = PacketBatch::new(g.tx_depth, g.tx_capacity);
-        self.gb = GatherBatch::new(g.tx_depth, g.tx_depth * PIECES_PER_FRAME);
-        self.taken = Vec::with_capacity(g.tx_depth);
+        self.gb = gather_batch(&g);
+        self.taken = Vec::with_capacity(g.gather_depth);
         self.gso_scratch = vec![0; g.scratch];
         self.geometry = g;
     }
@@ -907,7 +914,7 @@ impl Datapath {
                     break 'descs;
                 };
                 pieces += 1;
-                if pieces > MAX_PIECES {
+                if pieces > MAX_FRAME_PIECES {
                     self.gb.abandon();
                     return Took::Copy;
                 }

@@ -10,6 +10,10 @@
 use super::vnet;
 use super::PacketBatch;
 
+/// Pieces one frame may have in a gather list: a Linux guest uses at most 19
+/// (MAX_SKB_FRAGS, the header, the linear part); a longer chain is copied instead.
+pub const MAX_FRAME_PIECES: usize = 64;
+
 /// Frames to send: a [`PacketBatch`]'s buffers (one piece each) or a [`GatherBatch`]'s lists.
 /// What the transports' send paths (`sendmmsg`, `writev`) are written against.
 pub trait Frames {

@@ -18,10 +18,13 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use super::gather::MAX_FRAME_PIECES;
 use super::ipsock::{SockAddr, SourceMatch};
 use super::sys::{self, prepare_msghdr, recvmmsg_nonblocking, sendmmsg_nonblocking};
 use super::wire::{GreCodec, L2tpv3Codec, WireError, ETH_HLEN};
-use super::{Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats};
+use super::{
+    Frames, GatherBatch, Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats,
+};
 
 /// Longest tunnel header we send: L2TPv3 over UDP with a 64-bit cookie and a counter is 20.
 const MAX_HEADER: usize = 24;
@@ -130,11 +133,15 @@ impl Encap for Bare {
     }
 }
 
-/// `recvmmsg`/`sendmmsg` headers, two iovecs, a source address slot and a header buffer per
-/// message, allocated once per transport.
+/// `recvmmsg`/`sendmmsg` headers, iovecs (one per message to receive; to send, the tunnel
+/// header's and the frame's pieces), a source address slot and a header buffer per message,
+/// allocated once per transport.
 struct MsgVec {
     hdrs: Vec<libc::mmsghdr>,
-    iovs: Vec<[libc::iovec; 2]>,
+    /// Never resized: room for three pieces a message, and one frame of the most pieces.
+    iovs: Vec<libc::iovec>,
+    /// Each message's first iovec and count, while a send is being prepared.
+    spans: Vec<(usize, usize)>,
     names: Vec<libc::sockaddr_storage>,
     heads: Vec<[u8; MAX_HEADER]>,
 }
@@ -157,7 +164,8 @@ impl MsgVec {
         };
         MsgVec {
             hdrs: vec![zero_hdr; depth],
-            iovs: vec![[iov; 2]; depth],
+            iovs: vec![iov; 3 * depth + 1 + MAX_FRAME_PIECES],
+            spans: Vec::with_capacity(depth),
             names: vec![zero_name; depth],
             heads: vec![[0; MAX_HEADER]; depth],
         }
@@ -169,7 +177,7 @@ impl MsgVec {
         let n = batch.depth().min(self.hdrs.len());
         for (i, buf) in batch.bufs_mut().iter_mut().take(n).enumerate() {
             let space = buf.space();
-            self.iovs[i][0] = libc::iovec {
+            self.iovs[i] = libc::iovec {
                 iov_base: space.as_mut_ptr().cast(),
                 iov_len: space.len(),
             };
@@ -177,7 +185,7 @@ impl MsgVec {
                 &mut self.hdrs[i],
                 (&mut self.names[i] as *mut libc::sockaddr_storage).cast(),
                 std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
-                self.iovs[i].as_mut_ptr(),
+                &mut self.iovs[i],
                 1,
             );
         }
@@ -200,61 +208,76 @@ impl MsgVec {
         (&self.names[i], self.hdrs[i].msg_hdr.msg_namelen)
     }
 
-    /// Sends the batch's packets from `start`, each behind a header `encap` writes, to `dest`
-    /// (or the connected peer). Returns (messages offered, messages the kernel took).
-    fn send<E: Encap>(
+    /// Sends the frames from `start`, each behind a header `encap` writes, to `dest` (or the
+    /// connected peer): as many as the iovecs hold. Returns (messages offered, messages the
+    /// kernel took).
+    fn send<E: Encap, F: Frames + ?Sized>(
         &mut self,
         fd: RawFd,
-        batch: &PacketBatch,
+        frames: &F,
         start: usize,
         dest: Option<&SockAddr>,
         encap: &mut E,
     ) -> (usize, io::Result<usize>) {
-        let packets = batch.packets().get(start..).unwrap_or_default();
-        let n = packets.len().min(self.hdrs.len());
+        let max = frames.count().saturating_sub(start).min(self.hdrs.len());
+        let with_header = usize::from(encap.header_len() > 0);
+        // The pointers into `iovs` are taken once it is no longer written to.
+        self.spans.clear();
+        let mut used = 0;
+        let mut n = 0;
+        while n < max {
+            let mut one = libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            };
+            let (iov, k) = frames.iov(start + n, &mut one);
+            if used + with_header + k > self.iovs.len() {
+                if n == 0 {
+                    // More pieces than any message may have (never from the datapath, which
+                    // copies such chains): refused like an oversized frame.
+                    return (1, Err(io::Error::from_raw_os_error(libc::EMSGSIZE)));
+                }
+                break;
+            }
+            let first = used;
+            if with_header == 1 {
+                let head_len = encap.encode_header(&mut self.heads[n]);
+                self.iovs[used] = libc::iovec {
+                    iov_base: self.heads[n].as_mut_ptr().cast(),
+                    iov_len: head_len,
+                };
+                used += 1;
+            }
+            // SAFETY: `Frames::iov` returns `k` live iovecs (in `one`, or the frames' own).
+            let pieces = unsafe { std::slice::from_raw_parts(iov, k) };
+            self.iovs[used..used + k].copy_from_slice(pieces);
+            used += k;
+            self.spans.push((first, used - first));
+            n += 1;
+        }
         if n == 0 {
             return (0, Ok(0));
         }
-        for (i, p) in packets.iter().take(n).enumerate() {
-            let head_len = encap.encode_header(&mut self.heads[i]);
-            let data = p.data();
-            let frame = libc::iovec {
-                iov_base: data.as_ptr() as *mut libc::c_void,
-                iov_len: data.len(),
-            };
-            let iovlen = if head_len == 0 {
-                self.iovs[i][0] = frame;
-                1
-            } else {
-                self.iovs[i][0] = libc::iovec {
-                    iov_base: self.heads[i].as_mut_ptr().cast(),
-                    iov_len: head_len,
-                };
-                self.iovs[i][1] = frame;
-                2
-            };
+        let base = self.iovs.as_mut_ptr();
+        for (h, &(first, len)) in self.hdrs.iter_mut().zip(&self.spans) {
             let (name, namelen) = match dest {
                 Some(a) => (a.as_ptr().cast_mut(), a.len()),
                 None => (std::ptr::null_mut(), 0),
             };
-            prepare_msghdr(
-                &mut self.hdrs[i],
-                name.cast(),
-                namelen,
-                self.iovs[i].as_mut_ptr(),
-                iovlen,
-            );
+            // `first + len` is within `iovs`: checked above.
+            prepare_msghdr(h, name.cast(), namelen, base.wrapping_add(first), len);
         }
-        // SAFETY: the first `n` headers point at live iovecs describing this struct's header
-        // buffers and the batch's packets (read-only for the kernel), and at `dest`, which
-        // outlives the call.
+        // SAFETY: the first `n` headers point at live iovecs in this struct describing its
+        // header buffers and the frames' bytes (read-only for the kernel, live for the call
+        // as `Frames` vouches), and at `dest`, which outlives the call.
         let r = unsafe { sendmmsg_nonblocking(fd, &mut self.hdrs[..n]) };
         (n, r)
     }
 }
 
 /// Errors on send that concern one packet (too big for the path, the peer unreachable or
-/// refusing, a firewall verdict): the packet is dropped and counted, the queue goes on.
+/// refusing, a firewall verdict, guest memory the kernel could not read): the packet is
+/// dropped and counted, the queue goes on.
 fn drop_on_send(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -270,6 +293,7 @@ fn drop_on_send(e: &io::Error) -> bool {
                 | libc::EACCES
                 | libc::ENOBUFS
                 | libc::EADDRNOTAVAIL
+                | libc::EFAULT
         )
     )
 }
@@ -410,50 +434,12 @@ impl<E: Encap> Tunnel<E> {
     }
 }
 
-impl<E: Encap> Transport for Tunnel<E> {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    /// Tunnels carry bare Ethernet frames: no virtio-net header, no offloads.
-    fn vnet_hdr_len(&self) -> usize {
-        0
-    }
-
-    /// An IPv4 header with options (raw IP sockets, GRE and L2TPv3 over IP, receive it) and
-    /// the longest tunnel header.
-    fn rx_overhead(&self) -> usize {
-        60 + MAX_HEADER
-    }
-
-    fn rx_fd(&self) -> RawFd {
-        self.rx.as_raw_fd()
-    }
-
-    fn tx_fd(&self) -> RawFd {
-        self.tx_raw()
-    }
-
-    /// Receives until at least one good frame is in the batch or nothing is waiting, so a
-    /// burst of dropped datagrams never looks like an empty socket to the caller.
-    /// (Bounded: after many rounds of nothing but drops it returns 0 and lets the caller's
-    /// level-triggered wait come back, so a flood cannot starve the transmit side.)
-    fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
-        for _ in 0..64 {
-            if self.peer.rx_gone() {
-                batch.set_count(0);
-                return Ok(0);
-            }
-            let (got, kept) = self.recv_once(batch)?;
-            if kept > 0 || got == 0 {
-                return Ok(kept);
-            }
-        }
-        Ok(0)
-    }
-
-    fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
+impl<E: Encap> Tunnel<E> {
+    /// Sends frames (a batch, or gather lists) behind the tunnel's header: every message the
+    /// kernel takes or refuses outright counts as sent; fewer than all means it would block.
+    fn send_frames<F: Frames + ?Sized>(&mut self, batch: &F) -> Result<usize, TransportError> {
         let fd = self.tx_raw();
+
         let mut done = 0;
         while done < batch.count() {
             if self.peer.tx_gone() {
@@ -498,6 +484,61 @@ impl<E: Encap> Transport for Tunnel<E> {
             done += taken;
         }
         Ok(done)
+    }
+}
+
+impl<E: Encap> Transport for Tunnel<E> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Tunnels carry bare Ethernet frames: no virtio-net header, no offloads.
+    fn vnet_hdr_len(&self) -> usize {
+        0
+    }
+
+    /// An IPv4 header with options (raw IP sockets, GRE and L2TPv3 over IP, receive it) and
+    /// the longest tunnel header.
+    fn rx_overhead(&self) -> usize {
+        60 + MAX_HEADER
+    }
+
+    fn rx_fd(&self) -> RawFd {
+        self.rx.as_raw_fd()
+    }
+
+    fn tx_fd(&self) -> RawFd {
+        self.tx_raw()
+    }
+
+    /// Receives until at least one good frame is in the batch or nothing is waiting, so a
+    /// burst of dropped datagrams never looks like an empty socket to the caller.
+    /// (Bounded: after many rounds of nothing but drops it returns 0 and lets the caller's
+    /// level-triggered wait come back, so a flood cannot starve the transmit side.)
+    fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
+        for _ in 0..64 {
+            if self.peer.rx_gone() {
+                batch.set_count(0);
+                return Ok(0);
+            }
+            let (got, kept) = self.recv_once(batch)?;
+            if kept > 0 || got == 0 {
+                return Ok(kept);
+            }
+        }
+        Ok(0)
+    }
+
+    fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
+        self.send_frames(batch)
+    }
+
+    fn gathers(&self) -> bool {
+        true
+    }
+
+    fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
+        self.send_frames(frames)
     }
 
     fn set_offloads(&mut self, _offloads: Offloads) -> Result<(), TransportError> {
