@@ -40,7 +40,8 @@ use super::segment;
 use crate::transport::vnet::{self, VnetHdr};
 use crate::transport::wire::ETH_HLEN;
 use crate::transport::{
-    Frames, GatherBatch, PacketBatch, PacketBuf, Transport, TransportError, MAX_FRAME_PIECES,
+    Frames, GatherBatch, PacketBatch, PacketBuf, Transport, TransportError, INLINE_FRAME,
+    MAX_FRAME_PIECES,
 };
 
 /// Why a descriptor chain was refused. Such a chain goes back to the guest empty and is
@@ -867,6 +868,10 @@ impl Datapath {
         let mut pieces = 0usize;
         let mut oversized = false;
         let mut begun = false;
+        // Still short enough to go as an inline copy (see `transport::INLINE_FRAME`), with
+        // this many bytes copied.
+        let mut inline = true;
+        let mut inlined = 0usize;
         let mut bad = None;
         let mut walk = Walk::new(chain, queue_size);
         'descs: for desc in walk.by_ref() {
@@ -918,6 +923,17 @@ impl Datapath {
                     self.gb.abandon();
                     return Took::Copy;
                 }
+                if inline {
+                    let n = slice.len();
+                    match self.gb.inline_space().get_mut(..n) {
+                        Some(space) if inlined + n <= INLINE_FRAME => {
+                            let k = slice.copy_to(space);
+                            self.gb.copied(k);
+                            inlined += k;
+                        }
+                        _ => inline = false,
+                    }
+                }
                 // SAFETY: the slice is guest memory mapped for as long as `mem`, which the
                 // caller holds for the whole round; the batch is cleared before the round
                 // ends.
@@ -940,7 +956,11 @@ impl Datapath {
             self.gb.abandon();
             return Took::Refused(r);
         }
-        self.gb.finish();
+        if inline {
+            self.gb.finish_inline();
+        } else {
+            self.gb.finish();
+        }
         Took::Frame(pos - ghl)
     }
 

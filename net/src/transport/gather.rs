@@ -4,7 +4,9 @@
 //!
 //! A frame is its transport header (a copy of the 10-byte `virtio_net_hdr`, held here: the
 //! guest's own header stays out of the kernel's reach, so what was checked is what is sent),
-//! then the frame's pieces in order. The batch is filled, sent and cleared within one call of
+//! then the frame's pieces in order. A small frame (up to [`INLINE_FRAME`] bytes) is copied
+//! here instead, behind its header, and sent as one piece: for it a second iovec costs more
+//! than the copy (Linux's vhost-net copies below 256 bytes for the same reason). The batch is filled, sent and cleared within one call of
 //! the datapath: its pointers into guest memory never outlive the memory guard that made them.
 
 use super::vnet;
@@ -13,6 +15,9 @@ use super::PacketBatch;
 /// Pieces one frame may have in a gather list: a Linux guest uses at most 19
 /// (MAX_SKB_FRAGS, the header, the linear part); a longer chain is copied instead.
 pub const MAX_FRAME_PIECES: usize = 64;
+
+/// The longest frame copied into the batch rather than pointed at.
+pub const INLINE_FRAME: usize = 256;
 
 /// Frames to send: a [`PacketBatch`]'s buffers (one piece each) or a [`GatherBatch`]'s lists.
 /// What the transports' send paths (`sendmmsg`, `writev`) are written against.
@@ -49,7 +54,12 @@ pub struct GatherBatch {
     /// Each frame's header copy (when it has one); never reallocated, so the pointers to its
     /// elements stay valid.
     heads: Box<[[u8; vnet::HDR_LEN]]>,
-    /// The frame being built: its first piece, and whether it has a header.
+    /// Each frame's inline copy: its header, then up to [`INLINE_FRAME`] bytes. Never
+    /// reallocated either.
+    inline: Box<[[u8; vnet::HDR_LEN + INLINE_FRAME]]>,
+    /// Bytes of the open frame's inline copy so far.
+    inline_len: usize,
+    /// The frame being built: its first piece.
     open: Option<usize>,
 }
 
@@ -69,6 +79,8 @@ impl GatherBatch {
             iovs: Vec::with_capacity(pieces.max(depth)),
             frames: Vec::with_capacity(depth),
             heads: vec![[0; vnet::HDR_LEN]; depth].into_boxed_slice(),
+            inline: vec![[0; vnet::HDR_LEN + INLINE_FRAME]; depth].into_boxed_slice(),
+            inline_len: 0,
             open: None,
         }
     }
@@ -94,8 +106,11 @@ impl GatherBatch {
             return Err(Full);
         }
         self.open = Some(self.iovs.len());
+        self.inline_len = 0;
         if let Some(h) = hdr {
             self.heads[i] = *h;
+            self.inline[i][..vnet::HDR_LEN].copy_from_slice(h);
+            self.inline_len = vnet::HDR_LEN;
             self.iovs.push(libc::iovec {
                 iov_base: self.heads[i].as_mut_ptr().cast(),
                 iov_len: vnet::HDR_LEN,
@@ -118,6 +133,34 @@ impl GatherBatch {
             iov_len: len,
         });
         Ok(())
+    }
+
+    /// Where the open frame's next bytes go when it is copied inline (empty once full, or
+    /// when no frame is open); [`GatherBatch::copied`] says how many were written.
+    pub fn inline_space(&mut self) -> &mut [u8] {
+        match self.open {
+            Some(_) => &mut self.inline[self.frames.len()][self.inline_len..],
+            None => &mut [],
+        }
+    }
+
+    /// `n` more bytes of the open frame were written to [`GatherBatch::inline_space`].
+    pub fn copied(&mut self, n: usize) {
+        self.inline_len = (self.inline_len + n).min(vnet::HDR_LEN + INLINE_FRAME);
+    }
+
+    /// Ends the frame being built as its inline copy (header and bytes), one piece: its
+    /// pieces are forgotten.
+    pub fn finish_inline(&mut self) {
+        if let Some(first) = self.open.take() {
+            let i = self.frames.len();
+            self.iovs.truncate(first);
+            self.iovs.push(libc::iovec {
+                iov_base: self.inline[i].as_mut_ptr().cast(),
+                iov_len: self.inline_len,
+            });
+            self.frames.push((first, 1));
+        }
     }
 
     /// Ends the frame being built: it is sent with the others.

@@ -35,7 +35,7 @@ use crate::config::TransportConfig;
 /// Classic BPF in user space and libpcap's compiler, for the backend's frame capture.
 pub(crate) use bpf::run as run_bpf;
 pub use bpf::BpfProgram;
-pub use gather::{Frames, GatherBatch, MAX_FRAME_PIECES};
+pub use gather::{Frames, GatherBatch, INLINE_FRAME, MAX_FRAME_PIECES};
 pub(crate) use pcap::compile as compile_filter;
 pub use tunnel::HeaderDrops;
 

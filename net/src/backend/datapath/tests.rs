@@ -920,18 +920,18 @@ fn software_offloads_complete_checksums_and_count_what_they_refuse() {
     assert_eq!(load(&dp.stats().tx_dropped_bad_offload), 2);
 }
 
-/// Gathering: the frame's bytes go to the host from the guest's buffer itself, behind a copy
-/// of its header; chains the host did not take go back to the ring (used only once sent), a
+/// Gathering: the frame's bytes (longer than an inline copy) go to the host from the guest's
+/// buffer itself, behind a copy of its header; chains the host did not take go back to the ring (used only once sent), a
 /// refused chain among them is counted once, and nothing is reordered.
 #[test]
 fn tx_gathering_sends_from_guest_memory_and_puts_back_what_the_host_refused() {
     let m = mem();
     let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
-    tx_chain(&m, &vq, 0, [0; 12], &frame(100, 0));
+    tx_chain(&m, &vq, 0, [0; 12], &frame(300, 0));
     vq.add_desc_chains(&[desc(DATA + 0x8_0000, 8, 0, 0)], 2)
         .unwrap();
-    tx_chain(&m, &vq, 3, [0; 12], &frame(100, 1));
-    tx_chain(&m, &vq, 5, [0; 12], &frame(100, 2));
+    tx_chain(&m, &vq, 3, [0; 12], &frame(300, 1));
+    tx_chain(&m, &vq, 5, [0; 12], &frame(300, 2));
     let mut q: Queue = vq.create_queue().unwrap();
     let (mut dp, host) = datapath(10, vec![], MRG);
     host.lock().unwrap().accept = 1;
@@ -956,7 +956,7 @@ fn tx_gathering_sends_from_guest_memory_and_puts_back_what_the_host_refused() {
     let out = sent(&host);
     assert_eq!(out.len(), 3);
     for (i, o) in out.iter().enumerate() {
-        assert_eq!(&o[10..], &frame(100, i as u8)[..], "order kept");
+        assert_eq!(&o[10..], &frame(300, i as u8)[..], "order kept");
     }
     assert_eq!(q.next_used(), 4);
     assert!(!dp.tx_pending());
@@ -981,16 +981,16 @@ fn tx_gathering_copies_only_what_it_must_change_and_keeps_the_order() {
     csum[0] = 1; // NEEDS_CSUM
     csum[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start: the TCP header
     csum[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset: its checksum
-    tx_chain(&m, &vq, 0, [0; 12], &frame(60, 1));
+    tx_chain(&m, &vq, 0, [0; 12], &frame(300, 1));
     tx_chain(&m, &vq, 2, csum, &tcp);
-    tx_chain(&m, &vq, 4, [0; 12], &frame(60, 3));
+    tx_chain(&m, &vq, 4, [0; 12], &frame(300, 3));
     let mut q: Queue = vq.create_queue().unwrap();
     let (mut dp, host) = datapath(0, vec![], MRG | 1 << VIRTIO_NET_F_CSUM);
     dp.process_tx(&mut q, &m).unwrap();
     let out = sent(&host);
     assert_eq!(out.len(), 3);
-    assert_eq!(out[0], frame(60, 1));
-    assert_eq!(out[2], frame(60, 3));
+    assert_eq!(out[0], frame(300, 1));
+    assert_eq!(out[2], frame(300, 3));
     assert_eq!(out[1].len(), tcp.len());
     assert_ne!(
         out[1][50..52],
@@ -1004,4 +1004,40 @@ fn tx_gathering_copies_only_what_it_must_change_and_keeps_the_order() {
         vec![guest(DATA + 0x100), guest(DATA + 0x4_0100)]
     );
     assert_eq!(q.next_used(), 3);
+}
+
+/// A frame no longer than `INLINE_FRAME` goes as one piece: its header and bytes copied
+/// into the gather batch (one iovec costs less than two), byte-exact; one byte more and it
+/// is pointed at.
+#[test]
+fn tx_small_frames_go_as_one_inline_piece() {
+    let m = mem();
+    let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
+    let mut h = [0u8; 12];
+    h[0] = 1; // NEEDS_CSUM: the header is the guest's, copied
+    let frames = [
+        frame(60, 1),
+        frame(INLINE_FRAME, 2),
+        frame(INLINE_FRAME + 1, 3),
+    ];
+    for (i, f) in frames.iter().enumerate() {
+        tx_chain(&m, &vq, 2 * i as u16, h, f);
+    }
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (mut dp, host) = datapath(10, vec![], MRG);
+    dp.process_tx(&mut q, &m).unwrap();
+    let out = sent(&host);
+    assert_eq!(out.len(), 3);
+    for (o, f) in out.iter().zip(&frames) {
+        assert_eq!(&o[..10], &h[..10]);
+        assert_eq!(&o[10..], &f[..]);
+    }
+    let guest = |addr: u64| m.get_host_address(GuestAddress(addr)).unwrap() as usize;
+    let pieces = host.lock().unwrap().pieces.clone();
+    // One piece each for the two inline frames (neither in guest memory), then a header
+    // copy and the guest's buffer.
+    assert_eq!(pieces.len(), 4);
+    let in_guest = |p: usize| p >= guest(0) && p < guest(0) + 0x80_0000;
+    assert!(!in_guest(pieces[0]) && !in_guest(pieces[1]) && !in_guest(pieces[2]));
+    assert_eq!(pieces[3], guest(DATA + 0x4_0100));
 }
