@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::sys::{cvt, Mmsg};
-use super::{Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats};
+use super::{
+    Frames, GatherBatch, Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats,
+};
 
 /// `SWITCH_MAGIC` of uml_switch and vde_switch.
 pub(super) const SWITCH_MAGIC: u32 = 0xfeed_face;
@@ -229,7 +231,8 @@ impl SwitchPort {
         }
     }
 
-    pub(super) fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
+    /// Sends frames (a batch, or gather lists); fewer than all means it would block.
+    pub(super) fn send<F: Frames + ?Sized>(&mut self, batch: &F) -> Result<usize, TransportError> {
         let mut done = 0;
         while done < batch.count() {
             if self.peer.tx_gone() {
@@ -241,8 +244,14 @@ impl SwitchPort {
             match self.mmsg.send(self.fd(), batch, done, None) {
                 Ok(0) => break,
                 Ok(n) => done += n,
-                // Larger than a unix datagram may be: this frame only.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::ENOBUFS)) => {
+                // Larger than a unix datagram may be, or (EFAULT) guest memory the kernel could
+                // not read: this frame only.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMSGSIZE | libc::ENOBUFS | libc::EFAULT)
+                    ) =>
+                {
                     self.stats.tx_dropped += 1;
                     done += 1;
                 }
@@ -287,6 +296,14 @@ impl Transport for SwitchPort {
 
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
         SwitchPort::send(self, batch)
+    }
+
+    fn gathers(&self) -> bool {
+        true
+    }
+
+    fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
+        SwitchPort::send(self, frames)
     }
 
     fn set_offloads(&mut self, _offloads: Offloads) -> Result<(), TransportError> {
