@@ -308,7 +308,8 @@ pub struct Geometry {
     /// a virtio-net header, TSO negotiated), else 0.
     pub scratch: usize,
     /// Frames per round sent from the guest's buffers: the configured depth, whatever the
-    /// buffers' size (a gather list holds no frame bytes).
+    /// buffers' size (a gather list holds at most an inline copy of a small frame), within
+    /// [`GATHER_BUDGET`].
     pub gather_depth: usize,
 }
 
@@ -349,20 +350,27 @@ impl Geometry {
             0
         };
         let within = |cap: usize, budget: usize| depth.clamp(1, (budget / cap).max(1));
+        let gather_depth = within(gather_bytes(1), GATHER_BUDGET);
         Geometry {
             rx_capacity,
             rx_depth: within(rx_capacity, BATCH_BUDGET),
             tx_capacity,
-            // The scratch comes out of the transmit side's budget.
-            tx_depth: within(tx_capacity, BATCH_BUDGET - scratch),
+            // The scratch and the gather batch come out of the transmit side's budget.
+            tx_depth: within(
+                tx_capacity,
+                BATCH_BUDGET - scratch - gather_bytes(gather_depth),
+            ),
             scratch,
-            gather_depth: depth.max(1),
+            gather_depth,
         }
     }
 
-    /// Bytes of buffers both batches (and the segmentation scratch) hold.
+    /// Bytes of buffers both batches, the segmentation scratch and the gather batch hold.
     pub fn bytes(&self) -> usize {
-        self.rx_capacity * self.rx_depth + self.tx_capacity * self.tx_depth + self.scratch
+        self.rx_capacity * self.rx_depth
+            + self.tx_capacity * self.tx_depth
+            + self.scratch
+            + gather_bytes(self.gather_depth)
     }
 }
 
@@ -370,6 +378,15 @@ impl Geometry {
 fn gather_batch(g: &Geometry) -> GatherBatch {
     GatherBatch::new(g.gather_depth, g.gather_depth * PIECES_PER_FRAME)
 }
+
+/// Bytes the gather batch of a round of `depth` frames allocates.
+fn gather_bytes(depth: usize) -> usize {
+    GatherBatch::footprint(depth, depth * PIECES_PER_FRAME)
+}
+
+/// Bytes the gather batch may take, out of the transmit side's [`BATCH_BUDGET`]: 217
+/// frames a round (a round of 64, the default, takes 38 KiB).
+pub const GATHER_BUDGET: usize = 128 * 1024;
 
 /// Ethernet header plus one VLAN tag: what a frame may carry beyond the MTU (Linux lets a
 /// VLAN device on a virtio-net device keep the full MTU).

@@ -51,11 +51,9 @@ pub struct GatherBatch {
     iovs: Vec<libc::iovec>,
     /// Each frame's first piece in `iovs`, and its piece count.
     frames: Vec<(usize, usize)>,
-    /// Each frame's header copy (when it has one); never reallocated, so the pointers to its
-    /// elements stay valid.
-    heads: Box<[[u8; vnet::HDR_LEN]]>,
-    /// Each frame's inline copy: its header, then up to [`INLINE_FRAME`] bytes. Never
-    /// reallocated either.
+    /// Each frame's header copy (when it has one), then, for a frame sent inline, up to
+    /// [`INLINE_FRAME`] bytes of it. Never reallocated, so the pointers to its elements stay
+    /// valid.
     inline: Box<[[u8; vnet::HDR_LEN + INLINE_FRAME]]>,
     /// Bytes of the open frame's inline copy so far.
     inline_len: usize,
@@ -78,16 +76,24 @@ impl GatherBatch {
         GatherBatch {
             iovs: Vec::with_capacity(pieces.max(depth)),
             frames: Vec::with_capacity(depth),
-            heads: vec![[0; vnet::HDR_LEN]; depth].into_boxed_slice(),
             inline: vec![[0; vnet::HDR_LEN + INLINE_FRAME]; depth].into_boxed_slice(),
             inline_len: 0,
             open: None,
         }
     }
 
+    /// Bytes a batch of `depth` frames and `pieces` pieces allocates: its iovecs, header
+    /// copies, inline copies and frame index.
+    pub fn footprint(depth: usize, pieces: usize) -> usize {
+        let depth = depth.max(1);
+        pieces.max(depth) * std::mem::size_of::<libc::iovec>()
+            + depth * (vnet::HDR_LEN + INLINE_FRAME)
+            + depth * std::mem::size_of::<(usize, usize)>()
+    }
+
     /// How many frames the batch can hold.
     pub fn depth(&self) -> usize {
-        self.heads.len()
+        self.inline.len()
     }
 
     /// Forgets every frame (and every pointer the batch held).
@@ -108,11 +114,10 @@ impl GatherBatch {
         self.open = Some(self.iovs.len());
         self.inline_len = 0;
         if let Some(h) = hdr {
-            self.heads[i] = *h;
             self.inline[i][..vnet::HDR_LEN].copy_from_slice(h);
             self.inline_len = vnet::HDR_LEN;
             self.iovs.push(libc::iovec {
-                iov_base: self.heads[i].as_mut_ptr().cast(),
+                iov_base: self.inline[i].as_mut_ptr().cast(),
                 iov_len: vnet::HDR_LEN,
             });
         }
