@@ -14,6 +14,7 @@
 //! - [`capture`]: frames into a pcap file, filtered, without ever blocking the datapath.
 
 pub mod capture;
+pub mod coalesce;
 pub mod control;
 pub mod datapath;
 pub mod device;

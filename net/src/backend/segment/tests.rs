@@ -32,7 +32,7 @@ pub(crate) fn tcp4(data: &[u8], flags: u8) -> Vec<u8> {
 }
 
 /// Ethernet, IPv6, TCP (seq 7, flags `flags`), `data`.
-fn tcp6(data: &[u8], flags: u8) -> Vec<u8> {
+pub(crate) fn tcp6(data: &[u8], flags: u8) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd];
     let plen = (20 + data.len()) as u16;
     f.extend_from_slice(&[0x60, 0, 0, 0]);
@@ -46,7 +46,7 @@ fn tcp6(data: &[u8], flags: u8) -> Vec<u8> {
     f
 }
 
-fn segments(frame: &[u8], gso: u8, mss: u16) -> Vec<Vec<u8>> {
+pub(crate) fn segments(frame: &[u8], gso: u8, mss: u16) -> Vec<Vec<u8>> {
     let p = plan(frame, gso, mss, 64).expect("plan");
     (0..p.count)
         .map(|i| {
