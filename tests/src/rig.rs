@@ -147,6 +147,20 @@ impl Rig {
         self.ram.memory().read_obj(GuestAddress(addr)).unwrap()
     }
 
+    pub fn get_u32(&self, addr: u64) -> u32 {
+        self.ram.memory().read_obj(GuestAddress(addr)).unwrap()
+    }
+
+    /// `len` bytes of guest memory at `addr`.
+    pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        self.ram
+            .memory()
+            .read_slice(&mut b, GuestAddress(addr))
+            .unwrap();
+        b
+    }
+
     /// Makes descriptor 0 of queue `q` (`buf`, `len`, `flags`) available as entry `idx`.
     pub fn offer(&mut self, q: u64, idx: u16, buf: u64, len: u32, flags: u16) {
         let base = RINGS + q * 0x3000;

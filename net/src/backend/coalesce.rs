@@ -69,8 +69,7 @@ pub fn parse(frame: &[u8]) -> Option<Segment> {
             let ip = frame.get(l3..l3 + IPV4_HLEN)?;
             let total = usize::from(be16(ip, 2)?);
             let fragment = be16(ip, 6)? & 0x3fff;
-            if ip[0] != 0x45 || fragment != 0 || ip[9] != IPPROTO_TCP || l3 + total != frame.len()
-            {
+            if ip[0] != 0x45 || fragment != 0 || ip[9] != IPPROTO_TCP || l3 + total != frame.len() {
                 return None;
             }
             (true, l3 + IPV4_HLEN)
@@ -149,7 +148,11 @@ pub fn follows(ff: &[u8], first: &Segment, last: &Segment, nf: &[u8], next: &Seg
     } else {
         same(l3, l3 + 4) && same(l3 + 6, l4)
     };
-    same(0, l3) && ip_same && same(l4, l4 + 4) && same(l4 + 8, l4 + 13) && same(l4 + 14, l4 + 16)
+    same(0, l3)
+        && ip_same
+        && same(l4, l4 + 4)
+        && same(l4 + 8, l4 + 13)
+        && same(l4 + 14, l4 + 16)
         && same(l4 + 18, end)
 }
 

@@ -35,6 +35,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::capture::CaptureTap;
+use super::coalesce;
 use super::features::{Negotiated, GUEST_HDR_LEN, NUM_BUFFERS_OFFSET};
 use super::segment;
 use crate::transport::vnet::{self, VnetHdr};
@@ -108,6 +109,10 @@ pub struct NetCounters {
     pub rx_dropped_gso: AtomicU64,
     /// Partial checksums completed in software for a guest without GUEST_CSUM.
     pub rx_csum_completed: AtomicU64,
+    /// Received TCP segments merged into the segment before them (software GRO on a
+    /// transport without a header, see [`super::coalesce`]): the guest got them as part of
+    /// one frame, counted once in `rx_packets`.
+    pub rx_coalesced: AtomicU64,
     /// Received frames with a header that makes no sense (offsets outside the frame), or
     /// shorter than an Ethernet header.
     pub rx_dropped_bad_header: AtomicU64,
@@ -143,9 +148,10 @@ impl NetCounters {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let b = &self.bad_chains;
         format!(
-            "rx {} pkts {} bytes, tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx runt {} over-mtu {} gso {} bad-offload {}, at disconnect {}; bad chains {} (bad-address {} wrong-direction {} unterminated {} too-long {}); csum completed {}",
+            "rx {} pkts {} bytes ({} merged), tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx runt {} over-mtu {} gso {} bad-offload {}, at disconnect {}; bad chains {} (bad-address {} wrong-direction {} unterminated {} too-long {}); csum completed {}",
             g(&self.rx_packets),
             g(&self.rx_bytes),
+            g(&self.rx_coalesced),
             g(&self.tx_packets),
             g(&self.tx_bytes),
             g(&self.rx_dropped_too_big),
@@ -314,8 +320,8 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// Receive buffers hold a GSO frame only when the guest takes them (GUEST_TSO4/6),
-    /// else a frame of the MTU (at least 1500) with a VLAN tag, like a NIC's receive limit:
+    /// Receive buffers hold a GSO frame only when the guest takes them (GUEST_TSO4/6) and
+    /// the transport hands them over (it has a header), else a frame of the MTU (at least 1500) with a VLAN tag, like a NIC's receive limit:
     /// a longer one is dropped and counted as truncated by the transport. Transmit buffers
     /// hold a GSO frame only when the guest may send them (HOST_TSO4/6), else the longest
     /// frame the datapath lets out.
@@ -327,7 +333,9 @@ impl Geometry {
         t: &dyn Transport,
     ) -> Geometry {
         let extra = t.vnet_hdr_len() + usize::from(headroom);
-        let rx_frame = if n.rx.tso4 || n.rx.tso6 {
+        // Without a header the transport receives frames of an MTU, whatever the guest takes:
+        // large frames for it are merged here, from those ([`super::coalesce`]).
+        let rx_frame = if (n.rx.tso4 || n.rx.tso6) && t.vnet_hdr_len() > 0 {
             GSO_FRAME + VLAN_TAG_LEN
         } else {
             usize::from(mtu.max(1500)) + L2_OVERHEAD
@@ -616,13 +624,20 @@ impl Datapath {
                 }
             }
             while self.rx_next < self.rx.count() {
-                match self.deliver(self.rx_next, queue, mem) {
+                let (outcome, frames) = match self.train(self.rx_next) {
+                    Some((first, count)) => (
+                        self.deliver_train(self.rx_next, first, count, queue, mem),
+                        count,
+                    ),
+                    None => (self.deliver(self.rx_next, queue, mem), 1),
+                };
+                match outcome {
                     Delivery::Delivered => {
                         delivered = true;
                         rechecked = false;
-                        self.rx_next += 1;
+                        self.rx_next += frames;
                     }
-                    Delivery::Dropped => self.rx_next += 1,
+                    Delivery::Dropped => self.rx_next += frames,
                     Delivery::NoBuffers => {
                         // Ask the guest to kick us when it adds buffers; if some appeared in
                         // the meantime, go on.
@@ -665,7 +680,7 @@ impl Datapath {
             hdr_pieces: &mut self.hdr_pieces,
             used: &mut self.used,
         };
-        match chains.fill(queue, mem, hdr, frame, n.mrg_rxbuf) {
+        match chains.fill(queue, mem, &[hdr, frame], n.mrg_rxbuf) {
             Fill::Done => {}
             Fill::NoBuffers => return Delivery::NoBuffers,
             Fill::Refused(why) => {
@@ -687,6 +702,110 @@ impl Datapath {
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
         if let Some(tap) = &mut self.capture {
             tap.frame(frame);
+        }
+        Delivery::Delivered
+    }
+
+    /// The train of TCP segments starting at receive frame `index`, when the guest takes
+    /// GSO frames the backend merges ([`super::coalesce`]: a transport without a header, the
+    /// guest with GUEST_CSUM and GUEST_TSO4/6 for the IP version): its first segment and
+    /// how many frames it spans (at least 2), else `None`.
+    fn train(&self, index: usize) -> Option<(coalesce::Segment, usize)> {
+        let n = &self.negotiated;
+        if self.transport.vnet_hdr_len() != 0 || !n.rx.csum || !(n.rx.tso4 || n.rx.tso6) {
+            return None;
+        }
+        let frames = self.rx.packets();
+        let ff = frames[index].data();
+        let first = coalesce::parse(ff)?;
+        if !(if coalesce::is_ipv4(&first) {
+            n.rx.tso4
+        } else {
+            n.rx.tso6
+        }) {
+            return None;
+        }
+        let mut last = first;
+        let mut count = 1;
+        while count < coalesce::MAX_TRAIN {
+            let Some(f) = frames.get(index + count) else {
+                break;
+            };
+            match coalesce::parse(f.data()) {
+                Some(s) if coalesce::follows(ff, &first, &last, f.data(), &s) => {
+                    last = s;
+                    count += 1;
+                }
+                _ => break,
+            }
+        }
+        (count > 1).then_some((first, count))
+    }
+
+    /// Writes the train of `count` segments at receive frame `index` into the guest's
+    /// buffers as one GSO frame: its merged headers (see [`coalesce::train_header`]), then
+    /// each segment's payload, read where it lies in the batch.
+    fn deliver_train(
+        &mut self,
+        index: usize,
+        first: coalesce::Segment,
+        count: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Delivery {
+        let n = self.negotiated;
+        let stats = &*self.stats;
+        let frames = &self.rx.packets()[index..index + count];
+        let ff = frames[0].data();
+        let payload: usize = frames
+            .iter()
+            .map(|f| f.len() - (ff.len() - first.len))
+            .sum();
+        let last = coalesce::parse(frames[count - 1].data());
+        let psh = last.is_some_and(|l| coalesce::pushed(&l));
+        let mut headers = [0u8; coalesce::MAX_HEADERS];
+        let (hlen, h) = coalesce::train_header(ff, &first, payload, psh, &mut headers);
+        let mut hdr = [0u8; GUEST_HDR_LEN];
+        h.write(&mut hdr);
+        hdr[NUM_BUFFERS_OFFSET..][..2].copy_from_slice(&1u16.to_le_bytes());
+        // The guest's header, the merged headers, each segment's payload.
+        let mut pieces: [&[u8]; 2 + coalesce::MAX_TRAIN] = [&[]; 2 + coalesce::MAX_TRAIN];
+        pieces[0] = &hdr[..n.hdr_len];
+        pieces[1] = &headers[..hlen];
+        for (p, f) in pieces[2..].iter_mut().zip(frames) {
+            *p = &f.data()[hlen..];
+        }
+        let chains = RxChains {
+            hdr_pieces: &mut self.hdr_pieces,
+            used: &mut self.used,
+        };
+        match chains.fill(queue, mem, &pieces[..2 + count], n.mrg_rxbuf) {
+            Fill::Done => {}
+            Fill::NoBuffers => return Delivery::NoBuffers,
+            Fill::Refused(why) => {
+                match why {
+                    Some(e) => stats.bad_chains.count(e),
+                    None => NetCounters::inc(&stats.rx_dropped_too_big),
+                }
+                give_back(queue, mem, self.used.iter().map(|&(head, _)| (head, 0)));
+                return Delivery::Dropped;
+            }
+        }
+        if n.hdr_len == GUEST_HDR_LEN && self.used.len() > 1 {
+            patch_num_buffers(mem, &self.hdr_pieces, self.used.len(), stats);
+        }
+        give_back(queue, mem, self.used.iter().copied());
+        stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+        stats
+            .rx_bytes
+            .fetch_add((hlen + payload) as u64, Ordering::Relaxed);
+        stats
+            .rx_coalesced
+            .fetch_add(count as u64 - 1, Ordering::Relaxed);
+        if let Some(tap) = &mut self.capture {
+            for f in frames {
+                tap.frame(f.data());
+            }
         }
         Delivery::Delivered
     }
@@ -1217,17 +1336,18 @@ struct RxChains<'a> {
 }
 
 impl RxChains<'_> {
-    /// Writes `hdr ++ frame` into the guest's next chains (one, or as many as it takes with
-    /// MRG_RXBUF), recording each chain and where the header landed.
+    /// Writes `pieces` one after the other (the guest's header first, then the frame) into
+    /// the guest's next chains (one, or as many as it takes with MRG_RXBUF), recording each
+    /// chain and where the header landed.
     fn fill(
         self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
-        hdr: &[u8],
-        frame: &[u8],
+        pieces: &[&[u8]],
         mrg_rxbuf: bool,
     ) -> Fill {
-        let total = hdr.len() + frame.len();
+        let hdr_len = pieces.first().map_or(0, |h| h.len());
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
         let start = queue.next_avail();
         let queue_size = queue.size();
         self.hdr_pieces.clear();
@@ -1249,11 +1369,11 @@ impl RxChains<'_> {
                     break;
                 }
                 let take = (desc.len() as usize).min(total - written);
-                if write_span(mem, desc.addr(), hdr, frame, written, take).is_err() {
+                if write_span(mem, desc.addr(), pieces, written, take).is_err() {
                     bad = Some(ChainError::BadAddress);
                     break;
                 }
-                if written < hdr.len() {
+                if written < hdr_len {
                     self.hdr_pieces.push((desc.addr(), take));
                 }
                 written += take;
@@ -1299,28 +1419,31 @@ fn give_back(queue: &mut Queue, mem: &GuestMemoryMmap, chains: impl Iterator<Ite
     }
 }
 
-/// Writes bytes `off..off+n` of the logical stream `hdr ++ frame` at `addr`.
+/// Writes bytes `off..off+n` of the logical stream `pieces[0] ++ pieces[1] ++ ...` at
+/// `addr`.
 fn write_span(
     mem: &GuestMemoryMmap,
     addr: GuestAddress,
-    hdr: &[u8],
-    frame: &[u8],
+    pieces: &[&[u8]],
     off: usize,
     n: usize,
 ) -> Result<(), vm_memory::GuestMemoryError> {
     let mut addr = addr;
-    let mut off = off;
+    let mut skip = off;
     let mut n = n;
-    if off < hdr.len() {
-        let k = n.min(hdr.len() - off);
-        mem.write_slice(&hdr[off..off + k], addr)?;
+    for p in pieces {
+        if n == 0 {
+            break;
+        }
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        let k = n.min(p.len() - skip);
+        mem.write_slice(&p[skip..skip + k], addr)?;
         addr = GuestAddress(addr.0.wrapping_add(k as u64));
-        off += k;
+        skip = 0;
         n -= k;
-    }
-    if n > 0 {
-        let f = off - hdr.len();
-        mem.write_slice(&frame[f..f + n], addr)?;
     }
     Ok(())
 }

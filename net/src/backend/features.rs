@@ -60,8 +60,13 @@ const OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
 /// What the backend does itself, offered with `gro=1` on a transport without a
 /// `virtio_net_hdr` (tunnels, fd, the switches, user networking): the guest's partial
 /// checksums completed and its TSO frames segmented (`backend::segment`), so it hands over
-/// up to 64 KiB per frame. Nothing on receive (no GRO), so no GUEST_* bit.
+/// up to 64 KiB per frame; and received TCP segments merged into GSO frames for it
+/// (`backend::coalesce`), with their checksums verified and left partial. No GUEST_ECN: a
+/// segment with CWR or ECE is never merged, so no merged frame needs it.
 const SOFTWARE_OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_TSO4)
+    | bit(VIRTIO_NET_F_GUEST_TSO6)
     | bit(VIRTIO_NET_F_HOST_TSO4)
     | bit(VIRTIO_NET_F_HOST_TSO6)
     | bit(VIRTIO_NET_F_HOST_ECN);

@@ -50,8 +50,15 @@ fn a_train_merges_and_segments_back_byte_exact_v4_and_v6() {
         assert_eq!(n, segs.len(), "the whole train");
         assert_eq!((h.gso_type, h.gso_size), (gso, MSS));
         assert_eq!(h.flags, vnet::F_NEEDS_CSUM);
-        assert_eq!(usize::from(h.hdr_len), if gso == GSO_TCPV4 { 54 } else { 74 });
-        assert_eq!(merged.len(), big.len(), "the train is the frame it was cut from");
+        assert_eq!(
+            usize::from(h.hdr_len),
+            if gso == GSO_TCPV4 { 54 } else { 74 }
+        );
+        assert_eq!(
+            merged.len(),
+            big.len(),
+            "the train is the frame it was cut from"
+        );
         // The guest's view: a valid checksum over the whole train once completed.
         let done = completed(&merged, &h);
         let l4 = usize::from(h.csum_start);
@@ -101,7 +108,11 @@ fn what_may_not_join_ends_the_train() {
     assert_eq!(with(1, &|f| reseal(f, 34 + 13, 0x18)), 2);
     // SYN, FIN, RST, URG, ECE, CWR: not a candidate at all.
     for flag in [0x02, 0x01, 0x04, 0x20, 0x40, 0x80] {
-        assert_eq!(with(2, &|f| reseal(f, 34 + 13, 0x10 | flag)), 2, "{flag:#x}");
+        assert_eq!(
+            with(2, &|f| reseal(f, 34 + 13, 0x10 | flag)),
+            2,
+            "{flag:#x}"
+        );
     }
     // Segments longer than the first: they would not fit its gso_size.
     let half = segments(&big, GSO_TCPV4, MSS / 2);
