@@ -48,6 +48,33 @@ seed_tso_segment() {
     } >"$dir/seed-v4"
 }
 
+# A seed for gro_coalesce: a train of three TCP/IPv4 segments of 1000 bytes with valid
+# checksums, each behind its u16 length, so the fuzzer starts from frames that merge.
+seed_gro_coalesce() {
+    local dir="$root/net/fuzz/corpus/gro_coalesce"
+    mkdir -p "$dir"
+    [ -e "$dir/seed-train" ] || python3 - "$dir/seed-train" <<'PY'
+import struct, sys
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s > 0xffff: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+out = b""
+for i in range(3):
+    data = bytes((i * 1000 + k) % 251 for k in range(1000))
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(data), 1 + i, 0x4000, 64, 6, 0,
+                               bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])))
+    struct.pack_into("!H", ip, 10, csum(bytes(ip)))
+    tcp = bytearray(struct.pack("!HHIIBBHHH", 12345, 80, 1000 + 1000 * i, 1, 0x50, 0x10, 65535, 0, 0))
+    pseudo = bytes(ip[12:20]) + struct.pack("!BBH", 0, 6, 20 + len(data))
+    struct.pack_into("!H", tcp, 16, csum(pseudo + bytes(tcp) + data))
+    frame = bytes([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0]) + bytes(ip) + bytes(tcp) + data
+    out += struct.pack("<H", len(frame)) + frame
+open(sys.argv[1], "wb").write(out)
+PY
+}
+
 rows=()
 crashed=0
 for crate in net devices vmm; do
@@ -61,6 +88,7 @@ for crate in net devices vmm; do
         fi
         [ "$target" = kernel_load ] && seed_kernel_load
         [ "$target" = tso_segment ] && seed_tso_segment
+        [ "$target" = gro_coalesce ] && seed_gro_coalesce
         corpus="$dir/fuzz/corpus/$target"
         artifacts="$dir/fuzz/artifacts/$target"
         mkdir -p "$corpus" "$artifacts"
