@@ -533,6 +533,7 @@ fn device_counters(c: &NetCounters) -> Vec<(&'static str, u64)> {
         ("bad_chain_wrong_direction", g(&b.wrong_direction)),
         ("bad_chain_unterminated", g(&b.unterminated)),
         ("bad_chain_too_long", g(&b.too_long)),
+        ("bad_chain_empty", g(&b.empty)),
     ]
 }
 

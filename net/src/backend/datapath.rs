@@ -61,6 +61,10 @@ pub enum ChainError {
     /// size must loop, and is [`ChainError::Unterminated`].
     #[error("a chain of more descriptors than the queue size")]
     TooLong,
+    /// virtio-queue's iterator yields nothing for a head outside the descriptor table or an
+    /// indirect table it cannot read; every real chain has a descriptor.
+    #[error("a chain of no descriptor: a head outside the descriptor table, or an unreadable indirect table")]
+    Empty,
 }
 
 /// Refused descriptor chains, one counter per [`ChainError`].
@@ -70,6 +74,7 @@ pub struct ChainDrops {
     pub wrong_direction: AtomicU64,
     pub unterminated: AtomicU64,
     pub too_long: AtomicU64,
+    pub empty: AtomicU64,
 }
 
 impl ChainDrops {
@@ -79,6 +84,7 @@ impl ChainDrops {
             ChainError::WrongDirection => &self.wrong_direction,
             ChainError::Unterminated => &self.unterminated,
             ChainError::TooLong => &self.too_long,
+            ChainError::Empty => &self.empty,
         });
     }
 
@@ -88,6 +94,7 @@ impl ChainDrops {
             &self.wrong_direction,
             &self.unterminated,
             &self.too_long,
+            &self.empty,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -148,7 +155,7 @@ impl NetCounters {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let b = &self.bad_chains;
         format!(
-            "rx {} pkts {} bytes ({} merged), tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx runt {} over-mtu {} gso {} bad-offload {}, at disconnect {}; bad chains {} (bad-address {} wrong-direction {} unterminated {} too-long {}); csum completed {}",
+            "rx {} pkts {} bytes ({} merged), tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx runt {} over-mtu {} gso {} bad-offload {}, at disconnect {}; bad chains {} (bad-address {} wrong-direction {} unterminated {} too-long {} empty {}); csum completed {}",
             g(&self.rx_packets),
             g(&self.rx_bytes),
             g(&self.rx_coalesced),
@@ -167,6 +174,7 @@ impl NetCounters {
             g(&b.wrong_direction),
             g(&b.unterminated),
             g(&b.too_long),
+            g(&b.empty),
             g(&self.rx_csum_completed),
         )
     }
@@ -221,6 +229,8 @@ impl<I: Iterator<Item = Descriptor>> Iterator for Walk<I> {
             None => {
                 if self.more {
                     self.error = Some(ChainError::Unterminated);
+                } else if self.seen == 0 {
+                    self.error = Some(ChainError::Empty);
                 }
                 None
             }

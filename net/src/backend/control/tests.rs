@@ -35,6 +35,7 @@ fn stats_name_every_counter_once_and_render_as_json() {
         "tx_bytes",
         "dropped_at_swap",
         "bad_chain_too_long",
+        "bad_chain_empty",
         "transport_rx_dropped_kernel",
         "transport_rx_dropped_header_wrong_key",
         "swaps",
