@@ -99,7 +99,7 @@ impl Ring {
     const USED: u64 = 0x2000;
 
     /// Writes the descriptor table once; returns the queue the device sees.
-    fn new(m: &GuestMemoryMmap, descs: &[RawDescriptor]) -> Queue {
+    fn queue(m: &GuestMemoryMmap, descs: &[RawDescriptor]) -> Queue {
         for (i, d) in descs.iter().enumerate() {
             m.write_obj(*d, GuestAddress(Self::DESC + 16 * i as u64))
                 .unwrap();
@@ -172,7 +172,7 @@ fn datapath_tx_of(
         descs.push(d(a, 12, VRING_DESC_F_NEXT, 2 * i + 1));
         descs.push(d(a + 12, frame.len() as u32, 0, 0));
     }
-    let mut q = Ring::new(&m, &descs);
+    let mut q = Ring::queue(&m, &descs);
     let mut dp = datapath(t, features);
     dp.set_zero_copy(zero_copy);
     let (mut sent, start) = (0u64, Instant::now());
@@ -239,7 +239,7 @@ fn datapath_rx_with(
             ))
         })
         .collect();
-    let mut q = Ring::new(&m, &descs);
+    let mut q = Ring::queue(&m, &descs);
     let mut dp = datapath(t, features);
     let end = Instant::now() + secs();
     let rate = std::thread::scope(|s| {
