@@ -69,7 +69,8 @@ tap, hybrid, raw, gre, l2tpv3, bess, fd also:
                 PACKET_VNET_HDR) from what it negotiates; must match the host side's
                 expectations
                 gre, l2tpv3, bess, fd: the guest may send partial checksums and 64 KiB TSO
-                frames, which the backend completes and segments before they leave
+                frames, which the backend completes and segments before they leave, and
+                receives consecutive TCP segments of a flow merged into 64 KiB frames
 raw, hybrid also:
   bpffile=PATH  classic BPF program (an array of struct sock_filter, 8 bytes each) attached as
                 the receive filter; a malformed file is refused at start-up
