@@ -6,9 +6,10 @@
 //! transport is not read again until the guest posts buffers: nothing is dropped for lack of
 //! room, and backpressure reaches the host side's socket.
 //!
-//! Transmit (guest → transport, queue 1): on a transport that sends from gather lists (raw,
-//! tap, hybrid, fd: [`Transport::gathers`]) the frames go from the guest's buffers to the
-//! kernel in one multi-packet call, not copied: the transport header is a copy of the guest's
+//! Transmit (guest → transport, queue 1): on a transport that sends from gather lists (all
+//! but pcap and user: [`Transport::gathers`]) the frames go from the guest's buffers to the
+//! kernel in one multi-packet call, not copied (a frame of up to 256 bytes is copied inline,
+//! which costs less than a second iovec): the transport header is a copy of the guest's
 //! (checked once, out of the guest's reach), the frame bytes are the guest's. Chains are
 //! returned once the kernel took them; when the host would block, the chains it did not take
 //! go back to the ring (unconsumed) until the descriptor becomes writable, so no pointer into
@@ -294,6 +295,14 @@ struct TakenChain {
 /// sends) or a batch of small ones fit.
 const PIECES_PER_FRAME: usize = 20;
 
+/// Received frames that go to the guest as one GSO frame ([`super::coalesce`]).
+struct Train {
+    first: coalesce::Segment,
+    last: coalesce::Segment,
+    /// Frames it spans, at least 2.
+    count: usize,
+}
+
 /// What happened to one received frame.
 enum Delivery {
     Delivered,
@@ -331,8 +340,9 @@ pub struct Geometry {
 
 impl Geometry {
     /// Receive buffers hold a GSO frame only when the guest takes them (GUEST_TSO4/6) and
-    /// the transport hands them over (it has a header), else a frame of the MTU (at least 1500) with a VLAN tag, like a NIC's receive limit:
-    /// a longer one is dropped and counted as truncated by the transport. Transmit buffers
+    /// the transport hands them over (it has a header), else a frame of the MTU (at least
+    /// 1500) with a VLAN tag, like a NIC's receive limit: a longer one is dropped and counted
+    /// as truncated by the transport. Transmit buffers
     /// hold a GSO frame only when the guest may send them (HOST_TSO4/6), else the longest
     /// frame the datapath lets out.
     pub fn new(
@@ -635,9 +645,9 @@ impl Datapath {
             }
             while self.rx_next < self.rx.count() {
                 let (outcome, frames) = match self.train(self.rx_next) {
-                    Some((first, count)) => (
-                        self.deliver_train(self.rx_next, first, count, queue, mem),
-                        count,
+                    Some(train) => (
+                        self.deliver_train(self.rx_next, &train, queue, mem),
+                        train.count,
                     ),
                     None => (self.deliver(self.rx_next, queue, mem), 1),
                 };
@@ -718,9 +728,8 @@ impl Datapath {
 
     /// The train of TCP segments starting at receive frame `index`, when the guest takes
     /// GSO frames the backend merges ([`super::coalesce`]: a transport without a header, the
-    /// guest with GUEST_CSUM and GUEST_TSO4/6 for the IP version): its first segment and
-    /// how many frames it spans (at least 2), else `None`.
-    fn train(&self, index: usize) -> Option<(coalesce::Segment, usize)> {
+    /// guest with GUEST_CSUM and GUEST_TSO4/6 for the IP version), else `None`.
+    fn train(&self, index: usize) -> Option<Train> {
         let n = &self.negotiated;
         if self.transport.vnet_hdr_len() != 0 || !n.rx.csum || !(n.rx.tso4 || n.rx.tso6) {
             return None;
@@ -749,20 +758,20 @@ impl Datapath {
                 _ => break,
             }
         }
-        (count > 1).then_some((first, count))
+        (count > 1).then_some(Train { first, last, count })
     }
 
-    /// Writes the train of `count` segments at receive frame `index` into the guest's
-    /// buffers as one GSO frame: its merged headers (see [`coalesce::train_header`]), then
-    /// each segment's payload, read where it lies in the batch.
+    /// Writes `train`, at receive frame `index`, into the guest's buffers as one GSO frame:
+    /// its merged headers (see [`coalesce::train_header`]), then each segment's payload,
+    /// read where it lies in the batch.
     fn deliver_train(
         &mut self,
         index: usize,
-        first: coalesce::Segment,
-        count: usize,
+        train: &Train,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Delivery {
+        let (first, count) = (train.first, train.count);
         let n = self.negotiated;
         let stats = &*self.stats;
         let frames = &self.rx.packets()[index..index + count];
@@ -771,8 +780,7 @@ impl Datapath {
             .iter()
             .map(|f| f.len() - (ff.len() - first.len))
             .sum();
-        let last = coalesce::parse(frames[count - 1].data());
-        let psh = last.is_some_and(|l| coalesce::pushed(&l));
+        let psh = coalesce::pushed(&train.last);
         let mut headers = [0u8; coalesce::MAX_HEADERS];
         let (hlen, h) = coalesce::train_header(ff, &first, payload, psh, &mut headers);
         let mut hdr = [0u8; GUEST_HDR_LEN];
