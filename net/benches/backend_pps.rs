@@ -276,21 +276,36 @@ fn datapath_rx_stats(
     stats.expect("stats")
 }
 
-/// The anchor: the bare transport, batches of 64 frames, no virtqueue.
-fn bare_tx(mut t: Box<dyn Transport>) -> f64 {
-    let mut b = PacketBatch::new(64, 2048);
-    for _ in 0..64 {
+/// A batch holding `frames`.
+fn batch(frames: &[Vec<u8>]) -> PacketBatch {
+    let cap = frames.iter().map(Vec::len).max().unwrap_or(0);
+    let mut b = PacketBatch::new(frames.len(), cap);
+    for f in frames {
         let p = b.next_free().unwrap();
-        p.space()[..10].fill(0);
-        p.space()[10..10 + FRAME].copy_from_slice(&frame(1));
-        p.set_len(10 + FRAME);
+        p.space()[..f.len()].copy_from_slice(f);
+        p.set_len(f.len());
         b.commit();
     }
+    b
+}
+
+/// `frame` behind a `virtio_net_hdr`.
+fn with_vnet_hdr(hdr: [u8; 10], frame: &[u8]) -> Vec<u8> {
+    [&hdr[..], frame].concat()
+}
+
+/// Sends `b` over and over for [`secs`]; frames per second.
+fn send_for_secs(t: &mut dyn Transport, b: &PacketBatch) -> f64 {
     let (mut sent, start) = (0u64, Instant::now());
     while start.elapsed() < secs() {
-        sent += t.send(&b).unwrap() as u64;
+        sent += t.send(b).unwrap() as u64;
     }
     sent as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The anchor: the bare transport, batches of 64 frames, no virtqueue.
+fn bare_tx(mut t: Box<dyn Transport>) -> f64 {
+    send_for_secs(t.as_mut(), &batch(&vec![with_vnet_hdr([0; 10], &frame(1)); 64]))
 }
 
 fn bare_rx(mut t: Box<dyn Transport>, flood: impl FnOnce(Instant) + Send) -> f64 {
@@ -329,14 +344,7 @@ fn main() {
         let mut g = in_ns(&ns, || {
             transport::open(&raw_spec("pa")).expect("open generator")
         });
-        let mut b = PacketBatch::new(64, 2048);
-        for _ in 0..64 {
-            let p = b.next_free().unwrap();
-            p.space()[..10].fill(0);
-            p.space()[10..10 + FRAME].copy_from_slice(&frame(2));
-            p.set_len(10 + FRAME);
-            b.commit();
-        }
+        let b = batch(&vec![with_vnet_hdr([0; 10], &frame(2)); 64]);
         while Instant::now() < end {
             let _ = g.send(&b);
         }
@@ -418,20 +426,10 @@ fn full_frames(open: &dyn Fn(&str) -> Box<dyn Transport>) {
         let gbit = |fps: f64| fps * f.len() as f64 * 8.0 / 1e9;
         let gathered = gbit(datapath_tx_of(open("pb"), features, hdr, &f, true));
         let copied = gbit(datapath_tx_of(open("pb"), features, hdr, &f, false));
-        let mut b = PacketBatch::new(64, 10 + f.len());
-        for _ in 0..64 {
-            let p = b.next_free().unwrap();
-            p.space()[..10].copy_from_slice(&hdr[..10]);
-            p.space()[10..10 + f.len()].copy_from_slice(&f);
-            p.set_len(10 + f.len());
-            b.commit();
-        }
-        let mut t = open("pb");
-        let (mut sent, start) = (0u64, Instant::now());
-        while start.elapsed() < secs() {
-            sent += t.send(&b).unwrap() as u64;
-        }
-        let bare = gbit(sent as f64 / start.elapsed().as_secs_f64());
+        let mut vnet = [0u8; 10];
+        vnet.copy_from_slice(&hdr[..10]);
+        let b = batch(&vec![with_vnet_hdr(vnet, &f); 64]);
+        let bare = gbit(send_for_secs(open("pb").as_mut(), &b));
         println!(
             "{what:<24} {gathered:>12.2} {copied:>8.2} {bare:>8.2} {:>14.2} {:>10.2}",
             gathered / bare,
@@ -464,13 +462,7 @@ fn tunnel_rx(ns: &str) {
         .collect();
     let flood = |end: Instant| {
         let mut g = open("vec0:transport=gre,src=127.0.0.1,dst=127.0.0.2");
-        let mut b = PacketBatch::new(segs.len(), 2048);
-        for s in &segs {
-            let buf = b.next_free().unwrap();
-            buf.space()[..s.len()].copy_from_slice(s);
-            buf.set_len(s.len());
-            b.commit();
-        }
+        let b = batch(&segs);
         while Instant::now() < end {
             let _ = g.send(&b);
         }
@@ -552,19 +544,10 @@ fn tunnels(ns: &str) {
         datapath_tx_of(gre(",gro=1"), soft_tso, tso, &big, true),
         45 * MSS,
     );
-    let mut b = PacketBatch::new(64, 2048);
-    for _ in 0..64 {
-        let p = b.next_free().unwrap();
-        p.space()[..small.len()].copy_from_slice(&small);
-        p.set_len(small.len());
-        b.commit();
-    }
-    let mut t = gre("");
-    let (mut sent, start) = (0u64, Instant::now());
-    while start.elapsed() < secs() {
-        sent += t.send(&b).unwrap() as u64;
-    }
-    let bare = gbit(sent as f64 / start.elapsed().as_secs_f64(), 1460);
+    let bare = gbit(
+        send_for_secs(gre("").as_mut(), &batch(&vec![small.clone(); 64])),
+        1460,
+    );
     println!();
     println!("TCP payload guest->host over gre, one core for the datapath");
     println!(

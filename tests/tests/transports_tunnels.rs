@@ -345,7 +345,7 @@ fn tshark_decodes_our_gre_key_and_sequence() {
 #[test]
 fn tshark_decodes_the_segments_of_a_tso_frame_sent_over_gre() {
     use vmm_tests::peer::tcp4_frame;
-    use vmm_tests::rig::{guest_sends_with_header, transport_pair, Rig, HDR, RINGS};
+    use vmm_tests::rig::{guest_sends_with_header, transport_pair, Rig, RINGS};
     let ns = tunnel_ns();
     let dir = TempDir::new("gtso");
     let sock = dir.path().join("gre.sock");
@@ -363,13 +363,7 @@ fn tshark_decodes_the_segments_of_a_tso_frame_sent_over_gre() {
     );
     let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     let frame = tcp4_frame(A_MAC, B_MAC, 1_000_000, &payload);
-    let mut hdr = [0u8; HDR];
-    hdr[0] = 1; // NEEDS_CSUM
-    hdr[1] = 1; // GSO_TCPV4
-    hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
-    hdr[4..6].copy_from_slice(&1448u16.to_le_bytes());
-    hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
-    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let hdr = tso4_header();
     let lines = capture(
         &ns,
         || guest_sends_with_header(&mut rig, 0, hdr, &frame),
@@ -445,13 +439,7 @@ fn gre_tso_frames_arrive_merged_at_a_guest_that_takes_gso() {
     let mut rig_a = connect(&sock_a, 1 | 1 << 11, &a.log());
     let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     let frame = tcp4_frame(A_MAC, B_MAC, 1_000_000, &payload);
-    let mut hdr = [0u8; HDR];
-    hdr[0] = 1; // NEEDS_CSUM
-    hdr[1] = 1; // GSO_TCPV4
-    hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
-    hdr[4..6].copy_from_slice(&1448u16.to_le_bytes());
-    hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
-    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let hdr = tso4_header();
     guest_sends_with_header(&mut rig_a, 0, hdr, &frame);
     // B's frontend comes once all 14 segments wait in its socket, so that one read takes
     // them all (a train never spans two reads).
@@ -499,6 +487,19 @@ fn gre_tso_frames_arrive_merged_at_a_guest_that_takes_gso() {
         0xffff,
         "the TCP checksum completes valid"
     );
+}
+
+/// The virtio-net header of a guest's TCP/IPv4 TSO frame (Ethernet, IPv4, TCP without
+/// options; MSS 1448) with its partial checksum.
+fn tso4_header() -> [u8; vmm_tests::rig::HDR] {
+    let mut hdr = [0u8; vmm_tests::rig::HDR];
+    hdr[0] = 1; // NEEDS_CSUM
+    hdr[1] = 1; // GSO_TCPV4
+    hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
+    hdr[4..6].copy_from_slice(&1448u16.to_le_bytes());
+    hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
+    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    hdr
 }
 
 /// The ones'-complement sum of `b`, folded: 0xffff over data that includes a valid checksum.

@@ -20,9 +20,13 @@
 //!     cargo +nightly fuzz run datapath_tx       (from net/)
 #![no_main]
 
+#[path = "common/input.rs"]
+mod input;
+
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
+use input::Input;
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -132,23 +136,6 @@ impl Transport for Fake {
     }
 }
 
-/// Takes bytes off the input; zeros once it runs out.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-}
 
 /// The guest's side, written into memory: descriptors, avail ring, buffer bytes.
 struct Ring {

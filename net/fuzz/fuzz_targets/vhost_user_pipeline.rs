@@ -22,8 +22,12 @@
 //!     cargo +nightly fuzz run vhost_user_pipeline [--features strict]       (from net/)
 #![no_main]
 
+#[path = "common/input.rs"]
+mod input;
+
 use std::collections::{HashMap, VecDeque};
 
+use input::Input;
 use libfuzzer_sys::fuzz_target;
 use vmm_net::backend::features::VHOST_USER_F_PROTOCOL_FEATURES;
 use vmm_net::backend::interop::{Message, Normaliser, Verdict};
@@ -51,30 +55,6 @@ const NEED_REPLY: u32 = 0x8;
 /// The held set's bound.
 const MAX_HELD: usize = 64;
 
-/// Takes bytes off the input; zeros once it runs out.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | u64::from(self.u32()) << 32
-    }
-    /// `len` payload bytes: the input's, then a counting pattern.
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|i| self.u8() ^ i as u8).collect()
-    }
-}
 
 /// What became of one frontend message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -661,13 +661,10 @@ impl Datapath {
                     Delivery::NoBuffers => {
                         // Ask the guest to kick us when it adds buffers; if some appeared in
                         // the meantime, go on.
-                        match queue.enable_notification(mem) {
-                            Ok(true) if !rechecked => {
-                                rechecked = true;
-                                continue;
-                            }
-                            _ => return Ok(delivered && self.must_notify(queue, mem)),
+                        if look_again(queue, mem, &mut rechecked) {
+                            continue;
                         }
+                        return Ok(delivered && self.must_notify(queue, mem));
                     }
                 }
             }
@@ -700,30 +697,11 @@ impl Datapath {
             hdr_pieces: &mut self.hdr_pieces,
             used: &mut self.used,
         };
-        match chains.fill(queue, mem, &[hdr, frame], n.mrg_rxbuf) {
-            Fill::Done => {}
-            Fill::NoBuffers => return Delivery::NoBuffers,
-            Fill::Refused(why) => {
-                match why {
-                    Some(e) => stats.bad_chains.count(e),
-                    None => NetCounters::inc(&stats.rx_dropped_too_big),
-                }
-                give_back(queue, mem, self.used.iter().map(|&(head, _)| (head, 0)));
-                return Delivery::Dropped;
-            }
-        }
-        if n.hdr_len == GUEST_HDR_LEN && self.used.len() > 1 {
-            patch_num_buffers(mem, &self.hdr_pieces, self.used.len(), stats);
-        }
-        give_back(queue, mem, self.used.iter().copied());
-        stats.rx_packets.fetch_add(1, Ordering::Relaxed);
-        stats
-            .rx_bytes
-            .fetch_add(frame.len() as u64, Ordering::Relaxed);
-        if let Some(tap) = &mut self.capture {
+        let landed = chains.land(queue, mem, &[hdr, frame], &n, stats);
+        if let (Delivery::Delivered, Some(tap)) = (&landed, &mut self.capture) {
             tap.frame(frame);
         }
-        Delivery::Delivered
+        landed
     }
 
     /// The train of TCP segments starting at receive frame `index`, when the guest takes
@@ -797,35 +775,18 @@ impl Datapath {
             hdr_pieces: &mut self.hdr_pieces,
             used: &mut self.used,
         };
-        match chains.fill(queue, mem, &pieces[..2 + count], n.mrg_rxbuf) {
-            Fill::Done => {}
-            Fill::NoBuffers => return Delivery::NoBuffers,
-            Fill::Refused(why) => {
-                match why {
-                    Some(e) => stats.bad_chains.count(e),
-                    None => NetCounters::inc(&stats.rx_dropped_too_big),
+        let landed = chains.land(queue, mem, &pieces[..2 + count], &n, stats);
+        if let Delivery::Delivered = landed {
+            stats
+                .rx_coalesced
+                .fetch_add(count as u64 - 1, Ordering::Relaxed);
+            if let Some(tap) = &mut self.capture {
+                for f in frames {
+                    tap.frame(f.data());
                 }
-                give_back(queue, mem, self.used.iter().map(|&(head, _)| (head, 0)));
-                return Delivery::Dropped;
             }
         }
-        if n.hdr_len == GUEST_HDR_LEN && self.used.len() > 1 {
-            patch_num_buffers(mem, &self.hdr_pieces, self.used.len(), stats);
-        }
-        give_back(queue, mem, self.used.iter().copied());
-        stats.rx_packets.fetch_add(1, Ordering::Relaxed);
-        stats
-            .rx_bytes
-            .fetch_add((hlen + payload) as u64, Ordering::Relaxed);
-        stats
-            .rx_coalesced
-            .fetch_add(count as u64 - 1, Ordering::Relaxed);
-        if let Some(tap) = &mut self.capture {
-            for f in frames {
-                tap.frame(f.data());
-            }
-        }
-        Delivery::Delivered
+        landed
     }
 
     /// Moves frames from the guest to the transport until the guest has none left or the
@@ -855,12 +816,8 @@ impl Datapath {
         let mut rechecked = false;
         loop {
             // Leftovers first: while the host refuses them, take nothing more from the guest.
-            if self.tx.count() > 0 {
-                let sent = self.transport.send(&self.tx)?;
-                self.tx.consume(sent);
-                if self.tx.count() > 0 {
-                    break;
-                }
+            if !self.send_copied()? {
+                break;
             }
             let _ = queue.disable_notification(mem);
             while self.tx.count() < self.tx.depth() {
@@ -878,16 +835,12 @@ impl Datapath {
             }
             if self.tx.count() == 0 {
                 // Nothing taken: re-arm notifications; chains that raced in are taken now.
-                match queue.enable_notification(mem) {
-                    Ok(true) if !rechecked => {
-                        rechecked = true;
-                        continue;
-                    }
-                    _ => break,
+                if look_again(queue, mem, &mut rechecked) {
+                    continue;
                 }
-            } else {
-                rechecked = false;
+                break;
             }
+            rechecked = false;
         }
         Ok(returned && self.must_notify(queue, mem))
     }
@@ -908,12 +861,8 @@ impl Datapath {
         let mut rechecked = false;
         loop {
             // Copied frames first, in order: while the host refuses them, take nothing more.
-            if self.tx.count() > 0 {
-                let sent = self.transport.send(&self.tx)?;
-                self.tx.consume(sent);
-                if self.tx.count() > 0 {
-                    break;
-                }
+            if !self.send_copied()? {
+                break;
             }
             let _ = queue.disable_notification(mem);
             self.gb.clear();
@@ -990,13 +939,10 @@ impl Datapath {
             }
             if !took_any {
                 // Nothing taken: re-arm notifications; chains that raced in are taken now.
-                match queue.enable_notification(mem) {
-                    Ok(true) if !rechecked => {
-                        rechecked = true;
-                        continue;
-                    }
-                    _ => break,
+                if look_again(queue, mem, &mut rechecked) {
+                    continue;
                 }
+                break;
             }
             rechecked = false;
         }
@@ -1261,10 +1207,33 @@ impl Datapath {
         Gathered::Taken
     }
 
+    /// Sends the copied frames waiting in the batch, in order; whether none is left.
+    fn send_copied(&mut self) -> Result<bool, TransportError> {
+        if self.tx.count() > 0 {
+            let sent = self.transport.send(&self.tx)?;
+            self.tx.consume(sent);
+        }
+        Ok(self.tx.count() == 0)
+    }
+
     /// Whether frames wait for the transport to become writable (in the batch, or chains
     /// put back in the ring).
     pub fn tx_pending(&self) -> bool {
         self.tx.count() > 0 || self.tx_blocked
+    }
+}
+
+/// After a look at the ring that found nothing to do: notifications are re-armed, and the
+/// ring is looked at once more if chains raced in. Only once in a row (`rechecked`): a
+/// hostile avail index (more than a ring ahead) makes `enable_notification` report work that
+/// `pop_descriptor_chain` never yields, and must not make the datapath spin.
+fn look_again(queue: &mut Queue, mem: &GuestMemoryMmap, rechecked: &mut bool) -> bool {
+    match queue.enable_notification(mem) {
+        Ok(true) if !*rechecked => {
+            *rechecked = true;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -1354,11 +1323,44 @@ struct RxChains<'a> {
 }
 
 impl RxChains<'_> {
+    /// Writes `pieces` (the guest's header, then the frame: see [`RxChains::fill`]) into the
+    /// guest's buffers and hands them back: used, with `num_buffers` patched, and counted in
+    /// `rx_packets`/`rx_bytes`; or, refused, empty and counted by reason.
+    fn land(
+        mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        pieces: &[&[u8]],
+        n: &Negotiated,
+        stats: &NetCounters,
+    ) -> Delivery {
+        match self.fill(queue, mem, pieces, n.mrg_rxbuf) {
+            Fill::Done => {}
+            Fill::NoBuffers => return Delivery::NoBuffers,
+            Fill::Refused(why) => {
+                match why {
+                    Some(e) => stats.bad_chains.count(e),
+                    None => NetCounters::inc(&stats.rx_dropped_too_big),
+                }
+                give_back(queue, mem, self.used.iter().map(|&(head, _)| (head, 0)));
+                return Delivery::Dropped;
+            }
+        }
+        if n.hdr_len == GUEST_HDR_LEN && self.used.len() > 1 {
+            patch_num_buffers(mem, self.hdr_pieces, self.used.len(), stats);
+        }
+        give_back(queue, mem, self.used.iter().copied());
+        let bytes: usize = pieces.iter().skip(1).map(|p| p.len()).sum();
+        stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+        stats.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        Delivery::Delivered
+    }
+
     /// Writes `pieces` one after the other (the guest's header first, then the frame) into
     /// the guest's next chains (one, or as many as it takes with MRG_RXBUF), recording each
     /// chain and where the header landed.
     fn fill(
-        self,
+        &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         pieces: &[&[u8]],
