@@ -305,7 +305,10 @@ fn send_for_secs(t: &mut dyn Transport, b: &PacketBatch) -> f64 {
 
 /// The anchor: the bare transport, batches of 64 frames, no virtqueue.
 fn bare_tx(mut t: Box<dyn Transport>) -> f64 {
-    send_for_secs(t.as_mut(), &batch(&vec![with_vnet_hdr([0; 10], &frame(1)); 64]))
+    send_for_secs(
+        t.as_mut(),
+        &batch(&vec![with_vnet_hdr([0; 10], &frame(1)); 64]),
+    )
 }
 
 fn bare_rx(mut t: Box<dyn Transport>, flood: impl FnOnce(Instant) + Send) -> f64 {
