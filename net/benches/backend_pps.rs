@@ -276,6 +276,18 @@ fn datapath_rx_stats(
     stats.expect("stats")
 }
 
+/// The virtio-net header of a TCP/IPv4 TSO frame from [`tcp_frame`] (partial checksum).
+fn tso4_header(mss: u16) -> [u8; 12] {
+    let mut h = [0u8; 12];
+    h[0] = 1; // NEEDS_CSUM
+    h[1] = 1; // GSO_TCPV4
+    h[2..4].copy_from_slice(&54u16.to_le_bytes());
+    h[4..6].copy_from_slice(&mss.to_le_bytes());
+    h[6..8].copy_from_slice(&34u16.to_le_bytes());
+    h[8..10].copy_from_slice(&16u16.to_le_bytes());
+    h
+}
+
 /// A batch holding `frames`.
 fn batch(frames: &[Vec<u8>]) -> PacketBatch {
     let cap = frames.iter().map(Vec::len).max().unwrap_or(0);
@@ -409,13 +421,7 @@ fn main() {
 /// batches of the same frames.
 fn full_frames(open: &dyn Fn(&str) -> Box<dyn Transport>) {
     const MSS: usize = 1448;
-    let mut tso = [0u8; 12];
-    tso[0] = 1; // NEEDS_CSUM
-    tso[1] = 1; // GSO_TCPV4
-    tso[2..4].copy_from_slice(&54u16.to_le_bytes());
-    tso[4..6].copy_from_slice(&(MSS as u16).to_le_bytes());
-    tso[6..8].copy_from_slice(&34u16.to_le_bytes());
-    tso[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let tso = tso4_header(MSS as u16);
     println!();
     println!("Large frames guest->host, raw on a veth, one core for the datapath (Gbit/s)");
     println!(
@@ -533,13 +539,7 @@ fn tunnels(ns: &str) {
     const MSS: usize = 1448;
     let small = tcp_frame(1460);
     let big = tcp_frame(45 * MSS);
-    let mut tso = [0u8; 12];
-    tso[0] = 1; // NEEDS_CSUM
-    tso[1] = 1; // GSO_TCPV4
-    tso[2..4].copy_from_slice(&54u16.to_le_bytes());
-    tso[4..6].copy_from_slice(&(MSS as u16).to_le_bytes());
-    tso[6..8].copy_from_slice(&34u16.to_le_bytes());
-    tso[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let tso = tso4_header(MSS as u16);
     let soft_tso = PLAIN | 1 << VIRTIO_NET_F_CSUM | 1 << VIRTIO_NET_F_HOST_TSO4;
     let gbit = |chains: f64, payload: usize| chains * payload as f64 * 8.0 / 1e9;
     let frames = gbit(datapath_tx_of(gre(""), PLAIN, [0; 12], &small, true), 1460);
