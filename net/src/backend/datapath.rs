@@ -295,6 +295,15 @@ struct TakenChain {
 /// sends) or a batch of small ones fit.
 const PIECES_PER_FRAME: usize = 20;
 
+/// What software GRO makes of a received frame ([`Datapath::merge`]).
+enum Merge {
+    /// Nothing: no GRO negotiated, or not a TCP segment whose checksum verifies.
+    No,
+    /// A TCP segment whose checksum verified, going up alone.
+    Verified,
+    Train(Train),
+}
+
 /// Received frames that go to the guest as one GSO frame ([`super::coalesce`]).
 struct Train {
     first: coalesce::Segment,
@@ -644,12 +653,13 @@ impl Datapath {
                 }
             }
             while self.rx_next < self.rx.count() {
-                let (outcome, frames) = match self.train(self.rx_next) {
-                    Some(train) => (
+                let (outcome, frames) = match self.merge(self.rx_next) {
+                    Merge::Train(train) => (
                         self.deliver_train(self.rx_next, &train, queue, mem),
                         train.count,
                     ),
-                    None => (self.deliver(self.rx_next, queue, mem), 1),
+                    Merge::Verified => (self.deliver(self.rx_next, true, queue, mem), 1),
+                    Merge::No => (self.deliver(self.rx_next, false, queue, mem), 1),
                 };
                 match outcome {
                     Delivery::Delivered => {
@@ -678,19 +688,29 @@ impl Datapath {
 
     /// Writes frame `index` of the receive batch into the guest's buffers: the header the
     /// guest gets, the frame spread over as many chains as it needs, `num_buffers` patched,
-    /// the chains handed back used.
-    fn deliver(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Delivery {
+    /// the chains handed back used. `verified`: its TCP checksum was checked here (see [`Datapath::merge`]), which the
+    /// guest is told (DATA_VALID), sparing it the pass.
+    fn deliver(
+        &mut self,
+        index: usize,
+        verified: bool,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Delivery {
         let n = self.negotiated;
         let thl = self.transport.vnet_hdr_len();
         let stats = &*self.stats;
         let packet = &mut self.rx.bufs_mut()[index];
-        let hdr = match guest_header(packet, thl, &n, stats) {
+        let mut hdr = match guest_header(packet, thl, &n, stats) {
             Ok(hdr) => hdr,
             Err(counter) => {
                 NetCounters::inc(counter);
                 return Delivery::Dropped;
             }
         };
+        if verified {
+            hdr[0] |= vnet::F_DATA_VALID;
+        }
         let hdr = &hdr[..n.hdr_len];
         let frame = &packet.data()[thl..];
         let chains = RxChains {
@@ -704,23 +724,26 @@ impl Datapath {
         landed
     }
 
-    /// The train of TCP segments starting at receive frame `index`, when the guest takes
-    /// GSO frames the backend merges ([`super::coalesce`]: a transport without a header, the
-    /// guest with GUEST_CSUM and GUEST_TSO4/6 for the IP version), else `None`.
-    fn train(&self, index: usize) -> Option<Train> {
+    /// What software GRO makes of receive frame `index` when the guest takes GSO frames the
+    /// backend merges ([`super::coalesce`]: a transport without a header, the guest with
+    /// GUEST_CSUM and GUEST_TSO4/6): the train of TCP segments it starts (for the IP version
+    /// the guest takes), or a TCP segment whose checksum verified, alone.
+    fn merge(&self, index: usize) -> Merge {
         let n = &self.negotiated;
         if self.transport.vnet_hdr_len() != 0 || !n.rx.csum || !(n.rx.tso4 || n.rx.tso6) {
-            return None;
+            return Merge::No;
         }
         let frames = self.rx.packets();
         let ff = frames[index].data();
-        let first = coalesce::parse(ff)?;
+        let Some(first) = coalesce::parse(ff) else {
+            return Merge::No;
+        };
         if !(if coalesce::is_ipv4(&first) {
             n.rx.tso4
         } else {
             n.rx.tso6
         }) {
-            return None;
+            return Merge::Verified;
         }
         let mut last = first;
         let mut count = 1;
@@ -736,7 +759,11 @@ impl Datapath {
                 _ => break,
             }
         }
-        (count > 1).then_some(Train { first, last, count })
+        if count > 1 {
+            Merge::Train(Train { first, last, count })
+        } else {
+            Merge::Verified
+        }
     }
 
     /// Writes `train`, at receive frame `index`, into the guest's buffers as one GSO frame:

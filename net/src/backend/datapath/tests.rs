@@ -1060,7 +1060,13 @@ fn rx_segments_of_one_flow_reach_the_guest_as_one_gso_frame() {
     let big = tcp4(&payload(4 * 1448), 0x18);
     let segs = segments(&big, vnet::GSO_TCPV4, 1448);
     let other = frame(100, 9);
-    let incoming: Vec<Vec<u8>> = segs.iter().cloned().chain([other.clone()]).collect();
+    // A segment that does not continue the train (its sequence number is the train's first).
+    let lone = segments(&tcp4(&payload(100), 0x18), vnet::GSO_TCPV4, 1448).remove(0);
+    let incoming: Vec<Vec<u8>> = segs
+        .iter()
+        .cloned()
+        .chain([other.clone(), lone.clone()])
+        .collect();
     let gro = MRG | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
 
     let m = mem();
@@ -1071,7 +1077,7 @@ fn rx_segments_of_one_flow_reach_the_guest_as_one_gso_frame() {
     let (mut dp, _host) = datapath(0, incoming.clone(), gro);
     assert!(!dp.process_rx(&mut q, &m).unwrap());
     assert_eq!(load(&dp.stats().rx_packets), 0, "the train waits whole");
-    rx_chains(&vq, 2, 4096, 1);
+    rx_chains(&vq, 3, 4096, 1);
     assert!(dp.process_rx(&mut q, &m).unwrap());
 
     let mut got = Vec::new();
@@ -1108,8 +1114,13 @@ fn rx_segments_of_one_flow_reach_the_guest_as_one_gso_frame() {
         (2, 12 + 100),
         "the frame after the train, alone"
     );
+    // Alone, a segment whose checksum was verified here is marked so (DATA_VALID); the
+    // frame that is not TCP is not.
+    let flags = |i: u64| m.read_obj::<u8>(GuestAddress(DATA + i * 0x1_0000)).unwrap();
+    assert_eq!(used(&vq, 3), (3, (12 + lone.len()) as u32));
+    assert_eq!((flags(2), flags(3)), (0, vnet::F_DATA_VALID));
     let s = dp.stats();
-    assert_eq!((load(&s.rx_packets), load(&s.rx_coalesced)), (2, 3));
+    assert_eq!((load(&s.rx_packets), load(&s.rx_coalesced)), (3, 3));
 
     // Without GUEST_TSO4 every segment goes up as it came.
     let vq = MockSplitQueue::create(&m, GuestAddress(0x40_0000), 32);
@@ -1119,7 +1130,7 @@ fn rx_segments_of_one_flow_reach_the_guest_as_one_gso_frame() {
     let (mut dp, _host) = datapath(0, incoming, no_tso);
     dp.process_rx(&mut q, &m).unwrap();
     let s = dp.stats();
-    assert_eq!((load(&s.rx_packets), load(&s.rx_coalesced)), (5, 0));
+    assert_eq!((load(&s.rx_packets), load(&s.rx_coalesced)), (6, 0));
     assert_eq!(used(&vq, 0), (0, 12 + segs[0].len() as u32));
 }
 
