@@ -350,11 +350,23 @@ fn linux_over_gre_with_offloads_both_ways() {
             .unwrap_or(0)
     };
     let merged = counter(" bytes (");
+    // The last negotiation is the driver's (the VMM's own comes first, before the guest's).
+    let took = console
+        .lines()
+        .rev()
+        .find_map(|l| l.split("the guest took offloads: ").nth(1))
+        .unwrap_or("(not logged)")
+        .to_string();
     let sent = counter(" merged), tx ");
     vmm_tests::say(&format!(
-        "gre: the guest sent {sent} frames, {from_tunnel} left the tunnel; \
+        "gre: the guest took {took}; it sent {sent} frames, {from_tunnel} left the tunnel; \
          {merged} received segments were merged into the guest's frames"
     ));
+    assert!(
+        took.split(' ').any(|o| o == "GUEST_TSO4"),
+        "the guest did not take GUEST_TSO4 ({took})\n{}",
+        run.context()
+    );
     assert!(
         merged > 0,
         "no segment was merged (software GRO)\n{}",

@@ -183,7 +183,18 @@ impl VhostUserBackendMut for NetDevice {
     fn acked_features(&mut self, acked: u64) {
         seccomp::confine(ThreadKind::Handler);
         let n = Negotiated::from_features(acked & self.offered);
-        if let Err(e) = lock(&self.dp).set_negotiated(n) {
+        let mut dp = lock(&self.dp);
+        let took = features::names(acked & self.offered);
+        log::info!(
+            "{}: the guest took offloads: {}",
+            dp.transport().name(),
+            if took.is_empty() {
+                "none".to_string()
+            } else {
+                took.join(" ")
+            }
+        );
+        if let Err(e) = dp.set_negotiated(n) {
             log::warn!("mirroring the guest's offloads: {e}");
         }
     }
