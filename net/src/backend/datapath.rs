@@ -64,7 +64,10 @@ pub enum ChainError {
     TooLong,
     /// virtio-queue's iterator yields nothing for a head outside the descriptor table or an
     /// indirect table it cannot read; every real chain has a descriptor.
-    #[error("a chain of no descriptor: a head outside the descriptor table, or an unreadable indirect table")]
+    #[error(
+        "a chain of no descriptor: a head outside the descriptor table, or an unreadable \
+         indirect table"
+    )]
     Empty,
 }
 
@@ -688,8 +691,8 @@ impl Datapath {
 
     /// Writes frame `index` of the receive batch into the guest's buffers: the header the
     /// guest gets, the frame spread over as many chains as it needs, `num_buffers` patched,
-    /// the chains handed back used. `verified`: its TCP checksum was checked here (see [`Datapath::merge`]), which the
-    /// guest is told (DATA_VALID), sparing it the pass.
+    /// the chains handed back used. `verified`: its TCP checksum was checked here (see
+    /// [`Datapath::merge`]), which the guest is told (DATA_VALID), sparing it the pass.
     fn deliver(
         &mut self,
         index: usize,

@@ -6,8 +6,9 @@
 //! guest's own header stays out of the kernel's reach, so what was checked is what is sent),
 //! then the frame's pieces in order. A small frame (up to [`INLINE_FRAME`] bytes) is copied
 //! here instead, behind its header, and sent as one piece: for it a second iovec costs more
-//! than the copy (Linux's vhost-net copies below 256 bytes for the same reason). The batch is filled, sent and cleared within one call of
-//! the datapath: its pointers into guest memory never outlive the memory guard that made them.
+//! than the copy (Linux's vhost-net copies below 256 bytes for the same reason). The batch is
+//! filled, sent and cleared within one call of the datapath: its pointers into guest memory
+//! never outlive the memory guard that made them.
 
 use super::vnet;
 use super::PacketBatch;
