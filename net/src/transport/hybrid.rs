@@ -63,8 +63,7 @@ impl Transport for Hybrid {
     }
 
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
-        self.tap
-            .send_for("hybrid", batch, &mut self.stats.tx_dropped)
+        self.tap.send("hybrid", batch, &mut self.stats.tx_dropped)
     }
 
     fn gathers(&self) -> bool {
@@ -72,8 +71,7 @@ impl Transport for Hybrid {
     }
 
     fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
-        self.tap
-            .send_for("hybrid", frames, &mut self.stats.tx_dropped)
+        self.tap.send("hybrid", frames, &mut self.stats.tx_dropped)
     }
 
     /// The tap's offloads decide what the host may transmit on it, and so what the packet

@@ -81,8 +81,7 @@ impl Transport for Tap {
     }
 
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
-        self.dev
-            .send_for(self.name, batch, &mut self.stats.tx_dropped)
+        self.dev.send(self.name, batch, &mut self.stats.tx_dropped)
     }
 
     fn gathers(&self) -> bool {
@@ -90,8 +89,7 @@ impl Transport for Tap {
     }
 
     fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
-        self.dev
-            .send_for(self.name, frames, &mut self.stats.tx_dropped)
+        self.dev.send(self.name, frames, &mut self.stats.tx_dropped)
     }
 
     fn set_offloads(&mut self, offloads: Offloads) -> Result<(), TransportError> {

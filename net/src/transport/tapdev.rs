@@ -121,24 +121,20 @@ impl TapDev {
         Ok(n)
     }
 
-    /// [`TapDev::send`] for transport `name`.
-    pub fn send_for<F: Frames + ?Sized>(
+    /// Writes the frames for transport `name`; returns how many were taken (fewer only when
+    /// the tap would block). A frame the kernel refuses (malformed header, too big) is dropped
+    /// and counted.
+    pub fn send<F: Frames + ?Sized>(
         &self,
         name: &'static str,
-        frames: &F,
+        batch: &F,
         dropped: &mut u64,
     ) -> Result<usize, TransportError> {
-        self.send(frames, dropped)
-            .map_err(|source| TransportError::Io {
-                transport: name,
-                op: "write",
-                source,
-            })
-    }
-
-    /// Writes the batch's packets; returns how many were taken (fewer only when the tap would
-    /// block). A frame the kernel refuses (malformed header, too big) is dropped and counted.
-    pub fn send<F: Frames + ?Sized>(&self, batch: &F, dropped: &mut u64) -> io::Result<usize> {
+        let io = |source| TransportError::Io {
+            transport: name,
+            op: "write",
+            source,
+        };
         for i in 0..batch.count() {
             match sys::write_frame(self.fd(), batch, i) {
                 Ok(_) => {}
@@ -151,7 +147,7 @@ impl TapDev {
                 {
                     *dropped += 1
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(io(e)),
             }
         }
         Ok(batch.count())
