@@ -273,16 +273,20 @@ impl Refusal {
     }
 }
 
-/// What became of one transmit chain in a gathering round ([`Datapath::take`]).
+/// What became of one transmit chain taken in a gathering round ([`Datapath::take`]).
 #[derive(Clone, Copy)]
 enum Took {
     /// Its frame (this many bytes, from Ethernet on) is the gather batch's next.
     Frame(usize),
     Refused(Refusal),
+}
+
+/// Why a transmit chain goes back to the ring untaken ([`Datapath::take`]).
+enum Defer {
     /// The backend must change the frame (software offloads) or it has more pieces than a
     /// gather list takes: it goes through the copying path.
     Copy,
-    /// The gather batch is out of pieces: the chain goes back to the ring for the next round.
+    /// The gather batch is out of pieces: the chain waits for the next round.
     Later,
 }
 
@@ -469,6 +473,10 @@ pub struct Datapath {
     zero_copy: bool,
     /// The host would not take chains that went back to the ring: wait for writability.
     tx_blocked: bool,
+    /// The receive frame that ended the last train, parsed as a TCP segment there (index in
+    /// the receive batch): the next train starts with it, not parsed (checksummed) again.
+    /// Forgotten whenever the batch is refilled.
+    next_segment: Option<(usize, coalesce::Segment)>,
     /// A GSO frame from the guest on its way to [`segment`] ([`Geometry::scratch`] bytes).
     gso_scratch: Vec<u8>,
     negotiated: Negotiated,
@@ -506,6 +514,7 @@ impl Datapath {
             taken: Vec::with_capacity(geometry.gather_depth),
             zero_copy: true,
             tx_blocked: false,
+            next_segment: None,
             gso_scratch: vec![0; geometry.scratch],
             negotiated,
             mtu,
@@ -651,6 +660,7 @@ impl Datapath {
         loop {
             if self.rx_next >= self.rx.count() {
                 self.rx_next = 0;
+                self.next_segment = None;
                 if self.transport.recv(&mut self.rx)? == 0 {
                     break;
                 }
@@ -731,15 +741,19 @@ impl Datapath {
     /// backend merges ([`super::coalesce`]: a transport without a header, the guest with
     /// GUEST_CSUM and GUEST_TSO4/6): the train of TCP segments it starts (for the IP version
     /// the guest takes), or a TCP segment whose checksum verified, alone.
-    fn merge(&self, index: usize) -> Merge {
+    fn merge(&mut self, index: usize) -> Merge {
         let n = &self.negotiated;
         if self.transport.vnet_hdr_len() != 0 || !n.rx.csum || !(n.rx.tso4 || n.rx.tso6) {
             return Merge::No;
         }
         let frames = self.rx.packets();
         let ff = frames[index].data();
-        let Some(first) = coalesce::parse(ff) else {
-            return Merge::No;
+        let first = match self.next_segment.take() {
+            Some((at, s)) if at == index => s,
+            _ => match coalesce::parse(ff) {
+                Some(s) => s,
+                None => return Merge::No,
+            },
         };
         if !(if coalesce::is_ipv4(&first) {
             n.rx.tso4
@@ -759,7 +773,11 @@ impl Datapath {
                     last = s;
                     count += 1;
                 }
-                _ => break,
+                Some(s) => {
+                    self.next_segment = Some((index + count, s));
+                    break;
+                }
+                None => break,
             }
         }
         if count > 1 {
@@ -905,16 +923,12 @@ impl Datapath {
                 };
                 let head = chain.head_index();
                 match self.take(chain, queue_size, mem) {
-                    Took::Copy => {
+                    Ok(took) => self.taken.push(TakenChain { head, at, took }),
+                    Err(defer) => {
                         queue.set_next_avail(at);
-                        copy_next = true;
+                        copy_next = matches!(defer, Defer::Copy);
                         break;
                     }
-                    Took::Later => {
-                        queue.set_next_avail(at);
-                        break;
-                    }
-                    took => self.taken.push(TakenChain { head, at, took }),
                 }
             }
             let result = if Frames::count(&self.gb) > 0 {
@@ -941,7 +955,6 @@ impl Datapath {
                         self.stats.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
                     }
                     Took::Refused(r) => r.count(&self.stats),
-                    Took::Copy | Took::Later => {}
                 }
                 let _ = queue.add_used(mem, t.head, 0);
                 returned = true;
@@ -988,7 +1001,7 @@ impl Datapath {
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
         queue_size: u16,
         mem: &GuestMemoryMmap,
-    ) -> Took {
+    ) -> Result<Took, Defer> {
         let ghl = self.negotiated.hdr_len.max(vnet::HDR_LEN);
         let thl = self.transport.vnet_hdr_len();
         // As long as the copying path's buffer takes.
@@ -1027,12 +1040,12 @@ impl Datapath {
             if !begun {
                 let h = VnetHdr::parse(&ghdr).unwrap_or_default();
                 if thl == 0 && (h.gso_type != vnet::GSO_NONE || h.flags & vnet::F_NEEDS_CSUM != 0) {
-                    return Took::Copy;
+                    return Err(Defer::Copy);
                 }
                 let mut th = [0u8; vnet::HDR_LEN];
                 th.copy_from_slice(&ghdr[..vnet::HDR_LEN]);
                 if self.gb.begin((thl > 0).then_some(&th)).is_err() {
-                    return self.no_room();
+                    return Err(self.no_room());
                 }
                 begun = true;
             }
@@ -1051,7 +1064,7 @@ impl Datapath {
                 pieces += 1;
                 if pieces > MAX_FRAME_PIECES {
                     self.gb.abandon();
-                    return Took::Copy;
+                    return Err(Defer::Copy);
                 }
                 if inline {
                     let n = slice.len();
@@ -1068,7 +1081,7 @@ impl Datapath {
                 // caller holds for the whole round; the batch is cleared before the round
                 // ends.
                 if unsafe { self.gb.push(slice.ptr_guard().as_ptr(), slice.len()) }.is_err() {
-                    return self.no_room();
+                    return Err(self.no_room());
                 }
             }
             pos += len;
@@ -1084,24 +1097,24 @@ impl Datapath {
         };
         if let Some(r) = refused {
             self.gb.abandon();
-            return Took::Refused(r);
+            return Ok(Took::Refused(r));
         }
         if inline {
             self.gb.finish_inline();
         } else {
             self.gb.finish();
         }
-        Took::Frame(pos - ghl)
+        Ok(Took::Frame(pos - ghl))
     }
 
     /// The gather batch cannot take the frame being built: it waits for the next round, or,
     /// alone in an empty batch (so it will never fit), it is copied.
-    fn no_room(&mut self) -> Took {
+    fn no_room(&mut self) -> Defer {
         self.gb.abandon();
         if Frames::count(&self.gb) > 0 {
-            Took::Later
+            Defer::Later
         } else {
-            Took::Copy
+            Defer::Copy
         }
     }
 

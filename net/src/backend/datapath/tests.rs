@@ -1065,7 +1065,7 @@ fn rx_segments_of_one_flow_reach_the_guest_as_one_gso_frame() {
     let incoming: Vec<Vec<u8>> = segs
         .iter()
         .cloned()
-        .chain([other.clone(), lone.clone()])
+        .chain([lone.clone(), other.clone()])
         .collect();
     let gro = MRG | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
 
@@ -1111,14 +1111,14 @@ fn rx_segments_of_one_flow_reach_the_guest_as_one_gso_frame() {
     assert_eq!(merged[47] & 0x08, 0x08, "the last segment's PSH");
     assert_eq!(
         used(&vq, 2),
-        (2, 12 + 100),
-        "the frame after the train, alone"
+        (2, (12 + lone.len()) as u32),
+        "the segment that ended the train, alone"
     );
     // Alone, a segment whose checksum was verified here is marked so (DATA_VALID); the
     // frame that is not TCP is not.
     let flags = |i: u64| m.read_obj::<u8>(GuestAddress(DATA + i * 0x1_0000)).unwrap();
-    assert_eq!(used(&vq, 3), (3, (12 + lone.len()) as u32));
-    assert_eq!((flags(2), flags(3)), (0, vnet::F_DATA_VALID));
+    assert_eq!(used(&vq, 3), (3, 12 + 100));
+    assert_eq!((flags(2), flags(3)), (vnet::F_DATA_VALID, 0));
     let s = dp.stats();
     assert_eq!((load(&s.rx_packets), load(&s.rx_coalesced)), (3, 3));
 
