@@ -5,9 +5,10 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 pkgs=(user-mode-linux busybox-static iperf3 tshark uml-utilities vde2 tcpdump socat kmod
       iproute2 iputils-ping binutils cpio qemu-system-x86 qemu-utils libpcap-dev ethtool
-      libslirp-dev libglib2.0-dev pkg-config)
+      libslirp-dev libglib2.0-dev pkg-config dpdk-dev)
 # libslirp-dev (with libglib2.0-dev, which its pkg-config file names, and pkg-config) is what
-# the libslirp-sys crate links `transport=user` against.
+# the libslirp-sys crate links `transport=user` against. dpdk-dev brings dpdk-testpmd: a real
+# multi-queue vhost-user frontend for the tests, and the packet-rate benchmark's anchor.
 # apt_install PKG...: installs those of the Debian packages that are missing.
 apt_install() {
     local missing=() p

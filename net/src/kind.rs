@@ -113,10 +113,13 @@ impl LegacyForm {
 
 /// Options of tap, hybrid and raw: those that carry a `virtio_net_hdr` (`gro` hands the
 /// guest's offloads to the host; on gre, l2tpv3, bess and fd the backend does them itself).
-const VNET: &[&str] = &["gro", "ifname"];
+/// Tap also takes `queues` (a multi-queue tap: one queue per pair).
+const TAP: &[&str] = &["gro", "ifname", "queues"];
 /// Options of raw and hybrid, which receive through an AF_PACKET socket and its classic BPF
 /// filter.
 const VNET_BPF: &[&str] = &["gro", "ifname", "bpffile", "bpfflash"];
+/// Raw also takes `queues` (one socket per pair, in a fanout group).
+const RAW: &[&str] = &["gro", "ifname", "bpffile", "bpfflash", "queues"];
 
 /// Every transport, in UML's order within each form (the order of the help text and of the
 /// names listed when a name is unknown).
@@ -125,8 +128,8 @@ pub const KINDS: &[Row] = &[
         kind: Kind::Tap,
         name: "tap",
         vector: Some(VectorForm {
-            options: VNET,
-            synopsis: "ifname=NAME (optional: a new tapN is created)",
+            options: TAP,
+            synopsis: "ifname=NAME (optional: a new tapN is created) queues=N",
             about: "A tap device; Linux has no multi-packet I/O on a tap, so one packet per call.",
             example: "vec0:transport=tap",
             parse: vector::tap,
@@ -151,8 +154,8 @@ pub const KINDS: &[Row] = &[
         kind: Kind::Raw,
         name: "raw",
         vector: Some(VectorForm {
-            options: VNET_BPF,
-            synopsis: "ifname=NAME (required)",
+            options: RAW,
+            synopsis: "ifname=NAME (required) queues=N",
             about: "AF_PACKET on any interface (a veth end, a NIC); copies of our own \
                     transmissions are\n\
                     dropped.",

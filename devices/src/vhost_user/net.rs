@@ -24,6 +24,8 @@ pub const QUEUE_MAX_SIZE: u16 = 256;
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// `VIRTIO_NET_F_STATUS`: the config space's status (link up) is valid.
 const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// `VIRTIO_NET_F_MQ`: several queue pairs, chosen through the control queue.
+const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 /// Offset of `status` in `struct virtio_net_config`.
 const STATUS_OFFSET: usize = offset_of!(virtio_net_config, status);
 
@@ -53,7 +55,10 @@ impl DeviceKind for Net {
     /// Never forwarded to a backend that did not offer it: the frontend masks what it acks to
     /// the backend with the backend's own features.
     fn features(&self, backend: u64) -> u64 {
-        let mut f = backend;
+        // One queue pair and no control queue here: a backend's MQ (`vmm net-backend ...
+        // queues=N`) is not passed on, or the guest would look for a control queue that is
+        // not there (Linux then refuses the device).
+        let mut f = backend & !VIRTIO_NET_F_MQ;
         if self.own_mac {
             f |= VIRTIO_NET_F_MAC;
         }

@@ -120,7 +120,7 @@ struct Record {
 }
 
 /// A compiled capture filter (classic BPF for Ethernet frames).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Filter {
     insns: Vec<libc::sock_filter>,
 }
@@ -153,6 +153,19 @@ pub struct CaptureTap {
 }
 
 impl CaptureTap {
+    /// A tap into the same capture for another queue pair's datapath: the same filter,
+    /// queue and counters. The writer gives its used buffers back to the first tap only, so
+    /// this one allocates a buffer per frame it queues.
+    pub fn another(&self) -> CaptureTap {
+        let (_, recycled) = mpsc::sync_channel(0);
+        CaptureTap {
+            filter: self.filter.clone(),
+            queue: self.queue.clone(),
+            recycled,
+            counters: self.counters.clone(),
+        }
+    }
+
     /// Offers one frame (plain Ethernet) to the capture. Never blocks.
     pub fn frame(&mut self, frame: &[u8]) {
         let c = &*self.counters;

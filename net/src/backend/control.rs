@@ -83,6 +83,13 @@ pub enum SwapError {
         transport: &'static str,
         current: &'static str,
     },
+    /// Each pair has a transport of its own; swapping them all at once is not built.
+    #[error("{device}: the device has {have} queue pairs and the spec asks for queues={want}: only a single-queue device swaps its transport (queues=1 both)")]
+    Queues {
+        device: String,
+        have: usize,
+        want: u16,
+    },
     #[error("{device}: watching the new transport's descriptors: {source}")]
     Watch {
         device: String,
@@ -186,7 +193,8 @@ fn json_string(v: &str) -> String {
 /// What the backend and its control handles share.
 pub(super) struct Shared {
     pub name: String,
-    pub dp: Arc<Mutex<Datapath>>,
+    /// The datapaths, one per queue pair.
+    pub dps: Vec<Arc<Mutex<Datapath>>>,
     /// The virtio features offered to every frontend (fixed for the device's life).
     pub offered: u64,
     pub mac: MacAddr,
@@ -207,7 +215,7 @@ pub(super) struct Shared {
 impl Shared {
     pub fn new(
         name: String,
-        dp: Arc<Mutex<Datapath>>,
+        dps: Vec<Arc<Mutex<Datapath>>>,
         offered: u64,
         mac: MacAddr,
         mtu: u16,
@@ -215,7 +223,7 @@ impl Shared {
     ) -> Self {
         Shared {
             name,
-            dp,
+            dps,
             offered,
             mac,
             mtu,
@@ -250,24 +258,32 @@ impl NetControl {
         &self.shared.name
     }
 
-    /// A snapshot of every counter (see [`NetStats`]).
+    /// A snapshot of every counter (see [`NetStats`]), summed over the queue pairs.
     pub fn stats(&self) -> NetStats {
         let s = &*self.shared;
-        let (transport, ts, counters, batches) = {
-            let dp = device::lock(&s.dp);
-            (
-                dp.transport().name(),
-                dp.transport().stats(),
-                dp.stats(),
-                dp.geometry(),
-            )
-        };
-        let mut transport_total = transport_counters(&ts);
-        add_counters(&mut transport_total, &lock(&s.retired));
-        let mut out = device_counters(&counters);
+        let mut transport = "";
+        let mut device_total: Vec<(&'static str, u64)> = Vec::new();
+        let mut transport_total = lock(&s.retired).clone();
+        let mut batches = 0;
+        for dp in &s.dps {
+            let dp = device::lock(dp);
+            transport = dp.transport().name();
+            add_counters(
+                &mut transport_total,
+                &transport_counters(&dp.transport().stats()),
+            );
+            let counters = device_counters(&dp.stats());
+            if device_total.is_empty() {
+                device_total = counters;
+            } else {
+                add_counters(&mut device_total, &counters);
+            }
+            batches += dp.geometry().bytes();
+        }
+        let mut out = device_total;
         out.extend(transport_total);
         // Not a counter: what the batches hold now (see datapath::Geometry).
-        out.push(("batch_buffer_bytes", batches.bytes() as u64));
+        out.push(("batch_buffer_bytes", batches as u64));
         out.push(("swaps", s.swaps.load(Ordering::Relaxed)));
         let (capture, summary) = match lock(&s.capture).as_ref() {
             Some(c) => (
@@ -327,11 +343,19 @@ impl NetControl {
                 want: mac.to_string(),
             });
         }
+        if s.dps.len() != 1 || spec.common.queues != 1 {
+            return Err(SwapError::Queues {
+                device: device(),
+                have: s.dps.len(),
+                want: spec.common.queues,
+            });
+        }
+        let dp0 = &s.dps[0];
         let new = transport::open(&spec).map_err(|source| SwapError::Open {
             device: device(),
             source,
         })?;
-        let can = features::offered(spec.common.gro, new.vnet_hdr_len());
+        let can = features::offered(spec.common.gro, new.vnet_hdr_len(), 1);
         let missing = s.offered & !can;
         if missing != 0 {
             return Err(SwapError::Offloads {
@@ -342,7 +366,7 @@ impl NetControl {
             });
         }
         let current = {
-            let dp = device::lock(&s.dp);
+            let dp = device::lock(dp0);
             (dp.transport().name(), dp.transport().opens_sockets())
         };
         if crate::seccomp::armed() && new.opens_sockets() && !current.1 {
@@ -363,7 +387,7 @@ impl NetControl {
 
         let workers = lock(&s.workers);
         let (old, old_fds, new_fds) = {
-            let mut dp = device::lock(&s.dp);
+            let mut dp = device::lock(dp0);
             let old_fds = fds(dp.transport());
             let new_fds = fds(new.as_ref());
             let old = dp
@@ -375,14 +399,14 @@ impl NetControl {
             (old, old_fds, new_fds)
         };
         if let Some(handlers) = workers.as_ref() {
-            super::server::unwatch(handlers, old_fds);
-            if let Err(source) = super::server::watch(handlers, new_fds) {
+            super::server::unwatch(handlers, 0, old_fds);
+            if let Err(source) = super::server::watch(handlers, 0, new_fds) {
                 // Put the old transport back rather than leave the device deaf.
-                super::server::unwatch(handlers, new_fds);
-                let mut dp = device::lock(&s.dp);
+                super::server::unwatch(handlers, 0, new_fds);
+                let mut dp = device::lock(dp0);
                 if let Ok(failed) = dp.replace_transport(old, depth, headroom) {
                     drop(dp);
-                    let _ = super::server::watch(handlers, old_fds);
+                    let _ = super::server::watch(handlers, 0, old_fds);
                     drop(failed);
                 }
                 return Err(SwapError::Watch {
@@ -421,7 +445,7 @@ impl NetControl {
         if !s.bpfflash.load(Ordering::Relaxed) {
             return Err(FlashError::NotAllowed {
                 device: device(),
-                transport: device::lock(&s.dp).transport().name(),
+                transport: device::lock(&s.dps[0]).transport().name(),
             });
         }
         let prog = std::fs::read(program)
@@ -432,16 +456,20 @@ impl NetControl {
                 path: program.to_path_buf(),
                 reason,
             })?;
-        let mut dp = device::lock(&s.dp);
-        let transport = dp.transport().name();
-        dp.transport_mut()
-            .replace_filter(&prog)
-            .map_err(|source| FlashError::Attach {
-                device: device(),
-                path: program.to_path_buf(),
-                source,
-            })?;
-        drop(dp);
+        // Every pair's socket gets the filter; a refusal (the verifier's, the same for all)
+        // comes at the first, before any filter changed.
+        let mut transport = "";
+        for dp in &s.dps {
+            let mut dp = device::lock(dp);
+            transport = dp.transport().name();
+            dp.transport_mut()
+                .replace_filter(&prog)
+                .map_err(|source| FlashError::Attach {
+                    device: device(),
+                    path: program.to_path_buf(),
+                    source,
+                })?;
+        }
         log::info!(
             "{}: receive filter of transport {transport} replaced by {} ({} instructions)",
             s.name,
@@ -463,7 +491,10 @@ impl NetControl {
             return Err(CaptureError::AlreadyRunning(running.path().to_path_buf()));
         }
         let (session, tap) = CaptureSession::start(path, filter)?;
-        device::lock(&s.dp).set_capture(Some(tap));
+        for dp in &s.dps[1..] {
+            device::lock(dp).set_capture(Some(tap.another()));
+        }
+        device::lock(&s.dps[0]).set_capture(Some(tap));
         log::info!("{}: capturing into {}", s.name, path.display());
         *slot = Some(session);
         Ok(())
@@ -475,9 +506,10 @@ impl NetControl {
         let s = &*self.shared;
         let mut slot = lock(&s.capture);
         let session = slot.take().ok_or(CaptureError::NotRunning)?;
-        let tap = device::lock(&s.dp).set_capture(None);
-        // The writer ends once the tap (its queue's sender) is gone.
-        drop(tap);
+        // The writer ends once the taps (its queue's senders) are gone.
+        for dp in &s.dps {
+            drop(device::lock(dp).set_capture(None));
+        }
         let summary = session.finish();
         log::info!(
             "{}: capture into {} stopped: {} frames written, {} filtered out, {} dropped, {} bytes, {} write errors",
@@ -529,6 +561,7 @@ fn device_counters(c: &NetCounters) -> Vec<(&'static str, u64)> {
         ("tx_dropped_bad_offload", g(&c.tx_dropped_bad_offload)),
         ("dropped_at_disconnect", g(&c.dropped_at_disconnect)),
         ("dropped_at_swap", g(&c.dropped_at_swap)),
+        ("rx_dropped_unserved", g(&c.rx_dropped_unserved)),
         ("bad_chain_bad_address", g(&b.bad_address)),
         ("bad_chain_wrong_direction", g(&b.wrong_direction)),
         ("bad_chain_unterminated", g(&b.unterminated)),

@@ -147,6 +147,10 @@ pub struct NetCounters {
     /// Frames waiting in the datapath (either way) when the transport was replaced by one
     /// with another header length or batch size, which they no longer fit.
     pub dropped_at_swap: AtomicU64,
+    /// Received frames dropped: they reached a queue pair whose receive ring the guest does
+    /// not serve (not enabled yet, or disabled), before the host's frames were steered away
+    /// from it (see [`super::steer`]).
+    pub rx_dropped_unserved: AtomicU64,
 }
 
 impl NetCounters {
@@ -159,7 +163,7 @@ impl NetCounters {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let b = &self.bad_chains;
         format!(
-            "rx {} pkts {} bytes ({} merged), tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx runt {} over-mtu {} gso {} bad-offload {}, at disconnect {}; bad chains {} (bad-address {} wrong-direction {} unterminated {} too-long {} empty {}); csum completed {}",
+            "rx {} pkts {} bytes ({} merged), tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx runt {} over-mtu {} gso {} bad-offload {}, at disconnect {}, unserved pair {}; bad chains {} (bad-address {} wrong-direction {} unterminated {} too-long {} empty {}); csum completed {}",
             g(&self.rx_packets),
             g(&self.rx_bytes),
             g(&self.rx_coalesced),
@@ -173,6 +177,7 @@ impl NetCounters {
             g(&self.tx_dropped_gso),
             g(&self.tx_dropped_bad_offload),
             g(&self.dropped_at_disconnect),
+            g(&self.rx_dropped_unserved),
             b.total(),
             g(&b.bad_address),
             g(&b.wrong_direction),
@@ -643,6 +648,33 @@ impl Datapath {
         self.max_tx_frame = max_tx_frame(self.mtu, &self.negotiated);
         // Back to the buffers a device without offloads needs (nothing waits now).
         self.reshape(false, |s| &s.dropped_at_disconnect);
+    }
+
+    /// Drops what waits for a receive ring the guest does not serve: frames already received,
+    /// then what the transport holds, a bounded number of batches (an edge-triggered
+    /// descriptor wakes the worker again if more arrive). Counted in `rx_dropped_unserved`.
+    pub fn discard_rx(&mut self) -> Result<(), TransportError> {
+        /// Batches drained per call, so a flood cannot keep the worker here.
+        const MAX_BATCHES: usize = 64;
+        let mut dropped = self.rx.count() - self.rx_next.min(self.rx.count());
+        self.rx.clear();
+        self.rx_next = 0;
+        let mut result = Ok(());
+        for _ in 0..MAX_BATCHES {
+            match self.transport.recv(&mut self.rx) {
+                Ok(0) => break,
+                Ok(n) => dropped += n,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.rx.clear();
+        self.stats
+            .rx_dropped_unserved
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        result
     }
 
     /// Moves frames from the transport to the guest until the transport is drained or the

@@ -1,4 +1,5 @@
-//! The vhost-user-net device: what vhost-user-backend's worker thread drives.
+//! The vhost-user-net device: what vhost-user-backend's worker threads drive, one per queue
+//! pair (`queues=N`), each with its own datapath and transport descriptor.
 //!
 //! The worker never holds the datapath lock while it signals the guest (the call eventfd is
 //! made non-blocking by the relay's checks anyway), and the exit-event descriptor that
@@ -27,26 +28,33 @@ use vmm_sys_util::eventfd::EventFd;
 use super::datapath::Datapath;
 use super::features::{self, Negotiated};
 use super::guard;
+use super::steer::Steerer;
 use crate::seccomp::{self, ThreadKind};
 
-/// Queue indexes, which are also the worker's event ids for their kicks.
+/// A pair's queue indexes within its worker (pair `i`'s are `2i` and `2i + 1` on the device),
+/// which are also the worker's event ids for their kicks.
 pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
-pub const NUM_QUEUES: usize = 2;
-/// Event id of the transport's descriptor (ids up to NUM_QUEUES are the crate's).
-pub const TRANSPORT_EVENT: u64 = NUM_QUEUES as u64 + 1;
-/// Event id of the transport's transmit descriptor when it differs from the receive one.
-pub const TRANSPORT_TX_EVENT: u64 = NUM_QUEUES as u64 + 2;
+/// Queues of one pair.
+pub const PAIR_QUEUES: usize = 2;
+
+/// The event ids of a transport's receive and transmit descriptors on a device of `pairs`
+/// pairs: ids up to the device's queue count are the crate's (kicks, its exit event).
+pub fn transport_events(pairs: usize) -> (u64, u64) {
+    let queues = (pairs * PAIR_QUEUES) as u64;
+    (queues + 1, queues + 2)
+}
 
 /// The largest queue a frontend may set up.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 
-/// One frontend connection's view of the device; the datapath is shared with the server,
-/// which keeps it (and the transport) across connections.
+/// One frontend connection's view of the device; the datapaths (one per pair) are shared with
+/// the server, which keeps them (and the transports) across connections.
 pub struct NetDevice {
-    dp: Arc<Mutex<Datapath>>,
+    dps: Vec<Arc<Mutex<Datapath>>>,
+    steerer: Arc<Steerer>,
     /// The SIGBUS guard's watches over `mem`'s mappings; declared before `fault`, which they
     /// write to, so they go first.
     watches: Vec<guard::Watch>,
@@ -65,9 +73,15 @@ pub struct NetDevice {
 }
 
 impl NetDevice {
-    pub fn new(dp: Arc<Mutex<Datapath>>, offered: u64, config: [u8; 12]) -> io::Result<NetDevice> {
+    pub fn new(
+        dps: Vec<Arc<Mutex<Datapath>>>,
+        steerer: Arc<Steerer>,
+        offered: u64,
+        config: [u8; 12],
+    ) -> io::Result<NetDevice> {
         Ok(NetDevice {
-            dp,
+            dps,
+            steerer,
             watches: Vec::new(),
             fault: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             mem: None,
@@ -135,7 +149,8 @@ fn run_queue(
     rx: bool,
 ) -> bool {
     let mut state = vring.get_mut();
-    if !state.get_queue().ready() {
+    // A ring the frontend disabled (SET_VRING_ENABLE 0) is not touched until it is enabled.
+    if !state.get_queue().ready() || !state.is_enabled() {
         return false;
     }
     let result = if rx {
@@ -168,7 +183,12 @@ impl VhostUserBackendMut for NetDevice {
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
-        NUM_QUEUES
+        self.dps.len() * PAIR_QUEUES
+    }
+
+    /// One worker per pair: its receive and transmit queues.
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.dps.len()).map(|i| 0b11 << (2 * i)).collect()
     }
 
     fn max_queue_size(&self) -> usize {
@@ -183,19 +203,23 @@ impl VhostUserBackendMut for NetDevice {
     fn acked_features(&mut self, acked: u64) {
         seccomp::confine(ThreadKind::Handler);
         let n = Negotiated::from_features(acked & self.offered);
-        let mut dp = lock(&self.dp);
         let took = features::names(acked & self.offered);
-        log::info!(
-            "{}: the guest took offloads: {}",
-            dp.transport().name(),
-            if took.is_empty() {
-                "none".to_string()
-            } else {
-                took.join(" ")
+        for (pair, dp) in self.dps.iter().enumerate() {
+            let mut dp = lock(dp);
+            if pair == 0 {
+                log::info!(
+                    "{}: the guest took offloads: {}",
+                    dp.transport().name(),
+                    if took.is_empty() {
+                        "none".to_string()
+                    } else {
+                        took.join(" ")
+                    }
+                );
             }
-        );
-        if let Err(e) = dp.set_negotiated(n) {
-            log::warn!("mirroring the guest's offloads: {e}");
+            if let Err(e) = dp.set_negotiated(n) {
+                log::warn!("mirroring the guest's offloads: {e}");
+            }
         }
     }
 
@@ -207,7 +231,9 @@ impl VhostUserBackendMut for NetDevice {
 
     fn reset_device(&mut self) {
         seccomp::confine(ThreadKind::Handler);
-        lock(&self.dp).reset();
+        for dp in &self.dps {
+            lock(dp).reset();
+        }
     }
 
     /// The crate sets EVENT_IDX on each queue itself.
@@ -262,22 +288,40 @@ impl VhostUserBackendMut for NetDevice {
         device_event: u16,
         evset: EventSet,
         vrings: &[VringRwLock],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
+        // The crate runs worker `i` for the pair of `queues_per_thread()[i]`.
+        let Some(dp) = self.dps.get(thread_id) else {
+            return Ok(());
+        };
         seccomp::confine_with(|| ThreadKind::Worker {
-            sockets: lock(&self.dp).transport().opens_sockets(),
+            sockets: lock(dp).transport().opens_sockets(),
         });
         let (Some(mem), [rx, tx]) = (&self.mem, vrings) else {
             return Ok(());
         };
         let mem = mem.memory();
-        log::trace!("event {device_event} {evset:?}");
+        log::trace!("pair {thread_id}: event {device_event} {evset:?}");
+        let (transport_rx, transport_tx) = transport_events(self.dps.len());
         let (signal_rx, signal_tx) = {
-            let mut dp = lock(&self.dp);
-            match u64::from(device_event) {
+            let mut dp = lock(dp);
+            let served = {
+                let state = rx.get_ref();
+                state.get_queue().ready() && state.is_enabled()
+            };
+            let pair = thread_id as u16;
+            self.steerer.observe(pair, served, &mut dp);
+            let event = u64::from(device_event);
+            if pair > 0 && !served && event == transport_rx && evset.contains(EventSet::IN) {
+                // Frames for a ring nobody serves: steered away from now, dropped and counted.
+                if let Err(e) = dp.discard_rx() {
+                    log::warn!("{e}");
+                }
+            }
+            match event {
                 e if e == u64::from(RX_QUEUE) => (run_queue(&mut dp, rx, &mem, true), false),
                 e if e == u64::from(TX_QUEUE) => (false, run_queue(&mut dp, tx, &mem, false)),
-                TRANSPORT_EVENT | TRANSPORT_TX_EVENT => (
+                e if e == transport_rx || e == transport_tx => (
                     evset.contains(EventSet::IN) && run_queue(&mut dp, rx, &mem, true),
                     evset.contains(EventSet::OUT)
                         && dp.tx_pending()

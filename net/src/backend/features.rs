@@ -20,15 +20,20 @@ pub const GUEST_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
 /// Where `num_buffers` lies in that header.
 pub const NUM_BUFFERS_OFFSET: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
 
-/// vhost-user protocol features offered: CONFIG, REPLY_ACK and BACKEND_REQ
-/// (`VhostUserProtocolFeatures` bits 0x200, 0x8, 0x20).
+/// vhost-user protocol features offered: MQ, CONFIG, REPLY_ACK and BACKEND_REQ
+/// (`VhostUserProtocolFeatures` bits 0x1, 0x200, 0x8, 0x20).
+///
+/// MQ lets the frontend ask how many queues there are (`GET_QUEUE_NUM`): QEMU and DPDK's
+/// virtio_user refuse `queues=N` above 1 without it. It is offered whatever `queues` says;
+/// the answer is then 2.
 ///
 /// BACKEND_REQ is offered for interop, not used: UML 6.1's virtio_uml allocates its interrupt
 /// only while setting up the backend-request channel, and without it requests IRQ 0 (the
 /// timer's) for the virtqueues, so its virtio-net probe fails with -EBUSY. CONFIGURE_MEM_SLOTS
 /// is not offered, so `ADD_MEM_REG`, `REM_MEM_REG` and `GET_MAX_MEM_SLOTS` are never valid: the
 /// memory table comes whole in `SET_MEM_TABLE`.
-pub const PROTOCOL_FEATURES: u64 = VhostUserProtocolFeatures::CONFIG.bits()
+pub const PROTOCOL_FEATURES: u64 = VhostUserProtocolFeatures::MQ.bits()
+    | VhostUserProtocolFeatures::CONFIG.bits()
     | VhostUserProtocolFeatures::REPLY_ACK.bits()
     | VhostUserProtocolFeatures::BACKEND_REQ.bits();
 
@@ -71,13 +76,18 @@ const SOFTWARE_OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
     | bit(VIRTIO_NET_F_HOST_TSO6)
     | bit(VIRTIO_NET_F_HOST_ECN);
 
-/// The virtio features to offer.
-pub fn offered(gro: bool, transport_hdr_len: usize) -> u64 {
-    match (gro, transport_hdr_len > 0) {
-        (false, _) => BASE,
-        (true, true) => BASE | OFFLOADS,
-        (true, false) => BASE | SOFTWARE_OFFLOADS,
-    }
+/// The virtio features to offer: offloads by `gro` and the transport's header, and MQ with
+/// more than one queue pair. MQ needs CTRL_VQ, which is not offered: a vhost-user frontend
+/// keeps the control queue itself (QEMU and DPDK do; they tell the backend which pairs the
+/// guest uses with `SET_VRING_ENABLE`).
+pub fn offered(gro: bool, transport_hdr_len: usize, pairs: u16) -> u64 {
+    let offloads = match (gro, transport_hdr_len > 0) {
+        (false, _) => 0,
+        (true, true) => OFFLOADS,
+        (true, false) => SOFTWARE_OFFLOADS,
+    };
+    let mq = if pairs > 1 { bit(VIRTIO_NET_F_MQ) } else { 0 };
+    BASE | offloads | mq
 }
 
 /// The names of the offload bits in `bits` (for messages).
@@ -144,8 +154,9 @@ impl Negotiated {
 /// Bytes of `struct virtio_net_config` we offer: mac, status, max_virtqueue_pairs, mtu.
 pub const CONFIG_LEN: usize = offset_of!(virtio_net_config, mtu) + size_of::<u16>();
 
-/// `struct virtio_net_config` as far as we offer it ([`CONFIG_LEN`]).
-pub fn config_space(mac: MacAddr, mtu: u16) -> [u8; CONFIG_LEN] {
+/// `struct virtio_net_config` as far as we offer it ([`CONFIG_LEN`]), with `pairs` queue
+/// pairs.
+pub fn config_space(mac: MacAddr, mtu: u16, pairs: u16) -> [u8; CONFIG_LEN] {
     let mut c = [0u8; CONFIG_LEN];
     let mut put = |offset: usize, bytes: &[u8]| {
         c[offset..offset + bytes.len()].copy_from_slice(bytes);
@@ -156,8 +167,10 @@ pub fn config_space(mac: MacAddr, mtu: u16) -> [u8; CONFIG_LEN] {
         offset_of!(virtio_net_config, status),
         &link_up.to_le_bytes(),
     );
-    let pairs = offset_of!(virtio_net_config, max_virtqueue_pairs);
-    put(pairs, &1u16.to_le_bytes());
+    put(
+        offset_of!(virtio_net_config, max_virtqueue_pairs),
+        &pairs.max(1).to_le_bytes(),
+    );
     put(offset_of!(virtio_net_config, mtu), &mtu.to_le_bytes());
     c
 }
@@ -182,13 +195,13 @@ mod tests {
 
     #[test]
     fn offloads_need_gro_and_a_header() {
-        assert_eq!(offered(true, 10) & OFFLOADS, OFFLOADS);
-        assert_eq!(offered(false, 10) & OFFLOADS, 0);
-        assert_eq!(offered(true, 0) & OFFLOADS, SOFTWARE_OFFLOADS);
-        assert_eq!(offered(false, 0) & OFFLOADS, 0);
+        assert_eq!(offered(true, 10, 1) & OFFLOADS, OFFLOADS);
+        assert_eq!(offered(false, 10, 1) & OFFLOADS, 0);
+        assert_eq!(offered(true, 0, 1) & OFFLOADS, SOFTWARE_OFFLOADS);
+        assert_eq!(offered(false, 0, 1) & OFFLOADS, 0);
         assert_eq!(names(OFFLOADS).len(), 8);
         assert_eq!(
-            names(offered(true, 10) & !offered(false, 10))[..2],
+            names(offered(true, 10, 1) & !offered(false, 10, 1))[..2],
             ["CSUM", "GUEST_CSUM"]
         );
     }
@@ -201,14 +214,25 @@ mod tests {
         );
         assert_eq!(CONFIG_LEN, 12);
         assert_eq!(VHOST_USER_F_PROTOCOL_FEATURES, 1 << 30);
-        assert_eq!(PROTOCOL_FEATURES, 0x200 | 0x8 | 0x20);
-        let c = config_space(MacAddr([2, 0, 0, 0, 0, 7]), 9000);
+        assert_eq!(PROTOCOL_FEATURES, 0x1 | 0x200 | 0x8 | 0x20);
+        let c = config_space(MacAddr([2, 0, 0, 0, 0, 7]), 9000, 1);
         assert_eq!(c, [2, 0, 0, 0, 0, 7, 1, 0, 1, 0, 0x28, 0x23]);
+        let c = config_space(MacAddr([2, 0, 0, 0, 0, 7]), 1500, 4);
+        assert_eq!(c[8..10], [4, 0]);
+    }
+
+    #[test]
+    fn mq_is_offered_with_more_than_one_pair() {
+        let mq = bit(VIRTIO_NET_F_MQ);
+        assert_eq!(offered(false, 10, 1) & mq, 0);
+        assert_eq!(offered(false, 10, 2) & mq, mq);
+        assert_eq!(offered(true, 0, 16) & mq, mq);
+        assert_eq!(offered(true, 10, 4) & bit(VIRTIO_NET_F_CTRL_VQ), 0);
     }
 
     #[test]
     fn config_reads_are_bounded() {
-        let c = config_space(MacAddr([2, 0, 0, 0, 0, 7]), 1500);
+        let c = config_space(MacAddr([2, 0, 0, 0, 0, 7]), 1500, 1);
         assert_eq!(read_config(&c, 0, 6), vec![2, 0, 0, 0, 0, 7]);
         assert_eq!(read_config(&c, 10, 2), 1500u16.to_le_bytes().to_vec());
         assert_eq!(read_config(&c, 11, 4), vec![(1500u16 >> 8) as u8, 0, 0, 0]);

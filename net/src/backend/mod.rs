@@ -11,7 +11,9 @@
 //! - [`server`]: the listening socket, reconnection, and the connection API the VMM uses;
 //! - [`control`]: the run-time handle the VMM's control socket uses (counters, transport
 //!   swap, receive-filter flash, capture);
-//! - [`capture`]: frames into a pcap file, filtered, without ever blocking the datapath.
+//! - [`capture`]: frames into a pcap file, filtered, without ever blocking the datapath;
+//! - [`steer`]: which queue pairs of a multi-queue device the guest serves, and steering the
+//!   host's frames to them.
 
 pub mod capture;
 pub mod coalesce;
@@ -24,6 +26,7 @@ pub mod interop;
 pub mod policy;
 pub mod segment;
 pub mod server;
+pub mod steer;
 
 pub use capture::{CaptureError, CaptureSummary};
 pub use control::{FlashError, NetControl, NetStats, SwapError};

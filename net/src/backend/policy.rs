@@ -29,7 +29,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use super::device::{MAX_QUEUE_SIZE, NUM_QUEUES};
+use super::device::{MAX_QUEUE_SIZE, PAIR_QUEUES};
 use super::features::PROTOCOL_FEATURES;
 
 /// vhost-user request codes the checks (and the relay) look at.
@@ -66,10 +66,10 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// The net device's own limits.
+    /// The net device's own limits, with one queue pair.
     fn default() -> Limits {
         Limits {
-            num_queues: NUM_QUEUES as u32,
+            num_queues: PAIR_QUEUES as u32,
             max_queue_size: MAX_QUEUE_SIZE as u32,
             protocol_features: PROTOCOL_FEATURES,
         }

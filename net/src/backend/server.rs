@@ -20,17 +20,20 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::control::{NetControl, Shared, Workers};
 use super::datapath::{Datapath, NetCounters};
-use super::device::{self, NetDevice, TRANSPORT_EVENT, TRANSPORT_TX_EVENT};
+use super::device::{self, NetDevice, PAIR_QUEUES};
 use super::features;
 use super::interop::Relay;
 use super::policy::Limits;
+use super::steer::Steerer;
 use super::BackendError;
 use crate::config::{MacAddr, NetSpec};
 use crate::transport;
 
-/// One network device's backend: its transport and datapath, ready to serve frontends.
+/// One network device's backend: its transports and datapaths (one per queue pair), ready to
+/// serve frontends.
 pub struct NetBackend {
-    dp: Arc<Mutex<Datapath>>,
+    dps: Vec<Arc<Mutex<Datapath>>>,
+    steerer: Arc<Steerer>,
     offered: u64,
     config: [u8; features::CONFIG_LEN],
     name: String,
@@ -39,42 +42,60 @@ pub struct NetBackend {
 }
 
 impl NetBackend {
-    /// Opens the transport the spec describes.
+    /// Opens the transport the spec describes, one per queue pair (`queues`).
     pub fn open(spec: &NetSpec) -> Result<NetBackend, BackendError> {
-        let transport = transport::open(spec)?;
-        let offered = features::offered(spec.common.gro, transport.vnet_hdr_len());
+        let transports = transport::open_queues(spec)?;
+        let pairs = transports.len() as u16;
+        let first = &transports[0];
+        let offered = features::offered(spec.common.gro, first.vnet_hdr_len(), pairs);
         let mac = spec.common.mac.unwrap_or_else(MacAddr::random_local);
         log::info!(
-            "{}: transport {} ready, mac {mac}, mtu {}",
+            "{}: transport {} ready, mac {mac}, mtu {}{}",
             spec.name,
-            transport.name(),
-            spec.common.mtu
+            first.name(),
+            spec.common.mtu,
+            if pairs > 1 {
+                format!(", {pairs} queue pairs")
+            } else {
+                String::new()
+            }
         );
         let depth = if spec.common.vec {
             usize::from(spec.common.depth)
         } else {
             1
         };
-        let dp = Arc::new(Mutex::new(Datapath::new(
-            transport,
-            depth,
-            spec.common.headroom,
-            spec.common.mtu,
-        )));
+        let dps: Vec<_> = transports
+            .into_iter()
+            .map(|t| {
+                Arc::new(Mutex::new(Datapath::new(
+                    t,
+                    depth,
+                    spec.common.headroom,
+                    spec.common.mtu,
+                )))
+            })
+            .collect();
         Ok(NetBackend {
             shared: Arc::new(Shared::new(
                 spec.name.clone(),
-                dp.clone(),
+                dps.clone(),
                 offered,
                 mac,
                 spec.common.mtu,
                 spec.common.bpfflash,
             )),
-            dp,
+            steerer: Arc::new(Steerer::new(pairs)),
+            dps,
             offered,
-            config: features::config_space(mac, spec.common.mtu),
+            config: features::config_space(mac, spec.common.mtu, pairs),
             name: spec.name.clone(),
         })
+    }
+
+    /// The device's queue pairs (`queues`).
+    pub fn pairs(&self) -> usize {
+        self.dps.len()
     }
 
     /// A handle to watch and steer the device while it serves (counters, transport swap,
@@ -84,21 +105,33 @@ impl NetBackend {
         NetControl::new(self.shared.clone())
     }
 
-    /// The datapath's live counters (the control handle's [`NetControl::stats`] has them all,
-    /// by name).
+    /// The live counters of pair 0's datapath, the only one of a single-queue device (the
+    /// control handle's [`NetControl::stats`] has them all, summed over the pairs, by name).
     pub fn stats(&self) -> Arc<NetCounters> {
-        device::lock(&self.dp).stats()
+        device::lock(&self.dps[0]).stats()
     }
 
-    /// The device's counters and the transport's drops, for the log.
+    /// The device's counters and the transport's drops, for the log: a line per pair.
     pub fn summary(&self) -> String {
-        let dp = device::lock(&self.dp);
-        format!(
-            "{}; transport {}: {}",
-            dp.stats().summary(),
-            dp.transport().name(),
-            dp.transport().stats()
-        )
+        let line = |dp: &Mutex<Datapath>| {
+            let dp = device::lock(dp);
+            format!(
+                "{}; transport {}: {}",
+                dp.stats().summary(),
+                dp.transport().name(),
+                dp.transport().stats()
+            )
+        };
+        if self.dps.len() == 1 {
+            return line(&self.dps[0]);
+        }
+        let lines: Vec<String> = self
+            .dps
+            .iter()
+            .enumerate()
+            .map(|(i, dp)| format!("pair {i}: {}", line(dp)))
+            .collect();
+        lines.join("\n")
     }
 
     /// Serves one connected frontend until it disconnects, breaks the protocol, or `stop`
@@ -109,11 +142,15 @@ impl NetBackend {
         stop: Option<RawFd>,
     ) -> Result<(), BackendError> {
         let dev = Arc::new(RwLock::new(
-            NetDevice::new(self.dp.clone(), self.offered, self.config).map_err(|source| {
-                BackendError::Io {
-                    op: "creating the exit event",
-                    source,
-                }
+            NetDevice::new(
+                self.dps.clone(),
+                self.steerer.clone(),
+                self.offered,
+                self.config,
+            )
+            .map_err(|source| BackendError::Io {
+                op: "creating the exit event",
+                source,
             })?,
         ));
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
@@ -142,10 +179,16 @@ impl NetBackend {
             op: "eventfd",
             source,
         })?;
-        let relay = Relay::start(frontend, handler, done.try_clone().ok(), Limits::default())
-            .map_err(|source| BackendError::Io {
-                op: "starting the relay",
-                source,
+        let limits = Limits {
+            num_queues: (self.dps.len() * PAIR_QUEUES) as u32,
+            ..Limits::default()
+        };
+        let relay =
+            Relay::start(frontend, handler, done.try_clone().ok(), limits).map_err(|source| {
+                BackendError::Io {
+                    op: "starting the relay",
+                    source,
+                }
             })?;
         let fault = dev.read().unwrap_or_else(|p| p.into_inner()).fault_fd();
         let mut fds = vec![done.as_raw_fd(), fault];
@@ -175,7 +218,10 @@ impl NetBackend {
             "{}: closed {closed} leaked exit-event descriptor(s)",
             self.name
         );
-        device::lock(&self.dp).reset();
+        for dp in &self.dps {
+            device::lock(dp).reset();
+        }
+        self.steerer.reset(&self.dps);
         if shrank {
             log::warn!(
                 "{}: frontend dropped: SET_MEM_TABLE refused after the fact: a memory file \
@@ -196,7 +242,7 @@ impl NetBackend {
         Ok(())
     }
 
-    /// Puts the transport's descriptors on the connection's worker epoll and records the
+    /// Puts each pair's transport descriptors on its worker's epoll and records the
     /// connection's handlers for swaps (under the lock a swap holds, so the two cannot
     /// interleave). The handlers are forgotten when the returned guard goes.
     fn attach<'a>(
@@ -208,15 +254,17 @@ impl NetBackend {
             .workers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let fds = {
-            let dp = device::lock(&self.dp);
-            (dp.transport().rx_fd(), dp.transport().tx_fd())
-        };
         let handlers = daemon.get_epoll_handlers();
-        watch(&handlers, fds).map_err(|source| BackendError::Io {
-            op: "registering the transport",
-            source,
-        })?;
+        for (pair, dp) in self.dps.iter().enumerate() {
+            let fds = {
+                let dp = device::lock(dp);
+                (dp.transport().rx_fd(), dp.transport().tx_fd())
+            };
+            watch(&handlers, pair, fds).map_err(|source| BackendError::Io {
+                op: "registering the transport",
+                source,
+            })?;
+        }
         *workers = Some(handlers);
         Ok(Attached(&self.shared.workers))
     }
@@ -231,38 +279,37 @@ impl Drop for Attached<'_> {
     }
 }
 
-/// Puts a transport's descriptors (receive, transmit) on the workers' epoll, edge-triggered:
-/// the datapath drains until the host would block or the guest is out of buffers, and resumes
-/// on the guest's kick, so a full receive queue never spins the worker. A descriptor that is
-/// already ready when added wakes the worker at once.
-pub(super) fn watch(handlers: &Workers, (rx, tx): (RawFd, RawFd)) -> io::Result<()> {
-    for h in handlers {
-        if rx == tx {
-            h.register_listener(
-                rx,
-                EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
-                TRANSPORT_EVENT,
-            )?;
-        } else {
-            h.register_listener(rx, EventSet::IN | EventSet::EDGE_TRIGGERED, TRANSPORT_EVENT)?;
-            h.register_listener(
-                tx,
-                EventSet::OUT | EventSet::EDGE_TRIGGERED,
-                TRANSPORT_TX_EVENT,
-            )?;
-        }
+/// Puts pair `pair`'s transport descriptors (receive, transmit) on its worker's epoll,
+/// edge-triggered: the datapath drains until the host would block or the guest is out of
+/// buffers, and resumes on the guest's kick, so a full receive queue never spins the worker. A
+/// descriptor that is already ready when added wakes the worker at once.
+pub(super) fn watch(handlers: &Workers, pair: usize, (rx, tx): (RawFd, RawFd)) -> io::Result<()> {
+    let Some(h) = handlers.get(pair) else {
+        return Err(io::Error::other(format!("no worker for queue pair {pair}")));
+    };
+    let (rx_event, tx_event) = device::transport_events(handlers.len());
+    if rx == tx {
+        h.register_listener(
+            rx,
+            EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
+            rx_event,
+        )
+    } else {
+        h.register_listener(rx, EventSet::IN | EventSet::EDGE_TRIGGERED, rx_event)?;
+        h.register_listener(tx, EventSet::OUT | EventSet::EDGE_TRIGGERED, tx_event)
     }
-    Ok(())
 }
 
-/// Takes a transport's descriptors off the workers' epoll (before the transport is closed).
-/// A descriptor that was not on it is no error worth reporting.
-pub(super) fn unwatch(handlers: &Workers, (rx, tx): (RawFd, RawFd)) {
-    for h in handlers {
-        let _ = h.unregister_listener(rx, EventSet::IN, TRANSPORT_EVENT);
-        if tx != rx {
-            let _ = h.unregister_listener(tx, EventSet::OUT, TRANSPORT_TX_EVENT);
-        }
+/// Takes pair `pair`'s transport descriptors off its worker's epoll (before the transport is
+/// closed). A descriptor that was not on it is no error worth reporting.
+pub(super) fn unwatch(handlers: &Workers, pair: usize, (rx, tx): (RawFd, RawFd)) {
+    let Some(h) = handlers.get(pair) else {
+        return;
+    };
+    let (rx_event, tx_event) = device::transport_events(handlers.len());
+    let _ = h.unregister_listener(rx, EventSet::IN, rx_event);
+    if tx != rx {
+        let _ = h.unregister_listener(tx, EventSet::OUT, tx_event);
     }
 }
 

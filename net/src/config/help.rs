@@ -77,6 +77,13 @@ raw, hybrid also:
   bpfflash=0|1  allow the receive filter to be replaced while the VM runs (UML: the guest's
                 ethtool -f; here the control socket's `net bpf NIC FILE`)  default 0
                 Both are refused on other transports: they have no BPF receive filter.
+tap, raw also:
+  queues=N      queue pairs offered to the guest (VIRTIO_NET_F_MQ)        default 1, 1..=16
+                each pair has a worker thread and a descriptor of its own: a queue of a
+                multi-queue tap (one made with `ip tuntap add ... multi_queue`, or a new
+                one), or an AF_PACKET socket of a fanout group that hashes flows over the
+                pairs the guest enabled; served to external frontends (QEMU queues=N, DPDK
+                virtio_user queues=N); the VMM's own NIC has one pair
 
 vector transports:
 ";

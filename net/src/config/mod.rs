@@ -143,7 +143,15 @@ pub struct CommonOpts {
     /// Allow the filter to be replaced while the device runs (`bpfflash`, default off): UML
     /// lets the guest do it (`ethtool -f`); here it is the control socket's `net bpf NIC FILE`.
     pub bpfflash: bool,
+    /// Queue pairs offered to the guest (`queues`, default 1; tap and raw only): each pair has
+    /// its own transport descriptor (a tap queue, a socket of a fanout group) and its own
+    /// worker thread, so a guest with several vCPUs moves frames on several host CPUs.
+    pub queues: u16,
 }
+
+/// The most queue pairs a device offers (`queues=`): each pair is a worker thread and a
+/// descriptor, and vhost-user-backend numbers a thread's queues in a 64-bit mask.
+pub const MAX_QUEUE_PAIRS: u16 = 16;
 
 impl Default for CommonOpts {
     fn default() -> Self {
@@ -156,6 +164,7 @@ impl Default for CommonOpts {
             mac: None,
             bpffile: None,
             bpfflash: false,
+            queues: 1,
         }
     }
 }

@@ -49,7 +49,29 @@ fn common_options() {
             mac: Some(MacAddr([2, 1, 2, 3, 4, 5])),
             bpffile: Some("/f.bpf".into()),
             bpfflash: true,
+            queues: 1,
         }
+    );
+}
+
+#[test]
+fn queues_on_tap_and_raw_only_and_in_range() {
+    assert_eq!(ok("vec0:transport=tap,queues=4").common.queues, 4);
+    assert_eq!(
+        ok("vec0:transport=raw,ifname=v,queues=16").common.queues,
+        16
+    );
+    assert_eq!(ok("vec0:transport=raw,ifname=v").common.queues, 1);
+    err("vec0:transport=tap,queues=0", &["queues=0", "1..=16"]);
+    err("vec0:transport=tap,queues=17", &["queues=17", "1..=16"]);
+    err("vec0:transport=tap,queues=two", &["queues=two"]);
+    err(
+        "vec0:transport=hybrid,ifname=t,queues=2",
+        &["queues=2", "tap, raw", "not hybrid"],
+    );
+    err(
+        "vec0:transport=gre,src=192.0.2.1,dst=192.0.2.2,queues=2",
+        &["queues=2", "not gre"],
     );
 }
 

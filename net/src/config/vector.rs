@@ -258,6 +258,9 @@ fn common(opts: &Opts) -> Result<CommonOpts, ConfigError> {
         mac: opts.parse("mac", value::mac)?,
         bpffile: opts.parse("bpffile", value::path)?,
         bpfflash: opts.flag("bpfflash")?,
+        queues: opts
+            .ranged("queues", 1, u64::from(MAX_QUEUE_PAIRS))?
+            .map_or(d.queues, |n| n as u16),
     })
 }
 

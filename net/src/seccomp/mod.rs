@@ -28,7 +28,8 @@
 //!
 //! Some calls are allowed only with given arguments ([`ThreadKind::conditional`]): the
 //! handler's `ioctl` (`TUNSETOFFLOAD`, `FIONBIO`) and `rt_sigaction` (SIGBUS), the worker's
-//! `ioctl` (`FIONBIO`, `FIONREAD`), the vCPU's `tgkill` (our own process only). The vCPU's
+//! `ioctl` (`FIONBIO`, `FIONREAD`, `TUNSETQUEUE`) and `setsockopt` (`PACKET_FANOUT_DATA`),
+//! the vCPU's `tgkill` (our own process only). The vCPU's
 //! `ioctl` is not narrowed by request: it is how KVM is driven.
 //!
 //! Per-thread filters are installed whatever the privileges, so a VM that keeps them still
@@ -197,13 +198,25 @@ const HANDLER_CONDITIONAL: &[Conditional] = &[
     },
 ];
 
-/// The worker's `ioctl`s: `FIONBIO` and `FIONREAD` (libslirp's and glib's sockets).
-const WORKER_CONDITIONAL: &[Conditional] = &[Conditional {
-    nr: libc::SYS_ioctl,
-    name: "SYS_ioctl",
-    arg: 1,
-    values: Values::Fixed(&[libc::FIONBIO, libc::FIONREAD]),
-}];
+/// The worker's `ioctl`s: `FIONBIO` and `FIONREAD` (libslirp's and glib's sockets),
+/// `TUNSETQUEUE` (attaching and detaching a multi-queue tap's queue as the guest enables its
+/// pair); its `setsockopt`: `PACKET_FANOUT_DATA` only (spreading a multi-queue raw device's
+/// flows over the pairs the guest enabled; a worker whose transport opens sockets may call
+/// it unrestricted, see [`WORKER_SOCKETS`]).
+const WORKER_CONDITIONAL: &[Conditional] = &[
+    Conditional {
+        nr: libc::SYS_ioctl,
+        name: "SYS_ioctl",
+        arg: 1,
+        values: Values::Fixed(&[libc::FIONBIO, libc::FIONREAD, libc::TUNSETQUEUE]),
+    },
+    Conditional {
+        nr: libc::SYS_setsockopt,
+        name: "SYS_setsockopt",
+        arg: 2,
+        values: Values::Fixed(&[libc::PACKET_FANOUT_DATA as u64]),
+    },
+];
 
 macro_rules! syscalls {
     ($($name:ident),* $(,)?) => {
@@ -492,6 +505,10 @@ fn compile(
     // SAFETY: getpid has no preconditions.
     let own_pid = [u64::from(unsafe { libc::getpid() }.unsigned_abs())];
     for c in conditional.iter().chain([&kcmp]) {
+        // A call the list allows outright stays allowed outright.
+        if list.iter().any(|&(nr, _)| nr == c.nr) {
+            continue;
+        }
         let values: &[u64] = match c.values {
             Values::Fixed(v) => v,
             Values::OwnPid => &own_pid,

@@ -8,7 +8,7 @@
 use std::os::fd::RawFd;
 
 use super::bpf::BpfProgram;
-use super::packet::{Direction, PacketSocket};
+use super::packet::{Direction, Fanout, PacketSocket};
 use super::tapdev::TapDev;
 use super::Opening;
 use super::{GatherBatch, Offloads, PacketBatch, Transport, TransportError, TransportStats};
@@ -31,8 +31,9 @@ impl Hybrid {
             ifname: ifname.to_string(),
             source,
         };
-        let tap = TapDev::open(Some(ifname)).map_err(err)?;
-        let sock = PacketSocket::open(ifname, depth, Direction::Outgoing, filter).map_err(err)?;
+        let tap = TapDev::open(Some(ifname), false).map_err(err)?;
+        let sock = PacketSocket::open(ifname, depth, Direction::Outgoing, filter, Fanout::None)
+            .map_err(err)?;
         Ok(Hybrid {
             tap,
             sock,

@@ -8,6 +8,7 @@
 pub(crate) mod bess;
 mod bpf;
 pub(crate) mod daemon;
+mod fanout;
 pub(crate) mod fd;
 mod gather;
 pub(crate) mod gre;
@@ -413,6 +414,62 @@ pub trait Transport: Send {
             reason: "no BPF receive filter to replace (only raw and hybrid have one)".into(),
         })
     }
+
+    /// Steers the host's frames among the queue pairs of a multi-queue device (`queues=N`),
+    /// as the guest enables and disables them: a frame is handed only to a pair whose guest
+    /// receive ring is served. Single-queue transports have nothing to steer.
+    fn steer(&mut self, steering: Steering) -> Result<(), TransportError> {
+        let _ = steering;
+        Ok(())
+    }
+
+    /// What the next queue pair's transport joins (the tap this one created, the fanout group
+    /// this one made): see [`open_queues`].
+    fn queue_group(&self) -> QueueGroup {
+        QueueGroup::None
+    }
+}
+
+/// Which of a device's queue pairs a transport serves (`queues=N`). Transports that take
+/// `queues` (tap, raw) open one descriptor per pair; the others are only ever opened as pair 0
+/// of 1 (the grammar refuses `queues` on them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSlot {
+    /// This pair, from 0.
+    pub index: u16,
+    /// The device's pairs.
+    pub count: u16,
+    /// What pair 0 made, for pairs 1 and up to join.
+    pub group: QueueGroup,
+}
+
+impl QueueSlot {
+    /// The only pair of a single-queue device.
+    pub const SINGLE: QueueSlot = QueueSlot {
+        index: 0,
+        count: 1,
+        group: QueueGroup::None,
+    };
+}
+
+/// What pair 0 of a multi-queue device made, which the other pairs join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueGroup {
+    None,
+    /// A multi-queue tap, by name (pair 0 may have created it).
+    Tap(String),
+    /// An AF_PACKET fanout group, by the id the kernel gave it (`PACKET_FANOUT_FLAG_UNIQUEID`).
+    Fanout(u16),
+}
+
+/// How the host's frames are steered now, as a pair's worker sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Steering {
+    /// This pair's receive ring is served (ready and enabled by the frontend).
+    pub served: bool,
+    /// How many pairs from 0 on are served without a gap (at least 1: pair 0 takes what no
+    /// other pair can, and keeps it until its ring is served).
+    pub leading: u16,
 }
 
 pub mod wire;
@@ -427,6 +484,8 @@ pub(crate) struct Opening {
     pub mtu: u16,
     /// The `bpffile` program, loaded.
     pub filter: Option<BpfProgram>,
+    /// The queue pair this transport serves.
+    pub queue: QueueSlot,
 }
 
 /// Opens one transport from its configuration: a row's `open` in [`crate::kind::KINDS`].
@@ -442,8 +501,42 @@ fn wrong_config(opener: &'static str) -> TransportError {
     }
 }
 
-/// Opens the transport a spec describes, through its row of [`crate::kind::KINDS`].
+/// Opens the transport a spec describes, through its row of [`crate::kind::KINDS`]: one per
+/// queue pair (`queues=N`), in pair order. Pair 0 is opened first and says what the others
+/// join ([`Transport::queue_group`]); they start steered away from (a detached tap queue, a
+/// fanout group that hands everything to pair 0) until the guest enables them.
+pub fn open_queues(
+    spec: &crate::config::NetSpec,
+) -> Result<Vec<Box<dyn Transport>>, TransportError> {
+    let count = spec.common.queues.max(1);
+    let mut opened: Vec<Box<dyn Transport>> = Vec::with_capacity(usize::from(count));
+    for index in 0..count {
+        let group = match opened.first() {
+            Some(first) => first.queue_group(),
+            None => QueueGroup::None,
+        };
+        opened.push(open_slot(
+            spec,
+            QueueSlot {
+                index,
+                count,
+                group,
+            },
+        )?);
+    }
+    Ok(opened)
+}
+
+/// Opens the transport a spec describes as a single-queue device (pair 0 of 1, whatever
+/// `queues` says): for tests and tools that drive one transport.
 pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, TransportError> {
+    open_slot(spec, QueueSlot::SINGLE)
+}
+
+fn open_slot(
+    spec: &crate::config::NetSpec,
+    queue: QueueSlot,
+) -> Result<Box<dyn Transport>, TransportError> {
     let opening = Opening {
         depth: if spec.common.vec {
             usize::from(spec.common.depth)
@@ -458,6 +551,7 @@ pub fn open(spec: &crate::config::NetSpec) -> Result<Box<dyn Transport>, Transpo
             .as_deref()
             .map(BpfProgram::load)
             .transpose()?,
+        queue,
     };
     (spec.transport.kind().row().open)(&spec.transport, &opening)
 }

@@ -19,8 +19,22 @@ pub enum Direction {
     Outgoing,
 }
 
+/// Whether the socket is one of a fanout group (a multi-queue `raw` device: see
+/// [`super::fanout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fanout {
+    /// A socket of its own.
+    None,
+    /// The first socket of a new group.
+    Create,
+    /// A socket joining group `id`.
+    Join(u16),
+}
+
 pub struct PacketSocket {
     fd: OwnedFd,
+    /// The fanout group this socket is in, if any.
+    group: Option<u16>,
     mmsg: Mmsg,
     keep: Direction,
     drops: KernelDrops,
@@ -44,12 +58,16 @@ impl KernelDrops {
 impl PacketSocket {
     /// Opens the socket on `ifname`. The socket is made with protocol 0 (it receives nothing)
     /// and only starts receiving at `bind`, after the filter is attached, so no frame from
-    /// another interface or one the filter rejects is ever queued.
+    /// another interface or one the filter rejects is ever queued. A socket of a fanout group
+    /// binds with a filter that drops everything, joins the group (which needs a bound
+    /// socket), and only then takes its real filter: between bind and join it would be a
+    /// socket of its own, getting copies of frames the group also gets.
     pub fn open(
         ifname: &str,
         depth: usize,
         keep: Direction,
         filter: Option<&BpfProgram>,
+        fanout: Fanout,
     ) -> io::Result<PacketSocket> {
         let index = sys::ifindex(ifname)?;
         let fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
@@ -61,12 +79,39 @@ impl PacketSocket {
             // Linux >= 4.20; the pkttype check in `recv` covers older kernels.
             let _ = sys::setsockopt_int(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
         }
-        if let Some(prog) = Self::compose(keep, filter)? {
-            sys::attach_filter(raw, prog.instructions())?;
+        let prog = Self::compose(keep, filter)?;
+        if fanout == Fanout::None {
+            if let Some(prog) = &prog {
+                sys::attach_filter(raw, prog.instructions())?;
+            }
+            sys::bind_packet(raw, index)?;
+        } else {
+            const DROP_ALL: libc::sock_filter = libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            };
+            sys::attach_filter(raw, &[DROP_ALL])?;
+            sys::bind_packet(raw, index)?;
         }
-        sys::bind_packet(raw, index)?;
+        let group = match fanout {
+            Fanout::None => None,
+            Fanout::Create => Some(super::fanout::create(raw)?),
+            Fanout::Join(id) => {
+                super::fanout::join(raw, id)?;
+                Some(id)
+            }
+        };
+        if group.is_some() {
+            match &prog {
+                Some(prog) => sys::attach_filter(raw, prog.instructions())?,
+                None => sys::detach_filter(raw)?,
+            }
+        }
         Ok(PacketSocket {
             fd,
+            group,
             mmsg: Mmsg::new(depth),
             keep,
             drops: KernelDrops::default(),
@@ -104,6 +149,16 @@ impl PacketSocket {
 
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// The fanout group this socket is in, if any.
+    pub fn group(&self) -> Option<u16> {
+        self.group
+    }
+
+    /// Spreads the group's flows over its first `pairs` sockets (see [`super::fanout`]).
+    pub fn spread(&self, pairs: u16) -> io::Result<()> {
+        super::fanout::set_pairs(self.fd(), pairs)
     }
 
     /// [`PacketSocket::recv`] as `transport`'s [`Transport::recv`](super::Transport::recv):

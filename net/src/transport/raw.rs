@@ -5,11 +5,11 @@
 use std::os::fd::RawFd;
 
 use super::bpf::BpfProgram;
-use super::packet::{Direction, PacketSocket};
-use super::Opening;
+use super::packet::{Direction, Fanout, PacketSocket};
 use super::{
     Frames, GatherBatch, Offloads, PacketBatch, Transport, TransportError, TransportStats,
 };
+use super::{Opening, QueueGroup, QueueSlot, Steering};
 use crate::config::TransportConfig;
 
 pub struct Raw {
@@ -18,19 +18,34 @@ pub struct Raw {
 }
 
 impl Raw {
+    /// Opens pair `slot`'s socket: a socket of its own for a single-queue device; for several
+    /// pairs, pair 0 makes a fanout group and the others join it (see
+    /// [`super::fanout`]), every frame going to pair 0 until [`Raw::steer`] spreads them.
     pub fn open(
         ifname: &str,
         depth: usize,
         filter: Option<&BpfProgram>,
+        slot: &QueueSlot,
     ) -> Result<Raw, TransportError> {
-        let sock =
-            PacketSocket::open(ifname, depth, Direction::Incoming, filter).map_err(|source| {
-                TransportError::Interface {
-                    transport: "raw",
-                    ifname: ifname.to_string(),
-                    source,
-                }
-            })?;
+        let fanout = match (&slot.group, slot.count) {
+            (_, 0 | 1) => Fanout::None,
+            (QueueGroup::Fanout(id), _) => Fanout::Join(*id),
+            _ => Fanout::Create,
+        };
+        let sock = PacketSocket::open(ifname, depth, Direction::Incoming, filter, fanout).map_err(
+            |source| TransportError::Interface {
+                transport: "raw",
+                ifname: ifname.to_string(),
+                source,
+            },
+        )?;
+        if let Some(id) = sock.group() {
+            log::info!(
+                "raw: pair {} of {} on {ifname}, fanout group {id}",
+                slot.index,
+                slot.count
+            );
+        }
         Ok(Raw {
             sock,
             stats: TransportStats::default(),
@@ -84,6 +99,27 @@ impl Transport for Raw {
     fn replace_filter(&mut self, program: &BpfProgram) -> Result<(), TransportError> {
         self.sock.replace_filter_for("raw", program)
     }
+
+    /// The group spreads flows over the pairs served from 0 on without a gap; the program is
+    /// the group's, so whichever pair sees the count change replaces it.
+    fn steer(&mut self, steering: Steering) -> Result<(), TransportError> {
+        if self.sock.group().is_none() {
+            return Ok(());
+        }
+        self.sock
+            .spread(steering.leading.max(1))
+            .map_err(|source| TransportError::Io {
+                transport: "raw",
+                op: "PACKET_FANOUT_DATA",
+                source,
+            })
+    }
+
+    fn queue_group(&self) -> QueueGroup {
+        self.sock
+            .group()
+            .map_or(QueueGroup::None, QueueGroup::Fanout)
+    }
 }
 
 /// Sends a whole batch through an AF_PACKET socket: a frame the kernel refuses outright
@@ -132,5 +168,10 @@ pub(crate) fn from_config(
     let TransportConfig::Raw(c) = config else {
         return Err(super::wrong_config("raw"));
     };
-    Ok(Box::new(Raw::open(&c.ifname, o.depth, o.filter.as_ref())?))
+    Ok(Box::new(Raw::open(
+        &c.ifname,
+        o.depth,
+        o.filter.as_ref(),
+        &o.queue,
+    )?))
 }

@@ -135,6 +135,17 @@ pub fn socket(domain: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
 
 /// Attaches a classic BPF program as the socket's receive filter.
 pub fn attach_filter(fd: RawFd, program: &[libc::sock_filter]) -> io::Result<()> {
+    set_program(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, program)
+}
+
+/// Hands a classic BPF program to the socket option `level`/`name`, which takes a
+/// `struct sock_fprog` (a receive filter, a fanout group's program).
+pub fn set_program(
+    fd: RawFd,
+    level: i32,
+    name: i32,
+    program: &[libc::sock_filter],
+) -> io::Result<()> {
     let prog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_ptr() as *mut libc::sock_filter,
@@ -143,13 +154,18 @@ pub fn attach_filter(fd: RawFd, program: &[libc::sock_filter]) -> io::Result<()>
     cvt(unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
+            level,
+            name,
             (&prog as *const libc::sock_fprog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
     })?;
     Ok(())
+}
+
+/// Removes the socket's receive filter (`SO_DETACH_FILTER`).
+pub fn detach_filter(fd: RawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DETACH_FILTER, 0)
 }
 
 /// `read(2)` into a buffer.

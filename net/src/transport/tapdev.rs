@@ -20,8 +20,9 @@ pub struct TapDev {
 
 impl TapDev {
     /// Attaches to tap `ifname`, or creates a new `tapN` when `None` (it lives as long as the
-    /// descriptor, like UML's).
-    pub fn open(ifname: Option<&str>) -> io::Result<TapDev> {
+    /// descriptor, like UML's). `multi_queue`: one queue of a multi-queue tap
+    /// (`IFF_MULTI_QUEUE`), which the kernel refuses (EINVAL) on a tap made without it.
+    pub fn open(ifname: Option<&str>, multi_queue: bool) -> io::Result<TapDev> {
         let path = c"/dev/net/tun";
         // SAFETY: a valid NUL-terminated path; open(2) returns a new descriptor or -1.
         let raw = cvt(unsafe {
@@ -35,7 +36,11 @@ impl TapDev {
         // SAFETY: ifreq is a plain C struct; all-zero is valid.
         let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
         ifr.ifr_name = sys::ifname_bytes(ifname.unwrap_or("tap%d"))?;
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        if multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
+        }
+        ifr.ifr_ifru.ifru_flags = flags as i16;
         // SAFETY: TUNSETIFF reads and writes an ifreq, which `ifr` is, alive for the call.
         cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) })?;
         let hdr = vnet::HDR_LEN as libc::c_int;
@@ -62,6 +67,21 @@ impl TapDev {
 
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// `TUNSETQUEUE`: attaches this queue to its multi-queue tap (the kernel then hashes flows
+    /// onto it too) or detaches it (the kernel stops using it and frees what it held).
+    pub fn set_attached(&self, attached: bool) -> io::Result<()> {
+        // SAFETY: ifreq is a plain C struct; all-zero is valid.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        ifr.ifr_ifru.ifru_flags = if attached {
+            libc::IFF_ATTACH_QUEUE
+        } else {
+            libc::IFF_DETACH_QUEUE
+        } as i16;
+        // SAFETY: TUNSETQUEUE reads an ifreq, which `ifr` is, alive for the call.
+        cvt(unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNSETQUEUE, &mut ifr) })?;
+        Ok(())
     }
 
     /// `TUNSETOFFLOAD`: which partial or GSO frames the kernel may hand us.

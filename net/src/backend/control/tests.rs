@@ -104,7 +104,7 @@ fn a_swap_without_a_frontend_moves_the_device_to_the_new_descriptor() {
         .unwrap();
     let mut buf = [0u8; 16];
     assert_eq!(a.recv(&mut buf).unwrap(), 0, "A still open");
-    let dp = device::lock(&ctl.shared.dp);
+    let dp = device::lock(&ctl.shared.dps[0]);
     assert_eq!(dp.transport().rx_fd(), fd);
     drop(dp);
     drop(b);
