@@ -76,7 +76,7 @@ impl Lan {
             .arg(initramfs())
             .args(["--mem", "128", "--cpus", &cpus.to_string()])
             .args(["--cmdline", cmdline, "--net", net])
-            .env("RUST_LOG", "warn,vmm_net=info,vmm_net=info");
+            .env("RUST_LOG", "warn,vmm_net=info,vmm_devices::vhost_user=info");
         Guest::command(cmd)
     }
 
@@ -259,9 +259,11 @@ fn boot_and_exchange(lan: &Lan, kernel: PathBuf, net: Net, cpus: u8, title: &str
     run
 }
 
-/// Two vCPUs over `raw` on a veth, with the backend in the VMM. Under PVM this also proves the
-/// hypercall-based PV features are hidden (with PV_SEND_IPI the second CPU's bring-up hung
-/// in a `vmcall`) and shows the CPUID read-back warning.
+/// Two vCPUs over `raw` on a veth with two queue pairs (`queues=2`), the backend in the VMM:
+/// Linux's virtio-net takes MQ, asks for both pairs through the VMM's control queue, and the
+/// backend's second pair is served (its socket joins the fanout group's spread). Under PVM this
+/// also proves the hypercall-based PV features are hidden (with PV_SEND_IPI the second CPU's
+/// bring-up hung in a `vmcall`) and shows the CPUID read-back warning.
 #[test]
 fn linux_two_cpus_over_raw() {
     let Some(lan) = Lan::if_kvm() else {
@@ -271,10 +273,21 @@ fn linux_two_cpus_over_raw() {
     let run = boot_and_exchange(
         &lan,
         vmlinux(),
-        Net::InVmm(format!("vec0:transport=raw,ifname={ifname}")),
+        Net::InVmm(format!("vec0:transport=raw,ifname={ifname},queues=2")),
         2,
-        "real Linux, 2 vCPUs, raw",
+        "real Linux, 2 vCPUs, raw, 2 queue pairs",
     );
+    for line in [
+        "raw: pair 1 of 2",
+        "virtio-net: the guest runs 2 queue pairs",
+        "raw: queue pair 1 served",
+    ] {
+        assert!(
+            run.guest.console().contains(line),
+            "no `{line}`\n{}",
+            run.context()
+        );
+    }
     if vmm_vmm::kvm::is_pvm() {
         assert!(
             run.guest

@@ -21,7 +21,7 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -81,6 +81,9 @@ pub enum FrontendError {
     /// A backend that replaces a lost one lacks features the guest is using.
     #[error("the new backend lacks features the guest uses ({0:#x})")]
     LacksFeatures(u64),
+    /// A queue the frontend serves itself (virtio-net's control queue) could not start.
+    #[error("queue {index} (the frontend's own): {reason}")]
+    OwnQueue { index: usize, reason: String },
 }
 
 fn proto(op: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
@@ -94,7 +97,10 @@ pub struct Connection {
     /// Virtio features the backend offers, without the vhost-user bit.
     device_features: u64,
     protocol: VhostUserProtocolFeatures,
-    /// Queues the device has; reset stops each of them.
+    /// Queues the backend serves (`GET_QUEUE_NUM` with the MQ protocol feature, else what the
+    /// device was connected for).
+    max_queues: usize,
+    /// Rings handed over at the last activation; reset stops each of them.
     num_queues: usize,
     active: bool,
 }
@@ -121,6 +127,7 @@ impl Connection {
     fn handshake(mut frontend: Frontend, num_queues: usize) -> Result<Self, FrontendError> {
         frontend.set_owner().map_err(proto("SET_OWNER"))?;
         let features = frontend.get_features().map_err(proto("GET_FEATURES"))?;
+        let mut max_queues = num_queues;
         if features & (1 << VIRTIO_F_VERSION_1) == 0 {
             return Err(FrontendError::NotVersion1(features));
         }
@@ -141,11 +148,16 @@ impl Connection {
             frontend
                 .set_protocol_features(protocol)
                 .map_err(proto("SET_PROTOCOL_FEATURES"))?;
+            if protocol.contains(VhostUserProtocolFeatures::MQ) {
+                let n = frontend.get_queue_num().map_err(proto("GET_QUEUE_NUM"))?;
+                max_queues = usize::try_from(n).unwrap_or(usize::MAX);
+            }
         }
         Ok(Connection {
             frontend,
             device_features: features & !VHOST_USER_F_PROTOCOL_FEATURES,
             protocol,
+            max_queues,
             num_queues,
             active: false,
         })
@@ -154,6 +166,31 @@ impl Connection {
     /// The virtio features the backend offers (the vhost-user bit removed).
     pub fn device_features(&self) -> u64 {
         self.device_features
+    }
+
+    /// How many queues the backend serves (`GET_QUEUE_NUM`, when it speaks the MQ protocol
+    /// feature; otherwise the count the device was connected for).
+    pub fn max_queues(&self) -> usize {
+        self.max_queues
+    }
+
+    /// Whether rings can be switched on and off (`SET_VRING_ENABLE`, which needs protocol
+    /// features): without it a backend runs every ring it is given.
+    pub fn can_disable_rings(&self) -> bool {
+        !self.protocol.is_empty()
+    }
+
+    /// Enables the first `enabled` rings handed over and disables the others.
+    pub fn set_enabled(&mut self, enabled: usize) -> Result<(), FrontendError> {
+        if self.protocol.is_empty() {
+            return Ok(());
+        }
+        for index in 0..self.num_queues {
+            self.frontend
+                .set_vring_enable(index, index < enabled)
+                .map_err(proto("SET_VRING_ENABLE"))?;
+        }
+        Ok(())
     }
 
     /// The backend's config space (its first `len` bytes), when it serves one
@@ -175,15 +212,17 @@ impl Connection {
         self.active
     }
 
-    /// Hands the datapath to the backend: features the guest acked, guest memory, and every
-    /// queue. Called when the guest sets DRIVER_OK.
+    /// Hands the datapath to the backend: features the guest acked, guest memory, and the
+    /// queues it serves, the first `enabled` of them enabled. Called when the guest sets
+    /// DRIVER_OK.
     pub fn activate(
         &mut self,
         acked_features: u64,
         mem: &GuestMemoryMmap,
         queues: &[QueueSetup],
+        enabled: usize,
     ) -> Result<(), FrontendError> {
-        self.activate_at(acked_features, mem, queues, &vec![0; queues.len()])
+        self.activate_at(acked_features, mem, queues, &vec![0; queues.len()], enabled)
     }
 
     /// As [`Connection::activate`], each queue starting at `bases[i]` (SET_VRING_BASE): a
@@ -194,6 +233,7 @@ impl Connection {
         mem: &GuestMemoryMmap,
         queues: &[QueueSetup],
         bases: &[u16],
+        enabled: usize,
     ) -> Result<(), FrontendError> {
         let protocol_bit = if self.protocol.is_empty() {
             0
@@ -254,13 +294,8 @@ impl Connection {
                 .set_vring_kick(index, q.kick)
                 .map_err(proto("SET_VRING_KICK"))?;
         }
-        if !self.protocol.is_empty() {
-            for index in 0..queues.len() {
-                self.frontend
-                    .set_vring_enable(index, true)
-                    .map_err(proto("SET_VRING_ENABLE"))?;
-            }
-        }
+        self.num_queues = queues.len();
+        self.set_enabled(enabled)?;
         self.active = true;
         Ok(())
     }
@@ -306,6 +341,48 @@ pub trait DeviceKind: Send {
     fn link_status_offset(&self) -> Option<usize> {
         None
     }
+    /// How many of the queues, from the first, the backend serves; the others are the
+    /// frontend's own (virtio-net's control queue), run by [`DeviceKind::start_own`].
+    fn backend_queues(&self) -> usize {
+        self.queue_max_sizes().len()
+    }
+    /// How many of the backend's rings run from activation on (virtio-net with several queue
+    /// pairs: the first pair, until the guest asks for more).
+    fn enabled_at_start(&self) -> usize {
+        self.backend_queues()
+    }
+    /// Starts serving the frontend's own queues (after the backend took its rings); `rings`
+    /// switches the backend's rings on and off for the guest.
+    fn start_own(
+        &mut self,
+        queues: &[QueueSetup],
+        mem: &GuestMemoryMmap,
+        rings: RingSwitch,
+    ) -> Result<(), FrontendError> {
+        let _ = (queues, mem, rings);
+        Ok(())
+    }
+    /// Stops serving the frontend's own queues (the guest reset the device).
+    fn stop_own(&mut self) {}
+}
+
+/// Switches the backend's rings on and off on the guest's behalf (virtio-net's
+/// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`), also across a reconnection to a new backend.
+#[derive(Clone)]
+pub struct RingSwitch {
+    shared: Arc<Shared>,
+}
+
+impl RingSwitch {
+    /// Enables the first `rings` of the backend's rings and disables the rest.
+    pub fn enable_first(&self, rings: usize) -> Result<(), FrontendError> {
+        self.shared.enabled.store(rings, Ordering::SeqCst);
+        let mut conn = lock(&self.shared.conn);
+        if conn.is_active() {
+            conn.set_enabled(rings)?;
+        }
+        Ok(())
+    }
 }
 
 /// A queue as the guest set it up, kept to hand to a backend that replaces the first one.
@@ -339,6 +416,8 @@ struct Shared {
     /// Written when the link goes down or up: the transport interrupts the guest.
     config_evt: EventFd,
     stop: AtomicBool,
+    /// How many of the backend's rings the guest runs now (see [`RingSwitch`]).
+    enabled: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -367,6 +446,7 @@ impl<K: DeviceKind> VhostUserDevice<K> {
                 admin_up: AtomicBool::new(true),
                 config_evt: EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?,
                 stop: AtomicBool::new(false),
+                enabled: AtomicUsize::new(0),
             }),
             kind,
             mem,
@@ -404,7 +484,7 @@ impl<K: DeviceKind> VhostUserDevice<K> {
     pub fn reconnecting(mut self, path: PathBuf) -> Self {
         let shared = self.shared.clone();
         let mem = self.mem.clone();
-        let num_queues = self.kind.queue_max_sizes().len();
+        let num_queues = self.kind.backend_queues();
         let spawned = std::thread::Builder::new()
             .name(format!("vu-{}-monitor", K::NAME))
             .spawn(move || monitor(&shared, &path, &mem, num_queues, K::NAME));
@@ -558,7 +638,8 @@ fn resume(
                     .unwrap_or(0)
             })
             .collect();
-        conn.activate_at(a.acked, mem, &setups, &bases)?;
+        let enabled = shared.enabled.load(Ordering::SeqCst);
+        conn.activate_at(a.acked, mem, &setups, &bases, enabled)?;
         // The rings may hold work the old backend never saw: kick them.
         for q in &a.queues {
             let _ = q.kick.write(1);
@@ -608,11 +689,22 @@ impl<K: DeviceKind> VirtioDevice for VhostUserDevice<K> {
 
     fn activate(&mut self, acked: u64, queues: &[QueueSetup]) -> Result<(), ActivateError> {
         let offered = self.features();
+        let (theirs, ours) = queues.split_at(self.kind.backend_queues().min(queues.len()));
         let mut activation = lock(&self.shared.activation);
         let mut conn = lock(&self.shared.conn);
-        conn.activate(acked & offered, &self.mem, queues)?;
+        let enabled = self.kind.enabled_at_start();
+        self.shared.enabled.store(enabled, Ordering::SeqCst);
+        conn.activate(acked & offered, &self.mem, theirs, enabled)?;
+        drop(conn);
+        self.kind.start_own(
+            ours,
+            &self.mem,
+            RingSwitch {
+                shared: self.shared.clone(),
+            },
+        )?;
         if self.monitor.is_some() {
-            let queues = queues
+            let queues = theirs
                 .iter()
                 .map(|q| {
                     Ok(SavedQueue {
@@ -628,7 +720,7 @@ impl<K: DeviceKind> VirtioDevice for VhostUserDevice<K> {
                 .map_err(FrontendError::EventFd)?;
             *activation = Some(Activation {
                 acked: acked & offered,
-                backend_features: conn.device_features(),
+                backend_features: lock(&self.shared.conn).device_features(),
                 queues,
             });
         }
@@ -636,6 +728,7 @@ impl<K: DeviceKind> VirtioDevice for VhostUserDevice<K> {
     }
 
     fn reset(&mut self) {
+        self.kind.stop_own();
         let mut activation = lock(&self.shared.activation);
         *activation = None;
         if let Err(e) = lock(&self.shared.conn).reset() {

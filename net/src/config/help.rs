@@ -82,8 +82,8 @@ tap, raw also:
                 each pair has a worker thread and a descriptor of its own: a queue of a
                 multi-queue tap (one made with `ip tuntap add ... multi_queue`, or a new
                 one), or an AF_PACKET socket of a fanout group that hashes flows over the
-                pairs the guest enabled; served to external frontends (QEMU queues=N, DPDK
-                virtio_user queues=N); the VMM's own NIC has one pair
+                pairs the guest enabled (Linux enables one per vCPU); works with the VM's
+                own NIC, QEMU (queues=N) and DPDK's virtio_user (queues=N,cq=1)
 
 vector transports:
 ";

@@ -577,8 +577,24 @@ pub fn arm(mode: Mode) -> Result<(), String> {
         }
         Mode::Log => 2,
     };
+    settle_malloc_arenas();
     ARMED.store(code, Ordering::SeqCst);
     Ok(())
+}
+
+/// glibc sizes its malloc arenas lazily: the first thread that needs a ninth one reads
+/// `/sys/devices/system/cpu/online` (an `openat`) to learn the limit, 8 per CPU. That thread
+/// may be a confined one started late (the virtio-net control queue's, once enough queue
+/// pairs' threads exist), which its filter then ends for a read it never asked for. Setting
+/// the same limit now, before any thread is confined, keeps that read out of them.
+fn settle_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let limit = i32::try_from(8 * cpus).unwrap_or(i32::MAX);
+        // SAFETY: mallopt only sets a malloc tunable; no memory is passed.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, limit) };
+    }
 }
 
 /// Whether [`arm`] was called with a filter (threads confine themselves as they act).

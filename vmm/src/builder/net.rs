@@ -207,18 +207,6 @@ pub fn open(
             Ok((dev, None, nic))
         }
         NetArg::Builtin(spec) => {
-            if spec.common.queues > 1 {
-                return Err(NetArgError {
-                    arg: arg.to_string(),
-                    msg: format!(
-                        "queues={}: the VM's virtio-net device has one queue pair; queues=N \
-                         is for a multi-queue frontend served by `vmm net-backend` (QEMU \
-                         queues=N, DPDK virtio_user queues=N)",
-                        spec.common.queues
-                    ),
-                    usage: true,
-                });
-            }
             // A transport that cannot open is the user's input (no such interface, address in
             // use, unreadable bpffile): exit 2 like the option parser.
             let backend = NetBackend::open(&spec).map_err(|e| NetArgError {
