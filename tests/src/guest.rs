@@ -243,6 +243,13 @@ impl Guest {
     /// The stock Debian kernel under QEMU/TCG (q35), its virtio-net device a vhost-user
     /// frontend on `sock`, guest memory a shared memfd; runs `cmd` (see resources/guest/init).
     pub fn qemu(sock: &Path, ip: &str, cmd: &[&str]) -> Guest {
+        Guest::qemu_with_queues(sock, ip, cmd, 1)
+    }
+
+    /// [`Guest::qemu`] with `queues` vCPUs and as many queue pairs on its NIC (QEMU's
+    /// `queues=N`, `mq=on`; QEMU keeps the control queue and tells the backend which pairs the
+    /// guest runs).
+    pub fn qemu_with_queues(sock: &Path, ip: &str, cmd: &[&str], queues: u16) -> Guest {
         crate::require_root();
         let dir = crate::TempDir::new("qemu");
         let mut c = Command::new("qemu-system-x86_64");
@@ -258,12 +265,18 @@ impl Guest {
         ])
         .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
         .args(["-numa", "node,memdev=mem"])
+        .args(["-smp", &queues.to_string()])
         .arg("-chardev")
         .arg(format!("socket,id=c0,path={}", sock.display()))
-        .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
+        .arg("-netdev")
+        .arg(format!("vhost-user,id=n0,chardev=c0,queues={queues}"))
         // No MSI-X vectors: QEMU 7.2 under TCG crashes in msix_set_vector_notifiers when it
         // starts a vhost device with MSI-X (seen with gdb); INTx avoids that path.
-        .args(["-device", "virtio-net-pci,netdev=n0,vectors=0"])
+        .arg("-device")
+        .arg(format!(
+            "virtio-net-pci,netdev=n0,vectors=0,mq={}",
+            if queues > 1 { "on" } else { "off" }
+        ))
         .arg("-kernel")
         .arg(built("stock/vmlinuz"))
         .arg("-initrd")

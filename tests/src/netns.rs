@@ -133,8 +133,17 @@ impl NetNs {
 
     /// Creates a persistent tap in this namespace, up, with `addr`.
     pub fn tap(&self, addr: Option<&str>) -> String {
+        self.tap_with(addr, false)
+    }
+
+    /// [`NetNs::tap`], a multi-queue tap (`multi_queue`) when asked: one `queues=N` can use.
+    pub fn tap_with(&self, addr: Option<&str>, multi_queue: bool) -> String {
         let t = crate::unique_name("vtap");
-        self.ip(&["tuntap", "add", "name", &t, "mode", "tap"]);
+        let mut args = vec!["tuntap", "add", "name", &t, "mode", "tap"];
+        if multi_queue {
+            args.push("multi_queue");
+        }
+        self.ip(&args);
         self.links.borrow_mut().push(t.clone());
         if let Some(addr) = addr {
             self.ip(&["addr", "add", addr, "dev", &t]);

@@ -192,16 +192,21 @@ pub struct TapBackend {
 impl TapBackend {
     /// Sets it all up; `prefix` names the temporary directory.
     pub fn start(prefix: &str) -> TapBackend {
+        Self::with_queues(prefix, 1)
+    }
+
+    /// [`TapBackend::start`] with `queues` queue pairs (a multi-queue tap when more than 1).
+    pub fn with_queues(prefix: &str, queues: u16) -> TapBackend {
         let ns = crate::netns::NetNs::new();
         let (a, b) = crate::unique_subnet();
         let peer_ip = format!("10.{a}.{b}.1");
-        let tap = ns.tap(Some(&format!("{peer_ip}/24")));
+        let tap = ns.tap_with(Some(&format!("{peer_ip}/24")), queues > 1);
         let dir = crate::TempDir::new(prefix);
         let sock = dir.path().join("net.sock");
         let backend = net_backend(
             Some(ns.name()),
             &sock,
-            &format!("vec0:transport=tap,ifname={tap}"),
+            &format!("vec0:transport=tap,ifname={tap},queues={queues}"),
             dir.path().join("backend.log"),
         );
         TapBackend {

@@ -114,17 +114,19 @@ fn uml_guest_over_hybrid() {
 }
 
 /// QEMU 7.2 (the second real vhost-user frontend) booting Debian's cloud kernel under TCG,
-/// with shared memfd memory and `-netdev vhost-user`: the guest pings the host through our
-/// backend on `tap`.
+/// with shared memfd memory and `-netdev vhost-user,queues=2` on two vCPUs: the guest pings
+/// the host through our backend on a multi-queue tap, and runs both queue pairs (QEMU keeps
+/// the control queue and enables the second pair's rings, which the backend then serves).
 #[test]
-fn qemu_guest_pings_over_tap() {
+fn qemu_guest_pings_over_tap_with_two_queue_pairs() {
     // Everything it holds lives to the end of the test: the namespace, the tap, the backend.
-    let mut t = TapBackend::start("qg");
+    let mut t = TapBackend::with_queues("qg", 2);
     let backend = &mut t.backend;
-    let mut guest = Guest::qemu(
+    let mut guest = Guest::qemu_with_queues(
         &t.sock,
         &t.guest_cidr,
         &["ping", "-c", "3", "-W", "3", &t.peer_ip],
+        2,
     );
     let status = guest.wait_exit(Duration::from_secs(120));
     assert_eq!(
@@ -136,4 +138,9 @@ fn qemu_guest_pings_over_tap() {
     );
     assert!(guest.console().contains("3 packets received"));
     assert!(backend.running(), "backend died:\n{}", backend.log());
+    assert!(
+        backend.log().contains("tap: queue pair 1 served"),
+        "the second pair never ran:\n{}",
+        backend.log()
+    );
 }
