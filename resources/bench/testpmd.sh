@@ -8,10 +8,17 @@
 # - testpmd's AF_PACKET PMD sending by itself: what the socket gives without vhost-user.
 # Each forwarding loop gets a core of its own (our backend's thread is left to the scheduler).
 #   resources/bench/testpmd.sh [SECONDS]        default 10; as root, after a release build
+# QUEUES=N (default 1): N queue pairs everywhere (testpmd --txq/--rxq, virtio_user queues=N
+# with its control queue, our `queues=N`, DPDK's vhost PMD queues=N, its AF_PACKET PMD
+# qpairs=N), still one forwarding core per testpmd.
 # Needs Debian's dpdk-dev (dpdk-testpmd). Prints Mpps for each and the ratio.
 set -euo pipefail
 secs="${1:-10}"
 case "$secs" in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
+queues="${QUEUES:-1}"
+case "$queues" in '' | *[!0-9]* | 0) echo "QUEUES must be a number from 1" >&2; exit 2 ;; esac
+cq=""
+[ "$queues" -gt 1 ] && cq=",cq=1"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 vmm="${VMM:-$root/target/release/vmm}"
 [ -x "$vmm" ] || { echo "build first: cargo build --release ($vmm missing)" >&2; exit 2; }
@@ -62,6 +69,7 @@ start_testpmd() {
     for d in "${devs[@]}"; do args+=("--vdev=$d"); done
     "${run[@]}" timeout $((secs + 20)) dpdk-testpmd -l 0-1 --main-lcore "$main" --no-huge \
         -m 1024 --no-pci --file-prefix="$ns-$name" "${args[@]}" -- --total-num-mbufs=16384 \
+        --txq="$queues" --rxq="$queues" \
         --forward-mode="$mode" --txpkts=64 --auto-start --stats-period 1 >"$log" 2>&1 </dev/null &
     # With --stats-period testpmd forwards until a signal, not until stdin ends.
     for _ in $(seq 100); do
@@ -74,30 +82,30 @@ start_testpmd() {
 }
 
 sock="$work/vu.sock"
-ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "vec0:transport=raw,ifname=va" \
+ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "vec0:transport=raw,ifname=va,queues=$queues" \
     >"$work/backend.log" 2>&1 &
 backend=$!
 for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
 [ -S "$sock" ] || { cat "$work/backend.log" >&2; echo "the backend did not start" >&2; exit 1; }
 
-ours=$(testpmd_rate host "net_virtio_user0,path=$sock,queues=1,queue_size=256" ours)
+ours=$(testpmd_rate host "net_virtio_user0,path=$sock,queues=$queues$cq,queue_size=256" ours)
 kill "$backend"
 wait "$backend" 2>/dev/null || true
 backend=""
 # DPDK's vhost backend: testpmd in the namespace, vhost PMD to AF_PACKET PMD, forwarding on
 # core 0; the frontend testpmd forwards on core 1.
-start_testpmd ns "net_vhost0,iface=$work/dv.sock,queues=1;net_af_packet0,iface=va" vhost io 1 \
+start_testpmd ns "net_vhost0,iface=$work/dv.sock,queues=$queues;net_af_packet0,iface=va,qpairs=$queues" vhost io 1 \
     "$work/testpmd-vhost.log"
 vhost_pmd=$!
 for _ in $(seq 50); do [ -S "$work/dv.sock" ] && break; sleep 0.1; done
-dpdk_vhost=$(testpmd_rate host "net_virtio_user0,path=$work/dv.sock,queues=1,queue_size=256" dv)
+dpdk_vhost=$(testpmd_rate host "net_virtio_user0,path=$work/dv.sock,queues=$queues$cq,queue_size=256" dv)
 kill -INT "$vhost_pmd" 2>/dev/null || true
 wait "$vhost_pmd" 2>/dev/null || true
-bare=$(testpmd_rate ns "net_af_packet0,iface=va" bare)
+bare=$(testpmd_rate ns "net_af_packet0,iface=va,qpairs=$queues" bare)
 
 mpps() { echo "$1 / 1000000" | bc -l; }
 ratio() { if [ "$2" -gt 0 ]; then echo "$1 / $2" | bc -l; else echo 0; fi; }
-echo "64-byte frames guest->host, testpmd txonly, ${secs}s each, $(nproc) cores shared"
+echo "64-byte frames guest->host, testpmd txonly, ${secs}s each, $queues queue pair(s), $(nproc) cores shared"
 printf '%-48s %8s %10s\n' "" "Mpps" "ours/this"
 printf '%-48s %8.3f %10s\n' "testpmd virtio_user -> vmm net-backend (raw)" "$(mpps "$ours")" "-"
 printf '%-48s %8.3f %10.2f\n' "testpmd virtio_user -> DPDK vhost PMD -> af_packet" \

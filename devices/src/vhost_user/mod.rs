@@ -2,12 +2,12 @@
 //! VMM or in another process) that maps guest memory and serves the virtqueues directly.
 //!
 //! [`frontend`] is the protocol, the same for every device type; [`net`] and [`fs`] only say
-//! what their device looks like to the guest (type, queues, config space); `net_ctrl` is
+//! what their device looks like to the guest (type, queues, config space); [`net_ctrl`] is
 //! virtio-net's control queue, which a frontend serves itself.
 
 pub mod frontend;
 pub mod fs;
 pub mod net;
-mod net_ctrl;
+pub mod net_ctrl;
 
 pub use frontend::{Connection, DeviceKind, FrontendError, LinkControl, VhostUserDevice};

@@ -129,6 +129,46 @@ pub(crate) fn process(
     used
 }
 
+/// The control queue of `size` with its descriptor table, available and used rings at
+/// `rings`, checked against guest memory.
+fn ring(
+    mem: &GuestMemoryMmap,
+    size: u16,
+    rings: [vm_memory::GuestAddress; 3],
+) -> Result<Queue, String> {
+    let err = |e: virtio_queue::Error| e.to_string();
+    let mut queue = Queue::new(QUEUE_MAX).map_err(err)?;
+    queue.try_set_size(size).map_err(err)?;
+    queue.try_set_desc_table_address(rings[0]).map_err(err)?;
+    queue.try_set_avail_ring_address(rings[1]).map_err(err)?;
+    queue.try_set_used_ring_address(rings[2]).map_err(err)?;
+    queue.set_ready(true);
+    if !queue.is_valid(mem) {
+        return Err("the rings lie outside guest memory".into());
+    }
+    Ok(queue)
+}
+
+/// Serves, on this thread, every chain a control queue of `size` at these guest addresses
+/// offers, as the queue's thread does after a kick, for a device of `max_pairs` pairs; returns
+/// the pair counts the backend would have been asked to run. For fuzz targets, whose input is
+/// the guest's memory: a queue the transport would refuse is an error, as at activation.
+#[doc(hidden)]
+pub fn serve_once(
+    mem: &GuestMemoryMmap,
+    size: u16,
+    rings: [vm_memory::GuestAddress; 3],
+    max_pairs: u16,
+) -> Result<Vec<u16>, String> {
+    let mut queue = ring(mem, size, rings)?;
+    let mut asked = Vec::new();
+    process(&mut queue, mem, max_pairs, &mut |n| {
+        asked.push(n);
+        true
+    });
+    Ok(asked)
+}
+
 /// The control queue's thread: serves the queue on each kick until stopped.
 pub(crate) struct CtrlQueue {
     thread: Option<JoinHandle<()>>,
@@ -145,23 +185,12 @@ impl CtrlQueue {
         rings: RingSwitch,
     ) -> Result<CtrlQueue, FrontendError> {
         let bad = |reason: String| FrontendError::OwnQueue { index, reason };
-        let mut queue = Queue::new(QUEUE_MAX).map_err(|e| bad(e.to_string()))?;
-        queue
-            .try_set_size(setup.size)
-            .map_err(|e| bad(e.to_string()))?;
-        queue
-            .try_set_desc_table_address(setup.desc_table)
-            .map_err(|e| bad(e.to_string()))?;
-        queue
-            .try_set_avail_ring_address(setup.avail_ring)
-            .map_err(|e| bad(e.to_string()))?;
-        queue
-            .try_set_used_ring_address(setup.used_ring)
-            .map_err(|e| bad(e.to_string()))?;
-        queue.set_ready(true);
-        if !queue.is_valid(mem) {
-            return Err(bad("the rings lie outside guest memory".into()));
-        }
+        let mut queue = ring(
+            mem,
+            setup.size,
+            [setup.desc_table, setup.avail_ring, setup.used_ring],
+        )
+        .map_err(bad)?;
         let kick = setup.kick.try_clone().map_err(FrontendError::EventFd)?;
         let call = setup.call.try_clone().map_err(FrontendError::EventFd)?;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?;

@@ -13,24 +13,28 @@
 //! Pair 0 is never steered away from: what no other pair can take waits there for the guest,
 //! as on a single-queue device.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::datapath::Datapath;
 use crate::transport::Steering;
 
 /// The device's served pairs: bit `i` set when pair `i`'s receive ring is served, as its
-/// worker last saw it. The lock also orders the steering calls, so the fanout group's program
-/// always matches the latest bits.
+/// worker last saw it. Read without the lock on every event (a change is rare); changed under
+/// it, which also orders the steering calls, so the fanout group's program always matches the
+/// latest bits.
 pub struct Steerer {
     pairs: u16,
-    served: Mutex<u64>,
+    served: AtomicU64,
+    changing: Mutex<()>,
 }
 
 impl Steerer {
     pub fn new(pairs: u16) -> Steerer {
         Steerer {
             pairs,
-            served: Mutex::new(0),
+            served: AtomicU64::new(0),
+            changing: Mutex::new(()),
         }
     }
 
@@ -42,22 +46,21 @@ impl Steerer {
     /// Pair `pair`'s worker saw its receive ring `served` (or not); `dp` is that pair's
     /// datapath, locked by the caller. Steers its transport when that is news.
     pub fn observe(&self, pair: u16, served: bool, dp: &mut Datapath) {
-        if self.pairs <= 1 {
-            return;
-        }
-        let mut bits = self.served.lock().unwrap_or_else(|p| p.into_inner());
         let bit = 1u64 << pair;
-        if (*bits & bit != 0) == served {
+        let known = |bits: u64| (bits & bit != 0) == served;
+        if self.pairs <= 1 || known(self.served.load(Ordering::Acquire)) {
             return;
         }
-        if served {
-            *bits |= bit;
-        } else {
-            *bits &= !bit;
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let bits = self.served.load(Ordering::Acquire);
+        if known(bits) {
+            return;
         }
+        let bits = if served { bits | bit } else { bits & !bit };
+        self.served.store(bits, Ordering::Release);
         let steering = Steering {
             served,
-            leading: Self::leading(*bits),
+            leading: Self::leading(bits),
         };
         let name = dp.transport().name();
         match dp.transport_mut().steer(steering) {
@@ -76,8 +79,9 @@ impl Steerer {
         if self.pairs <= 1 {
             return;
         }
-        // Released before any datapath is locked: a worker takes its datapath, then this.
-        *self.served.lock().unwrap_or_else(|p| p.into_inner()) = 0;
+        // Not under `changing`: a worker takes its datapath, then that lock; the workers are
+        // gone by now anyway.
+        self.served.store(0, Ordering::Release);
         let steering = Steering {
             served: false,
             leading: 1,
