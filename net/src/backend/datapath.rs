@@ -335,7 +335,8 @@ enum Delivery {
 /// Bytes the buffers of one direction's batch may take in all: the depth shrinks for large
 /// buffers, so a device's batches stay within 1 MiB whatever it negotiated. Small frames
 /// (buffers of an MTU) keep the full depth; 64 KiB GSO frames go 7 at a time, which is
-/// 450 KiB per system call.
+/// 450 KiB per system call. It is the device's, not a queue pair's: with `queues=N` each
+/// pair's datapath gets 1/N of it (and of [`GATHER_BUDGET`]), down to one frame a batch.
 pub const BATCH_BUDGET: usize = 512 * 1024;
 
 /// The largest GSO frame: a 64 KiB IP packet behind an Ethernet header.
@@ -373,6 +374,20 @@ impl Geometry {
         n: &Negotiated,
         t: &dyn Transport,
     ) -> Geometry {
+        Self::shared(depth, headroom, mtu, n, t, 1)
+    }
+
+    /// [`Geometry::new`] for one of `pairs` queue pairs, which share the device's budgets.
+    pub fn shared(
+        depth: usize,
+        headroom: u16,
+        mtu: u16,
+        n: &Negotiated,
+        t: &dyn Transport,
+        pairs: usize,
+    ) -> Geometry {
+        let pairs = pairs.max(1);
+        let batch_budget = BATCH_BUDGET / pairs;
         let extra = t.vnet_hdr_len() + usize::from(headroom);
         // Without a header the transport receives frames of an MTU, whatever the guest takes:
         // large frames for it are merged here, from those ([`super::coalesce`]).
@@ -399,15 +414,15 @@ impl Geometry {
             0
         };
         let within = |cap: usize, budget: usize| depth.clamp(1, (budget / cap).max(1));
-        let gather_depth = within(gather_bytes(1), GATHER_BUDGET);
+        let gather_depth = within(gather_bytes(1), GATHER_BUDGET / pairs);
         Geometry {
             rx_capacity,
-            rx_depth: within(rx_capacity, BATCH_BUDGET),
+            rx_depth: within(rx_capacity, batch_budget),
             tx_capacity,
             // The scratch and the gather batch come out of the transmit side's budget.
             tx_depth: within(
                 tx_capacity,
-                BATCH_BUDGET - scratch - gather_bytes(gather_depth),
+                batch_budget.saturating_sub(scratch + gather_bytes(gather_depth)),
             ),
             scratch,
             gather_depth,
@@ -502,6 +517,8 @@ pub struct Datapath {
     /// shape under what is negotiated (see [`Geometry`]).
     depth: usize,
     headroom: u16,
+    /// The device's queue pairs, which share its batch budget (see [`BATCH_BUDGET`]).
+    pairs: usize,
     geometry: Geometry,
 }
 
@@ -530,8 +547,18 @@ impl Datapath {
             capture: None,
             depth,
             headroom,
+            pairs: 1,
             geometry,
         }
+    }
+
+    /// Makes this one of `pairs` queue pairs' datapaths, sharing the device's batch budget:
+    /// the batches are sized anew (call it before frames flow).
+    pub fn with_pairs(mut self, pairs: usize) -> Datapath {
+        self.pairs = pairs.max(1);
+        // Nothing waits yet, so nothing is counted.
+        self.reshape(false, |s| &s.dropped_at_disconnect);
+        self
     }
 
     /// Frames waiting either way: received and not yet delivered, taken and not yet sent.
@@ -548,12 +575,13 @@ impl Datapath {
     /// if that changes their shape (or `always`): frames still waiting either way are dropped
     /// and counted in `dropped`.
     fn reshape(&mut self, always: bool, dropped: fn(&NetCounters) -> &AtomicU64) {
-        let g = Geometry::new(
+        let g = Geometry::shared(
             self.depth,
             self.headroom,
             self.mtu,
             &self.negotiated,
             self.transport.as_ref(),
+            self.pairs,
         );
         if g == self.geometry && !always {
             return;

@@ -68,12 +68,10 @@ impl NetBackend {
         let dps: Vec<_> = transports
             .into_iter()
             .map(|t| {
-                Arc::new(Mutex::new(Datapath::new(
-                    t,
-                    depth,
-                    spec.common.headroom,
-                    spec.common.mtu,
-                )))
+                Arc::new(Mutex::new(
+                    Datapath::new(t, depth, spec.common.headroom, spec.common.mtu)
+                        .with_pairs(usize::from(pairs)),
+                ))
             })
             .collect();
         Ok(NetBackend {

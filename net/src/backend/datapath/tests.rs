@@ -766,6 +766,15 @@ fn batches_fit_what_each_direction_carries_within_one_mebibyte() {
         64 * 1605 + 64 * 1520 + 65_553 + gather
     );
 
+    // Queue pairs share the device's budget: up to 16 pairs of MTU-size buffers, and 4 of
+    // GSO ones (one frame a batch each way), still fit in 1 MiB.
+    for (pairs, features) in [(2, MRG), (4, MRG), (16, MRG), (2, GSO_BOTH), (4, GSO_BOTH)] {
+        let g = Geometry::shared(64, 2, 1500, &n(features), &raw, pairs);
+        assert!(g.bytes() * pairs <= 1 << 20, "{pairs} pairs: {g:?}");
+        assert!(g.rx_depth >= 1 && g.tx_depth >= 1, "{g:?}");
+    }
+    assert_eq!(Geometry::shared(64, 2, 1500, &n(MRG), &raw, 2).rx_depth, 64);
+
     for depth in [1, 8, 64, 1024] {
         for mtu in [68, 1500, 9000, 65_535] {
             for headroom in [0, 128, u16::MAX] {
