@@ -81,6 +81,9 @@ pub enum FrontendError {
     /// A backend that replaces a lost one lacks features the guest is using.
     #[error("the new backend lacks features the guest uses ({0:#x})")]
     LacksFeatures(u64),
+    /// A backend that replaces a lost one serves fewer queues than the guest runs.
+    #[error("the new backend serves {have} queues, the guest runs {want}")]
+    TooFewQueues { have: usize, want: usize },
     /// A queue the frontend serves itself (virtio-net's control queue) could not start.
     #[error("queue {index} (the frontend's own): {reason}")]
     OwnQueue { index: usize, reason: String },
@@ -614,6 +617,12 @@ fn resume(
         let lacking = a.acked & a.backend_features & !conn.device_features();
         if lacking != 0 {
             return Err(FrontendError::LacksFeatures(lacking));
+        }
+        if conn.max_queues() < a.queues.len() {
+            return Err(FrontendError::TooFewQueues {
+                have: conn.max_queues(),
+                want: a.queues.len(),
+            });
         }
         let setups: Vec<QueueSetup> = a
             .queues

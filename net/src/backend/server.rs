@@ -91,11 +91,6 @@ impl NetBackend {
         })
     }
 
-    /// The device's queue pairs (`queues`).
-    pub fn pairs(&self) -> usize {
-        self.dps.len()
-    }
-
     /// A handle to watch and steer the device while it serves (counters, transport swap,
     /// capture). It may be cloned and used from any thread; it shares the datapath, so it stays
     /// valid after the backend is gone (a swap or capture then acts on a device nobody serves).
