@@ -16,6 +16,7 @@ use vmm_net::transport::{self, Steering, Transport};
 use vmm_tests::batch::recv_kept;
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{ipv4_header, PacketPeer};
+use vmm_tests::process::Daemon;
 use vmm_tests::TempDir;
 
 const BUF: usize = 10 + 65_550;
@@ -302,4 +303,89 @@ fn dpdk_testpmd_sends_on_two_queue_pairs() {
         "the capture saw {offered} frames, queue 0 alone sent {q0}: {summary:?}"
     );
     assert!(st.get("batch_buffer_bytes").unwrap() <= 1 << 20, "{st:?}");
+}
+
+/// The receive side with a real frontend: testpmd (`queues=2`, rxonly) polls both receive
+/// rings while the host sends 128 flows, four times over, into the veth's far end. Our raw
+/// fanout group spreads them over both pairs, so both of testpmd's queues receive, and every
+/// frame arrives once.
+#[test]
+fn dpdk_testpmd_receives_the_hosts_flows_on_two_queue_pairs() {
+    let ns = NetNs::new();
+    let (va, vb) = ns.veth_pair(None);
+    ns.disable_ipv6();
+    let dir = TempDir::new("mqrx");
+    let sock = dir.path().join("net.sock");
+    let spec = parse_spec(&format!("vec0:transport=raw,ifname={va},queues=2")).unwrap();
+    let backend = ns.enter(|| NetBackend::open(&spec).expect("open the backend"));
+    let control = backend.control();
+    let listener = UnixListener::bind(&sock).expect("bind the vhost-user socket");
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept testpmd");
+        backend.serve_connection(stream, None)
+    });
+    let prefix = vmm_tests::unique_name("tpmd");
+    let mut cmd = Command::new("dpdk-testpmd");
+    cmd.args(["-l", "0-1", "--no-huge", "-m", "512", "--no-pci"])
+        .arg(format!("--file-prefix={prefix}"))
+        .arg(format!(
+            "--vdev=net_virtio_user0,path={},queues=2,cq=1,queue_size=256",
+            sock.display()
+        ))
+        .args(["--", "--txq=2", "--rxq=2", "--total-num-mbufs=8192"])
+        .args([
+            "--forward-mode=rxonly",
+            "--auto-start",
+            "--stats-period",
+            "1",
+        ]);
+    let mut testpmd = Daemon::spawn(cmd, dir.path().join("testpmd.log"));
+    testpmd.wait_for_log("packet forwarding - ports=", Duration::from_secs(20));
+    // Both pairs served before the host sends (testpmd enables them as it starts).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while control.stats().get("rx_packets") == Some(0) && std::time::Instant::now() < deadline {
+        let peer = ns.enter(|| PacketPeer::open(&vb, false));
+        peer.send(&flow_frame(1, 0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let warmup = control.stats().get("rx_packets").unwrap();
+    let peer = ns.enter(|| PacketPeer::open(&vb, false));
+    let rounds = 4u8;
+    for round in 1..=rounds {
+        for port in 0..FLOWS {
+            peer.send(&flow_frame(2000 + port, round));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    testpmd.terminate(Duration::from_secs(10));
+    server
+        .join()
+        .expect("the backend thread")
+        .expect("serving testpmd");
+    let text = testpmd.log();
+    let per_queue = |q: u32| -> u64 {
+        let head = format!("Forward Stats for RX Port= 0/Queue= {q} -> TX Port= 0/Queue= {q}");
+        let at = text
+            .find(&head)
+            .unwrap_or_else(|| panic!("no stats for queue {q}:\n{text}"));
+        let line = text[at..].lines().nth(1).unwrap_or("");
+        let rx = line
+            .split("RX-packets:")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok());
+        rx.unwrap_or_else(|| panic!("no RX-packets for queue {q}: {line}"))
+    };
+    let (q0, q1) = (per_queue(0), per_queue(1));
+    let sent = u64::from(FLOWS) * u64::from(rounds);
+    let st = control.stats();
+    assert_eq!(
+        st.get("rx_packets").unwrap() - warmup,
+        sent,
+        "the backend delivered another count: {st:?}"
+    );
+    assert_eq!(q0 + q1, sent + warmup, "testpmd got {q0} + {q1}\n{text}");
+    assert!(q0 > 0 && q1 > 0, "not spread: {q0} and {q1}\n{text}");
+    assert_eq!(st.get("rx_dropped_unserved"), Some(0), "{st:?}");
 }
