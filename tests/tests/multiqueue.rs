@@ -307,12 +307,15 @@ fn dpdk_testpmd_sends_on_two_queue_pairs() {
 
 /// The receive side with a real frontend: testpmd (`queues=2`, rxonly) polls both receive
 /// rings while the host sends 128 flows, four times over, into the veth's far end. Our raw
-/// fanout group spreads them over both pairs, so both of testpmd's queues receive, and every
-/// frame arrives once.
+/// fanout group spreads them over both pairs (the control handle's per-pair counts say so),
+/// and every frame arrives once. Then, testpmd still running, the device swaps to raw on a
+/// second veth: frames sent on the first one no longer arrive, the second one's flows spread
+/// over both pairs again (the new fanout group is steered as the guest serves its pairs).
 #[test]
-fn dpdk_testpmd_receives_the_hosts_flows_on_two_queue_pairs() {
+fn dpdk_testpmd_receives_the_hosts_flows_on_two_queue_pairs_across_a_swap() {
     let ns = NetNs::new();
     let (va, vb) = ns.veth_pair(None);
+    let (va2, vb2) = ns.veth_pair(None);
     ns.disable_ipv6();
     let dir = TempDir::new("mqrx");
     let sock = dir.path().join("net.sock");
@@ -341,23 +344,55 @@ fn dpdk_testpmd_receives_the_hosts_flows_on_two_queue_pairs() {
         ]);
     let mut testpmd = Daemon::spawn(cmd, dir.path().join("testpmd.log"));
     testpmd.wait_for_log("packet forwarding - ports=", Duration::from_secs(20));
-    // Both pairs served before the host sends (testpmd enables them as it starts).
+    let peer = ns.enter(|| PacketPeer::open(&vb, false));
+    let peer2 = ns.enter(|| PacketPeer::open(&vb2, false));
+    // Pair 0 delivers before the host's rounds start (testpmd enables both pairs as it
+    // starts; the pause lets pair 1's worker see its ring served).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while control.stats().get("rx_packets") == Some(0) && std::time::Instant::now() < deadline {
-        let peer = ns.enter(|| PacketPeer::open(&vb, false));
         peer.send(&flow_frame(1, 0));
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let warmup = control.stats().get("rx_packets").unwrap();
-    let peer = ns.enter(|| PacketPeer::open(&vb, false));
     let rounds = 4u8;
-    for round in 1..=rounds {
-        for port in 0..FLOWS {
-            peer.send(&flow_frame(2000 + port, round));
+    let sent = u64::from(FLOWS) * u64::from(rounds);
+    // Sends the rounds from `peer`, first flow `first`; returns each pair's new frames.
+    let spread = |peer: &PacketPeer, first: u16| -> Vec<u64> {
+        let before = control.stats().pairs;
+        for round in 1..=rounds {
+            for port in 0..FLOWS {
+                peer.send(&flow_frame(first + port, round));
+            }
         }
-    }
-    std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(500));
+        let after = control.stats().pairs;
+        before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| a.rx_packets - b.rx_packets)
+            .collect()
+    };
+    let warmup = control.stats().get("rx_packets").unwrap();
+    let on_a = spread(&peer, 2000);
+    assert_eq!(on_a.iter().sum::<u64>(), sent, "per pair: {on_a:?}");
+    assert!(on_a.iter().all(|&n| n > 0), "not spread: {on_a:?}");
+
+    let spec2 = parse_spec(&format!("vec0:transport=raw,ifname={va2},queues=2")).unwrap();
+    ns.enter(|| control.swap(spec2))
+        .expect("swap to the second veth");
+    let stale = spread(&peer, 3000);
+    assert_eq!(stale, vec![0, 0], "frames on the old veth still arrive");
+    let on_b = spread(&peer2, 4000);
+    assert_eq!(
+        on_b.iter().sum::<u64>(),
+        sent,
+        "per pair after the swap: {on_b:?}"
+    );
+    assert!(
+        on_b.iter().all(|&n| n > 0),
+        "not spread after the swap: {on_b:?}"
+    );
+
     testpmd.terminate(Duration::from_secs(10));
     server
         .join()
@@ -378,14 +413,12 @@ fn dpdk_testpmd_receives_the_hosts_flows_on_two_queue_pairs() {
         rx.unwrap_or_else(|| panic!("no RX-packets for queue {q}: {line}"))
     };
     let (q0, q1) = (per_queue(0), per_queue(1));
-    let sent = u64::from(FLOWS) * u64::from(rounds);
-    let st = control.stats();
     assert_eq!(
-        st.get("rx_packets").unwrap() - warmup,
-        sent,
-        "the backend delivered another count: {st:?}"
+        q0 + q1,
+        warmup + 2 * sent,
+        "testpmd got {q0} + {q1}\n{text}"
     );
-    assert_eq!(q0 + q1, sent + warmup, "testpmd got {q0} + {q1}\n{text}");
-    assert!(q0 > 0 && q1 > 0, "not spread: {q0} and {q1}\n{text}");
+    let st = control.stats();
+    assert_eq!(st.get("swaps"), Some(1));
     assert_eq!(st.get("rx_dropped_unserved"), Some(0), "{st:?}");
 }

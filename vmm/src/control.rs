@@ -600,14 +600,25 @@ impl ControlServer {
                                 .iter()
                                 .map(|(k, v)| (k.to_string(), json!(v)))
                                 .collect();
-                            (
-                                json!("in-process"),
-                                json!({
-                                    "transport": st.transport,
-                                    "capture": st.capture.map(|p| p.display().to_string()),
-                                    "counters": counters,
-                                }),
-                            )
+                            let mut stats = json!({
+                                "transport": st.transport,
+                                "capture": st.capture.map(|p| p.display().to_string()),
+                                "counters": counters,
+                            });
+                            if st.pairs.len() > 1 {
+                                stats["pairs"] = st
+                                    .pairs
+                                    .iter()
+                                    .map(|p| {
+                                        json!({
+                                            "rx_packets": p.rx_packets,
+                                            "tx_packets": p.tx_packets,
+                                            "rx_dropped_unserved": p.rx_dropped_unserved,
+                                        })
+                                    })
+                                    .collect();
+                            }
+                            (json!("in-process"), stats)
                         }
                         NicBackend::External { socket } => (
                             json!({"vhost-user": socket.display().to_string()}),

@@ -13,7 +13,9 @@
 //! descriptors and starts watching the new ones (edge-triggered, as at connection time: a
 //! descriptor already readable or writable when added wakes the worker at once, which is what
 //! resumes frames that were waiting). What the guest sees (features, MAC, MTU, rings) does not
-//! change, so a spec that would change it is refused (see [`SwapError`]).
+//! change, so a spec that would change it is refused (see [`SwapError`]). A multi-queue
+//! device swaps pair by pair (each pair's new transport steered as the guest serves that pair),
+//! and on a failure the pairs already swapped get their old transports back.
 //! The spec's device name must be the device's: the control socket addresses devices by name,
 //! and a spec written for `vec1` sent to `vec0` is more likely a mistake than a wish.
 //!
@@ -35,6 +37,7 @@ use super::capture::{self, CaptureError, CaptureSession, CaptureSummary, Filter}
 use super::datapath::{Datapath, NetCounters};
 use super::device::{self, NetDevice};
 use super::features;
+use super::steer::Steerer;
 use crate::config::{MacAddr, NetSpec};
 use crate::transport::{self, BpfProgram, HeaderDrops, Transport, TransportError, TransportStats};
 
@@ -83,8 +86,8 @@ pub enum SwapError {
         transport: &'static str,
         current: &'static str,
     },
-    /// Each pair has a transport of its own; swapping them all at once is not built.
-    #[error("{device}: the device has {have} queue pairs and the spec asks for queues={want}: only a single-queue device swaps its transport (queues=1 both)")]
+    /// The guest's config space holds the pair count.
+    #[error("{device}: the device has {have} queue pair(s) and the spec asks for queues={want}: the guest has the count in its config space and would not see the change")]
     Queues {
         device: String,
         have: usize,
@@ -139,7 +142,19 @@ pub struct NetStats {
     pub transport: &'static str,
     /// The file being captured into, if a capture runs.
     pub capture: Option<PathBuf>,
+    /// Every counter, summed over the queue pairs.
     pub counters: Vec<(&'static str, u64)>,
+    /// Each queue pair's own frame counts, in pair order (one entry on a single-queue device):
+    /// how the host's flows and the guest's vCPUs spread over the pairs.
+    pub pairs: Vec<PairStats>,
+}
+
+/// One queue pair's frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_dropped_unserved: u64,
 }
 
 impl NetStats {
@@ -152,7 +167,8 @@ impl NetStats {
     }
 
     /// The snapshot as one JSON object: `{"device": ..., "transport": ..., "capture": null or
-    /// a path, "counters": {"rx_packets": 3, ...}}`.
+    /// a path, "counters": {"rx_packets": 3, ...}}`, and with several queue pairs `"pairs":
+    /// [{"rx_packets": 1, "tx_packets": 2, "rx_dropped_unserved": 0}, ...]` after the counters.
     pub fn to_json(&self) -> String {
         let mut s = format!(
             "{{\"device\":{},\"transport\":{},\"capture\":",
@@ -167,7 +183,22 @@ impl NetStats {
         for (i, (name, v)) in self.counters.iter().enumerate() {
             let _ = write!(s, "{}\"{name}\":{v}", if i > 0 { "," } else { "" });
         }
-        s.push_str("}}");
+        s.push('}');
+        if self.pairs.len() > 1 {
+            s.push_str(",\"pairs\":[");
+            for (i, p) in self.pairs.iter().enumerate() {
+                let _ = write!(
+                    s,
+                    "{}{{\"rx_packets\":{},\"tx_packets\":{},\"rx_dropped_unserved\":{}}}",
+                    if i > 0 { "," } else { "" },
+                    p.rx_packets,
+                    p.tx_packets,
+                    p.rx_dropped_unserved
+                );
+            }
+            s.push(']');
+        }
+        s.push('}');
         s
     }
 }
@@ -195,6 +226,8 @@ pub(super) struct Shared {
     pub name: String,
     /// The datapaths, one per queue pair.
     pub dps: Vec<Arc<Mutex<Datapath>>>,
+    /// Which pairs the guest serves, and the steering of the host's frames to them.
+    pub steerer: Arc<Steerer>,
     /// The virtio features offered to every frontend (fixed for the device's life).
     pub offered: u64,
     pub mac: MacAddr,
@@ -216,6 +249,7 @@ impl Shared {
     pub fn new(
         name: String,
         dps: Vec<Arc<Mutex<Datapath>>>,
+        steerer: Arc<Steerer>,
         offered: u64,
         mac: MacAddr,
         mtu: u16,
@@ -224,6 +258,7 @@ impl Shared {
         Shared {
             name,
             dps,
+            steerer,
             offered,
             mac,
             mtu,
@@ -265,8 +300,15 @@ impl NetControl {
         let mut device_total: Vec<(&'static str, u64)> = Vec::new();
         let mut transport_total = lock(&s.retired).clone();
         let mut batches = 0;
+        let mut pairs = Vec::with_capacity(s.dps.len());
         for dp in &s.dps {
             let dp = device::lock(dp);
+            let c = dp.stats();
+            pairs.push(PairStats {
+                rx_packets: c.rx_packets.load(Ordering::Relaxed),
+                tx_packets: c.tx_packets.load(Ordering::Relaxed),
+                rx_dropped_unserved: c.rx_dropped_unserved.load(Ordering::Relaxed),
+            });
             transport = dp.transport().name();
             add_counters(
                 &mut transport_total,
@@ -310,6 +352,7 @@ impl NetControl {
             transport,
             capture,
             counters: out,
+            pairs,
         }
     }
 
@@ -343,40 +386,41 @@ impl NetControl {
                 want: mac.to_string(),
             });
         }
-        if s.dps.len() != 1 || spec.common.queues != 1 {
+        // The pair count is in the guest's config space: it stays.
+        if usize::from(spec.common.queues) != s.dps.len() {
             return Err(SwapError::Queues {
                 device: device(),
                 have: s.dps.len(),
                 want: spec.common.queues,
             });
         }
-        let dp0 = &s.dps[0];
-        let new = transport::open(&spec).map_err(|source| SwapError::Open {
+        let news = transport::open_queues(&spec).map_err(|source| SwapError::Open {
             device: device(),
             source,
         })?;
-        let can = features::offered(spec.common.gro, new.vnet_hdr_len(), 1);
+        let first = &news[0];
+        let can = features::offered(spec.common.gro, first.vnet_hdr_len(), spec.common.queues);
         let missing = s.offered & !can;
         if missing != 0 {
             return Err(SwapError::Offloads {
                 device: device(),
-                transport: new.name(),
+                transport: first.name(),
                 gro: u8::from(spec.common.gro),
                 missing: features::names(missing).join(", "),
             });
         }
         let current = {
-            let dp = device::lock(dp0);
+            let dp = device::lock(&s.dps[0]);
             (dp.transport().name(), dp.transport().opens_sockets())
         };
-        if crate::seccomp::armed() && new.opens_sockets() && !current.1 {
+        if crate::seccomp::armed() && first.opens_sockets() && !current.1 {
             return Err(SwapError::Seccomp {
                 device: device(),
-                transport: new.name(),
+                transport: first.name(),
                 current: current.0,
             });
         }
-        let new_name = new.name();
+        let new_name = first.name();
         let depth = if spec.common.vec {
             usize::from(spec.common.depth)
         } else {
@@ -386,48 +430,54 @@ impl NetControl {
         let bpfflash = spec.common.bpfflash;
 
         let workers = lock(&s.workers);
-        let (old, old_fds, new_fds) = {
-            let mut dp = device::lock(dp0);
-            let old_fds = fds(dp.transport());
-            let new_fds = fds(new.as_ref());
-            let old = dp
-                .replace_transport(new, depth, headroom)
-                .map_err(|(_, source)| SwapError::MirrorOffloads {
-                    device: device(),
-                    source,
-                })?;
-            (old, old_fds, new_fds)
-        };
-        if let Some(handlers) = workers.as_ref() {
-            super::server::unwatch(handlers, 0, old_fds);
-            if let Err(source) = super::server::watch(handlers, 0, new_fds) {
-                // Put the old transport back rather than leave the device deaf.
-                super::server::unwatch(handlers, 0, new_fds);
-                let mut dp = device::lock(dp0);
-                if let Ok(failed) = dp.replace_transport(old, depth, headroom) {
-                    drop(dp);
-                    let _ = super::server::watch(handlers, 0, old_fds);
-                    drop(failed);
+        // Pair by pair; on a failure the pairs already swapped get their old transports back,
+        // so the device is never left half on each.
+        // The old transports, with the batch options they ran with.
+        let mut olds: Vec<Served> = Vec::with_capacity(news.len());
+        let mut failure = None;
+        for (pair, new) in news.into_iter().enumerate() {
+            match swap_pair(s, workers.as_ref(), pair, new, (depth, headroom)) {
+                Ok(old) => olds.push(old),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
                 }
-                return Err(SwapError::Watch {
-                    device: device(),
-                    source,
-                });
             }
+        }
+        if let Some(e) = failure {
+            for (pair, (old, options)) in olds.into_iter().enumerate().rev() {
+                // Putting back what served a moment ago: a failure here leaves that pair on
+                // the new transport, which is logged.
+                if let Err(again) = swap_pair(s, workers.as_ref(), pair, old, options) {
+                    log::warn!("{}: pair {pair}: the old transport back: {again}", s.name);
+                }
+            }
+            return Err(e);
         }
         s.bpfflash.store(bpfflash, Ordering::Relaxed);
         drop(workers);
-        let old_stats = old.stats();
-        add_counters(&mut lock(&s.retired), &transport_counters(&old_stats));
+        for (old, _) in &olds {
+            add_counters(&mut lock(&s.retired), &transport_counters(&old.stats()));
+        }
         s.swaps.fetch_add(1, Ordering::Relaxed);
-        log::info!(
-            "{}: transport {} replaced by {} ({}: {old_stats})",
-            s.name,
-            old.name(),
-            new_name,
-            old.name()
-        );
-        drop(old);
+        let old = &olds[0].0;
+        if olds.len() == 1 {
+            log::info!(
+                "{}: transport {} replaced by {new_name} ({}: {})",
+                s.name,
+                old.name(),
+                old.name(),
+                old.stats()
+            );
+        } else {
+            log::info!(
+                "{}: transport {} replaced by {new_name} on {} queue pairs",
+                s.name,
+                old.name(),
+                olds.len()
+            );
+        }
+        drop(olds);
         Ok(())
     }
 
@@ -524,6 +574,53 @@ impl NetControl {
         *lock(&s.last_capture) = Some(summary.clone());
         Ok(summary)
     }
+}
+
+/// A transport that served a pair, and the batch options `(depth, headroom)` it ran with.
+type Served = (Box<dyn Transport>, (usize, u16));
+
+/// Puts `new` in pair `pair`'s datapath between batches with the batch options `(depth,
+/// headroom)`, steers it as the pair's ring is served now, and moves the worker's watch to
+/// its descriptors; returns the old transport and its batch options. On an error nothing
+/// changed.
+fn swap_pair(
+    s: &Shared,
+    handlers: Option<&Workers>,
+    pair: usize,
+    new: Box<dyn Transport>,
+    (depth, headroom): (usize, u16),
+) -> Result<Served, SwapError> {
+    let new_fds = fds(new.as_ref());
+    let mut dp = device::lock(&s.dps[pair]);
+    let old_fds = fds(dp.transport());
+    let old_options = dp.batch_options();
+    let old = dp
+        .replace_transport(new, depth, headroom)
+        .map_err(|(_, source)| SwapError::MirrorOffloads {
+            device: s.name.clone(),
+            source,
+        })?;
+    s.steerer.reapply(pair as u16, &mut dp);
+    drop(dp);
+    if let Some(handlers) = handlers {
+        super::server::unwatch(handlers, pair, old_fds);
+        if let Err(source) = super::server::watch(handlers, pair, new_fds) {
+            // Put the old transport back rather than leave the pair deaf.
+            super::server::unwatch(handlers, pair, new_fds);
+            let mut dp = device::lock(&s.dps[pair]);
+            if let Ok(failed) = dp.replace_transport(old, old_options.0, old_options.1) {
+                s.steerer.reapply(pair as u16, &mut dp);
+                drop(dp);
+                let _ = super::server::watch(handlers, pair, old_fds);
+                drop(failed);
+            }
+            return Err(SwapError::Watch {
+                device: s.name.clone(),
+                source,
+            });
+        }
+    }
+    Ok((old, old_options))
 }
 
 /// The transport's receive and transmit descriptors.

@@ -620,6 +620,12 @@ impl Datapath {
         Ok(old)
     }
 
+    /// The batch options in force: frames per batch and headroom (see
+    /// [`Datapath::replace_transport`]).
+    pub fn batch_options(&self) -> (usize, u16) {
+        (self.depth, self.headroom)
+    }
+
     /// Whether transmitted frames go from the guest's buffers to a transport that can send
     /// them so ([`Transport::gathers`]); on by default. Off, every frame is copied into the
     /// batch first (what a benchmark compares against).

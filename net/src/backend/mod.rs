@@ -29,7 +29,7 @@ pub mod server;
 pub mod steer;
 
 pub use capture::{CaptureError, CaptureSummary};
-pub use control::{FlashError, NetControl, NetStats, SwapError};
+pub use control::{FlashError, NetControl, NetStats, PairStats, SwapError};
 pub use datapath::NetCounters;
 pub use server::{serve, serve_with, NetBackend};
 

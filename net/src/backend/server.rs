@@ -33,7 +33,6 @@ use crate::transport;
 /// serve frontends.
 pub struct NetBackend {
     dps: Vec<Arc<Mutex<Datapath>>>,
-    steerer: Arc<Steerer>,
     offered: u64,
     config: [u8; features::CONFIG_LEN],
     name: String,
@@ -78,12 +77,12 @@ impl NetBackend {
             shared: Arc::new(Shared::new(
                 spec.name.clone(),
                 dps.clone(),
+                Arc::new(Steerer::new(pairs)),
                 offered,
                 mac,
                 spec.common.mtu,
                 spec.common.bpfflash,
             )),
-            steerer: Arc::new(Steerer::new(pairs)),
             dps,
             offered,
             config: features::config_space(mac, spec.common.mtu, pairs),
@@ -137,7 +136,7 @@ impl NetBackend {
         let dev = Arc::new(RwLock::new(
             NetDevice::new(
                 self.dps.clone(),
-                self.steerer.clone(),
+                self.shared.steerer.clone(),
                 self.offered,
                 self.config,
             )
@@ -214,7 +213,7 @@ impl NetBackend {
         for dp in &self.dps {
             device::lock(dp).reset();
         }
-        self.steerer.reset(&self.dps);
+        self.shared.steerer.reset(&self.dps);
         if shrank {
             log::warn!(
                 "{}: frontend dropped: SET_MEM_TABLE refused after the fact: a memory file \

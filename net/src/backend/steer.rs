@@ -73,6 +73,24 @@ impl Steerer {
         }
     }
 
+    /// Pair `pair` has a new transport (a swap): steers it as the pair is served now, since
+    /// a new one starts steered away from (pair 0 takes all). `dp` is the pair's datapath,
+    /// locked by the caller.
+    pub fn reapply(&self, pair: u16, dp: &mut Datapath) {
+        if self.pairs <= 1 {
+            return;
+        }
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let bits = self.served.load(Ordering::Acquire);
+        let steering = Steering {
+            served: bits & (1 << pair) != 0,
+            leading: Self::leading(bits),
+        };
+        if let Err(e) = dp.transport_mut().steer(steering) {
+            log::warn!("steering received frames after a swap: {e}");
+        }
+    }
+
     /// The frontend is gone: nothing is served; every pair but 0 is steered away from (pair
     /// `i`'s datapath is `dps[i]`, each locked here in turn).
     pub fn reset(&self, dps: &[std::sync::Arc<Mutex<Datapath>>]) {
