@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use std::os::unix::net::UnixListener;
 
-use vmm_net::backend::NetBackend;
+use vmm_net::backend::{BackendError, NetBackend, NetControl};
 use vmm_net::config::{parse_spec, NetSpec};
 use vmm_net::transport::{self, Steering, Transport};
 use vmm_tests::batch::recv_kept;
@@ -198,6 +198,66 @@ fn wait_up(ifname: &str) {
     panic!("{ifname} did not come up");
 }
 
+/// A backend on `spec` opened in `ns` and served in a thread of this process to the first
+/// frontend that connects at `sock`, so the test can read its control handle.
+fn serve_in_process(
+    ns: &NetNs,
+    spec: &str,
+    sock: &std::path::Path,
+) -> (
+    NetControl,
+    std::thread::JoinHandle<Result<(), BackendError>>,
+) {
+    let spec = parse_spec(spec).expect("spec");
+    let backend = ns.enter(|| NetBackend::open(&spec).expect("open the backend"));
+    let control = backend.control();
+    let listener = UnixListener::bind(sock).expect("bind the vhost-user socket");
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept testpmd");
+        backend.serve_connection(stream, None)
+    });
+    (control, server)
+}
+
+/// dpdk-testpmd as a two-pair frontend (`net_virtio_user`, its own control queue) on
+/// `sock`, forwarding in `mode`, run under `wrapper` (`timeout` and its arguments) if given.
+fn testpmd(wrapper: &[&str], sock: &std::path::Path, mode: &str) -> Command {
+    let (program, first) = match wrapper {
+        [program, rest @ ..] => (*program, rest),
+        [] => ("dpdk-testpmd", &[][..]),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(first);
+    if !wrapper.is_empty() {
+        cmd.arg("dpdk-testpmd");
+    }
+    cmd.args(["-l", "0-1", "--no-huge", "-m", "512", "--no-pci"])
+        .arg(format!("--file-prefix={}", vmm_tests::unique_name("tpmd")))
+        .arg(format!(
+            "--vdev=net_virtio_user0,path={},queues=2,cq=1,queue_size=256",
+            sock.display()
+        ))
+        .args(["--", "--txq=2", "--rxq=2", "--total-num-mbufs=8192"])
+        .arg(format!("--forward-mode={mode}"))
+        .args(["--txpkts=64", "--auto-start", "--stats-period", "1"])
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Queue `q`'s count of `what` (`RX-packets`, `TX-packets`) in testpmd's final statistics.
+fn queue_stat(text: &str, q: u32, what: &str) -> u64 {
+    let head = format!("Forward Stats for RX Port= 0/Queue= {q} -> TX Port= 0/Queue= {q}");
+    let at = text
+        .find(&head)
+        .unwrap_or_else(|| panic!("no stats for queue {q}:\n{text}"));
+    let line = text[at..].lines().nth(1).unwrap_or("");
+    line.split(&format!("{what}:"))
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {what} for queue {q}: {line}"))
+}
+
 /// DPDK's testpmd, a real multi-queue vhost-user frontend (`net_virtio_user`, `queues=2`,
 /// its own control queue), transmits 64-byte frames on both pairs of our backend on raw,
 /// served here in-process so its control handle can be read: the backend takes MQ and serves
@@ -212,14 +272,11 @@ fn dpdk_testpmd_sends_on_two_queue_pairs() {
     ns.disable_ipv6();
     let dir = TempDir::new("mq");
     let sock = dir.path().join("net.sock");
-    let spec = parse_spec(&format!("vec0:transport=raw,ifname={va},queues=2")).unwrap();
-    let backend = ns.enter(|| NetBackend::open(&spec).expect("open the backend"));
-    let control = backend.control();
-    let listener = UnixListener::bind(&sock).expect("bind the vhost-user socket");
-    let server = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().expect("accept testpmd");
-        backend.serve_connection(stream, None)
-    });
+    let (control, server) = serve_in_process(
+        &ns,
+        &format!("vec0:transport=raw,ifname={va},queues=2"),
+        &sock,
+    );
     let pcap = dir.path().join("both.pcap");
     control.capture_start(&pcap, None).expect("capture");
     let counter = |link: &str, name: &str| -> u64 {
@@ -230,28 +287,7 @@ fn dpdk_testpmd_sends_on_two_queue_pairs() {
     };
     let rx = || counter(&vb, "rx_packets");
     let before = rx();
-    let prefix = vmm_tests::unique_name("tpmd");
-    let out = Command::new("timeout")
-        .args([
-            "-s",
-            "INT",
-            "4",
-            "dpdk-testpmd",
-            "-l",
-            "0-1",
-            "--no-huge",
-            "-m",
-            "512",
-        ])
-        .args(["--no-pci", &format!("--file-prefix={prefix}")])
-        .arg(format!(
-            "--vdev=net_virtio_user0,path={},queues=2,cq=1,queue_size=256",
-            sock.display()
-        ))
-        .args(["--", "--txq=2", "--rxq=2", "--total-num-mbufs=8192"])
-        .args(["--forward-mode=txonly", "--txpkts=64", "--auto-start"])
-        .args(["--stats-period", "1"])
-        .stdin(Stdio::null())
+    let out = testpmd(&["timeout", "-s", "INT", "4"], &sock, "txonly")
         .output()
         .expect("run dpdk-testpmd (resources/setup.sh installs dpdk-dev)");
     let text =
@@ -260,20 +296,10 @@ fn dpdk_testpmd_sends_on_two_queue_pairs() {
         .join()
         .expect("the backend thread")
         .expect("serving testpmd");
-    let per_queue = |q: u32| -> u64 {
-        let head = format!("Forward Stats for RX Port= 0/Queue= {q} -> TX Port= 0/Queue= {q}");
-        let at = text
-            .find(&head)
-            .unwrap_or_else(|| panic!("no stats for queue {q}:\n{text}"));
-        let line = text[at..].lines().nth(1).unwrap_or("");
-        let tx = line
-            .split("TX-packets:")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|n| n.parse().ok());
-        tx.unwrap_or_else(|| panic!("no TX-packets for queue {q}: {line}"))
-    };
-    let (q0, q1) = (per_queue(0), per_queue(1));
+    let (q0, q1) = (
+        queue_stat(&text, 0, "TX-packets"),
+        queue_stat(&text, 1, "TX-packets"),
+    );
     assert!(
         q0 > 10_000 && q1 > 10_000,
         "a ring was not drained: queue 0 sent {q0}, queue 1 {q1}\n{text}"
@@ -319,29 +345,12 @@ fn dpdk_testpmd_receives_the_hosts_flows_on_two_queue_pairs_across_a_swap() {
     ns.disable_ipv6();
     let dir = TempDir::new("mqrx");
     let sock = dir.path().join("net.sock");
-    let spec = parse_spec(&format!("vec0:transport=raw,ifname={va},queues=2")).unwrap();
-    let backend = ns.enter(|| NetBackend::open(&spec).expect("open the backend"));
-    let control = backend.control();
-    let listener = UnixListener::bind(&sock).expect("bind the vhost-user socket");
-    let server = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().expect("accept testpmd");
-        backend.serve_connection(stream, None)
-    });
-    let prefix = vmm_tests::unique_name("tpmd");
-    let mut cmd = Command::new("dpdk-testpmd");
-    cmd.args(["-l", "0-1", "--no-huge", "-m", "512", "--no-pci"])
-        .arg(format!("--file-prefix={prefix}"))
-        .arg(format!(
-            "--vdev=net_virtio_user0,path={},queues=2,cq=1,queue_size=256",
-            sock.display()
-        ))
-        .args(["--", "--txq=2", "--rxq=2", "--total-num-mbufs=8192"])
-        .args([
-            "--forward-mode=rxonly",
-            "--auto-start",
-            "--stats-period",
-            "1",
-        ]);
+    let (control, server) = serve_in_process(
+        &ns,
+        &format!("vec0:transport=raw,ifname={va},queues=2"),
+        &sock,
+    );
+    let cmd = testpmd(&[], &sock, "rxonly");
     let mut testpmd = Daemon::spawn(cmd, dir.path().join("testpmd.log"));
     testpmd.wait_for_log("packet forwarding - ports=", Duration::from_secs(20));
     let peer = ns.enter(|| PacketPeer::open(&vb, false));
@@ -399,20 +408,10 @@ fn dpdk_testpmd_receives_the_hosts_flows_on_two_queue_pairs_across_a_swap() {
         .expect("the backend thread")
         .expect("serving testpmd");
     let text = testpmd.log();
-    let per_queue = |q: u32| -> u64 {
-        let head = format!("Forward Stats for RX Port= 0/Queue= {q} -> TX Port= 0/Queue= {q}");
-        let at = text
-            .find(&head)
-            .unwrap_or_else(|| panic!("no stats for queue {q}:\n{text}"));
-        let line = text[at..].lines().nth(1).unwrap_or("");
-        let rx = line
-            .split("RX-packets:")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|n| n.parse().ok());
-        rx.unwrap_or_else(|| panic!("no RX-packets for queue {q}: {line}"))
-    };
-    let (q0, q1) = (per_queue(0), per_queue(1));
+    let (q0, q1) = (
+        queue_stat(&text, 0, "RX-packets"),
+        queue_stat(&text, 1, "RX-packets"),
+    );
     assert_eq!(
         q0 + q1,
         warmup + 2 * sent,
