@@ -50,6 +50,23 @@ fn parse(bytes: &[u8]) -> Command {
     }
 }
 
+/// Commands answered `VIRTIO_NET_ERR` or returned without an ack, counted: a guest can send
+/// them as fast as it likes, so only the first is logged (a warning), and the count when the
+/// queue stops.
+#[derive(Debug, Default)]
+pub(crate) struct Refused {
+    pub count: u64,
+}
+
+impl Refused {
+    fn note(&mut self, what: std::fmt::Arguments) {
+        self.count += 1;
+        if self.count == 1 {
+            log::warn!("virtio-net control queue: {what} (further refusals are only counted)");
+        }
+    }
+}
+
 /// Serves every chain available on the control queue; `set_pairs` switches the backend's
 /// rings to the first `n` pairs and says whether that worked. Returns whether a chain was
 /// used (the guest is to be interrupted).
@@ -58,6 +75,7 @@ pub(crate) fn process(
     mem: &GuestMemoryMmap,
     max_pairs: u16,
     set_pairs: &mut dyn FnMut(u16) -> bool,
+    refused: &mut Refused,
 ) -> bool {
     let mut used = false;
     while let Some(chain) = queue.pop_descriptor_chain(mem) {
@@ -100,29 +118,27 @@ pub(crate) fn process(
                 }
             }
             Command::Pairs(n) => {
-                log::warn!(
-                    "virtio-net control queue: {n} queue pairs asked, 1..={max_pairs} exist"
-                );
+                refused.note(format_args!("{n} queue pairs asked, 1..={max_pairs} exist"));
                 ERR
             }
             Command::Other(class, cmd) => {
-                log::debug!("virtio-net control queue: class {class} command {cmd} not offered");
+                refused.note(format_args!("class {class} command {cmd} is not offered"));
                 ERR
             }
             Command::Malformed => {
-                log::warn!("virtio-net control queue: a malformed command chain (head {head})");
+                refused.note(format_args!("a malformed command chain (head {head})"));
                 ERR
             }
         };
         let written = match ack {
             Some(at) if mem.write_obj(status, at).is_ok() => 1,
             _ => {
-                log::warn!("virtio-net control queue: no writable ack byte (head {head})");
+                refused.note(format_args!("no writable ack byte (head {head})"));
                 0
             }
         };
         if queue.add_used(mem, head, written).is_err() {
-            log::warn!("virtio-net control queue: cannot return chain {head}");
+            refused.note(format_args!("chain {head} cannot be returned"));
         }
         used = true;
     }
@@ -162,10 +178,17 @@ pub fn serve_once(
 ) -> Result<Vec<u16>, String> {
     let mut queue = ring(mem, size, rings)?;
     let mut asked = Vec::new();
-    process(&mut queue, mem, max_pairs, &mut |n| {
-        asked.push(n);
-        true
-    });
+    let mut refused = Refused::default();
+    process(
+        &mut queue,
+        mem,
+        max_pairs,
+        &mut |n| {
+            asked.push(n);
+            true
+        },
+        &mut refused,
+    );
     Ok(asked)
 }
 
@@ -209,13 +232,20 @@ impl CtrlQueue {
                         false
                     }
                 };
+                let mut refused = Refused::default();
                 while wait(&kick, &stopped) {
                     let _ = kick.read();
-                    if process(&mut queue, &mem, max_pairs, &mut set_pairs) {
+                    if process(&mut queue, &mem, max_pairs, &mut set_pairs, &mut refused) {
                         if let Err(e) = call.write(1) {
                             log::warn!("virtio-net control queue: cannot interrupt: {e}");
                         }
                     }
+                }
+                if refused.count > 0 {
+                    log::info!(
+                        "virtio-net control queue: {} command(s) refused",
+                        refused.count
+                    );
                 }
             })
             .map_err(|e| bad(format!("starting its thread: {e}")))?;
@@ -279,8 +309,8 @@ mod tests {
     }
 
     /// Runs one chain (linked here) with `command` at CMD; returns the ack byte, the used
-    /// length, and the pairs asked of the backend.
-    fn run(command: &[u8], chain: &[RawDescriptor]) -> (u8, u32, Vec<u16>) {
+    /// length, the pairs asked of the backend, and the refusals counted.
+    fn run(command: &[u8], chain: &[RawDescriptor]) -> (u8, u32, Vec<u16>, u64) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_000)]).unwrap();
         mem.write_slice(command, GuestAddress(CMD)).unwrap();
         mem.write_obj(0xaau8, GuestAddress(ACK)).unwrap();
@@ -297,43 +327,50 @@ mod tests {
         }
         vq.add_desc_chains(&descs, 0).unwrap();
         let mut asked = Vec::new();
-        assert!(process(&mut q, &mem, 4, &mut |n| {
-            asked.push(n);
-            true
-        }));
+        let mut refused = Refused::default();
+        assert!(process(
+            &mut q,
+            &mem,
+            4,
+            &mut |n| {
+                asked.push(n);
+                true
+            },
+            &mut refused
+        ));
         let used = vq.used().ring().ref_at(0).unwrap().load();
         let ack: u8 = mem.read_obj(GuestAddress(ACK)).unwrap();
-        (ack, used.len(), asked)
+        (ack, used.len(), asked, refused.count)
     }
 
     #[test]
     fn pairs_set_switches_the_rings_and_acks_ok() {
         let chain = [desc(CMD, 4, 0), desc(ACK, 1, F_WRITE)];
-        assert_eq!(run(&[4, 0, 2, 0], &chain), (OK, 1, vec![2]));
+        assert_eq!(run(&[4, 0, 2, 0], &chain), (OK, 1, vec![2], 0));
         // Header and argument in two descriptors, as Linux sends them.
         let chain = [desc(CMD, 2, 0), desc(CMD + 2, 2, 0), desc(ACK, 1, F_WRITE)];
-        assert_eq!(run(&[4, 0, 4, 0], &chain), (OK, 1, vec![4]));
+        assert_eq!(run(&[4, 0, 4, 0], &chain), (OK, 1, vec![4], 0));
     }
 
     #[test]
     fn out_of_range_unknown_and_malformed_commands_are_refused() {
         let chain = [desc(CMD, 4, 0), desc(ACK, 1, F_WRITE)];
-        assert_eq!(run(&[4, 0, 0, 0], &chain), (ERR, 1, vec![]));
-        assert_eq!(run(&[4, 0, 5, 0], &chain), (ERR, 1, vec![]));
-        assert_eq!(run(&[0, 0, 1, 0], &chain), (ERR, 1, vec![]), "rx mode");
+        assert_eq!(run(&[4, 0, 0, 0], &chain), (ERR, 1, vec![], 1));
+        assert_eq!(run(&[4, 0, 5, 0], &chain), (ERR, 1, vec![], 1));
+        assert_eq!(run(&[0, 0, 1, 0], &chain), (ERR, 1, vec![], 1), "rx mode");
         let short = [desc(CMD, 1, 0), desc(ACK, 1, F_WRITE)];
-        assert_eq!(run(&[4], &short), (ERR, 1, vec![]));
+        assert_eq!(run(&[4], &short), (ERR, 1, vec![], 1));
         let long = [desc(CMD, 4096, 0), desc(ACK, 1, F_WRITE)];
-        assert_eq!(run(&[4, 0, 2, 0], &long), (ERR, 1, vec![]));
+        assert_eq!(run(&[4, 0, 2, 0], &long), (ERR, 1, vec![], 1));
         let outside = [desc(0x1_0000_0000, 4, 0), desc(ACK, 1, F_WRITE)];
-        assert_eq!(run(&[], &outside), (ERR, 1, vec![]));
+        assert_eq!(run(&[], &outside), (ERR, 1, vec![], 1));
     }
 
     #[test]
     fn a_chain_without_an_ack_byte_is_returned_unwritten() {
         let chain = [desc(CMD, 4, 0)];
-        assert_eq!(run(&[4, 0, 2, 0], &chain), (0xaa, 0, vec![2]));
+        assert_eq!(run(&[4, 0, 2, 0], &chain), (0xaa, 0, vec![2], 1));
         let ack_outside = [desc(CMD, 4, 0), desc(0x1_0000_0000, 1, F_WRITE)];
-        assert_eq!(run(&[4, 0, 2, 0], &ack_outside), (0xaa, 0, vec![2]));
+        assert_eq!(run(&[4, 0, 2, 0], &ack_outside), (0xaa, 0, vec![2], 1));
     }
 }
