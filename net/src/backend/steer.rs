@@ -26,15 +26,20 @@ use crate::transport::Steering;
 pub struct Steerer {
     pairs: u16,
     served: AtomicU64,
-    changing: Mutex<()>,
+    /// Held while the bits change; counts the changes logged since the frontend came.
+    changing: Mutex<u32>,
 }
+
+/// Changes logged (INFO) per frontend; a frontend that keeps switching rings on and off gets
+/// the rest at DEBUG, so it cannot flood the log.
+const LOGGED_CHANGES: u32 = 64;
 
 impl Steerer {
     pub fn new(pairs: u16) -> Steerer {
         Steerer {
             pairs,
             served: AtomicU64::new(0),
-            changing: Mutex::new(()),
+            changing: Mutex::new(0),
         }
     }
 
@@ -51,7 +56,7 @@ impl Steerer {
         if self.pairs <= 1 || known(self.served.load(Ordering::Acquire)) {
             return;
         }
-        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut logged = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let bits = self.served.load(Ordering::Acquire);
         if known(bits) {
             return;
@@ -64,11 +69,25 @@ impl Steerer {
         };
         let name = dp.transport().name();
         match dp.transport_mut().steer(steering) {
-            Ok(()) => log::info!(
-                "{name}: queue pair {pair} {}; received flows go to pairs 0..{}",
-                if served { "served" } else { "no longer served" },
-                steering.leading
-            ),
+            Ok(()) => {
+                *logged = logged.saturating_add(1);
+                let level = if *logged <= LOGGED_CHANGES {
+                    log::Level::Info
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
+                    "{name}: queue pair {pair} {}; received flows go to pairs 0..{}{}",
+                    if served { "served" } else { "no longer served" },
+                    steering.leading,
+                    if *logged == LOGGED_CHANGES {
+                        " (further changes are logged at debug level)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             Err(e) => log::warn!("steering received frames: {e}"),
         }
     }
@@ -97,9 +116,10 @@ impl Steerer {
         if self.pairs <= 1 {
             return;
         }
-        // Not under `changing`: a worker takes its datapath, then that lock; the workers are
-        // gone by now anyway.
+        // Not under `changing` while datapaths are locked below: a worker takes its datapath,
+        // then that lock (the workers are gone by now anyway).
         self.served.store(0, Ordering::Release);
+        *self.changing.lock().unwrap_or_else(|p| p.into_inner()) = 0;
         let steering = Steering {
             served: false,
             leading: 1,
