@@ -305,17 +305,21 @@ impl VhostUserBackendMut for NetDevice {
         let (transport_rx, transport_tx) = transport_events(self.dps.len());
         let (signal_rx, signal_tx) = {
             let mut dp = lock(dp);
-            let served = {
-                let state = rx.get_ref();
-                state.get_queue().ready() && state.is_enabled()
-            };
-            let pair = thread_id as u16;
-            self.steerer.observe(pair, served, &mut dp);
             let event = u64::from(device_event);
-            if pair > 0 && !served && event == transport_rx && evset.contains(EventSet::IN) {
-                // Frames for a ring nobody serves: steered away from now, dropped and counted.
-                if let Err(e) = dp.discard_rx() {
-                    log::warn!("{e}");
+            // Steering is for several pairs only: a single-queue device's events skip it.
+            if self.dps.len() > 1 {
+                let served = {
+                    let state = rx.get_ref();
+                    state.get_queue().ready() && state.is_enabled()
+                };
+                let pair = thread_id as u16;
+                self.steerer.observe(pair, served, &mut dp);
+                if pair > 0 && !served && event == transport_rx && evset.contains(EventSet::IN) {
+                    // Frames for a ring nobody serves: steered away from now, dropped and
+                    // counted.
+                    if let Err(e) = dp.discard_rx() {
+                        log::warn!("{e}");
+                    }
                 }
             }
             match event {

@@ -89,7 +89,12 @@ impl Tap {
         } else {
             log::info!("{name}: attached to {}", dev.ifname());
         }
-        let tx_dropped_at_open = tap_tx_dropped(dev.ifname()).unwrap_or(0);
+        // Only queue 0 reports the interface's counter (see `stats`).
+        let tx_dropped_at_open = if slot.index == 0 {
+            tap_tx_dropped(dev.ifname()).unwrap_or(0)
+        } else {
+            0
+        };
         Ok(Tap {
             dev,
             burst: if vec { usize::MAX } else { 1 },
