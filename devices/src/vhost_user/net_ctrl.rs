@@ -9,7 +9,6 @@
 //! writable byte for the ack, a command longer than any valid one, addresses outside memory)
 //! is returned used with nothing written where nothing can be, and counted in the log.
 
-use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
@@ -17,7 +16,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::frontend::{FrontendError, RingSwitch};
-use crate::virtio_pci::QueueSetup;
+use crate::virtio_pci::{ready_queue, wait_kick, QueueSetup};
 
 /// `VIRTIO_NET_CTRL_MQ` and its `VQ_PAIRS_SET` command.
 const CTRL_MQ: u8 = 4;
@@ -145,26 +144,6 @@ pub(crate) fn process(
     used
 }
 
-/// The control queue of `size` with its descriptor table, available and used rings at
-/// `rings`, checked against guest memory.
-fn ring(
-    mem: &GuestMemoryMmap,
-    size: u16,
-    rings: [vm_memory::GuestAddress; 3],
-) -> Result<Queue, String> {
-    let err = |e: virtio_queue::Error| e.to_string();
-    let mut queue = Queue::new(QUEUE_MAX).map_err(err)?;
-    queue.try_set_size(size).map_err(err)?;
-    queue.try_set_desc_table_address(rings[0]).map_err(err)?;
-    queue.try_set_avail_ring_address(rings[1]).map_err(err)?;
-    queue.try_set_used_ring_address(rings[2]).map_err(err)?;
-    queue.set_ready(true);
-    if !queue.is_valid(mem) {
-        return Err("the rings lie outside guest memory".into());
-    }
-    Ok(queue)
-}
-
 /// Serves, on this thread, every chain a control queue of `size` at these guest addresses
 /// offers, as the queue's thread does after a kick, for a device of `max_pairs` pairs; returns
 /// the pair counts the backend would have been asked to run. For fuzz targets, whose input is
@@ -176,7 +155,7 @@ pub fn serve_once(
     rings: [vm_memory::GuestAddress; 3],
     max_pairs: u16,
 ) -> Result<Vec<u16>, String> {
-    let mut queue = ring(mem, size, rings)?;
+    let mut queue = ready_queue(mem, QUEUE_MAX, size, rings).map_err(|e| e.to_string())?;
     let mut asked = Vec::new();
     let mut refused = Refused::default();
     process(
@@ -208,12 +187,8 @@ impl CtrlQueue {
         rings: RingSwitch,
     ) -> Result<CtrlQueue, FrontendError> {
         let bad = |reason: String| FrontendError::OwnQueue { index, reason };
-        let mut queue = ring(
-            mem,
-            setup.size,
-            [setup.desc_table, setup.avail_ring, setup.used_ring],
-        )
-        .map_err(bad)?;
+        let mut queue = ready_queue(mem, QUEUE_MAX, setup.size, setup.rings())
+            .map_err(|e| bad(e.to_string()))?;
         let kick = setup.kick.try_clone().map_err(FrontendError::EventFd)?;
         let call = setup.call.try_clone().map_err(FrontendError::EventFd)?;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd)?;
@@ -233,8 +208,15 @@ impl CtrlQueue {
                     }
                 };
                 let mut refused = Refused::default();
-                while wait(&kick, &stopped) {
-                    let _ = kick.read();
+                loop {
+                    match wait_kick(&kick, &stopped) {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => {
+                            log::error!("virtio-net control queue: poll failed, stopping: {e}");
+                            break;
+                        }
+                    }
                     if process(&mut queue, &mem, max_pairs, &mut set_pairs, &mut refused) {
                         if let Err(e) = call.write(1) {
                             log::warn!("virtio-net control queue: cannot interrupt: {e}");
@@ -262,33 +244,6 @@ impl Drop for CtrlQueue {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Waits for a kick; false once `stop` is signalled (or polling fails).
-fn wait(kick: &EventFd, stop: &EventFd) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd: kick.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: two live pollfds in an array of that length; the eventfds outlive the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if r < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return false;
-        }
-        return fds[1].revents == 0;
     }
 }
 

@@ -17,7 +17,6 @@
 
 pub mod image;
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,7 +28,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use image::{DiskImage, DiskOptions, Format, ImageError};
 
-use crate::virtio_pci::{ActivateError, QueueSetup, VirtioDevice};
+use crate::virtio_pci::{
+    ready_queue, wait_kick, ActivateError, QueueError, QueueSetup, VirtioDevice,
+};
 
 /// The virtio device type of a block device.
 pub const DEVICE_TYPE: u16 = 2;
@@ -515,45 +516,34 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) -> Disk {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.kick.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
         loop {
-            // SAFETY: two live pollfds in an array of that length; the eventfds outlive the call.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+            match wait_kick(&self.kick, &self.stop) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    log::error!("virtio-blk {}: poll failed, stopping: {e}", self.disk.name);
+                    break;
                 }
-                log::error!("virtio-blk {}: poll failed, stopping: {e}", self.disk.name);
-                break;
             }
-            if fds[1].revents != 0 {
-                break;
-            }
-            if fds[0].revents != 0 {
-                let _ = self.kick.read();
-                if process_queue(&mut self.queue, &self.mem, &mut self.disk) {
-                    if let Err(e) = self.call.write(1) {
-                        log::warn!(
-                            "virtio-blk {}: cannot interrupt the guest: {e}",
-                            self.disk.name
-                        );
-                    }
+            if process_queue(&mut self.queue, &self.mem, &mut self.disk) {
+                if let Err(e) = self.call.write(1) {
+                    log::warn!(
+                        "virtio-blk {}: cannot interrupt the guest: {e}",
+                        self.disk.name
+                    );
                 }
             }
         }
         self.disk
+    }
+}
+
+impl From<QueueError> for BlkError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Queue(e) => BlkError::Queue(e),
+            QueueError::OutsideMemory => BlkError::BadQueue,
+        }
     }
 }
 
@@ -661,21 +651,12 @@ impl VirtioBlk {
         avail_ring: GuestAddress,
         used_ring: GuestAddress,
     ) -> Result<bool, BlkError> {
-        let mut queue = Queue::new(QUEUE_MAX_SIZE).map_err(BlkError::Queue)?;
-        queue.try_set_size(size).map_err(BlkError::Queue)?;
-        queue
-            .try_set_desc_table_address(desc_table)
-            .map_err(BlkError::Queue)?;
-        queue
-            .try_set_avail_ring_address(avail_ring)
-            .map_err(BlkError::Queue)?;
-        queue
-            .try_set_used_ring_address(used_ring)
-            .map_err(BlkError::Queue)?;
-        queue.set_ready(true);
-        if !queue.is_valid(&self.mem) {
-            return Err(BlkError::BadQueue);
-        }
+        let mut queue = ready_queue(
+            &self.mem,
+            QUEUE_MAX_SIZE,
+            size,
+            [desc_table, avail_ring, used_ring],
+        )?;
         let disk = self.disk.as_mut().ok_or(BlkError::Lost)?;
         Ok(process_queue(&mut queue, &self.mem, disk))
     }
@@ -700,21 +681,7 @@ impl VirtioBlk {
         let [setup] = queues else {
             return Err(BlkError::QueueCount(queues.len()));
         };
-        let mut queue = Queue::new(QUEUE_MAX_SIZE).map_err(BlkError::Queue)?;
-        queue.try_set_size(setup.size).map_err(BlkError::Queue)?;
-        queue
-            .try_set_desc_table_address(setup.desc_table)
-            .map_err(BlkError::Queue)?;
-        queue
-            .try_set_avail_ring_address(setup.avail_ring)
-            .map_err(BlkError::Queue)?;
-        queue
-            .try_set_used_ring_address(setup.used_ring)
-            .map_err(BlkError::Queue)?;
-        queue.set_ready(true);
-        if !queue.is_valid(&self.mem) {
-            return Err(BlkError::BadQueue);
-        }
+        let queue = ready_queue(&self.mem, QUEUE_MAX_SIZE, setup.size, setup.rings())?;
         let kick = setup.kick.try_clone().map_err(BlkError::EventFd)?;
         let call = setup.call.try_clone().map_err(BlkError::EventFd)?;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(BlkError::EventFd)?;

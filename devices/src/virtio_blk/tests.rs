@@ -1,6 +1,7 @@
 //! Requests as a guest driver would place them (virtio-queue's `MockSplitQueue` over plain
 //! guest memory), served by [`process_queue`] against an in-memory disk.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 

@@ -90,6 +90,83 @@ pub mod status {
 /// `VIRTIO_F_VERSION_1`: a modern device cannot work without it.
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
+/// Why a queue the VMM serves itself (virtio-blk's, virtio-net's control queue) could not be
+/// set up from what the driver programmed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// virtio-queue refused the size or an address (not a power of two, misaligned).
+    #[error("queue setup: {0:?}")]
+    Queue(virtio_queue::Error),
+    /// A ring lies outside guest memory.
+    #[error("the rings are not in guest memory")]
+    OutsideMemory,
+}
+
+/// The split virtqueue a driver programmed, `size` descriptors (at most `max`) with its
+/// descriptor table, available and used rings at `rings`, checked against guest memory and
+/// ready to serve: for a device that serves its queue in the VMM.
+pub fn ready_queue(
+    mem: &vm_memory::GuestMemoryMmap,
+    max: u16,
+    size: u16,
+    [desc_table, avail_ring, used_ring]: [GuestAddress; 3],
+) -> Result<virtio_queue::Queue, QueueError> {
+    use virtio_queue::QueueT;
+    let mut queue = virtio_queue::Queue::new(max).map_err(QueueError::Queue)?;
+    queue.try_set_size(size).map_err(QueueError::Queue)?;
+    queue
+        .try_set_desc_table_address(desc_table)
+        .map_err(QueueError::Queue)?;
+    queue
+        .try_set_avail_ring_address(avail_ring)
+        .map_err(QueueError::Queue)?;
+    queue
+        .try_set_used_ring_address(used_ring)
+        .map_err(QueueError::Queue)?;
+    queue.set_ready(true);
+    if !queue.is_valid(mem) {
+        return Err(QueueError::OutsideMemory);
+    }
+    Ok(queue)
+}
+
+/// Waits until the guest kicks (`kick` readable: Ok(true), the kick consumed) or `stop` is
+/// signalled (Ok(false)); an interrupted wait waits again. For the thread of a queue the VMM
+/// serves itself.
+pub fn wait_kick(kick: &EventFd, stop: &EventFd) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut fds = [kick.as_raw_fd(), stop.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: two live pollfds in an array of that length; the eventfds outlive the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents != 0 {
+            return Ok(false);
+        }
+        if fds[0].revents != 0 {
+            let _ = kick.read();
+            return Ok(true);
+        }
+    }
+}
+
+impl QueueSetup<'_> {
+    /// Where the driver put the descriptor table, available and used rings.
+    pub fn rings(&self) -> [GuestAddress; 3] {
+        [self.desc_table, self.avail_ring, self.used_ring]
+    }
+}
+
 /// What the guest programmed for one queue, handed to the device at activation.
 pub struct QueueSetup<'a> {
     /// Number of descriptors (a power of two, at most the device's maximum).
