@@ -10,6 +10,8 @@
 pub mod debug_exit;
 pub mod exit;
 pub mod i8042;
+#[cfg(test)]
+mod mock_chain;
 pub mod pci;
 pub mod pvpanic;
 pub mod serial;

@@ -251,10 +251,8 @@ impl Drop for CtrlQueue {
 mod tests {
     use super::*;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
-    const F_NEXT: u16 = 1;
     const F_WRITE: u16 = 2;
     const CMD: u64 = 0x10_000;
     const ACK: u64 = 0x11_000;
@@ -269,18 +267,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_000)]).unwrap();
         mem.write_slice(command, GuestAddress(CMD)).unwrap();
         mem.write_obj(0xaau8, GuestAddress(ACK)).unwrap();
-        let vq = MockSplitQueue::new(&mem, 16);
-        let mut q: Queue = vq.create_queue().unwrap();
-        let mut descs = chain.to_vec();
-        for (i, d) in descs.iter_mut().enumerate() {
-            let mut s = SplitDescriptor::from(*d);
-            if i + 1 < chain.len() {
-                s.set_flags(s.flags() | F_NEXT);
-                s.set_next(i as u16 + 1);
-            }
-            *d = RawDescriptor::from(s);
-        }
-        vq.add_desc_chains(&descs, 0).unwrap();
+        let (vq, mut q) = crate::mock_chain::queue_with_chain(&mem, chain);
         let mut asked = Vec::new();
         let mut refused = Refused::default();
         assert!(process(

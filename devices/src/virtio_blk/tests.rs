@@ -91,19 +91,7 @@ fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
 
 /// Places one chain, serves the queue; returns (used len, status byte).
 fn run(mem: &GuestMemoryMmap, d: &mut Disk, chain: &[RawDescriptor]) -> (u32, u8) {
-    let vq = MockSplitQueue::new(mem, 16);
-    let mut q: Queue = vq.create_queue().unwrap();
-    let mut descs = chain.to_vec();
-    // Link the chain: each descriptor but the last points at the next slot.
-    for (i, dsc) in descs.iter_mut().enumerate() {
-        let mut s = SplitDescriptor::from(*dsc);
-        if i + 1 < chain.len() {
-            s.set_flags(s.flags() | F_NEXT);
-            s.set_next(i as u16 + 1);
-        }
-        *dsc = RawDescriptor::from(s);
-    }
-    vq.add_desc_chains(&descs, 0).unwrap();
+    let (vq, mut q) = crate::mock_chain::queue_with_chain(mem, chain);
     assert!(process_queue(&mut q, mem, d), "the guest is interrupted");
     let used = vq.used().ring().ref_at(0).unwrap().load();
     assert_eq!(used.id(), 0);
