@@ -94,9 +94,13 @@ const ONLY_PAIR_0: Steering = Steering {
     leading: 1,
 };
 
-/// Pair 1 served: the flows spread over both pairs, each flow staying on its pair from round
-/// to round; no longer served: pair 0 takes them all again.
-fn spread_and_back(peer: &PacketPeer, pairs: &mut [Box<dyn Transport>]) {
+/// Pair 1 not served yet: every flow goes to pair 0. Served: the flows spread over both
+/// pairs, each flow staying on its pair from round to round. No longer served: pair 0 takes
+/// them all again.
+fn steered_by_service(peer: &PacketPeer, pairs: &mut [Box<dyn Transport>]) {
+    let got = round(peer, pairs, 1);
+    assert_eq!(got[1].len(), 0, "pair 1 got frames before it was served");
+
     pairs[1].steer(SERVED).expect("steer to pair 1");
     let got = round(peer, pairs, 2);
     assert!(
@@ -127,10 +131,7 @@ fn raw_fanout_spreads_flows_over_the_served_pairs_only() {
         let mut pairs = open_pairs(&format!("vec0:transport=raw,ifname={va},queues=2"));
         assert_eq!(pairs.len(), 2);
         let peer = PacketPeer::open(&vb, false);
-        let got = round(&peer, &mut pairs, 1);
-        assert_eq!(got[1].len(), 0, "pair 1 got frames before it was served");
-
-        spread_and_back(&peer, &mut pairs);
+        steered_by_service(&peer, &mut pairs);
     });
 }
 
@@ -140,21 +141,18 @@ fn raw_fanout_spreads_flows_over_the_served_pairs_only() {
 fn tap_queues_attach_and_detach_as_their_pairs_are_served() {
     let ns = NetNs::new();
     ns.disable_ipv6();
-    ns.enter(|| {
-        let mut pairs = open_pairs("vec0:transport=tap,queues=2");
-        let QueueGroupName(ifname) = tap_name(pairs[0].as_ref());
-        Command::new("ip")
-            .args(["link", "set", &ifname, "up"])
-            .status()
-            .expect("ip link set up");
-        wait_up(&ifname);
-        // Frames the host transmits on the tap reach its queues.
-        let peer = PacketPeer::open(&ifname, false);
-        let got = round(&peer, &mut pairs, 1);
-        assert_eq!(got[1].len(), 0, "a detached queue got frames");
-
-        spread_and_back(&peer, &mut pairs);
+    let (mut pairs, ifname) = ns.enter(|| {
+        let pairs = open_pairs("vec0:transport=tap,queues=2");
+        match pairs[0].queue_group() {
+            transport::QueueGroup::Tap(ifname) => (pairs, ifname),
+            other => panic!("not a tap: {other:?}"),
+        }
     });
+    ns.ip(&["link", "set", &ifname, "up"]);
+    wait_up(&ns, &ifname);
+    // Frames the host transmits on the tap reach its queues.
+    let peer = ns.enter(|| PacketPeer::open(&ifname, false));
+    steered_by_service(&peer, &mut pairs);
 }
 
 /// A persistent tap made without `multi_queue` is refused with `queues=2`, saying how to make
@@ -174,23 +172,13 @@ fn a_single_queue_tap_is_refused_with_queues_2() {
     );
 }
 
-struct QueueGroupName(String);
-
-fn tap_name(t: &dyn Transport) -> QueueGroupName {
-    match t.queue_group() {
-        transport::QueueGroup::Tap(name) => QueueGroupName(name),
-        other => panic!("not a tap: {other:?}"),
-    }
-}
-
-fn wait_up(ifname: &str) {
+/// Waits (up to 2 s) until `ifname` in `ns` is up with a real queueing discipline. A tap we
+/// created reports its operational state as UNKNOWN, which [`NetNs::wait_link_up`] (made for
+/// links that report UP) would wait on forever.
+fn wait_up(ns: &NetNs, ifname: &str) {
     for _ in 0..100 {
-        let out = Command::new("ip")
-            .args(["-o", "link", "show", "dev", ifname])
-            .output()
-            .expect("ip link show");
-        let text = String::from_utf8_lossy(&out.stdout);
-        if text.contains("UP") && !text.contains("qdisc noop") {
+        let (_, text) = ns.run("ip", &["-o", "link", "show", "dev", ifname]);
+        if text.contains(",UP") && !text.contains("qdisc noop") {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
