@@ -29,6 +29,7 @@ pub enum Kind {
     Pcap,
     Daemon,
     Vde,
+    Xdp,
 }
 
 impl Kind {
@@ -377,11 +378,33 @@ pub const KINDS: &[Row] = &[
         }),
         open: transport::vde::from_config,
     },
+    // Not UML's: QEMU 8.2's af-xdp netdev, in our vector form.
+    Row {
+        kind: Kind::Xdp,
+        name: "xdp",
+        vector: Some(VectorForm {
+            options: &["gro", "ifname", "mode"],
+            synopsis: "ifname=NAME (required) mode=native|skb",
+            about: "AF_XDP on receive queue 0 of any interface (a veth end, a NIC): an XDP \
+                    program\n\
+                    redirects that queue's frames to us, past the host's stack (frames on \
+                    other\n\
+                    queues still reach the host); sends go straight to the driver. mode: \
+                    the\n\
+                    driver's hook (native) or the generic one (skb); default native where \
+                    the\n\
+                    driver has it. The program goes when the device does. mtu at most 3822.",
+            example: "vec0:transport=xdp,ifname=veth0",
+            parse: vector::xdp,
+        }),
+        legacy: None,
+        open: transport::xdp::from_config,
+    },
 ];
 
 // Every kind has its row, at the index of its discriminant, so `Kind::row` is an index.
 const _: () = {
-    assert!(KINDS.len() == Kind::Vde as usize + 1);
+    assert!(KINDS.len() == Kind::Xdp as usize + 1);
     let mut i = 0;
     while i < KINDS.len() {
         assert!(KINDS[i].kind as usize == i, "KINDS is out of Kind's order");

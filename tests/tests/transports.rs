@@ -6,13 +6,16 @@
 //! - tap, hybrid: a tap in a namespace; the peer is an AF_PACKET socket on the tap interface.
 //! - fd: a socketpair (seqpacket and datagram).
 //! - raw's bpffile, and hybrid's receive filter replaced (bpfflash's mechanism).
+//! - xdp: a veth pair as for raw, with the redirect on the driver's hook and on the generic
+//!   one; the program goes with the transport, and a second one on the interface is refused.
 
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use vmm_net::config::{
-    CommonOpts, FdConfig, HybridConfig, NetSpec, RawConfig, TapConfig, TransportConfig,
+    CommonOpts, FdConfig, HybridConfig, NetSpec, RawConfig, TapConfig, TransportConfig, XdpConfig,
+    XdpMode,
 };
 use vmm_net::transport::{self, Offloads, PacketBatch, Transport};
 use vmm_tests::batch::{recv_kept, send_at_once};
@@ -150,6 +153,65 @@ fn raw_tso_frames_cross_a_veth_whole() {
     let s = spec(TransportConfig::Raw(RawConfig { ifname: dp_end }), true);
     let (mut t, peer) = open_in(&ns, s, &peer_end, true);
     tso_both_ways(t.as_mut(), &peer);
+}
+
+/// Whether `ifname` in `ns` has an XDP program attached, as `ip -d link` reports it.
+fn xdp_attached(ns: &NetNs, ifname: &str) -> bool {
+    let (ok, out) = ns.run("ip", &["-d", "link", "show", "dev", ifname]);
+    assert!(ok, "ip link show {ifname}: {out}");
+    out.contains("prog/xdp")
+}
+
+fn xdp_crosses_a_veth(mode: XdpMode) {
+    let ns = NetNs::new();
+    let (peer_end, dp_end) = ns.veth_pair(None);
+    let xdp = |ifname: &str| {
+        spec(
+            TransportConfig::Xdp(XdpConfig {
+                ifname: ifname.to_string(),
+                mode,
+            }),
+            false,
+        )
+    };
+    let (mut t, peer) = open_in(&ns, xdp(&dp_end), &peer_end, false);
+    assert_eq!(t.vnet_hdr_len(), 0);
+    assert!(xdp_attached(&ns, &dp_end), "no XDP program on {dp_end}");
+    small_frames_both_ways(t.as_mut(), &peer);
+    // Frames too short for an Ethernet header or too long for a chunk are dropped, counted,
+    // and do not stop the frames behind them.
+    let frames = vec![
+        vec![0u8; 8],
+        vec![0u8; 5000],
+        test_frame(60, GUEST, HOST, 7),
+    ];
+    send(t.as_mut(), &frames);
+    let got = peer
+        .recv_matching(Duration::from_secs(3), |b| is_test_frame(b, 0))
+        .expect("the frame behind two bad ones did not arrive");
+    assert_eq!(got, frames[2]);
+    assert_eq!(t.stats().tx_dropped, 2, "{}", t.stats());
+
+    let second = ns.enter(|| transport::open(&xdp(&dp_end)).err());
+    let err = second
+        .expect("a second XDP program was attached")
+        .to_string();
+    assert!(err.contains("already has an AF_XDP socket"), "{err}");
+    drop(t);
+    assert!(
+        !xdp_attached(&ns, &dp_end),
+        "the program outlived its transport"
+    );
+}
+
+#[test]
+fn xdp_frames_cross_a_veth_byte_exact_on_the_drivers_hook() {
+    xdp_crosses_a_veth(XdpMode::Native);
+}
+
+#[test]
+fn xdp_frames_cross_a_veth_byte_exact_on_the_generic_hook() {
+    xdp_crosses_a_veth(XdpMode::Skb);
 }
 
 #[test]

@@ -194,6 +194,9 @@ pub enum TransportConfig {
     /// Legacy `ethN=vde,...` or UML >= 6.12's `vecN:transport=vde,vnl=VNL` (a `vde_switch`
     /// port).
     Vde(VdeConfig),
+    /// `vecN:transport=xdp,...`: an AF_XDP socket on an interface's first queue (QEMU 8.2's
+    /// `-netdev af-xdp`; not one of UML's).
+    Xdp(XdpConfig),
 }
 
 impl TransportConfig {
@@ -214,6 +217,7 @@ impl TransportConfig {
             TransportConfig::Pcap(_) => Kind::Pcap,
             TransportConfig::Daemon(_) => Kind::Daemon,
             TransportConfig::Vde(_) => Kind::Vde,
+            TransportConfig::Xdp(_) => Kind::Xdp,
         }
     }
 }
@@ -236,6 +240,32 @@ pub struct HybridConfig {
 pub struct RawConfig {
     pub ifname: String,
 }
+
+/// `transport=xdp`: an AF_XDP socket on receive queue 0 of an existing interface, fed by an
+/// XDP program that redirects that queue's frames to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpConfig {
+    pub ifname: String,
+    /// `mode`: which XDP hook runs the redirect.
+    pub mode: XdpMode,
+}
+
+/// Where the redirect program runs (`mode=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// The driver's own hook where it has one, the generic one otherwise (the default).
+    #[default]
+    Auto,
+    /// The driver's hook only (`mode=native`): refused where the driver has none.
+    Native,
+    /// The generic hook in the stack (`mode=skb`): every interface, after the skb is built.
+    Skb,
+}
+
+/// The largest MTU `transport=xdp` takes: a frame (with an 802.1Q tag) must fit in one
+/// 4 KiB UMEM chunk behind the kernel's 256-byte headroom, as a program without multi-buffer
+/// support sees only single-chunk frames.
+pub const XDP_MAX_MTU: u16 = 4096 - 256 - 18;
 
 /// `transport=gre`: Ethernet over GRE (IP protocol 47).
 #[derive(Clone, Debug, PartialEq, Eq)]

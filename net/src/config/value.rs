@@ -51,6 +51,16 @@ pub fn flag(value: &str) -> Result<bool, String> {
     }
 }
 
+/// `mode=` of `transport=xdp`: `native` or `skb` (`auto`, the default, may be spelled too).
+pub fn xdp_mode(value: &str) -> Result<super::XdpMode, String> {
+    match value {
+        "auto" => Ok(super::XdpMode::Auto),
+        "native" | "drv" => Ok(super::XdpMode::Native),
+        "skb" | "generic" => Ok(super::XdpMode::Skb),
+        _ => Err("expected native, skb or auto".into()),
+    }
+}
+
 /// A unicast MAC address `xx:xx:xx:xx:xx:xx`.
 pub fn mac(value: &str) -> Result<MacAddr, String> {
     let mut bytes = [0u8; 6];

@@ -218,6 +218,27 @@ pub(crate) fn raw(opts: &Opts) -> Result<TransportConfig, ConfigError> {
     }))
 }
 
+pub(crate) fn xdp(opts: &Opts) -> Result<TransportConfig, ConfigError> {
+    // Checked here rather than at open: the limit is this transport's, and the error names
+    // the option.
+    if let Some(mtu) = opts.ranged("mtu", 576, 65535)? {
+        if mtu > u64::from(XDP_MAX_MTU) {
+            return Err(opts.bad(
+                "mtu",
+                &mtu.to_string(),
+                format!(
+                    "transport=xdp takes at most {XDP_MAX_MTU}: a frame must fit one 4 KiB \
+                     AF_XDP chunk"
+                ),
+            ));
+        }
+    }
+    Ok(TransportConfig::Xdp(XdpConfig {
+        ifname: opts.required("ifname", value::ifname)?,
+        mode: opts.parse("mode", value::xdp_mode)?.unwrap_or_default(),
+    }))
+}
+
 pub(crate) fn bess(opts: &Opts) -> Result<TransportConfig, ConfigError> {
     Ok(TransportConfig::Bess(BessConfig {
         src: opts.parse("src", value::socket_path)?,

@@ -28,6 +28,9 @@ pub(crate) mod udp;
 pub(crate) mod user;
 pub(crate) mod vde;
 pub mod vnet;
+pub(crate) mod xdp;
+mod xdp_prog;
+mod xsk;
 
 use std::os::fd::RawFd;
 

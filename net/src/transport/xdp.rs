@@ -1,0 +1,245 @@
+//! `transport=xdp`: an AF_XDP socket on receive queue 0 of an existing interface (QEMU 8.2's
+//! `-netdev af-xdp`, in our vector form).
+//!
+//! Frames arriving on that queue are redirected to the socket by our XDP program
+//! ([`super::xdp_prog`]) before the host's stack sees them; frames the guest sends are copied
+//! into the socket's UMEM and handed straight to the driver, past the qdisc and the packet
+//! taps. Both save the per-frame work of an AF_PACKET socket's `recvmmsg`/`sendmmsg`, which
+//! is what bounds `transport=raw`'s packet rate. There is no `virtio_net_hdr` on this path:
+//! with `gro=1` the backend segments and coalesces in software, as on the tunnels.
+
+use std::os::fd::RawFd;
+
+use super::sys;
+use super::xdp_prog::Redirect;
+use super::xsk::{Geometry, Xsk};
+use super::{
+    Frames, GatherBatch, Offloads, Opening, PacketBatch, Transport, TransportError, TransportStats,
+};
+use crate::config::{TransportConfig, XdpMode};
+
+const NAME: &str = "xdp";
+
+/// The receive queue we serve: the program hands frames of other queues to the host.
+const QUEUE: u32 = 0;
+
+pub struct Xdp {
+    // Declaration order is drop order: the program is detached before the socket it
+    // redirects to closes.
+    _redirect: Redirect,
+    xsk: Xsk,
+    stats: TransportStats,
+}
+
+/// The UMEM for a device of `mtu` moving `depth` frames per call: chunks of 2 KiB where a
+/// frame fits (4 KiB otherwise), twice `depth` of them each way (64 to 256), so the kernel
+/// can fill one batch while we copy out the last.
+pub fn geometry(mtu: u16, depth: usize) -> Geometry {
+    let frame = u32::from(mtu) + 18;
+    let chunk = if frame + super::xsk::XDP_HEADROOM <= 2048 {
+        2048
+    } else {
+        4096
+    };
+    let frames = (2 * depth).next_power_of_two().clamp(64, 256) as u32;
+    Geometry {
+        chunk,
+        rx: frames,
+        tx: frames,
+    }
+}
+
+impl Xdp {
+    pub fn open(
+        ifname: &str,
+        mode: XdpMode,
+        mtu: u16,
+        depth: usize,
+    ) -> Result<Xdp, TransportError> {
+        let interface = |source| TransportError::Interface {
+            transport: NAME,
+            ifname: ifname.to_string(),
+            source,
+        };
+        let ifindex = sys::ifindex(ifname).map_err(interface)? as u32;
+        let xsk = Xsk::open(ifindex, QUEUE, geometry(mtu, depth)).map_err(interface)?;
+        let redirect = Redirect::attach(ifindex, QUEUE, xsk.fd(), mode).map_err(|e| {
+            TransportError::Invalid {
+                transport: NAME,
+                reason: format!("interface `{ifname}`: {e}"),
+            }
+        })?;
+        let g = xsk.geometry();
+        log::info!(
+            "xdp: {ifname} queue {QUEUE}, {} hook, {}, UMEM {} KiB ({} + {} chunks of {} bytes)",
+            redirect.mode(),
+            if xsk.zero_copy() {
+                "zero-copy"
+            } else {
+                "copying"
+            },
+            g.umem_len() / 1024,
+            g.rx,
+            g.tx,
+            g.chunk
+        );
+        match rx_queues(ifname) {
+            Some(n) if n > 1 => log::warn!(
+                "xdp: {ifname} has {n} receive queues and only queue {QUEUE}'s frames reach \
+                 the guest (the others go to the host's stack): `ethtool -L {ifname} \
+                 combined 1` steers everything to it"
+            ),
+            _ => {}
+        }
+        Ok(Xdp {
+            _redirect: redirect,
+            xsk,
+            stats: TransportStats::default(),
+        })
+    }
+
+    fn send_frames<F: Frames + ?Sized>(&mut self, frames: &F) -> Result<usize, TransportError> {
+        self.xsk
+            .send(frames, &mut self.stats.tx_dropped)
+            .map_err(|source| TransportError::Io {
+                transport: NAME,
+                op: "sendto",
+                source,
+            })
+    }
+}
+
+impl Transport for Xdp {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn vnet_hdr_len(&self) -> usize {
+        0
+    }
+
+    fn rx_fd(&self) -> RawFd {
+        self.xsk.fd()
+    }
+
+    fn tx_fd(&self) -> RawFd {
+        self.xsk.fd()
+    }
+
+    /// Copies what the rx ring holds into the batch; a frame larger than a batch buffer is
+    /// dropped and counted. Reads on while everything read so far was dropped, so a 0 means
+    /// the ring is empty.
+    fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
+        batch.clear();
+        let truncated = &mut self.stats.rx_dropped_truncated;
+        loop {
+            let room = batch.depth() - batch.count();
+            let taken = self.xsk.receive(room, |frame| match batch.next_free() {
+                Some(buf) if frame.len() <= buf.capacity() => {
+                    buf.space()[..frame.len()].copy_from_slice(frame);
+                    buf.set_len(frame.len());
+                    batch.commit();
+                }
+                _ => *truncated += 1,
+            });
+            if taken == 0 || batch.count() > 0 {
+                return Ok(batch.count());
+            }
+        }
+    }
+
+    fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
+        self.send_frames(batch)
+    }
+
+    /// The guest's buffers are copied straight into the UMEM: no batch in between.
+    fn gathers(&self) -> bool {
+        true
+    }
+
+    fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
+        self.send_frames(frames)
+    }
+
+    /// No header crosses this transport: the backend does the guest's offloads itself.
+    fn set_offloads(&mut self, _offloads: Offloads) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    fn stats(&self) -> TransportStats {
+        let mut s = self.stats;
+        if let Ok(k) = self.xsk.stats() {
+            s.rx_dropped_kernel += k.rx_dropped + k.rx_ring_full;
+            s.tx_dropped += k.tx_invalid;
+        }
+        s
+    }
+}
+
+/// `struct ethtool_channels`.
+#[repr(C)]
+#[derive(Default)]
+struct Channels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+/// How many receive queues `ifname` has (`ETHTOOL_GCHANNELS`), where its driver says.
+fn rx_queues(ifname: &str) -> Option<u32> {
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    let sock = sys::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).ok()?;
+    let mut channels = Channels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Channels::default()
+    };
+    // SAFETY: ifreq is integers, arrays and a pointer union, for which all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_name = sys::ifname_bytes(ifname).ok()?;
+    req.ifr_ifru.ifru_data = (&mut channels as *mut Channels).cast();
+    // SAFETY: SIOCETHTOOL reads the request and writes `channels`, both live locals that
+    // outlive the call.
+    let ret = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SIOCETHTOOL,
+            &mut req,
+        )
+    };
+    (ret == 0).then_some(channels.rx_count + channels.combined_count)
+}
+
+/// The opener of `transport=xdp` (see [`crate::kind`]).
+pub(crate) fn from_config(
+    config: &TransportConfig,
+    o: &Opening,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let TransportConfig::Xdp(c) = config else {
+        return Err(super::wrong_config(NAME));
+    };
+    Ok(Box::new(Xdp::open(&c.ifname, c.mode, o.mtu, o.depth)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_fit_the_mtu_and_stay_small() {
+        let g = geometry(1500, 64);
+        assert_eq!((g.chunk, g.rx, g.tx), (2048, 128, 128));
+        assert!(g.frame_room() >= 1518);
+        assert_eq!(g.umem_len(), 512 * 1024);
+        let g = geometry(crate::config::XDP_MAX_MTU, 256);
+        assert_eq!(g.chunk, 4096);
+        assert!(g.frame_room() >= usize::from(crate::config::XDP_MAX_MTU) + 18);
+        assert!(g.umem_len() <= 2 * 1024 * 1024);
+        assert_eq!(geometry(1500, 1).rx, 64);
+    }
+}
