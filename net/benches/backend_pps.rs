@@ -17,6 +17,9 @@
 //! frames that the backend segments (`gro=1` on a tunnel), with the gre socket fed directly
 //! as the anchor.
 //!
+//! Then 64-byte frames both ways through `xdp` on the same veth: the datapath against the
+//! AF_XDP socket driven directly, and against raw's bare socket above.
+//!
 //! Run as root: `cargo bench -p vmm-net --bench backend_pps` (`SECS=N` per measurement).
 
 use std::os::fd::AsRawFd;
@@ -400,7 +403,7 @@ fn main() {
         "vs copied"
     );
     let or_dash = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".into(), f);
-    for (dir, offloads, dp, copied, bare) in rows {
+    for &(dir, offloads, dp, copied, bare) in &rows {
         println!(
             "{dir:<12} {offloads:<10} {:>14.3} {:>12} {:>16.3} {:>7.2} {:>12}",
             dp / 1e6,
@@ -410,10 +413,57 @@ fn main() {
             or_dash(copied, &|c| format!("{:.2}", dp / c)),
         );
     }
+    let raw_bare = (rows[0].4, rows[1].4);
+    xdp(&ns, flood, raw_bare);
     full_frames(&open);
     tunnels(&ns);
     tunnel_rx(&ns);
     drop(cleanup);
+}
+
+/// 64-byte frames through `xdp` on the veth (one core for the datapath, no offloads), on the
+/// generic hook (the default on a veth) and on the driver's: the datapath, the AF_XDP socket
+/// driven directly, and raw's bare socket (`raw_bare`: guest→host, host→guest) from the first
+/// table.
+fn xdp(ns: &str, flood: impl Fn(Instant) + Send + Sync, raw_bare: (f64, f64)) {
+    println!();
+    println!("64-byte frames, xdp on the same veth, one core for the datapath");
+    println!(
+        "{:<12} {:<7} {:>14} {:>14} {:>7} {:>14} {:>13}",
+        "direction",
+        "hook",
+        "datapath Mpps",
+        "bare xsk Mpps",
+        "ratio",
+        "raw bare Mpps",
+        "xdp/raw bare"
+    );
+    for hook in ["skb", "native"] {
+        let open = || {
+            in_ns(ns, || {
+                let spec = format!("vec0:transport=xdp,ifname=pb,mode={hook}");
+                transport::open(&vmm_net::config::parse_spec(&spec).expect("spec"))
+                    .expect("open xdp")
+            })
+        };
+        let tx = datapath_tx(open(), PLAIN, true);
+        let tx_bare = send_for_secs(open().as_mut(), &batch(&vec![frame(1).to_vec(); 64]));
+        let rx = datapath_rx(open(), PLAIN, &flood);
+        let rx_bare = bare_rx(open(), &flood);
+        for (dir, dp, bare, raw) in [
+            ("guest->host", tx, tx_bare, raw_bare.0),
+            ("host->guest", rx, rx_bare, raw_bare.1),
+        ] {
+            println!(
+                "{dir:<12} {hook:<7} {:>14.3} {:>14.3} {:>7.2} {:>14.3} {:>13.2}",
+                dp / 1e6,
+                bare / 1e6,
+                dp / bare,
+                raw / 1e6,
+                dp / raw
+            );
+        }
+    }
 }
 
 /// Guest → host with large frames on raw: 1514-byte frames, and 64 KiB TSO frames (the

@@ -81,17 +81,25 @@ start_testpmd() {
     exit 1
 }
 
-sock="$work/vu.sock"
-ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "vec0:transport=raw,ifname=va,queues=$queues" \
-    >"$work/backend.log" 2>&1 &
-backend=$!
-for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
-[ -S "$sock" ] || { cat "$work/backend.log" >&2; echo "the backend did not start" >&2; exit 1; }
+# Our backend on TRANSPORT (raw or xdp) behind testpmd's virtio_user: prints the rate.
+ours_on() {
+    local transport="$1" sock="$work/vu-$1.sock" q=",queues=$queues"
+    # xdp serves one queue pair (receive queue 0 of the interface).
+    [ "$transport" = xdp ] && q=""
+    local qs="$queues$cq"
+    [ "$queues" = 1 ] && qs=1
+    ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "vec0:transport=$transport,ifname=va$q" \
+        >"$work/backend-$transport.log" 2>&1 &
+    backend=$!
+    for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+    [ -S "$sock" ] || { cat "$work/backend-$transport.log" >&2; echo "the backend did not start" >&2; exit 1; }
+    testpmd_rate host "net_virtio_user0,path=$sock,queues=$qs,queue_size=256" "ours-$transport"
+    kill "$backend"
+    wait "$backend" 2>/dev/null || true
+    backend=""
+}
 
-ours=$(testpmd_rate host "net_virtio_user0,path=$sock,queues=$queues$cq,queue_size=256" ours)
-kill "$backend"
-wait "$backend" 2>/dev/null || true
-backend=""
+ours=$(ours_on raw)
 # DPDK's vhost backend: testpmd in the namespace, vhost PMD to AF_PACKET PMD, forwarding on
 # core 0; the frontend testpmd forwards on core 1.
 start_testpmd ns "net_vhost0,iface=$work/dv.sock,queues=$queues;net_af_packet0,iface=va,qpairs=$queues" vhost io 1 \
@@ -102,12 +110,30 @@ dpdk_vhost=$(testpmd_rate host "net_virtio_user0,path=$work/dv.sock,queues=$queu
 kill -INT "$vhost_pmd" 2>/dev/null || true
 wait "$vhost_pmd" 2>/dev/null || true
 bare=$(testpmd_rate ns "net_af_packet0,iface=va,qpairs=$queues" bare)
+# The same three on AF_XDP (one queue pair: our xdp serves receive queue 0): our xdp transport,
+# DPDK's vhost PMD forwarding to its AF_XDP PMD, and that PMD alone.
+pairs="$queues"
+queues=1
+ours_xdp=$(ours_on xdp)
+start_testpmd ns "net_vhost0,iface=$work/dx.sock,queues=1;net_af_xdp0,iface=va" vhost-xdp io 1 \
+    "$work/testpmd-vhost-xdp.log"
+vhost_pmd=$!
+for _ in $(seq 50); do [ -S "$work/dx.sock" ] && break; sleep 0.1; done
+dpdk_vhost_xdp=$(testpmd_rate host "net_virtio_user0,path=$work/dx.sock,queues=1,queue_size=256" dx)
+kill -INT "$vhost_pmd" 2>/dev/null || true
+wait "$vhost_pmd" 2>/dev/null || true
+bare_xdp=$(testpmd_rate ns "net_af_xdp0,iface=va" bare-xdp)
+
+queues="$pairs"
 
 mpps() { echo "$1 / 1000000" | bc -l; }
 ratio() { if [ "$2" -gt 0 ]; then echo "$1 / $2" | bc -l; else echo 0; fi; }
-echo "64-byte frames guest->host, testpmd txonly, ${secs}s each, $queues queue pair(s), $(nproc) cores shared"
-printf '%-48s %8s %10s\n' "" "Mpps" "ours/this"
-printf '%-48s %8.3f %10s\n' "testpmd virtio_user -> vmm net-backend (raw)" "$(mpps "$ours")" "-"
-printf '%-48s %8.3f %10.2f\n' "testpmd virtio_user -> DPDK vhost PMD -> af_packet" \
-    "$(mpps "$dpdk_vhost")" "$(ratio "$ours" "$dpdk_vhost")"
-printf '%-48s %8.3f %10.2f\n' "testpmd net_af_packet alone" "$(mpps "$bare")" "$(ratio "$ours" "$bare")"
+row() { printf '%-48s %8.3f %10.2f %10.2f\n' "$1" "$(mpps "$2")" "$(ratio "$ours" "$2")" "$(ratio "$ours_xdp" "$2")"; }
+echo "64-byte frames guest->host, testpmd txonly, ${secs}s each, $queues queue pair(s) (xdp rows: 1), $(nproc) cores shared"
+printf '%-48s %8s %10s %10s\n' "" "Mpps" "raw/this" "xdp/this"
+row "testpmd virtio_user -> vmm net-backend (raw)" "$ours"
+row "testpmd virtio_user -> vmm net-backend (xdp)" "$ours_xdp"
+row "testpmd virtio_user -> DPDK vhost PMD -> af_packet" "$dpdk_vhost"
+row "testpmd virtio_user -> DPDK vhost PMD -> af_xdp" "$dpdk_vhost_xdp"
+row "testpmd net_af_packet alone" "$bare"
+row "testpmd net_af_xdp alone" "$bare_xdp"

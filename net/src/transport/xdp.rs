@@ -63,12 +63,13 @@ impl Xdp {
         };
         let ifindex = sys::ifindex(ifname).map_err(interface)? as u32;
         let xsk = Xsk::open(ifindex, QUEUE, geometry(mtu, depth)).map_err(interface)?;
-        let redirect = Redirect::attach(ifindex, QUEUE, xsk.fd(), mode).map_err(|e| {
-            TransportError::Invalid {
-                transport: NAME,
-                reason: format!("interface `{ifname}`: {e}"),
-            }
-        })?;
+        let redirect =
+            Redirect::attach(ifindex, QUEUE, xsk.fd(), resolve(mode, ifname)).map_err(|e| {
+                TransportError::Invalid {
+                    transport: NAME,
+                    reason: format!("interface `{ifname}`: {e}"),
+                }
+            })?;
         let g = xsk.geometry();
         log::info!(
             "xdp: {ifname} queue {QUEUE}, {} hook, {}, UMEM {} KiB ({} + {} chunks of {} bytes)",
@@ -191,20 +192,38 @@ struct Channels {
     combined_count: u32,
 }
 
-/// How many receive queues `ifname` has (`ETHTOOL_GCHANNELS`), where its driver says.
-fn rx_queues(ifname: &str) -> Option<u32> {
-    const ETHTOOL_GCHANNELS: u32 = 0x3c;
-    let sock = sys::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).ok()?;
-    let mut channels = Channels {
-        cmd: ETHTOOL_GCHANNELS,
-        ..Channels::default()
+/// `struct ethtool_drvinfo`.
+#[repr(C)]
+struct DrvInfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// `SIOCETHTOOL` on `ifname` with the command structure `data` (its first field the
+/// command); false where the driver does not answer.
+fn ethtool<T>(ifname: &str, data: &mut T) -> bool {
+    let Ok(sock) = sys::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) else {
+        return false;
     };
     // SAFETY: ifreq is integers, arrays and a pointer union, for which all-zero is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    req.ifr_name = sys::ifname_bytes(ifname).ok()?;
-    req.ifr_ifru.ifru_data = (&mut channels as *mut Channels).cast();
-    // SAFETY: SIOCETHTOOL reads the request and writes `channels`, both live locals that
-    // outlive the call.
+    let Ok(name) = sys::ifname_bytes(ifname) else {
+        return false;
+    };
+    req.ifr_name = name;
+    req.ifr_ifru.ifru_data = (data as *mut T).cast();
+    // SAFETY: SIOCETHTOOL reads the request and writes the command structure `data` points
+    // at, which is the right one for its command and outlives the call.
     let ret = unsafe {
         libc::ioctl(
             std::os::fd::AsRawFd::as_raw_fd(&sock),
@@ -212,7 +231,39 @@ fn rx_queues(ifname: &str) -> Option<u32> {
             &mut req,
         )
     };
-    (ret == 0).then_some(channels.rx_count + channels.combined_count)
+    ret == 0
+}
+
+/// How many receive queues `ifname` has (`ETHTOOL_GCHANNELS`), where its driver says.
+fn rx_queues(ifname: &str) -> Option<u32> {
+    let mut channels = Channels {
+        cmd: 0x3c, // ETHTOOL_GCHANNELS
+        ..Channels::default()
+    };
+    ethtool(ifname, &mut channels).then_some(channels.rx_count + channels.combined_count)
+}
+
+/// The name of `ifname`'s driver (`ETHTOOL_GDRVINFO`), where it says.
+fn driver(ifname: &str) -> Option<String> {
+    // SAFETY: ethtool_drvinfo is integers and byte arrays, for which all-zero is valid.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = 0x3; // ETHTOOL_GDRVINFO
+    if !ethtool(ifname, &mut info) {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// The hook `mode=` resolves to on `ifname`. The default takes the driver's own hook, except
+/// on a veth: what a veth receives comes from the stack as skbs, which its XDP hook must
+/// first copy into pages, so there the generic hook is faster (`cargo bench -p vmm-net
+/// --bench backend_pps` measures both).
+fn resolve(mode: XdpMode, ifname: &str) -> XdpMode {
+    match mode {
+        XdpMode::Auto if driver(ifname).as_deref() == Some("veth") => XdpMode::Skb,
+        m => m,
+    }
 }
 
 /// The opener of `transport=xdp` (see [`crate::kind`]).

@@ -215,6 +215,43 @@ fn getsockopt<T>(fd: RawFd, name: libc::c_int, value: &mut T) -> io::Result<usiz
     Ok(len as usize)
 }
 
+/// How long a bind waits for a queue that a socket closed just before still holds.
+const QUEUE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Binds the socket to its queue. A socket closed moments ago (a swap or a reboot onto the
+/// same interface, a backend restarted) keeps the queue until the kernel's deferred work
+/// frees its UMEM pool, so `EBUSY` is retried for a while before it means the queue is
+/// someone else's.
+fn bind(fd: RawFd, addr: &libc::sockaddr_xdp, queue: u32) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + QUEUE_RELEASE_WAIT;
+    loop {
+        // SAFETY: `addr` is a live sockaddr_xdp and its exact size is passed.
+        let ret = cvt(unsafe {
+            libc::bind(
+                fd,
+                (addr as *const libc::sockaddr_xdp).cast(),
+                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
+        });
+        match ret {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "its queue {queue} already has an AF_XDP socket (another \
+                             transport=xdp device, or another AF_XDP program)"
+                        ),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// What the kernel counted on the socket (`XDP_STATISTICS`, cumulative).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XskStats {
@@ -311,24 +348,7 @@ impl Xsk {
             sxdp_queue_id: queue,
             sxdp_shared_umem_fd: 0,
         };
-        // SAFETY: `addr` is a live sockaddr_xdp and its exact size is passed.
-        cvt(unsafe {
-            libc::bind(
-                raw,
-                (&addr as *const libc::sockaddr_xdp).cast(),
-                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        })
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EBUSY) => io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!(
-                    "its queue {queue} already has an AF_XDP socket (another transport=xdp \
-                     device, or another AF_XDP program)"
-                ),
-            ),
-            _ => e,
-        })?;
+        bind(raw, &addr, queue)?;
         let tx_head = tx_ring.producer().load(Ordering::Relaxed);
         Ok(Xsk {
             rx: rx_ring,
