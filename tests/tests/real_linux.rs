@@ -299,6 +299,32 @@ fn linux_two_cpus_over_raw() {
     }
 }
 
+/// One vCPU over `xdp` on a veth with `gro=1`, the backend in the VMM: the peer's frames
+/// reach the guest through our redirect program and AF_XDP socket, the guest's leave through
+/// the socket's UMEM straight to the driver. No header crosses AF_XDP, so the guest is offered
+/// TSO and GRO that the backend does in software, as on a tunnel: the files cross both ways
+/// as the guest's 64 KiB TSO frames segmented and the host's segments merged.
+#[test]
+fn linux_over_xdp_with_offloads() {
+    let Some(lan) = Lan::if_kvm() else {
+        return;
+    };
+    let ifname = lan.veth();
+    let run = boot_and_exchange(
+        &lan,
+        vmlinux(),
+        Net::InVmm(format!("vec0:transport=xdp,ifname={ifname},gro=1")),
+        1,
+        "real Linux, xdp with offloads",
+    );
+    let line = format!("xdp: {ifname} queue 0, native hook");
+    assert!(
+        run.guest.console().contains(&line),
+        "no `{line}`\n{}",
+        run.context()
+    );
+}
+
 /// One vCPU over `tap`, the backend in the VMM, booted from the bzImage (64-bit boot protocol,
 /// the decompressor emulated too: LZ4 keeps that to seconds) where the others boot the ELF
 /// through PVH.

@@ -169,6 +169,22 @@ fn test_guest_arps_over_raw() {
     assert_arp_answered(&run, &lan.peer_ip, &mac_of(&lan.ns, &lan.peer_if));
 }
 
+/// The same over `xdp` on the veth: the guest's request leaves through the AF_XDP socket and
+/// the answer comes back through the redirect program.
+#[test]
+fn test_guest_arps_over_xdp() {
+    if !vmm_tests::kvm_usable() {
+        return;
+    }
+    let lan = Lan::veth();
+    let run = lan.arp(
+        vmm_test_guest::ELF_PATH,
+        &format!("vec0:transport=xdp,ifname={}", lan.ours_if),
+        &lan.peer_ip,
+    );
+    assert_arp_answered(&run, &lan.peer_ip, &mac_of(&lan.ns, &lan.peer_if));
+}
+
 #[test]
 fn test_guest_arps_over_tap_from_bzimage_with_two_cpus() {
     if !vmm_tests::kvm_usable() {

@@ -29,6 +29,19 @@ pub struct Xdp {
     _redirect: Redirect,
     xsk: Xsk,
     stats: TransportStats,
+    /// Received frames whose partial checksum we completed (logged when the transport goes).
+    checksums_completed: u64,
+}
+
+impl Drop for Xdp {
+    fn drop(&mut self) {
+        if self.checksums_completed > 0 {
+            log::info!(
+                "xdp: completed {} checksums that senders had left partial",
+                self.checksums_completed
+            );
+        }
+    }
 }
 
 /// The UMEM for a device of `mtu` moving `depth` frames per call: chunks of 2 KiB where a
@@ -63,13 +76,12 @@ impl Xdp {
         };
         let ifindex = sys::ifindex(ifname).map_err(interface)? as u32;
         let xsk = Xsk::open(ifindex, QUEUE, geometry(mtu, depth)).map_err(interface)?;
-        let redirect =
-            Redirect::attach(ifindex, QUEUE, xsk.fd(), resolve(mode, ifname)).map_err(|e| {
-                TransportError::Invalid {
-                    transport: NAME,
-                    reason: format!("interface `{ifname}`: {e}"),
-                }
-            })?;
+        let redirect = Redirect::attach(ifindex, QUEUE, xsk.fd(), mode).map_err(|e| {
+            TransportError::Invalid {
+                transport: NAME,
+                reason: format!("interface `{ifname}`: {e}"),
+            }
+        })?;
         let g = xsk.geometry();
         log::info!(
             "xdp: {ifname} queue {QUEUE}, {} hook, {}, UMEM {} KiB ({} + {} chunks of {} bytes)",
@@ -96,6 +108,7 @@ impl Xdp {
             _redirect: redirect,
             xsk,
             stats: TransportStats::default(),
+            checksums_completed: 0,
         })
     }
 
@@ -127,18 +140,23 @@ impl Transport for Xdp {
         self.xsk.fd()
     }
 
-    /// Copies what the rx ring holds into the batch; a frame larger than a batch buffer is
-    /// dropped and counted. Reads on while everything read so far was dropped, so a 0 means
-    /// the ring is empty.
+    /// Copies what the rx ring holds into the batch, completing checksums the sender left
+    /// partial ([`super::csum`]); a frame larger than a batch buffer is dropped and counted.
+    /// Reads on while everything read so far was dropped, so a 0 means the ring is empty.
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
         batch.clear();
         let truncated = &mut self.stats.rx_dropped_truncated;
+        let completed = &mut self.checksums_completed;
         loop {
             let room = batch.depth() - batch.count();
             let taken = self.xsk.receive(room, |frame| match batch.next_free() {
                 Some(buf) if frame.len() <= buf.capacity() => {
-                    buf.space()[..frame.len()].copy_from_slice(frame);
-                    buf.set_len(frame.len());
+                    let len = frame.len();
+                    buf.space()[..len].copy_from_slice(frame);
+                    buf.set_len(len);
+                    if super::csum::complete_partial(&mut buf.space()[..len]) {
+                        *completed += 1;
+                    }
                     batch.commit();
                 }
                 _ => *truncated += 1,
@@ -192,23 +210,6 @@ struct Channels {
     combined_count: u32,
 }
 
-/// `struct ethtool_drvinfo`.
-#[repr(C)]
-struct DrvInfo {
-    cmd: u32,
-    driver: [u8; 32],
-    version: [u8; 32],
-    fw_version: [u8; 32],
-    bus_info: [u8; 32],
-    erom_version: [u8; 32],
-    reserved2: [u8; 12],
-    n_priv_flags: u32,
-    n_stats: u32,
-    testinfo_len: u32,
-    eedump_len: u32,
-    regdump_len: u32,
-}
-
 /// `SIOCETHTOOL` on `ifname` with the command structure `data` (its first field the
 /// command); false where the driver does not answer.
 fn ethtool<T>(ifname: &str, data: &mut T) -> bool {
@@ -241,29 +242,6 @@ fn rx_queues(ifname: &str) -> Option<u32> {
         ..Channels::default()
     };
     ethtool(ifname, &mut channels).then_some(channels.rx_count + channels.combined_count)
-}
-
-/// The name of `ifname`'s driver (`ETHTOOL_GDRVINFO`), where it says.
-fn driver(ifname: &str) -> Option<String> {
-    // SAFETY: ethtool_drvinfo is integers and byte arrays, for which all-zero is valid.
-    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
-    info.cmd = 0x3; // ETHTOOL_GDRVINFO
-    if !ethtool(ifname, &mut info) {
-        return None;
-    }
-    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
-    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
-}
-
-/// The hook `mode=` resolves to on `ifname`. The default takes the driver's own hook, except
-/// on a veth: what a veth receives comes from the stack as skbs, which its XDP hook must
-/// first copy into pages, so there the generic hook is faster (`cargo bench -p vmm-net
-/// --bench backend_pps` measures both).
-fn resolve(mode: XdpMode, ifname: &str) -> XdpMode {
-    match mode {
-        XdpMode::Auto if driver(ifname).as_deref() == Some("veth") => XdpMode::Skb,
-        m => m,
-    }
 }
 
 /// The opener of `transport=xdp` (see [`crate::kind`]).

@@ -18,7 +18,6 @@ use crate::config::XdpMode;
 // `enum bpf_cmd`.
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 /// `BPF_MAP_TYPE_XSKMAP`: AF_XDP sockets by receive queue.
@@ -203,25 +202,6 @@ pub struct Redirect {
     _map: OwnedFd,
     /// The hook it runs on, as `mode=` names it.
     mode: &'static str,
-    /// The queue whose slot holds the socket.
-    queue: u32,
-}
-
-impl Drop for Redirect {
-    /// Empties the socket's slot before anything closes. A map frees its entries only when
-    /// the kernel gets round to freeing the map itself (deferred work), and until then the
-    /// socket it holds stays bound to the queue: a transport opened again on the same queue
-    /// right away (a swap, a reboot, a restarted backend) would find it taken.
-    fn drop(&mut self) {
-        let mut attr = MapUpdate {
-            map_fd: self._map.as_raw_fd() as u32,
-            key: &self.queue as *const u32 as u64,
-            ..MapUpdate::default()
-        };
-        if let Err(e) = bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-            log::warn!("xdp: emptying the XSKMAP slot: {e}");
-        }
-    }
 }
 
 impl Redirect {
@@ -275,7 +255,6 @@ impl Redirect {
             _program: program,
             _map: map,
             mode,
-            queue,
         })
     }
 

@@ -219,9 +219,11 @@ fn getsockopt<T>(fd: RawFd, name: libc::c_int, value: &mut T) -> io::Result<usiz
 const QUEUE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Binds the socket to its queue. A socket closed moments ago (a swap or a reboot onto the
-/// same interface, a backend restarted) keeps the queue until the kernel's deferred work
-/// frees its UMEM pool, so `EBUSY` is retried for a while before it means the queue is
-/// someone else's.
+/// same interface, a backend restarted) keeps the queue until the kernel's deferred work has
+/// freed the XSKMAP that held it and then its UMEM pool, so `EBUSY` is retried for a while
+/// before it means the queue is someone else's. (Emptying the map's slot at close would
+/// shorten the wait, but takes a `bpf` call that a VMM that dropped its privileges may no
+/// longer make.)
 fn bind(fd: RawFd, addr: &libc::sockaddr_xdp, queue: u32) -> io::Result<()> {
     let deadline = std::time::Instant::now() + QUEUE_RELEASE_WAIT;
     loop {
