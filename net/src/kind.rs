@@ -391,9 +391,11 @@ pub const KINDS: &[Row] = &[
                     other\n\
                     queues still reach the host); sends go straight to the driver. mode: \
                     the\n\
-                    driver's hook (native) or the generic one (skb); default native where \
-                    the\n\
-                    driver has it. The program goes when the device does. mtu at most 3822.",
+                    driver's hook (native, the default where the driver has one) or the \
+                    generic\n\
+                    one (skb: frames over a chunk, a local sender's GSO, are dropped and \
+                    counted).\n\
+                    The program goes when the device does. mtu at most 3822.",
             example: "vec0:transport=xdp,ifname=veth0",
             parse: vector::xdp,
         }),

@@ -76,6 +76,49 @@ fn queues_on_tap_and_raw_only_and_in_range() {
 }
 
 #[test]
+fn xdp_takes_an_interface_a_hook_and_an_mtu_that_fits_a_chunk() {
+    let s = ok("vec0:transport=xdp,ifname=veth0");
+    assert_eq!(
+        s.transport,
+        TransportConfig::Xdp(XdpConfig {
+            ifname: "veth0".into(),
+            mode: XdpMode::Auto,
+        })
+    );
+    for (word, mode) in [
+        ("native", XdpMode::Native),
+        ("drv", XdpMode::Native),
+        ("skb", XdpMode::Skb),
+        ("generic", XdpMode::Skb),
+        ("auto", XdpMode::Auto),
+    ] {
+        let s = ok(&format!("vec0:transport=xdp,ifname=v,mode={word},gro=1"));
+        assert!(s.common.gro);
+        assert!(
+            matches!(s.transport, TransportConfig::Xdp(XdpConfig { mode: m, .. }) if m == mode)
+        );
+    }
+    assert_eq!(
+        ok("vec0:transport=xdp,ifname=v,mtu=3822").common.mtu,
+        XDP_MAX_MTU
+    );
+    err(
+        "vec0:transport=xdp,ifname=v,mtu=3823",
+        &["mtu=3823", "at most 3822"],
+    );
+    err(
+        "vec0:transport=xdp,ifname=v,mode=hw",
+        &["mode=hw", "native, skb"],
+    );
+    err("vec0:transport=xdp", &["ifname"]);
+    err(
+        "vec0:transport=xdp,ifname=v,queues=2",
+        &["queues=2", "not xdp"],
+    );
+    err("vec0:transport=raw,ifname=v,mode=skb", &["mode=skb", "xdp"]);
+}
+
+#[test]
 fn tap_ifname_is_optional_hybrid_and_raw_require_it() {
     assert_eq!(
         ok("vec0:transport=tap").transport,
