@@ -115,16 +115,16 @@ fn filtered_backend_moves_frames_over_fd() {
 }
 
 #[test]
-fn filtered_backend_moves_frames_over_raw_tap_and_pcap() {
+fn filtered_backend_moves_frames_over_raw_tap_pcap_and_xdp() {
     require_root();
     let dir = TempDir::new("scnet");
-    for kind in ["raw", "tap", "pcap"] {
+    for kind in ["raw", "tap", "pcap", "xdp"] {
         let ns = NetNs::new();
         let sock = dir.path().join(format!("{kind}.sock"));
         let (spec, ifname) = match kind {
-            "raw" => {
+            "raw" | "xdp" => {
                 let (peer_end, dp_end) = ns.veth_pair(None);
-                (format!("vec0:transport=raw,ifname={dp_end}"), peer_end)
+                (format!("vec0:transport={kind},ifname={dp_end}"), peer_end)
             }
             "pcap" => {
                 let (peer_end, dp_end) = ns.veth_pair(None);
