@@ -7,7 +7,7 @@
 
 pub(crate) mod bess;
 mod bpf;
-mod csum;
+pub mod csum;
 pub(crate) mod daemon;
 mod fanout;
 pub(crate) mod fd;

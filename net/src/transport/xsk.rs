@@ -280,11 +280,10 @@ pub struct Xsk {
     free: Vec<u64>,
     /// Our producer index on the tx ring, and the first index the kernel may not have taken.
     tx_head: u32,
-    /// Whether the interface was down at the last kick: frames are dropped, not queued,
-    /// until it is up again.
+    /// Whether the interface was down at the last kick (`ENETDOWN`: the frames on the ring
+    /// stay there, to leave once it is up, as AF_XDP cannot take them back): until a kick
+    /// succeeds again, frames are dropped and counted rather than queued behind them.
     down: bool,
-    /// Frames the driver refused after taking them (`EBUSY` from the kick).
-    pub tx_refused_by_driver: u64,
 }
 
 impl Xsk {
@@ -293,7 +292,11 @@ impl Xsk {
     /// it, copying otherwise).
     pub fn open(ifindex: u32, queue: u32, geometry: Geometry) -> io::Result<Xsk> {
         let Geometry { chunk, rx, tx } = geometry;
-        assert!(chunk.is_power_of_two() && rx.is_power_of_two() && tx.is_power_of_two());
+        if !(chunk.is_power_of_two() && rx.is_power_of_two() && tx.is_power_of_two()) {
+            return Err(io::Error::other(format!(
+                "AF_XDP sizes must be powers of two (chunk {chunk}, rings {rx} and {tx})"
+            )));
+        }
         let fd = sys::socket(libc::AF_XDP, libc::SOCK_RAW, 0)?;
         let umem = Mapping::new(geometry.umem_len(), None)?;
         let reg = libc::xdp_umem_reg {
@@ -363,7 +366,6 @@ impl Xsk {
             free,
             tx_head,
             down: false,
-            tx_refused_by_driver: 0,
         })
     }
 
@@ -394,6 +396,21 @@ impl Xsk {
         // SAFETY: [start, end) lies inside the UMEM mapping, which lives as long as `self`;
         // the chunk is ours (taken off the rx ring, not yet back on the fill ring).
         Some(unsafe { std::slice::from_raw_parts(self.umem.ptr.as_ptr().add(start), len) })
+    }
+
+    /// The `len` bytes of the tx chunk at `addr`, or `None` if they are not inside the UMEM's
+    /// tx half (an address from the completion ring is trusted no further than that).
+    fn chunk_mut(&mut self, addr: u64, len: usize) -> Option<&mut [u8]> {
+        let tx_start = u64::from(self.geometry.rx) * u64::from(self.geometry.chunk);
+        let start = usize::try_from(addr).ok()?;
+        let end = start.checked_add(len)?;
+        if addr < tx_start || end > self.umem.len {
+            return None;
+        }
+        // SAFETY: [start, end) lies inside the UMEM mapping, which lives as long as `self`;
+        // the chunk is ours (off the free list) until the tx ring carries it, and `&mut self`
+        // keeps the slice to this call.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.umem.ptr.as_ptr().add(start), len) })
     }
 
     /// Hands up to `max` received frames to `each` (a slice of the UMEM, valid during the
@@ -497,11 +514,10 @@ impl Xsk {
                 continue;
             }
             let Some(addr) = self.free.pop() else { break };
-            // SAFETY: `addr` is a tx chunk of the UMEM (from our free list, or from the
-            // completion ring, where only tx chunks go) and `len` <= the chunk's room; the
-            // chunk is ours until the tx ring carries it.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(self.umem.ptr.as_ptr().add(addr as usize), len)
+            let Some(dst) = self.chunk_mut(addr, len) else {
+                // Not a chunk of ours: the completion ring handed back something we never
+                // put on the tx ring. It is not used again.
+                continue;
             };
             let mut at = 0;
             for p in pieces {
@@ -562,10 +578,7 @@ impl Xsk {
                 Some(libc::EAGAIN | libc::EINTR | libc::ENOBUFS) => {}
                 // The driver took a frame and dropped it (its queue is stopped, the peer
                 // is gone): the chunk comes back through the completion ring.
-                Some(libc::EBUSY) => {
-                    self.tx_refused_by_driver += 1;
-                    *dropped += 1;
-                }
+                Some(libc::EBUSY) => *dropped += 1,
                 Some(libc::ENETDOWN | libc::ENXIO) => {
                     self.down = true;
                     return Ok(());
