@@ -300,6 +300,7 @@ impl NetControl {
         let mut device_total: Vec<(&'static str, u64)> = Vec::new();
         let mut transport_total = lock(&s.retired).clone();
         let mut batches = 0;
+        let mut held = 0;
         let mut pairs = Vec::with_capacity(s.dps.len());
         for dp in &s.dps {
             let dp = device::lock(dp);
@@ -321,11 +322,14 @@ impl NetControl {
                 add_counters(&mut device_total, &counters);
             }
             batches += dp.geometry().bytes();
+            held += dp.transport().buffer_bytes();
         }
         let mut out = device_total;
         out.extend(transport_total);
         // Not a counter: what the batches hold now (see datapath::Geometry).
         out.push(("batch_buffer_bytes", batches as u64));
+        // Nor this: what the transport holds besides (xdp's UMEM).
+        out.push(("transport_buffer_bytes", held as u64));
         out.push(("swaps", s.swaps.load(Ordering::Relaxed)));
         let (capture, summary) = match lock(&s.capture).as_ref() {
             Some(c) => (

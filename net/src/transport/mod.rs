@@ -402,6 +402,12 @@ pub trait Transport: Send {
         false
     }
 
+    /// Bytes the transport holds for frames besides the datapath's batches (xdp's UMEM), for
+    /// the control socket's `info`; most transports hold none.
+    fn buffer_bytes(&self) -> usize {
+        0
+    }
+
     /// What the transport dropped so far.
     fn stats(&self) -> TransportStats {
         TransportStats::default()

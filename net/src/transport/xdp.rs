@@ -185,6 +185,10 @@ impl Transport for Xdp {
         Ok(())
     }
 
+    fn buffer_bytes(&self) -> usize {
+        self.xsk.geometry().umem_len()
+    }
+
     fn stats(&self) -> TransportStats {
         let mut s = self.stats;
         if let Ok(k) = self.xsk.stats() {

@@ -39,6 +39,7 @@ fn stats_name_every_counter_once_and_render_as_json() {
         "transport_rx_dropped_kernel",
         "transport_rx_dropped_header_wrong_key",
         "swaps",
+        "transport_buffer_bytes",
         "capture_active",
         "capture_frames_filtered",
         "capture_write_errors",
