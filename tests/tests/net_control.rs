@@ -7,6 +7,7 @@
 //!   the new one byte-exact, both ways, and no longer on the old one (its descriptor closed);
 //!   a swap to a missing interface fails naming it and the current transport keeps working;
 //!   a swap from `tap` with offloads to `fd` is refused; `tap` to `raw` in a namespace works;
+//!   `raw` to `xdp` on the same veth and back, the XDP program there only while `xdp` serves;
 //! - a capture with a filter holds exactly the matching frames of both directions, as tshark
 //!   reads them; a bad filter is an error; with the capture off, the file does not change;
 //! - a filter flash (`bpfflash=1`) on raw in a namespace: frames of a kind arrive, then, with
@@ -325,6 +326,52 @@ fn offloads_the_guest_was_offered_pin_the_swap_and_tap_goes_to_raw_in_a_namespac
         (Some(2), Some(1), Some(1)),
         "{st:?}"
     );
+}
+
+/// Whether an XDP program is attached to `ifname` in `ns`.
+fn has_xdp(ns: &NetNs, ifname: &str) -> bool {
+    let (ok, out) = ns.run("ip", &["-d", "link", "show", "dev", ifname]);
+    assert!(ok, "{out}");
+    out.contains("prog/xdp")
+}
+
+/// One frame each way between the guest and `peer` (the veth's far end), byte-exact.
+fn one_each_way(rig: &mut Rig, peer: &PacketPeer, idx: u16, seed: u8) {
+    let frame = test_frame(300, GUEST_MAC, HOST_MAC, seed);
+    guest_sends_frame(rig, idx, &frame);
+    let got = peer
+        .recv_matching(Duration::from_secs(3), |f| is_test_frame(f, 0))
+        .expect("frame on the veth");
+    assert_eq!(got, frame);
+    let back = test_frame(400, HOST_MAC, GUEST_MAC, seed.wrapping_add(1));
+    let got = guest_gets(rig, idx, |_| peer.send(&back));
+    assert_eq!(got, back);
+}
+
+/// `raw` to `xdp` on the same veth while the device serves, and back, and to `xdp` again at
+/// once: frames cross both ways after each swap, the XDP program is on the interface only
+/// while `xdp` serves, and a new `xdp` gets the queue the last one held.
+#[test]
+fn raw_swaps_to_xdp_on_the_same_veth_and_back() {
+    let ns = NetNs::new();
+    ns.disable_ipv6();
+    let (va, vb) = ns.veth_pair(None);
+    let (ctl, mut rig) = serve_in(&ns, &format!("vec0:transport=raw,ifname={va}"));
+    let peer = ns.enter(|| PacketPeer::open(&vb, false));
+    one_each_way(&mut rig, &peer, 0, 10);
+    for (i, transport) in ["xdp", "raw", "xdp"].into_iter().enumerate() {
+        let spec = format!("vec0:transport={transport},ifname={va}");
+        ns.enter(|| ctl.swap(parse_spec(&spec).unwrap()))
+            .unwrap_or_else(|e| panic!("swap to {transport}: {e}"));
+        assert_eq!(ctl.stats().transport, transport);
+        assert_eq!(
+            has_xdp(&ns, &va),
+            transport == "xdp",
+            "after the swap to {transport}"
+        );
+        one_each_way(&mut rig, &peer, 1 + i as u16, 20 + 2 * i as u8);
+    }
+    assert_eq!(ctl.stats().get("swaps"), Some(3));
 }
 
 /// Writes tcpdump's compilation of `expr` (for Ethernet) as the file `bpffile=` reads: one
