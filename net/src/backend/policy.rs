@@ -13,10 +13,11 @@
 //!
 //! So the relay refuses, with a [`Refusal`] that says why, and the frontend loses its
 //! connection: memory regions must be regular files at least `mmap_offset + memory_size`
-//! long; kick descriptors must be eventfds, call and err descriptors eventfds or pipes (UML
-//! 6.1 signals through a pipe: SIGIO does not work on an eventfd), all made non-blocking (the
-//! flag is shared with the frontend, which is fine for an eventfd and for the write end of a
-//! pipe that UML closes on its side); ring indexes must exist and queue
+//! long; kick descriptors must be eventfds, call and err descriptors eventfds, pipes or unix
+//! sockets (UML signals through its `os_pipe()`, which is a unix socketpair: SIGIO does not
+//! work on an eventfd), all made non-blocking (the flag is shared with the frontend, which is
+//! fine for an eventfd and for the writing end of a pipe or socketpair that UML closes on its
+//! side); ring indexes must exist and queue
 //! sizes be powers of two up to the device's maximum; only offered protocol features may be
 //! acked; `ADD_MEM_REG` and its kin need CONFIGURE_MEM_SLOTS, which is not offered.
 //!
@@ -308,7 +309,8 @@ fn seal_against_shrinking(fd: BorrowedFd<'_>) -> Shrink {
     }
 }
 
-/// Checks that `fd` is an eventfd (or, with `pipe_ok`, a pipe) and makes it non-blocking, so
+/// Checks that `fd` is an eventfd (or, with `pipe_ok`, a pipe or a unix socket: what a call
+/// takes, since only 8-byte writes go to it) and makes it non-blocking, so
 /// that neither the worker's read of a kick nor its write of a call can block it (a frontend
 /// could drain a kick between our wake-up and our read, or fill a call pipe). A kick must be an
 /// eventfd: the crate reads exactly 8 bytes from it, which a pipe does not guarantee.
@@ -316,12 +318,13 @@ pub fn notifier(fd: BorrowedFd<'_>, pipe_ok: bool) -> Result<(), Refusal> {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .map_err(Refusal::Inspect)?;
     let kind = link.to_string_lossy();
-    let ok = kind == "anon_inode:[eventfd]" || (pipe_ok && kind.starts_with("pipe:"));
+    let ok = kind == "anon_inode:[eventfd]"
+        || (pipe_ok && (kind.starts_with("pipe:") || is_unix_socket(fd)));
     if !ok {
         return Err(Refusal::Notifier {
             kind: kind.into_owned(),
             want: if pipe_ok {
-                "an eventfd or a pipe"
+                "an eventfd, a pipe or a unix socket"
             } else {
                 "an eventfd"
             },
@@ -338,6 +341,25 @@ pub fn notifier(fd: BorrowedFd<'_>, pipe_ok: bool) -> Result<(), Refusal> {
         return Err(Refusal::Inspect(io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// Whether `fd` is an AF_UNIX socket (UML's call descriptors: its `os_pipe()` is a
+/// socketpair).
+fn is_unix_socket(fd: BorrowedFd<'_>) -> bool {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `domain` and `len` are live locals; the kernel writes at most `len` bytes. Not
+    // a socket: ENOTSOCK, and the answer is no.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && domain == libc::AF_UNIX
 }
 
 #[cfg(test)]
@@ -463,15 +485,29 @@ mod tests {
             l.check(SET_VRING_KICK, &0u64.to_le_bytes(), &[r]),
             Err(Refusal::Notifier { .. })
         ));
-        // A pipe is a call (UML's), made non-blocking; a socket is neither.
+        // A pipe is a call, made non-blocking.
         assert!(l.check(SET_VRING_CALL, &0u64.to_le_bytes(), &[w]).is_ok());
         // SAFETY: fcntl with integer arguments on the test's own descriptor.
         let flags = unsafe { libc::fcntl(_w.as_raw_fd(), libc::F_GETFL) };
         assert_ne!(flags & libc::O_NONBLOCK, 0);
         drop(r2);
+        // So is a unix socket (UML's `os_pipe()` is a socketpair), made non-blocking; it is
+        // no kick, and an IP socket is neither.
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let a2 = a.try_clone().unwrap();
+        assert!(l
+            .check(SET_VRING_ERR, &0u64.to_le_bytes(), &[OwnedFd::from(a)])
+            .is_ok());
+        // SAFETY: fcntl with integer arguments on the test's own descriptor.
+        let flags = unsafe { libc::fcntl(a2.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0);
         assert!(matches!(
-            l.check(SET_VRING_ERR, &0u64.to_le_bytes(), &[OwnedFd::from(a)]),
+            l.check(SET_VRING_KICK, &0u64.to_le_bytes(), &[OwnedFd::from(a2)]),
+            Err(Refusal::Notifier { .. })
+        ));
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(matches!(
+            l.check(SET_VRING_CALL, &0u64.to_le_bytes(), &[OwnedFd::from(udp)]),
             Err(Refusal::Notifier { .. })
         ));
         // SAFETY: plain flags; the result is checked below.

@@ -359,7 +359,7 @@ pub const WORKER_SOCKETS: &[(i64, &str)] = syscalls![
 
 /// The interop relay, besides [`THREAD_BASE`]: messages with descriptors both ways, waiting
 /// on them, checking a memory region's file (its size, its name in `/proc/self/fd` for the
-/// warning), and ending the connection.
+/// warning) and a call descriptor's kind (a unix socket's domain), and ending the connection.
 pub const RELAY: &[(i64, &str)] = syscalls![
     SYS_read,
     SYS_recvfrom,
@@ -372,6 +372,7 @@ pub const RELAY: &[(i64, &str)] = syscalls![
     SYS_ppoll,
     SYS_shutdown,
     SYS_fcntl,
+    SYS_getsockopt,
 ];
 
 /// What `vmm net-backend` needs once it serves, besides [`THREAD_BASE`], [`SPAWN`] and
