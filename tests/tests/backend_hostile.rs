@@ -324,15 +324,20 @@ fn kicks_must_be_eventfds_and_calls_cannot_block() {
     assert!(fe.hung_up());
     b.expect_warning(n, "SET_VRING_KICK", "not an eventfd");
 
-    // A socket as the call: neither an eventfd nor a pipe.
+    // An IP socket as the call: neither an eventfd, nor a pipe, nor a unix socket (UML's
+    // `os_pipe()`, which is a socketpair).
     let fe = b.connect();
     fe.handshake(REPLY_ACK);
     assert_eq!(fe.mem_table(&file, 2 * MIB), Some(0));
-    let (sock, _other) = UnixStream::pair().unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let n = b.warnings().len();
     fe.acked(SET_VRING_CALL, &0u64.to_le_bytes(), &[sock.as_raw_fd()]);
     assert!(fe.hung_up());
-    b.expect_warning(n, "SET_VRING_CALL", "not an eventfd or a pipe");
+    b.expect_warning(
+        n,
+        "SET_VRING_CALL",
+        "not an eventfd, a pipe or a unix socket",
+    );
 
     // A full pipe as the call (UML signals through a pipe): taken, but made non-blocking (the
     // flag is shared with us), so the worker's write cannot block with the datapath held; an
