@@ -146,6 +146,22 @@ fn raw_frames_cross_a_veth_byte_exact() {
     small_frames_both_ways(t.as_mut(), &peer);
 }
 
+/// A veth whose peer is down drops what it is given (`ENOBUFS` from `sendmmsg`): the frames
+/// are dropped and counted, not an error that would leave the guest's ring stopped.
+#[test]
+fn raw_counts_what_the_veth_drops() {
+    let ns = NetNs::new();
+    let (peer_end, dp_end) = ns.veth_pair(None);
+    let s = spec(TransportConfig::Raw(RawConfig { ifname: dp_end }), false);
+    let (mut t, _peer) = open_in(&ns, s, &peer_end, false);
+    ns.ip(&["link", "set", &peer_end, "down"]);
+    let frames: Vec<Vec<u8>> = (0..5)
+        .map(|i| with_hdr(t.as_ref(), &test_frame(60, GUEST, HOST, i)))
+        .collect();
+    send(t.as_mut(), &frames);
+    assert_eq!(t.stats().tx_dropped, 5, "{}", t.stats());
+}
+
 #[test]
 fn raw_tso_frames_cross_a_veth_whole() {
     let ns = NetNs::new();

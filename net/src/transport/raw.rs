@@ -124,8 +124,11 @@ impl Transport for Raw {
 
 /// Sends a whole batch through an AF_PACKET socket: a frame the kernel refuses outright
 /// (EMSGSIZE, EINVAL: larger than the interface allows, a bad header; EFAULT: guest memory
-/// the kernel could not read) is dropped and counted so one bad frame cannot wedge the queue;
-/// a would-block stops and reports what was taken.
+/// the kernel could not read) or drops on the way (ENOBUFS: the device dropped it, as a veth
+/// does when its peer's backlog is full; ENOMEM) is dropped and counted so one frame cannot
+/// wedge the queue; a would-block stops and reports what was taken. Any other error would
+/// leave the guest's ring stopped until its next kick, which a guest with a full ring never
+/// sends.
 pub fn send_all<F: Frames + ?Sized>(
     sock: &mut PacketSocket,
     batch: &F,
@@ -141,7 +144,13 @@ pub fn send_all<F: Frames + ?Sized>(
                 if matches!(
                     e.raw_os_error(),
                     Some(
-                        libc::EMSGSIZE | libc::EINVAL | libc::ENETDOWN | libc::ENXIO | libc::EFAULT
+                        libc::EMSGSIZE
+                            | libc::EINVAL
+                            | libc::ENETDOWN
+                            | libc::ENXIO
+                            | libc::EFAULT
+                            | libc::ENOBUFS
+                            | libc::ENOMEM
                     )
                 ) =>
             {
