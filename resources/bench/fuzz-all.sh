@@ -80,12 +80,17 @@ crashed=0
 for crate in net devices vmm; do
     dir="$root/$crate"
     [ -f "$dir/fuzz/Cargo.toml" ] || continue
+    # The crate's targets that TARGETS selects (all without it); a crate with none is not built.
+    selected=()
+    for target in $(cd "$dir" && cargo +nightly fuzz list); do
+        if [ -z "${TARGETS:-}" ] || [[ " $TARGETS " == *" $target "* ]]; then
+            selected+=("$target")
+        fi
+    done
+    [ ${#selected[@]} -gt 0 ] || continue
     echo "== building $crate/fuzz"
     (cd "$dir" && cargo +nightly fuzz build -a)
-    for target in $(cd "$dir" && cargo +nightly fuzz list); do
-        if [ -n "${TARGETS:-}" ] && ! [[ " $TARGETS " == *" $target "* ]]; then
-            continue
-        fi
+    for target in "${selected[@]}"; do
         [ "$target" = kernel_load ] && seed_kernel_load
         [ "$target" = tso_segment ] && seed_tso_segment
         [ "$target" = gro_coalesce ] && seed_gro_coalesce
