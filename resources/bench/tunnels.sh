@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Guest-to-guest throughput over tunnels: UML <-> UML on UML's own transports, against
-# UML <-> (UML guest on virtio_uml + our backend), same guest kernel, one run.
+# Guest-to-guest throughput over tunnels, same UML guest kernel everywhere, one run:
+#   UML-UML    both guests on UML's own transports (the anchor);
+#   UML-ours   guest B on virtio_uml + our backend, guest A still on UML's own transport;
+#   ours-ours  both guests on virtio_uml + our backend (what a deployment of ours looks like).
 #   resources/bench/tunnels.sh [SECONDS]     (default 10; root; after resources/setup.sh)
 # Endpoints 127.0.0.1 and 127.0.0.2 on the loopback of a fresh namespace.
+# Env: OURS_OPTS="gro=0 gro=1": each word is appended to our backends' specs in turn, so one
+# run measures ours without offloads (each 1500-byte frame crosses vhost-user) and with them
+# (the sending guest hands over 64 KiB TSO frames that its backend segments; the receiving
+# backend merges the segments back into GSO frames for its guest). UML's own tunnels have no
+# offloads, so in UML-ours the UML guest's own receive path bounds B->A, and its own sending
+# A->B, whatever our side does.
 set -euo pipefail
 secs="${1:-10}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -37,43 +45,59 @@ for dir in tx rx; do
 done
 S
 
-# one NAME SPEC_A SPEC_B: guest A on UML's SPEC_A; guest B on UML's SPEC_B (uml) or ours.
-measure() {
-    local a_spec="$1" b_spec="$2" mode="$3" out="$4"
-    ip netns exec "$ns" "$run" --uml-net "$a_spec" --ip 10.9.0.1/24 --run "$work/server.sh" \
-        > "$work/a.log" 2>&1 &
-    local a=$!
-    if [ "$mode" = uml ]; then
-        ip netns exec "$ns" "$run" --uml-net "$b_spec" --ip 10.9.0.2/24 --run "$work/client.sh" \
-            > "$out" 2>&1 || true
+# guest NAME SPEC SIDE IP SCRIPT OUT: boots a guest on UML's SPEC (SIDE "uml") or on our backend
+# serving SPEC (SIDE "ours"), in the background; its pid is $guest_pid.
+guest() {
+    local name="$1" spec="$2" side="$3" ip="$4" script="$5" out="$6"
+    if [ "$side" = uml ]; then
+        ip netns exec "$ns" "$run" --uml-net "$spec" --ip "$ip" --run "$script" > "$out" 2>&1 &
     else
-        local sock="$work/b.sock"
-        ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "$b_spec" 2> "$work/backend.log" &
-        local be=$!
+        local sock="$work/$name.sock"
+        rm -f "$sock"
+        ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "$spec" 2> "$work/$name.backend" &
         for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-        "$run" --vhost-user "$sock" --ip 10.9.0.2/24 --run "$work/client.sh" > "$out" 2>&1 || true
-        kill "$be" 2>/dev/null; wait "$be" 2>/dev/null || true
+        "$run" --vhost-user "$sock" --ip "$ip" --run "$script" > "$out" 2>&1 &
     fi
+    guest_pid=$!
+}
+
+# measure SPEC_A SIDE_A SPEC_B SIDE_B OUT: guest A serves iperf3, guest B measures both ways
+# into OUT.
+measure() {
+    guest a "$1" "$2" 10.9.0.1/24 "$work/server.sh" "$work/a.log"
+    local a=$guest_pid
+    guest b "$3" "$4" 10.9.0.2/24 "$work/client.sh" "$5"
+    wait "$guest_pid" || true
     kill "$a" 2>/dev/null; wait "$a" 2>/dev/null || true
     ip netns pids "$ns" | xargs -r kill 2>/dev/null || true
+    pkill -f "net-backend --socket $work/" 2>/dev/null || true
     sleep 0.5
 }
 
 rate() { sed -n "s/^BENCH $2 \([0-9.]*\).*/\1/p" "$1" | awk '{print $1/1000}'; }
 
-printf '%-14s %-10s %12s %12s %8s\n' tunnel direction "UML-UML Gb/s" "UML-ours Gb/s" ratio
+ratio() { awk -v u="${1:-0}" -v v="${2:-0}" 'BEGIN { if (u > 0) printf "%.2f", v/u; else print "n/a" }'; }
+
+printf '%-14s %-6s %8s %9s %9s %9s %9s\n' tunnel dir UML-UML UML-ours ours-ours "ratio UO" "ratio OO"
 declare -A a b
 a[gre]="vec0:transport=gre,src=127.0.0.1,dst=127.0.0.2,rx_key=1,tx_key=2,sequence=1"
 b[gre]="vec0:transport=gre,src=127.0.0.2,dst=127.0.0.1,rx_key=2,tx_key=1,sequence=1"
 a[l2tpv3]="vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1706,dst=127.0.0.2,dstport=1707,rx_session=1,tx_session=2,rx_cookie=3,tx_cookie=4,counter=1"
 b[l2tpv3]="vec0:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1707,dst=127.0.0.1,dstport=1706,rx_session=2,tx_session=1,rx_cookie=4,tx_cookie=3,counter=1"
 for t in gre l2tpv3; do
-    measure "${a[$t]}" "${b[$t]}" uml "$work/uml.$t"
-    measure "${a[$t]}" "${b[$t]}" ours "$work/ours.$t"
-    for dir in tx rx; do
-        u="$(rate "$work/uml.$t" $dir)"; o="$(rate "$work/ours.$t" $dir)"
-        r="$(awk -v u="${u:-0}" -v o="${o:-0}" 'BEGIN { if (u > 0) printf "%.2f", o/u; else print "n/a" }')"
-        label="B->A"; [ $dir = rx ] && label="A->B"
-        printf '%-14s %-10s %12s %12s %8s\n' "$t" "$label" "${u:-fail}" "${o:-fail}" "$r"
+    measure "${a[$t]}" uml "${b[$t]}" uml "$work/uml.$t"
+    for o in ${OURS_OPTS:-gro=0 gro=1}; do
+        measure "${a[$t]}" uml "${b[$t]},$o" ours "$work/uo.$t.$o"
+        measure "${a[$t]},$o" ours "${b[$t]},$o" ours "$work/oo.$t.$o"
+    done
+    for o in ${OURS_OPTS:-gro=0 gro=1}; do
+        for dir in tx rx; do
+            u="$(rate "$work/uml.$t" $dir)"
+            x="$(rate "$work/uo.$t.$o" $dir)"
+            y="$(rate "$work/oo.$t.$o" $dir)"
+            label="B->A"; [ $dir = rx ] && label="A->B"
+            printf '%-14s %-6s %8s %9s %9s %9s %9s\n' "$t,$o" "$label" "${u:-fail}" \
+                "${x:-fail}" "${y:-fail}" "$(ratio "$u" "$x")" "$(ratio "$u" "$y")"
+        done
     done
 done
