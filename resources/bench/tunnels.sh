@@ -5,7 +5,8 @@
 #   ours-ours  both guests on virtio_uml + our backend (what a deployment of ours looks like).
 #   resources/bench/tunnels.sh [SECONDS]     (default 10; root; after resources/setup.sh)
 # Endpoints 127.0.0.1 and 127.0.0.2 on the loopback of a fresh namespace.
-# Env: OURS_OPTS="gro=0 gro=1": each word is appended to our backends' specs in turn, so one
+# Env: PAIRINGS="uml-uml uml-ours ours-ours" runs only the pairings named.
+# OURS_OPTS="gro=0 gro=1": each word is appended to our backends' specs in turn, so one
 # run measures ours without offloads (each 1500-byte frame crosses vhost-user) and with them
 # (the sending guest hands over 64 KiB TSO frames that its backend segments; the receiving
 # backend merges the segments back into GSO frames for its guest). UML's own tunnels have no
@@ -74,9 +75,14 @@ measure() {
     sleep 0.5
 }
 
-rate() { sed -n "s/^BENCH $2 \([0-9.]*\).*/\1/p" "$1" | awk '{print $1/1000}'; }
+# rate FILE DIR: the Gbit/s guest B measured in DIR ("-" for a pairing not run).
+rate() {
+    [ -e "$1" ] || { echo -; return; }
+    sed -n "s/^BENCH $2 \([0-9.]*\).*/\1/p" "$1" | awk '{print $1/1000}'
+}
+wanted() { [[ " ${PAIRINGS:-uml-uml uml-ours ours-ours} " == *" $1 "* ]]; }
 
-ratio() { awk -v u="${1:-0}" -v v="${2:-0}" 'BEGIN { if (u > 0) printf "%.2f", v/u; else print "n/a" }'; }
+ratio() { awk -v u="${1:-0}" -v v="${2:-0}" 'BEGIN { if (u > 0 && v != "-") printf "%.2f", v/u; else print "n/a" }'; }
 
 printf '%-14s %-6s %8s %9s %9s %9s %9s\n' tunnel dir UML-UML UML-ours ours-ours "ratio UO" "ratio OO"
 declare -A a b
@@ -85,10 +91,10 @@ b[gre]="vec0:transport=gre,src=127.0.0.2,dst=127.0.0.1,rx_key=2,tx_key=1,sequenc
 a[l2tpv3]="vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1706,dst=127.0.0.2,dstport=1707,rx_session=1,tx_session=2,rx_cookie=3,tx_cookie=4,counter=1"
 b[l2tpv3]="vec0:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1707,dst=127.0.0.1,dstport=1706,rx_session=2,tx_session=1,rx_cookie=4,tx_cookie=3,counter=1"
 for t in gre l2tpv3; do
-    measure "${a[$t]}" uml "${b[$t]}" uml "$work/uml.$t"
+    wanted uml-uml && measure "${a[$t]}" uml "${b[$t]}" uml "$work/uml.$t"
     for o in ${OURS_OPTS:-gro=0 gro=1}; do
-        measure "${a[$t]}" uml "${b[$t]},$o" ours "$work/uo.$t.$o"
-        measure "${a[$t]},$o" ours "${b[$t]},$o" ours "$work/oo.$t.$o"
+        wanted uml-ours && measure "${a[$t]}" uml "${b[$t]},$o" ours "$work/uo.$t.$o"
+        wanted ours-ours && measure "${a[$t]},$o" ours "${b[$t]},$o" ours "$work/oo.$t.$o"
     done
     for o in ${OURS_OPTS:-gro=0 gro=1}; do
         for dir in tx rx; do

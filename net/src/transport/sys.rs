@@ -461,6 +461,19 @@ pub fn peer_gone(e: &io::Error) -> bool {
     )
 }
 
+/// Asks for `bytes` of receive buffer on `fd` (the kernel books twice that, for its own
+/// overhead): `SO_RCVBUFFORCE` where the caller may (CAP_NET_ADMIN), else `SO_RCVBUF`, which
+/// the kernel caps at `net.core.rmem_max`. A buffer already that large is left alone.
+/// Returns what the socket has now, as `SO_RCVBUF` reports it (the doubled figure).
+pub fn grow_rcvbuf(fd: RawFd, bytes: i32) -> io::Result<usize> {
+    let now = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?;
+    if now / 2 < bytes && setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes).is_err()
+    {
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)?;
+    }
+    Ok(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?.max(0) as usize)
+}
+
 /// Frames the kernel dropped on `fd`'s receive queue since the socket was made
 /// (`SK_MEMINFO_DROPS` of `SO_MEMINFO`: the socket's `sk_drops`, the counter `SO_RXQ_OVFL`
 /// reports with each packet; read on demand it costs nothing per packet and also counts drops
