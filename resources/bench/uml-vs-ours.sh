@@ -2,7 +2,8 @@
 # Throughput of the same UML guest kernel over (a) UML's own vec0:transport=X and (b) virtio_uml
 # + our vhost-user backend with transport X, for raw, tap and hybrid, in one run.
 #   resources/bench/uml-vs-ours.sh [SECONDS]      (default 10; needs root and resources/setup.sh)
-# Env: TRANSPORTS="raw tap hybrid", OPTS=",gro=1" (appended to both specs), VMM=path/to/vmm.
+# Env: TRANSPORTS="raw tap hybrid", OPTS=",gro=1" (appended to both specs), VMM=path/to/vmm,
+# SIDES="uml ours" (SIDES=ours skips UML's own runs, for comparing two builds of ours).
 # With gro=0 the peer interface's TSO/GSO are turned off: UML's rule is that gro must match the
 # host side, and without it both UML's transports and ours see 64 KiB GSO frames they must drop,
 # and host->guest TCP stalls for both.
@@ -68,7 +69,7 @@ setup_host() {
     esac
 }
 
-rates() { sed -n 's/^BENCH \(tx\|rx\) \([0-9.]*\).*/\1 \2/p' "$1"; }
+rates() { [ -e "$1" ] || return 0; sed -n 's/^BENCH \(tx\|rx\) \([0-9.]*\).*/\1 \2/p' "$1"; }
 
 printf '%-8s %-12s %10s %10s %8s\n' transport direction "UML Gb/s" "ours Gb/s" ratio
 for t in $transports; do
@@ -79,8 +80,10 @@ for t in $transports; do
     iperf_pid=$!
     sleep 0.3
     # (a) UML's own transport: UML runs in the namespace.
-    ip netns exec "$ns" "$run" --uml-net "$spec" --ip $guest/24 --run "$work/guest.sh" \
-        > "$work/uml.$t" 2>&1 || true
+    if [[ " ${SIDES:-uml ours} " == *" uml "* ]]; then
+        ip netns exec "$ns" "$run" --uml-net "$spec" --ip $guest/24 --run "$work/guest.sh" \
+            > "$work/uml.$t" 2>&1 || true
+    fi
     # (b) our backend in the namespace, UML's virtio_uml as its frontend.
     sock="$work/$t.sock"
     ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "$spec" 2> "$work/backend.$t" &
