@@ -684,7 +684,7 @@ fn ucast_swapped_ports_both_ways() {
 
 /// A burst larger than Linux's default receive buffer waits in a tunnel's socket until the
 /// worker reads it: 600 datagrams of 1514-byte frames (about 13 segmented 64 KiB TSO frames,
-/// some 1.7 MB of the kernel's memory on loopback, where the default 208 KiB holds about 90)
+/// some 1.4 MB of the kernel's memory on loopback, where the default 208 KiB holds about 90)
 /// sent before the transport reads any, all delivered byte-exact and none counted as dropped.
 #[test]
 fn a_burst_of_segments_waits_in_the_tunnels_socket() {
