@@ -11,7 +11,8 @@
 # (the sending guest hands over 64 KiB TSO frames that its backend segments; the receiving
 # backend merges the segments back into GSO frames for its guest). UML's own tunnels have no
 # offloads, so in UML-ours the UML guest's own receive path bounds B->A, and its own sending
-# A->B, whatever our side does.
+# A->B, whatever our side does. After the table: the datagrams the kernel dropped at the
+# tunnels' sockets in each measurement (a full receive buffer costs TCP a retransmission).
 set -euo pipefail
 secs="${1:-10}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -69,6 +70,10 @@ measure() {
     local a=$guest_pid
     guest b "$3" "$4" 10.9.0.2/24 "$work/client.sh" "$5"
     wait "$guest_pid" || true
+    # What the kernel dropped at the tunnels' sockets (full receive buffers), while they are
+    # still open: the `drops` column of the namespace's UDP and raw sockets.
+    ip netns exec "$ns" awk 'FNR > 1 { s += $NF } END { print s + 0 }' \
+        /proc/net/udp /proc/net/udp6 /proc/net/raw /proc/net/raw6 > "$5.drops"
     kill "$a" 2>/dev/null; wait "$a" 2>/dev/null || true
     ip netns pids "$ns" | xargs -r kill 2>/dev/null || true
     pkill -f "net-backend --socket $work/" 2>/dev/null || true
@@ -107,3 +112,10 @@ for t in gre l2tpv3; do
         done
     done
 done
+echo
+echo "datagrams the kernel dropped at the tunnels' sockets (receive buffer full), per measurement:"
+for f in "$work"/*.drops; do
+    [ -e "$f" ] || continue
+    name="$(basename "$f" .drops)"
+    printf '  %-22s %s\n' "${name/#oo./ours-ours }" "$(cat "$f")"
+done | sed 's/^  uo\./  UML-ours /; s/^  uml\./  UML-UML /'
