@@ -383,19 +383,21 @@ pub const KINDS: &[Row] = &[
         kind: Kind::Xdp,
         name: "xdp",
         vector: Some(VectorForm {
-            options: &["gro", "ifname", "mode"],
-            synopsis: "ifname=NAME (required) mode=native|skb",
-            about: "AF_XDP on receive queue 0 of any interface (a veth end, a NIC): an XDP \
-                    program\n\
-                    redirects that queue's frames to us, past the host's stack (frames on \
-                    other\n\
-                    queues still reach the host); sends go straight to the driver. mode: \
-                    the\n\
-                    driver's hook (native, the default where the driver has one) or the \
-                    generic\n\
-                    one (skb: frames over a chunk, a local sender's GSO, are dropped and \
-                    counted).\n\
-                    The program goes when the device does. mtu at most 3822.",
+            options: &["gro", "ifname", "mode", "queues"],
+            synopsis: "ifname=NAME (required) mode=native|skb queues=N",
+            about: "AF_XDP on receive queue 0 of any interface (a veth end, a NIC), or on \
+                    queues\n\
+                    0..N-1 with queues=N (pair K serves NIC queue K): an XDP program \
+                    redirects\n\
+                    their frames to us, past the host's stack (frames on other queues still \
+                    reach\n\
+                    the host); sends go straight to the driver. mode: the driver's hook \
+                    (native,\n\
+                    the default where the driver has one) or the generic one (skb: frames \
+                    over a\n\
+                    chunk, a local sender's GSO, are dropped and counted). The program goes \
+                    when\n\
+                    the device does. mtu at most 3822.",
             example: "vec0:transport=xdp,ifname=veth0",
             parse: vector::xdp,
         }),

@@ -1,5 +1,6 @@
 //! Multi-queue devices (`queues=N`): the transports' per-pair descriptors and their steering
-//! against the kernel (a multi-queue tap, an AF_PACKET fanout group), and the backend against
+//! against the kernel (a multi-queue tap, an AF_PACKET fanout group, AF_XDP sockets on the
+//! queues of a multi-queue veth), and the backend against
 //! a real multi-queue vhost-user frontend (DPDK's testpmd, `net_virtio_user` with
 //! `queues=2`). Frames are checked byte-exact and counted: each frame the host sends reaches
 //! exactly one pair.
@@ -13,7 +14,7 @@ use std::os::unix::net::UnixListener;
 use vmm_net::backend::{BackendError, NetBackend, NetControl};
 use vmm_net::config::{parse_spec, NetSpec};
 use vmm_net::transport::{self, Steering, Transport};
-use vmm_tests::batch::recv_kept;
+use vmm_tests::batch::{recv_kept, send_at_once};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{ipv4_header, PacketPeer};
 use vmm_tests::process::Daemon;
@@ -53,6 +54,16 @@ fn round(peer: &PacketPeer, pairs: &mut [Box<dyn Transport>], round: u8) -> Vec<
     for f in &sent {
         peer.send(f);
     }
+    collect(pairs, sent, round)
+}
+
+/// What each pair received of the frames `sent` in `round` (headers stripped), checking every
+/// frame arrived byte-exact at exactly one pair.
+fn collect(
+    pairs: &mut [Box<dyn Transport>],
+    sent: Vec<Vec<u8>>,
+    round: u8,
+) -> Vec<HashSet<Vec<u8>>> {
     let mut got: Vec<HashSet<Vec<u8>>> = Vec::new();
     let mut total = 0;
     for t in pairs.iter_mut() {
@@ -70,13 +81,17 @@ fn round(peer: &PacketPeer, pairs: &mut [Box<dyn Transport>], round: u8) -> Vec<
         total += frames.len();
         got.push(frames);
     }
+    let count = sent.len();
     let all: HashSet<Vec<u8>> = got.iter().flatten().cloned().collect();
     let expected: HashSet<Vec<u8>> = sent.into_iter().collect();
-    assert_eq!(all, expected, "round {round}: frames lost or changed");
-    assert_eq!(
-        total, FLOWS as usize,
-        "round {round}: a frame reached two pairs"
+    let stats: Vec<String> = pairs.iter().map(|t| t.stats().to_string()).collect();
+    assert!(
+        all == expected,
+        "round {round}: frames lost or changed: {} of {count} arrived ({})",
+        all.intersection(&expected).count(),
+        stats.join("; ")
     );
+    assert_eq!(total, count, "round {round}: a frame reached two pairs");
     got
 }
 
@@ -169,6 +184,128 @@ fn a_single_queue_tap_is_refused_with_queues_2() {
     assert!(
         msg.contains("queues=2") && msg.contains("multi_queue") && msg.contains(&tap),
         "{msg}"
+    );
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is a plain bit array, valid all-zero; CPU_SET writes inside it and
+    // sched_setaffinity reads it, for the calling thread (pid 0).
+    let ok = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    assert!(ok, "pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+}
+
+/// Xdp, two pairs on a veth made with two queues each way: pair K's AF_XDP socket is bound
+/// to receive queue K and the program redirects each queue's frames to its socket (a veth
+/// hands a frame to the receive queue of the number of the transmit queue it left by). The
+/// peer's flows, sent from both CPUs, reach both pairs, each frame exactly one and byte-exact,
+/// each flow staying on its pair. Both pairs send. A third pair, for a queue the veth does
+/// not have, is refused saying how many it has; the program leaves with the last pair.
+#[test]
+fn xdp_pairs_serve_the_receive_queues_of_their_numbers() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("SKIPPED: one CPU: frames cannot be sent on two veth queues (by CPU)");
+        return;
+    }
+    let ns = NetNs::new();
+    let va = vmm_tests::unique_name("xa");
+    let vb = vmm_tests::unique_name("xb");
+    let two = ["numtxqueues", "2", "numrxqueues", "2"];
+    let mut add = vec!["link", "add", &va];
+    add.extend(two);
+    add.extend(["type", "veth", "peer", "name", &vb]);
+    add.extend(two);
+    ns.ip(&add);
+    ns.ip(&["link", "set", &va, "up"]);
+    ns.ip(&["link", "set", &vb, "up"]);
+    ns.disable_ipv6();
+
+    let err = ns.enter(|| {
+        let spec = parse_spec(&format!("vec0:transport=xdp,ifname={va},queues=3")).unwrap();
+        transport::open_queues(&spec)
+            .err()
+            .expect("three pairs on two queues")
+    });
+    let msg = err.to_string();
+    assert!(
+        msg.contains("queues=3") && msg.contains("it has 2") && msg.contains(&va),
+        "{msg}"
+    );
+
+    let (mut pairs, peer) = ns.enter(|| {
+        (
+            open_pairs(&format!("vec0:transport=xdp,ifname={va},queues=2")),
+            PacketPeer::open(&vb, false),
+        )
+    });
+    assert_eq!(pairs.len(), 2);
+    assert_eq!(pairs[0].queue_group(), pairs[1].queue_group());
+    // Each pair's UMEM is half a single pair's: the device stays at 512 KiB.
+    assert_eq!(
+        pairs[0].buffer_bytes() + pairs[1].buffer_bytes(),
+        512 * 1024
+    );
+    ns.wait_link_up(&vb);
+    for pair in &mut pairs {
+        pair.steer(SERVED).expect("steer");
+    }
+
+    // Half the flows from a thread on each CPU: whether the kernel picks a frame's transmit
+    // queue by its CPU (AF_PACKET's way for years) or by its flow's hash, both queues carry
+    // frames. Each frame reaches exactly one pair, and a flow stays on its pair.
+    // 64 flows: a pair's receive ring holds 64 frames (the device's 128 chunks, halved), and
+    // nobody reads until all are sent.
+    let xdp_round = |pairs: &mut [Box<dyn Transport>], round: u8| {
+        let sent: Vec<Vec<u8>> = (0..FLOWS / 2)
+            .map(|p| flow_frame(2000 + p, round))
+            .collect();
+        std::thread::scope(|s| {
+            for (cpu, half) in sent.chunks(sent.len() / 2).enumerate() {
+                let peer = &peer;
+                s.spawn(move || {
+                    pin_to(cpu);
+                    for f in half {
+                        peer.send(f);
+                    }
+                });
+            }
+        });
+        collect(pairs, sent, round)
+    };
+    let got = xdp_round(&mut pairs, 10);
+    assert!(
+        !got[0].is_empty() && !got[1].is_empty(),
+        "both queues' frames reached one pair: {} and {}",
+        got[0].len(),
+        got[1].len()
+    );
+    let again = xdp_round(&mut pairs, 10);
+    assert_eq!(
+        again, got,
+        "flows moved between pairs from one round to the next"
+    );
+
+    for (k, pair) in pairs.iter_mut().enumerate() {
+        let frame = flow_frame(3000 + k as u16, 20);
+        send_at_once(pair.as_mut(), std::slice::from_ref(&frame), BUF);
+        let got = peer
+            .recv_matching(Duration::from_secs(2), |d| is_flow_frame(d, 20))
+            .unwrap_or_else(|| panic!("pair {k}'s frame did not arrive"));
+        assert_eq!(got, frame, "pair {k}'s frame changed on the way");
+    }
+
+    let (_, link) = ns.run("ip", &["-d", "link", "show", "dev", &va]);
+    assert!(link.contains("prog/xdp"), "no XDP program on {va}: {link}");
+    drop(pairs);
+    let (_, link) = ns.run("ip", &["-d", "link", "show", "dev", &va]);
+    assert!(
+        !link.contains("prog/xdp"),
+        "the program outlived the pairs: {link}"
     );
 }
 

@@ -77,13 +77,15 @@ raw, hybrid also:
   bpfflash=0|1  allow the receive filter to be replaced while the VM runs (UML: the guest's
                 ethtool -f; here the control socket's `net bpf NIC FILE`)  default 0
                 Both are refused on other transports: they have no BPF receive filter.
-tap, raw also:
+tap, raw, xdp also:
   queues=N      queue pairs offered to the guest (VIRTIO_NET_F_MQ)        default 1, 1..=16
                 each pair has a worker thread and a descriptor of its own: a queue of a
                 multi-queue tap (one made with `ip tuntap add ... multi_queue`, or a new
-                one), or an AF_PACKET socket of a fanout group that hashes flows over the
-                pairs the guest enabled (Linux enables one per vCPU); works with the VM's
-                own NIC, QEMU (queues=N) and DPDK's virtio_user (queues=N,cq=1)
+                one), an AF_PACKET socket of a fanout group that hashes flows over the
+                pairs the guest enabled (Linux enables one per vCPU), or an AF_XDP socket
+                on the interface's receive queue of the pair's number (the NIC spreads
+                flows over its queues; it needs at least N); works with the VM's own NIC,
+                QEMU (queues=N) and DPDK's virtio_user (queues=N,cq=1)
 
 vector transports:
 ";

@@ -143,9 +143,10 @@ pub struct CommonOpts {
     /// Allow the filter to be replaced while the device runs (`bpfflash`, default off): UML
     /// lets the guest do it (`ethtool -f`); here it is the control socket's `net bpf NIC FILE`.
     pub bpfflash: bool,
-    /// Queue pairs offered to the guest (`queues`, default 1; tap and raw only): each pair has
-    /// its own transport descriptor (a tap queue, a socket of a fanout group) and its own
-    /// worker thread, so a guest with several vCPUs moves frames on several host CPUs.
+    /// Queue pairs offered to the guest (`queues`, default 1; tap, raw and xdp only): each pair
+    /// has its own transport descriptor (a tap queue, a socket of a fanout group, an AF_XDP
+    /// socket on the NIC's queue of the pair's number) and its own worker thread, so a guest
+    /// with several vCPUs moves frames on several host CPUs.
     pub queues: u16,
 }
 

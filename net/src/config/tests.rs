@@ -111,9 +111,10 @@ fn xdp_takes_an_interface_a_hook_and_an_mtu_that_fits_a_chunk() {
         &["mode=hw", "native, skb"],
     );
     err("vec0:transport=xdp", &["ifname"]);
+    assert_eq!(ok("vec0:transport=xdp,ifname=v,queues=2").common.queues, 2);
     err(
-        "vec0:transport=xdp,ifname=v,queues=2",
-        &["queues=2", "not xdp"],
+        "vec0:transport=xdp,ifname=v,queues=17",
+        &["queues=17", "1..=16"],
     );
     err("vec0:transport=raw,ifname=v,mode=skb", &["mode=skb", "xdp"]);
 }

@@ -33,6 +33,8 @@ pub(crate) mod xdp;
 mod xdp_prog;
 mod xsk;
 
+pub use xdp::Shared as XdpShared;
+
 use std::os::fd::RawFd;
 
 use crate::config::TransportConfig;
@@ -441,7 +443,7 @@ pub trait Transport: Send {
 }
 
 /// Which of a device's queue pairs a transport serves (`queues=N`). Transports that take
-/// `queues` (tap, raw) open one descriptor per pair; the others are only ever opened as pair 0
+/// `queues` (tap, raw, xdp) open one descriptor per pair; the others are only ever opened as pair 0
 /// of 1 (the grammar refuses `queues` on them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueSlot {
@@ -470,6 +472,8 @@ pub enum QueueGroup {
     Tap(String),
     /// An AF_PACKET fanout group, by the id the kernel gave it (`PACKET_FANOUT_FLAG_UNIQUEID`).
     Fanout(u16),
+    /// The XDP program and socket map pair 0 attached, for the other pairs' sockets.
+    Xdp(XdpShared),
 }
 
 /// How the host's frames are steered now, as a pair's worker sees it.

@@ -1,36 +1,61 @@
-//! `transport=xdp`: an AF_XDP socket on receive queue 0 of an existing interface (QEMU 8.2's
-//! `-netdev af-xdp`, in our vector form).
+//! `transport=xdp`: AF_XDP sockets on the receive queues of an existing interface (QEMU 8.2's
+//! `-netdev af-xdp`, in our vector form): queue pair N of the device serves receive queue N.
 //!
-//! Frames arriving on that queue are redirected to the socket by our XDP program
+//! Frames arriving on those queues are redirected to the sockets by our XDP program
 //! ([`super::xdp_prog`]) before the host's stack sees them; frames the guest sends are copied
 //! into the socket's UMEM and handed straight to the driver, past the qdisc and the packet
 //! taps. Both save the per-frame work of an AF_PACKET socket's `recvmmsg`/`sendmmsg`, which
 //! is what bounds `transport=raw`'s packet rate. There is no `virtio_net_hdr` on this path:
 //! with `gro=1` the backend segments and coalesces in software, as on the tunnels.
+//!
+//! With `queues=N`, which queue a frame arrives on is the NIC's choice (its RSS hash, or a
+//! veth's transmit queue on the other end), not ours: a frame can only be redirected to the
+//! socket bound to its own queue. A pair the guest does not serve still holds its queue's
+//! frames; they wait on its socket's ring and, once that is full, the kernel drops and counts
+//! them. `ethtool -L IF combined N` makes the NIC use only as many queues as the guest serves.
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use super::sys;
 use super::xdp_prog::Redirect;
 use super::xsk::{Geometry, Xsk};
 use super::{
-    Frames, GatherBatch, Offloads, Opening, PacketBatch, Transport, TransportError, TransportStats,
+    Frames, GatherBatch, Offloads, Opening, PacketBatch, QueueGroup, QueueSlot, Steering,
+    Transport, TransportError, TransportStats,
 };
 use crate::config::{TransportConfig, XdpMode};
 
 const NAME: &str = "xdp";
 
-/// The receive queue we serve: the program hands frames of other queues to the host.
-const QUEUE: u32 = 0;
+/// The program and socket map of a device, shared by its queue pairs' transports: the
+/// program stays on the interface until the last of them is gone.
+#[derive(Clone, Debug)]
+pub struct Shared(Arc<Redirect>);
+
+/// Two handles are equal when they are the same attachment.
+impl PartialEq for Shared {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Shared {}
 
 pub struct Xdp {
-    // Declaration order is drop order: the program is detached before the socket it
-    // redirects to closes.
-    _redirect: Redirect,
+    // Declaration order is drop order: this pair's hold on the program goes before its
+    // socket closes (the last pair's drop detaches it).
+    redirect: Shared,
     xsk: Xsk,
+    /// The receive queue this pair serves (its pair number).
+    queue: u32,
+    /// The device's pairs.
+    pairs: u16,
     stats: TransportStats,
     /// Received frames whose partial checksum we completed (logged when the transport goes).
     checksums_completed: u64,
+    /// The guest has left this pair unserved since we last said so (logged once per change).
+    unserved_warned: bool,
 }
 
 impl Drop for Xdp {
@@ -44,17 +69,20 @@ impl Drop for Xdp {
     }
 }
 
-/// The UMEM for a device of `mtu` moving `depth` frames per call: chunks of 2 KiB where a
-/// frame fits (4 KiB otherwise), twice `depth` of them each way (64 to 256), so the kernel
-/// can fill one batch while we copy out the last.
-pub fn geometry(mtu: u16, depth: usize) -> Geometry {
+/// The UMEM for one of `pairs` queue pairs of a device of `mtu` moving `depth` frames per
+/// call: chunks of 2 KiB where a frame fits (4 KiB otherwise), twice `depth` of them each way
+/// (64 to 256), so the kernel can fill one batch while we copy out the last; divided among
+/// the pairs (at least 16 each way a pair), so a device's UMEMs stay within 512 KiB at MTU
+/// 1500 for up to 4 pairs, and 1 MiB for 16.
+pub fn geometry(mtu: u16, depth: usize, pairs: u16) -> Geometry {
     let frame = u32::from(mtu) + 18;
     let chunk = if frame + super::xsk::XDP_HEADROOM <= 2048 {
         2048
     } else {
         4096
     };
-    let frames = (2 * depth).next_power_of_two().clamp(64, 256) as u32;
+    let device = (2 * depth).next_power_of_two().clamp(64, 256) as u32;
+    let frames = (device / u32::from(pairs.max(1)).next_power_of_two()).max(16);
     Geometry {
         chunk,
         rx: frames,
@@ -68,24 +96,44 @@ impl Xdp {
         mode: XdpMode,
         mtu: u16,
         depth: usize,
+        slot: &QueueSlot,
     ) -> Result<Xdp, TransportError> {
         let interface = |source| TransportError::Interface {
             transport: NAME,
             ifname: ifname.to_string(),
             source,
         };
+        let invalid = |reason: String| TransportError::Invalid {
+            transport: NAME,
+            reason: format!("interface `{ifname}`: {reason}"),
+        };
         let ifindex = sys::ifindex(ifname).map_err(interface)? as u32;
-        let xsk = Xsk::open(ifindex, QUEUE, geometry(mtu, depth)).map_err(interface)?;
-        let redirect = Redirect::attach(ifindex, QUEUE, xsk.fd(), mode).map_err(|e| {
-            TransportError::Invalid {
-                transport: NAME,
-                reason: format!("interface `{ifname}`: {e}"),
+        let queues = rx_queues(ifname);
+        let pairs = slot.count.max(1);
+        if let Some(n) = queues {
+            if u32::from(pairs) > n {
+                return Err(invalid(format!(
+                    "queues={pairs} needs {pairs} receive queues and it has {n} (`ethtool -l                      {ifname}` shows them; a veth takes `numrxqueues` when it is made)"
+                )));
             }
-        })?;
+        }
+        let queue = u32::from(slot.index);
+        let xsk = Xsk::open(ifindex, queue, geometry(mtu, depth, pairs)).map_err(interface)?;
+        let redirect = match &slot.group {
+            QueueGroup::Xdp(shared) => shared.clone(),
+            _ => Shared(Arc::new(
+                Redirect::attach(ifindex, u32::from(pairs), mode)
+                    .map_err(|e| invalid(e.to_string()))?,
+            )),
+        };
+        redirect
+            .0
+            .insert(queue, xsk.fd())
+            .map_err(|e| invalid(e.to_string()))?;
         let g = xsk.geometry();
         log::info!(
-            "xdp: {ifname} queue {QUEUE}, {} hook, {}, UMEM {} KiB ({} + {} chunks of {} bytes)",
-            redirect.mode(),
+            "xdp: {ifname} queue {queue}, {} hook, {}, UMEM {} KiB ({} + {} chunks of {} bytes)",
+            redirect.0.mode(),
             if xsk.zero_copy() {
                 "zero-copy"
             } else {
@@ -96,19 +144,20 @@ impl Xdp {
             g.tx,
             g.chunk
         );
-        match rx_queues(ifname) {
-            Some(n) if n > 1 => log::warn!(
-                "xdp: {ifname} has {n} receive queues and only queue {QUEUE}'s frames reach \
-                 the guest (the others go to the host's stack): `ethtool -L {ifname} \
-                 combined 1` steers everything to it"
+        match queues {
+            Some(n) if n > u32::from(pairs) && queue == 0 => log::warn!(
+                "xdp: {ifname} has {n} receive queues and only the first {pairs} reach the                  guest (the others' frames go to the host's stack): `ethtool -L {ifname}                  combined {pairs}` steers everything to them"
             ),
             _ => {}
         }
         Ok(Xdp {
-            _redirect: redirect,
+            redirect,
             xsk,
+            queue,
+            pairs,
             stats: TransportStats::default(),
             checksums_completed: 0,
+            unserved_warned: false,
         })
     }
 
@@ -189,6 +238,27 @@ impl Transport for Xdp {
         self.xsk.geometry().umem_len()
     }
 
+    fn queue_group(&self) -> QueueGroup {
+        QueueGroup::Xdp(self.redirect.clone())
+    }
+
+    /// Frames cannot be steered away from a queue (a frame goes only to the socket bound to
+    /// the queue it arrived on), so this only says, once per change, that a pair the guest
+    /// leaves unserved holds its queue's frames until they are dropped.
+    fn steer(&mut self, steering: Steering) -> Result<(), TransportError> {
+        if steering.served {
+            self.unserved_warned = false;
+        } else if self.pairs > 1 && !self.unserved_warned {
+            self.unserved_warned = true;
+            log::warn!(
+                "xdp: the guest does not serve queue pair {q}: frames the interface puts on                  receive queue {q} wait on its socket and are dropped (counted) once it is                  full; fewer NIC queues (`ethtool -L IF combined K`) or more guest queues                  (`ethtool -L eth0 combined {n}` in the guest) avoid it",
+                q = self.queue,
+                n = self.pairs
+            );
+        }
+        Ok(())
+    }
+
     fn stats(&self) -> TransportStats {
         let mut s = self.stats;
         if let Ok(k) = self.xsk.stats() {
@@ -256,7 +326,9 @@ pub(crate) fn from_config(
     let TransportConfig::Xdp(c) = config else {
         return Err(super::wrong_config(NAME));
     };
-    Ok(Box::new(Xdp::open(&c.ifname, c.mode, o.mtu, o.depth)?))
+    Ok(Box::new(Xdp::open(
+        &c.ifname, c.mode, o.mtu, o.depth, &o.queue,
+    )?))
 }
 
 #[cfg(test)]
@@ -265,14 +337,29 @@ mod tests {
 
     #[test]
     fn chunks_fit_the_mtu_and_stay_small() {
-        let g = geometry(1500, 64);
+        let g = geometry(1500, 64, 1);
         assert_eq!((g.chunk, g.rx, g.tx), (2048, 128, 128));
         assert!(g.frame_room() >= 1518);
         assert_eq!(g.umem_len(), 512 * 1024);
-        let g = geometry(crate::config::XDP_MAX_MTU, 256);
+        let g = geometry(crate::config::XDP_MAX_MTU, 256, 1);
         assert_eq!(g.chunk, 4096);
         assert!(g.frame_room() >= usize::from(crate::config::XDP_MAX_MTU) + 18);
         assert!(g.umem_len() <= 2 * 1024 * 1024);
-        assert_eq!(geometry(1500, 1).rx, 64);
+        assert_eq!(geometry(1500, 1, 1).rx, 64);
+    }
+
+    /// A device's pairs share its UMEM budget, down to 16 chunks each way a pair.
+    #[test]
+    fn pairs_share_the_devices_umem() {
+        for (pairs, per_pair) in [(2, 64), (3, 32), (4, 32), (8, 16), (16, 16)] {
+            let g = geometry(1500, 64, pairs);
+            assert_eq!((g.rx, g.tx), (per_pair, per_pair), "{pairs} pairs");
+            assert!(g.rx.is_power_of_two());
+            assert!(
+                g.umem_len() * usize::from(pairs) <= 1024 * 1024,
+                "{pairs} pairs"
+            );
+        }
+        assert_eq!(geometry(1500, 64, 2).umem_len() * 2, 512 * 1024);
     }
 }

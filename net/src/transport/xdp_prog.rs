@@ -1,6 +1,7 @@
-//! The kernel side of `transport=xdp`: an XSKMAP holding our AF_XDP socket, and a program of
-//! six eBPF instructions that redirects every frame arriving on a receive queue to the socket
-//! in that queue's slot, handing the frame to the host's stack when the slot is empty.
+//! The kernel side of `transport=xdp`: an XSKMAP holding our AF_XDP sockets (one per queue
+//! pair, each bound to the receive queue of its number), and a program of six eBPF
+//! instructions that redirects every frame arriving on a receive queue to the socket in that
+//! queue's slot, handing the frame to the host's stack when the slot is empty.
 //!
 //! The program is written here as instructions, not compiled: it is the whole of what a
 //! redirect needs, and loading it through `bpf(2)` spares the build a clang and a libbpf.
@@ -199,21 +200,17 @@ pub struct Redirect {
     // map and the socket in it go.
     _link: OwnedFd,
     _program: OwnedFd,
-    _map: OwnedFd,
+    map: OwnedFd,
     /// The hook it runs on, as `mode=` names it.
     mode: &'static str,
 }
 
 impl Redirect {
-    /// Redirects what arrives on the interface `ifindex`'s receive queue `queue` to `xsk`
-    /// (bound to that queue), through the hook `mode` asks for: `Auto` takes the driver's own
-    /// hook where there is one and the generic hook otherwise.
-    pub fn attach(
-        ifindex: u32,
-        queue: u32,
-        xsk: RawFd,
-        mode: XdpMode,
-    ) -> Result<Redirect, AttachError> {
+    /// Redirects what arrives on the interface `ifindex`'s receive queues `0..queues` to the
+    /// AF_XDP socket in each queue's slot of the map ([`Redirect::insert`]), through the hook
+    /// `mode` asks for: `Auto` takes the driver's own hook where there is one and the generic
+    /// hook otherwise. Until a queue's slot holds a socket, its frames go to the host's stack.
+    pub fn attach(ifindex: u32, queues: u32, mode: XdpMode) -> Result<Redirect, AttachError> {
         let map = owned(
             bpf(
                 BPF_MAP_CREATE,
@@ -221,23 +218,12 @@ impl Redirect {
                     map_type: BPF_MAP_TYPE_XSKMAP,
                     key_size: 4,
                     value_size: 4,
-                    max_entries: queue + 1,
+                    max_entries: queues.max(1),
                     map_flags: 0,
                 },
             )
             .map_err(AttachError::Map)?,
         );
-        let value: u32 = xsk as u32;
-        bpf(
-            BPF_MAP_UPDATE_ELEM,
-            &mut MapUpdate {
-                map_fd: map.as_raw_fd() as u32,
-                key: &queue as *const u32 as u64,
-                value: &value as *const u32 as u64,
-                ..MapUpdate::default()
-            },
-        )
-        .map_err(AttachError::Insert)?;
         let program = load(map.as_raw_fd())?;
         let (link, mode) = match mode {
             XdpMode::Native => (link(&program, ifindex, XDP_FLAGS_DRV_MODE, true)?, "native"),
@@ -253,9 +239,27 @@ impl Redirect {
         Ok(Redirect {
             _link: link,
             _program: program,
-            _map: map,
+            map,
             mode,
         })
+    }
+
+    /// Puts `xsk`, an AF_XDP socket bound to receive queue `queue`, in that queue's slot: the
+    /// queue's frames go to it from now on. The kernel takes the socket out of the map when
+    /// it closes.
+    pub fn insert(&self, queue: u32, xsk: RawFd) -> Result<(), AttachError> {
+        let value: u32 = xsk as u32;
+        bpf(
+            BPF_MAP_UPDATE_ELEM,
+            &mut MapUpdate {
+                map_fd: self.map.as_raw_fd() as u32,
+                key: &queue as *const u32 as u64,
+                value: &value as *const u32 as u64,
+                ..MapUpdate::default()
+            },
+        )
+        .map(drop)
+        .map_err(AttachError::Insert)
     }
 
     /// The hook the program runs on: `native` or `skb`.
