@@ -10,9 +10,9 @@
 //!
 //! With `queues=N`, which queue a frame arrives on is the NIC's choice (its RSS hash, or a
 //! veth's transmit queue on the other end), not ours: a frame can only be redirected to the
-//! socket bound to its own queue. A pair the guest does not serve still holds its queue's
-//! frames; they wait on its socket's ring and, once that is full, the kernel drops and counts
-//! them. `ethtool -L IF combined N` makes the NIC use only as many queues as the guest serves.
+//! socket bound to its own queue. While the guest does not serve a pair, its queue's frames
+//! are dropped and counted as unserved, not moved to another pair. `ethtool -L IF combined N`
+//! makes the NIC use only as many queues as the guest serves.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -49,13 +49,11 @@ pub struct Xdp {
     xsk: Xsk,
     /// The receive queue this pair serves (its pair number).
     queue: u32,
-    /// The device's pairs.
-    pairs: u16,
     stats: TransportStats,
     /// Received frames whose partial checksum we completed (logged when the transport goes).
     checksums_completed: u64,
     /// The guest has left this pair unserved since we last said so (logged once per change).
-    unserved_warned: bool,
+    unserved_said: bool,
 }
 
 impl Drop for Xdp {
@@ -113,7 +111,8 @@ impl Xdp {
         if let Some(n) = queues {
             if u32::from(pairs) > n {
                 return Err(invalid(format!(
-                    "queues={pairs} needs {pairs} receive queues and it has {n} (`ethtool -l                      {ifname}` shows them; a veth takes `numrxqueues` when it is made)"
+                    "queues={pairs} needs {pairs} receive queues and it has {n} (`ethtool -l \
+                     {ifname}` shows them; a veth takes `numrxqueues` when it is made)"
                 )));
             }
         }
@@ -146,7 +145,9 @@ impl Xdp {
         );
         match queues {
             Some(n) if n > u32::from(pairs) && queue == 0 => log::warn!(
-                "xdp: {ifname} has {n} receive queues and only the first {pairs} reach the                  guest (the others' frames go to the host's stack): `ethtool -L {ifname}                  combined {pairs}` steers everything to them"
+                "xdp: {ifname} has {n} receive queues and only the first {pairs} reach the \
+                 guest (the others' frames go to the host's stack): `ethtool -L {ifname} \
+                 combined {pairs}` steers everything to them"
             ),
             _ => {}
         }
@@ -154,10 +155,9 @@ impl Xdp {
             redirect,
             xsk,
             queue,
-            pairs,
             stats: TransportStats::default(),
             checksums_completed: 0,
-            unserved_warned: false,
+            unserved_said: false,
         })
     }
 
@@ -243,17 +243,21 @@ impl Transport for Xdp {
     }
 
     /// Frames cannot be steered away from a queue (a frame goes only to the socket bound to
-    /// the queue it arrived on), so this only says, once per change, that a pair the guest
-    /// leaves unserved holds its queue's frames until they are dropped.
+    /// the queue it arrived on): while the guest leaves pair K (K > 0) unserved, the frames
+    /// the interface puts on receive queue K are dropped and counted (`rx_dropped_unserved`),
+    /// not moved to another pair. This says so in the log (info: a frontend that goes away
+    /// leaves every pair unserved too), once per such spell.
     fn steer(&mut self, steering: Steering) -> Result<(), TransportError> {
         if steering.served {
-            self.unserved_warned = false;
-        } else if self.pairs > 1 && !self.unserved_warned {
-            self.unserved_warned = true;
-            log::warn!(
-                "xdp: the guest does not serve queue pair {q}: frames the interface puts on                  receive queue {q} wait on its socket and are dropped (counted) once it is                  full; fewer NIC queues (`ethtool -L IF combined K`) or more guest queues                  (`ethtool -L eth0 combined {n}` in the guest) avoid it",
+            self.unserved_said = false;
+        } else if self.queue > 0 && !self.unserved_said {
+            self.unserved_said = true;
+            log::info!(
+                "xdp: the guest does not serve pair {q}: the frames the interface puts on \
+                 receive queue {q} are dropped and counted (rx_dropped_unserved) until it \
+                 does; `ethtool -L IF combined K` makes the NIC use only the K queues the \
+                 guest serves",
                 q = self.queue,
-                n = self.pairs
             );
         }
         Ok(())
