@@ -63,6 +63,16 @@ guest() {
     guest_pid=$!
 }
 
+# stop_guests: ends every UML guest of this run and waits until none is left. Killing run.sh is
+# not enough: UML makes a process group of its own, and a guest outside the namespace (one on
+# our backend) would run on for its script's 40 s, sharing the cores with the next measurement.
+stop_guests() {
+    pkill -f "vmtest.run=$work/" 2>/dev/null || true
+    for _ in $(seq 50); do pgrep -f "vmtest.run=$work/" >/dev/null || return 0; sleep 0.1; done
+    pkill -9 -f "vmtest.run=$work/" 2>/dev/null || true
+    sleep 0.2
+}
+
 # measure SPEC_A SIDE_A SPEC_B SIDE_B OUT: guest A serves iperf3, guest B measures both ways
 # into OUT.
 measure() {
@@ -74,7 +84,8 @@ measure() {
     # still open: the `drops` column of the namespace's UDP and raw sockets.
     ip netns exec "$ns" awk 'FNR > 1 { s += $NF } END { print s + 0 }' \
         /proc/net/udp /proc/net/udp6 /proc/net/raw /proc/net/raw6 > "$5.drops"
-    kill "$a" 2>/dev/null; wait "$a" 2>/dev/null || true
+    stop_guests
+    kill "$a" 2>/dev/null || true; wait "$a" 2>/dev/null || true
     ip netns pids "$ns" | xargs -r kill 2>/dev/null || true
     pkill -f "net-backend --socket $work/" 2>/dev/null || true
     sleep 0.5
