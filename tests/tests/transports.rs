@@ -137,12 +137,19 @@ fn open_in(ns: &NetNs, s: NetSpec, peer_if: &str, vnet: bool) -> (Box<dyn Transp
     (t, peer)
 }
 
-#[test]
-fn raw_frames_cross_a_veth_byte_exact() {
+/// A raw transport on one end of a veth in a fresh namespace (offloads as `gro` says), and
+/// the AF_PACKET peer on the other end, whose name comes back too.
+fn raw_on_a_veth(gro: bool) -> (NetNs, String, Box<dyn Transport>, PacketPeer) {
     let ns = NetNs::new();
     let (peer_end, dp_end) = ns.veth_pair(None);
-    let s = spec(TransportConfig::Raw(RawConfig { ifname: dp_end }), false);
-    let (mut t, peer) = open_in(&ns, s, &peer_end, false);
+    let s = spec(TransportConfig::Raw(RawConfig { ifname: dp_end }), gro);
+    let (t, peer) = open_in(&ns, s, &peer_end, gro);
+    (ns, peer_end, t, peer)
+}
+
+#[test]
+fn raw_frames_cross_a_veth_byte_exact() {
+    let (_ns, _peer_end, mut t, peer) = raw_on_a_veth(false);
     small_frames_both_ways(t.as_mut(), &peer);
 }
 
@@ -150,10 +157,7 @@ fn raw_frames_cross_a_veth_byte_exact() {
 /// are dropped and counted, not an error that would leave the guest's ring stopped.
 #[test]
 fn raw_counts_what_the_veth_drops() {
-    let ns = NetNs::new();
-    let (peer_end, dp_end) = ns.veth_pair(None);
-    let s = spec(TransportConfig::Raw(RawConfig { ifname: dp_end }), false);
-    let (mut t, _peer) = open_in(&ns, s, &peer_end, false);
+    let (ns, peer_end, mut t, _peer) = raw_on_a_veth(false);
     ns.ip(&["link", "set", &peer_end, "down"]);
     let frames: Vec<Vec<u8>> = (0..5)
         .map(|i| with_hdr(t.as_ref(), &test_frame(60, GUEST, HOST, i)))
@@ -164,10 +168,7 @@ fn raw_counts_what_the_veth_drops() {
 
 #[test]
 fn raw_tso_frames_cross_a_veth_whole() {
-    let ns = NetNs::new();
-    let (peer_end, dp_end) = ns.veth_pair(None);
-    let s = spec(TransportConfig::Raw(RawConfig { ifname: dp_end }), true);
-    let (mut t, peer) = open_in(&ns, s, &peer_end, true);
+    let (_ns, _peer_end, mut t, peer) = raw_on_a_veth(true);
     tso_both_ways(t.as_mut(), &peer);
 }
 
