@@ -443,8 +443,8 @@ pub trait Transport: Send {
 }
 
 /// Which of a device's queue pairs a transport serves (`queues=N`). Transports that take
-/// `queues` (tap, raw, xdp) open one descriptor per pair; the others are only ever opened as pair 0
-/// of 1 (the grammar refuses `queues` on them).
+/// `queues` (tap, raw, xdp) open one descriptor per pair; the others are only ever opened as
+/// pair 0 of 1 (the grammar refuses `queues` on them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueSlot {
     /// This pair, from 0.

@@ -106,8 +106,10 @@ impl Xdp {
             reason: format!("interface `{ifname}`: {reason}"),
         };
         let ifindex = sys::ifindex(ifname).map_err(interface)? as u32;
-        let queues = rx_queues(ifname);
         let pairs = slot.count.max(1);
+        let queue = u32::from(slot.index);
+        // Pair 0 checks the interface for the device; the others join what it checked.
+        let queues = if queue == 0 { rx_queues(ifname) } else { None };
         if let Some(n) = queues {
             if u32::from(pairs) > n {
                 return Err(invalid(format!(
@@ -116,7 +118,6 @@ impl Xdp {
                 )));
             }
         }
-        let queue = u32::from(slot.index);
         let xsk = Xsk::open(ifindex, queue, geometry(mtu, depth, pairs)).map_err(interface)?;
         let redirect = match &slot.group {
             QueueGroup::Xdp(shared) => shared.clone(),
@@ -144,7 +145,7 @@ impl Xdp {
             g.chunk
         );
         match queues {
-            Some(n) if n > u32::from(pairs) && queue == 0 => log::warn!(
+            Some(n) if n > u32::from(pairs) => log::warn!(
                 "xdp: {ifname} has {n} receive queues and only the first {pairs} reach the \
                  guest (the others' frames go to the host's stack): `ethtool -L {ifname} \
                  combined {pairs}` steers everything to them"
