@@ -656,6 +656,7 @@ fn device_counters(c: &NetCounters) -> Vec<(&'static str, u64)> {
         ("rx_dropped_bad_header", g(&c.rx_dropped_bad_header)),
         ("rx_csum_completed", g(&c.rx_csum_completed)),
         ("rx_coalesced", g(&c.rx_coalesced)),
+        ("rx_direct", g(&c.rx_direct)),
         ("tx_dropped_runt", g(&c.tx_dropped_runt)),
         ("tx_dropped_over_mtu", g(&c.tx_dropped_over_mtu)),
         ("tx_dropped_gso", g(&c.tx_dropped_gso)),

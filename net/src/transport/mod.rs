@@ -386,6 +386,28 @@ pub trait Transport: Send {
         })
     }
 
+    /// Whether [`Transport::recv_into`] works: the transport reads one whole frame per call,
+    /// its `vnet_hdr_len()` header first, into any gather list, so the datapath can receive
+    /// straight into the guest's buffers instead of through the batch.
+    fn scatters(&self) -> bool {
+        false
+    }
+
+    /// Reads one frame, header first, into `iovs` without blocking. `Ok(Some(len))`: its
+    /// length, which is at least the iovecs' total when the kernel cut it short (the caller
+    /// drops such a frame); `Ok(None)`: none is waiting. Only called when
+    /// [`Transport::scatters`] says so; the others refuse.
+    ///
+    /// # Safety
+    /// Each iovec must describe memory the kernel may write for the whole call.
+    unsafe fn recv_into(&mut self, iovs: &[libc::iovec]) -> Result<Option<usize>, TransportError> {
+        let _ = iovs;
+        Err(TransportError::Invalid {
+            transport: self.name(),
+            reason: "cannot receive into gather lists".into(),
+        })
+    }
+
     /// Mirrors the offloads the guest negotiated on the host side (`TUNSETOFFLOAD`, ...).
     /// Transports without offloads ignore it.
     fn set_offloads(&mut self, offloads: Offloads) -> Result<(), TransportError>;

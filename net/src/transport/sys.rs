@@ -174,6 +174,16 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
 }
 
+/// `readv(2)` into a gather list.
+///
+/// # Safety
+/// Each iovec must describe memory the kernel may write for the whole call.
+pub unsafe fn readv(fd: RawFd, iovs: &[libc::iovec]) -> io::Result<usize> {
+    let n = iovs.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: the caller vouches for the iovecs; the kernel reads `n` of them.
+    cvt_size(unsafe { libc::readv(fd, iovs.as_ptr(), n) })
+}
+
 /// `write(2)` of a buffer.
 pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.

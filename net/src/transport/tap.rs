@@ -137,6 +137,29 @@ impl Transport for Tap {
         Ok(n)
     }
 
+    fn scatters(&self) -> bool {
+        true
+    }
+
+    /// A tap hands over one frame per read and cuts one longer than the buffers, saying how
+    /// long it was (as [`TapDev::recv`] counts it, the caller drops it and counts it here).
+    unsafe fn recv_into(&mut self, iovs: &[libc::iovec]) -> Result<Option<usize>, TransportError> {
+        let total: usize = iovs.iter().map(|v| v.iov_len).sum();
+        // SAFETY: the caller vouches for the iovecs.
+        match unsafe { self.dev.recv_into(iovs) } {
+            Ok(Some(len)) if len >= total => {
+                self.stats.rx_dropped_truncated += 1;
+                Ok(Some(len))
+            }
+            Ok(r) => Ok(r),
+            Err(source) => Err(TransportError::Io {
+                transport: self.name,
+                op: "readv",
+                source,
+            }),
+        }
+    }
+
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
         self.dev.send(self.name, batch, &mut self.stats.tx_dropped)
     }

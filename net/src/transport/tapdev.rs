@@ -141,6 +141,20 @@ impl TapDev {
         Ok(n)
     }
 
+    /// Reads one frame into `iovs` (see [`crate::transport::Transport::recv_into`]): its
+    /// whole length, or `None` when none waits.
+    ///
+    /// # Safety
+    /// Each iovec must describe memory the kernel may write for the whole call.
+    pub unsafe fn recv_into(&self, iovs: &[libc::iovec]) -> io::Result<Option<usize>> {
+        // SAFETY: the caller vouches for the iovecs.
+        match unsafe { sys::readv(self.fd(), iovs) } {
+            Ok(len) => Ok(Some(len)),
+            Err(e) if sys::would_block(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes the frames for transport `name`; returns how many were taken (fewer only when
     /// the tap would block). A frame the kernel refuses (malformed header, too big) is dropped
     /// and counted.

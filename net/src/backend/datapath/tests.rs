@@ -37,6 +37,8 @@ struct Host {
 struct FakeTransport {
     hdr: usize,
     host: Arc<Mutex<Host>>,
+    /// Whether it receives into gather lists, as a tap does ([`SCATTERING`]).
+    scatters: bool,
 }
 
 impl Transport for FakeTransport {
@@ -71,6 +73,28 @@ impl Transport for FakeTransport {
         }
         batch.set_count(n);
         Ok(n)
+    }
+    fn scatters(&self) -> bool {
+        self.scatters
+    }
+    /// As a tap reads: one frame, spread over the iovecs in order, cut at their end, its
+    /// whole length returned.
+    unsafe fn recv_into(&mut self, iovs: &[libc::iovec]) -> Result<Option<usize>, TransportError> {
+        let mut host = self.host.lock().unwrap();
+        let Some(f) = host.incoming.pop_front() else {
+            return Ok(None);
+        };
+        let mut rest = &f[..];
+        for v in iovs {
+            let k = rest.len().min(v.iov_len);
+            // SAFETY: the caller vouches that each iovec is writable memory for the call.
+            unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), v.iov_base.cast(), k) };
+            rest = &rest[k..];
+        }
+        if !rest.is_empty() || f.len() == iovs.iter().map(|v| v.iov_len).sum::<usize>() {
+            host.truncated += 1;
+        }
+        Ok(Some(f.len()))
     }
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
         let mut host = self.host.lock().unwrap();
@@ -119,6 +143,38 @@ thread_local! {
     static COPYING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+thread_local! {
+    /// The datapaths this test makes receive straight into the guest's buffers (see
+    /// [`scattering`]); else their transport only fills batches.
+    static SCATTERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The receive tests again, with frames read straight into the guest's buffers (as from a
+/// tap): both paths must deliver, wait, refuse and count alike.
+mod scattering {
+    macro_rules! scattering {
+        ($($name:ident),* $(,)?) => {$(
+            #[test]
+            fn $name() {
+                super::SCATTERING.with(|c| c.set(true));
+                super::$name();
+            }
+        )*};
+    }
+    scattering!(
+        rx_frames_land_byte_exact_after_a_v1_header,
+        rx_64k_tso_frame_spreads_over_merged_buffers,
+        rx_waits_for_buffers_instead_of_dropping,
+        rx_without_mrg_drops_a_frame_larger_than_one_buffer,
+        rx_offloads_the_guest_refused_are_completed_or_dropped,
+        hostile_chains_are_counted_and_returned_empty,
+        an_invalid_avail_index_does_not_hang_either_direction,
+        rx_tiny_buffers_get_the_true_num_buffers,
+        rx_looping_chain_is_refused,
+        a_head_outside_the_descriptor_table_is_an_empty_chain_both_ways,
+    );
+}
+
 /// The transmit tests again, with every frame copied into the batch: both paths must send,
 /// refuse and count alike.
 mod copying {
@@ -162,6 +218,7 @@ fn datapath(hdr: usize, incoming: Vec<Vec<u8>>, features: u64) -> (Datapath, Arc
     let t = FakeTransport {
         hdr,
         host: host.clone(),
+        scatters: SCATTERING.with(|c| c.get()),
     };
     let mut dp = Datapath::new(Box::new(t), 8, 2, 1500);
     dp.set_negotiated(Negotiated::from_features(features))
@@ -1179,4 +1236,108 @@ fn a_head_outside_the_descriptor_table_is_an_empty_chain_both_ways() {
     assert_eq!(load(&s.bad_chains.empty), 1);
     // The frame meant for the bad entry is dropped with it (counted there).
     assert_eq!(load(&s.rx_packets), 2, "the frames around it land");
+}
+
+/// The guest's frame `i` read back from `nbufs` consecutive used buffers starting at used
+/// entry (and chain) `first`, each at its chain's address ([`rx_chains`]).
+fn frame_in_chains(
+    m: &GuestMemoryMmap,
+    vq: &MockSplitQueue<GuestMemoryMmap>,
+    first: usize,
+    nbufs: usize,
+) -> Vec<u8> {
+    let mut got = Vec::new();
+    for i in first..first + nbufs {
+        let (id, len) = used(vq, i);
+        assert_eq!(id as usize, i, "used entry {i}");
+        let mut part = vec![0u8; len as usize];
+        m.read_slice(&mut part, GuestAddress(DATA + i as u64 * 0x1_0000))
+            .unwrap();
+        got.extend(part);
+    }
+    got
+}
+
+/// Straight into the guest's buffers: a frame longer than the chains popped for it (the first
+/// large one) goes through the batch, the next ones land directly, and the chains a small
+/// frame did not need go back to the ring for the next frame.
+#[test]
+fn rx_direct_lands_frames_in_place_and_gives_back_unneeded_chains() {
+    SCATTERING.with(|c| c.set(true));
+    let m = mem();
+    let vq = MockSplitQueue::create(&m, GuestAddress(0), 64);
+    rx_chains(&vq, 40, 4096, 0);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut gso = [0u8; 10];
+    gso[0] = 1;
+    gso[1] = 1;
+    gso[4..6].copy_from_slice(&1448u16.to_le_bytes());
+    gso[6..8].copy_from_slice(&34u16.to_le_bytes());
+    gso[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let (big1, big2) = (frame(20_000, 1), frame(20_000, 2));
+    let (small1, small2) = (frame(60, 3), frame(60, 4));
+    let features = MRG | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
+    let incoming = vec![
+        with_hdr(gso, &big1),
+        with_hdr(gso, &big2),
+        with_hdr([0; 10], &small1),
+        with_hdr([0; 10], &small2),
+    ];
+    let (mut dp, host) = datapath(10, incoming, features);
+    assert!(dp.process_rx(&mut q, &m).unwrap());
+    let nbufs = (12 + 20_000usize).div_ceil(4096);
+    for (first, f) in [(0, &big1), (nbufs, &big2)] {
+        let got = frame_in_chains(&m, &vq, first, nbufs);
+        assert_eq!(&got[..10], &gso, "GSO header passed through");
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]) as usize, nbufs);
+        assert_eq!(&got[12..], &f[..]);
+    }
+    for (i, f) in [(2 * nbufs, &small1), (2 * nbufs + 1, &small2)] {
+        let got = frame_in_chains(&m, &vq, i, 1);
+        assert_eq!(&got[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(&got[12..], &f[..], "one chain each, the next in the ring");
+    }
+    let s = dp.stats();
+    assert_eq!((load(&s.rx_packets), load(&s.rx_direct)), (4, 3));
+    assert_eq!(host.lock().unwrap().truncated, 0);
+}
+
+/// Straight into the guest's buffers, nothing is read while the guest has none: the frame
+/// waits in the transport, survives the frontend going, and reaches the next one.
+#[test]
+fn rx_direct_leaves_frames_in_the_transport_while_the_guest_has_no_buffers() {
+    SCATTERING.with(|c| c.set(true));
+    let m = mem();
+    let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let f = frame(60, 9);
+    let (mut dp, host) = datapath(10, vec![with_hdr([0; 10], &f)], MRG);
+    assert!(!dp.process_rx(&mut q, &m).unwrap());
+    dp.reset();
+    assert_eq!(load(&dp.stats().dropped_at_disconnect), 0);
+    assert_eq!(host.lock().unwrap().incoming.len(), 1, "still in the transport");
+    dp.set_negotiated(Negotiated::from_features(MRG)).unwrap();
+    rx_chains(&vq, 1, 2048, 0);
+    assert!(dp.process_rx(&mut q, &m).unwrap());
+    assert_eq!(&frame_in_chains(&m, &vq, 0, 1)[12..], &f[..]);
+}
+
+/// Straight into the guest's buffers, a frame longer than the longest the batch takes is cut
+/// by the kernel: dropped and counted by the transport, and the guest's chain is kept for the
+/// next frame.
+#[test]
+fn rx_direct_drops_a_cut_frame_and_keeps_the_chain() {
+    SCATTERING.with(|c| c.set(true));
+    let m = mem();
+    let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
+    rx_chains(&vq, 2, 4096, 0);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let f = frame(60, 10);
+    let incoming = vec![with_hdr([0; 10], &frame(9000, 11)), with_hdr([0; 10], &f)];
+    let (mut dp, host) = datapath(10, incoming, MRG);
+    assert!(dp.process_rx(&mut q, &m).unwrap());
+    assert_eq!(host.lock().unwrap().truncated, 1);
+    assert_eq!(used(&vq, 0), (0, 72), "the first chain went to the next frame");
+    assert_eq!(&frame_in_chains(&m, &vq, 0, 1)[12..], &f[..]);
+    assert_eq!(load(&dp.stats().rx_direct), 1);
 }
