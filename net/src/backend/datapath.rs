@@ -745,6 +745,11 @@ impl Datapath {
                         }
                         direct::Direct::Dropped => continue,
                         direct::Direct::Drained => break,
+                        direct::Direct::Short => {
+                            if self.transport.recv(&mut self.rx)? == 0 {
+                                break;
+                            }
+                        }
                         // The frame is in the batch: delivered below.
                         direct::Direct::Ejected => {}
                         direct::Direct::NoBuffers => {

@@ -7,11 +7,12 @@
 //! path takes ([`Geometry::rx_capacity`]): first the guest's chains, as many as the frames
 //! seen lately needed (a guess that grows at once and shrinks slowly), then the receive
 //! batch's first buffer for the rest. The usual frame lands wholly in the guest's chains;
-//! those it did not need go back to the ring untouched. A frame the guest cannot take as it
-//! is (longer than the chains popped, a header the guest did not negotiate, a runt) is
-//! ejected: gathered into the batch, where the copying path delivers, fixes or drops and
-//! counts it exactly as before. Nothing is lost for lack of buffers: when the guest has none,
-//! nothing is read.
+//! those it did not need go back to the ring untouched. When the guest has fewer buffers than
+//! the guess, the frame is read into the batch as before, which waits for more. A frame the
+//! guest cannot take as it is (longer than the chains popped, a header the guest did not
+//! negotiate, a runt) is ejected: gathered into the batch, where the copying path delivers,
+//! fixes or drops and counts it exactly as before. Nothing is lost for lack of buffers: when
+//! the guest has none, nothing is read.
 //!
 //! The transport's header is 10 bytes; the guest's is 12 with `num_buffers` (VERSION_1 or
 //! MRG_RXBUF). The gather list skips those two bytes, which are written once the frame's
@@ -35,6 +36,9 @@ pub(super) enum Direct {
     Ejected,
     /// The guest has no receive buffer; nothing was read.
     NoBuffers,
+    /// The guest has fewer buffers than the frames lately needed; nothing was read. The
+    /// caller receives through the batch, which waits for buffers without a third copy.
+    Short,
 }
 
 /// The guest's buffers a read gathers into: the transport's byte stream (its header, then
@@ -193,10 +197,11 @@ impl Datapath {
         let queue_size = queue.size();
         let mut g = Gather::new();
         let mut full = false;
-        while !full && g.guest < want && g.nchains < MAX_PIECES && (g.nchains == 0 || n.mrg_rxbuf)
-        {
+        let mut ran_out = false;
+        while !full && g.guest < want && g.nchains < MAX_PIECES && (g.nchains == 0 || n.mrg_rxbuf) {
             let before = queue.next_avail();
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                ran_out = true;
                 break;
             };
             let head = chain.head_index();
@@ -245,6 +250,12 @@ impl Datapath {
         }
         // The start after any malformed chains given back above.
         let first = queue.next_avail().wrapping_sub(g.nchains as u16);
+        if ran_out && g.guest < want {
+            // A frame as long as the last ones would not fit: rather than read it here and
+            // copy it out again, leave the chains and let the batch take it.
+            queue.set_next_avail(first);
+            return Ok(Direct::Short);
+        }
         let bounce = self.rx.bufs_mut()[0].space();
         let rest = limit.saturating_sub(g.transport).min(bounce.len());
         let mut niov = g.count;

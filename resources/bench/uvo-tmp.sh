@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Throughput of the same UML guest kernel over (a) UML's own vec0:transport=X and (b) virtio_uml
+# + our vhost-user backend with transport X, for raw, tap and hybrid, in one run.
+#   resources/bench/uml-vs-ours.sh [SECONDS]      (default 10; needs root and resources/setup.sh)
+# Env: TRANSPORTS="raw tap hybrid", OPTS=",gro=1" (appended to both specs), VMM=path/to/vmm,
+# SIDES="uml ours" (SIDES=ours skips UML's own runs, for comparing two builds of ours).
+# With gro=0 the peer interface's TSO/GSO are turned off: UML's rule is that gro must match the
+# host side, and without it both UML's transports and ours see 64 KiB GSO frames they must drop,
+# and host->guest TCP stalls for both.
+# Prints one row per transport and direction: Gbit/s for UML, for ours, and ours/UML.
+set -euo pipefail
+secs="${1:-10}"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+vmm="${VMM:-$root/target/release/vmm}"
+transports="${TRANSPORTS:-raw tap hybrid}"
+opts="${OPTS:-,gro=1}"
+run="$root/resources/uml/run.sh"
+[ -x "$vmm" ] || { echo "build first: cargo build --release ($vmm missing)" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "run as root (namespaces, taps)" >&2; exit 2; }
+
+ns="vbench$$"
+work="$(mktemp -d)"
+cleanup() {
+    [ -n "${backend_pid:-}" ] && kill "$backend_pid" 2>/dev/null || true
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+peer=10.77.0.1
+guest=10.77.0.2
+
+# The guest runs iperf3 both ways and prints the receiver's rate in Mbit/s.
+cat > "$work/guest.sh" <<SCRIPT
+for dir in ${DIRS:-tx rx}; do
+    flag=""; [ \$dir = rx ] && flag="-R"
+    rate=\$(iperf3 -c $peer -t $secs -f m \$flag | sed -n 's/.* \([0-9.]*\) Mbits\/sec.*receiver.*/\1/p')
+    echo "BENCH \$dir \${rate:-0}"
+done
+SCRIPT
+
+# no_gso IFNAME: with gro=0, the host must not hand the transport GSO frames.
+no_gso() {
+    case "$opts" in
+        *gro=0*) ip netns exec "$ns" ethtool -K "$1" tso off gso off >/dev/null 2>&1 || true ;;
+    esac
+}
+
+# setup_host TRANSPORT: makes the peer interface (with the iperf3 server) and prints the
+# interface the transport attaches to.
+setup_host() {
+    ip -n "$ns" link del bpeer 2>/dev/null || true
+    ip -n "$ns" link del btap 2>/dev/null || true
+    case "$1" in
+        raw)
+            ip -n "$ns" link add bpeer type veth peer name bdp
+            ip -n "$ns" addr add $peer/24 dev bpeer
+            ip -n "$ns" link set bpeer up; ip -n "$ns" link set bdp up
+            no_gso bpeer
+            echo bdp ;;
+        tap|hybrid)
+            ip -n "$ns" tuntap add name btap mode tap
+            ip -n "$ns" addr add $peer/24 dev btap
+            ip -n "$ns" link set btap up
+            no_gso btap
+            echo btap ;;
+    esac
+}
+
+rates() { [ -e "$1" ] || return 0; sed -n 's/^BENCH \(tx\|rx\) \([0-9.]*\).*/\1 \2/p' "$1"; }
+
+printf '%-8s %-12s %10s %10s %8s\n' transport direction "UML Gb/s" "ours Gb/s" ratio
+for t in $transports; do
+    ifname="$(setup_host "$t")"
+    spec="vec0:transport=$t,ifname=$ifname$opts"
+    # The server binds the peer address, which exists only once the interface does.
+    ip netns exec "$ns" iperf3 -s -B $peer >/dev/null 2>&1 &
+    iperf_pid=$!
+    sleep 0.3
+    # (a) UML's own transport: UML runs in the namespace.
+    if [[ " ${SIDES:-uml ours} " == *" uml "* ]]; then
+        ip netns exec "$ns" "$run" --uml-net "$spec" --ip $guest/24 --run "$work/guest.sh" \
+            > "$work/uml.$t" 2>&1 || true
+    fi
+    # (b) our backend in the namespace, UML's virtio_uml as its frontend.
+    sock="$work/$t.sock"
+    ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "$spec" 2> "/tmp/backend.$TAG.log" &
+    backend_pid=$!
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+    "$run" --vhost-user "$sock" --ip $guest/24 --run "$work/guest.sh" > "$work/ours.$t" 2>&1 || true
+    kill "$backend_pid" 2>/dev/null; wait "$backend_pid" 2>/dev/null || true
+    backend_pid=""
+    kill "$iperf_pid" 2>/dev/null; wait "$iperf_pid" 2>/dev/null || true
+    for dir in ${DIRS:-tx rx}; do
+        u="$(rates "$work/uml.$t" | awk -v d=$dir '$1==d {print $2/1000}')"
+        o="$(rates "$work/ours.$t" | awk -v d=$dir '$1==d {print $2/1000}')"
+        ratio="$(awk -v u="${u:-0}" -v o="${o:-0}" 'BEGIN { if (u > 0) printf "%.2f", o/u; else print "n/a" }')"
+        label=guest-host; [ $dir = rx ] && label=host-guest
+        printf '%-8s %-12s %10s %10s %8s\n' "$t" "$label" "${u:-fail}" "${o:-fail}" "$ratio"
+    done
+done
