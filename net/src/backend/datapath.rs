@@ -517,6 +517,11 @@ pub struct Datapath {
     /// How many bytes of frame a direct receive expects (see [`direct`]): the largest frame
     /// lately, forgotten by a sixteenth per frame.
     rx_guess: usize,
+    /// The direct receive's gather list, kept between frames (see [`direct`]).
+    gather: Option<Box<direct::Gather>>,
+    /// The guess from which frames are received directly ([`direct::MIN_GUESS`]; tests
+    /// lower it).
+    direct_from: usize,
     stats: Arc<NetCounters>,
     /// The running capture, if any: every frame that crosses is offered to it.
     capture: Option<CaptureTap>,
@@ -551,6 +556,8 @@ impl Datapath {
             hdr_pieces: Vec::with_capacity(64),
             used: Vec::with_capacity(64),
             rx_guess: usize::from(mtu) + ETH_HLEN,
+            gather: None,
+            direct_from: direct::MIN_GUESS,
             stats: Arc::new(NetCounters::default()),
             capture: None,
             depth,
@@ -824,6 +831,7 @@ impl Datapath {
         }
         let hdr = &hdr[..n.hdr_len];
         let frame = &packet.data()[thl..];
+        self.rx_guess = direct::next_guess(self.rx_guess, frame.len());
         let chains = RxChains {
             hdr_pieces: &mut self.hdr_pieces,
             used: &mut self.used,

@@ -224,6 +224,7 @@ fn datapath(hdr: usize, incoming: Vec<Vec<u8>>, features: u64) -> (Datapath, Arc
     dp.set_negotiated(Negotiated::from_features(features))
         .unwrap();
     dp.set_zero_copy(!COPYING.with(|c| c.get()));
+    dp.always_direct();
     (dp, host)
 }
 
@@ -1386,4 +1387,42 @@ fn rx_direct_reads_through_the_batch_when_the_guest_is_short_of_buffers() {
     assert_eq!(&frame_in_chains(&m, &vq, 5, 1)[12..], &small2[..]);
     assert_eq!(&frame_in_chains(&m, &vq, 6, 1)[12..], &small3[..]);
     assert_eq!((load(&s.rx_packets), load(&s.rx_direct)), (4, 1));
+}
+
+/// By default only GSO-sized traffic is received directly (see `direct::MIN_GUESS`): small
+/// frames go through the batch, and the frames after a large one go straight to the guest.
+#[test]
+fn rx_direct_starts_with_large_frames() {
+    SCATTERING.with(|c| c.set(true));
+    let m = mem();
+    let vq = MockSplitQueue::create(&m, GuestAddress(0), 64);
+    rx_chains(&vq, 20, 4096, 0);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut gso = [0u8; 10];
+    gso[0] = 1;
+    gso[1] = 1;
+    gso[4..6].copy_from_slice(&1448u16.to_le_bytes());
+    gso[6..8].copy_from_slice(&34u16.to_le_bytes());
+    gso[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let (small, big) = (frame(60, 1), frame(20_000, 2));
+    let features = MRG | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
+    let incoming = vec![with_hdr([0; 10], &small), with_hdr(gso, &big)];
+    let (mut dp, host) = datapath(10, incoming, features);
+    dp.direct_from = direct::MIN_GUESS;
+    dp.process_rx(&mut q, &m).unwrap();
+    let s = dp.stats();
+    assert_eq!((load(&s.rx_packets), load(&s.rx_direct)), (2, 0));
+    host.lock()
+        .unwrap()
+        .incoming
+        .extend([with_hdr(gso, &big), with_hdr([0; 10], &small)]);
+    dp.process_rx(&mut q, &m).unwrap();
+    assert_eq!((load(&s.rx_packets), load(&s.rx_direct)), (4, 2));
+    let nbufs = (12 + 20_000usize).div_ceil(4096);
+    assert_eq!(&frame_in_chains(&m, &vq, 1, nbufs)[12..], &big[..]);
+    assert_eq!(&frame_in_chains(&m, &vq, 1 + nbufs, nbufs)[12..], &big[..]);
+    assert_eq!(
+        &frame_in_chains(&m, &vq, 1 + 2 * nbufs, 1)[12..],
+        &small[..]
+    );
 }
