@@ -22,28 +22,19 @@
 
 #[path = "common/input.rs"]
 mod input;
+#[path = "common/ring.rs"]
+mod ring;
 
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use input::Input;
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_net::backend::datapath::Datapath;
 use vmm_net::backend::features::Negotiated;
 use vmm_net::transport::{
     Frames, GatherBatch, Offloads, PacketBatch, Transport, TransportError,
 };
-
-const QSIZE: u16 = 16;
-const DESC: u64 = 0x0;
-const AVAIL: u64 = 0x200;
-const USED: u64 = 0x400;
-const DATA: u64 = 0x1000;
-/// Two regions, back to back: a buffer may cross from one into the other.
-const REGION: u64 = 0x1_0000;
-const MEM_END: u64 = 2 * REGION;
 
 /// What the fake host saw, and how many frames it takes per call.
 #[derive(Default)]
@@ -137,10 +128,10 @@ impl Transport for Fake {
 }
 
 
-/// The guest's side, written into memory: descriptors, avail ring, buffer bytes.
+/// The guest's side (its ring; the rest of the input fills its memory), the negotiation and
+/// the host's per-call acceptance.
 struct Ring {
-    descs: Vec<(u64, u32, u16, u16)>,
-    avail: Vec<u16>,
+    guest: ring::Guest,
     accept: Vec<usize>,
     fill: Vec<u8>,
     features: u64,
@@ -158,31 +149,10 @@ fn ring(data: &[u8]) -> Ring {
         }
     }
     let hdr = if setup & 0x20 != 0 { 10 } else { 0 };
-    let count = usize::from(i.u8() % (QSIZE as u8 + 1));
-    let descs = (0..count)
-        .map(|_| {
-            let where_ = i.u8();
-            let at = u64::from(i.u16());
-            let addr = match where_ % 4 {
-                // In the data area, often near the regions' seam.
-                0 | 1 => DATA + at,
-                2 => REGION - 0x800 + (at % 0x1000),
-                _ => MEM_END - 0x100 + at,
-            };
-            let len = match i.u8() % 8 {
-                7 => 0x7fff_0000,
-                _ => u32::from(i.u16()) % 0x2_0000,
-            };
-            let flags = u16::from(i.u8() & 0x7);
-            let next = u16::from(i.u8()) % QSIZE;
-            (addr, len, flags, next)
-        })
-        .collect();
-    let avail = (0..i.u8() % 40).map(|_| u16::from(i.u8()) % QSIZE).collect();
+    let guest = ring::guest(&mut i);
     let accept = (0..8).map(|_| usize::from(i.u8() % 5)).collect();
     Ring {
-        descs,
-        avail,
+        guest,
         accept,
         fill: i.0.to_vec(),
         features,
@@ -200,47 +170,8 @@ struct Outcome {
 }
 
 fn run(r: &Ring, zero_copy: bool) -> Outcome {
-    let m = GuestMemoryMmap::<()>::from_ranges(&[
-        (GuestAddress(0), REGION as usize),
-        (GuestAddress(REGION), REGION as usize),
-    ])
-    .unwrap();
-    if !r.fill.is_empty() {
-        let bytes: Vec<u8> = r
-            .fill
-            .iter()
-            .copied()
-            .cycle()
-            .take((MEM_END - DATA) as usize)
-            .collect();
-        m.write_slice(&bytes, GuestAddress(DATA)).unwrap();
-    }
-    for (k, &(addr, len, flags, next)) in r.descs.iter().enumerate() {
-        let at = GuestAddress(DESC + 16 * k as u64);
-        m.write_obj(addr, at).unwrap();
-        m.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
-        m.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
-        m.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
-    }
-    for (k, &head) in r.avail.iter().enumerate() {
-        let slot = GuestAddress(AVAIL + 4 + 2 * (k as u64 % u64::from(QSIZE)));
-        m.write_obj(head, slot).unwrap();
-    }
-    // The ring says as many entries as were given (up to 39: more than the ring holds is a
-    // hostile index the datapath must survive).
-    m.write_obj(r.avail.len() as u16, GuestAddress(AVAIL + 2))
-        .unwrap();
-    let mut q = Queue::new(QSIZE).unwrap();
-    q.set_size(QSIZE);
-    q.set_desc_table_address(Some(DESC as u32), Some(0));
-    q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-    q.set_used_ring_address(Some(USED as u32), Some(0));
-    q.set_ready(true);
-
-    let used_ring = {
-        let lo = m.get_host_address(GuestAddress(USED)).unwrap() as usize;
-        (lo, lo + 4 + 8 * usize::from(QSIZE))
-    };
+    let (m, mut q) = ring::setup(&r.guest, &r.fill);
+    let used_ring = ring::used_ring(&m);
     let host = Arc::new(Mutex::new(Host {
         accept: r.accept.clone(),
         used_ring,
@@ -267,16 +198,7 @@ fn run(r: &Ring, zero_copy: bool) -> Outcome {
     }
     let _ = dp.process_tx(&mut q, &m);
     assert!(!dp.tx_pending(), "a host that takes everything leaves nothing pending");
-    let n = q.next_used();
-    let used: Vec<(u32, u32)> = (0..n)
-        .map(|k| {
-            let at = USED + 4 + 8 * u64::from(k % QSIZE);
-            (
-                m.read_obj(GuestAddress(at)).unwrap(),
-                m.read_obj(GuestAddress(at + 4)).unwrap(),
-            )
-        })
-        .collect();
+    let used = ring::used(&m, &q);
     // The ring holds at most QSIZE entries; only a hostile index makes more appear used,
     // and then the same in both runs.
     let mut host = host.lock().unwrap();
@@ -302,20 +224,5 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(g, c, "frame {k}");
         }
     }
-    // No chain comes back more often than the ring offered it (the heads the guest's avail
-    // entries hold, a slot read again after the index wraps).
-    let offered: Vec<u16> = (0..r.avail.len())
-        .map(|k| {
-            let last = (k..r.avail.len()).step_by(usize::from(QSIZE)).last().unwrap_or(k);
-            r.avail[last]
-        })
-        .collect();
-    assert!(gathered.used.len() <= offered.len().max(usize::from(QSIZE)));
-    if gathered.used.len() <= usize::from(QSIZE) {
-        for &(id, _) in &gathered.used {
-            let back = gathered.used.iter().filter(|u| u.0 == id).count();
-            let given = offered.iter().filter(|&&h| u32::from(h) == id).count();
-            assert!(back <= given, "chain {id} returned {back} times, offered {given}");
-        }
-    }
+    ring::assert_each_chain_returned_at_most_as_offered(&r.guest, &gathered.used);
 });

@@ -519,8 +519,8 @@ pub struct Datapath {
     rx_guess: usize,
     /// The direct receive's gather list, kept between frames (see [`direct`]).
     gather: Option<Box<direct::Gather>>,
-    /// The guess from which frames are received directly ([`direct::MIN_GUESS`]; tests
-    /// lower it).
+    /// The guess from which frames are received directly ([`direct::MIN_GUESS`];
+    /// [`Datapath::set_direct_from`]).
     direct_from: usize,
     stats: Arc<NetCounters>,
     /// The running capture, if any: every frame that crosses is offered to it.

@@ -201,10 +201,12 @@ fn takes_as_is(h: &VnetHdr, n: &Negotiated) -> bool {
 
 impl Datapath {
     /// Whether frames are received straight into the guest's buffers: the transport can,
-    /// its header is the one the guest's starts with, and no capture wants a copy.
+    /// its header is the one the guest's starts with (a guest has negotiated one), no
+    /// capture wants a copy, and the frames lately were large enough to pay.
     pub(super) fn receives_direct(&self) -> bool {
         self.zero_copy
             && self.rx_guess >= self.direct_from
+            && self.negotiated.hdr_len >= vnet::HDR_LEN
             && self.capture.is_none()
             && self.transport.scatters()
             && self.transport.vnet_hdr_len() == vnet::HDR_LEN
@@ -250,6 +252,9 @@ impl Datapath {
             let head = chain.head_index();
             let mark = g.mark();
             let mut bad = None;
+            // Whether the chains so far cover the guess: the rest of this one is not walked,
+            // as the copying path stops at the frame's end (a fault beyond it is not ours).
+            let mut covered = false;
             let mut walk = Walk::new(chain, queue_size);
             for desc in walk.by_ref() {
                 if !desc.is_write_only() {
@@ -257,6 +262,10 @@ impl Datapath {
                     break;
                 }
                 match g.push(mem, desc.addr(), desc.len() as usize, (thl, ghl), limit) {
+                    Ok(true) if g.guest >= want => {
+                        covered = true;
+                        break;
+                    }
                     Ok(true) => {}
                     Ok(false) => {
                         full = true;
@@ -268,7 +277,7 @@ impl Datapath {
                     }
                 }
             }
-            if bad.is_none() && !full {
+            if bad.is_none() && !full && !covered {
                 bad = walk.error();
             }
             if let Some(e) = bad {
@@ -367,10 +376,10 @@ impl Datapath {
         Ok(Direct::Delivered)
     }
 
-    /// Receives directly whatever the guess (the tests' frames are small).
-    #[cfg(test)]
-    pub(super) fn always_direct(&mut self) {
-        self.direct_from = 0;
+    /// Receives directly once the guess reaches `bytes` ([`MIN_GUESS`] unless set here); 0:
+    /// every frame. For tests, fuzz targets and benches, whose frames are small.
+    pub fn set_direct_from(&mut self, bytes: usize) {
+        self.direct_from = bytes;
     }
 
     /// Puts a frame read by [`Datapath::receive_direct`] into the receive batch: the part the

@@ -224,7 +224,7 @@ fn datapath(hdr: usize, incoming: Vec<Vec<u8>>, features: u64) -> (Datapath, Arc
     dp.set_negotiated(Negotiated::from_features(features))
         .unwrap();
     dp.set_zero_copy(!COPYING.with(|c| c.get()));
-    dp.always_direct();
+    dp.set_direct_from(0);
     (dp, host)
 }
 
