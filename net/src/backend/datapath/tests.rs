@@ -309,18 +309,24 @@ fn rx_64k_tso_frame_spreads_over_merged_buffers() {
     rx_chains(&vq, 20, 4096, 0);
     let mut q: Queue = vq.create_queue().unwrap();
     let big = frame(65_000, 3);
-    // GSO TCPv4 with a partial checksum, as a host stack hands it over with offloads on.
+    let h = tcpv4_gso_hdr();
+    let features = MRG | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
+    let (mut dp, _host) = datapath(10, vec![with_hdr(h, &big)], features);
+    dp.process_rx(&mut q, &m).unwrap();
+    let got = merged_frame(&m, &vq, &big, 4096);
+    assert_eq!(&got[..10], &h, "GSO header passed through");
+}
+
+/// GSO TCPv4 (MSS 1448) with a partial checksum, as a host stack hands it over with offloads
+/// on.
+fn tcpv4_gso_hdr() -> [u8; 10] {
     let mut h = [0u8; 10];
     h[0] = 1;
     h[1] = 1;
     h[4..6].copy_from_slice(&1448u16.to_le_bytes());
     h[6..8].copy_from_slice(&34u16.to_le_bytes());
     h[8..10].copy_from_slice(&16u16.to_le_bytes());
-    let features = MRG | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
-    let (mut dp, _host) = datapath(10, vec![with_hdr(h, &big)], features);
-    dp.process_rx(&mut q, &m).unwrap();
-    let got = merged_frame(&m, &vq, &big, 4096);
-    assert_eq!(&got[..10], &h, "GSO header passed through");
+    h
 }
 
 /// The frame `f` as the guest reads it back from consecutive merged buffers of `size` bytes
@@ -1269,12 +1275,7 @@ fn rx_direct_lands_frames_in_place_and_gives_back_unneeded_chains() {
     let vq = MockSplitQueue::create(&m, GuestAddress(0), 64);
     rx_chains(&vq, 40, 4096, 0);
     let mut q: Queue = vq.create_queue().unwrap();
-    let mut gso = [0u8; 10];
-    gso[0] = 1;
-    gso[1] = 1;
-    gso[4..6].copy_from_slice(&1448u16.to_le_bytes());
-    gso[6..8].copy_from_slice(&34u16.to_le_bytes());
-    gso[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let gso = tcpv4_gso_hdr();
     let (big1, big2) = (frame(20_000, 1), frame(20_000, 2));
     let (small1, small2) = (frame(60, 3), frame(60, 4));
     let features = MRG | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
@@ -1398,12 +1399,7 @@ fn rx_direct_starts_with_large_frames() {
     let vq = MockSplitQueue::create(&m, GuestAddress(0), 64);
     rx_chains(&vq, 20, 4096, 0);
     let mut q: Queue = vq.create_queue().unwrap();
-    let mut gso = [0u8; 10];
-    gso[0] = 1;
-    gso[1] = 1;
-    gso[4..6].copy_from_slice(&1448u16.to_le_bytes());
-    gso[6..8].copy_from_slice(&34u16.to_le_bytes());
-    gso[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let gso = tcpv4_gso_hdr();
     let (small, big) = (frame(60, 1), frame(20_000, 2));
     let features = MRG | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
     let incoming = vec![with_hdr([0; 10], &small), with_hdr(gso, &big)];
