@@ -141,8 +141,9 @@ impl Transport for Tap {
         true
     }
 
-    /// A tap hands over one frame per read and cuts one longer than the buffers, saying how
-    /// long it was (as [`TapDev::recv`] counts it, the caller drops it and counts it here).
+    /// A tap hands over one frame per read, and cuts one longer than the buffers while
+    /// returning its whole length: such a frame is counted here (`rx_dropped_truncated`, as
+    /// [`TapDev::recv`] counts it) and dropped by the caller.
     unsafe fn recv_into(&mut self, iovs: &[libc::iovec]) -> Result<Option<usize>, TransportError> {
         let total: usize = iovs.iter().map(|v| v.iov_len).sum();
         // SAFETY: the caller vouches for the iovecs.
