@@ -313,7 +313,7 @@ fn rx_64k_tso_frame_spreads_over_merged_buffers() {
     let features = MRG | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
     let (mut dp, _host) = datapath(10, vec![with_hdr(h, &big)], features);
     dp.process_rx(&mut q, &m).unwrap();
-    let got = merged_frame(&m, &vq, &big, 4096);
+    let got = merged_frame(&m, &vq, 0, &big, 4096);
     assert_eq!(&got[..10], &h, "GSO header passed through");
 }
 
@@ -329,25 +329,39 @@ fn tcpv4_gso_hdr() -> [u8; 10] {
     h
 }
 
-/// The frame `f` as the guest reads it back from consecutive merged buffers of `size` bytes
-/// ([`rx_chains`]): checks the buffers used, `num_buffers` and the frame; returns the bytes.
-fn merged_frame(
+/// The guest's frame `i` read back from `nbufs` consecutive used buffers starting at used
+/// entry (and chain) `first`, each at its chain's address ([`rx_chains`]).
+fn frame_in_chains(
     m: &GuestMemoryMmap,
     vq: &MockSplitQueue<GuestMemoryMmap>,
-    f: &[u8],
-    size: usize,
+    first: usize,
+    nbufs: usize,
 ) -> Vec<u8> {
-    let total = 12 + f.len();
-    let nbufs = total.div_ceil(size);
     let mut got = Vec::new();
-    for i in 0..nbufs {
+    for i in first..first + nbufs {
         let (id, len) = used(vq, i);
-        assert_eq!(id as usize, i);
+        assert_eq!(id as usize, i, "used entry {i}");
         let mut part = vec![0u8; len as usize];
         m.read_slice(&mut part, GuestAddress(DATA + i as u64 * 0x1_0000))
             .unwrap();
         got.extend(part);
     }
+    got
+}
+
+/// The frame `f` as the guest reads it back from consecutive merged buffers of `size` bytes
+/// ([`rx_chains`]), starting at used entry (and chain) `first`: checks the buffers used,
+/// `num_buffers` and the frame; returns the bytes.
+fn merged_frame(
+    m: &GuestMemoryMmap,
+    vq: &MockSplitQueue<GuestMemoryMmap>,
+    first: usize,
+    f: &[u8],
+    size: usize,
+) -> Vec<u8> {
+    let total = 12 + f.len();
+    let nbufs = total.div_ceil(size);
+    let got = frame_in_chains(m, vq, first, nbufs);
     assert_eq!(got.len(), total);
     assert_eq!(
         u16::from_le_bytes([got[10], got[11]]) as usize,
@@ -702,7 +716,7 @@ fn rx_tiny_buffers_get_the_true_num_buffers() {
     let f = frame(60, 7);
     let (mut dp, _host) = datapath(10, vec![with_hdr([0; 10], &f)], MRG);
     assert!(dp.process_rx(&mut q, &m).unwrap());
-    merged_frame(&m, &vq, &f, 4);
+    merged_frame(&m, &vq, 0, &f, 4);
 }
 
 /// A looping receive chain of tiny buffers is refused (not filled round and round), counted,
@@ -1245,26 +1259,6 @@ fn a_head_outside_the_descriptor_table_is_an_empty_chain_both_ways() {
     assert_eq!(load(&s.rx_packets), 2, "the frames around it land");
 }
 
-/// The guest's frame `i` read back from `nbufs` consecutive used buffers starting at used
-/// entry (and chain) `first`, each at its chain's address ([`rx_chains`]).
-fn frame_in_chains(
-    m: &GuestMemoryMmap,
-    vq: &MockSplitQueue<GuestMemoryMmap>,
-    first: usize,
-    nbufs: usize,
-) -> Vec<u8> {
-    let mut got = Vec::new();
-    for i in first..first + nbufs {
-        let (id, len) = used(vq, i);
-        assert_eq!(id as usize, i, "used entry {i}");
-        let mut part = vec![0u8; len as usize];
-        m.read_slice(&mut part, GuestAddress(DATA + i as u64 * 0x1_0000))
-            .unwrap();
-        got.extend(part);
-    }
-    got
-}
-
 /// Straight into the guest's buffers: a frame longer than the chains popped for it (the first
 /// large one) goes through the batch, the next ones land directly, and the chains a small
 /// frame did not need go back to the ring for the next frame.
@@ -1289,10 +1283,8 @@ fn rx_direct_lands_frames_in_place_and_gives_back_unneeded_chains() {
     assert!(dp.process_rx(&mut q, &m).unwrap());
     let nbufs = (12 + 20_000usize).div_ceil(4096);
     for (first, f) in [(0, &big1), (nbufs, &big2)] {
-        let got = frame_in_chains(&m, &vq, first, nbufs);
+        let got = merged_frame(&m, &vq, first, f, 4096);
         assert_eq!(&got[..10], &gso, "GSO header passed through");
-        assert_eq!(u16::from_le_bytes([got[10], got[11]]) as usize, nbufs);
-        assert_eq!(&got[12..], &f[..]);
     }
     for (i, f) in [(2 * nbufs, &small1), (2 * nbufs + 1, &small2)] {
         let got = frame_in_chains(&m, &vq, i, 1);
