@@ -742,32 +742,34 @@ impl Datapath {
             if self.rx_next >= self.rx.count() {
                 self.rx_next = 0;
                 self.next_segment = None;
-                if self.receives_direct() {
-                    self.rx.clear();
-                    match self.receive_direct(queue, mem)? {
-                        direct::Direct::Delivered => {
-                            delivered = true;
-                            rechecked = false;
+                self.rx.clear();
+                let direct = if self.receives_direct() {
+                    Some(self.receive_direct(queue, mem)?)
+                } else {
+                    None
+                };
+                match direct {
+                    Some(direct::Direct::Delivered) => {
+                        delivered = true;
+                        rechecked = false;
+                        continue;
+                    }
+                    Some(direct::Direct::Dropped) => continue,
+                    Some(direct::Direct::Drained) => break,
+                    // The frame is in the batch: delivered below.
+                    Some(direct::Direct::Ejected) => {}
+                    Some(direct::Direct::NoBuffers) => {
+                        if look_again(queue, mem, &mut rechecked) {
                             continue;
                         }
-                        direct::Direct::Dropped => continue,
-                        direct::Direct::Drained => break,
-                        direct::Direct::Short => {
-                            if self.transport.recv(&mut self.rx)? == 0 {
-                                break;
-                            }
-                        }
-                        // The frame is in the batch: delivered below.
-                        direct::Direct::Ejected => {}
-                        direct::Direct::NoBuffers => {
-                            if look_again(queue, mem, &mut rechecked) {
-                                continue;
-                            }
-                            return Ok(delivered && self.must_notify(queue, mem));
+                        return Ok(delivered && self.must_notify(queue, mem));
+                    }
+                    // Through the batch.
+                    None | Some(direct::Direct::Short) => {
+                        if self.transport.recv(&mut self.rx)? == 0 {
+                            break;
                         }
                     }
-                } else if self.transport.recv(&mut self.rx)? == 0 {
-                    break;
                 }
             }
             while self.rx_next < self.rx.count() {
