@@ -65,7 +65,7 @@ pub enum SwapError {
     },
     /// The guest was offered offloads (and may have negotiated them, or may at its next
     /// driver reset) that the new transport cannot carry.
-    #[error("{device}: transport={transport} (gro={gro}) cannot carry what the guest was offered: {missing}; offloads need gro=1 on a transport with a virtio-net header (tap, hybrid, raw)")]
+    #[error("{device}: transport={transport} (gro={gro}) cannot carry what the guest was offered: {missing}; GSO frames into the guest need gro=1, and GUEST_ECN a transport with a virtio-net header (tap, hybrid, raw)")]
     Offloads {
         device: String,
         transport: &'static str,
@@ -403,7 +403,7 @@ impl NetControl {
             source,
         })?;
         let first = &news[0];
-        let can = features::offered(spec.common.gro, first.vnet_hdr_len(), spec.common.queues);
+        let can = features::kept(spec.common.gro, first.vnet_hdr_len(), spec.common.queues);
         let missing = s.offered & !can;
         if missing != 0 {
             return Err(SwapError::Offloads {

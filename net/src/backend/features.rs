@@ -51,8 +51,22 @@ const BASE: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_RING_F_INDIRECT_DESC)
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
-/// Checksum and segmentation offloads, offered with `gro=1` on a transport that carries a
-/// `virtio_net_hdr` (the host side can then take and give partial and GSO frames).
+/// Checksum offloads both ways and TSO from the guest, offered on a transport that carries a
+/// `virtio_net_hdr` whatever `gro` says, as UML's own raw, tap and hybrid do: they turn on
+/// `NETIF_F_TSO`, `HW_CSUM` and `RXCSUM` whenever the host takes the header
+/// (`build_*_transport_data` in `arch/um/drivers/vector_transports.c`), and UML's `gro` only
+/// sizes the receive buffers for 64 KiB frames. The host takes partial and GSO frames through
+/// the header; only what the guest receives stays MTU-sized without `gro=1` (a tap is told
+/// not to hand over GSO frames, `TUNSETOFFLOAD`).
+const SEND_OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_HOST_TSO4)
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+    | bit(VIRTIO_NET_F_HOST_ECN);
+
+/// Checksum and segmentation offloads both ways, offered with `gro=1` on a transport that
+/// carries a `virtio_net_hdr` (the host side can then take and give partial and GSO frames):
+/// [`SEND_OFFLOADS`] and GSO frames into the guest.
 const OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
     | bit(VIRTIO_NET_F_GUEST_CSUM)
     | bit(VIRTIO_NET_F_GUEST_TSO4)
@@ -76,18 +90,33 @@ const SOFTWARE_OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
     | bit(VIRTIO_NET_F_HOST_TSO6)
     | bit(VIRTIO_NET_F_HOST_ECN);
 
-/// The virtio features to offer: offloads by `gro` and the transport's header, and MQ with
+/// The virtio features to offer: offloads by the transport's header and `gro`, and MQ with
 /// more than one queue pair. MQ needs CTRL_VQ, which is not offered: a vhost-user frontend
 /// keeps the control queue itself (QEMU and DPDK do; they tell the backend which pairs the
 /// guest uses with `SET_VRING_ENABLE`).
 pub fn offered(gro: bool, transport_hdr_len: usize, pairs: u16) -> u64 {
     let offloads = match (gro, transport_hdr_len > 0) {
-        (false, _) => 0,
+        (false, true) => SEND_OFFLOADS,
+        (false, false) => 0,
         (true, true) => OFFLOADS,
         (true, false) => SOFTWARE_OFFLOADS,
     };
     let mq = if pairs > 1 { bit(VIRTIO_NET_F_MQ) } else { 0 };
     BASE | offloads | mq
+}
+
+/// The features a NIC first offered on another transport may keep when swapped onto this one
+/// (`net swap`): what this one offers, and without a header also [`SEND_OFFLOADS`]. The
+/// datapath completes partial checksums and segments TSO frames itself for such a transport,
+/// whatever `gro` says, and it never hands the guest a partial frame there; so a NIC that
+/// started on tap or raw without `gro=1` can move to a tunnel, `fd` or `user` and back.
+pub fn kept(gro: bool, transport_hdr_len: usize, pairs: u16) -> u64 {
+    let software = if transport_hdr_len == 0 {
+        SEND_OFFLOADS
+    } else {
+        0
+    };
+    offered(gro, transport_hdr_len, pairs) | software
 }
 
 /// The names of the offload bits in `bits` (for messages).
@@ -194,16 +223,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offloads_need_gro_and_a_header() {
+    fn offloads_follow_the_header_and_gro() {
         assert_eq!(offered(true, 10, 1) & OFFLOADS, OFFLOADS);
-        assert_eq!(offered(false, 10, 1) & OFFLOADS, 0);
         assert_eq!(offered(true, 0, 1) & OFFLOADS, SOFTWARE_OFFLOADS);
         assert_eq!(offered(false, 0, 1) & OFFLOADS, 0);
         assert_eq!(names(OFFLOADS).len(), 8);
+        // Without gro, a header transport still takes what UML's own takes from its guest:
+        // partial checksums and TSO frames; only GSO frames into the guest need gro=1.
         assert_eq!(
-            names(offered(true, 10, 1) & !offered(false, 10, 1))[..2],
-            ["CSUM", "GUEST_CSUM"]
+            names(offered(false, 10, 1) & OFFLOADS),
+            ["CSUM", "GUEST_CSUM", "HOST_TSO4", "HOST_TSO6", "HOST_ECN"]
         );
+        assert_eq!(
+            names(offered(true, 10, 1) & !offered(false, 10, 1)),
+            ["GUEST_TSO4", "GUEST_TSO6", "GUEST_ECN"]
+        );
+    }
+
+    #[test]
+    fn a_swap_keeps_send_offloads_on_any_transport_and_gso_into_the_guest_with_gro() {
+        let tap = offered(false, 10, 1);
+        assert_eq!(
+            tap & !kept(false, 0, 1),
+            0,
+            "tap to a tunnel, neither with gro"
+        );
+        assert_eq!(kept(false, 10, 1), tap);
+        let tap_gro = offered(true, 10, 1);
+        assert_eq!(
+            names(tap_gro & !kept(false, 0, 1)),
+            ["GUEST_TSO4", "GUEST_TSO6", "GUEST_ECN"]
+        );
+        assert_eq!(names(tap_gro & !kept(true, 0, 1)), ["GUEST_ECN"]);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! A tap device descriptor (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`).
 //!
-//! The header is always on: with `gro=0` no offload is set (`TUNSETOFFLOAD` 0), so the kernel
-//! hands us only complete frames and the header stays zero; with `gro=1` the offloads the guest
-//! negotiated are mirrored here. Linux offers no multi-packet I/O on a tap to user space, so
-//! one `read`/`write` per packet.
+//! The header is always on, and the receive offloads the guest negotiated are mirrored here
+//! (`TUNSETOFFLOAD`): with `gro=0` at most partial checksums (GUEST_CSUM), so the kernel
+//! segments GSO frames before they reach us; with `gro=1` GSO frames too. Linux offers no
+//! multi-packet I/O on a tap to user space, so one `read`/`write` per packet.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

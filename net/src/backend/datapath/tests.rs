@@ -839,6 +839,13 @@ fn batches_fit_what_each_direction_carries_within_one_mebibyte() {
     assert_eq!(gather, 38_528);
     assert_eq!(bytes(MRG, &raw), 64 * 1531 + 64 * 1530 + gather);
     assert_eq!(bytes(GSO_BOTH, &raw), 7 * 65_566 + 7 * 65_565 + gather);
+    // What a Linux guest takes from raw or tap without gro=1: TSO from it, MTU frames to it.
+    let send_only = MRG
+        | 1 << VIRTIO_NET_F_CSUM
+        | 1 << VIRTIO_NET_F_GUEST_CSUM
+        | 1 << VIRTIO_NET_F_HOST_TSO4
+        | 1 << VIRTIO_NET_F_HOST_TSO6;
+    assert_eq!(bytes(send_only, &raw), 64 * 1531 + 7 * 65_565 + gather);
     assert_eq!(
         bytes(SOFT_TSO, &gre),
         64 * 1605 + 64 * 1520 + 65_553 + gather
