@@ -63,14 +63,17 @@ Options of every vector transport:
   vec=0|1       multi-packet I/O; vec=0 moves one packet per call          default 1
   mac=MAC       the device's MAC (unicast)                      default: random, locally administered
 tap, hybrid, raw, gre, l2tpv3, bess, fd also:
-  gro=0|1       offloads                                                    default 0
-                tap, hybrid, raw: a virtio_net_hdr on the host side, checksum and TSO offered
-                to the guest both ways and mirrored to the host (TUNSETOFFLOAD,
-                PACKET_VNET_HDR) from what it negotiates; must match the host side's
-                expectations
-                gre, l2tpv3, bess, fd: the guest may send partial checksums and 64 KiB TSO
-                frames, which the backend completes and segments before they leave, and
-                receives consecutive TCP segments of a flow merged into 64 KiB frames
+  gro=0|1       64 KiB GSO frames into the guest                            default 0
+                tap, hybrid, raw: the host side always has a virtio_net_hdr (TUNSETOFFLOAD,
+                PACKET_VNET_HDR), so, as with UML's own, the guest sends partial checksums
+                and 64 KiB TSO frames and takes partial checksums either way; gro=1 adds
+                GSO frames into the guest, mirrored to the host from what it negotiates
+                (without it the kernel segments what it hands a tap, while GSO frames
+                reaching raw and hybrid are dropped and counted: turn tso/gso off there)
+                gre, l2tpv3, bess, fd: with gro=1 the guest may send partial checksums and
+                64 KiB TSO frames, which the backend completes and segments before they
+                leave, and receives consecutive TCP segments of a flow merged into 64 KiB
+                frames
 raw, hybrid also:
   bpffile=PATH  classic BPF program (an array of struct sock_filter, 8 bytes each) attached as
                 the receive filter; a malformed file is refused at start-up
