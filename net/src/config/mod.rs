@@ -132,7 +132,9 @@ pub struct CommonOpts {
     pub mtu: u16,
     /// Bytes reserved before each frame (`headroom`, default 2).
     pub headroom: u16,
-    /// Offloads: a `virtio_net_hdr` on the wire, checksum and TSO (`gro`, default off).
+    /// GSO frames into the guest (`gro`, default off); on a transport without a
+    /// `virtio_net_hdr` also the software send offloads. Partial checksums and TSO from the
+    /// guest on tap, raw and hybrid follow the header, not this (see `backend::features`).
     pub gro: bool,
     /// Multi-packet I/O (`vec`, default on; `vec=0` is one packet per call).
     pub vec: bool,
