@@ -1,8 +1,8 @@
-//! The relay's state machine (`interop::Normaliser`, driven the way `Relay`'s inbound thread
-//! drives it) on a pipelined frontend: several requests before any reply, `SET_VRING_ENABLE`
-//! before and after `SET_FEATURES`, `SET_FEATURES` that acks and un-acks PROTOCOL_FEATURES,
-//! `SET_MEM_TABLE` with any region count and any payload size, huge ring indexes, short
-//! payloads, and a handler that answers whenever the input says so.
+//! The relay's state machine (`interop::Normaliser`, driven the way `Relay`'s thread drives
+//! it with a frontend's messages) on a pipelined frontend: several requests before any reply,
+//! `SET_VRING_ENABLE` before and after `SET_FEATURES`, `SET_FEATURES` that acks and un-acks
+//! PROTOCOL_FEATURES, `SET_MEM_TABLE` with any region count and any payload size, huge ring
+//! indexes, short payloads, and a handler that answers whenever the input says so.
 //!
 //! Every frontend message is accounted for, exactly once: forwarded (byte-exact, except a
 //! `SET_MEM_TABLE` cut to the regions it declares), or held and then either replayed (once,
@@ -86,7 +86,7 @@ struct Model {
 }
 
 impl Model {
-    /// One frontend message through the normaliser, as `Relay`'s inbound thread does it.
+    /// One frontend message through the normaliser, as `Relay`'s thread does it.
     fn send(&mut self, norm: &mut Normaliser, request: u32, flags: u32, payload: Vec<u8>) {
         if self.refused {
             return;

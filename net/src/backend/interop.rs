@@ -321,34 +321,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// State both relay directions share.
+/// How the relay thread ends, and the event it signals when it has.
 struct Shared {
     ending: Mutex<Option<Ending>>,
-    /// One entry per `GET_FEATURES` sent to the handler, in order: `None` for the frontend's
-    /// own, `Some(ack)` for our barrier, whose reply is replaced by that ack.
-    get_features: Mutex<std::collections::VecDeque<Option<Message>>>,
-    /// The request last forwarded to the handler; `u64::MAX` before the first.
-    last_request: std::sync::atomic::AtomicU64,
     done: Option<vmm_sys_util::eventfd::EventFd>,
 }
 
 impl Shared {
     /// Records why the connection ends unless a cause is already recorded.
     fn end(&self, ending: Ending) {
-        let mut e = self.ending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = lock(&self.ending);
         if e.is_none() {
             match &ending {
                 Ending::Closed => log::debug!("vhost-user relay: frontend closed"),
                 other => log::debug!("vhost-user relay: {other:?}"),
             }
             *e = Some(ending);
-        }
-    }
-
-    fn handler_ended(&self) -> Ending {
-        let last = self.last_request.load(std::sync::atomic::Ordering::Relaxed);
-        Ending::Handler {
-            last_request: u32::try_from(last).ok(),
         }
     }
 
@@ -359,22 +347,78 @@ impl Shared {
     }
 }
 
-/// A running relay: two threads, frontend → handler and handler → frontend.
+/// A running relay: one thread carrying both directions (`vu-relay`).
+///
+/// One thread suffices because the handler answers requests one at a time: replies are
+/// forwarded as they come, before the next request is read when both are waiting, so no
+/// more than a few are ever in flight and neither socket's buffer fills while the thread
+/// writes to the other. A frontend that sends half a message, or stops reading its replies,
+/// stalls only its own connection; [`Relay::close`] ends it either way.
 pub struct Relay {
-    threads: Vec<JoinHandle<()>>,
+    thread: Option<JoinHandle<()>>,
     frontend: UnixStream,
     handler: UnixStream,
     shared: Arc<Shared>,
 }
 
-/// The frontend → handler direction: reads, checks, rewrites, forwards, replays.
-fn relay_in(fe: &UnixStream, h: &UnixStream, shared: &Shared, limits: Limits) -> Ending {
-    let mut norm = Normaliser::new(limits);
-    loop {
-        let mut msg = match recv_message(fe) {
+/// The relay's state between messages.
+struct Relaying<'a> {
+    fe: &'a UnixStream,
+    h: &'a UnixStream,
+    norm: Normaliser,
+    /// One entry per `GET_FEATURES` sent to the handler, in order: `None` for the frontend's
+    /// own, `Some(ack)` for our barrier, whose reply is replaced by that ack.
+    get_features: std::collections::VecDeque<Option<Message>>,
+    /// The request last forwarded to the handler (named when the handler ends the connection).
+    last_request: Option<u32>,
+}
+
+impl Relaying<'_> {
+    fn handler_ended(&self) -> Ending {
+        Ending::Handler {
+            last_request: self.last_request,
+        }
+    }
+
+    /// Both directions until either side closes or misbehaves.
+    fn run(&mut self) -> Ending {
+        use std::os::fd::AsRawFd;
+        let mut fds = [self.h.as_raw_fd(), self.fe.as_raw_fd()].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        loop {
+            // SAFETY: `fds` is a live array of pollfd of the length passed.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Ending::Broken(RelayError::Io(e));
+            }
+            // A hang-up or error shows in the read that follows.
+            if fds[0].revents != 0 {
+                if let Err(ending) = self.outbound() {
+                    return ending;
+                }
+            }
+            if fds[1].revents != 0 {
+                if let Err(ending) = self.inbound() {
+                    return ending;
+                }
+            }
+        }
+    }
+
+    /// One frontend message: read, checked, rewritten, forwarded (with any replays), absorbed
+    /// or refused.
+    fn inbound(&mut self) -> Result<(), Ending> {
+        let mut msg = match recv_message(self.fe) {
             Ok(m) => m,
-            Err(RelayError::Closed) => return Ending::Closed,
-            Err(e) => return Ending::Broken(e),
+            Err(RelayError::Closed) => return Err(Ending::Closed),
+            Err(e) => return Err(Ending::Broken(e)),
         };
         log::trace!(
             "frontend: request {} flags {:#x} size {} fds {}",
@@ -383,79 +427,62 @@ fn relay_in(fe: &UnixStream, h: &UnixStream, shared: &Shared, limits: Limits) ->
             msg.payload.len(),
             msg.fds.len()
         );
-        match norm.frontend_message(&mut msg) {
+        match self.norm.frontend_message(&mut msg) {
             Verdict::Forward => {
-                shared
-                    .last_request
-                    .store(u64::from(msg.request), std::sync::atomic::Ordering::Relaxed);
+                self.last_request = Some(msg.request);
                 if msg.request == GET_FEATURES {
-                    // Before sending: the reply may come back before this thread runs again.
-                    lock(&shared.get_features).push_back(None);
+                    self.get_features.push_back(None);
                 }
-                let sent = send_message(h, &msg)
-                    .and_then(|()| norm.replay().iter().try_for_each(|m| send_message(h, m)));
-                if sent.is_err() {
-                    return shared.handler_ended();
-                }
+                let sent = send_message(self.h, &msg).and_then(|()| {
+                    self.norm
+                        .replay()
+                        .iter()
+                        .try_for_each(|m| send_message(self.h, m))
+                });
+                sent.map_err(|_| self.handler_ended())
             }
-            Verdict::Absorb { reply } => {
-                if reply {
-                    let ack = Message {
-                        request: msg.request,
-                        flags: VERSION_1 | REPLY,
-                        payload: 0u64.to_le_bytes().to_vec(),
-                        fds: Vec::new(),
-                    };
-                    let barrier = Message {
-                        request: GET_FEATURES,
-                        flags: VERSION_1,
-                        payload: Vec::new(),
-                        fds: Vec::new(),
-                    };
-                    lock(&shared.get_features).push_back(Some(ack));
-                    if send_message(h, &barrier).is_err() {
-                        return shared.handler_ended();
-                    }
-                }
-            }
-            Verdict::Refuse(reason) => {
-                return Ending::Refused {
+            Verdict::Absorb { reply: false } => Ok(()),
+            Verdict::Absorb { reply: true } => {
+                let ack = Message {
                     request: msg.request,
-                    reason,
-                }
+                    flags: VERSION_1 | REPLY,
+                    payload: 0u64.to_le_bytes().to_vec(),
+                    fds: Vec::new(),
+                };
+                let barrier = Message {
+                    request: GET_FEATURES,
+                    flags: VERSION_1,
+                    payload: Vec::new(),
+                    fds: Vec::new(),
+                };
+                self.get_features.push_back(Some(ack));
+                send_message(self.h, &barrier).map_err(|_| self.handler_ended())
             }
+            Verdict::Refuse(reason) => Err(Ending::Refused {
+                request: msg.request,
+                reason,
+            }),
         }
     }
-}
 
-/// The handler → frontend direction: replies, unchanged.
-fn relay_out(fe_w: &Mutex<UnixStream>, h: &UnixStream, shared: &Shared) -> Ending {
-    loop {
-        let msg = match recv_message(h) {
-            Ok(m) => m,
-            Err(_) => return shared.handler_ended(),
-        };
+    /// One handler reply to the frontend, unchanged but for our barrier's, which becomes the
+    /// ack it stands for.
+    fn outbound(&mut self) -> Result<(), Ending> {
+        let msg = recv_message(self.h).map_err(|_| self.handler_ended())?;
         log::trace!(
             "backend: reply {} flags {:#x} payload {:02x?}",
             msg.request,
             msg.flags,
             &msg.payload[..msg.payload.len().min(16)]
         );
-        // The reply to our barrier becomes the ack it stands for.
         let msg = match msg.request {
-            GET_FEATURES => lock(&shared.get_features)
-                .pop_front()
-                .flatten()
-                .unwrap_or(msg),
+            GET_FEATURES => self.get_features.pop_front().flatten().unwrap_or(msg),
             _ => msg,
         };
-        let w = fe_w.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = send_message(&w, &msg) {
-            return match e {
-                RelayError::Closed => Ending::Closed,
-                e => Ending::Broken(e),
-            };
-        }
+        send_message(self.fe, &msg).map_err(|e| match e {
+            RelayError::Closed => Ending::Closed,
+            e => Ending::Broken(e),
+        })
     }
 }
 
@@ -471,42 +498,28 @@ impl Relay {
     ) -> io::Result<Relay> {
         let shared = Arc::new(Shared {
             ending: Mutex::new(None),
-            get_features: Mutex::default(),
-            last_request: std::sync::atomic::AtomicU64::new(u64::MAX),
             done,
         });
-        let fe_writer = Arc::new(Mutex::new(frontend.try_clone()?));
-        let mut threads = Vec::new();
-        for inbound in [true, false] {
-            let (fe, h, fe_w) = (
-                frontend.try_clone()?,
-                handler.try_clone()?,
-                fe_writer.clone(),
-            );
-            let shared = shared.clone();
-            let name = if inbound {
-                "vu-relay-in"
-            } else {
-                "vu-relay-out"
-            };
-            threads.push(
-                std::thread::Builder::new()
-                    .name(name.into())
-                    .spawn(move || {
-                        let ending = if inbound {
-                            relay_in(&fe, &h, &shared, limits)
-                        } else {
-                            relay_out(&fe_w, &h, &shared)
-                        };
-                        shared.end(ending);
-                        let _ = fe.shutdown(std::net::Shutdown::Both);
-                        let _ = h.shutdown(std::net::Shutdown::Both);
-                        shared.signal_done();
-                    })?,
-            );
-        }
+        let (fe, h) = (frontend.try_clone()?, handler.try_clone()?);
+        let state = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("vu-relay".into())
+            .spawn(move || {
+                let ending = Relaying {
+                    fe: &fe,
+                    h: &h,
+                    norm: Normaliser::new(limits),
+                    get_features: Default::default(),
+                    last_request: None,
+                }
+                .run();
+                state.end(ending);
+                let _ = fe.shutdown(std::net::Shutdown::Both);
+                let _ = h.shutdown(std::net::Shutdown::Both);
+                state.signal_done();
+            })?;
         Ok(Relay {
-            threads,
+            thread: Some(thread),
             frontend,
             handler,
             shared,
@@ -520,13 +533,12 @@ impl Relay {
         let _ = self.handler.shutdown(std::net::Shutdown::Both);
     }
 
-    /// Waits for both directions to end; says how the connection ended.
-    pub fn join(self) -> Ending {
-        for t in self.threads {
+    /// Waits for the relay to end; says how the connection ended.
+    pub fn join(mut self) -> Ending {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let mut e = self.shared.ending.lock().unwrap_or_else(|p| p.into_inner());
-        e.take().unwrap_or(Ending::Closed)
+        lock(&self.shared.ending).take().unwrap_or(Ending::Closed)
     }
 }
 
@@ -669,6 +681,46 @@ mod tests {
         );
         relay.close();
         relay.join();
+    }
+
+    /// One thread carries both directions without wedging: a frontend that pipelines
+    /// thousands of requests (far more than a socket buffer holds) while reading replies on
+    /// another thread gets every reply, in order, from a handler that answers each at once.
+    #[test]
+    fn a_long_pipeline_crosses_both_ways_on_one_thread() {
+        const N: u64 = 20_000;
+        let (frontend, fe_relay) = UnixStream::pair().unwrap();
+        let (h_relay, handler) = UnixStream::pair().unwrap();
+        let relay = Relay::start(fe_relay, h_relay, None, Limits::default()).unwrap();
+        let patience = Some(std::time::Duration::from_secs(10));
+        frontend.set_read_timeout(patience).unwrap();
+        handler.set_read_timeout(patience).unwrap();
+        let answering = std::thread::spawn(move || {
+            for i in 0..N {
+                let m = recv_message(&handler).unwrap();
+                assert_eq!(m.request, GET_FEATURES);
+                let reply = Message::new(GET_FEATURES, VERSION_1 | REPLY, i.to_le_bytes().into());
+                send_message(&handler, &reply).unwrap();
+            }
+            handler
+        });
+        let writer = frontend.try_clone().unwrap();
+        let sending = std::thread::spawn(move || {
+            for _ in 0..N {
+                send_message(&writer, &Message::new(GET_FEATURES, VERSION_1, vec![])).unwrap();
+            }
+        });
+        for i in 0..N {
+            let m = recv_message(&frontend).unwrap();
+            assert_eq!(
+                (m.request, m.payload),
+                (GET_FEATURES, i.to_le_bytes().to_vec())
+            );
+        }
+        sending.join().unwrap();
+        let _handler = answering.join().unwrap();
+        relay.close();
+        assert!(matches!(relay.join(), Ending::Closed));
     }
 
     /// The normaliser on pseudo-random message sequences: no panic, bounded state, payloads

@@ -19,12 +19,11 @@
 //! - [`ThreadKind::Handler`] (the vhost-user protocol thread): at the first message after
 //!   arming that reaches the device (every frontend starts with GET_FEATURES);
 //! - [`ThreadKind::Worker`] (the datapath): at its first event after arming;
-//! - [`ThreadKind::Relay`] (the two threads between a frontend and the handler): before each
+//! - [`ThreadKind::Relay`] (the thread between a frontend and the handler): before each
 //!   message it reads.
 //!
-//! A relay thread blocked in a read since before arming confines itself once that read
-//! returns (in `vmm`, the handler-to-frontend relay sees no reply until the guest's driver
-//! asks for one).
+//! A relay thread waiting since before arming confines itself at the next message it reads
+//! (the frontend's or the handler's).
 //!
 //! Some calls are allowed only with given arguments ([`ThreadKind::conditional`]): the
 //! handler's `ioctl` (`TUNSETOFFLOAD`, `FIONBIO`) and `rt_sigaction` (SIGBUS), the worker's
