@@ -5,7 +5,8 @@
 #   ours-ours  both guests on virtio_uml + our backend (what a deployment of ours looks like).
 #   resources/bench/tunnels.sh [SECONDS]     (default 10; root; after resources/setup.sh)
 # Endpoints 127.0.0.1 and 127.0.0.2 on the loopback of a fresh namespace.
-# Env: PAIRINGS="uml-uml uml-ours ours-ours" runs only the pairings named.
+# Env: PAIRINGS="uml-uml uml-ours ours-ours" runs only the pairings named; TUNNELS="gre l2tpv3"
+# only the tunnels named.
 # OURS_OPTS="gro=0 gro=1": each word is appended to our backends' specs in turn, so one
 # run measures ours without offloads (each 1500-byte frame crosses vhost-user) and with them
 # (the sending guest hands over 64 KiB TSO frames that its backend segments; the receiving
@@ -106,7 +107,7 @@ a[gre]="vec0:transport=gre,src=127.0.0.1,dst=127.0.0.2,rx_key=1,tx_key=2,sequenc
 b[gre]="vec0:transport=gre,src=127.0.0.2,dst=127.0.0.1,rx_key=2,tx_key=1,sequence=1"
 a[l2tpv3]="vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1706,dst=127.0.0.2,dstport=1707,rx_session=1,tx_session=2,rx_cookie=3,tx_cookie=4,counter=1"
 b[l2tpv3]="vec0:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1707,dst=127.0.0.1,dstport=1706,rx_session=2,tx_session=1,rx_cookie=4,tx_cookie=3,counter=1"
-for t in gre l2tpv3; do
+for t in ${TUNNELS:-gre l2tpv3}; do
     wanted uml-uml && measure "${a[$t]}" uml "${b[$t]}" uml "$work/uml.$t"
     for o in ${OURS_OPTS:-gro=0 gro=1}; do
         wanted uml-ours && measure "${a[$t]}" uml "${b[$t]},$o" ours "$work/uo.$t.$o"

@@ -517,6 +517,11 @@ fn internet_sum(b: &[u8]) -> u16 {
 #[test]
 fn tshark_decodes_our_l2tpv3_udp_session_cookie_and_frame() {
     let ns = tunnel_ns();
+    // The 1514- and 60-byte frames leave as one UDP GSO message. Loopback would pass it to
+    // the capture whole; without its UDP segmentation the kernel segments it first, as a
+    // NIC does before the wire, so tshark sees the datagrams a peer receives.
+    let (ok, out) = ns.run("ethtool", &["-K", "lo", "tx-udp-segmentation", "off"]);
+    assert!(ok, "ethtool: {out}");
     let mut t = open_in(
         &ns,
         &["vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1701,dst=127.0.0.2,dstport=1701,rx_session=1,tx_session=0xabcd,rx_cookie=1,tx_cookie=0xcafef00d"],
@@ -548,6 +553,7 @@ fn tshark_decodes_our_l2tpv3_udp_session_cookie_and_frame() {
         ],
     );
     assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(t[0].stats().tx_udp_gso_datagrams, 2, "{:?}", t[0].stats());
     for line in &lines {
         let f: Vec<&str> = line.split('\t').collect();
         assert_eq!(f.len(), 4, "{line}");
@@ -556,6 +562,64 @@ fn tshark_decodes_our_l2tpv3_udp_session_cookie_and_frame() {
         assert_eq!(inner(f[2]), mac(A_MAC), "{line}");
         assert_eq!(inner(f[3]), mac(B_MAC), "{line}");
     }
+}
+
+/// Runs of datagrams of one length (the last may be shorter) leave an l2tpv3 `udp=1` tunnel as
+/// UDP GSO messages, and a plain UDP socket at the far end receives each datagram as it would
+/// have been sent alone: its own header, counter in sequence, the frame byte-exact, in order.
+#[test]
+fn l2tpv3_udp_runs_leave_as_udp_gso_and_arrive_datagram_by_datagram() {
+    let ns = tunnel_ns();
+    assert_eq!(l2tpv3_udp_runs(&ns), 52);
+}
+
+/// A route whose MTU is below the datagrams (loopback at 1500: a 1514-byte frame makes a
+/// 1562-byte datagram, which IP must fragment) refuses UDP GSO; the tunnel then sends datagram
+/// by datagram, and the far end still gets every one, byte-exact.
+#[test]
+fn a_route_that_refuses_udp_gso_gets_the_datagrams_one_by_one() {
+    let ns = tunnel_ns();
+    ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    assert_eq!(l2tpv3_udp_runs(&ns), 0);
+}
+
+/// Sends two runs over l2tpv3 `udp=1` to a plain UDP socket in `ns`, checks every datagram,
+/// and returns how many left in UDP GSO messages.
+fn l2tpv3_udp_runs(ns: &NetNs) -> u64 {
+    let peer = ns.enter(|| std::net::UdpSocket::bind("127.0.0.2:1702").expect("bind the peer"));
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut t = open_in(
+        ns,
+        &["vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1701,dst=127.0.0.2,dstport=1702,rx_session=5,tx_session=6,rx_cookie=1,tx_cookie=0x1112131415161718,cookie64=1,counter=1"],
+    );
+    // Two runs: 40 of 1514 bytes closed by one of 700, 10 of 1000 closed by one of 60.
+    let mut sent = Vec::new();
+    for (count, len) in [(40, 1514), (1, 700), (10, 1000), (1, 60)] {
+        for _ in 0..count {
+            sent.push(test_frame(len, A_MAC, B_MAC, sent.len() as u8));
+        }
+    }
+    send(t[0].as_mut(), &sent);
+    let mut buf = vec![0u8; 65_536];
+    for (i, frame) in sent.iter().enumerate() {
+        let n = peer
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram {i} of {}: {e}", sent.len()));
+        // RFC 3931 over UDP: a data message (T 0, version 3), session 6, cookie, counter.
+        let mut want = vec![0, 3, 0, 0, 0, 0, 0, 6];
+        want.extend_from_slice(&0x1112_1314_1516_1718u64.to_be_bytes());
+        want.extend_from_slice(&(i as u32 + 1).to_be_bytes());
+        want.extend_from_slice(frame);
+        assert!(
+            buf[..n] == want[..],
+            "datagram {i}: {n} bytes, not the {} sent; header {:02x?}",
+            want.len(),
+            &buf[..20.min(n)]
+        );
+    }
+    let stats = t[0].stats();
+    assert_eq!(stats.tx_dropped, 0, "{stats:?}");
+    stats.tx_udp_gso_datagrams
 }
 
 #[test]

@@ -685,6 +685,7 @@ fn transport_counters(t: &TransportStats) -> Vec<(&'static str, u64)> {
         peer_hung_up,
         tx_dropped_peer_gone,
         rx_dropped_backlog,
+        tx_udp_gso_datagrams,
     } = *t;
     let HeaderDrops {
         truncated,
@@ -724,6 +725,7 @@ fn transport_counters(t: &TransportStats) -> Vec<(&'static str, u64)> {
         ("transport_peer_hung_up", peer_hung_up),
         ("transport_tx_dropped_peer_gone", tx_dropped_peer_gone),
         ("transport_rx_dropped_backlog", rx_dropped_backlog),
+        ("transport_tx_udp_gso_datagrams", tx_udp_gso_datagrams),
     ]
 }
 

@@ -8,6 +8,15 @@
 //! writing the header into the headroom in front of the frame, would need the batch mutable and
 //! every frame to start at `headroom`).
 //!
+//! On a UDP socket (l2tpv3 with `udp=1`, mcast, ucast) consecutive datagrams of one length (the
+//! last of a run may be shorter) go as one message with `UDP_SEGMENT` (UDP GSO, Linux 4.18):
+//! the kernel builds the run's datagrams from one pass through its UDP and IP layers instead of
+//! one pass each. The segments of a guest's TSO frame are such a run, 45 datagrams of a 64 KiB
+//! frame at MTU 1500. The datagrams on the wire are the same, headers and all (each one's
+//! tunnel header is still its own iovec). A kernel or route that refuses it (`EINVAL`,
+//! `EMSGSIZE`, `EIO`: datagrams over the path's MTU, a device without checksum offload) turns
+//! it off for the transport, once, with a warning, and the run goes datagram by datagram.
+//!
 //! Receive lands each datagram at the start of its buffer, decodes it in place and moves the
 //! inner frame to the buffer start (`copy_within`; at most 64 bytes of headers are skipped, so
 //! the move is a short overlapping copy of the frame, cheaper than a second buffer).
@@ -28,6 +37,15 @@ use super::{
 
 /// Longest tunnel header we send: L2TPv3 over UDP with a 64-bit cookie and a counter is 20.
 const MAX_HEADER: usize = 24;
+
+/// Most datagrams in one UDP GSO message: the kernel's `UDP_MAX_SEGMENTS`, 64 where it was
+/// introduced (newer kernels allow more).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most payload bytes in one UDP GSO message: an IPv4 datagram's 65,535 less its IP and UDP
+/// headers (IPv6's limit is higher).
+const GSO_MAX_BYTES: usize = 65_535 - 20 - 8;
+/// Most iovecs in one message (`UIO_MAXIOV`).
+const MAX_IOVS: usize = 1024;
 
 /// Received datagrams dropped for their tunnel header, one counter per
 /// [`WireError`] variant (named as [`WireError::reason`] names them).
@@ -140,10 +158,29 @@ struct MsgVec {
     hdrs: Vec<libc::mmsghdr>,
     /// Never resized: room for three pieces a message, and one frame of the most pieces.
     iovs: Vec<libc::iovec>,
-    /// Each message's first iovec and count, while a send is being prepared.
-    spans: Vec<(usize, usize)>,
+    /// Each frame's first iovec, iovec count and bytes (header included), while a send is
+    /// being prepared.
+    spans: Vec<(usize, usize, usize)>,
+    /// Frames in each message of the send being prepared (more than one: a UDP GSO run).
+    runs: Vec<usize>,
+    /// Each message's control buffer: a `UDP_SEGMENT` cmsg for a GSO run.
+    ctrls: Vec<[u64; 4]>,
     names: Vec<libc::sockaddr_storage>,
     heads: Vec<[u8; MAX_HEADER]>,
+}
+
+/// What [`MsgVec::send`] did, in frames (a GSO message carries several).
+struct Sent {
+    /// Frames headers were written for.
+    offered: usize,
+    /// Frames in the first message: what an error concerns.
+    first: usize,
+    /// Whether the first message was a UDP GSO run.
+    first_gso: bool,
+    /// Frames the kernel took.
+    result: io::Result<usize>,
+    /// Of those, the frames that went in GSO runs.
+    gso: usize,
 }
 
 // SAFETY: the raw pointers inside point only into this struct's own vectors and into the batch
@@ -166,6 +203,8 @@ impl MsgVec {
             hdrs: vec![zero_hdr; depth],
             iovs: vec![iov; 3 * depth + 1 + MAX_FRAME_PIECES],
             spans: Vec::with_capacity(depth),
+            runs: Vec::with_capacity(depth),
+            ctrls: vec![[0; 4]; depth],
             names: vec![zero_name; depth],
             heads: vec![[0; MAX_HEADER]; depth],
         }
@@ -209,8 +248,8 @@ impl MsgVec {
     }
 
     /// Sends the frames from `start`, each behind a header `encap` writes, to `dest` (or the
-    /// connected peer): as many as the iovecs hold. Returns (messages offered, messages the
-    /// kernel took).
+    /// connected peer): as many as the iovecs hold; with `gso`, runs of datagrams of one
+    /// length as one message each (see the module's doc).
     fn send<E: Encap, F: Frames + ?Sized>(
         &mut self,
         fd: RawFd,
@@ -218,7 +257,8 @@ impl MsgVec {
         start: usize,
         dest: Option<&SockAddr>,
         encap: &mut E,
-    ) -> (usize, io::Result<usize>) {
+        gso: bool,
+    ) -> Sent {
         let max = frames.count().saturating_sub(start).min(self.hdrs.len());
         let with_header = usize::from(encap.header_len() > 0);
         // The pointers into `iovs` are taken once it is no longer written to.
@@ -235,7 +275,13 @@ impl MsgVec {
                 if n == 0 {
                     // More pieces than any message may have (never from the datapath, which
                     // copies such chains): refused like an oversized frame.
-                    return (1, Err(io::Error::from_raw_os_error(libc::EMSGSIZE)));
+                    return Sent {
+                        offered: 1,
+                        first: 1,
+                        first_gso: false,
+                        result: Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
+                        gso: 0,
+                    };
                 }
                 break;
             }
@@ -252,27 +298,130 @@ impl MsgVec {
             let pieces = unsafe { std::slice::from_raw_parts(iov, k) };
             self.iovs[used..used + k].copy_from_slice(pieces);
             used += k;
-            self.spans.push((first, used - first));
+            let bytes = self.iovs[first..used].iter().map(|v| v.iov_len).sum();
+            self.spans.push((first, used - first, bytes));
             n += 1;
         }
         if n == 0 {
-            return (0, Ok(0));
+            return Sent {
+                offered: 0,
+                first: 0,
+                first_gso: false,
+                result: Ok(0),
+                gso: 0,
+            };
+        }
+        self.runs.clear();
+        let mut i = 0;
+        while i < n {
+            let k = if gso { gso_run(&self.spans[i..n]) } else { 1 };
+            self.runs.push(k);
+            i += k;
         }
         let base = self.iovs.as_mut_ptr();
-        for (h, &(first, len)) in self.hdrs.iter_mut().zip(&self.spans) {
-            let (name, namelen) = match dest {
-                Some(a) => (a.as_ptr().cast_mut(), a.len()),
-                None => (std::ptr::null_mut(), 0),
-            };
-            // `first + len` is within `iovs`: checked above.
-            prepare_msghdr(h, name.cast(), namelen, base.wrapping_add(first), len);
+        let (name, namelen) = match dest {
+            Some(a) => (a.as_ptr().cast_mut(), a.len()),
+            None => (std::ptr::null_mut(), 0),
+        };
+        let mut i = 0;
+        for (m, &k) in self.runs.iter().enumerate() {
+            let (first, _, size) = self.spans[i];
+            let (last, last_len, _) = self.spans[i + k - 1];
+            let h = &mut self.hdrs[m];
+            // `last + last_len` is within `iovs`: checked above.
+            prepare_msghdr(
+                h,
+                name.cast(),
+                namelen,
+                base.wrapping_add(first),
+                last + last_len - first,
+            );
+            if k > 1 {
+                // A run is at most 64 datagrams of at most 64 KiB together: `size` fits.
+                set_udp_segment(h, &mut self.ctrls[m], size as u16);
+            }
+            i += k;
         }
-        // SAFETY: the first `n` headers point at live iovecs in this struct describing its
-        // header buffers and the frames' bytes (read-only for the kernel, live for the call
-        // as `Frames` vouches), and at `dest`, which outlives the call.
-        let r = unsafe { sendmmsg_nonblocking(fd, &mut self.hdrs[..n]) };
-        (n, r)
+        let messages = self.runs.len();
+        // SAFETY: the first `messages` headers point at live iovecs in this struct describing
+        // its header buffers and the frames' bytes (read-only for the kernel, live for the call
+        // as `Frames` vouches), at control buffers in this struct holding one complete cmsg
+        // with its true length, and at `dest`, which outlives the call.
+        let r = unsafe { sendmmsg_nonblocking(fd, &mut self.hdrs[..messages]) };
+        let gso = match &r {
+            Ok(m) => self.runs[..*m].iter().filter(|&&k| k > 1).sum(),
+            Err(_) => 0,
+        };
+        Sent {
+            offered: n,
+            first: self.runs[0],
+            first_gso: self.runs[0] > 1,
+            result: r.map(|m| self.runs[..m].iter().sum()),
+            gso,
+        }
     }
+}
+
+/// How many of `spans` (frames: first iovec, iovec count, bytes) from the first go as one UDP
+/// GSO message: those of the first's length, then at most one shorter, within the kernel's
+/// limits on segments, bytes and iovecs.
+fn gso_run(spans: &[(usize, usize, usize)]) -> usize {
+    let Some(&(_, mut iovs, size)) = spans.first() else {
+        return 0;
+    };
+    if size == 0 {
+        return 1;
+    }
+    let mut k = 1;
+    let mut bytes = size;
+    for &(_, count, len) in &spans[1..] {
+        if len > size
+            || len == 0
+            || k == GSO_MAX_SEGMENTS
+            || bytes + len > GSO_MAX_BYTES
+            || iovs + count > MAX_IOVS
+        {
+            break;
+        }
+        k += 1;
+        bytes += len;
+        iovs += count;
+        if len < size {
+            break;
+        }
+    }
+    k
+}
+
+/// Points `h` at `ctrl`, filled with one `UDP_SEGMENT` cmsg of `size`.
+fn set_udp_segment(h: &mut libc::mmsghdr, ctrl: &mut [u64; 4], size: u16) {
+    let m = &mut h.msg_hdr;
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+    debug_assert!(space <= std::mem::size_of_val(ctrl));
+    *ctrl = [0; 4];
+    m.msg_control = ctrl.as_mut_ptr().cast();
+    m.msg_controllen = space;
+    // SAFETY: `m` points at `ctrl`, 8-byte aligned and at least `space` bytes, so the first
+    // header CMSG_FIRSTHDR yields and its data (CMSG_DATA, two bytes) lie within it; the
+    // data is written unaligned.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(m);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
+    }
+}
+
+/// Errors with which a kernel or route refuses a UDP GSO message where the same datagrams one
+/// by one may pass: no GSO in the kernel, a device without checksum offload (`EIO`), datagrams
+/// longer than the path's MTU, which only IP fragmentation can carry (`EINVAL` or `EMSGSIZE`).
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EIO | libc::EMSGSIZE | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+    )
 }
 
 /// Errors on send that concern one packet (too big for the path, the peer unreachable or
@@ -339,6 +488,8 @@ pub struct Tunnel<E: Encap> {
     io: MsgVec,
     /// Header scratch for replaying the encoder after a partial send.
     scratch: [u8; MAX_HEADER],
+    /// Runs of equal datagrams go as one UDP GSO message (a UDP socket, until refused).
+    udp_gso: bool,
     stats: TransportStats,
 }
 
@@ -380,8 +531,19 @@ impl<E: Encap> Tunnel<E> {
             encap,
             io: MsgVec::new(depth),
             scratch: [0; MAX_HEADER],
+            udp_gso: false,
             stats: TransportStats::default(),
         }
+        .with_udp_gso()
+    }
+
+    /// Turns UDP GSO on for a UDP send socket.
+    fn with_udp_gso(mut self) -> Self {
+        let fd = self.tx_raw();
+        let is = |name, want| sys::getsockopt_int(fd, libc::SOL_SOCKET, name).ok() == Some(want);
+        self.udp_gso =
+            is(libc::SO_TYPE, libc::SOCK_DGRAM) && is(libc::SO_PROTOCOL, libc::IPPROTO_UDP);
+        self
     }
 
     fn tx_raw(&self) -> RawFd {
@@ -471,16 +633,32 @@ impl<E: Encap> Tunnel<E> {
                 return Ok(batch.count());
             }
             let before = self.encap.clone();
-            let (offered, r) = self
-                .io
-                .send(fd, batch, done, self.dest.as_ref(), &mut self.encap);
+            let sent = self.io.send(
+                fd,
+                batch,
+                done,
+                self.dest.as_ref(),
+                &mut self.encap,
+                self.udp_gso,
+            );
+            let offered = sent.offered;
+            self.stats.tx_udp_gso_datagrams += sent.gso as u64;
             // Headers were written for every offered packet; replay the encoder for those the
             // kernel took (or dropped) so the next header carries the next number.
-            let taken = match r {
+            let taken = match sent.result {
                 Ok(n) => n,
+                Err(e) if sent.first_gso && gso_refused(&e) => {
+                    log::warn!(
+                        "{}: UDP GSO refused ({e}): sending datagram by datagram",
+                        self.name
+                    );
+                    self.udp_gso = false;
+                    self.encap = before;
+                    continue;
+                }
                 Err(e) if drop_on_send(&e) => {
-                    self.stats.tx_dropped += 1;
-                    1
+                    self.stats.tx_dropped += sent.first as u64;
+                    sent.first
                 }
                 Err(e) if sys::peer_gone(&e) => {
                     self.encap = before;
