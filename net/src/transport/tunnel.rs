@@ -754,3 +754,53 @@ impl<E: Encap> Transport for Tunnel<E> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames of these lengths, each of `iovs` iovecs, as `MsgVec::send` lays them out.
+    fn spans(lens: &[usize], iovs: usize) -> Vec<(usize, usize, usize)> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &len)| (i * iovs, iovs, len))
+            .collect()
+    }
+
+    #[test]
+    fn a_gso_run_is_one_length_then_at_most_one_shorter() {
+        let mut lens = vec![1000; 10];
+        lens.extend([700, 1000, 1000]);
+        assert_eq!(gso_run(&spans(&lens, 2)), 11);
+        assert_eq!(
+            gso_run(&spans(&[1000, 1001, 1000], 2)),
+            1,
+            "a longer one ends it"
+        );
+        assert_eq!(
+            gso_run(&spans(&[60, 60, 0, 60], 2)),
+            2,
+            "an empty one is never in a run"
+        );
+        assert_eq!(gso_run(&spans(&[0, 0], 2)), 1);
+        assert_eq!(gso_run(&spans(&[1514], 2)), 1);
+        assert_eq!(gso_run(&[]), 0);
+    }
+
+    #[test]
+    fn a_gso_run_stays_within_the_kernels_limits() {
+        // Segments: 64.
+        assert_eq!(gso_run(&spans(&[60; 100], 2)), GSO_MAX_SEGMENTS);
+        // Bytes: 42 datagrams of 1534 bytes fit in 65,507, 43 do not.
+        assert_eq!(gso_run(&spans(&[1534; 60], 2)), 42);
+        assert!(42 * 1534 <= GSO_MAX_BYTES && 43 * 1534 > GSO_MAX_BYTES);
+        // Iovecs: 34 frames of 30 pieces fit in 1024, 35 do not.
+        assert_eq!(gso_run(&spans(&[200; 60], 30)), 34);
+        // A shorter last one joins if it fits, and not if it does not.
+        let mut lens = vec![1534; 42];
+        lens.push(100);
+        assert_eq!(gso_run(&spans(&lens, 2)), 43);
+        lens[42] = 1500;
+        assert_eq!(gso_run(&spans(&lens, 2)), 42);
+    }
+}
