@@ -290,6 +290,34 @@ fn control_verbs_seen_by_a_real_linux_guest() {
     if !kvm_usable() {
         return;
     }
+    // Under PVM the guest's busybox sometimes dies as it starts a step's `ping` (a static
+    // binary reading a zero where its TLS initializer should be, `segfault at 0 ... in
+    // busybox`): seen on 2026-12-03 at 1 in 6 to 6 in 8 runs on one machine, with this code
+    // and with the code of 0652fc9 alike, and in no CI run before. Only that guest crash, and
+    // only once, is run again; anything else fails at once, and so does a second crash.
+    let first = std::panic::catch_unwind(control_verbs_once);
+    if let Err(cause) = first {
+        let text = cause
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| cause.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        let crash = text
+            .lines()
+            .find(|l| l.contains("segfault at ") && l.contains(" in busybox["));
+        match crash {
+            Some(line) => {
+                say(&format!(
+                    "RETRY: the guest's busybox crashed ({line}); once more"
+                ));
+                control_verbs_once();
+            }
+            None => std::panic::resume_unwind(cause),
+        }
+    }
+}
+
+fn control_verbs_once() {
     let (a, b) = unique_subnet();
     let (peer, guest_ip) = (format!("10.{a}.{b}.1"), format!("10.{a}.{b}.2"));
     // The VMM's namespace holds the tap (its host side is the peer) and one end of a veth pair
