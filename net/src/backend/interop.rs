@@ -355,7 +355,7 @@ impl Shared {
 /// writes to the other. A frontend that sends half a message, or stops reading its replies,
 /// stalls only its own connection; [`Relay::close`] ends it either way.
 pub struct Relay {
-    thread: Option<JoinHandle<()>>,
+    thread: JoinHandle<()>,
     frontend: UnixStream,
     handler: UnixStream,
     shared: Arc<Shared>,
@@ -380,34 +380,23 @@ impl Relaying<'_> {
         }
     }
 
-    /// Both directions until either side closes or misbehaves.
+    /// Both directions until either side closes or misbehaves: one message at a time, the
+    /// handler's first when both are readable (a hang-up or error shows in the read).
     fn run(&mut self) -> Ending {
         use std::os::fd::AsRawFd;
-        let mut fds = [self.h.as_raw_fd(), self.fe.as_raw_fd()].map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
+        let h = self.h.as_raw_fd();
+        let fds = [h, self.fe.as_raw_fd()];
         loop {
-            // SAFETY: `fds` is a live array of pollfd of the length passed.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Ending::Broken(RelayError::Io(e));
-            }
-            // A hang-up or error shows in the read that follows.
-            if fds[0].revents != 0 {
-                if let Err(ending) = self.outbound() {
-                    return ending;
-                }
-            }
-            if fds[1].revents != 0 {
-                if let Err(ending) = self.inbound() {
-                    return ending;
-                }
+            let Some(ready) = super::server::wait_any(&fds) else {
+                continue;
+            };
+            let step = if ready == h {
+                self.outbound()
+            } else {
+                self.inbound()
+            };
+            if let Err(ending) = step {
+                return ending;
             }
         }
     }
@@ -519,7 +508,7 @@ impl Relay {
                 state.signal_done();
             })?;
         Ok(Relay {
-            thread: Some(thread),
+            thread,
             frontend,
             handler,
             shared,
@@ -534,10 +523,8 @@ impl Relay {
     }
 
     /// Waits for the relay to end; says how the connection ended.
-    pub fn join(mut self) -> Ending {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn join(self) -> Ending {
+        let _ = self.thread.join();
         lock(&self.shared.ending).take().unwrap_or(Ending::Closed)
     }
 }

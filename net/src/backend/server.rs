@@ -376,8 +376,9 @@ fn bind(socket: &Path) -> Result<UnixListener, BackendError> {
     })
 }
 
-/// Polls the descriptors; returns the first readable one, `None` if interrupted.
-fn wait_any(fds: &[RawFd]) -> Option<RawFd> {
+/// Polls the descriptors; returns the first readable one (in `fds`' order), `None` if
+/// interrupted. The relay's loop uses it too.
+pub(super) fn wait_any(fds: &[RawFd]) -> Option<RawFd> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
