@@ -173,10 +173,8 @@ struct MsgVec {
 struct Sent {
     /// Frames headers were written for.
     offered: usize,
-    /// Frames in the first message: what an error concerns.
+    /// Frames in the first message: what an error concerns (more than one: a UDP GSO run).
     first: usize,
-    /// Whether the first message was a UDP GSO run.
-    first_gso: bool,
     /// Frames the kernel took.
     result: io::Result<usize>,
     /// Of those, the frames that went in GSO runs.
@@ -278,7 +276,6 @@ impl MsgVec {
                     return Sent {
                         offered: 1,
                         first: 1,
-                        first_gso: false,
                         result: Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
                         gso: 0,
                     };
@@ -306,7 +303,6 @@ impl MsgVec {
             return Sent {
                 offered: 0,
                 first: 0,
-                first_gso: false,
                 result: Ok(0),
                 gso: 0,
             };
@@ -355,7 +351,6 @@ impl MsgVec {
         Sent {
             offered: n,
             first: self.runs[0],
-            first_gso: self.runs[0] > 1,
             result: r.map(|m| self.runs[..m].iter().sum()),
             gso,
         }
@@ -647,7 +642,7 @@ impl<E: Encap> Tunnel<E> {
             // kernel took (or dropped) so the next header carries the next number.
             let taken = match sent.result {
                 Ok(n) => n,
-                Err(e) if sent.first_gso && gso_refused(&e) => {
+                Err(e) if sent.first > 1 && gso_refused(&e) => {
                     log::warn!(
                         "{}: UDP GSO refused ({e}): sending datagram by datagram",
                         self.name
