@@ -39,6 +39,7 @@ use super::capture::CaptureTap;
 use super::coalesce;
 use super::features::{Negotiated, GUEST_HDR_LEN, NUM_BUFFERS_OFFSET};
 use super::segment;
+use super::used::UsedRing;
 use crate::transport::vnet::{self, VnetHdr};
 use crate::transport::wire::ETH_HLEN;
 use crate::transport::{
@@ -514,6 +515,10 @@ pub struct Datapath {
     hdr_pieces: Vec<(GuestAddress, usize)>,
     /// Chains used by the frame being received (head, bytes written). Capacity kept.
     used: Vec<(u16, u32)>,
+    /// The receive and transmit queues' used rings: every chain goes back through them
+    /// (a received frame's chains at once, see [`super::used`]).
+    rx_ring: UsedRing,
+    tx_ring: UsedRing,
     /// How many bytes of frame a direct receive expects (see [`direct`]): the largest frame
     /// lately, forgotten by a sixteenth per frame.
     rx_guess: usize,
@@ -555,6 +560,8 @@ impl Datapath {
             max_tx_frame: max_tx_frame(mtu, &negotiated),
             hdr_pieces: Vec::with_capacity(64),
             used: Vec::with_capacity(64),
+            rx_ring: UsedRing::default(),
+            tx_ring: UsedRing::default(),
             rx_guess: usize::from(mtu) + ETH_HLEN,
             gather: None,
             direct_from: direct::MIN_GUESS,
@@ -693,6 +700,8 @@ impl Datapath {
         self.rx_next = 0;
         self.tx.clear();
         self.tx_blocked = false;
+        self.rx_ring.reset();
+        self.tx_ring.reset();
         self.negotiated = Negotiated::default();
         self.max_tx_frame = max_tx_frame(self.mtu, &self.negotiated);
         // Back to the buffers a device without offloads needs (nothing waits now).
@@ -762,7 +771,7 @@ impl Datapath {
                         if look_again(queue, mem, &mut rechecked) {
                             continue;
                         }
-                        return Ok(delivered && self.must_notify(queue, mem));
+                        return Ok(delivered && self.rx_ring.needs_notification(queue, mem));
                     }
                     // Through the batch.
                     None | Some(direct::Direct::Short) => {
@@ -794,16 +803,12 @@ impl Datapath {
                         if look_again(queue, mem, &mut rechecked) {
                             continue;
                         }
-                        return Ok(delivered && self.must_notify(queue, mem));
+                        return Ok(delivered && self.rx_ring.needs_notification(queue, mem));
                     }
                 }
             }
         }
-        Ok(delivered && self.must_notify(queue, mem))
-    }
-
-    fn must_notify(&self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        queue.needs_notification(mem).unwrap_or(true)
+        Ok(delivered && self.rx_ring.needs_notification(queue, mem))
     }
 
     /// Writes frame `index` of the receive batch into the guest's buffers: the header the
@@ -837,6 +842,7 @@ impl Datapath {
         let chains = RxChains {
             hdr_pieces: &mut self.hdr_pieces,
             used: &mut self.used,
+            ring: &mut self.rx_ring,
         };
         let landed = chains.land(queue, mem, &[hdr, frame], &n, stats);
         if let (Delivery::Delivered, Some(tap)) = (&landed, &mut self.capture) {
@@ -930,6 +936,7 @@ impl Datapath {
         let chains = RxChains {
             hdr_pieces: &mut self.hdr_pieces,
             used: &mut self.used,
+            ring: &mut self.rx_ring,
         };
         let landed = chains.land(queue, mem, &pieces[..2 + count], &n, stats);
         if let Delivery::Delivered = landed {
@@ -986,7 +993,7 @@ impl Datapath {
                     queue.go_to_previous_position();
                     break;
                 }
-                let _ = queue.add_used(mem, head, 0);
+                let _ = self.tx_ring.publish(queue, mem, &[(head, 0)]);
                 returned = true;
             }
             if self.tx.count() == 0 {
@@ -998,7 +1005,7 @@ impl Datapath {
             }
             rechecked = false;
         }
-        Ok(returned && self.must_notify(queue, mem))
+        Ok(returned && self.tx_ring.needs_notification(queue, mem))
     }
 
     /// [`Datapath::process_tx`] from the guest's buffers: rounds of up to a batch's depth of
@@ -1064,7 +1071,7 @@ impl Datapath {
                     }
                     Took::Refused(r) => r.count(&self.stats),
                 }
-                let _ = queue.add_used(mem, t.head, 0);
+                let _ = self.tx_ring.publish(queue, mem, &[(t.head, 0)]);
                 returned = true;
             }
             self.taken.clear();
@@ -1083,7 +1090,7 @@ impl Datapath {
                     queue.go_to_previous_position();
                     break;
                 }
-                let _ = queue.add_used(mem, head, 0);
+                let _ = self.tx_ring.publish(queue, mem, &[(head, 0)]);
                 returned = true;
                 rechecked = false;
                 continue;
@@ -1097,7 +1104,7 @@ impl Datapath {
             }
             rechecked = false;
         }
-        Ok(returned && self.must_notify(queue, mem))
+        Ok(returned && self.tx_ring.needs_notification(queue, mem))
     }
 
     /// Adds one transmit chain's frame to the gather batch: a copy of its header when the
@@ -1473,6 +1480,7 @@ enum Fill {
 struct RxChains<'a> {
     hdr_pieces: &'a mut Vec<(GuestAddress, usize)>,
     used: &'a mut Vec<(u16, u32)>,
+    ring: &'a mut UsedRing,
 }
 
 impl RxChains<'_> {
@@ -1495,14 +1503,17 @@ impl RxChains<'_> {
                     Some(e) => stats.bad_chains.count(e),
                     None => NetCounters::inc(&stats.rx_dropped_too_big),
                 }
-                give_back(queue, mem, self.used.iter().map(|&(head, _)| (head, 0)));
+                for u in self.used.iter_mut() {
+                    u.1 = 0;
+                }
+                let _ = self.ring.publish(queue, mem, self.used);
                 return Delivery::Dropped;
             }
         }
         if n.hdr_len == GUEST_HDR_LEN && self.used.len() > 1 {
             patch_num_buffers(mem, self.hdr_pieces, self.used.len(), stats);
         }
-        give_back(queue, mem, self.used.iter().copied());
+        let _ = self.ring.publish(queue, mem, self.used);
         let bytes: usize = pieces.iter().skip(1).map(|p| p.len()).sum();
         stats.rx_packets.fetch_add(1, Ordering::Relaxed);
         stats.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -1582,13 +1593,6 @@ fn patch_num_buffers(
     let count = u16::try_from(chains).unwrap_or(u16::MAX).to_le_bytes();
     if write_at(mem, hdr_pieces, NUM_BUFFERS_OFFSET, &count).is_err() {
         stats.bad_chains.count(ChainError::BadAddress);
-    }
-}
-
-/// Hands chains (head, bytes written) back to the guest as used.
-fn give_back(queue: &mut Queue, mem: &GuestMemoryMmap, chains: impl Iterator<Item = (u16, u32)>) {
-    for (head, len) in chains {
-        let _ = queue.add_used(mem, head, len);
     }
 }
 

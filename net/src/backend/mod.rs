@@ -13,7 +13,9 @@
 //!   swap, receive-filter flash, capture);
 //! - [`capture`]: frames into a pcap file, filtered, without ever blocking the datapath;
 //! - [`steer`]: which queue pairs of a multi-queue device the guest serves, and steering the
-//!   host's frames to them.
+//!   host's frames to them;
+//! - [`used`]: chains back to the guest, a received frame's all at once, and the notification
+//!   test.
 
 pub mod capture;
 pub mod coalesce;
@@ -27,6 +29,7 @@ pub mod policy;
 pub mod segment;
 pub mod server;
 pub mod steer;
+pub mod used;
 
 pub use capture::{CaptureError, CaptureSummary};
 pub use control::{FlashError, NetControl, NetStats, PairStats, SwapError};

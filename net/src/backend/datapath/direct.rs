@@ -286,7 +286,7 @@ impl Datapath {
                     // The first chain is malformed: it goes back empty and counted, as on the
                     // copying path, and the next one is tried.
                     self.stats.bad_chains.count(e);
-                    give_back(queue, mem, std::iter::once((head, 0)));
+                    let _ = self.rx_ring.publish(queue, mem, &[(head, 0)]);
                     continue;
                 }
                 // A later one: left in the ring for the next frame, which meets it first.
@@ -368,7 +368,7 @@ impl Datapath {
                 self.stats.bad_chains.count(ChainError::BadAddress);
             }
         }
-        give_back(queue, mem, self.used.iter().copied());
+        let _ = self.rx_ring.publish(queue, mem, &self.used);
         let stats = &*self.stats;
         stats.rx_packets.fetch_add(1, Ordering::Relaxed);
         stats.rx_bytes.fetch_add(frame as u64, Ordering::Relaxed);

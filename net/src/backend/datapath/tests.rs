@@ -14,7 +14,7 @@ use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::backend::features::Negotiated;
@@ -172,6 +172,7 @@ mod scattering {
         rx_tiny_buffers_get_the_true_num_buffers,
         rx_looping_chain_is_refused,
         a_head_outside_the_descriptor_table_is_an_empty_chain_both_ways,
+        the_guest_never_sees_part_of_a_frame,
     );
 }
 
@@ -717,6 +718,61 @@ fn rx_tiny_buffers_get_the_true_num_buffers() {
     let (mut dp, _host) = datapath(10, vec![with_hdr([0; 10], &f)], MRG);
     assert!(dp.process_rx(&mut q, &m).unwrap());
     merged_frame(&m, &vq, 0, &f, 4);
+}
+
+/// A guest polls its used ring while frames arrive (a NAPI poll on another vCPU, UML's
+/// `virtio_uml`): each frame spans three chains, and the used index it reads must never stop
+/// inside one. Published chain by chain, the guest read `num_buffers = 3` with fewer there,
+/// dropped the frame and took the rest for frames of their own. Racy by nature: rounds until
+/// the observer has seen many indices; it failed within the first rounds that way.
+#[test]
+fn the_guest_never_sees_part_of_a_frame() {
+    use std::sync::atomic::AtomicBool;
+    const FRAMES: u16 = 8;
+    const CHAINS: u16 = 3 * FRAMES;
+    let m = mem();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut torn = Vec::new();
+    let mut seen = 0usize;
+    for _round in 0..400 {
+        let vq = MockSplitQueue::create(&m, GuestAddress(0), 64);
+        rx_chains(&vq, CHAINS, 600, 0);
+        let idx_at = vq.used_addr().unchecked_add(2);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let frames: Vec<Vec<u8>> = (0..FRAMES)
+            .map(|i| with_hdr([0; 10], &frame(1514, i as u8)))
+            .collect();
+        let (mut dp, _host) = datapath(10, frames, MRG);
+        stop.store(false, Ordering::SeqCst);
+        let observer = {
+            let (m, stop) = (m.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut torn, mut seen) = (Vec::new(), 0usize);
+                while !stop.load(Ordering::Relaxed) {
+                    let idx = u16::from_le(m.load::<u16>(idx_at, Ordering::Acquire).unwrap());
+                    seen += 1;
+                    if idx % 3 != 0 {
+                        torn.push(idx);
+                    }
+                }
+                (torn, seen)
+            })
+        };
+        // Give the observer a head start, then deliver all frames in one call.
+        std::thread::yield_now();
+        dp.process_rx(&mut q, &m).unwrap();
+        stop.store(true, Ordering::SeqCst);
+        let (t, n) = observer.join().unwrap();
+        torn.extend(t);
+        seen += n;
+        assert_eq!(q.next_used(), CHAINS, "every frame delivered");
+        merged_frame(&m, &vq, 0, &frame(1514, 0), 600);
+    }
+    assert!(
+        torn.is_empty(),
+        "the guest saw frames in part: used index {torn:?}"
+    );
+    assert!(seen > 0);
 }
 
 /// A looping receive chain of tiny buffers is refused (not filled round and round), counted,
