@@ -3,7 +3,10 @@
 # + our vhost-user backend with transport X, for raw, tap and hybrid, in one run.
 #   resources/bench/uml-vs-ours.sh [SECONDS]      (default 10; needs root and resources/setup.sh)
 # Env: TRANSPORTS="raw tap hybrid", OPTS=",gro=1" (appended to both specs), VMM=path/to/vmm,
-# SIDES="uml ours" (SIDES=ours skips UML's own runs, for comparing two builds of ours).
+# SIDES="uml ours" (SIDES=ours skips UML's own runs, for comparing two builds of ours),
+# IPERF="-l 1M" (more iperf3 client options in the guest: with -l 1M the guest reads 1 MiB per
+# recv instead of 128 KiB, and host->guest is no longer bound by the UML guest's system calls,
+# each a round of ptrace stops in UML 6.1).
 # With gro=0 the peer interface's TSO/GSO are turned off: UML's rule is that gro must match the
 # host side, and without it both UML's transports and ours see 64 KiB GSO frames they must drop,
 # and host->guest TCP stalls for both.
@@ -36,7 +39,7 @@ guest=10.77.0.2
 cat > "$work/guest.sh" <<SCRIPT
 for dir in tx rx; do
     flag=""; [ \$dir = rx ] && flag="-R"
-    rate=\$(iperf3 -c $peer -t $secs -f m \$flag | sed -n 's/.* \([0-9.]*\) Mbits\/sec.*receiver.*/\1/p')
+    rate=\$(iperf3 -c $peer -t $secs -f m \$flag ${IPERF:-} | sed -n 's/.* \([0-9.]*\) Mbits\/sec.*receiver.*/\1/p')
     echo "BENCH \$dir \${rate:-0}"
 done
 SCRIPT

@@ -79,6 +79,7 @@ impl PacketSocket {
             // Linux >= 4.20; the pkttype check in `recv` covers older kernels.
             let _ = sys::setsockopt_int(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
         }
+        sys::widen_rcvbuf(&format!("packet socket on {ifname}"), raw);
         let prog = Self::compose(keep, filter)?;
         if fanout == Fanout::None {
             if let Some(prog) = &prog {

@@ -484,6 +484,42 @@ pub fn grow_rcvbuf(fd: RawFd, bytes: i32) -> io::Result<usize> {
     Ok(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?.max(0) as usize)
 }
 
+/// Bytes of receive buffer a socket that takes a peer's bursts asks for (4 MiB; Linux's
+/// default is 208 KiB): a tunnel's, and the packet socket of raw and hybrid.
+///
+/// A peer that segments a 64 KiB TSO frame (our backend with `gro=1`, a host stack) sends its
+/// 45 datagrams at once, and a few frames in flight overflow the default buffer (about 90
+/// datagrams of 1500 bytes on loopback) whenever our worker waits for a core. Each overflow
+/// is a lost TCP segment, a retransmission and a smaller window for the guests behind the
+/// tunnel. Guest to guest with `gro=1` on both ends (`PAIRINGS=ours-ours OURS_OPTS=gro=1
+/// resources/bench/tunnels.sh 8`, 2 cores, medians of 3 alternating runs, Gbit/s each way):
+/// gre 0.93 and 0.85 with the default, 1.55 and 1.36 with this; l2tpv3 1.12 and 0.93, then
+/// 1.59 and 1.44.
+///
+/// A packet socket queues whole 64 KiB GSO frames (a truesize of 64 KiB or more each), so the
+/// default holds about three: with a UML guest reading 1 MiB per `recv` behind `raw,gro=1`
+/// (`IPERF="-l 1M" TRANSPORTS=raw resources/bench/uml-vs-ours.sh`), 4,703 frames overflowed
+/// it in 12 s, each some 45 TCP segments to send again (209 k retransmissions).
+///
+/// It is the kernel's memory, taken only while frames wait (as WireGuard's and QUIC stacks'
+/// larger buffers are), not one of the NIC's own buffers.
+pub const RCVBUF: i32 = 4 << 20;
+
+/// [`grow_rcvbuf`] to [`RCVBUF`] for transport `name`, saying so when it cannot.
+pub fn widen_rcvbuf(name: &str, fd: RawFd) {
+    match grow_rcvbuf(fd, RCVBUF) {
+        Ok(got) if got / 2 < RCVBUF as usize => log::info!(
+            "{name}: receive buffer {} KiB, not the {} KiB asked for (net.core.rmem_max \
+             caps it without CAP_NET_ADMIN): bursts of a peer's segmented TSO frames may \
+             overflow it (counted as kernel drops)",
+            got / 2 / 1024,
+            RCVBUF / 1024
+        ),
+        Ok(_) => {}
+        Err(e) => log::info!("{name}: receive buffer left as it was: {e}"),
+    }
+}
+
 /// Frames the kernel dropped on `fd`'s receive queue since the socket was made
 /// (`SK_MEMINFO_DROPS` of `SO_MEMINFO`: the socket's `sk_drops`, the counter `SO_RXQ_OVFL`
 /// reports with each packet; read on demand it costs nothing per packet and also counts drops

@@ -452,19 +452,6 @@ fn transient_on_recv(e: &io::Error) -> bool {
     )
 }
 
-/// Bytes of receive buffer a tunnel's socket asks for (4 MiB; Linux's default is 208 KiB).
-///
-/// A peer that segments a 64 KiB TSO frame (our backend with `gro=1`, a host stack) sends its
-/// 45 datagrams at once, and a few frames in flight overflow the default buffer (about 90
-/// datagrams of 1500 bytes on loopback) whenever our worker waits for a core. Each overflow
-/// is a lost TCP segment, a retransmission and a smaller window for the guests behind the
-/// tunnel. Guest to guest with `gro=1` on both ends (`PAIRINGS=ours-ours OURS_OPTS=gro=1
-/// resources/bench/tunnels.sh 8`, 2 cores, medians of 3 alternating runs, Gbit/s each way):
-/// gre 0.93 and 0.85 with the default, 1.55 and 1.36 with this; l2tpv3 1.12 and 0.93, then
-/// 1.59 and 1.44. It is the kernel's memory, taken only while datagrams wait (as WireGuard's
-/// and QUIC stacks' larger buffers are), not one of the NIC's own buffers.
-const RCVBUF: i32 = 4 << 20;
-
 /// One datagram tunnel. `rx` receives; `tx`, when set, is a separate send socket (mcast).
 pub struct Tunnel<E: Encap> {
     name: &'static str,
@@ -503,17 +490,7 @@ pub struct TunnelOpts {
 impl<E: Encap> Tunnel<E> {
     pub fn new(name: &'static str, rx: OwnedFd, encap: E, depth: usize, o: TunnelOpts) -> Self {
         debug_assert!(encap.header_len() <= MAX_HEADER);
-        match sys::grow_rcvbuf(rx.as_raw_fd(), RCVBUF) {
-            Ok(got) if got / 2 < RCVBUF as usize => log::info!(
-                "{name}: receive buffer {} KiB, not the {} KiB asked for (net.core.rmem_max \
-                 caps it without CAP_NET_ADMIN): bursts of a peer's segmented TSO frames may \
-                 overflow it (counted as kernel drops)",
-                got / 2 / 1024,
-                RCVBUF / 1024
-            ),
-            Ok(_) => {}
-            Err(e) => log::info!("{name}: receive buffer left as it was: {e}"),
-        }
+        sys::widen_rcvbuf(name, rx.as_raw_fd());
         Tunnel {
             name,
             rx,
