@@ -8,9 +8,10 @@
 # Env: PAIRINGS="uml-uml uml-ours ours-ours" runs only the pairings named; TUNNELS="gre l2tpv3"
 # only the tunnels named.
 # OURS_OPTS="gro=0 gro=1": each word is appended to our backends' specs in turn, so one
-# run measures ours without offloads (each 1500-byte frame crosses vhost-user) and with them
-# (the sending guest hands over 64 KiB TSO frames that its backend segments; the receiving
-# backend merges the segments back into GSO frames for its guest). UML's own tunnels have no
+# run measures ours with send offloads only (the sending guest hands over 64 KiB TSO frames
+# that its backend segments; the receiving guest gets 1500-byte frames, each a vhost-user hop)
+# and with both (the receiving backend also merges the segments back into GSO frames for its
+# guest). Before 2026-12-03 gro=0 offered no offloads at all. UML's own tunnels have no
 # offloads, so in UML-ours the UML guest's own receive path bounds B->A, and its own sending
 # A->B, whatever our side does. After the table: the datagrams the kernel dropped at the
 # tunnels' sockets in each measurement (a full receive buffer costs TCP a retransmission).

@@ -403,7 +403,7 @@ impl NetControl {
             source,
         })?;
         let first = &news[0];
-        let can = features::kept(spec.common.gro, first.vnet_hdr_len(), spec.common.queues);
+        let can = features::offered(spec.common.gro, first.vnet_hdr_len(), spec.common.queues);
         let missing = s.offered & !can;
         if missing != 0 {
             return Err(SwapError::Offloads {

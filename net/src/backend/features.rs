@@ -51,13 +51,21 @@ const BASE: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_RING_F_INDIRECT_DESC)
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
-/// Checksum offloads both ways and TSO from the guest, offered on a transport that carries a
-/// `virtio_net_hdr` whatever `gro` says, as UML's own raw, tap and hybrid do: they turn on
-/// `NETIF_F_TSO`, `HW_CSUM` and `RXCSUM` whenever the host takes the header
+/// Checksum offloads both ways and TSO from the guest, offered on every transport whatever
+/// `gro` says.
+///
+/// On a transport that carries a `virtio_net_hdr` this is what UML's own raw, tap and hybrid
+/// do: they turn on `NETIF_F_TSO`, `HW_CSUM` and `RXCSUM` whenever the host takes the header
 /// (`build_*_transport_data` in `arch/um/drivers/vector_transports.c`), and UML's `gro` only
 /// sizes the receive buffers for 64 KiB frames. The host takes partial and GSO frames through
 /// the header; only what the guest receives stays MTU-sized without `gro=1` (a tap is told
 /// not to hand over GSO frames, `TUNSETOFFLOAD`).
+///
+/// On a transport without one (the tunnels, fd, the switches, user networking, pcap) the
+/// datapath completes the guest's partial checksums and segments its TSO frames itself
+/// (`backend::segment`), so the guest hands over up to 64 KiB per vhost-user hop instead of
+/// 1500 bytes; UML's own tunnels offer nothing there. `gro` again decides only what the guest
+/// receives: merged GSO frames ([`SOFTWARE_OFFLOADS`]) or MTU-sized ones.
 const SEND_OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
     | bit(VIRTIO_NET_F_GUEST_CSUM)
     | bit(VIRTIO_NET_F_HOST_TSO4)
@@ -77,11 +85,10 @@ const OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
     | bit(VIRTIO_NET_F_HOST_ECN);
 
 /// What the backend does itself, offered with `gro=1` on a transport without a
-/// `virtio_net_hdr` (tunnels, fd, the switches, user networking): the guest's partial
-/// checksums completed and its TSO frames segmented (`backend::segment`), so it hands over
-/// up to 64 KiB per frame; and received TCP segments merged into GSO frames for it
-/// (`backend::coalesce`), with their checksums verified and left partial. No GUEST_ECN: a
-/// segment with CWR or ECE is never merged, so no merged frame needs it.
+/// `virtio_net_hdr` (tunnels, fd, the switches, user networking): [`SEND_OFFLOADS`], and
+/// received TCP segments merged into GSO frames for the guest (`backend::coalesce`), with
+/// their checksums verified and left partial. No GUEST_ECN: a segment with CWR or ECE is
+/// never merged, so no merged frame needs it.
 const SOFTWARE_OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
     | bit(VIRTIO_NET_F_GUEST_CSUM)
     | bit(VIRTIO_NET_F_GUEST_TSO4)
@@ -96,27 +103,12 @@ const SOFTWARE_OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
 /// guest uses with `SET_VRING_ENABLE`).
 pub fn offered(gro: bool, transport_hdr_len: usize, pairs: u16) -> u64 {
     let offloads = match (gro, transport_hdr_len > 0) {
-        (false, true) => SEND_OFFLOADS,
-        (false, false) => 0,
+        (false, _) => SEND_OFFLOADS,
         (true, true) => OFFLOADS,
         (true, false) => SOFTWARE_OFFLOADS,
     };
     let mq = if pairs > 1 { bit(VIRTIO_NET_F_MQ) } else { 0 };
     BASE | offloads | mq
-}
-
-/// The features a NIC first offered on another transport may keep when swapped onto this one
-/// (`net swap`): what this one offers, and without a header also [`SEND_OFFLOADS`]. The
-/// datapath completes partial checksums and segments TSO frames itself for such a transport,
-/// whatever `gro` says, and it never hands the guest a partial frame there; so a NIC that
-/// started on tap or raw without `gro=1` can move to a tunnel, `fd` or `user` and back.
-pub fn kept(gro: bool, transport_hdr_len: usize, pairs: u16) -> u64 {
-    let software = if transport_hdr_len == 0 {
-        SEND_OFFLOADS
-    } else {
-        0
-    };
-    offered(gro, transport_hdr_len, pairs) | software
 }
 
 /// The names of the offload bits in `bits` (for messages).
@@ -226,7 +218,9 @@ mod tests {
     fn offloads_follow_the_header_and_gro() {
         assert_eq!(offered(true, 10, 1) & OFFLOADS, OFFLOADS);
         assert_eq!(offered(true, 0, 1) & OFFLOADS, SOFTWARE_OFFLOADS);
-        assert_eq!(offered(false, 0, 1) & OFFLOADS, 0);
+        // Without a header the backend segments and completes what the guest sends, whatever
+        // gro says.
+        assert_eq!(offered(false, 0, 1) & OFFLOADS, SEND_OFFLOADS);
         assert_eq!(names(OFFLOADS).len(), 8);
         // Without gro, a header transport still takes what UML's own takes from its guest:
         // partial checksums and TSO frames; only GSO frames into the guest need gro=1.
@@ -242,19 +236,16 @@ mod tests {
 
     #[test]
     fn a_swap_keeps_send_offloads_on_any_transport_and_gso_into_the_guest_with_gro() {
+        // `net swap` refuses a transport that does not offer all a NIC began with.
         let tap = offered(false, 10, 1);
-        assert_eq!(
-            tap & !kept(false, 0, 1),
-            0,
-            "tap to a tunnel, neither with gro"
-        );
-        assert_eq!(kept(false, 10, 1), tap);
+        let tunnel = offered(false, 0, 1);
+        assert_eq!(tap, tunnel, "tap and a tunnel, neither with gro, both ways");
         let tap_gro = offered(true, 10, 1);
         assert_eq!(
-            names(tap_gro & !kept(false, 0, 1)),
+            names(tap_gro & !tunnel),
             ["GUEST_TSO4", "GUEST_TSO6", "GUEST_ECN"]
         );
-        assert_eq!(names(tap_gro & !kept(true, 0, 1)), ["GUEST_ECN"]);
+        assert_eq!(names(tap_gro & !offered(true, 0, 1)), ["GUEST_ECN"]);
     }
 
     #[test]
