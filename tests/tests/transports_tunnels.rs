@@ -699,13 +699,17 @@ fn seqpacket_listener(path: &std::path::Path) -> OwnedFd {
     fd
 }
 
+/// Accepts one connection, close-on-exec: the backends other tests spawn meanwhile must not
+/// inherit it, or dropping it would not hang up on the transport (the bess test's hang-up
+/// went unseen whenever a gre test started its backends during it).
 fn accept(listener: &OwnedFd) -> OwnedFd {
     // SAFETY: no address is requested; the result is checked.
     let fd = unsafe {
-        libc::accept(
+        libc::accept4(
             listener.as_raw_fd(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
         )
     };
     assert!(fd >= 0, "accept: {}", std::io::Error::last_os_error());
