@@ -70,10 +70,10 @@ tap, hybrid, raw, gre, l2tpv3, bess, fd also:
                 GSO frames into the guest, mirrored to the host from what it negotiates
                 (without it the kernel segments what it hands a tap, while GSO frames
                 reaching raw and hybrid are dropped and counted: turn tso/gso off there)
-                gre, l2tpv3, bess, fd: with gro=1 the guest may send partial checksums and
-                64 KiB TSO frames, which the backend completes and segments before they
-                leave, and receives consecutive TCP segments of a flow merged into 64 KiB
-                frames
+                gre, l2tpv3, bess, fd (and every transport without that header): the guest
+                sends partial checksums and 64 KiB TSO frames, which the backend completes
+                and segments before they leave; gro=1 adds consecutive TCP segments of a
+                flow merged into 64 KiB frames for the guest
 raw, hybrid also:
   bpffile=PATH  classic BPF program (an array of struct sock_filter, 8 bytes each) attached as
                 the receive filter; a malformed file is refused at start-up

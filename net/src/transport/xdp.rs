@@ -6,7 +6,7 @@
 //! into the socket's UMEM and handed straight to the driver, past the qdisc and the packet
 //! taps. Both save the per-frame work of an AF_PACKET socket's `recvmmsg`/`sendmmsg`, which
 //! is what bounds `transport=raw`'s packet rate. There is no `virtio_net_hdr` on this path:
-//! with `gro=1` the backend segments and coalesces in software, as on the tunnels.
+//! the backend segments in software, and with `gro=1` coalesces, as on the tunnels.
 //!
 //! With `queues=N`, which queue a frame arrives on is the NIC's choice (its RSS hash, or a
 //! veth's transmit queue on the other end), not ours: a frame can only be redirected to the
