@@ -362,11 +362,11 @@ fn control_verbs_once() {
     guest.expect("3 packets received", Duration::from_secs(180));
     let mut c = Ctl::connect(&api);
 
-    // The capture starts before the link steps, not as the guest starts pinging: every
-    // busybox crash above came at the guest's first fork after "vmtest: carrier 1", the
-    // moment the host used to start the capture (a writer thread and a 256 KiB buffer: new
-    // mappings in the VMM while the guest forks; a suspect, not a proven cause). Started
-    // here: 2 runs of 2 without a crash, against crashes in 3 of the 4 tries before.
+    // The capture starts before the link steps. It used to start as the guest forked its
+    // first ping after "vmtest: carrier 1", where every busybox crash above had come (a
+    // writer thread and a 256 KiB buffer mapped in the VMM meanwhile); started here, 2 local
+    // runs of 2 had none, but the next CI run crashed once anyway (at 50.2 s): the capture's
+    // timing is not the cause, or not the only one.
     c.ok(&format!("net capture vec0 {} icmp", pcap.display()));
     // The link, as the guest's driver sees it.
     c.ok("net link vec0 down");
