@@ -515,6 +515,10 @@ pub struct Datapath {
     hdr_pieces: Vec<(GuestAddress, usize)>,
     /// Chains used by the frame being received (head, bytes written). Capacity kept.
     used: Vec<(u16, u32)>,
+    /// Transmit chains a round returns (head, 0), published together: one used-index store
+    /// (and one release) per round, not per chain, as Linux's vhost-net batches them.
+    /// Capacity kept.
+    tx_used: Vec<(u16, u32)>,
     /// The receive and transmit queues' used rings: every chain goes back through them
     /// (a received frame's chains at once, see [`super::used`]).
     rx_ring: UsedRing,
@@ -560,6 +564,7 @@ impl Datapath {
             max_tx_frame: max_tx_frame(mtu, &negotiated),
             hdr_pieces: Vec::with_capacity(64),
             used: Vec::with_capacity(64),
+            tx_used: Vec::with_capacity(geometry.gather_depth.max(geometry.tx_depth)),
             rx_ring: UsedRing::default(),
             tx_ring: UsedRing::default(),
             rx_guess: usize::from(mtu) + ETH_HLEN,
@@ -983,6 +988,7 @@ impl Datapath {
                 break;
             }
             let _ = queue.disable_notification(mem);
+            self.tx_used.clear();
             while self.tx.count() < self.tx.depth() {
                 let Some(chain) = queue.pop_descriptor_chain(mem) else {
                     break;
@@ -993,9 +999,11 @@ impl Datapath {
                     queue.go_to_previous_position();
                     break;
                 }
-                let _ = self.tx_ring.publish(queue, mem, &[(head, 0)]);
-                returned = true;
+                self.tx_used.push((head, 0));
             }
+            // Copied (or refused): the guest may have them back before they are sent.
+            let _ = self.tx_ring.publish(queue, mem, &self.tx_used);
+            returned |= !self.tx_used.is_empty();
             if self.tx.count() == 0 {
                 // Nothing taken: re-arm notifications; chains that raced in are taken now.
                 if look_again(queue, mem, &mut rechecked) {
@@ -1056,6 +1064,7 @@ impl Datapath {
             let accepted = *result.as_ref().unwrap_or(&0);
             let took_any = !self.taken.is_empty();
             let mut frames = 0;
+            self.tx_used.clear();
             for t in &self.taken {
                 match t.took {
                     Took::Frame(_) if frames >= accepted => {
@@ -1071,9 +1080,10 @@ impl Datapath {
                     }
                     Took::Refused(r) => r.count(&self.stats),
                 }
-                let _ = self.tx_ring.publish(queue, mem, &[(t.head, 0)]);
-                returned = true;
+                self.tx_used.push((t.head, 0));
             }
+            let _ = self.tx_ring.publish(queue, mem, &self.tx_used);
+            returned |= !self.tx_used.is_empty();
             self.taken.clear();
             result?;
             if self.tx_blocked {

@@ -19,6 +19,7 @@
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
 
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -29,6 +30,8 @@ const USED_ELEM: u64 = 8;
 /// Bytes before the avail ring's entries (its `flags` and `idx`); `used_event` follows the
 /// entries.
 const AVAIL_RING_HEADER: u64 = 4;
+/// The avail ring's flag by which a driver without EVENT_IDX asks for no notifications.
+const NO_INTERRUPT: u16 = VRING_AVAIL_F_NO_INTERRUPT as u16;
 
 /// Why used entries could not be written. Neither happens with a ring that passed
 /// virtio-queue's checks and a head it popped; the caller drops the error as it dropped
@@ -95,15 +98,24 @@ impl UsedRing {
 
     /// Whether the guest wants to be told of what was published since the last call. With
     /// EVENT_IDX: its `used_event` lies among those entries (virtio 1.2, 2.7.10, the test
-    /// Linux calls `vring_need_event`); without: always, as virtio-queue answers.
+    /// Linux calls `vring_need_event`). Without: unless the avail ring's flags say
+    /// VRING_AVAIL_F_NO_INTERRUPT (2.7.7.2: the device SHOULD NOT notify then), as Linux's
+    /// vhost honours it; virtio-queue does not, and a polling driver (DPDK's virtio PMD sets
+    /// it on every queue) would take an eventfd write per round that nobody reads.
     pub fn needs_notification(&mut self, queue: &Queue, mem: &GuestMemoryMmap) -> bool {
         let added = std::mem::take(&mut self.unchecked);
-        if !queue.event_idx_enabled() {
-            return true;
+        if added.0 == 0 {
+            return false;
         }
-        // The index stores before the read of used_event: the guest writes used_event and
-        // then reads the index, so one of us sees the other's write.
+        // The index stores before the read of used_event (or the flags): the guest writes
+        // used_event (clears the flag) and then reads the index, so one of us sees the
+        // other's write.
         fence(Ordering::SeqCst);
+        if !queue.event_idx_enabled() {
+            let flags = mem.load::<u16>(GuestAddress(queue.avail_ring()), Ordering::Acquire);
+            // Unreadable: a spurious interrupt is better than a lost one.
+            return flags.map_or(true, |f| u16::from_le(f) & NO_INTERRUPT == 0);
+        }
         let new = Wrapping(queue.next_used());
         let event = GuestAddress(queue.avail_ring())
             .checked_add(AVAIL_RING_HEADER + 2 * u64::from(queue.size()));
@@ -224,12 +236,23 @@ mod tests {
         }
     }
 
+    /// Without EVENT_IDX the guest is told of every publication, unless its avail ring's
+    /// flags ask for none; and never of nothing.
     #[test]
-    fn without_event_idx_the_guest_is_always_told() {
+    fn without_event_idx_the_guest_is_told_unless_it_asked_not_to_be() {
         let m = mem();
         let mut q = queue(&m, 16);
         let mut ring = UsedRing::default();
+        assert!(!ring.needs_notification(&q, &m), "nothing published");
         ring.publish(&mut q, &m, &[(0, 1)]).unwrap();
         assert!(ring.needs_notification(&q, &m));
+        assert!(!ring.needs_notification(&q, &m), "nothing published since");
+        m.write_obj(NO_INTERRUPT.to_le(), GuestAddress(AVAIL))
+            .unwrap();
+        ring.publish(&mut q, &m, &[(1, 1)]).unwrap();
+        assert!(!ring.needs_notification(&q, &m), "NO_INTERRUPT set");
+        m.write_obj(0u16, GuestAddress(AVAIL)).unwrap();
+        ring.publish(&mut q, &m, &[(2, 1)]).unwrap();
+        assert!(ring.needs_notification(&q, &m), "NO_INTERRUPT cleared");
     }
 }
