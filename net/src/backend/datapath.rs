@@ -742,7 +742,24 @@ impl Datapath {
 
     /// Moves frames from the transport to the guest until the transport is drained or the
     /// guest is out of buffers. Returns whether the guest must be notified.
+    ///
+    /// The frames of one receive batch go back to the guest together, before the next
+    /// system call: one used-index store per batch, as Linux's vhost-net batches its used
+    /// entries, not one per frame (a frame directly received is published on its own).
     pub fn process_rx(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, TransportError> {
+        let delivered = self.receive(queue, mem);
+        // What the last batch staged is published, whatever ended the call.
+        let _ = self.rx_ring.flush(queue, mem);
+        Ok(delivered? && self.rx_ring.needs_notification(queue, mem))
+    }
+
+    /// [`Datapath::process_rx`] but for the last batch's publication and the notification
+    /// test: returns whether any frame was delivered.
+    fn receive(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
@@ -754,6 +771,8 @@ impl Datapath {
         let mut rechecked = false;
         loop {
             if self.rx_next >= self.rx.count() {
+                // The batch's frames are the guest's before the next system call.
+                let _ = self.rx_ring.flush(queue, mem);
                 self.rx_next = 0;
                 self.next_segment = None;
                 self.rx.clear();
@@ -776,7 +795,7 @@ impl Datapath {
                         if look_again(queue, mem, &mut rechecked) {
                             continue;
                         }
-                        return Ok(delivered && self.rx_ring.needs_notification(queue, mem));
+                        return Ok(delivered);
                     }
                     // Through the batch.
                     None | Some(direct::Direct::Short) => {
@@ -808,12 +827,12 @@ impl Datapath {
                         if look_again(queue, mem, &mut rechecked) {
                             continue;
                         }
-                        return Ok(delivered && self.rx_ring.needs_notification(queue, mem));
+                        return Ok(delivered);
                     }
                 }
             }
         }
-        Ok(delivered && self.rx_ring.needs_notification(queue, mem))
+        Ok(delivered)
     }
 
     /// Writes frame `index` of the receive batch into the guest's buffers: the header the
@@ -1516,14 +1535,16 @@ impl RxChains<'_> {
                 for u in self.used.iter_mut() {
                     u.1 = 0;
                 }
-                let _ = self.ring.publish(queue, mem, self.used);
+                let _ = self.ring.stage(queue, mem, self.used);
                 return Delivery::Dropped;
             }
         }
         if n.hdr_len == GUEST_HDR_LEN && self.used.len() > 1 {
             patch_num_buffers(mem, self.hdr_pieces, self.used.len(), stats);
         }
-        let _ = self.ring.publish(queue, mem, self.used);
+        // Published with the rest of its batch (see `Datapath::process_rx`); its chains
+        // together in any case, never the first without the rest (see [`super::used`]).
+        let _ = self.ring.stage(queue, mem, self.used);
         let bytes: usize = pieces.iter().skip(1).map(|p| p.len()).sum();
         stats.rx_packets.fetch_add(1, Ordering::Relaxed);
         stats.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);

@@ -12,6 +12,11 @@
 //! update the used index once the entries are written; Linux's vhost (`vhost_add_used_n`) and
 //! DPDK's vhost publish a frame's chains with one index store, and so does [`UsedRing`].
 //!
+//! Beyond a frame, entries can be staged ([`UsedRing::stage`]) and published later with one
+//! store ([`UsedRing::flush`]): the datapath publishes a receive batch's frames, and a
+//! transmit round's chains, that way (as Linux's vhost-net batches its used entries), so a
+//! guest polling the index on another CPU takes the cache line once a batch, not once a frame.
+//!
 //! Owning the publication means owning the notification test too: virtio-queue's
 //! `needs_notification` counts entries its own `add_used` added, so every entry of a queue
 //! goes through here, and [`UsedRing::needs_notification`] counts them.
@@ -50,33 +55,46 @@ pub struct UsedRing {
     /// Entries published since the last [`UsedRing::needs_notification`]: the guest's
     /// `used_event` is checked against them.
     unchecked: Wrapping<u16>,
+    /// Entries written behind the used index but not yet published ([`UsedRing::stage`]).
+    staged: Wrapping<u16>,
 }
 
 impl UsedRing {
-    /// Forgets what was published: a new frontend, a new ring.
+    /// Forgets what was published or staged: a new frontend, a new ring.
     pub fn reset(&mut self) {
         self.unchecked = Wrapping(0);
+        self.staged = Wrapping(0);
     }
 
     /// Writes `chains` (head, bytes written) into the used ring and then stores the used
-    /// index once (release, after the entries), so the guest sees all of them or none.
+    /// index once (release, after the entries), so the guest sees all of them, and any
+    /// staged before them, or none.
     pub fn publish(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         chains: &[(u16, u32)],
     ) -> Result<(), UsedError> {
-        if chains.is_empty() {
-            return Ok(());
-        }
+        self.stage(queue, mem, chains)?;
+        self.flush(queue, mem)
+    }
+
+    /// Writes `chains` into the used ring after those already staged, without publishing
+    /// them: the guest reads no entry beyond the used index. A head outside the table stages
+    /// nothing of `chains`.
+    pub fn stage(
+        &mut self,
+        queue: &Queue,
+        mem: &GuestMemoryMmap,
+        chains: &[(u16, u32)],
+    ) -> Result<(), UsedError> {
         let size = queue.size();
+        if let Some(&(head, _)) = chains.iter().find(|&&(head, _)| head >= size) {
+            return Err(UsedError::BadHead { head, size });
+        }
         let ring = GuestAddress(queue.used_ring());
-        let start = Wrapping(queue.next_used());
-        let mut at = start;
+        let mut at = Wrapping(queue.next_used()) + self.staged;
         for &(head, len) in chains {
-            if head >= size {
-                return Err(UsedError::BadHead { head, size });
-            }
             let slot = u64::from(at.0 % size);
             let mut elem = [0u8; USED_ELEM as usize];
             elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
@@ -88,11 +106,25 @@ impl UsedRing {
                 .map_err(|_| UsedError::BadRing)?;
             at += Wrapping(1);
         }
-        let idx = ring.checked_add(2).ok_or(UsedError::BadRing)?;
+        self.staged += Wrapping(chains.len() as u16);
+        Ok(())
+    }
+
+    /// Publishes what was staged: one store of the used index (release, after the entries).
+    /// If the index cannot be stored, what was staged is forgotten: it never can be.
+    pub fn flush(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<(), UsedError> {
+        let staged = std::mem::take(&mut self.staged);
+        if staged.0 == 0 {
+            return Ok(());
+        }
+        let at = Wrapping(queue.next_used()) + staged;
+        let idx = GuestAddress(queue.used_ring())
+            .checked_add(2)
+            .ok_or(UsedError::BadRing)?;
         mem.store(at.0.to_le(), idx, Ordering::Release)
             .map_err(|_| UsedError::BadRing)?;
         queue.set_next_used(at.0);
-        self.unchecked += at - start;
+        self.unchecked += staged;
         Ok(())
     }
 
@@ -103,6 +135,7 @@ impl UsedRing {
     /// vhost honours it; virtio-queue does not, and a polling driver (DPDK's virtio PMD sets
     /// it on every queue) would take an eventfd write per round that nobody reads.
     pub fn needs_notification(&mut self, queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+        debug_assert_eq!(self.staged.0, 0, "staged entries not flushed");
         let added = std::mem::take(&mut self.unchecked);
         if added.0 == 0 {
             return false;
@@ -177,6 +210,30 @@ mod tests {
         assert_eq!(elem(&q, &m, 2), (1, 12));
         ring.publish(&mut q, &m, &[]).unwrap();
         assert_eq!(used_idx(&q, &m), 3);
+    }
+
+    /// Staged entries are written but not the guest's until a flush, or a publication, which
+    /// takes them along in order; a bad head stages nothing.
+    #[test]
+    fn staged_entries_wait_for_the_flush() {
+        let m = mem();
+        let mut q = queue(&m, 16);
+        let mut ring = UsedRing::default();
+        ring.stage(&q, &m, &[(3, 60), (4, 60)]).unwrap();
+        assert!(ring.stage(&q, &m, &[(5, 60), (16, 60)]).is_err());
+        ring.stage(&q, &m, &[(6, 70)]).unwrap();
+        assert_eq!(used_idx(&q, &m), 0, "staged, not published");
+        assert_eq!(q.next_used(), 0);
+        ring.flush(&mut q, &m).unwrap();
+        assert_eq!(used_idx(&q, &m), 3);
+        assert_eq!(elem(&q, &m, 2), (6, 70));
+        ring.stage(&q, &m, &[(7, 1)]).unwrap();
+        ring.publish(&mut q, &m, &[(8, 2)]).unwrap();
+        assert_eq!(used_idx(&q, &m), 5);
+        assert_eq!((elem(&q, &m, 3), elem(&q, &m, 4)), ((7, 1), (8, 2)));
+        assert!(ring.needs_notification(&q, &m));
+        ring.flush(&mut q, &m).unwrap();
+        assert_eq!(used_idx(&q, &m), 5, "nothing staged: nothing stored");
     }
 
     #[test]
