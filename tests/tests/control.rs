@@ -294,9 +294,13 @@ fn control_verbs_seen_by_a_real_linux_guest() {
     // binary reading a zero where its TLS initializer should be, `segfault at 0 ... in
     // busybox`): seen on 2026-12-03 at 1 in 6 to 6 in 8 runs on one machine, with this code
     // and with the code of 0652fc9 alike, and twice in a row in one CI run. The fault is a
-    // TLS pointer read as zero through a valid FS base in a freshly exec'd process; its
-    // cause is not known. Only that guest crash is run again, up to three tries in all;
-    // anything else fails at once.
+    // TLS pointer read as zero through a valid FS base in a freshly exec'd process: the
+    // instruction (0x4a4d02 in Debian's busybox-static 1.35) is glibc's `__ctype_init`
+    // loading `__libc_tsd_LOCALE` at %fs:-0x90, which the TLS initializer should have set.
+    // Its cause is not known. Not the host's DAMON `pageout` scheme, which unmaps idle
+    // shmem such as guest RAM: with it off, 2 of 4 runs still crashed (2026-12-03). The
+    // real-Linux tests, whose first step is the same `ping`, have not shown it. Only that
+    // guest crash is run again, up to three tries in all; anything else fails at once.
     const TRIES: usize = 3;
     for attempt in 1..=TRIES {
         let Err(cause) = std::panic::catch_unwind(control_verbs_once) else {
