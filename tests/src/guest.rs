@@ -5,6 +5,7 @@
 //! stamped with when it arrived, so a test can print a boot's timeline.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -109,72 +110,136 @@ pub fn uml_initrd() -> PathBuf {
 }
 
 /// Whether Debian's UML runs on this host, found once per test binary by booting it to a
-/// command that exits 0. When it does not, prints `SKIPPED <test>: <why>` where CI's log shows
+/// command that exits 0. When it cannot, prints `SKIPPED <test>: <why>` where CI's log shows
 /// it and returns false. Known cause: UML 6.1 saves guest FPU state with a fixed-size XSAVE
 /// buffer, and on a CPU whose XSAVE area is larger (AMX) the host's ptrace refuses it, so
 /// every UML process dies at its first system call ("ptrace set fp regs failed, errno = 14").
+///
+/// Any other failure is retried, and panics after the third: a UML that runs on this CPU but
+/// does not boot is a broken setup, not missing hardware, and must not turn tests into skips.
 pub fn uml_usable(test: &str) -> bool {
-    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    // Kept as the probe's verdict, not as a panic inside the initializer: every UML test in
+    // the binary fails at once then, instead of each probing three more times.
+    static PROBE: std::sync::OnceLock<Result<(), UmlProbe>> = std::sync::OnceLock::new();
     let result = PROBE.get_or_init(|| {
-        let dir = crate::TempDir::new("umlp");
-        let mut child = Command::new("linux.uml")
-            .env("TMPDIR", dir.path())
-            .arg("mem=64M")
-            .arg(format!("initrd={}", uml_initrd().display()))
-            .arg(format!("uml_dir={}", dir.path().display()))
-            .args(["umid=probe", "con=null", "con0=fd:0,fd:1", "quiet"])
-            .arg("vmtest.cmd=true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run linux.uml ({e}): run resources/setup.sh"))?;
-        // UML reports its own failures on stderr, the guest's console is stdout.
-        let readers: Vec<_> = output_streams(&mut child)
-            .into_iter()
-            .map(|stream| {
-                std::thread::spawn(move || {
-                    let mut text = String::new();
-                    let _ = std::io::Read::read_to_string(&mut BufReader::new(stream), &mut text);
-                    text
-                })
-            })
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match probe_uml() {
+                UmlProbe::Booted => return Ok(()),
+                UmlProbe::Failed(why) => failures.push(why),
+                cannot => return Err(cannot),
+            }
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        let text: String = readers
-            .into_iter()
-            .map(|r| r.join().unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n");
-        if text.contains("VMTEST-EXIT=0") {
-            Ok(())
-        } else if text.contains("ptrace set fp regs failed") {
-            Err(
-                "Debian's UML 6.1 cannot run on this CPU: the host's ptrace refuses its \
-                 fixed-size XSAVE buffer (\"ptrace set fp regs failed, errno = 14\"; the CPU's \
-                 XSAVE area is larger, e.g. with AMX)"
-                    .into(),
-            )
-        } else {
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
-            Err(format!(
-                "UML did not boot to a shell command: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ))
-        }
+        Err(UmlProbe::Failed(failures.join("\n")))
     });
     match result {
         Ok(()) => true,
-        Err(why) => {
+        Err(UmlProbe::CannotRun(why)) => {
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
             false
         }
+        Err(other) => {
+            panic!("Debian's UML did not boot to a shell command in three tries:\n{other}")
+        }
+    }
+}
+
+/// What one boot of the UML probe showed.
+#[derive(Debug)]
+enum UmlProbe {
+    Booted,
+    /// UML cannot run on this host's CPU.
+    CannotRun(String),
+    /// This boot failed; the next may not.
+    Failed(String),
+}
+
+impl std::fmt::Display for UmlProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UmlProbe::Booted => f.write_str("booted"),
+            UmlProbe::CannotRun(why) | UmlProbe::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Boots UML once to `true` with the guests' memory size and reads what it printed. The
+/// memory matters: at 64 MiB, about one boot in five of Debian's UML 6.1 with our 10 MiB
+/// initramfs panicked ("System is deadlocked on memory") while unpacking it, and such a
+/// boot may also hang instead of exiting.
+fn probe_uml() -> UmlProbe {
+    const LIMIT: Duration = Duration::from_secs(60);
+    let dir = crate::TempDir::new("umlp");
+    let spawned = Command::new("linux.uml")
+        .process_group(0)
+        .env("TMPDIR", dir.path())
+        .arg("mem=256M")
+        .arg(format!("initrd={}", uml_initrd().display()))
+        .arg(format!("uml_dir={}", dir.path().display()))
+        .args(["umid=probe", "con=null", "con0=fd:0,fd:1", "quiet"])
+        .arg("vmtest.cmd=true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            return UmlProbe::Failed(format!(
+                "cannot run linux.uml ({e}): run resources/setup.sh"
+            ))
+        }
+    };
+    // UML reports its own failures on stderr, the guest's console is stdout.
+    let (tx, rx) = mpsc::channel();
+    let streams = output_streams(&mut child);
+    let count = streams.len();
+    for stream in streams {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stream), &mut text);
+            let _ = tx.send(text);
+        });
+    }
+    let deadline = Instant::now() + LIMIT;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let in_time = Instant::now() < deadline;
+    kill_group(&mut child);
+    // Once the group is gone the pipes reach end of file; the bound is for a helper that
+    // left the group, so the probe cannot hang CI on it.
+    let texts: Vec<String> = (0..count)
+        .map_while(|_| rx.recv_timeout(Duration::from_secs(5)).ok())
+        .collect();
+    let text = texts.join("\n");
+    if text.contains("VMTEST-EXIT=0") {
+        UmlProbe::Booted
+    } else if text.contains("ptrace set fp regs failed") {
+        UmlProbe::CannotRun(
+            "Debian's UML 6.1 cannot run on this CPU: the host's ptrace refuses its \
+             fixed-size XSAVE buffer (\"ptrace set fp regs failed, errno = 14\"; the CPU's \
+             XSAVE area is larger, e.g. with AMX)"
+                .into(),
+        )
+    } else {
+        let tail: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("[<"))
+            .rev()
+            .take(8)
+            .collect();
+        UmlProbe::Failed(format!(
+            "{}: {}",
+            if in_time {
+                "exited".to_string()
+            } else {
+                format!("still running after {LIMIT:?}")
+            },
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ))
     }
 }
 
@@ -311,6 +376,7 @@ impl Guest {
     fn spawn_with(mut cmd: Command, dir: crate::TempDir) -> Guest {
         let program = cmd.get_program().to_string_lossy().into_owned();
         let mut child = cmd
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -385,8 +451,7 @@ impl Guest {
                 break status.code();
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 break None;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -455,8 +520,7 @@ impl Guest {
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
         }
         while let Ok(line) = self.lines.try_recv() {
             self.console.push(line);
@@ -468,8 +532,22 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
         }
     }
+}
+
+/// Kills `child` and every process in its group, then reaps it. Guests are spawned as the
+/// leaders of their own process groups because UML's helper processes (its I/O and SIGIO
+/// helpers) outlive a SIGKILL of UML itself: they would hold the console pipes open forever,
+/// so a reader waiting for end of file would hang the test, and they would pile up in CI.
+fn kill_group(child: &mut Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) on the process group our unreaped child leads (spawned with
+        // process_group(0)); while the leader is not reaped its pid, and so the group's id,
+        // cannot be reused.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
