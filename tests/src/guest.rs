@@ -249,6 +249,8 @@ pub enum GuestNet<'a> {
     VhostUser(&'a Path),
     /// UML's own transport, e.g. `vec0:transport=raw,ifname=X`.
     Uml(&'a str),
+    /// No network device.
+    None,
 }
 
 /// What the guest does.
@@ -297,6 +299,7 @@ impl Guest {
             GuestNet::Uml(spec) => {
                 cmd.arg(spec);
             }
+            GuestNet::None => {}
         }
         if let Some(ip) = cfg.ip {
             cmd.arg(format!("vmtest.ip={ip}"));
@@ -400,6 +403,11 @@ impl Guest {
             started,
             _dir: dir,
         }
+    }
+
+    /// The process's id while it runs (it leads its own process group, of the same id).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Everything the console printed so far.
@@ -550,4 +558,62 @@ fn kill_group(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether any process is left in process group `pgid`, waiting up to `timeout` for the
+    /// last ones (zombies until init reaps them) to go.
+    fn group_outlives(pgid: libc::pid_t, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // SAFETY: signal 0 only asks whether the group exists; nothing is sent.
+            let alive = unsafe { libc::kill(-pgid, 0) } == 0;
+            if !alive || Instant::now() >= deadline {
+                return alive;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A UML guest killed mid-run takes its helper processes with it. UML's I/O and SIGIO
+    /// helpers survive a SIGKILL of UML itself; before guests led their own process groups
+    /// they stayed behind holding the console pipes, and the UML probe, reading those to end
+    /// of file, hung a whole CI run.
+    #[test]
+    fn a_killed_uml_guest_leaves_no_process_behind() {
+        if !uml_usable("a killed UML guest leaves no process behind") {
+            return;
+        }
+        let dir = crate::TempDir::new("umlkill");
+        let script = dir.path().join("run.sh");
+        std::fs::write(&script, "echo VMTEST-SLEEPING\nsleep 600\n").unwrap();
+        let mut guest = Guest::uml(&GuestConfig {
+            net: GuestNet::None,
+            ip: None,
+            script: &script,
+            netns: None,
+            mem: "256M",
+        });
+        guest.expect("VMTEST-SLEEPING", Duration::from_secs(60));
+        let pgid = libc::pid_t::try_from(guest.pid().expect("running")).unwrap();
+        let helpers = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+            // SAFETY: getpgid(2) only reads another process's group id.
+            .filter(|&pid| pid != pgid && unsafe { libc::getpgid(pid) } == pgid)
+            .count();
+        assert!(
+            helpers > 0,
+            "UML runs no process besides itself: the test proves nothing"
+        );
+        drop(guest);
+        assert!(
+            !group_outlives(pgid, Duration::from_secs(10)),
+            "processes of the guest's group (pgid {pgid}) outlived it"
+        );
+    }
 }
