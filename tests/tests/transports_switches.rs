@@ -252,14 +252,14 @@ fn uml_guest_pings_guest_on_our_backend(uml_spec: &str, our_spec: &str, dir: &Te
         ip: Some(&format!("{ip_uml}/24")),
         script: &script_uml,
         netns: None,
-        mem: "128M",
+        mem: "256M",
     });
     let mut guest_ours = Guest::uml(&GuestConfig {
         net: GuestNet::VhostUser(&sock),
         ip: Some(&format!("{ip_ours}/24")),
         script: &script_ours,
         netns: None,
-        mem: "128M",
+        mem: "256M",
     });
     let timeout = Duration::from_secs(120);
     guest_ours.expect("PINGED-OK", timeout);
