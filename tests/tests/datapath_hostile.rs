@@ -10,7 +10,9 @@
 //! - a burst the backend cannot drain (the guest posts no receive buffers): the frames the
 //!   kernel dropped on the backend's socket reach its counters, and every frame sent is
 //!   either in the guest or in that counter (AF_PACKET's `tp_drops` on `raw`; a UDP
-//!   socket's drops on `ucast`, equal to what `/proc/net/udp` shows).
+//!   socket's drops on `ucast`, equal to what `/proc/net/udp` shows);
+//! - a host that takes frames slower than the guest sends them: what the transport refused
+//!   leaves, in order and byte-exact, when the host takes more, with no kick from the guest.
 
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::Path;
@@ -376,6 +378,83 @@ fn hostile_chains_are_refused_and_counted_then_frames_flow() {
     assert_eq!(counter(line, "over-mtu"), 1, "{line}");
     assert_eq!(counter(line, "tx"), 2, "{line}");
     assert_eq!(counter(line, "rx"), 2, "{line}");
+}
+
+/// A host that takes frames slower than the guest sends them: the backend keeps what the
+/// transport refuses and sends it when the host takes more, woken by the transport alone (no
+/// kick from the guest, which has nothing more to send), in order and byte-exact. The
+/// backend's end of the socket pair gets an 8 KiB send buffer (the kernel books 16 KiB, room
+/// for 8 of these frames), so every burst of 32 full-size frames meets a full socket; the
+/// peer then reads slowly. Three bursts, so the wake-up is armed again after each backlog
+/// clears. (With the transport's `EPOLLOUT` not watched, the first burst stops at frame 8.)
+#[test]
+fn tx_refused_by_a_full_host_leaves_when_the_host_takes_more() {
+    use std::os::fd::AsRawFd;
+    const BURSTS: usize = 3;
+    let dir = TempDir::new("dh-full");
+    let (theirs, peer) = vmm_tests::rig::transport_pair();
+    let sndbuf: libc::c_int = 8 * 1024;
+    // SAFETY: setsockopt(2) on a socket we own, with a c_int option value of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            theirs.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&sndbuf as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_SNDBUF: {}", std::io::Error::last_os_error());
+    let (backend, sock) = fd_net_backend(dir.path(), theirs, None);
+    let mut front = Front::connect(&sock, 0);
+    let mut out = vec![0u8; 4096];
+    for burst in 0..BURSTS {
+        let frames: Vec<Vec<u8>> = (0..QSIZE)
+            .map(|i| {
+                let mut f = test_frame(1514, GUEST_MAC, HOST_MAC, i as u8);
+                f[14..18].copy_from_slice(&((burst * 100 + usize::from(i)) as u32).to_be_bytes());
+                f
+            })
+            .collect();
+        for (i, f) in frames.iter().enumerate() {
+            let addr = TX_BUF + i as u64 * 0x800;
+            let mut buf = vec![0u8; HDR];
+            buf.extend_from_slice(f);
+            front.write(addr, &buf);
+            front.desc(1, i as u16, addr, buf.len() as u32, 0, 0);
+        }
+        let heads: Vec<u16> = (0..QSIZE).collect();
+        let want = front.publish(1, &heads);
+        // The backend sends what fits and waits; nothing more comes from the guest.
+        std::thread::sleep(Duration::from_millis(200));
+        for (i, f) in frames.iter().enumerate() {
+            let n = peer.recv(&mut out).unwrap_or_else(|e| {
+                panic!(
+                    "burst {burst}: frame {i} of {QSIZE} never left ({e}); tx used index {} \
+                     of {want}\n{}",
+                    front.used_idx(1),
+                    backend.log()
+                )
+            });
+            assert!(out[..n] == f[..], "burst {burst}: frame {i} differs");
+            // A slow host: a pause now and then, so the backend meets a full socket again.
+            if i % 8 == 7 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        front.wait_used(1, want, &backend);
+    }
+    assert!(
+        peer.recv(&mut out).is_err(),
+        "a frame more than the guest sent"
+    );
+    let log = stop(backend);
+    let line = summary(&log);
+    assert_eq!(
+        counter(line, "tx"),
+        (BURSTS * usize::from(QSIZE)) as u64,
+        "{line}"
+    );
 }
 
 /// Reads a frame from receive buffer `i` as the guest would: (used length, frame).
