@@ -553,9 +553,12 @@ impl Drop for Guest {
 /// so a reader waiting for end of file would hang the test, and they would pile up in CI.
 fn kill_group(child: &mut Child) {
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) on the process group our unreaped child leads (spawned with
-        // process_group(0)); while the leader is not reaped its pid, and so the group's id,
-        // cannot be reused.
+        // SAFETY: kill(2) on the process group our child leads (spawned with
+        // process_group(0)). While the leader is not reaped, or any member of its group
+        // lives, the kernel keeps the id reserved, so the signal reaches only that group.
+        // Once all are gone the call fails with ESRCH, unless the kernel's cyclic pid
+        // allocation went all the way round and a new group leader took the id in between,
+        // which it cannot do in the microseconds since the reap.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
     let _ = child.kill();
