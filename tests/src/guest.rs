@@ -115,8 +115,9 @@ pub fn uml_initrd() -> PathBuf {
 /// buffer, and on a CPU whose XSAVE area is larger (AMX) the host's ptrace refuses it, so
 /// every UML process dies at its first system call ("ptrace set fp regs failed, errno = 14").
 ///
-/// Any other failure is retried, and panics after the third: a UML that runs on this CPU but
-/// does not boot is a broken setup, not missing hardware, and must not turn tests into skips.
+/// Any other failure is retried, and panics after the third (a `linux.uml` that cannot be
+/// started panics at once): a UML that runs on this CPU but does not boot is a broken setup,
+/// not missing hardware, and must not turn tests into skips.
 pub fn uml_usable(test: &str) -> bool {
     // Kept as the probe's verdict, not as a panic inside the initializer: every UML test in
     // the binary fails at once then, instead of each probing three more times.
@@ -171,50 +172,20 @@ impl std::fmt::Display for UmlProbe {
 fn probe_uml() -> UmlProbe {
     const LIMIT: Duration = Duration::from_secs(60);
     let dir = crate::TempDir::new("umlp");
-    let spawned = Command::new("linux.uml")
-        .process_group(0)
-        .env("TMPDIR", dir.path())
+    let mut cmd = Command::new("linux.uml");
+    cmd.env("TMPDIR", dir.path())
         .arg("mem=256M")
         .arg(format!("initrd={}", uml_initrd().display()))
         .arg(format!("uml_dir={}", dir.path().display()))
         .args(["umid=probe", "con=null", "con0=fd:0,fd:1", "quiet"])
-        .arg("vmtest.cmd=true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            return UmlProbe::Failed(format!(
-                "cannot run linux.uml ({e}): run resources/setup.sh"
-            ))
-        }
-    };
-    // UML reports its own failures on stderr, the guest's console is stdout.
-    let (tx, rx) = mpsc::channel();
-    let streams = output_streams(&mut child);
-    let count = streams.len();
-    for stream in streams {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut BufReader::new(stream), &mut text);
-            let _ = tx.send(text);
-        });
-    }
-    let deadline = Instant::now() + LIMIT;
-    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let in_time = Instant::now() < deadline;
-    kill_group(&mut child);
-    // Once the group is gone the pipes reach end of file; the bound is for a helper that
-    // left the group, so the probe cannot hang CI on it.
-    let texts: Vec<String> = (0..count)
-        .map_while(|_| rx.recv_timeout(Duration::from_secs(5)).ok())
-        .collect();
-    let text = texts.join("\n");
+        .arg("vmtest.cmd=true");
+    // The console holds stdout (the guest's) and stderr (where UML reports its own
+    // failures). Dropping the guest kills its process group, UML's helpers with it.
+    let mut guest = Guest::spawn(cmd, dir);
+    guest.wait_for("VMTEST-EXIT=", LIMIT);
+    let in_time = guest.since_start() < LIMIT;
+    let text = guest.console();
+    drop(guest);
     if text.contains("VMTEST-EXIT=0") {
         UmlProbe::Booted
     } else if text.contains("ptrace set fp regs failed") {
@@ -234,9 +205,9 @@ fn probe_uml() -> UmlProbe {
         UmlProbe::Failed(format!(
             "{}: {}",
             if in_time {
-                "exited".to_string()
+                "its console ended without VMTEST-EXIT=0".to_string()
             } else {
-                format!("still running after {LIMIT:?}")
+                format!("no VMTEST-EXIT= in {LIMIT:?}")
             },
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         ))
