@@ -393,18 +393,13 @@ fn tx_refused_by_a_full_host_leaves_when_the_host_takes_more() {
     const BURSTS: usize = 3;
     let dir = TempDir::new("dh-full");
     let (theirs, peer) = vmm_tests::rig::transport_pair();
-    let sndbuf: libc::c_int = 8 * 1024;
-    // SAFETY: setsockopt(2) on a socket we own, with a c_int option value of its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            theirs.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&sndbuf as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_SNDBUF: {}", std::io::Error::last_os_error());
+    vmm_net::transport::setsockopt_int(
+        theirs.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUF,
+        8 * 1024,
+    )
+    .expect("SO_SNDBUF");
     let (backend, sock) = fd_net_backend(dir.path(), theirs, None);
     let mut front = Front::connect(&sock, 0);
     let mut out = vec![0u8; 4096];

@@ -21,7 +21,7 @@ pub(crate) mod pcap;
 pub(crate) mod raw;
 mod switch_port;
 mod sys;
-pub use sys::seqpacket_pair;
+pub use sys::{seqpacket_pair, setsockopt_int};
 pub(crate) mod tap;
 mod tapdev;
 mod tunnel;
