@@ -32,6 +32,15 @@ int main(int argc, char **argv) {
         return 2;
     }
     int mode = atoi(argv[2]);
+    double secs = atof(argv[3]);
+    if (strlen(argv[2]) != 1 || mode < 0 || mode > 2 || argv[2][0] != '0' + mode) {
+        fprintf(stderr, "MODE must be 0, 1 or 2, not %s\n", argv[2]);
+        return 2;
+    }
+    if (!(secs > 0)) {
+        fprintf(stderr, "SECONDS must be a number above 0, not %s\n", argv[3]);
+        return 2;
+    }
     int s = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
     if (s < 0) {
         perror("socket");
@@ -69,7 +78,7 @@ int main(int argc, char **argv) {
         m[i].msg_hdr.msg_iov = &io[i];
         m[i].msg_hdr.msg_iovlen = 1;
     }
-    double t0 = now(), end = t0 + atof(argv[3]);
+    double t0 = now(), end = t0 + secs;
     long n = 0;
     while (now() < end) {
         int r = sendmmsg(s, m, 64, 0);
