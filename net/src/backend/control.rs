@@ -29,20 +29,16 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-
-use vhost_user_backend::VringEpollHandler;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::capture::{self, CaptureError, CaptureSession, CaptureSummary, Filter};
 use super::datapath::{Datapath, NetCounters};
-use super::device::{self, NetDevice};
+use super::device;
 use super::features;
 use super::steer::Steerer;
+use super::watch::Poller;
 use crate::config::{MacAddr, NetSpec};
 use crate::transport::{self, BpfProgram, HeaderDrops, Transport, TransportError, TransportStats};
-
-/// The epoll handlers of the connection being served, whose worker polls the transport.
-pub(super) type Workers = Vec<Arc<VringEpollHandler<Arc<RwLock<NetDevice>>>>>;
 
 /// Why a swap was refused. In every case the old transport is still in place and serving.
 #[derive(Debug, thiserror::Error)]
@@ -234,9 +230,9 @@ pub(super) struct Shared {
     pub mtu: u16,
     /// The current transport's spec said `bpfflash=1`: its receive filter may be replaced.
     bpfflash: AtomicBool,
-    /// The connection being served, if any. Held while its transport descriptors are
-    /// (un)registered, so a swap and a connection's start cannot interleave.
-    pub workers: Mutex<Option<Workers>>,
+    /// Held through a swap of all pairs, so two swaps cannot interleave and leave the device
+    /// half on each one's transports.
+    swapping: Mutex<()>,
     capture: Mutex<Option<CaptureSession>>,
     last_capture: Mutex<Option<CaptureSummary>>,
     /// Drops counted by transports since swapped out.
@@ -263,7 +259,7 @@ impl Shared {
             mac,
             mtu,
             bpfflash: AtomicBool::new(bpfflash),
-            workers: Mutex::new(None),
+            swapping: Mutex::new(()),
             capture: Mutex::new(None),
             last_capture: Mutex::new(None),
             retired: Mutex::new(transport_counters(&TransportStats::default())),
@@ -433,14 +429,14 @@ impl NetControl {
         let headroom = spec.common.headroom;
         let bpfflash = spec.common.bpfflash;
 
-        let workers = lock(&s.workers);
+        let swapping = lock(&s.swapping);
         // Pair by pair; on a failure the pairs already swapped get their old transports back,
         // so the device is never left half on each.
         // The old transports, with the batch options they ran with.
         let mut olds: Vec<Served> = Vec::with_capacity(news.len());
         let mut failure = None;
         for (pair, new) in news.into_iter().enumerate() {
-            match swap_pair(s, workers.as_ref(), pair, new, (depth, headroom)) {
+            match swap_pair(s, pair, new, (depth, headroom)) {
                 Ok(old) => olds.push(old),
                 Err(e) => {
                     failure = Some(e);
@@ -452,14 +448,14 @@ impl NetControl {
             for (pair, (old, options)) in olds.into_iter().enumerate().rev() {
                 // Putting back what served a moment ago: a failure here leaves that pair on
                 // the new transport, which is logged.
-                if let Err(again) = swap_pair(s, workers.as_ref(), pair, old, options) {
+                if let Err(again) = swap_pair(s, pair, old, options) {
                     log::warn!("{}: pair {pair}: the old transport back: {again}", s.name);
                 }
             }
             return Err(e);
         }
         s.bpfflash.store(bpfflash, Ordering::Relaxed);
-        drop(workers);
+        drop(swapping);
         for (old, _) in &olds {
             add_counters(&mut lock(&s.retired), &transport_counters(&old.stats()));
         }
@@ -586,50 +582,56 @@ type Served = (Box<dyn Transport>, (usize, u16));
 /// Puts `new` in pair `pair`'s datapath between batches with the batch options `(depth,
 /// headroom)`, steers it as the pair's ring is served now, and moves the worker's watch to
 /// its descriptors; returns the old transport and its batch options. On an error nothing
-/// changed.
+/// changed. All of it under the datapath's lock, which the worker takes for every event: it
+/// never runs the new transport unwatched, nor asks the epoll about a descriptor taken off.
 fn swap_pair(
     s: &Shared,
-    handlers: Option<&Workers>,
     pair: usize,
     new: Box<dyn Transport>,
     (depth, headroom): (usize, u16),
 ) -> Result<Served, SwapError> {
-    let new_fds = fds(new.as_ref());
     let mut dp = device::lock(&s.dps[pair]);
-    let old_fds = fds(dp.transport());
     let old_options = dp.batch_options();
-    let old = dp
-        .replace_transport(new, depth, headroom)
-        .map_err(|(_, source)| SwapError::MirrorOffloads {
-            device: s.name.clone(),
-            source,
-        })?;
-    s.steerer.reapply(pair as u16, &mut dp);
-    drop(dp);
-    if let Some(handlers) = handlers {
-        super::server::unwatch(handlers, pair, old_fds);
-        if let Err(source) = super::server::watch(handlers, pair, new_fds) {
-            // Put the old transport back rather than leave the pair deaf.
-            super::server::unwatch(handlers, pair, new_fds);
-            let mut dp = device::lock(&s.dps[pair]);
-            if let Ok(failed) = dp.replace_transport(old, old_options.0, old_options.1) {
-                s.steerer.reapply(pair as u16, &mut dp);
-                drop(dp);
-                let _ = super::server::watch(handlers, pair, old_fds);
-                drop(failed);
-            }
-            return Err(SwapError::Watch {
+    let poller = dp.unwatch();
+    let old = match dp.replace_transport(new, depth, headroom) {
+        Ok(old) => old,
+        Err((_, source)) => {
+            rewatch(&s.name, pair, &mut dp, poller);
+            return Err(SwapError::MirrorOffloads {
                 device: s.name.clone(),
                 source,
             });
         }
+    };
+    s.steerer.reapply(pair as u16, &mut dp);
+    let Some(poller) = poller else {
+        return Ok((old, old_options));
+    };
+    if let Err(source) = dp.watch(poller.clone()) {
+        // Put the old transport back rather than leave the pair deaf.
+        match dp.replace_transport(old, old_options.0, old_options.1) {
+            Ok(failed) => {
+                s.steerer.reapply(pair as u16, &mut dp);
+                rewatch(&s.name, pair, &mut dp, Some(poller));
+                drop(failed);
+            }
+            Err((_, e)) => log::warn!("{}: pair {pair}: the old transport back: {e}", s.name),
+        }
+        return Err(SwapError::Watch {
+            device: s.name.clone(),
+            source,
+        });
     }
     Ok((old, old_options))
 }
 
-/// The transport's receive and transmit descriptors.
-fn fds(t: &dyn Transport) -> (std::os::fd::RawFd, std::os::fd::RawFd) {
-    (t.rx_fd(), t.tx_fd())
+/// Watches the transport in place again after a swap that did not happen.
+fn rewatch(name: &str, pair: usize, dp: &mut Datapath, poller: Option<Poller>) {
+    if let Some(poller) = poller {
+        if let Err(e) = dp.watch(poller) {
+            log::warn!("{name}: pair {pair}: the transport back on its worker's epoll: {e}");
+        }
+    }
 }
 
 fn capture_name(name: &'static str) -> &'static str {

@@ -40,6 +40,7 @@ use super::coalesce;
 use super::features::{Negotiated, GUEST_HDR_LEN, NUM_BUFFERS_OFFSET};
 use super::segment;
 use super::used::UsedRing;
+use super::watch::{Poller, Watch};
 use crate::transport::vnet::{self, VnetHdr};
 use crate::transport::wire::ETH_HLEN;
 use crate::transport::{
@@ -498,6 +499,10 @@ pub struct Datapath {
     zero_copy: bool,
     /// The host would not take chains that went back to the ring: wait for writability.
     tx_blocked: bool,
+    /// The transport's descriptors on the serving connection's worker epoll, writability
+    /// asked for while frames wait for the host ([`Datapath::sync_watch`]); `None` between
+    /// connections.
+    watch: Option<Watch>,
     /// The receive frame that ended the last train, parsed as a TCP segment there (index in
     /// the receive batch): the next train starts with it, not parsed (checksummed) again.
     /// Forgotten whenever the batch is refilled.
@@ -557,6 +562,7 @@ impl Datapath {
             taken: Vec::with_capacity(geometry.gather_depth),
             zero_copy: true,
             tx_blocked: false,
+            watch: None,
             next_segment: None,
             gso_scratch: vec![0; geometry.scratch],
             negotiated,
@@ -645,6 +651,45 @@ impl Datapath {
         self.headroom = headroom;
         self.reshape(other_header, |s| &s.dropped_at_swap);
         Ok(old)
+    }
+
+    /// Puts the transport's descriptors on `poller`'s epoll (a connection's worker; see
+    /// [`super::watch`]) in place of any watch before, asking for writability at once if
+    /// frames wait for the host. On an error nothing is watched.
+    pub fn watch(&mut self, poller: Poller) -> std::io::Result<()> {
+        self.unwatch();
+        let fds = (self.transport.rx_fd(), self.transport.tx_fd());
+        self.watch = Watch::add(poller, fds)?;
+        self.sync_watch();
+        Ok(())
+    }
+
+    /// Takes the transport's descriptors off the worker's epoll (before the transport is
+    /// replaced or closed), returning the poller to watch its successor with.
+    pub fn unwatch(&mut self) -> Option<Poller> {
+        self.watch.take().map(Watch::remove)
+    }
+
+    /// Asks the worker's epoll for the transport's writability exactly while frames wait
+    /// for the host (refused chains back in the ring, or a batch not yet taken). The worker
+    /// calls this after every event; it costs a system call only when that changes.
+    pub fn sync_watch(&mut self) {
+        let waiting = self.tx_pending();
+        if let Some(w) = &mut self.watch {
+            if let Err(e) = w.want_out(waiting) {
+                // The next event tries again; until one comes, frames wait in the ring.
+                log::warn!(
+                    "{}: {} writability on the worker's epoll: {e}",
+                    self.transport.name(),
+                    if waiting { "asking for" } else { "dropping" }
+                );
+            }
+        }
+    }
+
+    /// Whether the worker's epoll reports the transport's writability now.
+    pub fn watches_out(&self) -> bool {
+        self.watch.as_ref().is_some_and(Watch::wants_out)
     }
 
     /// The batch options in force: frames per batch and headroom (see

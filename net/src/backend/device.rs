@@ -322,7 +322,7 @@ impl VhostUserBackendMut for NetDevice {
                     }
                 }
             }
-            match event {
+            let signals = match event {
                 e if e == u64::from(RX_QUEUE) => (run_queue(&mut dp, rx, &mem, true), false),
                 e if e == u64::from(TX_QUEUE) => (false, run_queue(&mut dp, tx, &mem, false)),
                 e if e == transport_rx || e == transport_tx => (
@@ -335,7 +335,10 @@ impl VhostUserBackendMut for NetDevice {
                     log::debug!("unexpected event {other}");
                     (false, false)
                 }
-            }
+            };
+            // Writability is listened for only while the host refuses frames (watch.rs).
+            dp.sync_watch();
+            signals
         };
         if signal_rx {
             signal(rx);

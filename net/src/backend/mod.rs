@@ -15,7 +15,9 @@
 //! - [`steer`]: which queue pairs of a multi-queue device the guest serves, and steering the
 //!   host's frames to them;
 //! - [`used`]: chains back to the guest, a received frame's all at once, and the notification
-//!   test.
+//!   test;
+//! - [`watch`]: what a pair's worker listens for on its transport's descriptors (writability
+//!   only while the host refuses frames).
 
 pub mod capture;
 pub mod coalesce;
@@ -30,6 +32,7 @@ pub mod segment;
 pub mod server;
 pub mod steer;
 pub mod used;
+pub mod watch;
 
 pub use capture::{CaptureError, CaptureSummary};
 pub use control::{FlashError, NetControl, NetStats, PairStats, SwapError};

@@ -15,16 +15,16 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::control::{NetControl, Shared, Workers};
+use super::control::{NetControl, Shared};
 use super::datapath::{Datapath, NetCounters};
 use super::device::{self, NetDevice, PAIR_QUEUES};
 use super::features;
 use super::interop::Relay;
 use super::policy::Limits;
 use super::steer::Steerer;
+use super::watch::Poller;
 use super::BackendError;
 use crate::config::{MacAddr, NetSpec};
 use crate::transport;
@@ -148,7 +148,7 @@ impl NetBackend {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(self.name.clone(), dev.clone(), mem)
             .map_err(|e| BackendError::Daemon(e.to_string()))?;
-        let attached = self.attach(&daemon)?;
+        self.attach(&daemon)?;
 
         // The crate's handler gets its own stream, through a private listener; the relay sits
         // between it and the real frontend (see interop.rs for why).
@@ -199,7 +199,6 @@ impl NetBackend {
         // Stop the worker threads of this connection (dropping the daemon joins them), close
         // what the crate leaks, and forget the connection's state.
         // (No lock on the device across the drop: the workers take it to finish.)
-        drop(attached);
         dev.read().unwrap_or_else(|p| p.into_inner()).notify_exit();
         drop(daemon);
         let closed = dev
@@ -211,7 +210,10 @@ impl NetBackend {
             self.name
         );
         for dp in &self.dps {
-            device::lock(dp).reset();
+            let mut dp = device::lock(dp);
+            // The workers are gone: their watches did nothing any more.
+            dp.unwatch();
+            dp.reset();
         }
         self.shared.steerer.reset(&self.dps);
         if shrank {
@@ -234,74 +236,28 @@ impl NetBackend {
         Ok(())
     }
 
-    /// Puts each pair's transport descriptors on its worker's epoll and records the
-    /// connection's handlers for swaps (under the lock a swap holds, so the two cannot
-    /// interleave). The handlers are forgotten when the returned guard goes.
-    fn attach<'a>(
-        &'a self,
-        daemon: &VhostUserDaemon<Arc<RwLock<NetDevice>>>,
-    ) -> Result<Attached<'a>, BackendError> {
-        let mut workers = self
-            .shared
-            .workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+    /// Puts each pair's transport descriptors on its worker's epoll (see [`super::watch`]).
+    /// The watches hold the workers weakly: once the connection's workers are gone they do
+    /// nothing, and the next connection's replace them.
+    fn attach(&self, daemon: &VhostUserDaemon<Arc<RwLock<NetDevice>>>) -> Result<(), BackendError> {
         let handlers = daemon.get_epoll_handlers();
+        let events = device::transport_events(handlers.len());
         for (pair, dp) in self.dps.iter().enumerate() {
-            let fds = {
-                let dp = device::lock(dp);
-                (dp.transport().rx_fd(), dp.transport().tx_fd())
+            let Some(h) = handlers.get(pair) else {
+                return Err(BackendError::Io {
+                    op: "registering the transport",
+                    source: io::Error::other(format!("no worker for queue pair {pair}")),
+                });
             };
-            watch(&handlers, pair, fds).map_err(|source| BackendError::Io {
-                op: "registering the transport",
-                source,
-            })?;
+            let epoll: Arc<dyn AsRawFd + Send + Sync> = h.clone();
+            device::lock(dp)
+                .watch(Poller::new(&epoll, events))
+                .map_err(|source| BackendError::Io {
+                    op: "registering the transport",
+                    source,
+                })?;
         }
-        *workers = Some(handlers);
-        Ok(Attached(&self.shared.workers))
-    }
-}
-
-/// Forgets the connection's worker handlers when the connection ends.
-struct Attached<'a>(&'a Mutex<Option<Workers>>);
-
-impl Drop for Attached<'_> {
-    fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-}
-
-/// Puts pair `pair`'s transport descriptors (receive, transmit) on its worker's epoll,
-/// edge-triggered: the datapath drains until the host would block or the guest is out of
-/// buffers, and resumes on the guest's kick, so a full receive queue never spins the worker. A
-/// descriptor that is already ready when added wakes the worker at once.
-pub(super) fn watch(handlers: &Workers, pair: usize, (rx, tx): (RawFd, RawFd)) -> io::Result<()> {
-    let Some(h) = handlers.get(pair) else {
-        return Err(io::Error::other(format!("no worker for queue pair {pair}")));
-    };
-    let (rx_event, tx_event) = device::transport_events(handlers.len());
-    if rx == tx {
-        h.register_listener(
-            rx,
-            EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
-            rx_event,
-        )
-    } else {
-        h.register_listener(rx, EventSet::IN | EventSet::EDGE_TRIGGERED, rx_event)?;
-        h.register_listener(tx, EventSet::OUT | EventSet::EDGE_TRIGGERED, tx_event)
-    }
-}
-
-/// Takes pair `pair`'s transport descriptors off its worker's epoll (before the transport is
-/// closed). A descriptor that was not on it is no error worth reporting.
-pub(super) fn unwatch(handlers: &Workers, pair: usize, (rx, tx): (RawFd, RawFd)) {
-    let Some(h) = handlers.get(pair) else {
-        return;
-    };
-    let (rx_event, tx_event) = device::transport_events(handlers.len());
-    let _ = h.unregister_listener(rx, EventSet::IN, rx_event);
-    if tx != rx {
-        let _ = h.unregister_listener(tx, EventSet::OUT, tx_event);
+        Ok(())
     }
 }
 
