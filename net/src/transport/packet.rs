@@ -1,6 +1,7 @@
-//! An AF_PACKET socket bound to one interface, with `PACKET_VNET_HDR` (always: the header
-//! tells the backend about partial checksums and GSO frames, which an AF_PACKET socket can see
-//! even when we asked for no offloads), multi-packet I/O and an optional classic BPF filter.
+//! AF_PACKET sockets bound to one interface, with `PACKET_VNET_HDR` (always: the header tells
+//! the backend about partial checksums and GSO frames, which an AF_PACKET socket can see even
+//! when we asked for no offloads) and multi-packet I/O: [`PacketSocket`] receives, through an
+//! optional classic BPF filter; [`PacketSender`] sends.
 
 use std::cell::Cell;
 use std::io;
@@ -233,6 +234,41 @@ impl PacketSocket {
     /// Frames the kernel dropped for us so far.
     pub fn kernel_drops(&self) -> u64 {
         self.drops.read(self.fd())
+    }
+}
+
+/// An AF_PACKET socket on one interface that only sends (bound to protocol 0: the kernel
+/// queues nothing to it and runs nothing for it on receive), with `PACKET_VNET_HDR` as
+/// [`PacketSocket`] has.
+///
+/// Why `raw` sends through one of these and not through its receiving socket: the receiving
+/// socket is always on the worker's epoll, and a socket on an epoll has a sleeper on its wait
+/// queue, which every transmitted frame's buffer, freed, then wakes (`sock_def_write_space`
+/// takes the queue's lock even when the epoll does not listen for writability). This one is
+/// on the epoll only while the host refuses frames (`backend::watch`).
+pub struct PacketSender {
+    fd: OwnedFd,
+    mmsg: Mmsg,
+}
+
+impl PacketSender {
+    /// Opens the sender on `ifname`, `depth` frames per call.
+    pub fn open(ifname: &str, depth: usize) -> io::Result<PacketSender> {
+        let index = sys::ifindex(ifname)?;
+        let fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
+        let raw = fd.as_raw_fd();
+        sys::setsockopt_int(raw, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1)?;
+        // Best effort, as for PacketSocket.
+        let _ = sys::setsockopt_int(raw, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1);
+        sys::bind_packet_protocol(raw, index, 0)?;
+        Ok(PacketSender {
+            fd,
+            mmsg: Mmsg::new(depth),
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 
     /// Sends the frames from `start`; returns how many the kernel took.

@@ -1,11 +1,12 @@
 //! `transport=raw`: AF_PACKET on an existing interface (a veth end, a NIC), multi-packet both
 //! ways. Copies of our own transmissions are dropped (UML's default filter compares source
-//! MACs instead, which also drops legitimate frames and misses forwarded ones).
+//! MACs instead, which also drops legitimate frames and misses forwarded ones). Frames go out
+//! through a second socket that only sends ([`PacketSender`] says why).
 
 use std::os::fd::RawFd;
 
 use super::bpf::BpfProgram;
-use super::packet::{Direction, Fanout, PacketSocket};
+use super::packet::{Direction, Fanout, PacketSender, PacketSocket};
 use super::{
     Frames, GatherBatch, Offloads, PacketBatch, Transport, TransportError, TransportStats,
 };
@@ -13,7 +14,10 @@ use super::{Opening, QueueGroup, QueueSlot, Steering};
 use crate::config::TransportConfig;
 
 pub struct Raw {
+    /// Receives (and is in the pair's fanout group).
     sock: PacketSocket,
+    /// Sends.
+    tx: PacketSender,
     stats: TransportStats,
 }
 
@@ -39,6 +43,11 @@ impl Raw {
                 source,
             },
         )?;
+        let tx = PacketSender::open(ifname, depth).map_err(|source| TransportError::Interface {
+            transport: "raw",
+            ifname: ifname.to_string(),
+            source,
+        })?;
         if let Some(id) = sock.group() {
             log::info!(
                 "raw: pair {} of {} on {ifname}, fanout group {id}",
@@ -48,6 +57,7 @@ impl Raw {
         }
         Ok(Raw {
             sock,
+            tx,
             stats: TransportStats::default(),
         })
     }
@@ -67,7 +77,7 @@ impl Transport for Raw {
     }
 
     fn tx_fd(&self) -> RawFd {
-        self.sock.fd()
+        self.tx.fd()
     }
 
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
@@ -75,7 +85,7 @@ impl Transport for Raw {
     }
 
     fn send(&mut self, batch: &PacketBatch) -> Result<usize, TransportError> {
-        send_all(&mut self.sock, batch, &mut self.stats.tx_dropped, "raw")
+        send_all(&mut self.tx, batch, &mut self.stats.tx_dropped, "raw")
     }
 
     fn gathers(&self) -> bool {
@@ -83,7 +93,7 @@ impl Transport for Raw {
     }
 
     fn send_gather(&mut self, frames: &GatherBatch) -> Result<usize, TransportError> {
-        send_all(&mut self.sock, frames, &mut self.stats.tx_dropped, "raw")
+        send_all(&mut self.tx, frames, &mut self.stats.tx_dropped, "raw")
     }
 
     /// Nothing to mirror: the interface's own offloads are the host's business, and
@@ -130,7 +140,7 @@ impl Transport for Raw {
 /// leave the guest's ring stopped until its next kick, which a guest with a full ring never
 /// sends.
 pub fn send_all<F: Frames + ?Sized>(
-    sock: &mut PacketSocket,
+    sock: &mut PacketSender,
     batch: &F,
     dropped: &mut u64,
     transport: &'static str,

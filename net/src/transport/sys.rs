@@ -192,10 +192,17 @@ pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 
 /// Binds an AF_PACKET socket to interface `ifindex`, all protocols: from here on it receives.
 pub fn bind_packet(fd: RawFd, ifindex: i32) -> io::Result<()> {
+    bind_packet_protocol(fd, ifindex, libc::ETH_P_ALL as u16)
+}
+
+/// Binds an AF_PACKET socket to interface `ifindex` for frames of ethertype `protocol`; with 0
+/// it receives nothing at all (it is on none of the kernel's packet-type lists) and only
+/// sends.
+pub fn bind_packet_protocol(fd: RawFd, ifindex: i32, protocol: u16) -> io::Result<()> {
     // SAFETY: sockaddr_ll is a plain C struct; all-zero is valid.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sll.sll_protocol = protocol.to_be();
     sll.sll_ifindex = ifindex;
     // SAFETY: `sll` is a live, fully initialised sockaddr_ll and its size is passed.
     cvt(unsafe {
