@@ -153,13 +153,13 @@ fn ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::
     Ok(())
 }
 
+/// An epoll as a worker's, for tests here and of the datapath.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::unix::net::UnixDatagram;
+pub(crate) mod testing {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::sync::Arc;
 
-    /// An epoll of our own, as a worker's.
     struct Epoll(OwnedFd);
 
     impl AsRawFd for Epoll {
@@ -168,7 +168,7 @@ mod tests {
         }
     }
 
-    fn epoll() -> Arc<dyn AsRawFd + Send + Sync> {
+    pub fn epoll() -> Arc<dyn AsRawFd + Send + Sync> {
         // SAFETY: no pointers; a new descriptor or -1.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         assert!(fd >= 0, "epoll_create1: {}", io::Error::last_os_error());
@@ -177,7 +177,7 @@ mod tests {
     }
 
     /// The events ready now (no waiting), as (event number, EPOLLIN, EPOLLOUT).
-    fn ready(epoll: &Arc<dyn AsRawFd + Send + Sync>) -> Vec<(u64, bool, bool)> {
+    pub fn ready(epoll: &Arc<dyn AsRawFd + Send + Sync>) -> Vec<(u64, bool, bool)> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
         // SAFETY: `events` has room for the 8 events asked for.
         let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), 8, 0) };
@@ -185,8 +185,7 @@ mod tests {
         events[..n as usize]
             .iter()
             .map(|e| {
-                let bits = e.events;
-                let data = e.u64;
+                let (bits, data) = (e.events, e.u64);
                 (
                     data,
                     bits & libc::EPOLLIN as u32 != 0,
@@ -195,6 +194,13 @@ mod tests {
             })
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{epoll, ready};
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
 
     #[test]
     fn writability_is_reported_only_while_asked_for() {

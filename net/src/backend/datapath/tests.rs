@@ -18,6 +18,8 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::backend::features::Negotiated;
+use crate::backend::watch::testing::{epoll, ready};
+use crate::backend::watch::Poller;
 use crate::transport::{Frames, GatherBatch, Offloads, PacketBatch, Transport, TransportError};
 
 /// What the fake host side holds: frames to hand the datapath, frames it sent, and how many
@@ -35,6 +37,9 @@ struct Host {
     /// what was read there.
     watch: Option<(GuestMemoryMmap, GuestAddress)>,
     idx_at_recv: Vec<u16>,
+    /// The descriptors the transport reports (receive, transmit), for tests of the worker's
+    /// epoll; -1 (none) otherwise.
+    fds: Option<(RawFd, RawFd)>,
 }
 
 /// A transport in memory.
@@ -53,10 +58,10 @@ impl Transport for FakeTransport {
         self.hdr
     }
     fn rx_fd(&self) -> RawFd {
-        -1
+        self.host.lock().unwrap().fds.map_or(-1, |f| f.0)
     }
     fn tx_fd(&self) -> RawFd {
-        -1
+        self.host.lock().unwrap().fds.map_or(-1, |f| f.1)
     }
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
         let mut host = self.host.lock().unwrap();
@@ -500,14 +505,20 @@ fn tx_frames_leave_byte_exact_with_the_transport_header() {
     assert_eq!(sent(&bare_host), vec![frames[0].clone()]);
 }
 
+/// A transmit queue holding three 100-byte frames (heads 0, 2, 4), and its mock.
+fn three_tx_frames(m: &GuestMemoryMmap) -> (MockSplitQueue<'_, GuestMemoryMmap>, Queue) {
+    let vq = MockSplitQueue::create(m, GuestAddress(0), 16);
+    for i in 0..3u16 {
+        tx_chain(m, &vq, i * 2, [0; 12], &frame(100, i as u8));
+    }
+    let q: Queue = vq.create_queue().unwrap();
+    (vq, q)
+}
+
 #[test]
 fn tx_backpressure_keeps_frames_until_the_host_takes_them() {
     let m = mem();
-    let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
-    for i in 0..3u16 {
-        tx_chain(&m, &vq, i * 2, [0; 12], &frame(100, i as u8));
-    }
-    let mut q: Queue = vq.create_queue().unwrap();
+    let (_vq, mut q) = three_tx_frames(&m);
     let (mut dp, host) = datapath(10, vec![], MRG);
     host.lock().unwrap().accept = 1;
     dp.process_tx(&mut q, &m).unwrap();
@@ -521,6 +532,64 @@ fn tx_backpressure_keeps_frames_until_the_host_takes_them() {
         assert_eq!(&o[10..], &frame(100, i as u8)[..], "order kept");
     }
     assert!(!dp.tx_pending());
+}
+
+/// The worker hears of the transport's writability exactly while frames wait for the host:
+/// asked for after a refused send (reported at once by a socket already writable again),
+/// dropped once the backlog is gone; a watch moved to a replacing transport (what a swap
+/// does) asks at once when frames still wait. The transport here sends on a descriptor of its
+/// own, which is on the epoll only meanwhile.
+#[test]
+fn writability_is_watched_only_while_the_host_refuses_frames() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+    let m = mem();
+    let (vq, mut q) = three_tx_frames(&m);
+    let (mut dp, host) = datapath(10, vec![], MRG);
+    let (rx, _rx_peer) = UnixDatagram::pair().unwrap();
+    let (tx, _tx_peer) = UnixDatagram::pair().unwrap();
+    host.lock().unwrap().fds = Some((rx.as_raw_fd(), tx.as_raw_fd()));
+    let ep = epoll();
+    dp.watch(Poller::new(&ep, (5, 6))).unwrap();
+    assert!(!dp.watches_out());
+    assert_eq!(ready(&ep), vec![]);
+
+    host.lock().unwrap().accept = 1;
+    dp.process_tx(&mut q, &m).unwrap();
+    dp.sync_watch();
+    assert!(dp.watches_out(), "frames wait for the host");
+    assert_eq!(
+        ready(&ep),
+        vec![(6, false, true)],
+        "writable already: reported at once"
+    );
+
+    // A swap: the watch moves to the replacing transport, the frames waiting with it.
+    let poller = dp.unwatch().expect("watched");
+    let next = FakeTransport {
+        hdr: 10,
+        host: host.clone(),
+        scatters: false,
+    };
+    let old = dp.replace_transport(Box::new(next), 8, 2).ok().unwrap();
+    drop(old);
+    dp.watch(poller).unwrap();
+    assert!(dp.watches_out(), "still waiting after the swap");
+    assert_eq!(ready(&ep), vec![(6, false, true)]);
+
+    host.lock().unwrap().accept = usize::MAX;
+    dp.process_tx(&mut q, &m).unwrap();
+    dp.sync_watch();
+    assert_eq!(sent(&host).len(), 3);
+    assert!(!dp.watches_out(), "nothing waits");
+    // Off the epoll again: asking once more registers it afresh (no EEXIST) and reports.
+    host.lock().unwrap().accept = 0;
+    tx_chain(&m, &vq, 6, [0; 12], &frame(100, 3));
+    dp.process_tx(&mut q, &m).unwrap();
+    dp.sync_watch();
+    assert!(dp.watches_out());
+    assert_eq!(ready(&ep), vec![(6, false, true)]);
+    dp.unwatch();
 }
 
 #[test]
