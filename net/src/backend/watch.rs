@@ -23,6 +23,10 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Weak};
 
+// Every call below holds the worker's epoll through an upgraded `Arc`, so the number it passes
+// is that epoll, not a descriptor that took its number after the worker went.
+use crate::transport::epoll_ctl as ctl;
+
 /// A worker's epoll and the event numbers its transport descriptors report as (receive,
 /// transmit; see `device::transport_events`).
 #[derive(Clone)]
@@ -138,19 +142,6 @@ fn interest(readable: bool, writable: bool) -> u32 {
         events |= libc::EPOLLOUT as u32;
     }
     events
-}
-
-fn ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
-    let mut event = libc::epoll_event { events, u64: data };
-    // SAFETY: `event` is a valid epoll_event for the call's duration (the kernel copies it,
-    // and ignores it for EPOLL_CTL_DEL); `epoll` is an epoll descriptor kept open by the Arc
-    // the caller upgraded; `fd` is an open descriptor of the caller's transport. A wrong
-    // descriptor only makes the call fail.
-    let r = unsafe { libc::epoll_ctl(epoll, op, fd, &mut event) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// An epoll as a worker's, for tests here and of the datapath.

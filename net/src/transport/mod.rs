@@ -21,6 +21,7 @@ pub(crate) mod pcap;
 pub(crate) mod raw;
 mod switch_port;
 mod sys;
+pub(crate) use sys::epoll_ctl;
 pub use sys::{seqpacket_pair, setsockopt_int};
 pub(crate) mod tap;
 mod tapdev;

@@ -47,6 +47,22 @@ pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// `epoll_ctl(2)`: `op` on `fd` in `epoll`, asking for `events`, reported with `data`.
+pub fn epoll_ctl(
+    epoll: RawFd,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    data: u64,
+) -> io::Result<()> {
+    let mut event = libc::epoll_event { events, u64: data };
+    // SAFETY: `event` is a live local for the call's duration (the kernel copies it, and
+    // ignores it for EPOLL_CTL_DEL); a descriptor that is not an epoll, or not open, only
+    // makes the call fail.
+    cvt(unsafe { libc::epoll_ctl(epoll, op, fd, &mut event) })?;
+    Ok(())
+}
+
 /// Converts a -1 `ssize_t` return into the errno.
 pub fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
     if ret < 0 {

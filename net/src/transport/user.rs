@@ -221,13 +221,7 @@ impl User {
     }
 
     fn epoll_ctl(&self, op: c_int, fd: RawFd, events: u32) -> std::io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events,
-            u64: fd as u64,
-        };
-        // SAFETY: `ev` is a live local; the kernel copies it.
-        cvt(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) })?;
-        Ok(())
+        super::sys::epoll_ctl(self.epoll.as_raw_fd(), op, fd, events, fd as u64)
     }
 
     /// Fills `self.pollfds` from libslirp's current wishes; returns its timeout (ms).
