@@ -345,17 +345,10 @@ fn serve_in_process(
 }
 
 /// dpdk-testpmd as a two-pair frontend (`net_virtio_user`, its own control queue) on
-/// `sock`, forwarding in `mode`, run under `wrapper` (`timeout` and its arguments) if given.
-fn testpmd(wrapper: &[&str], sock: &std::path::Path, mode: &str) -> Command {
-    let (program, first) = match wrapper {
-        [program, rest @ ..] => (*program, rest),
-        [] => ("dpdk-testpmd", &[][..]),
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(first);
-    if !wrapper.is_empty() {
-        cmd.arg("dpdk-testpmd");
-    }
+/// `sock`, forwarding in `mode` until a signal (SIGINT or SIGTERM: then it prints its
+/// statistics).
+fn testpmd(sock: &std::path::Path, mode: &str) -> Command {
+    let mut cmd = Command::new("dpdk-testpmd");
     cmd.args(["-l", "0-1", "--no-huge", "-m", "512", "--no-pci"])
         .arg(format!("--file-prefix={}", vmm_tests::unique_name("tpmd")))
         .arg(format!(
@@ -412,11 +405,20 @@ fn dpdk_testpmd_sends_on_two_queue_pairs() {
     };
     let rx = || counter(&vb, "rx_packets");
     let before = rx();
-    let out = testpmd(&["timeout", "-s", "INT", "4"], &sock, "txonly")
-        .output()
-        .expect("run dpdk-testpmd (resources/setup.sh installs dpdk-dev)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // Three seconds of forwarding, counted from when testpmd says it forwards: its start-up
+    // (EAL, 512 MiB without huge pages, the vhost-user handshake) takes seconds of its own on
+    // a busy machine, and once took most of a fixed budget that included it.
+    let mut pmd = Daemon::spawn(testpmd(&sock, "txonly"), dir.path().join("testpmd.log"));
+    assert!(
+        pmd.wait_for_log("packet forwarding - ports=", Duration::from_secs(60)),
+        "dpdk-testpmd (resources/setup.sh installs dpdk-dev) exited before forwarding:\n{}",
+        pmd.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // testpmd takes SIGTERM as SIGINT: it stops forwarding, prints its statistics and exits.
+    let status = pmd.terminate(Duration::from_secs(20));
+    let text = pmd.log();
+    assert!(status.is_some(), "testpmd did not exit:\n{text}");
     server
         .join()
         .expect("the backend thread")
@@ -475,7 +477,7 @@ fn dpdk_testpmd_receives_the_hosts_flows_on_two_queue_pairs_across_a_swap() {
         &format!("vec0:transport=raw,ifname={va},queues=2"),
         &sock,
     );
-    let cmd = testpmd(&[], &sock, "rxonly");
+    let cmd = testpmd(&sock, "rxonly");
     let mut testpmd = Daemon::spawn(cmd, dir.path().join("testpmd.log"));
     testpmd.wait_for_log("packet forwarding - ports=", Duration::from_secs(20));
     let peer = ns.enter(|| PacketPeer::open(&vb, false));
