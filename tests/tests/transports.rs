@@ -18,9 +18,11 @@ use vmm_net::config::{
     XdpMode,
 };
 use vmm_net::transport::{self, Offloads, PacketBatch, Transport};
-use vmm_tests::batch::{recv_kept, send_at_once};
+use vmm_tests::batch::{batch_of, recv_kept, send_at_once};
 use vmm_tests::netns::NetNs;
-use vmm_tests::peer::{is_test_frame, test_frame, tso_frame, wait_readable, PacketPeer};
+use vmm_tests::peer::{
+    is_test_frame, test_frame, tso_frame, wait_readable, wait_writable, PacketPeer,
+};
 use vmm_tests::TempDir;
 
 const GUEST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -281,6 +283,74 @@ fn xdp_frames_cross_a_veth_byte_exact_on_the_drivers_hook_by_default() {
 #[test]
 fn xdp_frames_cross_a_veth_byte_exact_on_the_generic_hook() {
     xdp_crosses_a_veth(XdpMode::Skb, "skb");
+}
+
+/// `xdp` sends through a socket of its own, sharing the receiving socket's UMEM (so the
+/// worker's epoll, which sits on the receiving one, costs the frames sent nothing), and that
+/// socket is what says the transport takes frames again: a burst of numbered frames longer
+/// than the UMEM's transmit half is taken in parts, each part once the sending socket is
+/// writable, and arrives whole and in order.
+#[test]
+fn xdp_sends_a_burst_larger_than_its_umem_through_its_own_socket() {
+    let ns = NetNs::new();
+    let (peer_end, dp_end) = ns.veth_pair(None);
+    let s = spec(
+        TransportConfig::Xdp(XdpConfig {
+            ifname: dp_end,
+            mode: XdpMode::Auto,
+        }),
+        false,
+    );
+    let (mut t, peer) = open_in(&ns, s, &peer_end, false);
+    assert_ne!(
+        t.tx_fd(),
+        t.rx_fd(),
+        "xdp sends through its receiving socket"
+    );
+    const BURST: u32 = 1000;
+    let frames: Vec<Vec<u8>> = (0..BURST)
+        .map(|i| {
+            let mut f = test_frame(60, GUEST, HOST, 9);
+            f[14..18].copy_from_slice(&i.to_be_bytes());
+            f
+        })
+        .collect();
+    let number = |f: &[u8]| u32::from_be_bytes(f[14..18].try_into().expect("4 bytes"));
+    let mut arrived = Vec::new();
+    let drain = |arrived: &mut Vec<Vec<u8>>| {
+        while let Some(f) = peer.recv_matching(Duration::from_millis(20), |b| is_test_frame(b, 0)) {
+            arrived.push(f);
+        }
+    };
+    let (mut taken, mut parts) = (0, 0);
+    while taken < frames.len() {
+        let n = t.send(&batch_of(&frames[taken..], BUF)).expect("send");
+        taken += n;
+        parts += 1;
+        drain(&mut arrived);
+        if taken < frames.len() {
+            assert!(
+                wait_writable(t.tx_fd(), Duration::from_secs(3)),
+                "the sending socket never became writable again with {taken} of {BURST} \
+                 frames taken"
+            );
+        }
+    }
+    drain(&mut arrived);
+    assert!(
+        parts > 1,
+        "the UMEM took the whole burst at once: nothing tested"
+    );
+    let numbers: Vec<u32> = arrived.iter().map(|f| number(f)).collect();
+    assert_eq!(
+        numbers,
+        (0..BURST).collect::<Vec<_>>(),
+        "frames lost or reordered"
+    );
+    for (got, sent) in arrived.iter().zip(&frames) {
+        assert_eq!(got, sent, "frame {} changed on the way", number(sent));
+    }
+    assert_eq!(t.stats().tx_dropped, 0, "{}", t.stats());
 }
 
 /// The Internet checksum of `data` after `sum`, unfolded into a u16 (0xffff verifies).

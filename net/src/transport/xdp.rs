@@ -186,8 +186,10 @@ impl Transport for Xdp {
         self.xsk.fd()
     }
 
+    /// The sending socket, apart from the receiving one so that the worker's epoll sits on
+    /// it only while frames wait ([`super::xsk`]).
     fn tx_fd(&self) -> RawFd {
-        self.xsk.fd()
+        self.xsk.tx_fd()
     }
 
     /// Copies what the rx ring holds into the batch, completing checksums the sender left

@@ -10,7 +10,15 @@
 //! - **completion** (the kernel's): sent chunks, free again.
 //!
 //! The UMEM is split once: the first `rx` chunks circulate between fill and rx, the others
-//! between our free list, tx and completion. Each ring index is a free-running `u32` shared
+//! between our free list, tx and completion.
+//!
+//! Two sockets share the UMEM, both bound to the same queue (`XDP_SHARED_UMEM`): the first
+//! owns fill, rx and completion and is the one the XDP program redirects to; the second has
+//! only the tx ring. Each frame the kernel sends is an skb owned by the sending socket, and
+//! freeing it (`sock_wfree`) takes the lock of that socket's wait queue whenever anything
+//! sleeps on it, as the worker's epoll does on the receiving socket. The sending socket is
+//! on no epoll while the host takes frames (the worker asks for its writability only while
+//! frames wait), so frames sent cost no wake-up; `raw`'s `PacketSender` is the same idea. Each ring index is a free-running `u32` shared
 //! with the kernel; we read the other side's with acquire and publish ours with release
 //! ordering, as the kernel's `xsk_queue.h` does on its side.
 
@@ -215,6 +223,20 @@ fn getsockopt<T>(fd: RawFd, name: libc::c_int, value: &mut T) -> io::Result<usiz
     Ok(len as usize)
 }
 
+/// Where the kernel put each ring in the socket's mappings (`XDP_MMAP_OFFSETS`).
+fn mmap_offsets(fd: RawFd) -> io::Result<libc::xdp_mmap_offsets> {
+    // SAFETY: xdp_mmap_offsets is integers only, for which all-zero is a valid value.
+    let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
+    let len = getsockopt(fd, libc::XDP_MMAP_OFFSETS, &mut off)?;
+    if len < std::mem::size_of::<libc::xdp_mmap_offsets>() {
+        // Kernels before 5.4 lack the flags word (and need_wakeup with it).
+        return Err(io::Error::other(
+            "this kernel's AF_XDP is too old (no ring flags; Linux 5.4 or later)",
+        ));
+    }
+    Ok(off)
+}
+
 /// How long a bind waits for a queue that a socket closed just before still holds.
 const QUEUE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -273,6 +295,9 @@ pub struct Xsk {
     tx: Ring<libc::xdp_desc>,
     fill: Ring<u64>,
     completion: Ring<u64>,
+    /// The sending socket: the tx ring's, sharing the receiving socket's UMEM and rings.
+    tx_fd: OwnedFd,
+    /// The receiving socket: fill, rx and completion; the UMEM's registration.
     fd: OwnedFd,
     umem: Mapping,
     geometry: Geometry,
@@ -287,9 +312,10 @@ pub struct Xsk {
 }
 
 impl Xsk {
-    /// Makes the socket, registers the UMEM, maps the rings, fills the fill ring and binds
-    /// to `ifindex`'s receive queue `queue` (the kernel picks zero-copy where the driver has
-    /// it, copying otherwise).
+    /// Makes the receiving socket (registers the UMEM, maps fill, rx and completion, fills
+    /// the fill ring) and binds it to `ifindex`'s receive queue `queue` (the kernel picks
+    /// zero-copy where the driver has it, copying otherwise); then the sending socket, bound
+    /// to the same queue on the same UMEM.
     pub fn open(ifindex: u32, queue: u32, geometry: Geometry) -> io::Result<Xsk> {
         let Geometry { chunk, rx, tx } = geometry;
         if !(chunk.is_power_of_two() && rx.is_power_of_two() && tx.is_power_of_two()) {
@@ -307,23 +333,13 @@ impl Xsk {
             flags: 0,
             tx_metadata_len: 0,
         };
-        setsockopt(fd.as_raw_fd(), libc::XDP_UMEM_REG, &reg)?;
-        setsockopt(fd.as_raw_fd(), libc::XDP_UMEM_FILL_RING, &rx)?;
-        setsockopt(fd.as_raw_fd(), libc::XDP_UMEM_COMPLETION_RING, &tx)?;
-        setsockopt(fd.as_raw_fd(), libc::XDP_RX_RING, &rx)?;
-        setsockopt(fd.as_raw_fd(), libc::XDP_TX_RING, &tx)?;
-        // SAFETY: xdp_mmap_offsets is integers only, for which all-zero is a valid value.
-        let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
-        let len = getsockopt(fd.as_raw_fd(), libc::XDP_MMAP_OFFSETS, &mut off)?;
-        if len < std::mem::size_of::<libc::xdp_mmap_offsets>() {
-            // Kernels before 5.4 lack the flags word (and need_wakeup with it).
-            return Err(io::Error::other(
-                "this kernel's AF_XDP is too old (no ring flags; Linux 5.4 or later)",
-            ));
-        }
         let raw = fd.as_raw_fd();
+        setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
+        setsockopt(raw, libc::XDP_UMEM_FILL_RING, &rx)?;
+        setsockopt(raw, libc::XDP_UMEM_COMPLETION_RING, &tx)?;
+        setsockopt(raw, libc::XDP_RX_RING, &rx)?;
+        let off = mmap_offsets(raw)?;
         let rx_ring = Ring::map(raw, &off.rx, rx, libc::XDP_PGOFF_RX_RING)?;
-        let tx_ring = Ring::map(raw, &off.tx, tx, libc::XDP_PGOFF_TX_RING)?;
         let fill = Ring::map(
             raw,
             &off.fr,
@@ -354,12 +370,40 @@ impl Xsk {
             sxdp_shared_umem_fd: 0,
         };
         bind(raw, &addr, queue)?;
+
+        // The sending socket: a tx ring only, no UMEM of its own (a socket that shares one on
+        // the same queue uses its owner's fill and completion rings, and may not name flags).
+        let tx_fd = sys::socket(libc::AF_XDP, libc::SOCK_RAW, 0)?;
+        let tx_raw = tx_fd.as_raw_fd();
+        setsockopt(tx_raw, libc::XDP_TX_RING, &tx)?;
+        let tx_off = mmap_offsets(tx_raw)?;
+        let tx_ring = Ring::map(tx_raw, &tx_off.tx, tx, libc::XDP_PGOFF_TX_RING)?;
+        let shared = libc::sockaddr_xdp {
+            sxdp_flags: libc::XDP_SHARED_UMEM,
+            sxdp_shared_umem_fd: raw as u32,
+            ..addr
+        };
+        // SAFETY: `shared` is a live sockaddr_xdp and its exact size is passed.
+        cvt(unsafe {
+            libc::bind(
+                tx_raw,
+                (&shared as *const libc::sockaddr_xdp).cast(),
+                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
+        })
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("binding the sending socket to the receiving one's UMEM: {e}"),
+            )
+        })?;
         let tx_head = tx_ring.producer().load(Ordering::Relaxed);
         Ok(Xsk {
             rx: rx_ring,
             tx: tx_ring,
             fill,
             completion,
+            tx_fd,
             fd,
             umem,
             geometry,
@@ -369,8 +413,14 @@ impl Xsk {
         })
     }
 
+    /// The receiving socket: the one the XDP program redirects to and the worker waits on.
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// The sending socket: writable again when the kernel has taken frames off its ring.
+    pub fn tx_fd(&self) -> RawFd {
+        self.tx_fd.as_raw_fd()
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -558,7 +608,7 @@ impl Xsk {
             // SAFETY: a zero-length send with no buffer and no address.
             let ret = unsafe {
                 libc::sendto(
-                    self.fd(),
+                    self.tx_fd(),
                     std::ptr::null(),
                     0,
                     libc::MSG_DONTWAIT,
@@ -589,15 +639,20 @@ impl Xsk {
         Ok(())
     }
 
-    /// The kernel's counters for this socket.
+    /// The kernel's counters: receive drops from the receiving socket, refused descriptors
+    /// from the sending one (each socket counts what passes through its own rings).
     pub fn stats(&self) -> io::Result<XskStats> {
-        // SAFETY: xdp_statistics is integers only, for which all-zero is a valid value.
-        let mut s: libc::xdp_statistics = unsafe { std::mem::zeroed() };
-        getsockopt(self.fd(), libc::XDP_STATISTICS, &mut s)?;
+        let read = |fd| -> io::Result<libc::xdp_statistics> {
+            // SAFETY: xdp_statistics is integers only, for which all-zero is a valid value.
+            let mut s: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+            getsockopt(fd, libc::XDP_STATISTICS, &mut s)?;
+            Ok(s)
+        };
+        let (rx, tx) = (read(self.fd())?, read(self.tx_fd())?);
         Ok(XskStats {
-            rx_dropped: s.rx_dropped,
-            rx_ring_full: s.rx_ring_full,
-            tx_invalid: s.tx_invalid_descs,
+            rx_dropped: rx.rx_dropped,
+            rx_ring_full: rx.rx_ring_full,
+            tx_invalid: tx.tx_invalid_descs,
         })
     }
 }
