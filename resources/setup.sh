@@ -24,6 +24,13 @@ apt_install() {
     fi
 }
 apt_install "${pkgs[@]}"
+# A package the first pass installs can remove one it found present: Debian 12's
+# qemu-system-x86 takes away a newer qemu-utils from backports (seen on this project's
+# machines), and qemu-img with it. A second pass puts back what went.
+apt_install "${pkgs[@]}"
+for cmd in qemu-img qemu-system-x86_64 dpdk-testpmd tshark iperf3 linux.uml vde_switch; do
+    command -v "$cmd" >/dev/null || { echo "setup: $cmd is missing after installing" >&2; exit 1; }
+done
 # virtiofsd (the Rust one) serves --share and `vmm run`: built from crates.io, once.
 if ! command -v virtiofsd >/dev/null && [ ! -x "${HOME:-/root}/.cargo/bin/virtiofsd" ]; then
     apt_install libseccomp-dev libcap-ng-dev pkg-config
