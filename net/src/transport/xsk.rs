@@ -18,9 +18,11 @@
 //! freeing it (`sock_wfree`) takes the lock of that socket's wait queue whenever anything
 //! sleeps on it, as the worker's epoll does on the receiving socket. The sending socket is
 //! on no epoll while the host takes frames (the worker asks for its writability only while
-//! frames wait), so frames sent cost no wake-up; `raw`'s `PacketSender` is the same idea. Each ring index is a free-running `u32` shared
-//! with the kernel; we read the other side's with acquire and publish ours with release
-//! ordering, as the kernel's `xsk_queue.h` does on its side.
+//! frames wait), so frames sent cost no wake-up; `raw`'s `PacketSender` is the same idea.
+//!
+//! Each ring index is a free-running `u32` shared with the kernel; we read the other side's
+//! with acquire and publish ours with release ordering, as the kernel's `xsk_queue.h` does on
+//! its side.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -237,6 +239,19 @@ fn mmap_offsets(fd: RawFd) -> io::Result<libc::xdp_mmap_offsets> {
     Ok(off)
 }
 
+/// One `bind` of the socket to `addr`.
+fn bind_once(fd: RawFd, addr: &libc::sockaddr_xdp) -> io::Result<()> {
+    // SAFETY: `addr` is a live sockaddr_xdp and its exact size is passed.
+    cvt(unsafe {
+        libc::bind(
+            fd,
+            (addr as *const libc::sockaddr_xdp).cast(),
+            std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// How long a bind waits for a queue that a socket closed just before still holds.
 const QUEUE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -249,15 +264,7 @@ const QUEUE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2
 fn bind(fd: RawFd, addr: &libc::sockaddr_xdp, queue: u32) -> io::Result<()> {
     let deadline = std::time::Instant::now() + QUEUE_RELEASE_WAIT;
     loop {
-        // SAFETY: `addr` is a live sockaddr_xdp and its exact size is passed.
-        let ret = cvt(unsafe {
-            libc::bind(
-                fd,
-                (addr as *const libc::sockaddr_xdp).cast(),
-                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        });
-        match ret {
+        match bind_once(fd, addr) {
             Ok(_) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 if std::time::Instant::now() >= deadline {
@@ -383,15 +390,7 @@ impl Xsk {
             sxdp_shared_umem_fd: raw as u32,
             ..addr
         };
-        // SAFETY: `shared` is a live sockaddr_xdp and its exact size is passed.
-        cvt(unsafe {
-            libc::bind(
-                tx_raw,
-                (&shared as *const libc::sockaddr_xdp).cast(),
-                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        })
-        .map_err(|e| {
+        bind_once(tx_raw, &shared).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("binding the sending socket to the receiving one's UMEM: {e}"),
