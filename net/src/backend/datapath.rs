@@ -1128,6 +1128,9 @@ impl Datapath {
             let accepted = *result.as_ref().unwrap_or(&0);
             let took_any = !self.taken.is_empty();
             let mut frames = 0;
+            // Counted once per round: two locked adds per frame were a quarter of this
+            // function's own time with 64-byte frames.
+            let mut bytes = 0u64;
             self.tx_used.clear();
             for t in &self.taken {
                 match t.took {
@@ -1139,12 +1142,17 @@ impl Datapath {
                     }
                     Took::Frame(len) => {
                         frames += 1;
-                        self.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
-                        self.stats.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                        bytes += len as u64;
                     }
                     Took::Refused(r) => r.count(&self.stats),
                 }
                 self.tx_used.push((t.head, 0));
+            }
+            if frames > 0 {
+                self.stats
+                    .tx_packets
+                    .fetch_add(frames as u64, Ordering::Relaxed);
+                self.stats.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
             }
             let _ = self.tx_ring.publish(queue, mem, &self.tx_used);
             returned |= !self.tx_used.is_empty();

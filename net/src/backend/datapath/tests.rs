@@ -532,6 +532,9 @@ fn tx_backpressure_keeps_frames_until_the_host_takes_them() {
         assert_eq!(&o[10..], &frame(100, i as u8)[..], "order kept");
     }
     assert!(!dp.tx_pending());
+    // Each frame counted once, the one of the short round and the two retaken after it.
+    let s = dp.stats();
+    assert_eq!((load(&s.tx_packets), load(&s.tx_bytes)), (3, 300));
 }
 
 /// The worker hears of the transport's writability exactly while frames wait for the host:
