@@ -189,19 +189,22 @@ fn xdp_hook(ns: &NetNs, ifname: &str) -> Option<&'static str> {
     }
 }
 
+/// `transport=xdp` on `ifname` with the redirect asked for as `mode`, no receive offloads.
+fn xdp_spec(ifname: &str, mode: XdpMode) -> NetSpec {
+    spec(
+        TransportConfig::Xdp(XdpConfig {
+            ifname: ifname.to_string(),
+            mode,
+        }),
+        false,
+    )
+}
+
 /// The redirect asked for as `mode`, found on `hook`.
 fn xdp_crosses_a_veth(mode: XdpMode, hook: &str) {
     let ns = NetNs::new();
     let (peer_end, dp_end) = ns.veth_pair(None);
-    let xdp = |ifname: &str| {
-        spec(
-            TransportConfig::Xdp(XdpConfig {
-                ifname: ifname.to_string(),
-                mode,
-            }),
-            false,
-        )
-    };
+    let xdp = |ifname: &str| xdp_spec(ifname, mode);
     let (mut t, peer) = open_in(&ns, xdp(&dp_end), &peer_end, false);
     assert_eq!(t.vnet_hdr_len(), 0);
     // 128 chunks of 2 KiB each way at MTU 1500, reported beside the datapath's batches.
@@ -294,13 +297,7 @@ fn xdp_frames_cross_a_veth_byte_exact_on_the_generic_hook() {
 fn xdp_sends_a_burst_larger_than_its_umem_through_its_own_socket() {
     let ns = NetNs::new();
     let (peer_end, dp_end) = ns.veth_pair(None);
-    let s = spec(
-        TransportConfig::Xdp(XdpConfig {
-            ifname: dp_end,
-            mode: XdpMode::Auto,
-        }),
-        false,
-    );
+    let s = xdp_spec(&dp_end, XdpMode::Auto);
     let (mut t, peer) = open_in(&ns, s, &peer_end, false);
     assert_ne!(
         t.tx_fd(),
@@ -380,13 +377,7 @@ fn xdp_completes_checksums_a_local_sender_left_partial() {
         "dev",
         &peer_end,
     ]);
-    let s = spec(
-        TransportConfig::Xdp(XdpConfig {
-            ifname: dp_end,
-            mode: XdpMode::Auto,
-        }),
-        false,
-    );
+    let s = xdp_spec(&dp_end, XdpMode::Auto);
     let (mut t, _peer) = open_in(&ns, s, &peer_end, false);
     let payload = b"a checksum the veth was to finish".repeat(20);
     ns.enter(|| {
