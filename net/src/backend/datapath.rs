@@ -1219,52 +1219,39 @@ impl Datapath {
                 bad = Some(ChainError::WrongDirection);
                 break;
             }
-            let mut addr = desc.addr();
-            let mut len = desc.len() as usize;
-            if pos < ghl {
-                let k = len.min(ghl - pos);
-                if mem.read_slice(&mut ghdr[pos..pos + k], addr).is_err() {
-                    bad = Some(ChainError::BadAddress);
-                    break;
-                }
-                pos += k;
-                len -= k;
-                addr = GuestAddress(addr.0.wrapping_add(k as u64));
-            }
-            if len == 0 {
-                continue;
-            }
-            if !begun {
-                let h = VnetHdr::parse(&ghdr).unwrap_or_default();
-                if thl == 0 && (h.gso_type != vnet::GSO_NONE || h.flags & vnet::F_NEEDS_CSUM != 0) {
-                    return Err(Defer::Copy);
-                }
-                let mut th = [0u8; vnet::HDR_LEN];
-                th.copy_from_slice(&ghdr[..vnet::HDR_LEN]);
-                if self.gb.begin((thl > 0).then_some(&th)).is_err() {
-                    return Err(self.no_room());
-                }
-                begun = true;
-            }
-            if oversized || pos - ghl + len > room {
-                // Too long to send; the rest of the chain is still walked, so a malformed
-                // chain is counted as such.
-                oversized = true;
-                pos += len;
-                continue;
-            }
-            for slice in mem.get_slices(addr, len) {
-                let Ok(slice) = slice else {
+            let len = desc.len() as usize;
+            let head_part = len.min(ghl.saturating_sub(pos));
+            let body = len - head_part;
+            // A body too long to send is walked past, not looked up, as the copying path
+            // does, so both count a malformed chain alike.
+            let fits = body == 0 || (!oversized && pos + head_part - ghl + body <= room);
+            // One translation of the descriptor's address: the header is copied out of the
+            // same slices the frame is then pointed at from (a driver that puts both in one
+            // descriptor, as DPDK's virtio PMD does, costs one lookup, not two).
+            for slice in mem.get_slices(desc.addr(), if fits { len } else { head_part }) {
+                let Ok(mut slice) = slice else {
                     bad = Some(ChainError::BadAddress);
                     break 'descs;
                 };
+                if pos < ghl {
+                    let k = slice.copy_to(&mut ghdr[pos..ghl]);
+                    pos += k;
+                    match slice.offset(k) {
+                        Ok(rest) if !rest.is_empty() => slice = rest,
+                        _ => continue,
+                    }
+                }
+                if !begun {
+                    self.begin_frame(&ghdr, thl)?;
+                    begun = true;
+                }
+                let n = slice.len();
                 pieces += 1;
                 if pieces > MAX_FRAME_PIECES {
                     self.gb.abandon();
                     return Err(Defer::Copy);
                 }
                 if inline {
-                    let n = slice.len();
                     match self.gb.inline_space().get_mut(..n) {
                         Some(space) if inlined + n <= INLINE_FRAME => {
                             let k = slice.copy_to(space);
@@ -1277,11 +1264,19 @@ impl Datapath {
                 // SAFETY: the slice is guest memory mapped for as long as `mem`, which the
                 // caller holds for the whole round; the batch is cleared before the round
                 // ends.
-                if unsafe { self.gb.push(slice.ptr_guard().as_ptr(), slice.len()) }.is_err() {
+                if unsafe { self.gb.push(slice.ptr_guard().as_ptr(), n) }.is_err() {
                     return Err(self.no_room());
                 }
+                pos += n;
             }
-            pos += len;
+            if !fits {
+                if !begun {
+                    self.begin_frame(&ghdr, thl)?;
+                    begun = true;
+                }
+                oversized = true;
+                pos += body;
+            }
         }
         if bad.is_none() {
             bad = walk.error();
@@ -1302,6 +1297,22 @@ impl Datapath {
             self.gb.finish();
         }
         Ok(Took::Frame(pos - ghl))
+    }
+
+    /// Starts the gather batch's next frame once its header (`ghdr`, complete) is read: with
+    /// a copy of the header for a transport that takes one (`thl`); a frame that asks for an
+    /// offload a transport without a header cannot carry goes to the copying path.
+    fn begin_frame(&mut self, ghdr: &[u8; GUEST_HDR_LEN], thl: usize) -> Result<(), Defer> {
+        let h = VnetHdr::parse(ghdr).unwrap_or_default();
+        if thl == 0 && (h.gso_type != vnet::GSO_NONE || h.flags & vnet::F_NEEDS_CSUM != 0) {
+            return Err(Defer::Copy);
+        }
+        let mut th = [0u8; vnet::HDR_LEN];
+        th.copy_from_slice(&ghdr[..vnet::HDR_LEN]);
+        if self.gb.begin((thl > 0).then_some(&th)).is_err() {
+            return Err(self.no_room());
+        }
+        Ok(())
     }
 
     /// The gather batch cannot take the frame being built: it waits for the next round, or,

@@ -35,6 +35,9 @@ const USED_ELEM: u64 = 8;
 /// Bytes before the avail ring's entries (its `flags` and `idx`); `used_event` follows the
 /// entries.
 const AVAIL_RING_HEADER: u64 = 4;
+/// Most used entries [`UsedRing::stage`] writes with one call (a transmit round is at most
+/// this deep by default).
+const STAGE_RUN: usize = 64;
 /// The avail ring's flag by which a driver without EVENT_IDX asks for no notifications.
 const NO_INTERRUPT: u16 = VRING_AVAIL_F_NO_INTERRUPT as u16;
 
@@ -94,17 +97,24 @@ impl UsedRing {
         }
         let ring = GuestAddress(queue.used_ring());
         let mut at = Wrapping(queue.next_used()) + self.staged;
-        for &(head, len) in chains {
-            let slot = u64::from(at.0 % size);
-            let mut elem = [0u8; USED_ELEM as usize];
-            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-            elem[4..].copy_from_slice(&len.to_le_bytes());
+        // One write per run of slots up to the ring's end (a round's entries are contiguous),
+        // not one per entry: each write translates the guest address again.
+        let mut buf = [0u8; STAGE_RUN * USED_ELEM as usize];
+        let mut rest = chains;
+        while !rest.is_empty() {
+            let slot = at.0 % size;
+            let run = rest.len().min(usize::from(size - slot)).min(STAGE_RUN);
+            for (elem, &(head, len)) in buf.chunks_exact_mut(USED_ELEM as usize).zip(&rest[..run]) {
+                elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+                elem[4..].copy_from_slice(&len.to_le_bytes());
+            }
             let addr = ring
-                .checked_add(USED_RING_HEADER + slot * USED_ELEM)
+                .checked_add(USED_RING_HEADER + u64::from(slot) * USED_ELEM)
                 .ok_or(UsedError::BadRing)?;
-            mem.write_slice(&elem, addr)
+            mem.write_slice(&buf[..run * USED_ELEM as usize], addr)
                 .map_err(|_| UsedError::BadRing)?;
-            at += Wrapping(1);
+            at += Wrapping(run as u16);
+            rest = &rest[run..];
         }
         self.staged += Wrapping(chains.len() as u16);
         Ok(())
@@ -248,6 +258,21 @@ mod tests {
         assert_eq!(elem(&q, &m, 2), (0, 1));
         assert_eq!(elem(&q, &m, 3), (1, 2));
         assert_eq!(elem(&q, &m, 0), (2, 3));
+    }
+
+    /// More entries than one write takes, across the ring's end: each lands in its slot.
+    #[test]
+    fn a_long_batch_is_written_in_runs() {
+        let m = mem();
+        let mut q = queue(&m, 256);
+        q.set_next_used(200);
+        let chains: Vec<(u16, u32)> = (0..150u16).map(|i| (i, 1000 + u32::from(i))).collect();
+        let mut ring = UsedRing::default();
+        ring.publish(&mut q, &m, &chains).unwrap();
+        assert_eq!(used_idx(&q, &m), 350);
+        for (i, &(head, len)) in chains.iter().enumerate() {
+            assert_eq!(elem(&q, &m, (200 + i as u64) % 256), (u32::from(head), len));
+        }
     }
 
     #[test]

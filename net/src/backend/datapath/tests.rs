@@ -203,6 +203,7 @@ mod copying {
     }
     copying!(
         tx_frames_leave_byte_exact_with_the_transport_header,
+        tx_frames_leave_byte_exact_however_the_chain_cuts_them,
         tx_backpressure_keeps_frames_until_the_host_takes_them,
         hostile_chains_are_counted_and_returned_empty,
         tx_looping_chain_is_refused_and_the_next_frame_goes_out,
@@ -503,6 +504,49 @@ fn tx_frames_leave_byte_exact_with_the_transport_header() {
     let (mut bare, bare_host) = datapath(0, vec![], MRG);
     bare.process_tx(&mut q2, &m).unwrap();
     assert_eq!(sent(&bare_host), vec![frames[0].clone()]);
+}
+
+/// A driver may lay the header and the frame out as it likes: both in one descriptor (DPDK's
+/// virtio PMD, Linux with VERSION_1), or cut anywhere, the header itself across descriptors.
+/// Every layout leaves byte-exact, with the 10-byte header of a legacy guest and the 12-byte
+/// one, small frames (copied inline) and large (pointed at).
+#[test]
+fn tx_frames_leave_byte_exact_however_the_chain_cuts_them() {
+    for (features, ghl) in [(0, 10usize), (MRG, 12)] {
+        for f in [frame(60, 3), frame(1514, 4)] {
+            let mut h = [0u8; 12];
+            h[0] = 1; // NEEDS_CSUM, passed on to a transport with a vnet header
+            h[4] = 0x22; // csum_start, so a header cut short would show
+            let bytes: Vec<u8> = h[..ghl].iter().chain(&f).copied().collect();
+            // Where the chain's descriptors end, in bytes of header-and-frame.
+            let cuts: [&[usize]; 5] = [&[], &[ghl], &[5], &[ghl + 3], &[1, ghl - 1, ghl + 1]];
+            for cut in cuts {
+                let m = mem();
+                let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
+                let mut descs = Vec::new();
+                let mut from = 0;
+                for (i, &to) in cut.iter().chain([&bytes.len()]).enumerate() {
+                    // Each piece at its own page, so no two are adjacent in guest memory.
+                    let a = DATA + 0x1000 * i as u64;
+                    m.write_slice(&bytes[from..to], GuestAddress(a)).unwrap();
+                    let last = to == bytes.len();
+                    let next = if last { 0 } else { i as u16 + 1 };
+                    let flags = if last { 0 } else { VRING_DESC_F_NEXT };
+                    descs.push(desc(a, (to - from) as u32, flags, next));
+                    from = to;
+                }
+                vq.add_desc_chains(&descs, 0).unwrap();
+                let mut q: Queue = vq.create_queue().unwrap();
+                let (mut dp, host) = datapath(10, vec![], features);
+                dp.process_tx(&mut q, &m).unwrap();
+                let out = sent(&host);
+                let what = format!("{ghl}-byte header, {}-byte frame, cut at {cut:?}", f.len());
+                assert_eq!(out.len(), 1, "{what}");
+                assert_eq!(&out[0][..10], &h[..10], "{what}");
+                assert_eq!(&out[0][10..], &f[..], "{what}");
+            }
+        }
+    }
 }
 
 /// A transmit queue holding three 100-byte frames (heads 0, 2, 4), and its mock.
