@@ -104,6 +104,23 @@ fn rejected(bad: &mut dyn Transport, victim: &mut dyn Transport) {
     );
 }
 
+/// `t` sends through a socket of its own that took no copy of the packets `t` received (raw IP
+/// tunnels: the kernel copies each packet of the protocol to every raw socket whose bound
+/// address it matches; one on the receive socket's wait queue would be woken for each send).
+fn sends_through_a_socket_that_receives_nothing(t: &dyn Transport) {
+    assert_ne!(
+        t.tx_fd(),
+        t.rx_fd(),
+        "{}: one socket for both ways",
+        t.name()
+    );
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which is live.
+    let rc = unsafe { libc::ioctl(t.tx_fd(), libc::FIONREAD, &mut queued) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    assert_eq!(queued, 0, "{}: the send socket received a packet", t.name());
+}
+
 #[test]
 fn gre_v4_keys_and_sequence_both_ways_and_wrong_key_dropped() {
     let ns = tunnel_ns();
@@ -123,6 +140,7 @@ fn gre_v4_keys_and_sequence_both_ways_and_wrong_key_dropped() {
     let (ab, rest) = t.split_at_mut(2);
     let (a, b) = ab.split_at_mut(1);
     both_ways(a[0].as_mut(), b[0].as_mut());
+    sends_through_a_socket_that_receives_nothing(a[0].as_ref());
     let s = b[0].stats();
     assert_eq!(s.rx_dropped_header.total(), 0, "{s:?}");
     rejected(rest[0].as_mut(), b[0].as_mut());
@@ -147,6 +165,7 @@ fn gre_v6_both_ways() {
     );
     let (a, b) = t.split_at_mut(1);
     both_ways(a[0].as_mut(), b[0].as_mut());
+    sends_through_a_socket_that_receives_nothing(a[0].as_ref());
 }
 
 #[test]
@@ -166,6 +185,7 @@ fn l2tpv3_ip_v4_sessions_cookies_counter_and_wrong_ones_dropped() {
     let (ab, rest) = t.split_at_mut(2);
     let (a, b) = ab.split_at_mut(1);
     both_ways(a[0].as_mut(), b[0].as_mut());
+    sends_through_a_socket_that_receives_nothing(a[0].as_ref());
     rejected(rest[0].as_mut(), b[0].as_mut());
     rejected(rest[1].as_mut(), b[0].as_mut());
     let s = b[0].stats();

@@ -11,6 +11,13 @@
 //! in `rx_dropped_foreign`), then the key must be `rx_key` (`rx_dropped_header.wrong_key`). So
 //! tunnels sharing a local address work when their remote addresses differ, or, with the same
 //! remote, when their keys differ (each then counts the other's packets as wrong-key drops).
+//!
+//! Packets leave through a second raw socket that receives nothing
+//! ([`ipsock::send_only_socket`]), from `src` given with each message, so the frees of sent
+//! packets never take the receiving socket's wait-queue lock, where the datapath's epoll
+//! sleeps. The kernel still fragments a packet longer than the path's MTU, as UML's socket has
+//! it do (an `IPPROTO_RAW` socket would send without receiving too, but the kernel fragments
+//! nothing it sends: a full 1514-byte frame in GRE would not fit a 1500-byte path).
 
 use super::ipsock::{self, SockAddr, SourceMatch};
 use super::tunnel::{Tunnel, TunnelOpts};
@@ -45,12 +52,20 @@ pub fn open(config: &GreConfig, depth: usize) -> Result<Gre, TransportError> {
         transport: "gre",
         source,
     })?;
+    let tx = ipsock::send_only_socket(config.src, i32::from(IPPROTO_GRE)).map_err(|source| {
+        TransportError::Socket {
+            transport: "gre",
+            source,
+        }
+    })?;
     Ok(Tunnel::new(
         "gre",
         fd,
         GreCodec::new(config),
         depth,
         TunnelOpts {
+            tx: Some(tx),
+            source: Some(config.src),
             dest: Some(SockAddr::ip(config.dst, 0)),
             accept_from: Some(SourceMatch {
                 ip: Some(config.dst),

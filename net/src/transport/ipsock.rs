@@ -269,3 +269,34 @@ pub fn bound_socket(
     })?;
     Ok(fd)
 }
+
+/// Where a send-only socket is bound ([`send_only_socket`]): the reserved base address of the
+/// family's multicast range (224.0.0.0, ff0e::), which no host joins.
+fn send_only_address(like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(224, 0, 0, 0)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0, 0)),
+    }
+}
+
+/// A raw IP socket of `protocol`, of the family of `like`, that sends and never receives.
+///
+/// The kernel gives every raw socket of a protocol a copy of each packet of that protocol
+/// addressed to the socket's bound address, or to any address when unbound. Bound to a
+/// multicast group nobody joins, this one matches no packet the host receives, so it queues
+/// none and nothing waits on it. Why a tunnel wants that: each packet it sends is charged to
+/// the sending socket until the device frees it, and the free takes the socket's wait-queue
+/// lock, and wakes whoever sleeps there; the receiving socket has the datapath's epoll there,
+/// this one has nobody (unless a send is refused and the datapath waits to write).
+///
+/// Binding to a multicast address leaves the socket no source address of its own: the caller
+/// gives it per message (`IP_PKTINFO`, `IPV6_PKTINFO`), as the tunnel's `src`.
+pub fn send_only_socket(like: IpAddr, protocol: i32) -> Result<OwnedFd, BindError> {
+    bound_socket(
+        family(like),
+        libc::SOCK_RAW,
+        protocol,
+        &SockAddr::ip(send_only_address(like), 0),
+        false,
+    )
+}

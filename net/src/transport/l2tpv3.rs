@@ -43,7 +43,7 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
         )));
     }
     let family = ipsock::family(config.src);
-    let (fd, dest, peer_port) = if config.udp {
+    let (fd, dest, peer_port, tx) = if config.udp {
         let (Some(srcport), Some(dstport)) = (config.srcport, config.dstport) else {
             return Err(invalid("udp=1 needs srcport and dstport".into()));
         };
@@ -55,7 +55,7 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
             false,
         )
         .map_err(socket_error)?;
-        (fd, SockAddr::ip(config.dst, dstport), Some(dstport))
+        (fd, SockAddr::ip(config.dst, dstport), Some(dstport), None)
     } else {
         let fd = ipsock::bound_socket(
             family,
@@ -65,7 +65,10 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
             false,
         )
         .map_err(socket_error)?;
-        (fd, SockAddr::ip(config.dst, 0), None)
+        // Sent through a socket that receives nothing, as gre's (see there).
+        let tx =
+            ipsock::send_only_socket(config.src, i32::from(IPPROTO_L2TP)).map_err(socket_error)?;
+        (fd, SockAddr::ip(config.dst, 0), None, Some(tx))
     };
     Ok(Tunnel::new(
         "l2tpv3",
@@ -73,6 +76,8 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
         L2tpv3Codec::new(config),
         depth,
         TunnelOpts {
+            source: tx.is_some().then_some(config.src),
+            tx,
             dest: Some(dest),
             accept_from: Some(SourceMatch {
                 ip: Some(config.dst),

@@ -25,6 +25,7 @@
 //! (multicast) or when their header is not what this tunnel expects.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::gather::MAX_FRAME_PIECES;
@@ -163,8 +164,9 @@ struct MsgVec {
     spans: Vec<(usize, usize, usize)>,
     /// Frames in each message of the send being prepared (more than one: a UDP GSO run).
     runs: Vec<usize>,
-    /// Each message's control buffer: a `UDP_SEGMENT` cmsg for a GSO run.
-    ctrls: Vec<[u64; 4]>,
+    /// Each message's control buffer: the source address of a send-only socket, a
+    /// `UDP_SEGMENT` cmsg for a GSO run.
+    ctrls: Vec<[u64; CTRL_WORDS]>,
     names: Vec<libc::sockaddr_storage>,
     heads: Vec<[u8; MAX_HEADER]>,
 }
@@ -202,7 +204,7 @@ impl MsgVec {
             iovs: vec![iov; 3 * depth + 1 + MAX_FRAME_PIECES],
             spans: Vec::with_capacity(depth),
             runs: Vec::with_capacity(depth),
-            ctrls: vec![[0; 4]; depth],
+            ctrls: vec![[0; CTRL_WORDS]; depth],
             names: vec![zero_name; depth],
             heads: vec![[0; MAX_HEADER]; depth],
         }
@@ -246,14 +248,16 @@ impl MsgVec {
     }
 
     /// Sends the frames from `start`, each behind a header `encap` writes, to `dest` (or the
-    /// connected peer): as many as the iovecs hold; with `gso`, runs of datagrams of one
-    /// length as one message each (see the module's doc).
+    /// connected peer), from `source` if given: as many as the iovecs hold; with `gso`, runs
+    /// of datagrams of one length as one message each (see the module's doc).
+    #[allow(clippy::too_many_arguments)]
     fn send<E: Encap, F: Frames + ?Sized>(
         &mut self,
         fd: RawFd,
         frames: &F,
         start: usize,
         dest: Option<&SockAddr>,
+        source: Option<&Source>,
         encap: &mut E,
         gso: bool,
     ) -> Sent {
@@ -332,17 +336,16 @@ impl MsgVec {
                 base.wrapping_add(first),
                 last + last_len - first,
             );
-            if k > 1 {
-                // A run is at most 64 datagrams of at most 64 KiB together: `size` fits.
-                set_udp_segment(h, &mut self.ctrls[m], size as u16);
-            }
+            // A run is at most 64 datagrams of at most 64 KiB together: `size` fits.
+            let segment = (k > 1).then_some(size as u16);
+            set_control(h, &mut self.ctrls[m], source, segment);
             i += k;
         }
         let messages = self.runs.len();
         // SAFETY: the first `messages` headers point at live iovecs in this struct describing
         // its header buffers and the frames' bytes (read-only for the kernel, live for the call
-        // as `Frames` vouches), at control buffers in this struct holding one complete cmsg
-        // with its true length, and at `dest`, which outlives the call.
+        // as `Frames` vouches), at control buffers in this struct holding complete cmsgs with
+        // their true length, and at `dest`, which outlives the call.
         let r = unsafe { sendmmsg_nonblocking(fd, &mut self.hdrs[..messages]) };
         let gso = match &r {
             Ok(m) => self.runs[..*m].iter().filter(|&&k| k > 1).sum(),
@@ -388,24 +391,92 @@ fn gso_run(spans: &[(usize, usize, usize)]) -> usize {
     k
 }
 
-/// Points `h` at `ctrl`, filled with one `UDP_SEGMENT` cmsg of `size`.
-fn set_udp_segment(h: &mut libc::mmsghdr, ctrl: &mut [u64; 4], size: u16) {
-    let m = &mut h.msg_hdr;
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
-    debug_assert!(space <= std::mem::size_of_val(ctrl));
-    *ctrl = [0; 4];
-    m.msg_control = ctrl.as_mut_ptr().cast();
-    m.msg_controllen = space;
-    // SAFETY: `m` points at `ctrl`, 8-byte aligned and at least `space` bytes, so the first
-    // header CMSG_FIRSTHDR yields and its data (CMSG_DATA, two bytes) lie within it; the
-    // data is written unaligned.
+/// Words of a message's control buffer: room for an `IPV6_PKTINFO` cmsg (40 bytes with its
+/// header) and a `UDP_SEGMENT` one (24).
+const CTRL_WORDS: usize = 8;
+
+/// The address every packet of a send-only socket leaves from (the tunnel's `src`; see
+/// [`super::ipsock::send_only_socket`]), as the kernel takes it with each message.
+#[derive(Clone, Copy)]
+pub enum Source {
+    V4(libc::in_pktinfo),
+    V6(libc::in6_pktinfo),
+}
+
+impl Source {
+    pub fn new(ip: IpAddr) -> Source {
+        match ip {
+            IpAddr::V4(v4) => Source::V4(libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            }),
+            IpAddr::V6(v6) => Source::V6(libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: v6.octets(),
+                },
+                ipi6_ifindex: 0,
+            }),
+        }
+    }
+}
+
+/// Points `h` at `ctrl`, filled with the cmsgs a message needs: its source address
+/// (`IP_PKTINFO`, `IPV6_PKTINFO`), a GSO run's `UDP_SEGMENT` size. Neither: no control
+/// buffer (as [`prepare_msghdr`] left it).
+fn set_control(
+    h: &mut libc::mmsghdr,
+    ctrl: &mut [u64; CTRL_WORDS],
+    source: Option<&Source>,
+    segment: Option<u16>,
+) {
+    if source.is_none() && segment.is_none() {
+        return;
+    }
+    *ctrl = [0; CTRL_WORDS];
+    let base = ctrl.as_mut_ptr().cast::<u8>();
+    let mut len = 0;
+    // SAFETY: each put_cmsg writes at `base + len`, 8-byte aligned (`ctrl` is u64s, and
+    // CMSG_SPACE rounds up to 8), and the cmsgs written fit in `ctrl`: at most
+    // CMSG_SPACE(20) + CMSG_SPACE(2) = 64 bytes, checked below.
     unsafe {
-        let c = libc::CMSG_FIRSTHDR(m);
-        (*c).cmsg_level = libc::SOL_UDP;
-        (*c).cmsg_type = libc::UDP_SEGMENT;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
+        match source {
+            Some(Source::V4(info)) => {
+                len += put_cmsg(base.add(len), libc::IPPROTO_IP, libc::IP_PKTINFO, *info);
+            }
+            Some(Source::V6(info)) => {
+                len += put_cmsg(base.add(len), libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, *info);
+            }
+            None => {}
+        }
+        if let Some(size) = segment {
+            len += put_cmsg(base.add(len), libc::SOL_UDP, libc::UDP_SEGMENT, size);
+        }
+    }
+    debug_assert!(len <= std::mem::size_of_val(ctrl));
+    let m = &mut h.msg_hdr;
+    m.msg_control = ctrl.as_mut_ptr().cast();
+    m.msg_controllen = len;
+}
+
+/// Writes one cmsg (`level`, `ty`, `value`) at `at`; returns the bytes it takes
+/// (`CMSG_SPACE`), where the next one goes.
+///
+/// # Safety
+/// `at` is 8-byte aligned with `CMSG_SPACE(size_of::<T>())` writable bytes.
+unsafe fn put_cmsg<T: Copy>(at: *mut u8, level: i32, ty: i32, value: T) -> usize {
+    let n = std::mem::size_of::<T>() as u32;
+    let c = at.cast::<libc::cmsghdr>();
+    // SAFETY: the caller vouches for the room and alignment of a cmsghdr and its data at `at`;
+    // CMSG_DATA lies within CMSG_SPACE(n) of it, and the data is written unaligned.
+    unsafe {
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = ty;
+        (*c).cmsg_len = libc::CMSG_LEN(n) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<T>(), value);
+        libc::CMSG_SPACE(n) as usize
     }
 }
 
@@ -459,6 +530,8 @@ pub struct Tunnel<E: Encap> {
     tx: Option<OwnedFd>,
     /// Where every packet goes; `None` for a connected socket.
     dest: Option<SockAddr>,
+    /// Where every packet leaves from, given per message: for a send-only `tx`.
+    source: Option<Source>,
     /// Keep only datagrams from this source (the tunnel's configured peer).
     accept_from: Option<SourceMatch>,
     /// Drop datagrams from this source: our own multicast transmissions, looped back.
@@ -480,6 +553,9 @@ pub struct Tunnel<E: Encap> {
 pub struct TunnelOpts {
     pub tx: Option<OwnedFd>,
     pub dest: Option<SockAddr>,
+    /// The local address packets leave from, given with each message: for a `tx` socket
+    /// bound elsewhere ([`super::ipsock::send_only_socket`]).
+    pub source: Option<IpAddr>,
     pub accept_from: Option<SourceMatch>,
     pub own: Option<SourceMatch>,
     /// Treat empty messages with the peer gone as its hang-up (seqpacket: bess): the socket
@@ -496,6 +572,7 @@ impl<E: Encap> Tunnel<E> {
             rx,
             tx: o.tx,
             dest: o.dest,
+            source: o.source.map(Source::new),
             accept_from: o.accept_from,
             own: o.own,
             hangup_check: o.hangup_check,
@@ -610,6 +687,7 @@ impl<E: Encap> Tunnel<E> {
                 batch,
                 done,
                 self.dest.as_ref(),
+                self.source.as_ref(),
                 &mut self.encap,
                 self.udp_gso,
             );
