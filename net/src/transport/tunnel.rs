@@ -398,13 +398,13 @@ const CTRL_WORDS: usize = 8;
 /// The address every packet of a send-only socket leaves from (the tunnel's `src`; see
 /// [`super::ipsock::send_only_socket`]), as the kernel takes it with each message.
 #[derive(Clone, Copy)]
-pub enum Source {
+enum Source {
     V4(libc::in_pktinfo),
     V6(libc::in6_pktinfo),
 }
 
 impl Source {
-    pub fn new(ip: IpAddr) -> Source {
+    fn new(ip: IpAddr) -> Source {
         match ip {
             IpAddr::V4(v4) => Source::V4(libc::in_pktinfo {
                 ipi_ifindex: 0,
@@ -435,12 +435,21 @@ fn set_control(
     if source.is_none() && segment.is_none() {
         return;
     }
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = |n: usize| unsafe { libc::CMSG_SPACE(n as u32) } as usize;
+    let need = match source {
+        Some(Source::V4(_)) => space(std::mem::size_of::<libc::in_pktinfo>()),
+        Some(Source::V6(_)) => space(std::mem::size_of::<libc::in6_pktinfo>()),
+        None => 0,
+    } + segment.map_or(0, |_| space(std::mem::size_of::<u16>()));
+    // 40 + 24 bytes at most: never fails, and nothing below writes past `ctrl` if it did.
+    assert!(need <= std::mem::size_of_val(ctrl), "cmsgs of {need} bytes");
     *ctrl = [0; CTRL_WORDS];
     let base = ctrl.as_mut_ptr().cast::<u8>();
     let mut len = 0;
     // SAFETY: each put_cmsg writes at `base + len`, 8-byte aligned (`ctrl` is u64s, and
-    // CMSG_SPACE rounds up to 8), and the cmsgs written fit in `ctrl`: at most
-    // CMSG_SPACE(20) + CMSG_SPACE(2) = 64 bytes, checked below.
+    // CMSG_SPACE rounds up to 8), and the cmsgs written, `need` bytes, fit in `ctrl`
+    // (asserted above).
     unsafe {
         match source {
             Some(Source::V4(info)) => {
@@ -455,7 +464,7 @@ fn set_control(
             len += put_cmsg(base.add(len), libc::SOL_UDP, libc::UDP_SEGMENT, size);
         }
     }
-    debug_assert!(len <= std::mem::size_of_val(ctrl));
+    debug_assert_eq!(len, need);
     let m = &mut h.msg_hdr;
     m.msg_control = ctrl.as_mut_ptr().cast();
     m.msg_controllen = len;
@@ -808,6 +817,64 @@ impl<E: Encap> Transport for Tunnel<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cmsgs of `h`'s control buffer, as the kernel walks them: level, type, data.
+    fn cmsgs(h: &libc::mmsghdr) -> Vec<(i32, i32, Vec<u8>)> {
+        let mut out = Vec::new();
+        // SAFETY: `h` points at a control buffer of `msg_controllen` bytes (set_control's);
+        // the CMSG_* macros stay within it, and each cmsg's data is `cmsg_len` less its
+        // header.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+            while !c.is_null() {
+                let n = (*c).cmsg_len - libc::CMSG_LEN(0) as usize;
+                let data = std::slice::from_raw_parts(libc::CMSG_DATA(c), n).to_vec();
+                out.push(((*c).cmsg_level, (*c).cmsg_type, data));
+                c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
+            }
+        }
+        out
+    }
+
+    /// The source address and a GSO run's size go in one control buffer, each whole, in the
+    /// order the kernel reads them; neither leaves the message without one.
+    #[test]
+    fn control_messages_carry_the_source_and_the_segment_size() {
+        // SAFETY: all-zero is a valid mmsghdr.
+        let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        let mut ctrl = [0u64; CTRL_WORDS];
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        set_control(&mut h, &mut ctrl, Some(&Source::new(v6)), Some(1480));
+        let got = cmsgs(&h);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].0, got[0].1),
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
+        );
+        assert_eq!(
+            &got[0].2[..16],
+            &"fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(&got[0].2[16..], &[0; 4], "no interface index");
+        assert_eq!((got[1].0, got[1].1), (libc::SOL_UDP, libc::UDP_SEGMENT));
+        assert_eq!(got[1].2, 1480u16.to_ne_bytes());
+
+        // SAFETY: as above.
+        let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        set_control(&mut h, &mut ctrl, Some(&Source::new(v4)), None);
+        let got = cmsgs(&h);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0, got[0].1), (libc::IPPROTO_IP, libc::IP_PKTINFO));
+        // in_pktinfo: ifindex, spec_dst (the source), addr.
+        assert_eq!(&got[0].2[4..8], &[10, 1, 2, 3]);
+
+        // SAFETY: as above.
+        let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        set_control(&mut h, &mut ctrl, None, None);
+        assert!(h.msg_hdr.msg_control.is_null());
+        assert_eq!(h.msg_hdr.msg_controllen, 0);
+    }
 
     /// Frames of these lengths, each of `iovs` iovecs, as `MsgVec::send` lays them out.
     fn spans(lens: &[usize], iovs: usize) -> Vec<(usize, usize, usize)> {
