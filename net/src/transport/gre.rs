@@ -29,6 +29,13 @@ use crate::config::TransportConfig;
 
 pub type Gre = Tunnel<GreCodec>;
 
+fn socket_error(source: ipsock::BindError) -> TransportError {
+    TransportError::Socket {
+        transport: "gre",
+        source,
+    }
+}
+
 pub fn open(config: &GreConfig, depth: usize) -> Result<Gre, TransportError> {
     if config.src.is_ipv6() != config.v6 || config.dst.is_ipv6() != config.v6 {
         return Err(TransportError::Invalid {
@@ -48,16 +55,8 @@ pub fn open(config: &GreConfig, depth: usize) -> Result<Gre, TransportError> {
         &SockAddr::ip(config.src, 0),
         false,
     )
-    .map_err(|source| TransportError::Socket {
-        transport: "gre",
-        source,
-    })?;
-    let tx = ipsock::send_only_socket(config.src, i32::from(IPPROTO_GRE)).map_err(|source| {
-        TransportError::Socket {
-            transport: "gre",
-            source,
-        }
-    })?;
+    .map_err(socket_error)?;
+    let tx = ipsock::send_only_socket(config.src, i32::from(IPPROTO_GRE)).map_err(socket_error)?;
     Ok(Tunnel::new(
         "gre",
         fd,
