@@ -225,6 +225,28 @@ fn getsockopt<T>(fd: RawFd, name: libc::c_int, value: &mut T) -> io::Result<usiz
     Ok(len as usize)
 }
 
+/// `XDP_MAX_TX_SKB_BUDGET` (Linux 6.17; not yet in the libc crate): how many frames one
+/// `sendto` hands the driver in copy mode, between 32 (the default) and the tx ring's size.
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+/// The copy-mode budget per `sendto` of a kernel that has no say in it.
+const DEFAULT_TX_BUDGET: u32 = 32;
+
+/// Lets one `sendto` on `fd` send the whole tx ring (`ring` entries) where the kernel allows
+/// it, so a round of frames costs one system call, not one per 32 frames; returns the budget
+/// in force. An older kernel (`ENOPROTOOPT`) keeps 32, as does a ring shorter than that.
+fn tx_budget(fd: RawFd, ring: u32) -> u32 {
+    if ring <= DEFAULT_TX_BUDGET {
+        return DEFAULT_TX_BUDGET;
+    }
+    match setsockopt(fd, XDP_MAX_TX_SKB_BUDGET, &ring) {
+        Ok(()) => ring,
+        Err(e) => {
+            log::debug!("xdp: sending {DEFAULT_TX_BUDGET} frames per sendto: {e}");
+            DEFAULT_TX_BUDGET
+        }
+    }
+}
+
 /// Where the kernel put each ring in the socket's mappings (`XDP_MMAP_OFFSETS`).
 fn mmap_offsets(fd: RawFd) -> io::Result<libc::xdp_mmap_offsets> {
     // SAFETY: xdp_mmap_offsets is integers only, for which all-zero is a valid value.
@@ -312,6 +334,8 @@ pub struct Xsk {
     free: Vec<u64>,
     /// Our producer index on the tx ring, and the first index the kernel may not have taken.
     tx_head: u32,
+    /// Frames the kernel sends per `sendto` in copy mode ([`tx_budget`]).
+    budget: u32,
     /// Whether the interface was down at the last kick (`ENETDOWN`: the frames on the ring
     /// stay there, to leave once it is up, as AF_XDP cannot take them back): until a kick
     /// succeeds again, frames are dropped and counted rather than queued behind them.
@@ -383,6 +407,7 @@ impl Xsk {
         let tx_fd = sys::socket(libc::AF_XDP, libc::SOCK_RAW, 0)?;
         let tx_raw = tx_fd.as_raw_fd();
         setsockopt(tx_raw, libc::XDP_TX_RING, &tx)?;
+        let budget = tx_budget(tx_raw, tx);
         let tx_off = mmap_offsets(tx_raw)?;
         let tx_ring = Ring::map(tx_raw, &tx_off.tx, tx, libc::XDP_PGOFF_TX_RING)?;
         let shared = libc::sockaddr_xdp {
@@ -398,6 +423,7 @@ impl Xsk {
         })?;
         let tx_head = tx_ring.producer().load(Ordering::Relaxed);
         Ok(Xsk {
+            budget,
             rx: rx_ring,
             tx: tx_ring,
             fill,
@@ -594,10 +620,11 @@ impl Xsk {
         Ok(taken)
     }
 
-    /// Makes the kernel take what is on the tx ring: in copy mode each `sendto` sends a
-    /// bounded number of frames (32 by default) and says `EAGAIN` while more wait.
+    /// Makes the kernel take what is on the tx ring: in copy mode each `sendto` sends at
+    /// most the socket's budget of frames (the whole ring where the kernel lets us say so,
+    /// 32 otherwise) and says `EAGAIN` while more wait.
     fn kick(&mut self, dropped: &mut u64) -> io::Result<()> {
-        let attempts = self.geometry.tx / 16 + 4;
+        let attempts = 2 * self.geometry.tx.div_ceil(self.budget) + 4;
         for _ in 0..attempts {
             let pending = self.tx_head != self.tx.consumer().load(Ordering::Acquire);
             // Down, a kick with nothing pending still asks whether it is up again.
@@ -653,5 +680,38 @@ impl Xsk {
             rx_ring_full: rx.rx_ring_full,
             tx_invalid: tx.tx_invalid_descs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running kernel's (major, minor), from `/proc/sys/kernel/osrelease`.
+    fn kernel() -> Option<(u32, u32)> {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+        let mut parts = release.trim().split(['.', '-']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    }
+
+    /// A kernel with `XDP_MAX_TX_SKB_BUDGET` (6.17 on) takes the whole ring as the budget; a
+    /// ring no longer than the default keeps the default without asking.
+    #[test]
+    fn the_send_budget_is_the_ring_where_the_kernel_takes_it() {
+        let fd = match sys::socket(libc::AF_XDP, libc::SOCK_RAW, 0) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("skipped: no AF_XDP socket here ({e}; needs CAP_NET_RAW)");
+                return;
+            }
+        };
+        let raw = fd.as_raw_fd();
+        setsockopt(raw, libc::XDP_TX_RING, &256u32).expect("tx ring");
+        assert_eq!(tx_budget(raw, 16), DEFAULT_TX_BUDGET);
+        let budget = tx_budget(raw, 256);
+        match kernel() {
+            Some(v) if v >= (6, 17) => assert_eq!(budget, 256, "kernel {v:?}"),
+            _ => assert!(budget == 256 || budget == DEFAULT_TX_BUDGET),
+        }
     }
 }
