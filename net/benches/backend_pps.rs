@@ -24,7 +24,8 @@
 //! Then 64-byte frames both ways through `xdp` on the same veth: the datapath against the
 //! AF_XDP socket driven directly, and against raw's bare socket above.
 //!
-//! Run as root: `cargo bench -p vmm-net --bench backend_pps` (`SECS=N` per measurement).
+//! Run as root: `cargo bench -p vmm-net --bench backend_pps` (`SECS=N` per measurement;
+//! `ONLY=raw` or `ONLY=xdp` runs only that transport's guest → host datapath, for a profile).
 
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -409,6 +410,10 @@ fn main() {
             let _ = g.send(&b);
         }
     };
+    if let Ok(which) = std::env::var("ONLY") {
+        only(&ns, &which);
+        return;
+    }
     let rows: Vec<_> = [("none", PLAIN), ("TSO", TSO)]
         .into_iter()
         .flat_map(|(offloads, features)| {
@@ -479,6 +484,28 @@ fn main() {
     tunnels(&ns);
     tunnel_rx(&ns);
     drop(cleanup);
+}
+
+/// `ONLY=raw` or `ONLY=xdp`: 64-byte frames guest → host through that transport's datapath
+/// alone (the header in the frame's descriptor, as Linux and DPDK lay them out), for `SECS`,
+/// nothing else: a run to put under `perf record`.
+fn only(ns: &str, which: &str) {
+    let spec = match which {
+        "raw" => "vec0:transport=raw,ifname=pb",
+        "xdp" => "vec0:transport=xdp,ifname=pb",
+        _ => {
+            eprintln!("backend_pps: ONLY={which:?}: `raw` or `xdp`");
+            return;
+        }
+    };
+    let t = in_ns(ns, || {
+        transport::open(&vmm_net::config::parse_spec(spec).expect("spec")).expect("open")
+    });
+    let rate = datapath_tx_of(t, PLAIN, [0; 12], &frame(0), true, Layout::HeaderJoined);
+    println!(
+        "64-byte frames guest->host through {which}'s datapath: {:.3} Mpps",
+        rate / 1e6
+    );
 }
 
 /// 64-byte frames through `xdp` on the veth (one core for the datapath, no offloads), on the
