@@ -19,7 +19,7 @@
 //! it do (an `IPPROTO_RAW` socket would send without receiving too, but the kernel fragments
 //! nothing it sends: a full 1514-byte frame in GRE would not fit a 1500-byte path).
 
-use super::ipsock::{self, SockAddr, SourceMatch};
+use super::ipsock::{self, RawIpPair, SockAddr, SourceMatch};
 use super::tunnel::{Tunnel, TunnelOpts};
 use super::wire::{GreCodec, IPPROTO_GRE};
 use super::TransportError;
@@ -37,33 +37,20 @@ fn socket_error(source: ipsock::BindError) -> TransportError {
 }
 
 pub fn open(config: &GreConfig, depth: usize) -> Result<Gre, TransportError> {
-    if config.src.is_ipv6() != config.v6 || config.dst.is_ipv6() != config.v6 {
-        return Err(TransportError::Invalid {
+    ipsock::check_family(config.src, config.dst, config.v6).map_err(|reason| {
+        TransportError::Invalid {
             transport: "gre",
-            reason: format!(
-                "src {} and dst {} must both be {}",
-                config.src,
-                config.dst,
-                if config.v6 { "IPv6 (v6=1)" } else { "IPv4" }
-            ),
-        });
-    }
-    let fd = ipsock::bound_socket(
-        ipsock::family(config.src),
-        libc::SOCK_RAW,
-        i32::from(IPPROTO_GRE),
-        &SockAddr::ip(config.src, 0),
-        false,
-    )
-    .map_err(socket_error)?;
-    let tx = ipsock::send_only_socket(config.src, i32::from(IPPROTO_GRE)).map_err(socket_error)?;
+            reason,
+        }
+    })?;
+    let sockets = RawIpPair::open(config.src, i32::from(IPPROTO_GRE)).map_err(socket_error)?;
     Ok(Tunnel::new(
         "gre",
-        fd,
+        sockets.rx,
         GreCodec::new(config),
         depth,
         TunnelOpts {
-            tx: Some(tx),
+            tx: Some(sockets.tx),
             source: Some(config.src),
             dest: Some(SockAddr::ip(config.dst, 0)),
             accept_from: Some(SourceMatch {

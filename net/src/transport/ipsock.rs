@@ -300,3 +300,58 @@ pub fn send_only_socket(like: IpAddr, protocol: i32) -> Result<OwnedFd, BindErro
         false,
     )
 }
+
+/// A tunnel's two ends must be of the family its `v6` option names; why not, if they are
+/// not (the reason of an `Invalid` error).
+pub fn check_family(src: IpAddr, dst: IpAddr, v6: bool) -> Result<(), String> {
+    if src.is_ipv6() == v6 && dst.is_ipv6() == v6 {
+        return Ok(());
+    }
+    Err(format!(
+        "src {src} and dst {dst} must both be {}",
+        if v6 { "IPv6 (v6=1)" } else { "IPv4" }
+    ))
+}
+
+/// A raw IP tunnel's two sockets of `protocol`: one bound to `src`, which receives (and on
+/// which the datapath waits), and one that only sends ([`send_only_socket`]), as gre and
+/// L2TPv3 over IP use them.
+pub struct RawIpPair {
+    pub rx: OwnedFd,
+    pub tx: OwnedFd,
+}
+
+impl RawIpPair {
+    pub fn open(src: IpAddr, protocol: i32) -> Result<RawIpPair, BindError> {
+        let rx = bound_socket(
+            family(src),
+            libc::SOCK_RAW,
+            protocol,
+            &SockAddr::ip(src, 0),
+            false,
+        )?;
+        let tx = send_only_socket(src, protocol)?;
+        Ok(RawIpPair { rx, tx })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tunnels_ends_are_of_the_family_v6_names() {
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(check_family(v4, v4, false), Ok(()));
+        assert_eq!(check_family(v6, v6, true), Ok(()));
+        assert_eq!(
+            check_family(v4, v6, false).unwrap_err(),
+            "src 192.0.2.1 and dst 2001:db8::1 must both be IPv4"
+        );
+        assert_eq!(
+            check_family(v4, v4, true).unwrap_err(),
+            "src 192.0.2.1 and dst 192.0.2.1 must both be IPv6 (v6=1)"
+        );
+    }
+}

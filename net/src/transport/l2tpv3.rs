@@ -9,7 +9,7 @@
 //! are told apart by peer address, then session and cookie; over UDP the local port is the
 //! tunnel's own (bind fails with "address in use" for a second one).
 
-use super::ipsock::{self, SockAddr, SourceMatch};
+use super::ipsock::{self, RawIpPair, SockAddr, SourceMatch};
 use super::tunnel::{Tunnel, TunnelOpts};
 use super::wire::{L2tpv3Codec, IPPROTO_L2TP};
 use super::TransportError;
@@ -34,21 +34,13 @@ fn invalid(reason: String) -> TransportError {
 }
 
 pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportError> {
-    if config.src.is_ipv6() != config.v6 || config.dst.is_ipv6() != config.v6 {
-        return Err(invalid(format!(
-            "src {} and dst {} must both be {}",
-            config.src,
-            config.dst,
-            if config.v6 { "IPv6 (v6=1)" } else { "IPv4" }
-        )));
-    }
-    let family = ipsock::family(config.src);
+    ipsock::check_family(config.src, config.dst, config.v6).map_err(invalid)?;
     let (fd, dest, peer_port, tx) = if config.udp {
         let (Some(srcport), Some(dstport)) = (config.srcport, config.dstport) else {
             return Err(invalid("udp=1 needs srcport and dstport".into()));
         };
         let fd = ipsock::bound_socket(
-            family,
+            ipsock::family(config.src),
             libc::SOCK_DGRAM,
             libc::IPPROTO_UDP,
             &SockAddr::ip(config.src, srcport),
@@ -57,18 +49,14 @@ pub fn open(config: &L2tpv3Config, depth: usize) -> Result<L2tpv3, TransportErro
         .map_err(socket_error)?;
         (fd, SockAddr::ip(config.dst, dstport), Some(dstport), None)
     } else {
-        let fd = ipsock::bound_socket(
-            family,
-            libc::SOCK_RAW,
-            i32::from(IPPROTO_L2TP),
-            &SockAddr::ip(config.src, 0),
-            false,
-        )
-        .map_err(socket_error)?;
         // Sent through a socket that receives nothing, as gre's (see there).
-        let tx =
-            ipsock::send_only_socket(config.src, i32::from(IPPROTO_L2TP)).map_err(socket_error)?;
-        (fd, SockAddr::ip(config.dst, 0), None, Some(tx))
+        let sockets = RawIpPair::open(config.src, i32::from(IPPROTO_L2TP)).map_err(socket_error)?;
+        (
+            sockets.rx,
+            SockAddr::ip(config.dst, 0),
+            None,
+            Some(sockets.tx),
+        )
     };
     Ok(Tunnel::new(
         "l2tpv3",
