@@ -1241,10 +1241,7 @@ impl Datapath {
                         _ => continue,
                     }
                 }
-                if !begun {
-                    self.begin_frame(&ghdr, thl)?;
-                    begun = true;
-                }
+                self.begin_frame_once(&mut begun, &ghdr, thl)?;
                 let n = slice.len();
                 pieces += 1;
                 if pieces > MAX_FRAME_PIECES {
@@ -1270,10 +1267,7 @@ impl Datapath {
                 pos += n;
             }
             if !fits {
-                if !begun {
-                    self.begin_frame(&ghdr, thl)?;
-                    begun = true;
-                }
+                self.begin_frame_once(&mut begun, &ghdr, thl)?;
                 oversized = true;
                 pos += body;
             }
@@ -1311,6 +1305,21 @@ impl Datapath {
         th.copy_from_slice(&ghdr[..vnet::HDR_LEN]);
         if self.gb.begin((thl > 0).then_some(&th)).is_err() {
             return Err(self.no_room());
+        }
+        Ok(())
+    }
+
+    /// [`Datapath::begin_frame`] at the first of the frame's bytes after its header
+    /// (`begun` says whether that was).
+    fn begin_frame_once(
+        &mut self,
+        begun: &mut bool,
+        ghdr: &[u8; GUEST_HDR_LEN],
+        thl: usize,
+    ) -> Result<(), Defer> {
+        if !*begun {
+            self.begin_frame(ghdr, thl)?;
+            *begun = true;
         }
         Ok(())
     }
