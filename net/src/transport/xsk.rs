@@ -423,7 +423,6 @@ impl Xsk {
         })?;
         let tx_head = tx_ring.producer().load(Ordering::Relaxed);
         Ok(Xsk {
-            budget,
             rx: rx_ring,
             tx: tx_ring,
             fill,
@@ -434,6 +433,7 @@ impl Xsk {
             geometry,
             free,
             tx_head,
+            budget,
             down: false,
         })
     }
