@@ -161,8 +161,15 @@ impl Rig {
         b
     }
 
-    /// Makes descriptor 0 of queue `q` (`buf`, `len`, `flags`) available as entry `idx`.
+    /// Makes descriptor 0 of queue `q` (`buf`, `len`, `flags`) available as entry `idx`, and
+    /// kicks the device.
     pub fn offer(&mut self, q: u64, idx: u16, buf: u64, len: u32, flags: u16) {
+        self.publish(q, idx, buf, len, flags);
+        self.kick(q);
+    }
+
+    /// [`Rig::offer`] without the kick: the chain is in the ring, and the device is not told.
+    pub fn publish(&mut self, q: u64, idx: u16, buf: u64, len: u32, flags: u16) {
         let base = RINGS + q * 0x3000;
         self.put(base, buf);
         self.put(base + 8, len);
@@ -170,8 +177,17 @@ impl Rig {
         self.put(base + 14, 0u16);
         self.put(base + 0x1000 + 4 + 2 * (u64::from(idx) % QSIZE), 0u16);
         self.put(base + 0x1000 + 2, idx.wrapping_add(1));
+    }
+
+    /// Tells the device that queue `q` has new chains.
+    pub fn kick(&mut self, q: u64) {
         let (_, kick) = self.dev.notifiers().nth(q as usize).unwrap();
         kick.write(1).unwrap();
+    }
+
+    /// Queue `q`'s used index.
+    pub fn used_idx(&self, q: u64) -> u16 {
+        self.get_u16(RINGS + q * 0x3000 + 0x2000 + 2)
     }
 
     /// Waits until queue `q`'s used index reaches `want`.

@@ -599,6 +599,11 @@ impl Datapath {
         self.rx.count() - self.rx_next.min(self.rx.count()) + self.tx.count()
     }
 
+    /// Received frames wait here for the guest's buffers.
+    pub fn rx_waiting(&self) -> bool {
+        self.rx_next < self.rx.count()
+    }
+
     /// The batches' shape now.
     pub fn geometry(&self) -> Geometry {
         self.geometry

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -25,6 +26,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use super::busy::BusyPoll;
 use super::datapath::Datapath;
 use super::features::{self, Negotiated};
 use super::guard;
@@ -63,6 +65,8 @@ pub struct NetDevice {
     mem: Option<Mem>,
     offered: u64,
     config: [u8; 12],
+    /// How long a worker keeps looking for work after an event (`busy_poll`).
+    busy: BusyPoll,
     exit: (EventConsumer, EventNotifier),
     /// The exit-event consumers handed to the crate, by number (see `close_leaked_exit_fds`).
     handed_out: Mutex<Vec<RawFd>>,
@@ -78,6 +82,7 @@ impl NetDevice {
         steerer: Arc<Steerer>,
         offered: u64,
         config: [u8; 12],
+        busy: BusyPoll,
     ) -> io::Result<NetDevice> {
         Ok(NetDevice {
             dps,
@@ -87,6 +92,7 @@ impl NetDevice {
             mem: None,
             offered,
             config,
+            busy,
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?,
             handed_out: Mutex::new(Vec::new()),
             backend_req: None,
@@ -167,6 +173,64 @@ fn run_queue(
             false
         }
     }
+}
+
+/// One look of a busy-polling worker ([`super::busy`]): the transmit ring if the guest added
+/// chains, the receive side if the transport has frames or the datapath holds some; the
+/// guest is signalled as after an event. Whether either ring moved (chains used).
+fn look(
+    dp: &Mutex<Datapath>,
+    rx: &VringRwLock,
+    tx: &VringRwLock,
+    mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
+) -> bool {
+    let (signal_rx, signal_tx, moved) = {
+        let mut dp = lock(dp);
+        let before = (next_used(rx), next_used(tx));
+        let signal_tx = has_new_chains(tx, mem) && run_queue(&mut dp, tx, mem, false);
+        let signal_rx = (dp.rx_waiting() || readable(dp.transport().rx_fd()))
+            && run_queue(&mut dp, rx, mem, true);
+        dp.sync_watch();
+        (
+            signal_rx,
+            signal_tx,
+            (next_used(rx), next_used(tx)) != before,
+        )
+    };
+    if signal_rx {
+        signal(rx);
+    }
+    if signal_tx {
+        signal(tx);
+    }
+    moved
+}
+
+fn next_used(vring: &VringRwLock) -> u16 {
+    vring.get_ref().get_queue().next_used()
+}
+
+/// The guest made chains available that the datapath has not taken (on a ring it serves).
+fn has_new_chains(vring: &VringRwLock, mem: &GuestMemoryLoadGuard<GuestMemoryMmap>) -> bool {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    queue.ready()
+        && state.is_enabled()
+        && queue
+            .avail_idx(&**mem, Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != queue.next_avail())
+}
+
+/// `fd` has something to read now (`poll` with no wait).
+fn readable(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own, for the length we pass; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut p, 1, 0) };
+    ready > 0 && p.revents & libc::POLLIN != 0
 }
 
 /// Signals the guest. The call eventfd is non-blocking (policy.rs), so this cannot block; it
@@ -346,6 +410,7 @@ impl VhostUserBackendMut for NetDevice {
         if signal_tx {
             signal(tx);
         }
+        self.busy.spin(|| look(dp, rx, tx, &mem));
         Ok(())
     }
 }

@@ -19,6 +19,7 @@
 //! - [`watch`]: what a pair's worker listens for on its transport's descriptors (writability
 //!   only while the host refuses frames).
 
+pub mod busy;
 pub mod capture;
 pub mod coalesce;
 pub mod control;

@@ -17,6 +17,7 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::busy::BusyPoll;
 use super::control::{NetControl, Shared};
 use super::datapath::{Datapath, NetCounters};
 use super::device::{self, NetDevice, PAIR_QUEUES};
@@ -38,6 +39,8 @@ pub struct NetBackend {
     name: String,
     /// What the control handles share with the backend (see [`NetBackend::control`]).
     shared: Arc<Shared>,
+    /// How long the workers keep looking for work after an event (`busy_poll`).
+    busy: BusyPoll,
 }
 
 impl NetBackend {
@@ -87,6 +90,7 @@ impl NetBackend {
             offered,
             config: features::config_space(mac, spec.common.mtu, pairs),
             name: spec.name.clone(),
+            busy: BusyPoll::from_micros(spec.common.busy_poll),
         })
     }
 
@@ -139,6 +143,7 @@ impl NetBackend {
                 self.shared.steerer.clone(),
                 self.offered,
                 self.config,
+                self.busy,
             )
             .map_err(|source| BackendError::Io {
                 op: "creating the exit event",

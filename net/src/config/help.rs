@@ -62,6 +62,11 @@ Options of every vector transport:
   headroom=N    bytes reserved before each frame                           default 2, 0..=256
   vec=0|1       multi-packet I/O; vec=0 moves one packet per call          default 1
   mac=MAC       the device's MAC (unicast)                      default: random, locally administered
+  busy_poll=US  microseconds the worker keeps looking for work after each event
+                before it sleeps (Linux's SO_BUSY_POLL, vhost-net's busyloop_timeout):
+                a streaming guest's chains are taken as they come, not a wake-up later,
+                for the time of a core spent looking; 50 is a good start; not with
+                queues=N (N > 1)                                     default 0 (off), 0..=1000
 tap, hybrid, raw, gre, l2tpv3, bess, fd also:
   gro=0|1       64 KiB GSO frames into the guest                            default 0
                 tap, hybrid, raw: the host side always has a virtio_net_hdr (TUNSETOFFLOAD,

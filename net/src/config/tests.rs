@@ -36,7 +36,7 @@ fn raw_with_defaults() {
 
 #[test]
 fn common_options() {
-    let s = ok("vec12:transport=raw,ifname=eth0,depth=128,mtu=9000,headroom=32,gro=1,vec=0,mac=02:01:02:03:04:05,bpffile=/f.bpf,bpfflash=1");
+    let s = ok("vec12:transport=raw,ifname=eth0,depth=128,mtu=9000,headroom=32,gro=1,vec=0,mac=02:01:02:03:04:05,bpffile=/f.bpf,bpfflash=1,busy_poll=50");
     assert_eq!(s.name, "vec12");
     assert_eq!(
         s.common,
@@ -50,7 +50,37 @@ fn common_options() {
             bpffile: Some("/f.bpf".into()),
             bpfflash: true,
             queues: 1,
+            busy_poll: 50,
         }
+    );
+}
+
+#[test]
+fn busy_poll_on_every_vector_transport_and_in_range() {
+    assert_eq!(ok("vec0:transport=tap").common.busy_poll, 0);
+    assert_eq!(
+        ok("vec0:transport=tap,busy_poll=1000").common.busy_poll,
+        1000
+    );
+    assert_eq!(
+        ok("vec0:transport=gre,src=192.0.2.1,dst=192.0.2.2,busy_poll=20")
+            .common
+            .busy_poll,
+        20
+    );
+    assert_eq!(ok("user,busy_poll=30").common.busy_poll, 30);
+    err(
+        "vec0:transport=tap,busy_poll=1001",
+        &["busy_poll=1001", "0..=1000"],
+    );
+    err("vec0:transport=tap,busy_poll=-1", &["busy_poll=-1"]);
+    err(
+        "vec0:transport=tap,queues=2,busy_poll=50",
+        &["busy_poll=50", "not with queues=2"],
+    );
+    assert_eq!(
+        ok("vec0:transport=tap,queues=2,busy_poll=0").common.queues,
+        2
     );
 }
 

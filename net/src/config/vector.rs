@@ -11,7 +11,15 @@ use crate::kind;
 
 /// Options every vector transport takes; each transport's own are in its row of
 /// [`KINDS`](crate::kind::KINDS).
-pub const COMMON: &[&str] = &["transport", "depth", "mtu", "headroom", "vec", "mac"];
+pub const COMMON: &[&str] = &[
+    "transport",
+    "depth",
+    "mtu",
+    "headroom",
+    "vec",
+    "mac",
+    "busy_poll",
+];
 
 /// Builds one transport's configuration from its options (membership already checked).
 pub(crate) type Parse = fn(&Opts) -> Result<TransportConfig, ConfigError>;
@@ -268,7 +276,7 @@ pub(crate) fn vde(opts: &Opts) -> Result<TransportConfig, ConfigError> {
 
 fn common(opts: &Opts) -> Result<CommonOpts, ConfigError> {
     let d = CommonOpts::default();
-    Ok(CommonOpts {
+    let common = CommonOpts {
         depth: opts.ranged("depth", 1, 1024)?.map_or(d.depth, |n| n as u16),
         mtu: opts.ranged("mtu", 576, 65535)?.map_or(d.mtu, |n| n as u16),
         headroom: opts
@@ -282,7 +290,24 @@ fn common(opts: &Opts) -> Result<CommonOpts, ConfigError> {
         queues: opts
             .ranged("queues", 1, u64::from(MAX_QUEUE_PAIRS))?
             .map_or(d.queues, |n| n as u16),
-    })
+        busy_poll: opts
+            .ranged("busy_poll", 0, u64::from(MAX_BUSY_POLL_US))?
+            .map_or(d.busy_poll, |n| n as u16),
+    };
+    // vhost-user-backend runs every worker's event under one lock of the device: a worker
+    // that looks on after its event would hold the other pairs' workers off for as long.
+    if common.busy_poll > 0 && common.queues > 1 {
+        return Err(opts.bad(
+            "busy_poll",
+            &common.busy_poll.to_string(),
+            format!(
+                "not with queues={}: the pairs' workers share one lock of the device, and one \
+                 that keeps looking would hold the others off",
+                common.queues
+            ),
+        ));
+    }
+    Ok(common)
 }
 
 /// The two tunnel endpoints: both IPv4, or both IPv6 with `v6=1`.

@@ -1,0 +1,153 @@
+//! `busy_poll=US`: after an event, the backend's worker keeps looking for work for that long.
+//! Driven as a guest driver drives the device ([`Rig`]) over the `fd` transport: the driver
+//! kicks for one frame, sees it used, then, a moment later, adds a second chain without a
+//! kick. With `busy_poll=1000` the worker, still looking, sends the second frame byte-exact;
+//! without it, the second frame waits for its kick.
+
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+use vmm_net::backend::NetBackend;
+use vmm_net::config::parse_spec;
+use vmm_tests::peer::test_frame;
+use vmm_tests::rig::{transport_pair, Rig, HDR, RINGS, TX_BUF};
+
+const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+const ATTEMPTS: u16 = 10;
+/// How long after the device used the first chain the driver adds the second: long past the
+/// worker's own last look at the ring (it re-arms notifications and looks once more within
+/// microseconds), well within a `busy_poll` of 1000 µs.
+const DELAY: Duration = Duration::from_micros(300);
+
+/// A device over `fd` with `busy_poll` µs, serving a rig that holds the transport's far end.
+fn serve(busy_poll: u16) -> Rig {
+    let (fd, theirs) = transport_pair();
+    let spec = format!(
+        "vec0:transport=fd,fd={},busy_poll={busy_poll}",
+        fd.into_raw_fd()
+    );
+    let backend = NetBackend::open(&parse_spec(&spec).expect("spec")).expect("backend");
+    let (ours, dev) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || {
+        // The worker threads inherit this: they look on a core the driver does not spin on.
+        pin(Core::Backend);
+        backend.serve_connection(dev, None)
+    });
+    let mut rig = Rig::connect(ours, theirs);
+    rig.zero_rings();
+    assert_eq!(rig.bring_up(RINGS), 0xf);
+    rig
+}
+
+enum Core {
+    Driver,
+    Backend,
+}
+
+/// Pins the calling thread to the first core (the driver) or the last (the backend, its
+/// workers), where there are two or more: a spinning driver and a spinning worker on one core
+/// would take turns a scheduler's time slice apart, longer than the worker looks.
+fn pin(core: Core) {
+    // Not available_parallelism(): it counts the calling thread's cores, one once pinned.
+    // SAFETY: sysconf reads a system setting.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    if cores < 2 {
+        return;
+    }
+    let cpu = match core {
+        Core::Driver => 0,
+        Core::Backend => cores - 1,
+    };
+    // SAFETY: cpu_set_t is a plain bit array, for which all-zero is valid; CPU_SET writes
+    // within it (cpu < cores <= CPU_SETSIZE on any machine this runs on), and
+    // sched_setaffinity reads the size we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Writes `frame` behind a zero header at `TX_BUF`; returns the chain's length.
+fn stage(rig: &Rig, frame: &[u8]) -> u32 {
+    let mut buf = vec![0u8; HDR];
+    buf.extend_from_slice(frame);
+    rig.ram
+        .memory()
+        .write_slice(&buf, GuestAddress(TX_BUF))
+        .unwrap();
+    buf.len() as u32
+}
+
+/// Spins until the transmit queue's used index is `want` (no sleep: the driver must act
+/// right after), for 3 s at most.
+fn spin_until_used(rig: &Rig, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while rig.used_idx(1) != want {
+        assert!(Instant::now() < deadline, "used index stuck below {want}");
+        std::hint::spin_loop();
+    }
+}
+
+fn sent(rig: &Rig) -> Vec<u8> {
+    let mut out = vec![0u8; 2048];
+    let n = rig.peer.recv(&mut out).expect("a frame from the transport");
+    out.truncate(n);
+    out
+}
+
+/// Of `ATTEMPTS` unkicked chains, how many the device sent without their kick.
+fn unkicked_chains_sent(busy_poll: u16) -> u16 {
+    pin(Core::Driver);
+    let mut rig = serve(busy_poll);
+    let mut without_kick = 0;
+    for a in 0..ATTEMPTS {
+        // The worker asleep again (a spell lasts 1 ms at most): the kick below starts one.
+        std::thread::sleep(Duration::from_millis(5));
+        let idx = 2 * a;
+        let first = test_frame(100, GUEST_MAC, HOST_MAC, idx as u8);
+        let len = stage(&rig, &first);
+        rig.offer(1, idx, TX_BUF, len, 0);
+        spin_until_used(&rig, idx + 1);
+        let start = Instant::now();
+        while start.elapsed() < DELAY {
+            std::hint::spin_loop();
+        }
+        let second = test_frame(200, GUEST_MAC, HOST_MAC, idx as u8 + 1);
+        let len = stage(&rig, &second);
+        rig.publish(1, idx + 1, TX_BUF, len, 0);
+        assert_eq!(sent(&rig), first, "attempt {a}: the kicked frame");
+        let deadline = Instant::now() + Duration::from_millis(50);
+        while rig.used_idx(1) != idx + 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if rig.used_idx(1) == idx + 2 {
+            without_kick += 1;
+        } else {
+            rig.kick(1);
+            rig.wait_used(1, idx + 2);
+        }
+        assert_eq!(sent(&rig), second, "attempt {a}: the unkicked frame");
+    }
+    without_kick
+}
+
+/// With `busy_poll=1000` the worker still looks when the chain comes, and sends it unkicked
+/// in (nearly) every attempt; without busy polling the same chain waits for its kick. One
+/// test, the two in turn: both spin (the driver to add its chain on time, the worker to look),
+/// and run side by side on a two-core machine they would take each other's cores. Not exact
+/// counts: a worker preempted at the wrong moment can miss a chain, or, without busy polling,
+/// find one in its last look before it sleeps.
+#[test]
+fn a_busy_polling_worker_takes_chains_it_was_not_kicked_for() {
+    let without = unkicked_chains_sent(0);
+    let with = unkicked_chains_sent(1000);
+    eprintln!("left without a kick: {without} of {ATTEMPTS} without busy polling, {with} with it");
+    assert!(
+        without <= 2 && with >= ATTEMPTS - 2,
+        "left without a kick: {without} of {ATTEMPTS} without busy polling, {with} with it"
+    );
+}
