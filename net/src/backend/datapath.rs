@@ -156,6 +156,9 @@ pub struct NetCounters {
     /// not serve (not enabled yet, or disabled), before the host's frames were steered away
     /// from it (see [`super::steer`]).
     pub rx_dropped_unserved: AtomicU64,
+    /// Looks of a busy-polling worker (`busy_poll`, see [`super::busy`]) that found work:
+    /// chains taken or frames delivered without waiting for a wake-up.
+    pub busy_poll_finds: AtomicU64,
 }
 
 impl NetCounters {

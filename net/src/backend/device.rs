@@ -410,7 +410,11 @@ impl VhostUserBackendMut for NetDevice {
         if signal_tx {
             signal(tx);
         }
-        self.busy.spin(|| look(dp, rx, tx, &mem));
+        if !self.busy.is_off() {
+            let stats = lock(dp).stats();
+            let finds = self.busy.spin(|| look(dp, rx, tx, &mem));
+            stats.busy_poll_finds.fetch_add(finds, Ordering::Relaxed);
+        }
         Ok(())
     }
 }
