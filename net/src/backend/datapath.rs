@@ -502,6 +502,9 @@ pub struct Datapath {
     zero_copy: bool,
     /// The host would not take chains that went back to the ring: wait for writability.
     tx_blocked: bool,
+    /// A busy-polling worker is looking at the transmit ring: once a round has taken
+    /// chains, the guest's kicks stay off ([`Datapath::hold_tx_kicks`]).
+    tx_kicks_held: bool,
     /// The transport's descriptors on the serving connection's worker epoll, writability
     /// asked for while frames wait for the host ([`Datapath::sync_watch`]); `None` between
     /// connections.
@@ -565,6 +568,7 @@ impl Datapath {
             taken: Vec::with_capacity(geometry.gather_depth),
             zero_copy: true,
             tx_blocked: false,
+            tx_kicks_held: false,
             watch: None,
             next_segment: None,
             gso_scratch: vec![0; geometry.scratch],
@@ -600,6 +604,15 @@ impl Datapath {
     /// Frames waiting either way: received and not yet delivered, taken and not yet sent.
     fn pending(&self) -> usize {
         self.rx.count() - self.rx_next.min(self.rx.count()) + self.tx.count()
+    }
+
+    /// While `hold`, a transmit round that took chains leaves the guest's kicks off rather
+    /// than re-arming them: a busy-polling worker finds the next chains by looking, and the
+    /// guest saves a kick (a VM exit, or a host system call for UML) per chain, as with
+    /// vhost-net's busy loop. Releasing does not re-arm them: the next round does, which the
+    /// caller must then run.
+    pub fn hold_tx_kicks(&mut self, hold: bool) {
+        self.tx_kicks_held = hold;
     }
 
     /// Received frames wait here for the guest's buffers.
@@ -754,6 +767,7 @@ impl Datapath {
         self.stats
             .dropped_at_disconnect
             .fetch_add(pending as u64, Ordering::Relaxed);
+        self.tx_kicks_held = false;
         self.rx.clear();
         self.rx_next = 0;
         self.tx.clear();
@@ -1077,8 +1091,9 @@ impl Datapath {
             let _ = self.tx_ring.publish(queue, mem, &self.tx_used);
             returned |= !self.tx_used.is_empty();
             if self.tx.count() == 0 {
-                // Nothing taken: re-arm notifications; chains that raced in are taken now.
-                if look_again(queue, mem, &mut rechecked) {
+                // Nothing taken: re-arm notifications (unless a busy-polling worker holds
+                // them off); chains that raced in are taken now.
+                if !self.tx_kicks_held && look_again(queue, mem, &mut rechecked) {
                     continue;
                 }
                 break;
@@ -1186,8 +1201,9 @@ impl Datapath {
                 continue;
             }
             if !took_any {
-                // Nothing taken: re-arm notifications; chains that raced in are taken now.
-                if look_again(queue, mem, &mut rechecked) {
+                // Nothing taken: re-arm notifications (unless a busy-polling worker holds
+                // them off); chains that raced in are taken now.
+                if !self.tx_kicks_held && look_again(queue, mem, &mut rechecked) {
                     continue;
                 }
                 break;

@@ -411,9 +411,31 @@ impl VhostUserBackendMut for NetDevice {
             signal(tx);
         }
         if !self.busy.is_off() {
-            let stats = lock(dp).stats();
+            let stats = {
+                let mut dp = lock(dp);
+                dp.hold_tx_kicks(true);
+                dp.stats()
+            };
             let finds = self.busy.spin(|| look(dp, rx, tx, &mem));
             stats.busy_poll_finds.fetch_add(finds, Ordering::Relaxed);
+            // Kicks back on before the worker sleeps, on a ring the guest disabled meanwhile
+            // too; then a round takes what raced in (and re-arms them again).
+            let signal_tx = {
+                let mut dp = lock(dp);
+                dp.hold_tx_kicks(false);
+                {
+                    let mut state = tx.get_mut();
+                    if state.get_queue().ready() {
+                        let _ = state.get_queue_mut().enable_notification(&*mem);
+                    }
+                }
+                let signal = run_queue(&mut dp, tx, &mem, false);
+                dp.sync_watch();
+                signal
+            };
+            if signal_tx {
+                signal(tx);
+            }
         }
         Ok(())
     }

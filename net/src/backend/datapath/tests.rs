@@ -581,6 +581,55 @@ fn tx_backpressure_keeps_frames_until_the_host_takes_them() {
     assert_eq!((load(&s.tx_packets), load(&s.tx_bytes)), (3, 300));
 }
 
+/// A busy-polling worker holds the guest's transmit kicks off: a round that takes chains
+/// leaves them off; released, they stay off until the next round re-arms them (and takes
+/// what came meanwhile). On both paths.
+#[test]
+fn held_transmit_kicks_stay_off_until_a_round_after_the_release() {
+    for zero_copy in [true, false] {
+        let m = mem();
+        let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
+        tx_chain(&m, &vq, 0, [0; 12], &frame(100, 0));
+        let mut q: Queue = vq.create_queue().unwrap();
+        let flags = vq.used_addr();
+        let kicks_off = || {
+            m.read_obj::<u16>(flags).unwrap()
+                & virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY as u16
+                != 0
+        };
+        let (mut dp, host) = datapath(10, vec![], MRG);
+        dp.set_zero_copy(zero_copy);
+        dp.process_tx(&mut q, &m).unwrap();
+        assert!(
+            !kicks_off(),
+            "zero_copy {zero_copy}: a round ends with kicks on"
+        );
+        dp.hold_tx_kicks(true);
+        tx_chain(&m, &vq, 2, [0; 12], &frame(100, 1));
+        dp.process_tx(&mut q, &m).unwrap();
+        assert!(
+            kicks_off(),
+            "zero_copy {zero_copy}: held, the round left them off"
+        );
+        dp.hold_tx_kicks(false);
+        assert!(
+            kicks_off(),
+            "zero_copy {zero_copy}: the release alone re-arms nothing"
+        );
+        tx_chain(&m, &vq, 4, [0; 12], &frame(100, 2));
+        dp.process_tx(&mut q, &m).unwrap();
+        assert!(
+            !kicks_off(),
+            "zero_copy {zero_copy}: the next round re-arms them"
+        );
+        let out = sent(&host);
+        assert_eq!(out.len(), 3, "zero_copy {zero_copy}: every frame left");
+        for (i, o) in out.iter().enumerate() {
+            assert_eq!(&o[10..], &frame(100, i as u8)[..]);
+        }
+    }
+}
+
 /// The worker hears of the transport's writability exactly while frames wait for the host:
 /// asked for after a refused send (reported at once by a socket already writable again),
 /// dropped once the backlog is gone; a watch moved to a replacing transport (what a swap
