@@ -609,8 +609,8 @@ impl Datapath {
     /// While `hold`, a transmit round that took chains leaves the guest's kicks off rather
     /// than re-arming them: a busy-polling worker finds the next chains by looking, and the
     /// guest saves a kick (a VM exit, or a host system call for UML) per chain, as with
-    /// vhost-net's busy loop. Releasing does not re-arm them: the next round does, which the
-    /// caller must then run.
+    /// vhost-net's busy loop. Releasing does not re-arm them: the caller does (or runs a
+    /// round, which does).
     pub fn hold_tx_kicks(&mut self, hold: bool) {
         self.tx_kicks_held = hold;
     }

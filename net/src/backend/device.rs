@@ -418,18 +418,17 @@ impl VhostUserBackendMut for NetDevice {
             };
             let finds = self.busy.spin(|| look(dp, rx, tx, &mem));
             stats.busy_poll_finds.fetch_add(finds, Ordering::Relaxed);
-            // Kicks back on before the worker sleeps, on a ring the guest disabled meanwhile
-            // too; then a round takes what raced in (and re-arms them again).
+            // Kicks back on before the worker sleeps (on a ring the guest disabled meanwhile
+            // too); a round only if chains raced in, which takes them and re-arms again.
             let signal_tx = {
                 let mut dp = lock(dp);
                 dp.hold_tx_kicks(false);
-                {
+                let raced = {
                     let mut state = tx.get_mut();
-                    if state.get_queue().ready() {
-                        let _ = state.get_queue_mut().enable_notification(&*mem);
-                    }
-                }
-                let signal = run_queue(&mut dp, tx, &mem, false);
+                    state.get_queue().ready()
+                        && matches!(state.get_queue_mut().enable_notification(&*mem), Ok(true))
+                };
+                let signal = raced && run_queue(&mut dp, tx, &mem, false);
                 dp.sync_watch();
                 signal
             };
