@@ -490,6 +490,18 @@ impl Guest {
     /// Waits for the guest's script to finish and returns its exit status.
     pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
         let line = self.expect("VMTEST-EXIT=", timeout);
+        self.finish(&line)
+    }
+
+    /// As [`Guest::wait_exit`], but `None` when the script did not finish in `timeout`, so
+    /// that a test with two guests can report both consoles.
+    pub fn try_wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let line = self.wait_for("VMTEST-EXIT=", timeout)?;
+        Some(self.finish(&line))
+    }
+
+    /// The status in the exit line, after letting the guest power off.
+    fn finish(&mut self, line: &str) -> i32 {
         let status = line
             .split("VMTEST-EXIT=")
             .nth(1)

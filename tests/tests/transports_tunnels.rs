@@ -817,7 +817,10 @@ fn uml_interop(uml_spec: &str, our_spec: &str) {
     );
     // Both guests mount `dir` at /host and meet there through files.
     let wait = |f: &str| {
-        format!("i=0; while [ ! -e /host/{f} ] && [ $i -lt 400 ]; do sleep 0.2; i=$((i+1)); done\n")
+        format!(
+            "i=0; while [ ! -e /host/{f} ] && [ $i -lt 400 ]; do sleep 0.2; i=$((i+1)); \
+             if [ $((i % 50)) = 0 ]; then echo \"waiting for {f}: $i\"; fi; done; echo \"waited for {f}: $i\"\n"
+        )
     };
     let uml_script = dir.path().join("uml.sh");
     std::fs::write(
@@ -865,16 +868,16 @@ fn uml_interop(uml_spec: &str, our_spec: &str) {
         netns: None,
         mem: "256M",
     });
-    let ours_status = ours.wait_exit(Duration::from_secs(120));
-    let uml_status = uml.wait_exit(Duration::from_secs(60));
+    let ours_status = ours.try_wait_exit(Duration::from_secs(120));
+    let uml_status = uml.try_wait_exit(Duration::from_secs(60));
     let report = format!(
         "guest on our backend:\n{}\nguest on UML's transport:\n{}\nbackend log:\n{}",
         ours.console(),
         uml.console(),
         backend.log()
     );
-    assert_eq!(ours_status, 0, "{report}");
-    assert_eq!(uml_status, 0, "{report}");
+    assert_eq!(ours_status, Some(0), "{report}");
+    assert_eq!(uml_status, Some(0), "{report}");
     assert!(ours.console().contains("3 packets received"), "{report}");
     assert!(uml.console().contains("3 packets received"), "{report}");
     let console = ours.console();
