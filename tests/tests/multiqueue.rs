@@ -382,7 +382,8 @@ fn queue_stat(text: &str, q: u32, what: &str) -> u64 {
 /// both rings (each queue's count grows far past the ring's 256 slots, which only a backend
 /// draining that ring allows), every frame it took reaches the veth's far end, the counters
 /// are the sum over both pairs, and a capture running meanwhile is offered the frames of both
-/// pairs.
+/// pairs. Both pairs' workers busy-poll (`busy_poll=50`), each under its own pair's lock, and
+/// find testpmd's chains while they look.
 #[test]
 fn dpdk_testpmd_sends_on_two_queue_pairs() {
     let ns = NetNs::new();
@@ -392,7 +393,7 @@ fn dpdk_testpmd_sends_on_two_queue_pairs() {
     let sock = dir.path().join("net.sock");
     let (control, server) = serve_in_process(
         &ns,
-        &format!("vec0:transport=raw,ifname={va},queues=2"),
+        &format!("vec0:transport=raw,ifname={va},queues=2,busy_poll=50"),
         &sock,
     );
     let pcap = dir.path().join("both.pcap");
@@ -456,6 +457,7 @@ fn dpdk_testpmd_sends_on_two_queue_pairs() {
         "the capture saw {offered} frames, queue 0 alone sent {q0}: {summary:?}"
     );
     assert!(st.get("batch_buffer_bytes").unwrap() <= 1 << 20, "{st:?}");
+    assert!(st.get("busy_poll_finds").unwrap() > 0, "{st:?}");
 }
 
 /// The receive side with a real frontend: testpmd (`queues=2`, rxonly) polls both receive

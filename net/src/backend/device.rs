@@ -7,14 +7,20 @@
 //! workers are gone ([`NetDevice::close_leaked_exit_fds`]). Its guest memory is watched by
 //! the SIGBUS [guard](super::guard) while mapped: a fault there (a file the frontend shrank)
 //! makes [`NetDevice::fault_fd`] readable, and the server drops that frontend.
+//!
+//! The device is a [`VhostUserBackend`] of its own (every method takes `&self`), not a
+//! `VhostUserBackendMut` behind the crate's `RwLock`: that lock would run every worker's event
+//! under one write lock of the whole device, so the pairs of a `queues=N` NIC would take turns
+//! and a worker that busy-polls would hold the others off. Each worker locks only its own
+//! pair's datapath; what the frontend's messages change is behind locks of its own.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{
     GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard,
@@ -57,12 +63,12 @@ type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 pub struct NetDevice {
     dps: Vec<Arc<Mutex<Datapath>>>,
     steerer: Arc<Steerer>,
-    /// The SIGBUS guard's watches over `mem`'s mappings; declared before `fault`, which they
-    /// write to, so they go first.
-    watches: Vec<guard::Watch>,
+    /// The guest memory and its watches; declared before `fault`, which the watches write to,
+    /// so they go first. A worker holds it for reading through its whole event, so a new
+    /// table (the write lock) waits for the events that may still read the old one.
+    memory: RwLock<Mapped>,
     /// Written by the SIGBUS guard when the frontend's memory file shrank under a mapping.
     fault: EventFd,
-    mem: Option<Mem>,
     offered: u64,
     config: [u8; 12],
     /// How long a worker keeps looking for work after an event (`busy_poll`).
@@ -73,7 +79,15 @@ pub struct NetDevice {
     /// The backend-request channel, held (never written) for the connection's life: UML gives
     /// the write end of a pipe and treats its closing as the connection breaking, unplugging
     /// the device.
-    backend_req: Option<vhost::vhost_user::Backend>,
+    backend_req: Mutex<Option<vhost::vhost_user::Backend>>,
+}
+
+/// The frontend's memory table, and the SIGBUS guard's watches over its mappings.
+#[derive(Default)]
+struct Mapped {
+    mem: Option<Mem>,
+    /// Held for their drop, which ends the watching.
+    _watches: Vec<guard::Watch>,
 }
 
 impl NetDevice {
@@ -87,15 +101,14 @@ impl NetDevice {
         Ok(NetDevice {
             dps,
             steerer,
-            watches: Vec::new(),
+            memory: RwLock::new(Mapped::default()),
             fault: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
-            mem: None,
             offered,
             config,
             busy,
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?,
             handed_out: Mutex::new(Vec::new()),
-            backend_req: None,
+            backend_req: Mutex::new(None),
         })
     }
 
@@ -110,7 +123,7 @@ impl NetDevice {
     }
 
     /// Closes the exit-event descriptors vhost-user-backend leaks, one per connection: its
-    /// `VringEpollHandler::new` turns the consumer [`exit_event`](VhostUserBackendMut::exit_event)
+    /// `VringEpollHandler::new` turns the consumer [`exit_event`](VhostUserBackend::exit_event)
     /// returns into a raw descriptor for its epoll and never closes it (0.24; after ~1000
     /// connections a process with RLIMIT_NOFILE 1024 could accept no more). Call it only once
     /// the connection's workers are gone (the daemon dropped). A number is closed only while it
@@ -242,7 +255,7 @@ fn signal(vring: &VringRwLock) {
     }
 }
 
-impl VhostUserBackendMut for NetDevice {
+impl VhostUserBackend for NetDevice {
     type Bitmap = ();
     type Vring = VringRwLock;
 
@@ -264,7 +277,7 @@ impl VhostUserBackendMut for NetDevice {
         self.offered
     }
 
-    fn acked_features(&mut self, acked: u64) {
+    fn acked_features(&self, acked: u64) {
         seccomp::confine(ThreadKind::Handler);
         let n = Negotiated::from_features(acked & self.offered);
         let took = features::names(acked & self.offered);
@@ -293,7 +306,7 @@ impl VhostUserBackendMut for NetDevice {
         VhostUserProtocolFeatures::from_bits_truncate(features::PROTOCOL_FEATURES)
     }
 
-    fn reset_device(&mut self) {
+    fn reset_device(&self) {
         seccomp::confine(ThreadKind::Handler);
         for dp in &self.dps {
             lock(dp).reset();
@@ -301,20 +314,21 @@ impl VhostUserBackendMut for NetDevice {
     }
 
     /// The crate sets EVENT_IDX on each queue itself.
-    fn set_event_idx(&mut self, _enabled: bool) {}
+    fn set_event_idx(&self, _enabled: bool) {}
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         seccomp::confine(ThreadKind::Handler);
         features::read_config(&self.config, offset, size)
     }
 
-    fn set_backend_req_fd(&mut self, channel: vhost::vhost_user::Backend) {
+    fn set_backend_req_fd(&self, channel: vhost::vhost_user::Backend) {
         seccomp::confine(ThreadKind::Handler);
-        self.backend_req = Some(channel);
+        *self.backend_req.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel);
     }
 
-    /// Takes the new memory and watches its mappings (the old watches go with the old table).
-    fn update_memory(&mut self, mem: Mem) -> io::Result<()> {
+    /// Takes the new memory and watches its mappings (the old watches go with the old table,
+    /// once no worker is in an event that may still read it).
+    fn update_memory(&self, mem: Mem) -> io::Result<()> {
         seccomp::confine(ThreadKind::Handler);
         let mut watches = Vec::new();
         for region in mem.memory().iter() {
@@ -330,8 +344,10 @@ impl VhostUserBackendMut for NetDevice {
                 ),
             }
         }
-        self.watches = watches;
-        self.mem = Some(mem);
+        *self.memory.write().unwrap_or_else(|p| p.into_inner()) = Mapped {
+            mem: Some(mem),
+            _watches: watches,
+        };
         Ok(())
     }
 
@@ -348,7 +364,7 @@ impl VhostUserBackendMut for NetDevice {
     }
 
     fn handle_event(
-        &mut self,
+        &self,
         device_event: u16,
         evset: EventSet,
         vrings: &[VringRwLock],
@@ -361,7 +377,8 @@ impl VhostUserBackendMut for NetDevice {
         seccomp::confine_with(|| ThreadKind::Worker {
             sockets: lock(dp).transport().opens_sockets(),
         });
-        let (Some(mem), [rx, tx]) = (&self.mem, vrings) else {
+        let memory = self.memory.read().unwrap_or_else(|p| p.into_inner());
+        let (Some(mem), [rx, tx]) = (&memory.mem, vrings) else {
             return Ok(());
         };
         let mem = mem.memory();
@@ -437,5 +454,108 @@ impl VhostUserBackendMut for NetDevice {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::mpsc;
+    use std::thread::{self, JoinHandle};
+    use std::time::Duration;
+
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::transport::fd::Fd;
+
+    /// Long enough for a spawned worker to reach the lock it waits on.
+    const SETTLE: Duration = Duration::from_millis(100);
+
+    /// A device of two pairs over `fd` transports, its guest memory set; the datapaths; and
+    /// the transports' far ends (held open).
+    fn two_pairs() -> (Arc<NetDevice>, Vec<Arc<Mutex<Datapath>>>, Vec<UnixDatagram>) {
+        let mut peers = Vec::new();
+        let dps = (0..2)
+            .map(|_| {
+                let (ours, theirs) = UnixDatagram::pair().unwrap();
+                peers.push(theirs);
+                let fd = Fd::open(ours.into_raw_fd(), 64, true).unwrap();
+                Arc::new(Mutex::new(Datapath::new(Box::new(fd), 64, 2, 1500)))
+            })
+            .collect::<Vec<_>>();
+        let dev = NetDevice::new(
+            dps.clone(),
+            Arc::new(Steerer::new(2)),
+            0,
+            [0; 12],
+            BusyPoll::from_micros(0),
+        )
+        .unwrap();
+        dev.update_memory(memory()).unwrap();
+        (Arc::new(dev), dps, peers)
+    }
+
+    fn memory() -> Mem {
+        GuestMemoryAtomic::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap())
+    }
+
+    /// Pair `pair`'s worker handling a kick of its transmit queue, on a thread of its own.
+    fn kick(dev: &Arc<NetDevice>, pair: usize) -> JoinHandle<io::Result<()>> {
+        let dev = dev.clone();
+        let mem = memory();
+        let vrings = [
+            VringRwLock::new(mem.clone(), 256).unwrap(),
+            VringRwLock::new(mem, 256).unwrap(),
+        ];
+        thread::spawn(move || dev.handle_event(TX_QUEUE, EventSet::IN, &vrings, pair))
+    }
+
+    /// The pairs of a `queues=N` NIC are served side by side: pair 1's event is handled while
+    /// pair 0's worker waits for its datapath. Behind the crate's `RwLock` (what this device
+    /// was), pair 0's worker held the whole device while it waited, and pair 1 waited behind.
+    #[test]
+    fn a_pairs_event_does_not_wait_for_another_pairs_worker() {
+        let (dev, dps, _peers) = two_pairs();
+        let held = lock(&dps[0]);
+        let first = kick(&dev, 0);
+        thread::sleep(SETTLE);
+        assert!(
+            !first.is_finished(),
+            "pair 0's worker waits for its datapath"
+        );
+        let (tell, told) = mpsc::channel();
+        let second = kick(&dev, 1);
+        thread::spawn(move || tell.send(second.join().unwrap().is_ok()));
+        let served = told.recv_timeout(Duration::from_secs(5));
+        drop(held);
+        assert_eq!(
+            served,
+            Ok(true),
+            "pair 1's event waited for pair 0's worker"
+        );
+        first.join().unwrap().unwrap();
+    }
+
+    /// A new memory table waits for the workers' events in progress, which may still read the
+    /// old one: its mappings' SIGBUS watches go only once none does.
+    #[test]
+    fn a_new_memory_table_waits_for_the_events_in_progress() {
+        let (dev, dps, _peers) = two_pairs();
+        let held = lock(&dps[0]);
+        let worker = kick(&dev, 0);
+        thread::sleep(SETTLE);
+        let (tell, told) = mpsc::channel();
+        let handler = dev.clone();
+        thread::spawn(move || tell.send(handler.update_memory(memory()).is_ok()));
+        assert_eq!(
+            told.recv_timeout(SETTLE),
+            Err(mpsc::RecvTimeoutError::Timeout),
+            "the table was replaced under a worker's event"
+        );
+        drop(held);
+        worker.join().unwrap().unwrap();
+        assert_eq!(told.recv_timeout(Duration::from_secs(5)), Ok(true));
     }
 }

@@ -11,7 +11,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -137,7 +137,7 @@ impl NetBackend {
         frontend: UnixStream,
         stop: Option<RawFd>,
     ) -> Result<(), BackendError> {
-        let dev = Arc::new(RwLock::new(
+        let dev = Arc::new(
             NetDevice::new(
                 self.dps.clone(),
                 self.shared.steerer.clone(),
@@ -149,7 +149,7 @@ impl NetBackend {
                 op: "creating the exit event",
                 source,
             })?,
-        ));
+        );
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(self.name.clone(), dev.clone(), mem)
             .map_err(|e| BackendError::Daemon(e.to_string()))?;
@@ -187,7 +187,7 @@ impl NetBackend {
                     source,
                 }
             })?;
-        let fault = dev.read().unwrap_or_else(|p| p.into_inner()).fault_fd();
+        let fault = dev.fault_fd();
         let mut fds = vec![done.as_raw_fd(), fault];
         fds.extend(stop);
         // An interrupted poll (EINTR) is no reason to drop the frontend: poll again.
@@ -203,13 +203,9 @@ impl NetBackend {
         let handler_error = daemon.wait().err().map(|e| e.to_string());
         // Stop the worker threads of this connection (dropping the daemon joins them), close
         // what the crate leaks, and forget the connection's state.
-        // (No lock on the device across the drop: the workers take it to finish.)
-        dev.read().unwrap_or_else(|p| p.into_inner()).notify_exit();
+        dev.notify_exit();
         drop(daemon);
-        let closed = dev
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .close_leaked_exit_fds();
+        let closed = dev.close_leaked_exit_fds();
         log::debug!(
             "{}: closed {closed} leaked exit-event descriptor(s)",
             self.name
@@ -244,7 +240,7 @@ impl NetBackend {
     /// Puts each pair's transport descriptors on its worker's epoll (see [`super::watch`]).
     /// The watches hold the workers weakly: once the connection's workers are gone they do
     /// nothing, and the next connection's replace them.
-    fn attach(&self, daemon: &VhostUserDaemon<Arc<RwLock<NetDevice>>>) -> Result<(), BackendError> {
+    fn attach(&self, daemon: &VhostUserDaemon<Arc<NetDevice>>) -> Result<(), BackendError> {
         let handlers = daemon.get_epoll_handlers();
         let events = device::transport_events(handlers.len());
         for (pair, dp) in self.dps.iter().enumerate() {

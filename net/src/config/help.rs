@@ -66,8 +66,8 @@ Options of every vector transport:
                 before it sleeps (Linux's SO_BUSY_POLL, vhost-net's busyloop_timeout):
                 a streaming guest's chains are taken as they come, not a wake-up later,
                 for the time of a core spent looking: try 50 where a core is spare for
-                each busy NIC (with fewer, the looking takes time the guests need); not
-                with queues=N (N > 1)                                default 0 (off), 0..=1000
+                each busy queue pair (with fewer, the looking takes time the guests
+                need)                                                default 0 (off), 0..=1000
 tap, hybrid, raw, gre, l2tpv3, bess, fd also:
   gro=0|1       64 KiB GSO frames into the guest                            default 0
                 tap, hybrid, raw: the host side always has a virtio_net_hdr (TUNSETOFFLOAD,

@@ -294,19 +294,6 @@ fn common(opts: &Opts) -> Result<CommonOpts, ConfigError> {
             .ranged("busy_poll", 0, u64::from(MAX_BUSY_POLL_US))?
             .map_or(d.busy_poll, |n| n as u16),
     };
-    // vhost-user-backend runs every worker's event under one lock of the device: a worker
-    // that looks on after its event would hold the other pairs' workers off for as long.
-    if common.busy_poll > 0 && common.queues > 1 {
-        return Err(opts.bad(
-            "busy_poll",
-            &common.busy_poll.to_string(),
-            format!(
-                "not with queues={}: the pairs' workers share one lock of the device, and one \
-                 that keeps looking would hold the others off",
-                common.queues
-            ),
-        ));
-    }
     Ok(common)
 }
 
