@@ -71,8 +71,9 @@ start_testpmd() {
         -m 1024 --no-pci --file-prefix="$ns-$name" "${args[@]}" -- --total-num-mbufs=16384 \
         --txq="$queues" --rxq="$queues" \
         --forward-mode="$mode" --txpkts=64 --auto-start --stats-period 1 >"$log" 2>&1 </dev/null &
-    # With --stats-period testpmd forwards until a signal, not until stdin ends.
-    for _ in $(seq 100); do
+    # With --stats-period testpmd forwards until a signal, not until stdin ends. Its start-up
+    # (1 GiB without huge pages, libraries not yet in the page cache) can take seconds.
+    for _ in $(seq 300); do
         grep -q "packet forwarding - ports=" "$log" 2>/dev/null && return 0
         sleep 0.1
     done
