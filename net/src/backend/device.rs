@@ -85,7 +85,9 @@ pub struct NetDevice {
 /// The frontend's memory table, and the SIGBUS guard's watches over its mappings.
 #[derive(Default)]
 struct Mapped {
-    mem: Option<Mem>,
+    /// The table as it was when watched: the crate swaps its own copy before it tells us,
+    /// and a worker reading that one could touch a mapping not yet watched.
+    mem: Option<GuestMemoryLoadGuard<GuestMemoryMmap>>,
     /// Held for their drop, which ends the watching.
     _watches: Vec<guard::Watch>,
 }
@@ -161,12 +163,7 @@ pub fn lock(dp: &Mutex<Datapath>) -> MutexGuard<'_, Datapath> {
 
 /// Runs one queue; returns whether the guest is to be signalled (after the datapath lock is
 /// released).
-fn run_queue(
-    dp: &mut Datapath,
-    vring: &VringRwLock,
-    mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
-    rx: bool,
-) -> bool {
+fn run_queue(dp: &mut Datapath, vring: &VringRwLock, mem: &GuestMemoryMmap, rx: bool) -> bool {
     let mut state = vring.get_mut();
     // A ring the frontend disabled (SET_VRING_ENABLE 0) is not touched until it is enabled.
     if !state.get_queue().ready() || !state.is_enabled() {
@@ -191,12 +188,7 @@ fn run_queue(
 /// One look of a busy-polling worker ([`super::busy`]): the transmit ring if the guest added
 /// chains, the receive side if the transport has frames or the datapath holds some; the
 /// guest is signalled as after an event. Whether either ring moved (chains used).
-fn look(
-    dp: &Mutex<Datapath>,
-    rx: &VringRwLock,
-    tx: &VringRwLock,
-    mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
-) -> bool {
+fn look(dp: &Mutex<Datapath>, rx: &VringRwLock, tx: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
     let (signal_rx, signal_tx, moved) = {
         let mut dp = lock(dp);
         let before = (next_used(rx), next_used(tx));
@@ -224,13 +216,13 @@ fn next_used(vring: &VringRwLock) -> u16 {
 }
 
 /// The guest made chains available that the datapath has not taken (on a ring it serves).
-fn has_new_chains(vring: &VringRwLock, mem: &GuestMemoryLoadGuard<GuestMemoryMmap>) -> bool {
+fn has_new_chains(vring: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
     let state = vring.get_ref();
     let queue = state.get_queue();
     queue.ready()
         && state.is_enabled()
         && queue
-            .avail_idx(&**mem, Ordering::Acquire)
+            .avail_idx(mem, Ordering::Acquire)
             .is_ok_and(|idx| idx.0 != queue.next_avail())
 }
 
@@ -331,7 +323,8 @@ impl VhostUserBackend for NetDevice {
     fn update_memory(&self, mem: Mem) -> io::Result<()> {
         seccomp::confine(ThreadKind::Handler);
         let mut watches = Vec::new();
-        for region in mem.memory().iter() {
+        let mem = mem.memory();
+        for region in mem.iter() {
             match guard::watch(
                 region.as_ptr() as usize,
                 region.size(),
@@ -381,7 +374,6 @@ impl VhostUserBackend for NetDevice {
         let (Some(mem), [rx, tx]) = (&memory.mem, vrings) else {
             return Ok(());
         };
-        let mem = mem.memory();
         log::trace!("pair {thread_id}: event {device_event} {evset:?}");
         let (transport_rx, transport_tx) = transport_events(self.dps.len());
         let (signal_rx, signal_tx) = {
@@ -404,13 +396,13 @@ impl VhostUserBackend for NetDevice {
                 }
             }
             let signals = match event {
-                e if e == u64::from(RX_QUEUE) => (run_queue(&mut dp, rx, &mem, true), false),
-                e if e == u64::from(TX_QUEUE) => (false, run_queue(&mut dp, tx, &mem, false)),
+                e if e == u64::from(RX_QUEUE) => (run_queue(&mut dp, rx, mem, true), false),
+                e if e == u64::from(TX_QUEUE) => (false, run_queue(&mut dp, tx, mem, false)),
                 e if e == transport_rx || e == transport_tx => (
-                    evset.contains(EventSet::IN) && run_queue(&mut dp, rx, &mem, true),
+                    evset.contains(EventSet::IN) && run_queue(&mut dp, rx, mem, true),
                     evset.contains(EventSet::OUT)
                         && dp.tx_pending()
-                        && run_queue(&mut dp, tx, &mem, false),
+                        && run_queue(&mut dp, tx, mem, false),
                 ),
                 other => {
                     log::debug!("unexpected event {other}");
@@ -433,7 +425,7 @@ impl VhostUserBackend for NetDevice {
                 dp.hold_tx_kicks(true);
                 dp.stats()
             };
-            let finds = self.busy.spin(|| look(dp, rx, tx, &mem));
+            let finds = self.busy.spin(|| look(dp, rx, tx, mem));
             stats.busy_poll_finds.fetch_add(finds, Ordering::Relaxed);
             // Kicks back on before the worker sleeps (on a ring the guest disabled meanwhile
             // too); a round only if chains raced in, which takes them and re-arms again.
@@ -443,9 +435,9 @@ impl VhostUserBackend for NetDevice {
                 let raced = {
                     let mut state = tx.get_mut();
                     state.get_queue().ready()
-                        && matches!(state.get_queue_mut().enable_notification(&*mem), Ok(true))
+                        && matches!(state.get_queue_mut().enable_notification(&**mem), Ok(true))
                 };
-                let signal = raced && run_queue(&mut dp, tx, &mem, false);
+                let signal = raced && run_queue(&mut dp, tx, mem, false);
                 dp.sync_watch();
                 signal
             };
