@@ -7,7 +7,7 @@
 //! because an `EPOLLOUT` interest is not free: every sent frame's buffer, freed, wakes the
 //! socket's wait queue (`sock_def_write_space`), and with `EPOLLOUT` in the interest each of
 //! those wake-ups runs epoll's callback and queues a ready event the worker then reads.
-//! Measured (README, Performance): about 2 % of the packet rate with 64-byte frames.
+//! Measured (resources/bench/HISTORY.md): about 2 % of the packet rate with 64-byte frames.
 //!
 //! Nothing is lost by asking late: `EPOLL_CTL_MOD` (a descriptor that also receives) and
 //! `EPOLL_CTL_ADD` (one that only sends) poll the descriptor as they add the interest, so a
