@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Throughput of the same UML guest kernel over (a) UML's own vec0:transport=X and (b) virtio_uml
-# + our vhost-user backend with transport X, for raw, tap and hybrid, in one run.
+# Throughput and round trips of the same UML guest kernel over (a) UML's own vec0:transport=X
+# and (b) virtio_uml + our vhost-user backend with transport X, for raw, tap and hybrid, in one run.
 #   resources/bench/uml-vs-ours.sh [SECONDS]      (default 10; needs root and resources/setup.sh)
 # Env: TRANSPORTS="raw tap hybrid", OPTS=",gro=1" (appended to both specs), VMM=path/to/vmm,
 # SIDES="uml ours" (SIDES=ours skips UML's own runs, for comparing two builds of ours),
@@ -10,9 +10,15 @@
 # With gro=0 the peer interface's TSO/GSO are turned off: UML's rule is that gro must match the
 # host side, and without it both UML's transports and ours see 64 KiB GSO frames they must drop,
 # and host->guest TCP stalls for both.
-# Prints one row per transport and direction: Gbit/s for UML, for ours, and ours/UML.
+# PINGS=N (default 200; 0 skips): the guest then pings the host N times, 10 ms apart, with
+# nothing else running, and a third row gives the average round trip in ms.
+# Prints one row per transport and direction: Gbit/s for UML, for ours, and ours/UML; and the
+# round trip, ms, with UML/ours (so that above 1 is ours faster there too).
 set -euo pipefail
 secs="${1:-10}"
+case "$secs" in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
+pings="${PINGS:-200}"
+case "$pings" in '' | *[!0-9]*) echo "PINGS must be a number (0 skips the round trips)" >&2; exit 2 ;; esac
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 vmm="${VMM:-$root/target/release/vmm}"
 transports="${TRANSPORTS:-raw tap hybrid}"
@@ -42,6 +48,11 @@ for dir in tx rx; do
     rate=\$(iperf3 -c $peer -t $secs -f m \$flag ${IPERF:-} | sed -n 's/.* \([0-9.]*\) Mbits\/sec.*receiver.*/\1/p')
     echo "BENCH \$dir \${rate:-0}"
 done
+if [ $pings -gt 0 ]; then
+    # busybox: "round-trip min/avg/max = A/B/C ms"; the average.
+    rtt=\$(ping -q -c $pings -i 0.01 $peer | sed -n 's|.* = [0-9.]*/\([0-9.]*\)/.*|\1|p')
+    echo "BENCH rtt \${rtt:-0}"
+fi
 SCRIPT
 
 # no_gso IFNAME: with gro=0, the host must not hand the transport GSO frames.
@@ -72,7 +83,7 @@ setup_host() {
     esac
 }
 
-rates() { [ -e "$1" ] || return 0; sed -n 's/^BENCH \(tx\|rx\) \([0-9.]*\).*/\1 \2/p' "$1"; }
+rates() { [ -e "$1" ] || return 0; sed -n 's/^BENCH \(tx\|rx\|rtt\) \([0-9.]*\).*/\1 \2/p' "$1"; }
 
 printf '%-8s %-12s %10s %10s %8s\n' transport direction "UML Gb/s" "ours Gb/s" ratio
 for t in $transports; do
@@ -103,4 +114,10 @@ for t in $transports; do
         label=guest-host; [ $dir = rx ] && label=host-guest
         printf '%-8s %-12s %10s %10s %8s\n' "$t" "$label" "${u:-fail}" "${o:-fail}" "$ratio"
     done
+    if [ "$pings" -gt 0 ]; then
+        u="$(rates "$work/uml.$t" | awk '$1=="rtt" && $2 > 0 {print $2}')"
+        o="$(rates "$work/ours.$t" | awk '$1=="rtt" && $2 > 0 {print $2}')"
+        ratio="$(awk -v u="${u:-0}" -v o="${o:-0}" 'BEGIN { if (u > 0 && o > 0) printf "%.2f", u/o; else print "n/a" }')"
+        printf '%-8s %-12s %10s %10s %8s\n' "$t" "rtt-ms" "${u:-fail}" "${o:-fail}" "$ratio"
+    fi
 done
