@@ -453,8 +453,8 @@ impl VhostUserBackend for NetDevice {
 mod tests {
     use std::os::fd::IntoRawFd;
     use std::os::unix::net::UnixDatagram;
-    use std::sync::mpsc;
-    use std::thread::{self, JoinHandle};
+    use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+    use std::thread;
     use std::time::Duration;
 
     use vm_memory::GuestAddress;
@@ -493,15 +493,22 @@ mod tests {
         GuestMemoryAtomic::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap())
     }
 
+    /// Runs `f` on a thread of its own; whether it succeeded arrives on the receiver.
+    fn on_thread(f: impl FnOnce() -> io::Result<()> + Send + 'static) -> Receiver<bool> {
+        let (tell, told) = mpsc::channel();
+        thread::spawn(move || tell.send(f().is_ok()));
+        told
+    }
+
     /// Pair `pair`'s worker handling a kick of its transmit queue, on a thread of its own.
-    fn kick(dev: &Arc<NetDevice>, pair: usize) -> JoinHandle<io::Result<()>> {
+    fn kick(dev: &Arc<NetDevice>, pair: usize) -> Receiver<bool> {
         let dev = dev.clone();
         let mem = memory();
         let vrings = [
             VringRwLock::new(mem.clone(), 256).unwrap(),
             VringRwLock::new(mem, 256).unwrap(),
         ];
-        thread::spawn(move || dev.handle_event(TX_QUEUE, EventSet::IN, &vrings, pair))
+        on_thread(move || dev.handle_event(TX_QUEUE, EventSet::IN, &vrings, pair))
     }
 
     /// The pairs of a `queues=N` NIC are served side by side: pair 1's event is handled while
@@ -512,22 +519,19 @@ mod tests {
         let (dev, dps, _peers) = two_pairs();
         let held = lock(&dps[0]);
         let first = kick(&dev, 0);
-        thread::sleep(SETTLE);
-        assert!(
-            !first.is_finished(),
+        assert_eq!(
+            first.recv_timeout(SETTLE),
+            Err(RecvTimeoutError::Timeout),
             "pair 0's worker waits for its datapath"
         );
-        let (tell, told) = mpsc::channel();
-        let second = kick(&dev, 1);
-        thread::spawn(move || tell.send(second.join().unwrap().is_ok()));
-        let served = told.recv_timeout(Duration::from_secs(5));
+        let served = kick(&dev, 1).recv_timeout(Duration::from_secs(5));
         drop(held);
         assert_eq!(
             served,
             Ok(true),
             "pair 1's event waited for pair 0's worker"
         );
-        first.join().unwrap().unwrap();
+        assert_eq!(first.recv_timeout(Duration::from_secs(5)), Ok(true));
     }
 
     /// A new memory table waits for the workers' events in progress, which may still read the
@@ -538,16 +542,15 @@ mod tests {
         let held = lock(&dps[0]);
         let worker = kick(&dev, 0);
         thread::sleep(SETTLE);
-        let (tell, told) = mpsc::channel();
         let handler = dev.clone();
-        thread::spawn(move || tell.send(handler.update_memory(memory()).is_ok()));
+        let replaced = on_thread(move || handler.update_memory(memory()));
         assert_eq!(
-            told.recv_timeout(SETTLE),
-            Err(mpsc::RecvTimeoutError::Timeout),
+            replaced.recv_timeout(SETTLE),
+            Err(RecvTimeoutError::Timeout),
             "the table was replaced under a worker's event"
         );
         drop(held);
-        worker.join().unwrap().unwrap();
-        assert_eq!(told.recv_timeout(Duration::from_secs(5)), Ok(true));
+        assert_eq!(worker.recv_timeout(Duration::from_secs(5)), Ok(true));
+        assert_eq!(replaced.recv_timeout(Duration::from_secs(5)), Ok(true));
     }
 }
