@@ -33,7 +33,7 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::busy::BusyPoll;
-use super::datapath::Datapath;
+use super::datapath::{Datapath, Step};
 use super::features::{self, Negotiated};
 use super::guard;
 use super::steer::Steerer;
@@ -172,7 +172,19 @@ fn run_queue(dp: &mut Datapath, vring: &VringRwLock, mem: &GuestMemoryMmap, rx: 
     let result = if rx {
         dp.process_rx(state.get_queue_mut(), mem)
     } else {
-        dp.process_tx(state.get_queue_mut(), mem)
+        loop {
+            match dp.transmit(state.get_queue_mut(), mem) {
+                // Told on the way, so that the guest frees and queues more while the rest
+                // is sent (datapath::TELL_EVERY).
+                Ok(Step::Tell) => {
+                    if let Err(e) = state.signal_used_queue() {
+                        log::debug!("signalling the guest: {e}");
+                    }
+                }
+                Ok(Step::Done(notify)) => break Ok(notify),
+                Err(e) => break Err(e),
+            }
+        }
     };
     match result {
         Ok(used) => used,
