@@ -162,7 +162,8 @@ pub fn lock(dp: &Mutex<Datapath>) -> MutexGuard<'_, Datapath> {
 }
 
 /// Runs one queue; returns whether the guest is to be signalled (after the datapath lock is
-/// released).
+/// released). A transmit call's signals on the way ([`Step::Tell`]) are sent at once, under
+/// the locks: the call eventfd is non-blocking ([`signal`]).
 fn run_queue(dp: &mut Datapath, vring: &VringRwLock, mem: &GuestMemoryMmap, rx: bool) -> bool {
     let mut state = vring.get_mut();
     // A ring the frontend disabled (SET_VRING_ENABLE 0) is not touched until it is enabled.
