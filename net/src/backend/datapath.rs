@@ -1161,7 +1161,7 @@ impl Datapath {
     }
 
     /// [`Datapath::process_tx`] from the guest's buffers: rounds of up to a batch's depth of
-    /// chains, each frame a gather list, sent with one call; chains the kernel took (and
+    /// chains (and about [`TELL_EVERY`] bytes), each frame a gather list, sent with one call; chains the kernel took (and
     /// refused ones) are returned, the first it did not take and those after it go back to
     /// the ring. A chain the backend must change goes through the batch, alone, between two
     /// rounds, behind any leftovers.
