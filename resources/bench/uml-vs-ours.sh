@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Throughput and round trips of the same UML guest kernel over (a) UML's own vec0:transport=X
-# and (b) virtio_uml + our vhost-user backend with transport X, for raw, tap and hybrid, in one run.
+# and (b) virtio_uml + our vhost-user backend with transport X, for raw, tap and hybrid, in one
+# run.
 #   resources/bench/uml-vs-ours.sh [SECONDS]      (default 10; needs root and resources/setup.sh)
 # Env: TRANSPORTS="raw tap hybrid", OPTS=",gro=1" (appended to both specs), VMM=path/to/vmm,
 # SIDES="uml ours" (SIDES=ours skips UML's own runs, for comparing two builds of ours),

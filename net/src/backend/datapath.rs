@@ -1106,6 +1106,13 @@ impl Datapath {
         usize::try_from(now.saturating_sub(start)).unwrap_or(usize::MAX)
     }
 
+    /// Whether a transmit call that began at `start` (a reading of `tx_bytes`) stops here for
+    /// the guest to be told ([`Step::Tell`]): [`TELL_EVERY`] bytes went, and the guest asked to
+    /// hear of the chains returned since it was last asked.
+    fn tell_now(&mut self, start: u64, queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+        self.tx_bytes_since(start) >= TELL_EVERY && self.tx_ring.needs_notification(queue, mem)
+    }
+
     /// [`Datapath::process_tx`] through the batch: every frame is copied.
     fn process_tx_copying(
         &mut self,
@@ -1122,9 +1129,7 @@ impl Datapath {
             if !self.send_copied()? {
                 break;
             }
-            if self.tx_bytes_since(start) >= TELL_EVERY
-                && self.tx_ring.needs_notification(queue, mem)
-            {
+            if self.tell_now(start, queue, mem) {
                 return Ok(Step::Tell);
             }
             let _ = queue.disable_notification(mem);
@@ -1161,10 +1166,10 @@ impl Datapath {
     }
 
     /// [`Datapath::process_tx`] from the guest's buffers: rounds of up to a batch's depth of
-    /// chains (and about [`TELL_EVERY`] bytes), each frame a gather list, sent with one call; chains the kernel took (and
-    /// refused ones) are returned, the first it did not take and those after it go back to
-    /// the ring. A chain the backend must change goes through the batch, alone, between two
-    /// rounds, behind any leftovers.
+    /// chains (and about [`TELL_EVERY`] bytes), each frame a gather list, sent with one call;
+    /// chains the kernel took (and refused ones) are returned, the first it did not take and
+    /// those after it go back to the ring. A chain the backend must change goes through the
+    /// batch, alone, between two rounds, behind any leftovers.
     fn process_tx_gathering(
         &mut self,
         queue: &mut Queue,
@@ -1180,9 +1185,7 @@ impl Datapath {
             if !self.send_copied()? {
                 break;
             }
-            if self.tx_bytes_since(start) >= TELL_EVERY
-                && self.tx_ring.needs_notification(queue, mem)
-            {
+            if self.tell_now(start, queue, mem) {
                 return Ok(Step::Tell);
             }
             let _ = queue.disable_notification(mem);

@@ -177,11 +177,7 @@ fn run_queue(dp: &mut Datapath, vring: &VringRwLock, mem: &GuestMemoryMmap, rx: 
             match dp.transmit(state.get_queue_mut(), mem) {
                 // Told on the way, so that the guest frees and queues more while the rest
                 // is sent (datapath::TELL_EVERY).
-                Ok(Step::Tell) => {
-                    if let Err(e) = state.signal_used_queue() {
-                        log::debug!("signalling the guest: {e}");
-                    }
-                }
+                Ok(Step::Tell) => signalled(state.signal_used_queue()),
                 Ok(Step::Done(notify)) => break Ok(notify),
                 Err(e) => break Err(e),
             }
@@ -255,7 +251,12 @@ fn readable(fd: RawFd) -> bool {
 /// fails only when the frontend let the counter reach its maximum, which costs it nothing but
 /// this interrupt.
 fn signal(vring: &VringRwLock) {
-    if let Err(e) = vring.signal_used_queue() {
+    signalled(vring.signal_used_queue());
+}
+
+/// What became of a signal to the guest ([`signal`]): a failure is only logged.
+fn signalled(result: io::Result<()>) {
+    if let Err(e) = result {
         log::debug!("signalling the guest: {e}");
     }
 }
