@@ -15,8 +15,15 @@
 # offloads, so in UML-ours the UML guest's own receive path bounds B->A, and its own sending
 # A->B, whatever our side does. After the table: the datagrams the kernel dropped at the
 # tunnels' sockets in each measurement (a full receive buffer costs TCP a retransmission).
+# ROUNDS=N (default 1): every measurement of a tunnel N times, the pairings in turn (UML-UML,
+# UML-ours, ours-ours, UML-UML, ...) so that whatever drifts on the machine meets them alike;
+# each cell is then the median of the rounds, the ratios are of the medians, and two more
+# columns give the lowest and highest ratio of one round (ours of round i against UML-UML's).
 set -euo pipefail
 secs="${1:-10}"
+case "$secs" in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
+rounds="${ROUNDS:-1}"
+case "$rounds" in '' | 0 | *[!0-9]*) echo "ROUNDS must be a number from 1 (the rounds per tunnel)" >&2; exit 2 ;; esac
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 vmm="${VMM:-$root/target/release/vmm}"
 run="$root/resources/uml/run.sh"
@@ -93,35 +100,62 @@ measure() {
     sleep 0.5
 }
 
-# rate FILE DIR: the Gbit/s guest B measured in DIR ("-" for a pairing not run).
+# rate FILE DIR: the Gbit/s guest B measured in DIR in the measurement FILE, one round
+# ("-" when it has none: a pairing not run, or a round that failed).
 rate() {
-    [ -e "$1" ] || { echo -; return; }
-    sed -n "s/^BENCH $2 \([0-9.]*\).*/\1/p" "$1" | awk '{print $1/1000}'
+    local v=""
+    [ -e "$1" ] && v="$(sed -n "s/^BENCH $2 \([0-9.]*\).*/\1/p" "$1" | awk '$1 > 0 {print $1/1000}')"
+    echo "${v:--}"
+}
+# rates FILE DIR: the rounds' rates of the measurement FILE (FILE.1, FILE.2, ...), in round order.
+rates() { local r; for r in $(seq "$rounds"); do rate "$1.$r" "$2"; done; }
+median() { { grep -v '^-$' || true; } | sort -g | awk '{a[NR]=$1} END {if (NR) printf "%.3f\n", (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+# range BASE OTHER DIR: the lowest and highest ratio OTHER/BASE of one round, and of how many.
+range() {
+    paste <(rates "$1" "$3") <(rates "$2" "$3") | awk '
+        $1 != "-" && $2 != "-" { r = $2/$1; if (n++ == 0 || r < lo) lo = r; if (r > hi) hi = r }
+        END { if (n) printf "%.2f-%.2f(%d)", lo, hi, n; else print "n/a" }'
 }
 wanted() { [[ " ${PAIRINGS:-uml-uml uml-ours ours-ours} " == *" $1 "* ]]; }
 
-ratio() { awk -v u="${1:-0}" -v v="${2:-0}" 'BEGIN { if (u > 0 && v != "-") printf "%.2f", v/u; else print "n/a" }'; }
+ratio() { awk -v u="${1:-0}" -v v="${2:-0}" 'BEGIN { if (u > 0 && v > 0) printf "%.2f", v/u; else print "n/a" }'; }
+# cell PAIRING VALUE: the value, "fail" for a pairing run without one, "-" for one not run.
+cell() { if [ -n "$2" ]; then echo "$2"; elif wanted "$1"; then echo fail; else echo -; fi; }
 
-printf '%-14s %-6s %8s %9s %9s %9s %9s\n' tunnel dir UML-UML UML-ours ours-ours "ratio UO" "ratio OO"
+if [ "$rounds" -gt 1 ]; then
+    echo "each cell the median of $rounds rounds, the pairings in turn; UO and OO rounds: the lowest"
+    echo "and highest ratio of one round (and how many rounds measured both)"
+    printf '%-14s %-6s %8s %9s %9s %9s %9s %15s %15s\n' tunnel dir UML-UML UML-ours ours-ours \
+        "ratio UO" "ratio OO" "UO rounds" "OO rounds"
+else
+    printf '%-14s %-6s %8s %9s %9s %9s %9s\n' tunnel dir UML-UML UML-ours ours-ours "ratio UO" "ratio OO"
+fi
 declare -A a b
 a[gre]="vec0:transport=gre,src=127.0.0.1,dst=127.0.0.2,rx_key=1,tx_key=2,sequence=1"
 b[gre]="vec0:transport=gre,src=127.0.0.2,dst=127.0.0.1,rx_key=2,tx_key=1,sequence=1"
 a[l2tpv3]="vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1706,dst=127.0.0.2,dstport=1707,rx_session=1,tx_session=2,rx_cookie=3,tx_cookie=4,counter=1"
 b[l2tpv3]="vec0:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1707,dst=127.0.0.1,dstport=1706,rx_session=2,tx_session=1,rx_cookie=4,tx_cookie=3,counter=1"
 for t in ${TUNNELS:-gre l2tpv3}; do
-    wanted uml-uml && measure "${a[$t]}" uml "${b[$t]}" uml "$work/uml.$t"
-    for o in ${OURS_OPTS:-gro=0 gro=1}; do
-        wanted uml-ours && measure "${a[$t]}" uml "${b[$t]},$o" ours "$work/uo.$t.$o"
-        wanted ours-ours && measure "${a[$t]},$o" ours "${b[$t]},$o" ours "$work/oo.$t.$o"
+    for r in $(seq "$rounds"); do
+        wanted uml-uml && measure "${a[$t]}" uml "${b[$t]}" uml "$work/uml.$t.$r"
+        for o in ${OURS_OPTS:-gro=0 gro=1}; do
+            wanted uml-ours && measure "${a[$t]}" uml "${b[$t]},$o" ours "$work/uo.$t.$o.$r"
+            wanted ours-ours && measure "${a[$t]},$o" ours "${b[$t]},$o" ours "$work/oo.$t.$o.$r"
+        done
     done
     for o in ${OURS_OPTS:-gro=0 gro=1}; do
         for dir in tx rx; do
-            u="$(rate "$work/uml.$t" $dir)"
-            x="$(rate "$work/uo.$t.$o" $dir)"
-            y="$(rate "$work/oo.$t.$o" $dir)"
+            u="$(rates "$work/uml.$t" $dir | median)"
+            x="$(rates "$work/uo.$t.$o" $dir | median)"
+            y="$(rates "$work/oo.$t.$o" $dir | median)"
             label="B->A"; [ $dir = rx ] && label="A->B"
-            printf '%-14s %-6s %8s %9s %9s %9s %9s\n' "$t,$o" "$label" "${u:-fail}" \
-                "${x:-fail}" "${y:-fail}" "$(ratio "$u" "$x")" "$(ratio "$u" "$y")"
+            line="$(printf '%-14s %-6s %8s %9s %9s %9s %9s' "$t,$o" "$label" "$(cell uml-uml "$u")" \
+                "$(cell uml-ours "$x")" "$(cell ours-ours "$y")" "$(ratio "$u" "$x")" "$(ratio "$u" "$y")")"
+            if [ "$rounds" -gt 1 ]; then
+                line="$line $(printf '%15s %15s' "$(range "$work/uml.$t" "$work/uo.$t.$o" $dir)" \
+                    "$(range "$work/uml.$t" "$work/oo.$t.$o" $dir)")"
+            fi
+            echo "$line"
         done
     done
 done

@@ -13,6 +13,12 @@
 # and host->guest TCP stalls for both.
 # PINGS=N (default 200; 0 skips): the guest then pings the host N times, 10 ms apart, with
 # nothing else running, and a third row gives the average round trip in ms.
+# ROUNDS=N (default 1): each transport is measured N times, UML's own and ours alternating
+# (UML, ours, UML, ours, ...) so that whatever drifts on the machine meets both sides alike;
+# each cell is then the median of the rounds, the ratio is of the medians, and a last column
+# gives the lowest and highest ratio of a round (ours of round i against UML's of round i).
+# On this project's 2-core VM two runs of the same code differ by up to 30 %: one round says
+# little, the median of three or five says more.
 # Prints one row per transport and direction: Gbit/s for UML, for ours, and ours/UML; and the
 # round trip, ms, with UML/ours (so that above 1 is ours faster there too).
 set -euo pipefail
@@ -20,6 +26,8 @@ secs="${1:-10}"
 case "$secs" in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
 pings="${PINGS:-200}"
 case "$pings" in '' | *[!0-9]*) echo "PINGS must be a number (0 skips the round trips)" >&2; exit 2 ;; esac
+rounds="${ROUNDS:-1}"
+case "$rounds" in '' | 0 | *[!0-9]*) echo "ROUNDS must be a number from 1 (the rounds per transport)" >&2; exit 2 ;; esac
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 vmm="${VMM:-$root/target/release/vmm}"
 transports="${TRANSPORTS:-raw tap hybrid}"
@@ -86,7 +94,41 @@ setup_host() {
 
 rates() { [ -e "$1" ] || return 0; sed -n 's/^BENCH \(tx\|rx\|rtt\) \([0-9.]*\).*/\1 \2/p' "$1"; }
 
-printf '%-8s %-12s %10s %10s %8s\n' transport direction "UML Gb/s" "ours Gb/s" ratio
+# values SIDE T KEY SCALE: the positive values of KEY (tx, rx, rtt) in each round's file of SIDE
+# (uml, ours) for transport T, divided by SCALE, one a line in round order ("-" for a round
+# without one, so that rounds stay paired).
+values() {
+    local r v
+    for r in $(seq "$rounds"); do
+        v="$(rates "$work/$1.$2.$r" | awk -v k="$3" -v s="$4" '$1==k && $2 > 0 {print $2/s}')"
+        echo "${v:--}"
+    done
+}
+median() { { grep -v '^-$' || true; } | sort -g | awk '{a[NR]=$1} END {if (NR) printf "%.3f\n", (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+# row T LABEL KEY SCALE INVERT: one row of the table: UML's median, ours, the ratio of the
+# medians (UML/ours when INVERT is 1, for round trips), and with several rounds the range of the
+# rounds' own ratios.
+row() {
+    local u o ratio range
+    u="$(values uml "$1" "$3" "$4" | median)"
+    o="$(values ours "$1" "$3" "$4" | median)"
+    ratio="$(awk -v u="${u:-0}" -v o="${o:-0}" -v inv="$5" 'BEGIN {
+        if (u > 0 && o > 0) printf "%.2f", inv ? u/o : o/u; else print "n/a" }')"
+    if [ "$rounds" -gt 1 ]; then
+        range="$(paste <(values uml "$1" "$3" "$4") <(values ours "$1" "$3" "$4") | awk -v inv="$5" '
+            $1 != "-" && $2 != "-" { r = inv ? $1/$2 : $2/$1; if (n++ == 0 || r < lo) lo = r; if (r > hi) hi = r }
+            END { if (n) printf "%.2f-%.2f (%d)", lo, hi, n; else print "n/a" }')"
+    fi
+    printf '%-8s %-12s %10s %10s %8s%s\n' "$1" "$2" "${u:-fail}" "${o:-fail}" "$ratio" "${range:+ $range}"
+}
+
+header="$(printf '%-8s %-12s %10s %10s %8s' transport direction "UML Gb/s" "ours Gb/s" ratio)"
+if [ "$rounds" -gt 1 ]; then
+    echo "each cell the median of $rounds rounds, UML's own and ours alternating; last column: the"
+    echo "lowest and highest ratio of one round's pair (and how many rounds measured both sides)"
+    header="$header  rounds"
+fi
+echo "$header"
 for t in $transports; do
     ifname="$(setup_host "$t")"
     spec="vec0:transport=$t,ifname=$ifname$opts"
@@ -94,31 +136,26 @@ for t in $transports; do
     ip netns exec "$ns" iperf3 -s -B $peer >/dev/null 2>&1 &
     iperf_pid=$!
     sleep 0.3
-    # (a) UML's own transport: UML runs in the namespace.
-    if [[ " ${SIDES:-uml ours} " == *" uml "* ]]; then
-        ip netns exec "$ns" "$run" --uml-net "$spec" --ip $guest/24 --run "$work/guest.sh" \
-            > "$work/uml.$t" 2>&1 || true
-    fi
-    # (b) our backend in the namespace, UML's virtio_uml as its frontend.
-    sock="$work/$t.sock"
-    ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "$spec" 2> "$work/backend.$t" &
-    backend_pid=$!
-    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-    "$run" --vhost-user "$sock" --ip $guest/24 --run "$work/guest.sh" > "$work/ours.$t" 2>&1 || true
-    kill "$backend_pid" 2>/dev/null; wait "$backend_pid" 2>/dev/null || true
-    backend_pid=""
-    kill "$iperf_pid" 2>/dev/null; wait "$iperf_pid" 2>/dev/null || true
-    for dir in tx rx; do
-        u="$(rates "$work/uml.$t" | awk -v d=$dir '$1==d {print $2/1000}')"
-        o="$(rates "$work/ours.$t" | awk -v d=$dir '$1==d {print $2/1000}')"
-        ratio="$(awk -v u="${u:-0}" -v o="${o:-0}" 'BEGIN { if (u > 0) printf "%.2f", o/u; else print "n/a" }')"
-        label=guest-host; [ $dir = rx ] && label=host-guest
-        printf '%-8s %-12s %10s %10s %8s\n' "$t" "$label" "${u:-fail}" "${o:-fail}" "$ratio"
+    for r in $(seq "$rounds"); do
+        # (a) UML's own transport: UML runs in the namespace.
+        if [[ " ${SIDES:-uml ours} " == *" uml "* ]]; then
+            ip netns exec "$ns" "$run" --uml-net "$spec" --ip $guest/24 --run "$work/guest.sh" \
+                > "$work/uml.$t.$r" 2>&1 || true
+        fi
+        # (b) our backend in the namespace, UML's virtio_uml as its frontend.
+        sock="$work/$t.sock"
+        rm -f "$sock"
+        ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "$spec" 2> "$work/backend.$t" &
+        backend_pid=$!
+        for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+        "$run" --vhost-user "$sock" --ip $guest/24 --run "$work/guest.sh" > "$work/ours.$t.$r" 2>&1 || true
+        kill "$backend_pid" 2>/dev/null; wait "$backend_pid" 2>/dev/null || true
+        backend_pid=""
     done
+    kill "$iperf_pid" 2>/dev/null; wait "$iperf_pid" 2>/dev/null || true
+    row "$t" guest-host tx 1000 0
+    row "$t" host-guest rx 1000 0
     if [ "$pings" -gt 0 ]; then
-        u="$(rates "$work/uml.$t" | awk '$1=="rtt" && $2 > 0 {print $2}')"
-        o="$(rates "$work/ours.$t" | awk '$1=="rtt" && $2 > 0 {print $2}')"
-        ratio="$(awk -v u="${u:-0}" -v o="${o:-0}" 'BEGIN { if (u > 0 && o > 0) printf "%.2f", u/o; else print "n/a" }')"
-        printf '%-8s %-12s %10s %10s %8s\n' "$t" "rtt-ms" "${u:-fail}" "${o:-fail}" "$ratio"
+        row "$t" rtt-ms rtt 1 1
     fi
 done
