@@ -109,7 +109,7 @@ rate() {
 }
 # rates FILE DIR: the rounds' rates of the measurement FILE (FILE.1, FILE.2, ...), in round order.
 rates() { local r; for r in $(seq "$rounds"); do rate "$1.$r" "$2"; done; }
-median() { { grep -v '^-$' || true; } | sort -g | awk '{a[NR]=$1} END {if (NR) printf "%.3f\n", (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+median() { { grep -v '^-$' || true; } | sort -g | awk '{a[NR]=$1} END {if (NR) { m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf (m >= 1 ? "%.3f\n" : "%.3g\n"), m } }'; }
 # range BASE OTHER DIR: the lowest and highest ratio OTHER/BASE of one round, and of how many.
 range() {
     paste <(rates "$1" "$3") <(rates "$2" "$3") | awk '

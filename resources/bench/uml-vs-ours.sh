@@ -104,7 +104,7 @@ values() {
         echo "${v:--}"
     done
 }
-median() { { grep -v '^-$' || true; } | sort -g | awk '{a[NR]=$1} END {if (NR) printf "%.3f\n", (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+median() { { grep -v '^-$' || true; } | sort -g | awk '{a[NR]=$1} END {if (NR) { m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf (m >= 1 ? "%.3f\n" : "%.3g\n"), m } }'; }
 # row T LABEL KEY SCALE INVERT: one row of the table: UML's median, ours, the ratio of the
 # medians (UML/ours when INVERT is 1, for round trips), and with several rounds the range of the
 # rounds' own ratios.
