@@ -23,7 +23,9 @@ set -euo pipefail
 secs="${1:-10}"
 case "$secs" in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
 rounds="${ROUNDS:-1}"
-case "$rounds" in '' | 0 | *[!0-9]*) echo "ROUNDS must be a number from 1 (the rounds per tunnel)" >&2; exit 2 ;; esac
+case "$rounds" in
+    '' | 0 | *[!0-9]*) echo "ROUNDS must be a number from 1 (rounds per tunnel)" >&2; exit 2 ;;
+esac
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 vmm="${VMM:-$root/target/release/vmm}"
 run="$root/resources/uml/run.sh"
@@ -104,27 +106,34 @@ measure() {
 # ("-" when it has none: a pairing not run, or a round that failed).
 rate() {
     local v=""
-    [ -e "$1" ] && v="$(sed -n "s/^BENCH $2 \([0-9.]*\).*/\1/p" "$1" | awk '$1 > 0 {print $1/1000}')"
+    [ -e "$1" ] &&
+        v="$(sed -n "s/^BENCH $2 \([0-9.]*\).*/\1/p" "$1" | awk '$1 > 0 {print $1/1000}')"
     echo "${v:--}"
 }
 # rates FILE DIR: the rounds' rates of the measurement FILE (FILE.1, FILE.2, ...), in round order.
 rates() { local r; for r in $(seq "$rounds"); do rate "$1.$r" "$2"; done; }
-median() { { grep -v '^-$' || true; } | sort -g | awk '{a[NR]=$1} END {if (NR) { m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf (m >= 1 ? "%.3f\n" : "%.3g\n"), m } }'; }
+# shellcheck source=resources/bench/median.sh
+. "$root/resources/bench/median.sh"
 # range BASE OTHER DIR: the lowest and highest ratio OTHER/BASE of one round, and of how many.
 range() {
-    paste <(rates "$1" "$3") <(rates "$2" "$3") | awk '
-        $1 != "-" && $2 != "-" { r = $2/$1; if (n++ == 0 || r < lo) lo = r; if (r > hi) hi = r }
+    paste <(rates "$1" "$3") <(rates "$2" "$3") | awk '$1 != "-" && $2 != "-" {
+            r = $2/$1
+            if (n++ == 0 || r < lo) lo = r
+            if (r > hi) hi = r
+        }
         END { if (n) printf "%.2f-%.2f(%d)", lo, hi, n; else print "n/a" }'
 }
 wanted() { [[ " ${PAIRINGS:-uml-uml uml-ours ours-ours} " == *" $1 "* ]]; }
 
-ratio() { awk -v u="${1:-0}" -v v="${2:-0}" 'BEGIN { if (u > 0 && v > 0) printf "%.2f", v/u; else print "n/a" }'; }
+ratio() {
+    awk -v u="${1:-0}" -v v="${2:-0}" 'BEGIN { if (u > 0 && v > 0) printf "%.2f", v/u; else print "n/a" }'
+}
 # cell PAIRING VALUE: the value, "fail" for a pairing run without one, "-" for one not run.
 cell() { if [ -n "$2" ]; then echo "$2"; elif wanted "$1"; then echo fail; else echo -; fi; }
 
 if [ "$rounds" -gt 1 ]; then
-    echo "each cell the median of $rounds rounds, the pairings in turn; UO and OO rounds: the lowest"
-    echo "and highest ratio of one round (and how many rounds measured both)"
+    echo "each cell the median of $rounds rounds, the pairings in turn; UO and OO rounds: the"
+    echo "lowest and highest ratio of one round (and how many rounds measured both)"
     printf '%-14s %-6s %8s %9s %9s %9s %9s %15s %15s\n' tunnel dir UML-UML UML-ours ours-ours \
         "ratio UO" "ratio OO" "UO rounds" "OO rounds"
 else
@@ -149,8 +158,9 @@ for t in ${TUNNELS:-gre l2tpv3}; do
             x="$(rates "$work/uo.$t.$o" $dir | median)"
             y="$(rates "$work/oo.$t.$o" $dir | median)"
             label="B->A"; [ $dir = rx ] && label="A->B"
-            line="$(printf '%-14s %-6s %8s %9s %9s %9s %9s' "$t,$o" "$label" "$(cell uml-uml "$u")" \
-                "$(cell uml-ours "$x")" "$(cell ours-ours "$y")" "$(ratio "$u" "$x")" "$(ratio "$u" "$y")")"
+            line="$(printf '%-14s %-6s %8s %9s %9s %9s %9s' "$t,$o" "$label" \
+                "$(cell uml-uml "$u")" "$(cell uml-ours "$x")" "$(cell ours-ours "$y")" \
+                "$(ratio "$u" "$x")" "$(ratio "$u" "$y")")"
             if [ "$rounds" -gt 1 ]; then
                 line="$line $(printf '%15s %15s' "$(range "$work/uml.$t" "$work/uo.$t.$o" $dir)" \
                     "$(range "$work/uml.$t" "$work/oo.$t.$o" $dir)")"

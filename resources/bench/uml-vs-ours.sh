@@ -27,7 +27,9 @@ case "$secs" in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
 pings="${PINGS:-200}"
 case "$pings" in '' | *[!0-9]*) echo "PINGS must be a number (0 skips the round trips)" >&2; exit 2 ;; esac
 rounds="${ROUNDS:-1}"
-case "$rounds" in '' | 0 | *[!0-9]*) echo "ROUNDS must be a number from 1 (the rounds per transport)" >&2; exit 2 ;; esac
+case "$rounds" in
+    '' | 0 | *[!0-9]*) echo "ROUNDS must be a number from 1 (rounds per transport)" >&2; exit 2 ;;
+esac
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 vmm="${VMM:-$root/target/release/vmm}"
 transports="${TRANSPORTS:-raw tap hybrid}"
@@ -104,7 +106,8 @@ values() {
         echo "${v:--}"
     done
 }
-median() { { grep -v '^-$' || true; } | sort -g | awk '{a[NR]=$1} END {if (NR) { m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf (m >= 1 ? "%.3f\n" : "%.3g\n"), m } }'; }
+# shellcheck source=resources/bench/median.sh
+. "$root/resources/bench/median.sh"
 # row T LABEL KEY SCALE INVERT: one row of the table: UML's median, ours, the ratio of the
 # medians (UML/ours when INVERT is 1, for round trips), and with several rounds the range of the
 # rounds' own ratios.
@@ -115,11 +118,16 @@ row() {
     ratio="$(awk -v u="${u:-0}" -v o="${o:-0}" -v inv="$5" 'BEGIN {
         if (u > 0 && o > 0) printf "%.2f", inv ? u/o : o/u; else print "n/a" }')"
     if [ "$rounds" -gt 1 ]; then
-        range="$(paste <(values uml "$1" "$3" "$4") <(values ours "$1" "$3" "$4") | awk -v inv="$5" '
-            $1 != "-" && $2 != "-" { r = inv ? $1/$2 : $2/$1; if (n++ == 0 || r < lo) lo = r; if (r > hi) hi = r }
+        range="$(paste <(values uml "$1" "$3" "$4") <(values ours "$1" "$3" "$4") |
+            awk -v inv="$5" '$1 != "-" && $2 != "-" {
+                r = inv ? $1/$2 : $2/$1
+                if (n++ == 0 || r < lo) lo = r
+                if (r > hi) hi = r
+            }
             END { if (n) printf "%.2f-%.2f (%d)", lo, hi, n; else print "n/a" }')"
     fi
-    printf '%-8s %-12s %10s %10s %8s%s\n' "$1" "$2" "${u:-fail}" "${o:-fail}" "$ratio" "${range:+ $range}"
+    printf '%-8s %-12s %10s %10s %8s%s\n' "$1" "$2" "${u:-fail}" "${o:-fail}" "$ratio" \
+        "${range:+ $range}"
 }
 
 header="$(printf '%-8s %-12s %10s %10s %8s' transport direction "UML Gb/s" "ours Gb/s" ratio)"
@@ -148,7 +156,8 @@ for t in $transports; do
         ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "$spec" 2> "$work/backend.$t" &
         backend_pid=$!
         for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-        "$run" --vhost-user "$sock" --ip $guest/24 --run "$work/guest.sh" > "$work/ours.$t.$r" 2>&1 || true
+        "$run" --vhost-user "$sock" --ip $guest/24 --run "$work/guest.sh" \
+            > "$work/ours.$t.$r" 2>&1 || true
         kill "$backend_pid" 2>/dev/null; wait "$backend_pid" 2>/dev/null || true
         backend_pid=""
     done
