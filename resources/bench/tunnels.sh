@@ -112,22 +112,12 @@ rate() {
 }
 # rates FILE DIR: the rounds' rates of the measurement FILE (FILE.1, FILE.2, ...), in round order.
 rates() { local r; for r in $(seq "$rounds"); do rate "$1.$r" "$2"; done; }
-# shellcheck source=resources/bench/median.sh
-. "$root/resources/bench/median.sh"
+# shellcheck source=resources/bench/rounds.sh
+. "$root/resources/bench/rounds.sh"
 # range BASE OTHER DIR: the lowest and highest ratio OTHER/BASE of one round, and of how many.
-range() {
-    paste <(rates "$1" "$3") <(rates "$2" "$3") | awk '$1 != "-" && $2 != "-" {
-            r = $2/$1
-            if (n++ == 0 || r < lo) lo = r
-            if (r > hi) hi = r
-        }
-        END { if (n) printf "%.2f-%.2f(%d)", lo, hi, n; else print "n/a" }'
-}
+range() { paste <(rates "$1" "$3") <(rates "$2" "$3") | ratio_range; }
 wanted() { [[ " ${PAIRINGS:-uml-uml uml-ours ours-ours} " == *" $1 "* ]]; }
 
-ratio() {
-    awk -v u="${1:-0}" -v v="${2:-0}" 'BEGIN { if (u > 0 && v > 0) printf "%.2f", v/u; else print "n/a" }'
-}
 # cell PAIRING VALUE: the value, "fail" for a pairing run without one, "-" for one not run.
 cell() { if [ -n "$2" ]; then echo "$2"; elif wanted "$1"; then echo fail; else echo -; fi; }
 

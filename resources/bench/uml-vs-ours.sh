@@ -106,8 +106,8 @@ values() {
         echo "${v:--}"
     done
 }
-# shellcheck source=resources/bench/median.sh
-. "$root/resources/bench/median.sh"
+# shellcheck source=resources/bench/rounds.sh
+. "$root/resources/bench/rounds.sh"
 # row T LABEL KEY SCALE INVERT: one row of the table: UML's median, ours, the ratio of the
 # medians (UML/ours when INVERT is 1, for round trips), and with several rounds the range of the
 # rounds' own ratios.
@@ -115,16 +115,10 @@ row() {
     local u o ratio range
     u="$(values uml "$1" "$3" "$4" | median)"
     o="$(values ours "$1" "$3" "$4" | median)"
-    ratio="$(awk -v u="${u:-0}" -v o="${o:-0}" -v inv="$5" 'BEGIN {
-        if (u > 0 && o > 0) printf "%.2f", inv ? u/o : o/u; else print "n/a" }')"
+    ratio="$(ratio "$u" "$o" "$5")"
     if [ "$rounds" -gt 1 ]; then
         range="$(paste <(values uml "$1" "$3" "$4") <(values ours "$1" "$3" "$4") |
-            awk -v inv="$5" '$1 != "-" && $2 != "-" {
-                r = inv ? $1/$2 : $2/$1
-                if (n++ == 0 || r < lo) lo = r
-                if (r > hi) hi = r
-            }
-            END { if (n) printf "%.2f-%.2f (%d)", lo, hi, n; else print "n/a" }')"
+            ratio_range "$5")"
     fi
     printf '%-8s %-12s %10s %10s %8s%s\n' "$1" "$2" "${u:-fail}" "${o:-fail}" "$ratio" \
         "${range:+ $range}"
