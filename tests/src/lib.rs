@@ -132,6 +132,45 @@ pub fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
         .trim()
 }
 
+/// Each thread of process `pid`: its name and `Cpus_allowed_list` (as Linux writes CPU
+/// lists: `0-3,8`). Empty once the process is gone.
+pub fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            Some((
+                comm.trim().to_string(),
+                status_field(&status, "Cpus_allowed_list").to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Process `pid` has at least one datapath worker (`vring_worker`), each of which may run
+/// on `workers` only, while every other thread keeps `others` (CPU lists as Linux writes
+/// them); `log` is shown on failure.
+pub fn assert_workers_on(pid: u32, workers: &str, others: &str, log: &dyn Fn() -> String) {
+    let threads = thread_cpus(pid);
+    assert!(
+        threads.iter().any(|(name, _)| name == "vring_worker"),
+        "no worker thread: {threads:?}\n{}",
+        log()
+    );
+    for (name, cpus) in &threads {
+        let want = if name == "vring_worker" {
+            workers
+        } else {
+            others
+        };
+        assert_eq!(cpus, want, "{name}: {threads:?}\n{}", log());
+    }
+}
+
 /// One request line on a control socket (`vmm --api`), and its reply line.
 pub fn ctl_request(api: &std::path::Path, request: &str) -> String {
     use std::io::{BufRead, BufReader, Write};

@@ -227,6 +227,16 @@ pub fn fd_net_backend(
     fd: std::os::fd::OwnedFd,
     nofile: Option<u64>,
 ) -> (Daemon, PathBuf) {
+    fd_net_backend_opts(dir, fd, nofile, "")
+}
+
+/// [`fd_net_backend`] with `opts` (`,key=value...`) after the spec's `fd=3`.
+pub fn fd_net_backend_opts(
+    dir: &Path,
+    fd: std::os::fd::OwnedFd,
+    nofile: Option<u64>,
+    opts: &str,
+) -> (Daemon, PathBuf) {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let sock = dir.join("net.sock");
@@ -234,7 +244,7 @@ pub fn fd_net_backend(
     cmd.arg("net-backend")
         .arg("--socket")
         .arg(&sock)
-        .arg("vec0:transport=fd,fd=3")
+        .arg(format!("vec0:transport=fd,fd=3{opts}"))
         .env("RUST_LOG", "info");
     let raw = fd.as_raw_fd();
     // SAFETY: between fork and exec the closure only calls async-signal-safe functions

@@ -1,13 +1,14 @@
 //! A real Linux guest (UML's `virtio_uml`, a vhost-user frontend) on our backend: ping both
 //! ways and iperf3 TCP both ways, over `raw` (veth into a namespace), `tap` and `hybrid`
 //! (the last with `busy_poll=50`: the worker looks on after each event, holding the guest's
-//! transmit kicks off meanwhile).
+//! transmit kicks off meanwhile; the tap's worker pinned with `affinity=`).
 
 use std::time::Duration;
+use vmm_net::backend::affinity;
 use vmm_tests::guest::{Guest, GuestConfig, GuestNet};
 use vmm_tests::netns::NetNs;
 use vmm_tests::process::{net_backend, Daemon, TapBackend};
-use vmm_tests::{unique_subnet, TempDir};
+use vmm_tests::{assert_workers_on, unique_subnet, TempDir};
 
 /// How the backend reaches the peer namespace.
 enum Host {
@@ -20,6 +21,8 @@ fn guest_pings_and_iperfs(host: Host) {
     if !vmm_tests::guest::uml_usable("UML guest on our backend") {
         return;
     }
+    let own = affinity::allowed().expect("this process's CPUs");
+    let pinned = (own.cpus().len() >= 2).then(|| *own.cpus().last().unwrap());
     let ns = NetNs::new();
     let (a, b) = unique_subnet();
     let peer = format!("10.{a}.{b}.1");
@@ -31,8 +34,13 @@ fn guest_pings_and_iperfs(host: Host) {
             // Offloads on: the veth peer hands over TSO frames, which pass through whole.
             format!("vec0:transport=raw,ifname={backend_end},gro=1")
         }
-        // No offloads: the host segments and checksums before the tap.
-        Host::Tap => format!("vec0:transport=tap,ifname={}", ns.tap(Some(&peer_cidr))),
+        // No offloads: the host segments and checksums before the tap. The worker pinned to
+        // the last CPU (where there are two or more), checked below while the guest waits.
+        Host::Tap => format!(
+            "vec0:transport=tap,ifname={}{}",
+            ns.tap(Some(&peer_cidr)),
+            pinned.map_or(String::new(), |cpu| format!(",affinity={cpu}"))
+        ),
         Host::Hybrid => format!(
             "vec0:transport=hybrid,ifname={},gro=1,busy_poll=50",
             ns.tap(Some(&peer_cidr))
@@ -76,6 +84,12 @@ fn guest_pings_and_iperfs(host: Host) {
         mem: "256M",
     });
     guest.expect("READY-FOR-HOST-PING", Duration::from_secs(90));
+    if let (Host::Tap, Some(cpu)) = (&host, pinned) {
+        // The worker moved the guest's frames both ways, pinned; the rest stay unpinned.
+        assert_workers_on(backend.pid(), &cpu.to_string(), &own.to_string(), &|| {
+            backend.log()
+        });
+    }
     let (ok, out) = ns.run("ping", &["-c", "3", "-W", "3", &guest_ip]);
     std::fs::write(dir.path().join("done"), b"").expect("write done");
     let status = guest.wait_exit(Duration::from_secs(30));

@@ -32,11 +32,13 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use super::affinity;
 use super::busy::BusyPoll;
 use super::datapath::{Datapath, Step};
 use super::features::{self, Negotiated};
 use super::guard;
 use super::steer::Steerer;
+use crate::config::CpuSet;
 use crate::seccomp::{self, ThreadKind};
 
 /// A pair's queue indexes within its worker (pair `i`'s are `2i` and `2i + 1` on the device),
@@ -71,8 +73,8 @@ pub struct NetDevice {
     fault: EventFd,
     offered: u64,
     config: [u8; 12],
-    /// How long a worker keeps looking for work after an event (`busy_poll`).
-    busy: BusyPoll,
+    /// How the workers run (busy polling, CPUs).
+    workers: Workers,
     exit: (EventConsumer, EventNotifier),
     /// The exit-event consumers handed to the crate, by number (see `close_leaked_exit_fds`).
     handed_out: Mutex<Vec<RawFd>>,
@@ -80,6 +82,18 @@ pub struct NetDevice {
     /// the write end of a pipe and treats its closing as the connection breaking, unplugging
     /// the device.
     backend_req: Mutex<Option<vhost::vhost_user::Backend>>,
+}
+
+/// How a device's workers run, from its spec; kept by the server across connections.
+#[derive(Clone, Debug)]
+pub struct Workers {
+    /// The device's name, for what a worker logs.
+    pub name: String,
+    /// How long a worker keeps looking for work after an event (`busy_poll`).
+    pub busy: BusyPoll,
+    /// The CPUs each worker pins itself to at its first event (`affinity`; see
+    /// [`super::affinity`]), or `None` to run where the process may.
+    pub affinity: Option<CpuSet>,
 }
 
 /// The frontend's memory table, and the SIGBUS guard's watches over its mappings.
@@ -98,7 +112,7 @@ impl NetDevice {
         steerer: Arc<Steerer>,
         offered: u64,
         config: [u8; 12],
-        busy: BusyPoll,
+        workers: Workers,
     ) -> io::Result<NetDevice> {
         Ok(NetDevice {
             dps,
@@ -107,7 +121,7 @@ impl NetDevice {
             fault: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             offered,
             config,
-            busy,
+            workers,
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?,
             handed_out: Mutex::new(Vec::new()),
             backend_req: Mutex::new(None),
@@ -377,6 +391,10 @@ impl VhostUserBackend for NetDevice {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
+        // Before the filter, which has no sched_setaffinity.
+        if let Some(set) = &self.workers.affinity {
+            affinity::pin_once(set, &self.workers.name);
+        }
         // The crate runs worker `i` for the pair of `queues_per_thread()[i]`.
         let Some(dp) = self.dps.get(thread_id) else {
             return Ok(());
@@ -433,13 +451,13 @@ impl VhostUserBackend for NetDevice {
         if signal_tx {
             signal(tx);
         }
-        if !self.busy.is_off() {
+        if !self.workers.busy.is_off() {
             let stats = {
                 let mut dp = lock(dp);
                 dp.hold_tx_kicks(true);
                 dp.stats()
             };
-            let finds = self.busy.spin(|| look(dp, rx, tx, mem));
+            let finds = self.workers.busy.spin(|| look(dp, rx, tx, mem));
             stats.busy_poll_finds.fetch_add(finds, Ordering::Relaxed);
             // Kicks back on before the worker sleeps (on a ring the guest disabled meanwhile
             // too); a round only if chains raced in, which takes them and re-arms again.
@@ -496,7 +514,11 @@ mod tests {
             Arc::new(Steerer::new(2)),
             0,
             [0; 12],
-            BusyPoll::from_micros(0),
+            Workers {
+                name: "vec0".into(),
+                busy: BusyPoll::from_micros(0),
+                affinity: None,
+            },
         )
         .unwrap();
         dev.update_memory(memory()).unwrap();

@@ -1,5 +1,6 @@
 //! The vhost-user-net backend: moves frames between a frontend's virtqueues and a transport.
 //!
+//! - [`affinity`]: pinning the workers to host CPUs (`affinity=`);
 //! - [`features`]: what the device offers and its config space;
 //! - [`datapath`]: the receive and transmit paths;
 //! - [`device`]: the device as vhost-user-backend drives it;
@@ -19,6 +20,7 @@
 //! - [`watch`]: what a pair's worker listens for on its transport's descriptors (writability
 //!   only while the host refuses frames).
 
+pub mod affinity;
 pub mod busy;
 pub mod capture;
 pub mod coalesce;
@@ -65,6 +67,13 @@ pub enum BackendError {
     },
     #[error("vhost-user daemon: {0}")]
     Daemon(String),
+    /// `affinity=` names a CPU the process may not run on: bad input, exit status 2.
+    #[error("{dev}: {source}")]
+    Affinity {
+        dev: String,
+        #[source]
+        source: affinity::AffinityError,
+    },
 }
 
 impl BackendError {
@@ -75,7 +84,7 @@ impl BackendError {
             BackendError::Transport(
                 TransportError::Invalid { .. } | TransportError::Bpf { .. },
             ) => 2,
-            BackendError::Socket { .. } => 2,
+            BackendError::Socket { .. } | BackendError::Affinity { .. } => 2,
             _ => 1,
         }
     }

@@ -17,10 +17,11 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::affinity;
 use super::busy::BusyPoll;
 use super::control::{NetControl, Shared};
 use super::datapath::{Datapath, NetCounters};
-use super::device::{self, NetDevice, PAIR_QUEUES};
+use super::device::{self, NetDevice, Workers, PAIR_QUEUES};
 use super::features;
 use super::interop::Relay;
 use super::policy::Limits;
@@ -39,20 +40,28 @@ pub struct NetBackend {
     name: String,
     /// What the control handles share with the backend (see [`NetBackend::control`]).
     shared: Arc<Shared>,
-    /// How long the workers keep looking for work after an event (`busy_poll`).
-    busy: BusyPoll,
+    /// How the workers run (`busy_poll`, `affinity`, the latter checked against the
+    /// process's CPUs).
+    workers: Workers,
 }
 
 impl NetBackend {
     /// Opens the transport the spec describes, one per queue pair (`queues`).
     pub fn open(spec: &NetSpec) -> Result<NetBackend, BackendError> {
+        // Before anything is opened: a CPU the process may not use is the user's mistake.
+        if let Some(set) = &spec.common.affinity {
+            affinity::check(set).map_err(|source| BackendError::Affinity {
+                dev: spec.name.clone(),
+                source,
+            })?;
+        }
         let transports = transport::open_queues(spec)?;
         let pairs = transports.len() as u16;
         let first = &transports[0];
         let offered = features::offered(spec.common.gro, first.vnet_hdr_len(), pairs);
         let mac = spec.common.mac.unwrap_or_else(MacAddr::random_local);
         log::info!(
-            "{}: transport {} ready, mac {mac}, mtu {}{}",
+            "{}: transport {} ready, mac {mac}, mtu {}{}{}",
             spec.name,
             first.name(),
             spec.common.mtu,
@@ -60,6 +69,10 @@ impl NetBackend {
                 format!(", {pairs} queue pairs")
             } else {
                 String::new()
+            },
+            match &spec.common.affinity {
+                Some(set) => format!(", workers on CPUs {set}"),
+                None => String::new(),
             }
         );
         let depth = if spec.common.vec {
@@ -90,7 +103,11 @@ impl NetBackend {
             offered,
             config: features::config_space(mac, spec.common.mtu, pairs),
             name: spec.name.clone(),
-            busy: BusyPoll::from_micros(spec.common.busy_poll),
+            workers: Workers {
+                name: spec.name.clone(),
+                busy: BusyPoll::from_micros(spec.common.busy_poll),
+                affinity: spec.common.affinity.clone(),
+            },
         })
     }
 
@@ -143,7 +160,7 @@ impl NetBackend {
                 self.shared.steerer.clone(),
                 self.offered,
                 self.config,
-                self.busy,
+                self.workers.clone(),
             )
             .map_err(|source| BackendError::Io {
                 op: "creating the exit event",

@@ -68,6 +68,12 @@ Options of every vector transport:
                 for the time of a core spent looking: try 50 where a core is spare for
                 each busy queue pair (with fewer, the looking takes time the guests
                 need)                                                default 0 (off), 0..=1000
+  affinity=CPUS the host CPUs the device's workers (one per queue pair) run on, as taskset
+                sets them: a CPU N or a range N-M, the option repeated for more
+                (affinity=2-3,affinity=6); each must be one the process may run on, or
+                the device refuses to start. Keeps a worker's wake-ups and cache off the
+                cores the guest uses (the threads answering the frontend stay unpinned)
+                                                            default: where the process may run
 tap, hybrid, raw, gre, l2tpv3, bess, fd also:
   gro=0|1       64 KiB GSO frames into the guest                            default 0
                 tap, hybrid, raw: the host side always has a virtio_net_hdr (TUNSETOFFLOAD,

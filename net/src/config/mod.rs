@@ -13,6 +13,7 @@ pub(crate) mod legacy;
 mod value;
 pub(crate) mod vector;
 
+use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -154,6 +155,60 @@ pub struct CommonOpts {
     /// (`busy_poll`, default 0: off; 0..=1000), as Linux's `SO_BUSY_POLL`: lower latency and
     /// more throughput for a streaming guest, for a core's time spent looking.
     pub busy_poll: u16,
+    /// The host CPUs the device's worker threads (one per queue pair) run on (`affinity`,
+    /// default: wherever the process may run), as `taskset`/`sched_setaffinity` would set
+    /// them: keeps a worker's cache and its wake-ups on cores the guest's vCPUs do not use.
+    /// Checked against the process's own CPUs when the device opens.
+    pub affinity: Option<CpuSet>,
+}
+
+/// The number of CPUs a [`CpuSet`] can name (glibc's `CPU_SETSIZE`, the fixed-size mask
+/// `sched_setaffinity` takes here).
+pub const MAX_CPUS: u16 = 1024;
+
+/// A set of host CPUs (`affinity=`), never empty: the numbers in increasing order, each once,
+/// each below [`MAX_CPUS`]. Shown as Linux's CPU lists (`0-3,8`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuSet(Vec<u16>);
+
+impl CpuSet {
+    /// The set of `cpus` (any order, repeats allowed); `None` when empty or when a number is
+    /// not below [`MAX_CPUS`].
+    pub fn new(cpus: impl IntoIterator<Item = u16>) -> Option<CpuSet> {
+        let mut v: Vec<u16> = cpus.into_iter().collect();
+        v.sort_unstable();
+        v.dedup();
+        (!v.is_empty() && v.iter().all(|&c| c < MAX_CPUS)).then_some(CpuSet(v))
+    }
+
+    /// The CPUs, in increasing order.
+    pub fn cpus(&self) -> &[u16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for CpuSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut i = 0;
+        while i < self.0.len() {
+            let start = self.0[i];
+            let mut end = start;
+            while i + 1 < self.0.len() && self.0[i + 1] == end + 1 {
+                i += 1;
+                end += 1;
+            }
+            if start > self.0[0] {
+                f.write_str(",")?;
+            }
+            if end == start {
+                write!(f, "{start}")?;
+            } else {
+                write!(f, "{start}-{end}")?;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
 }
 
 /// The longest `busy_poll`, in microseconds (a worker's spell of looking ends after 1 ms in
@@ -177,6 +232,7 @@ impl Default for CommonOpts {
             bpfflash: false,
             queues: 1,
             busy_poll: 0,
+            affinity: None,
         }
     }
 }

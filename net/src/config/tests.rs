@@ -51,6 +51,7 @@ fn common_options() {
             bpfflash: true,
             queues: 1,
             busy_poll: 50,
+            affinity: None,
         }
     );
 }
@@ -77,6 +78,51 @@ fn busy_poll_on_every_vector_transport_and_in_range() {
     // Each pair's worker looks for its own pair only, under its own lock.
     let c = ok("vec0:transport=tap,queues=2,busy_poll=50").common;
     assert_eq!((c.queues, c.busy_poll), (2, 50));
+}
+
+#[test]
+fn affinity_cpus_ranges_and_repeats_joined_into_one_set() {
+    let cpus = |spec: &str| ok(spec).common.affinity.map(|s| s.cpus().to_vec());
+    assert_eq!(cpus("vec0:transport=tap"), None);
+    assert_eq!(cpus("vec0:transport=tap,affinity=1"), Some(vec![1]));
+    assert_eq!(cpus("vec0:transport=tap,affinity=2-4"), Some(vec![2, 3, 4]));
+    // Repeated (a comma ends the option), overlapping, out of order: one sorted set.
+    assert_eq!(
+        cpus("vec0:transport=tap,affinity=6,affinity=2-3,affinity=3,queues=2"),
+        Some(vec![2, 3, 6])
+    );
+    assert_eq!(
+        cpus("vec0:transport=gre,src=192.0.2.1,dst=192.0.2.2,affinity=1023"),
+        Some(vec![1023])
+    );
+    assert_eq!(cpus("user,affinity=0"), Some(vec![0]));
+    // Shown as Linux's CPU lists.
+    let set = ok("vec0:transport=tap,affinity=0-2,affinity=5,affinity=7-8")
+        .common
+        .affinity
+        .unwrap();
+    assert_eq!(set.to_string(), "0-2,5,7-8");
+}
+
+#[test]
+fn affinity_mistakes_name_the_value() {
+    for (v, why) in [
+        ("", "a CPU number or a range"),
+        ("x", "a CPU number or a range"),
+        ("0x1", "a CPU number or a range"),
+        ("-1", "a CPU number or a range"),
+        ("1-", "a CPU number or a range"),
+        ("1:3", "a CPU number or a range"),
+        ("1024", "0..=1023"),
+        ("0-1024", "0..=1023"),
+        ("99999999999", "0..=1023"),
+        ("3-1", "runs backwards"),
+    ] {
+        err(
+            &format!("vec0:transport=tap,affinity=0,affinity={v}"),
+            &[&format!("`affinity={v}`"), why],
+        );
+    }
 }
 
 #[test]

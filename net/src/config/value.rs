@@ -42,6 +42,36 @@ pub fn ranged(value: &str, min: u64, max: u64) -> Result<u64, String> {
     Ok(n)
 }
 
+/// One item of a CPU list: a CPU `N` or a range `N-M` (`N <= M`), each below `max`; the
+/// CPUs, in order. A list of several items is the option repeated (`affinity=0-1,affinity=4`,
+/// as QEMU repeats `cpu-affinity=`): a comma already ends the option.
+pub fn cpu_range(value: &str, max: u16) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let cpu = |v: &str| {
+        if v.is_empty() || !v.chars().all(|c| c.is_ascii_digit()) {
+            return Err(
+                "expected a CPU number or a range N-M (repeat the option for more: \
+                        affinity=0-1,affinity=4)"
+                    .to_string(),
+            );
+        }
+        match v.parse::<u16>() {
+            Ok(n) if n < max => Ok(n),
+            _ => Err(format!("CPU numbers are 0..={}", max - 1)),
+        }
+    };
+    let (lo, hi) = match value.split_once('-') {
+        Some((lo, hi)) => (cpu(lo)?, cpu(hi)?),
+        None => {
+            let n = cpu(value)?;
+            (n, n)
+        }
+    };
+    if lo > hi {
+        return Err(format!("range {lo}-{hi} runs backwards"));
+    }
+    Ok(lo..=hi)
+}
+
 /// `0`/`1` (UML's spelling), also `false`/`true`, `no`/`yes`, `off`/`on`.
 pub fn flag(value: &str) -> Result<bool, String> {
     match value {

@@ -19,14 +19,16 @@ pub const COMMON: &[&str] = &[
     "vec",
     "mac",
     "busy_poll",
+    "affinity",
 ];
 
 /// Builds one transport's configuration from its options (membership already checked).
 pub(crate) type Parse = fn(&Opts) -> Result<TransportConfig, ConfigError>;
 
 /// Options that may be given more than once, each occurrence adding one more (QEMU's
-/// `hostfwd=` repeats the same way); every other option given twice is an error.
-const REPEATABLE: &[&str] = &["hostfwd"];
+/// `hostfwd=` and `cpu-affinity=` repeat the same way); every other option given twice is an
+/// error.
+const REPEATABLE: &[&str] = &["hostfwd", "affinity"];
 
 /// Spellings of UML's how-to that its code does not accept; harmless to accept both.
 const ALIASES: &[(&str, &str)] = &[("src_port", "srcport"), ("dst_port", "dstport")];
@@ -293,8 +295,19 @@ fn common(opts: &Opts) -> Result<CommonOpts, ConfigError> {
         busy_poll: opts
             .ranged("busy_poll", 0, u64::from(MAX_BUSY_POLL_US))?
             .map_or(d.busy_poll, |n| n as u16),
+        affinity: affinity(opts)?,
     };
     Ok(common)
+}
+
+/// Every `affinity=` item, joined into one set (`None` when not given).
+fn affinity(opts: &Opts) -> Result<Option<CpuSet>, ConfigError> {
+    let mut cpus = Vec::new();
+    for v in opts.all("affinity") {
+        let range = value::cpu_range(v, MAX_CPUS).map_err(|e| opts.bad("affinity", v, e))?;
+        cpus.extend(range);
+    }
+    Ok(CpuSet::new(cpus))
 }
 
 /// The two tunnel endpoints: both IPv4, or both IPv6 with `v6=1`.

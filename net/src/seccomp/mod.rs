@@ -179,6 +179,16 @@ const VCPU_CONDITIONAL: &[Conditional] = &[Conditional {
     values: Values::OwnPid,
 }];
 
+/// The process-wide filter's `sched_setaffinity`: on the calling thread only (pid 0), which
+/// is how a worker pins itself (`affinity=`, see `backend::affinity`) before its own filter,
+/// which has no such call, closes in; no thread may move another process.
+const PROCESS_CONDITIONAL: &[Conditional] = &[Conditional {
+    nr: libc::SYS_sched_setaffinity,
+    name: "SYS_sched_setaffinity",
+    arg: 0,
+    values: Values::Fixed(&[0]),
+}];
+
 /// The handler's `ioctl`s: `TUNSETOFFLOAD` (mirroring the offloads the guest acked on a tap),
 /// `FIONBIO` (non-blocking sockets); its `rt_sigaction`: SIGBUS only (the guard on the
 /// frontend's memory, installed at the first memory table).
@@ -541,7 +551,7 @@ pub fn install_all_threads(list: &[(i64, &str)], mode: Mode) -> Result<(), Strin
     if mode == Mode::Off {
         return Ok(());
     }
-    let program = compile(list, &[], mode)?;
+    let program = compile(list, PROCESS_CONDITIONAL, mode)?;
     if mode == Mode::Kill {
         install_sigsys_handler().map_err(|e| format!("SIGSYS handler: {e}"))?;
     }
