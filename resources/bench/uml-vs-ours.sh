@@ -3,7 +3,8 @@
 # and (b) virtio_uml + our vhost-user backend with transport X, for raw, tap and hybrid, in one
 # run.
 #   resources/bench/uml-vs-ours.sh [SECONDS]      (default 10; needs root and resources/setup.sh)
-# Env: TRANSPORTS="raw tap hybrid", OPTS=",gro=1" (appended to both specs), VMM=path/to/vmm,
+# Env: TRANSPORTS="raw tap hybrid", OPTS=",gro=1" (appended to both specs), OURS_OPTS (appended
+# to ours only, after OPTS: options UML's own lacks, ",affinity=1", ",busy_poll=50"), VMM=path/to/vmm,
 # SIDES="uml ours" (SIDES=ours skips UML's own runs, for comparing two builds of ours),
 # IPERF="-l 1M" (more iperf3 client options in the guest: with -l 1M the guest reads 1 MiB per
 # recv instead of 128 KiB, and host->guest is no longer bound by the UML guest's system calls,
@@ -147,7 +148,8 @@ for t in $transports; do
         # (b) our backend in the namespace, UML's virtio_uml as its frontend.
         sock="$work/$t.sock"
         rm -f "$sock"
-        ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "$spec" 2> "$work/backend.$t" &
+        ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "$spec${OURS_OPTS:-}" \
+            2> "$work/backend.$t" &
         backend_pid=$!
         for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
         "$run" --vhost-user "$sock" --ip $guest/24 --run "$work/guest.sh" \

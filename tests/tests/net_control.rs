@@ -6,7 +6,8 @@
 //! - a swap from one `fd` socketpair to another while the device serves: frames then cross on
 //!   the new one byte-exact, both ways, and no longer on the old one (its descriptor closed);
 //!   a swap to a missing interface fails naming it and the current transport keeps working;
-//!   a swap from `tap` with offloads to `fd` is refused; `tap` to `raw` in a namespace works;
+//!   a swap from `tap` with offloads to `fd` is refused, and so is one that would change how
+//!   the workers run (`busy_poll`, `affinity`) or the MTU; `tap` to `raw` in a namespace works;
 //!   `raw` to `xdp` on the same veth and back, the XDP program there only while `xdp` serves;
 //! - a capture with a filter holds exactly the matching frames of both directions, as tshark
 //!   reads them; a bad filter is an error; with the capture off, the file does not change;
@@ -127,6 +128,64 @@ fn counters_move_by_what_crossed_and_a_swap_moves_the_device_to_the_new_transpor
         (Some(5), Some(3), Some(1)),
         "{st:?}"
     );
+}
+
+/// A swap replaces the transport only: `busy_poll` and `affinity` are how the workers run
+/// (started with the device) and the MTU is in the guest's config space, so a spec giving
+/// other values is refused, naming the option and both values, and the device serves on;
+/// the same values, or none, swap.
+#[test]
+fn a_swap_keeps_how_the_workers_run_and_refuses_to_change_it() {
+    let cpu = vmm_net::backend::affinity::allowed().unwrap().cpus()[0];
+    let with = |fd: std::os::fd::OwnedFd, opts: &str| format!("{}{opts}", fd_spec(fd));
+    let (theirs_a, peer_a) = transport_pair();
+    let (mut rig, ctl) = serve(
+        &with(theirs_a, &format!(",busy_poll=50,affinity={cpu}")),
+        peer_a,
+    );
+    rig.transmit(0, 1);
+    for (opts, what, message) in [
+        (
+            ",busy_poll=20".to_string(),
+            "busy_poll",
+            "`busy_poll=20`: the device runs with busy_poll=50".to_string(),
+        ),
+        (
+            format!(",busy_poll=50,affinity={cpu},affinity=1023"),
+            "affinity",
+            format!("`affinity={cpu},1023`: the device runs with affinity={cpu}"),
+        ),
+        (",mtu=9000".to_string(), "mtu", "mtu 9000".to_string()),
+    ] {
+        let (theirs, _peer) = transport_pair();
+        let e = ctl
+            .swap(parse_spec(&with(theirs, &opts)).unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains(&message), "{opts}: {e}");
+        match e {
+            SwapError::Workers { what: w, .. } | SwapError::GuestVisible { what: w, .. } => {
+                assert_eq!(w, what, "{opts}")
+            }
+            other => panic!("{opts}: {other:?}"),
+        }
+        assert_eq!(ctl.stats().get("swaps"), Some(0));
+    }
+    // Still on A.
+    rig.receive(0, 2);
+    // Given again, or left out: the swap goes through, and frames cross on the new one.
+    for (i, opts) in [format!(",busy_poll=50,affinity={cpu}"), String::new()]
+        .iter()
+        .enumerate()
+    {
+        let (theirs, peer) = transport_pair();
+        ctl.swap(parse_spec(&with(theirs, opts)).unwrap())
+            .unwrap_or_else(|e| panic!("{opts}: {e}"));
+        rig.peer = peer;
+        let i = i as u16;
+        rig.transmit(1 + i, 3 + 2 * i as u8);
+        rig.receive(1 + i, 4 + 2 * i as u8);
+    }
+    assert_eq!(ctl.stats().get("swaps"), Some(2));
 }
 
 /// The backend of `spec`, opened in `ns`, serving a rig (its rings up) from a thread of its own.

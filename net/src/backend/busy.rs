@@ -24,6 +24,11 @@ impl BusyPoll {
         BusyPoll(Duration::from_micros(u64::from(us)))
     }
 
+    /// The budget in microseconds, as `busy_poll=` gave it.
+    pub fn micros(&self) -> u128 {
+        self.0.as_micros()
+    }
+
     pub fn is_off(&self) -> bool {
         self.0.is_zero()
     }

@@ -31,9 +31,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::busy::BusyPoll;
 use super::capture::{self, CaptureError, CaptureSession, CaptureSummary, Filter};
 use super::datapath::{Datapath, NetCounters};
-use super::device;
+use super::device::{self, Workers};
 use super::features;
 use super::steer::Steerer;
 use super::watch::Poller;
@@ -88,6 +89,15 @@ pub enum SwapError {
         device: String,
         have: usize,
         want: u16,
+    },
+    /// How the workers run (`busy_poll`, `affinity`) is the device's for its life: they
+    /// are started with it, and a swap replaces only the transport.
+    #[error("{device}: `{what}={want}`: the device runs with {have}; a swap replaces the transport, not how the workers run (leave {what} out, or give it when the NIC is made)")]
+    Workers {
+        device: String,
+        what: &'static str,
+        have: String,
+        want: String,
     },
     #[error("{device}: watching the new transport's descriptors: {source}")]
     Watch {
@@ -222,6 +232,8 @@ pub(super) struct Shared {
     pub name: String,
     /// The datapaths, one per queue pair.
     pub dps: Vec<Arc<Mutex<Datapath>>>,
+    /// How the workers run (`busy_poll`, `affinity`), fixed for the device's life.
+    pub workers: Workers,
     /// Which pairs the guest serves, and the steering of the host's frames to them.
     pub steerer: Arc<Steerer>,
     /// The virtio features offered to every frontend (fixed for the device's life).
@@ -243,7 +255,7 @@ pub(super) struct Shared {
 
 impl Shared {
     pub fn new(
-        name: String,
+        workers: Workers,
         dps: Vec<Arc<Mutex<Datapath>>>,
         steerer: Arc<Steerer>,
         offered: u64,
@@ -252,7 +264,8 @@ impl Shared {
         bpfflash: bool,
     ) -> Self {
         Shared {
-            name,
+            name: workers.name.clone(),
+            workers,
             dps,
             steerer,
             offered,
@@ -384,6 +397,33 @@ impl NetControl {
                 what: "mac",
                 have: s.mac.to_string(),
                 want: mac.to_string(),
+            });
+        }
+        // Given in the spec, each must be what the device runs with (omitted: kept).
+        let busy = BusyPoll::from_micros(spec.common.busy_poll);
+        if !busy.is_off() && busy != s.workers.busy {
+            return Err(SwapError::Workers {
+                device: device(),
+                what: "busy_poll",
+                have: format!("busy_poll={}", s.workers.busy.micros()),
+                want: spec.common.busy_poll.to_string(),
+            });
+        }
+        if let Some(set) = spec
+            .common
+            .affinity
+            .as_ref()
+            .filter(|&a| Some(a) != s.workers.affinity.as_ref())
+        {
+            return Err(SwapError::Workers {
+                device: device(),
+                what: "affinity",
+                have: s
+                    .workers
+                    .affinity
+                    .as_ref()
+                    .map_or("no affinity".to_string(), |a| format!("affinity={a}")),
+                want: set.to_string(),
             });
         }
         // The pair count is in the guest's config space: it stays.

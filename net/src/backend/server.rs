@@ -40,9 +40,6 @@ pub struct NetBackend {
     name: String,
     /// What the control handles share with the backend (see [`NetBackend::control`]).
     shared: Arc<Shared>,
-    /// How the workers run (`busy_poll`, `affinity`, the latter checked against the
-    /// process's CPUs).
-    workers: Workers,
 }
 
 impl NetBackend {
@@ -91,7 +88,11 @@ impl NetBackend {
             .collect();
         Ok(NetBackend {
             shared: Arc::new(Shared::new(
-                spec.name.clone(),
+                Workers {
+                    name: spec.name.clone(),
+                    busy: BusyPoll::from_micros(spec.common.busy_poll),
+                    affinity: spec.common.affinity.clone(),
+                },
                 dps.clone(),
                 Arc::new(Steerer::new(pairs)),
                 offered,
@@ -103,11 +104,6 @@ impl NetBackend {
             offered,
             config: features::config_space(mac, spec.common.mtu, pairs),
             name: spec.name.clone(),
-            workers: Workers {
-                name: spec.name.clone(),
-                busy: BusyPoll::from_micros(spec.common.busy_poll),
-                affinity: spec.common.affinity.clone(),
-            },
         })
     }
 
@@ -160,7 +156,7 @@ impl NetBackend {
                 self.shared.steerer.clone(),
                 self.offered,
                 self.config,
-                self.workers.clone(),
+                self.shared.workers.clone(),
             )
             .map_err(|source| BackendError::Io {
                 op: "creating the exit event",
