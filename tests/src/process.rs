@@ -400,11 +400,22 @@ pub fn waiting_test_vm_command(kernel: &Path, api: &Path, args: &[&str]) -> Comm
 
 /// [`waiting_test_vm_command`] with the kernel command line `cmdline`.
 pub fn test_vm_command_with(kernel: &Path, api: &Path, cmdline: &str, args: &[&str]) -> Command {
+    test_vm_command_net(kernel, api, cmdline, "user", args)
+}
+
+/// [`test_vm_command_with`] with the NIC `--net net` (a `user` one there).
+pub fn test_vm_command_net(
+    kernel: &Path,
+    api: &Path,
+    cmdline: &str,
+    net: &str,
+    args: &[&str],
+) -> Command {
     let mut cmd = Command::new(vmm_bin());
     cmd.arg("--kernel")
         .arg(kernel)
         .args(["--cmdline", cmdline, "--mem", "64"])
-        .args(["--net", "user", "--timeout", "120"])
+        .args(["--net", net, "--timeout", "120"])
         .args(args)
         .arg("--api")
         .arg(api)

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use vmm_tests::process::{test_vm_command_with, waiting_test_vm_command, Daemon};
-use vmm_tests::{ctl_request, kvm_usable, require_root, status_field, TempDir};
+use vmm_tests::process::{test_vm_command_net, waiting_test_vm_command, Daemon};
+use vmm_tests::{ctl_request, kvm_usable, require_root, status_field, thread_cpus, TempDir};
 
 const SELFTEST: &str = "VMM_SECCOMP_SELFTEST";
 
@@ -104,19 +104,25 @@ fn vmm_runs_the_guest_filtered_in_every_thread_and_answers_its_control_socket() 
 /// The in-process NIC's threads confine themselves once they act: the test guest ARPs for
 /// the user network's gateway (libslirp answers), then waits; by then the relay from the
 /// frontend, the vhost-user handler (named after the device) and the datapath worker each
-/// carry a filter of their own on top of the process's, like the vCPU.
+/// carry a filter of their own on top of the process's, like the vCPU. With two CPUs or more
+/// the NIC has `affinity=` the last: the worker pinned itself under the process's filter,
+/// and only the worker is pinned.
 #[test]
 fn the_nics_threads_are_confined_once_the_guest_uses_it() {
     require_root();
     if !kvm_usable() {
         return;
     }
+    let own = vmm_net::backend::affinity::allowed().unwrap();
+    let pinned = (own.cpus().len() >= 2).then(|| *own.cpus().last().unwrap());
+    let net = pinned.map_or("user".to_string(), |cpu| format!("user,affinity={cpu}"));
     let dir = TempDir::new("vmseccomp");
     let api = dir.path().join("arp.sock");
-    let cmd = test_vm_command_with(
+    let cmd = test_vm_command_net(
         Path::new(vmm_test_guest::ELF_PATH),
         &api,
         "console=ttyS0 vmtest.arp=10.0.2.15,10.0.2.2 vmtest.wait",
+        &net,
         &[],
     );
     let mut vm = Daemon::spawn(cmd, dir.path().join("arp.log"));
@@ -139,6 +145,24 @@ fn the_nics_threads_are_confined_once_the_guest_uses_it() {
             threads.iter().any(|(c, ..)| c == name),
             "{name}: {threads:?}"
         );
+    }
+    if let Some(cpu) = pinned {
+        // Not every thread: a task KVM starts in the process (kvm-nx-lpage-recovery) has the
+        // affinity the kernel gives it.
+        let cpus = thread_cpus(vm.pid());
+        let of = |name: &str| {
+            let found: Vec<_> = cpus.iter().filter(|(c, _)| c == name).collect();
+            assert!(!found.is_empty(), "{name}: {cpus:?}");
+            found.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>()
+        };
+        for l in of("vring_worker") {
+            assert_eq!(l, cpu.to_string(), "{cpus:?}\n{}", vm.log());
+        }
+        for name in ["vcpu0", "vec0", "vu-relay", "vmm"] {
+            for l in of(name) {
+                assert_eq!(l, own.to_string(), "{name}: {cpus:?}");
+            }
+        }
     }
     assert!(ctl_request(&api, "halt").contains("\"ok\":true"));
     assert_eq!(exits(&mut vm).code(), Some(130), "{}", vm.log());
