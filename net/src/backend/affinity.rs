@@ -1,12 +1,15 @@
 //! Pinning a device's workers to host CPUs (`affinity=CPUS`).
 //!
-//! A worker that moves a streaming guest's frames wakes for every kick and every readable
-//! transport; left to the scheduler it lands wherever a core is free at that moment, often the
-//! one a vCPU (or a UML guest's process) was about to use, and its cache goes cold at every
-//! move. `taskset` around the whole backend would pin the threads that answer the frontend's
+//! A worker wakes for every kick and every readable transport, and where the scheduler puts
+//! it decides how far each wake-up travels and whose core it takes. Pinned, it can be kept
+//! off the cores the guest's vCPUs (or a UML guest's process) use, or beside them: on this
+//! project's 2-core machine a pinned worker moved host→guest TCP over tap and hybrid faster
+//! and made round trips longer (the scheduler can no longer wake it on the waker's core), so
+//! it is an option, off by default (the README's Performance section has the numbers).
+//! `taskset` around the whole backend would pin the threads that answer the frontend's
 //! messages and the relay too; this pins only the workers, one per queue pair, each to the
-//! whole set given, when it takes its first event and before its seccomp filter (which has no
-//! `sched_setaffinity`) closes in.
+//! whole set given, when it takes its first event and before its seccomp filter (which has
+//! no `sched_setaffinity`) closes in.
 //!
 //! The set is checked against the CPUs the process may run on when the device opens, so a
 //! typo or a CPU outside the process's cgroup is a start-up error naming the option, not a

@@ -71,8 +71,10 @@ Options of every vector transport:
   affinity=CPUS the host CPUs the device's workers (one per queue pair) run on, as taskset
                 sets them: a CPU N or a range N-M, the option repeated for more
                 (affinity=2-3,affinity=6); each must be one the process may run on, or
-                the device refuses to start. Keeps a worker's wake-ups and cache off the
-                cores the guest uses (the threads answering the frontend stay unpinned)
+                the device refuses to start. The threads answering the frontend stay
+                unpinned. A trade: a worker kept off (or beside) the guest's cores may move
+                streams faster, but cannot be woken on the waker's core, so round trips
+                may take longer (measured in the README's Performance section)
                                                             default: where the process may run
 tap, hybrid, raw, gre, l2tpv3, bess, fd also:
   gro=0|1       64 KiB GSO frames into the guest                            default 0
