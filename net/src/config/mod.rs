@@ -157,8 +157,8 @@ pub struct CommonOpts {
     pub busy_poll: u16,
     /// The host CPUs the device's worker threads (one per queue pair) run on (`affinity`,
     /// default: wherever the process may run), as `taskset`/`sched_setaffinity` would set
-    /// them: keeps a worker's cache and its wake-ups on cores the guest's vCPUs do not use.
-    /// Checked against the process's own CPUs when the device opens.
+    /// them (see `backend::affinity` for what it trades). Checked against the process's own
+    /// CPUs when the device opens.
     pub affinity: Option<CpuSet>,
 }
 
