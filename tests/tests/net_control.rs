@@ -151,6 +151,11 @@ fn a_swap_keeps_how_the_workers_run_and_refuses_to_change_it() {
             "`busy_poll=20`: the device runs with busy_poll=50".to_string(),
         ),
         (
+            ",busy_poll=0".to_string(),
+            "busy_poll",
+            "`busy_poll=0`: the device runs with busy_poll=50".to_string(),
+        ),
+        (
             format!(",busy_poll=50,affinity={cpu},affinity=1023"),
             "affinity",
             format!("`affinity={cpu},1023`: the device runs with affinity={cpu}"),

@@ -400,13 +400,16 @@ impl NetControl {
             });
         }
         // Given in the spec, each must be what the device runs with (omitted: kept).
-        let busy = BusyPoll::from_micros(spec.common.busy_poll);
-        if !busy.is_off() && busy != s.workers.busy {
+        if let Some(us) = spec
+            .common
+            .busy_poll
+            .filter(|&us| BusyPoll::from_micros(us) != s.workers.busy)
+        {
             return Err(SwapError::Workers {
                 device: device(),
                 what: "busy_poll",
                 have: format!("busy_poll={}", s.workers.busy.micros()),
-                want: spec.common.busy_poll.to_string(),
+                want: us.to_string(),
             });
         }
         if let Some(set) = spec

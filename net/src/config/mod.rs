@@ -152,9 +152,10 @@ pub struct CommonOpts {
     /// with several vCPUs moves frames on several host CPUs.
     pub queues: u16,
     /// Microseconds a worker keeps looking for work after an event before it sleeps again
-    /// (`busy_poll`, default 0: off; 0..=1000), as Linux's `SO_BUSY_POLL`: lower latency and
-    /// more throughput for a streaming guest, for a core's time spent looking.
-    pub busy_poll: u16,
+    /// (`busy_poll`, 0..=1000; `None`, not given, is off like 0), as Linux's `SO_BUSY_POLL`:
+    /// lower latency and more throughput for a streaming guest, for a core's time spent
+    /// looking. Kept as given so a `net swap` spec can tell `busy_poll=0` from none.
+    pub busy_poll: Option<u16>,
     /// The host CPUs the device's worker threads (one per queue pair) run on (`affinity`,
     /// default: wherever the process may run), as `taskset`/`sched_setaffinity` would set
     /// them (see `backend::affinity` for what it trades). Checked against the process's own
@@ -231,7 +232,7 @@ impl Default for CommonOpts {
             bpffile: None,
             bpfflash: false,
             queues: 1,
-            busy_poll: 0,
+            busy_poll: None,
             affinity: None,
         }
     }

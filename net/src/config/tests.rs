@@ -50,7 +50,7 @@ fn common_options() {
             bpffile: Some("/f.bpf".into()),
             bpfflash: true,
             queues: 1,
-            busy_poll: 50,
+            busy_poll: Some(50),
             affinity: None,
         }
     );
@@ -58,18 +58,22 @@ fn common_options() {
 
 #[test]
 fn busy_poll_on_every_vector_transport_and_in_range() {
-    assert_eq!(ok("vec0:transport=tap").common.busy_poll, 0);
+    assert_eq!(ok("vec0:transport=tap").common.busy_poll, None);
+    assert_eq!(
+        ok("vec0:transport=tap,busy_poll=0").common.busy_poll,
+        Some(0)
+    );
     assert_eq!(
         ok("vec0:transport=tap,busy_poll=1000").common.busy_poll,
-        1000
+        Some(1000)
     );
     assert_eq!(
         ok("vec0:transport=gre,src=192.0.2.1,dst=192.0.2.2,busy_poll=20")
             .common
             .busy_poll,
-        20
+        Some(20)
     );
-    assert_eq!(ok("user,busy_poll=30").common.busy_poll, 30);
+    assert_eq!(ok("user,busy_poll=30").common.busy_poll, Some(30));
     err(
         "vec0:transport=tap,busy_poll=1001",
         &["busy_poll=1001", "0..=1000"],
@@ -77,7 +81,7 @@ fn busy_poll_on_every_vector_transport_and_in_range() {
     err("vec0:transport=tap,busy_poll=-1", &["busy_poll=-1"]);
     // Each pair's worker looks for its own pair only, under its own lock.
     let c = ok("vec0:transport=tap,queues=2,busy_poll=50").common;
-    assert_eq!((c.queues, c.busy_poll), (2, 50));
+    assert_eq!((c.queues, c.busy_poll), (2, Some(50)));
 }
 
 #[test]

@@ -294,7 +294,7 @@ fn common(opts: &Opts) -> Result<CommonOpts, ConfigError> {
             .map_or(d.queues, |n| n as u16),
         busy_poll: opts
             .ranged("busy_poll", 0, u64::from(MAX_BUSY_POLL_US))?
-            .map_or(d.busy_poll, |n| n as u16),
+            .map(|n| n as u16),
         affinity: affinity(opts)?,
     };
     Ok(common)
