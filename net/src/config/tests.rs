@@ -106,6 +106,13 @@ fn affinity_cpus_ranges_and_repeats_joined_into_one_set() {
         .affinity
         .unwrap();
     assert_eq!(set.to_string(), "0-2,5,7-8");
+    // Repeats of the widest range join into one set of 1024, not a list of millions.
+    let many = vec!["affinity=0-1023"; 10_000].join(",");
+    let set = ok(&format!("vec0:transport=tap,{many}"))
+        .common
+        .affinity
+        .unwrap();
+    assert_eq!((set.cpus().len(), set.to_string()), (1024, "0-1023".into()));
 }
 
 #[test]

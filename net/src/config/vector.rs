@@ -300,14 +300,20 @@ fn common(opts: &Opts) -> Result<CommonOpts, ConfigError> {
     Ok(common)
 }
 
-/// Every `affinity=` item, joined into one set (`None` when not given).
+/// Every `affinity=` item, joined into one set (`None` when not given). Marked in a
+/// fixed-size map, so a spec repeating `affinity=0-1023` (from a control client too) costs
+/// no more memory than one.
 fn affinity(opts: &Opts) -> Result<Option<CpuSet>, ConfigError> {
-    let mut cpus = Vec::new();
+    let mut marked = [false; MAX_CPUS as usize];
     for v in opts.all("affinity") {
         let range = value::cpu_range(v, MAX_CPUS).map_err(|e| opts.bad("affinity", v, e))?;
-        cpus.extend(range);
+        for c in range {
+            marked[usize::from(c)] = true;
+        }
     }
-    Ok(CpuSet::new(cpus))
+    Ok(CpuSet::new(
+        (0..MAX_CPUS).filter(|&c| marked[usize::from(c)]),
+    ))
 }
 
 /// The two tunnel endpoints: both IPv4, or both IPv6 with `v6=1`.
