@@ -12,6 +12,8 @@
 # With gro=0 the peer interface's TSO/GSO are turned off: UML's rule is that gro must match the
 # host side, and without it both UML's transports and ours see 64 KiB GSO frames they must drop,
 # and host->guest TCP stalls for both.
+# UML_CPUS=LIST (taskset's list, e.g. 0): both sides' UML guests run on those CPUs only, as a
+# VMM pins its vCPUs; with OURS_OPTS=,affinity=1 ours then has a core the guest does not use.
 # PINGS=N (default 200; 0 skips): the guest then pings the host N times, 10 ms apart, with
 # nothing else running, and a third row gives the average round trip in ms.
 # ROUNDS=N (default 1): each transport is measured N times, UML's own and ours alternating
@@ -32,6 +34,13 @@ case "$rounds" in
     '' | 0 | *[!0-9]*) echo "ROUNDS must be a number from 1 (rounds per transport)" >&2; exit 2 ;;
 esac
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+# The UML guest, on UML_CPUS if given.
+uml=()
+if [ -n "${UML_CPUS:-}" ]; then
+    taskset -c "$UML_CPUS" true 2>/dev/null ||
+        { echo "UML_CPUS=$UML_CPUS: not CPUs this shell may run on (taskset -c LIST)" >&2; exit 2; }
+    uml=(taskset -c "$UML_CPUS")
+fi
 vmm="${VMM:-$root/target/release/vmm}"
 transports="${TRANSPORTS:-raw tap hybrid}"
 opts="${OPTS:-,gro=1}"
@@ -142,7 +151,7 @@ for t in $transports; do
     for r in $(seq "$rounds"); do
         # (a) UML's own transport: UML runs in the namespace.
         if [[ " ${SIDES:-uml ours} " == *" uml "* ]]; then
-            ip netns exec "$ns" "$run" --uml-net "$spec" --ip $guest/24 --run "$work/guest.sh" \
+            ip netns exec "$ns" "${uml[@]}" "$run" --uml-net "$spec" --ip $guest/24 --run "$work/guest.sh" \
                 > "$work/uml.$t.$r" 2>&1 || true
         fi
         # (b) our backend in the namespace, UML's virtio_uml as its frontend.
@@ -152,7 +161,7 @@ for t in $transports; do
             2> "$work/backend.$t" &
         backend_pid=$!
         for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-        "$run" --vhost-user "$sock" --ip $guest/24 --run "$work/guest.sh" \
+        "${uml[@]}" "$run" --vhost-user "$sock" --ip $guest/24 --run "$work/guest.sh" \
             > "$work/ours.$t.$r" 2>&1 || true
         kill "$backend_pid" 2>/dev/null; wait "$backend_pid" 2>/dev/null || true
         backend_pid=""
