@@ -4,8 +4,9 @@
 //! it decides how far each wake-up travels and whose core it takes. Pinned, it can be kept
 //! off the cores the guest's vCPUs (or a UML guest's process) use, or beside them: on this
 //! project's 2-core machine a pinned worker moved host→guest TCP over tap and hybrid faster
-//! and made round trips longer (the scheduler can no longer wake it on the waker's core), so
-//! it is an option, off by default (the README's Performance section has the numbers).
+//! and made round trips longer (the scheduler can no longer wake it on the waker's core);
+//! pinned to the guest's own core it made round trips shorter and host→guest slower. So it
+//! is an option, off by default (the README's Performance section has the numbers).
 //! `taskset` around the whole backend would pin the threads that answer the frontend's
 //! messages and the relay too; this pins only the workers, one per queue pair, each to the
 //! whole set given, when it takes its first event and before its seccomp filter (which has

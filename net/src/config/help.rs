@@ -72,9 +72,9 @@ Options of every vector transport:
                 sets them: a CPU N or a range N-M, the option repeated for more
                 (affinity=2-3,affinity=6); each must be one the process may run on, or
                 the device refuses to start. The threads answering the frontend stay
-                unpinned. A trade: a worker kept off (or beside) the guest's cores may move
-                streams faster, but cannot be woken on the waker's core, so round trips
-                may take longer (measured in the README's Performance section)
+                unpinned. A trade: on a core of its own a worker cannot be woken on its
+                waker's, so round trips take longer; beside the guest's core, they are
+                shorter but the two share it (measured in the README's Performance section)
                                                             default: where the process may run
 tap, hybrid, raw, gre, l2tpv3, bess, fd also:
   gro=0|1       64 KiB GSO frames into the guest                            default 0
