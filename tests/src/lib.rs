@@ -132,9 +132,9 @@ pub fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
         .trim()
 }
 
-/// Each thread of process `pid`: its name and `Cpus_allowed_list` (as Linux writes CPU
-/// lists: `0-3,8`). Empty once the process is gone.
-pub fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+/// Each thread of process `pid`: its name (empty if unreadable) and its `/proc` status text.
+/// Empty once the process is gone.
+pub fn thread_statuses(pid: u32) -> Vec<(String, String)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
@@ -142,11 +142,20 @@ pub fn thread_cpus(pid: u32) -> Vec<(String, String)> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-            Some((
-                comm.trim().to_string(),
-                status_field(&status, "Cpus_allowed_list").to_string(),
-            ))
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            Some((comm.trim().to_string(), status))
+        })
+        .collect()
+}
+
+/// Each thread of process `pid`: its name and `Cpus_allowed_list` (as Linux writes CPU
+/// lists: `0-3,8`).
+pub fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    thread_statuses(pid)
+        .into_iter()
+        .map(|(comm, status)| {
+            let cpus = status_field(&status, "Cpus_allowed_list").to_string();
+            (comm, cpus)
         })
         .collect()
 }

@@ -40,9 +40,9 @@ fn the_workers_run_on_the_cpus_given_and_frames_cross_under_the_filter() {
     d.stops_cleanly("fd");
 }
 
-/// `vmm net-backend` with `affinity={asked}`, run on `cpus` (a `taskset` around it) if given:
+/// `vmm net-backend` with `affinity={asked}`, run on `cpu` (a `taskset` around it) if given:
 /// its exit status and standard error.
-fn refused(asked: &str, cpus: Option<u16>) -> (Option<i32>, String) {
+fn refused(asked: &str, cpu: Option<u16>) -> (Option<i32>, String) {
     let dir = TempDir::new("affno");
     let mut cmd = Command::new(vmm_bin());
     cmd.arg("net-backend")
@@ -50,18 +50,13 @@ fn refused(asked: &str, cpus: Option<u16>) -> (Option<i32>, String) {
         .arg(dir.path().join("net.sock"))
         .arg(format!("vec0:transport=fd,fd=0,affinity={asked}"))
         .stdin(Stdio::null());
-    if let Some(cpu) = cpus {
-        // SAFETY: between fork and exec the closure only fills a local bit array and calls
-        // sched_setaffinity, async-signal-safe; cpu < MAX_CPUS = CPU_SETSIZE.
+    if let Some(cpu) = cpu {
+        let set = CpuSet::new([cpu]).expect("a CPU below MAX_CPUS");
+        // SAFETY: between fork and exec the closure only calls affinity::pin, which fills a
+        // bit array on the stack from the set built before the fork and calls
+        // sched_setaffinity: no allocation, no lock, async-signal-safe.
         unsafe {
-            cmd.pre_exec(move || {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(usize::from(cpu), &mut set);
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || affinity::pin(&set));
         }
     }
     let out = cmd.output().expect("run vmm net-backend");

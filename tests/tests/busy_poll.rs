@@ -9,8 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
-use vmm_net::backend::{NetBackend, NetControl};
-use vmm_net::config::parse_spec;
+use vmm_net::backend::{affinity, NetBackend, NetControl};
+use vmm_net::config::{parse_spec, CpuSet};
 use vmm_tests::peer::test_frame;
 use vmm_tests::rig::{transport_pair, Rig, HDR, RINGS, TX_BUF};
 
@@ -63,13 +63,9 @@ fn pin(core: Core) {
         Core::Driver => 0,
         Core::Backend => cores - 1,
     };
-    // SAFETY: cpu_set_t is a plain bit array, for which all-zero is valid; CPU_SET writes
-    // within it (cpu < cores <= CPU_SETSIZE on any machine this runs on), and
-    // sched_setaffinity reads the size we pass.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    // Best effort, as ever: a thread left unpinned only makes the test less reliable.
+    if let Some(set) = u16::try_from(cpu).ok().and_then(|c| CpuSet::new([c])) {
+        let _ = affinity::pin(&set);
     }
 }
 

@@ -12,7 +12,9 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use vmm_tests::process::{test_vm_command_net, waiting_test_vm_command, Daemon};
-use vmm_tests::{ctl_request, kvm_usable, require_root, status_field, thread_cpus, TempDir};
+use vmm_tests::{
+    ctl_request, kvm_usable, require_root, status_field, thread_cpus, thread_statuses, TempDir,
+};
 
 const SELFTEST: &str = "VMM_SECCOMP_SELFTEST";
 
@@ -39,19 +41,14 @@ fn exits(d: &mut Daemon) -> ExitStatus {
 
 /// The name, `Seccomp:` mode and `Seccomp_filters:` count of every thread of `pid`.
 fn modes(pid: u32) -> Vec<(String, Option<u32>, Option<u32>)> {
-    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    tasks
+    thread_statuses(pid)
         .into_iter()
-        .filter_map(|t| {
-            let status = std::fs::read_to_string(t.join("status")).ok()?;
-            let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
-            Some((
-                comm.trim().to_string(),
+        .map(|(comm, status)| {
+            (
+                comm,
                 status_field(&status, "Seccomp").parse().ok(),
                 status_field(&status, "Seccomp_filters").parse().ok(),
-            ))
+            )
         })
         .collect()
 }
