@@ -6,8 +6,8 @@
 #      test kernel built for PVM (resources/kernel) boots with two CPUs, pings the host, and
 #      the host pings it (about two minutes: the guest is emulated);
 #   2. a real Linux guest (UML's virtio_uml, a vhost-user frontend) on `vmm net-backend`: pings
-#      the host and runs iperf3 both ways (skipped, saying why, on a CPU where Debian's UML 6.1
-#      cannot run);
+#      the host and runs iperf3 both ways (on the project's own build of UML 6.1,
+#      resources/uml/build.sh; skipped, saying why, where it cannot run);
 # and cleans up.
 #   resources/demo.sh [TRANSPORT_OPTIONS]      e.g. resources/demo.sh depth=128
 # Exit status: the guest's.
@@ -67,11 +67,11 @@ else
     [ "$status" = 0 ] || { echo "demo: the KVM guest failed (status $status)" >&2; exit 1; }
 fi
 
-probe="$(cd "$work" && timeout 60 linux.uml mem=64M initrd="$root/resources/out/uml/initramfs.cpio.gz" \
+probe="$(cd "$work" && timeout 60 "$root/resources/out/uml/linux" mem=64M initrd="$root/resources/out/uml/initramfs.cpio.gz" \
     uml_dir="$work" umid=probe con=null con0=fd:0,fd:1 quiet vmtest.cmd=true < /dev/null 2>&1 || true)"
 if ! grep -q 'VMTEST-EXIT=0' <<< "$probe"; then
     if grep -q 'ptrace set fp regs failed' <<< "$probe"; then
-        echo "demo: skipping the UML guest: Debian's UML 6.1 cannot run on this CPU (the host's ptrace refuses its fixed-size XSAVE buffer: 'ptrace set fp regs failed, errno = 14', e.g. with AMX)"
+        echo "demo: skipping the UML guest: UML cannot run on this CPU (the host's ptrace refuses its XSAVE buffer: 'ptrace set fp regs failed, errno = 14')"
     else
         echo "demo: skipping the UML guest: it does not boot here: $(tail -n 3 <<< "$probe" | tr '\n' ' ')"
     fi

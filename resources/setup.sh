@@ -3,7 +3,7 @@
 # resources/out/. Idempotent: a second run only checks.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-pkgs=(user-mode-linux busybox-static iperf3 tshark uml-utilities vde2 tcpdump socat kmod
+pkgs=(busybox-static iperf3 tshark uml-utilities vde2 tcpdump socat kmod
       iproute2 iputils-ping binutils cpio qemu-system-x86 qemu-utils libpcap-dev ethtool
       libslirp-dev libglib2.0-dev pkg-config dpdk-dev)
 # libslirp-dev (with libglib2.0-dev, which its pkg-config file names, and pkg-config) is what
@@ -28,7 +28,7 @@ apt_install "${pkgs[@]}"
 # qemu-system-x86 takes away a newer qemu-utils from backports (seen on this project's
 # machines), and qemu-img with it. A second pass puts back what went.
 apt_install "${pkgs[@]}"
-for cmd in qemu-img qemu-system-x86_64 dpdk-testpmd tshark iperf3 linux.uml vde_switch; do
+for cmd in qemu-img qemu-system-x86_64 dpdk-testpmd tshark iperf3 vde_switch; do
     command -v "$cmd" >/dev/null || { echo "setup: $cmd is missing after installing" >&2; exit 1; }
 done
 # virtiofsd (the Rust one) serves --share and `vmm run`: built from crates.io, once.
@@ -38,7 +38,8 @@ if ! command -v virtiofsd >/dev/null && [ ! -x "${HOME:-/root}/.cargo/bin/virtio
     cargo install --locked virtiofsd
 fi
 # The guest images, in name order: linux-guest.sh builds the PVM test kernel (cached, ~7 min
-# cold), sandbox.sh the desktop sandbox's Debian image with mmdebstrap (cached, ~2 min cold).
+# cold), sandbox.sh the desktop sandbox's Debian image with mmdebstrap (cached, ~2 min cold),
+# uml-guest.sh the UML guests' kernel (cached, ~2.5 min cold) and initramfs.
 for script in "$here"/images/*.sh; do
     [ -e "$script" ] || continue
     bash "$script"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Boots the UML test guest (resources/images/uml-guest.sh builds it).
+# Boots the UML test guest (resources/images/uml-guest.sh builds it and its kernel).
 #   run.sh [--vhost-user SOCK] [--uml-net SPEC] [--ip ADDR/PREFIX] [--ip6 ADDR/PREFIX]
 #          [--mtu N] [--run SCRIPT] [--mem SIZE] [-- extra kernel args]
 # --vhost-user SOCK  the guest's virtio-net device is a vhost-user frontend on SOCK (our backend)
@@ -10,7 +10,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 initrd="$here/out/uml/initramfs.cpio.gz"
-[ -f "$initrd" ] || { echo "run.sh: $initrd missing: run resources/setup.sh" >&2; exit 2; }
+kernel="$here/out/uml/linux"
+for f in "$initrd" "$kernel"; do
+    [ -f "$f" ] || { echo "run.sh: $f missing: run resources/setup.sh" >&2; exit 2; }
+done
 mem=256M; net=(); args=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -30,7 +33,7 @@ trap 'rm -rf "$umldir"' EXIT
 log="$umldir/console"
 # UML keeps its per-instance files (umid, mconsole socket) under uml_dir; TMPDIR holds its
 # memory file.
-TMPDIR="$umldir" linux.uml mem="$mem" initrd="$initrd" umid=vmtest uml_dir="$umldir" \
+TMPDIR="$umldir" "$kernel" mem="$mem" initrd="$initrd" umid=vmtest uml_dir="$umldir" \
     con=null con0=fd:0,fd:1 quiet "${net[@]}" "${args[@]}" < /dev/null | tee "$log"
 status="$(sed -n 's/^VMTEST-EXIT=\([0-9]*\).*/\1/p' "$log" | tail -n 1)"
 exit "${status:-125}"

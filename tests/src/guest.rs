@@ -109,13 +109,21 @@ pub fn uml_initrd() -> PathBuf {
     built("uml/initramfs.cpio.gz")
 }
 
-/// Whether Debian's UML runs on this host, found once per test binary by booting it to a
-/// command that exits 0. When it cannot, prints `SKIPPED <test>: <why>` where CI's log shows
-/// it and returns false. Known cause: UML 6.1 saves guest FPU state with a fixed-size XSAVE
-/// buffer, and on a CPU whose XSAVE area is larger (AMX) the host's ptrace refuses it, so
-/// every UML process dies at its first system call ("ptrace set fp regs failed, errno = 14").
+/// The UML guests' kernel: the project's build of UML 6.1 (`resources/uml/build.sh`), which
+/// runs where Debian's `linux.uml` cannot (a CPU with AMX's larger XSAVE area).
+pub fn uml_kernel() -> PathBuf {
+    built("uml/linux")
+}
+
+/// Whether UML runs on this host, found once per test binary by booting it to a command that
+/// exits 0. When it cannot, prints `SKIPPED <test>: <why>` where CI's log shows it and returns
+/// false. Known cause: UML keeps a guest process's FPU state in a buffer of a size fixed when
+/// it is built, and on a CPU whose XSAVE area is larger the host's ptrace refuses it, so every
+/// UML process dies at its first system call ("ptrace set fp regs failed, errno = 14"). Our
+/// build sizes it from the host at boot, with room for 12 KiB (AMX's area is 11,008 bytes),
+/// and stops with "the host's XSAVE area ... is larger" beyond that.
 ///
-/// Any other failure is retried, and panics after the third (a `linux.uml` that cannot be
+/// Any other failure is retried, and panics after the third (a UML kernel that cannot be
 /// started panics at once): a UML that runs on this CPU but does not boot is a broken setup,
 /// not missing hardware, and must not turn tests into skips.
 pub fn uml_usable(test: &str) -> bool {
@@ -141,7 +149,7 @@ pub fn uml_usable(test: &str) -> bool {
             false
         }
         Err(other) => {
-            panic!("Debian's UML did not boot to a shell command in three tries:\n{other}")
+            panic!("UML did not boot to a shell command in three tries:\n{other}")
         }
     }
 }
@@ -172,7 +180,7 @@ impl std::fmt::Display for UmlProbe {
 fn probe_uml() -> UmlProbe {
     const LIMIT: Duration = Duration::from_secs(60);
     let dir = crate::TempDir::new("umlp");
-    let mut cmd = Command::new("linux.uml");
+    let mut cmd = Command::new(uml_kernel());
     cmd.env("TMPDIR", dir.path())
         .arg("mem=256M")
         .arg(format!("initrd={}", uml_initrd().display()))
@@ -188,13 +196,14 @@ fn probe_uml() -> UmlProbe {
     drop(guest);
     if text.contains("VMTEST-EXIT=0") {
         UmlProbe::Booted
-    } else if text.contains("ptrace set fp regs failed") {
-        UmlProbe::CannotRun(
-            "Debian's UML 6.1 cannot run on this CPU: the host's ptrace refuses its \
-             fixed-size XSAVE buffer (\"ptrace set fp regs failed, errno = 14\"; the CPU's \
-             XSAVE area is larger, e.g. with AMX)"
-                .into(),
-        )
+    } else if let Some(line) = text
+        .lines()
+        .find(|l| l.contains("ptrace set fp regs failed") || l.contains("XSAVE area"))
+    {
+        UmlProbe::CannotRun(format!(
+            "UML cannot run on this CPU: the host's ptrace refuses its XSAVE buffer (\"{}\")",
+            line.trim()
+        ))
     } else {
         let tail: Vec<&str> = text
             .lines()
@@ -254,10 +263,10 @@ impl Guest {
         let mut cmd = match cfg.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "linux.uml"]);
+                c.args(["netns", "exec", ns]).arg(uml_kernel());
                 c
             }
-            None => Command::new("linux.uml"),
+            None => Command::new(uml_kernel()),
         };
         cmd.env("TMPDIR", dir.path())
             .arg(format!("mem={}", cfg.mem))
