@@ -19,6 +19,9 @@
 # UML-ours, ours-ours, UML-UML, ...) so that whatever drifts on the machine meets them alike;
 # each cell is then the median of the rounds, the ratios are of the medians, and two more
 # columns give the lowest and highest ratio of one round (ours of round i against UML-UML's).
+# A_CPUS=LIST, B_CPUS=LIST (taskset's lists, e.g. A_CPUS=0 B_CPUS=1): each side on its own
+# CPUs, in every pairing: the UML guest, and on our side its backend (every thread) too, so a
+# side's wake-ups stay on its cores and the two sides do not take each other's.
 set -euo pipefail
 secs="${1:-10}"
 case "$secs" in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
@@ -26,6 +29,15 @@ rounds="${ROUNDS:-1}"
 case "$rounds" in
     '' | 0 | *[!0-9]*) echo "ROUNDS must be a number from 1 (rounds per tunnel)" >&2; exit 2 ;;
 esac
+declare -A pin
+for side in A B; do
+    var="${side}_CPUS"
+    pin[$side]=""
+    [ -n "${!var:-}" ] || continue
+    taskset -c "${!var}" true 2>/dev/null ||
+        { echo "$var=${!var}: not CPUs this shell may run on (taskset -c LIST)" >&2; exit 2; }
+    pin[$side]="${!var}"
+done
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 vmm="${VMM:-$root/target/release/vmm}"
 run="$root/resources/uml/run.sh"
@@ -62,14 +74,17 @@ S
 # serving SPEC (SIDE "ours"), in the background; its pid is $guest_pid.
 guest() {
     local name="$1" spec="$2" side="$3" ip="$4" script="$5" out="$6"
+    local on=()
+    [ -n "${pin[${name^^}]}" ] && on=(taskset -c "${pin[${name^^}]}")
     if [ "$side" = uml ]; then
-        ip netns exec "$ns" "$run" --uml-net "$spec" --ip "$ip" --run "$script" > "$out" 2>&1 &
+        ip netns exec "$ns" "${on[@]}" "$run" --uml-net "$spec" --ip "$ip" --run "$script" > "$out" 2>&1 &
     else
         local sock="$work/$name.sock"
         rm -f "$sock"
-        ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "$spec" 2> "$work/$name.backend" &
+        ip netns exec "$ns" "${on[@]}" "$vmm" net-backend --socket "$sock" "$spec" \
+            2> "$work/$name.backend" &
         for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-        "$run" --vhost-user "$sock" --ip "$ip" --run "$script" > "$out" 2>&1 &
+        "${on[@]}" "$run" --vhost-user "$sock" --ip "$ip" --run "$script" > "$out" 2>&1 &
     fi
     guest_pid=$!
 }
@@ -121,6 +136,8 @@ wanted() { [[ " ${PAIRINGS:-uml-uml uml-ours ours-ours} " == *" $1 "* ]]; }
 # cell PAIRING VALUE: the value, "fail" for a pairing run without one, "-" for one not run.
 cell() { if [ -n "$2" ]; then echo "$2"; elif wanted "$1"; then echo fail; else echo -; fi; }
 
+[ -n "${pin[A]}${pin[B]}" ] &&
+    echo "guest A's side on CPUs ${pin[A]:-any}, guest B's on ${pin[B]:-any} (A_CPUS, B_CPUS)"
 if [ "$rounds" -gt 1 ]; then
     echo "each cell the median of $rounds rounds, the pairings in turn; UO and OO rounds: the"
     echo "lowest and highest ratio of one round (and how many rounds measured both)"
