@@ -36,23 +36,14 @@ recipe_version=2
 recipe_key
 artifacts=(vmlinux bzImage config modules.sha256)
 
-install_out() {
-    mkdir -p "$out"
-    local f
-    for f in "${artifacts[@]}"; do
-        cmp -s "$cache/$f" "$out/$f" 2>/dev/null && continue
-        cp "$cache/$f" "$out/$f.tmp"
-        mv -f "$out/$f.tmp" "$out/$f"
-    done
+# The module tree beside the artifacts (install_out, recipe.sh), replaced whole when it differs.
+install_more() {
     if ! cmp -s "$cache/modules.sha256" "$out/modules/.sha256" 2>/dev/null; then
         rm -rf "$out/modules.tmp" "$out/modules"
         cp -a "$cache/modules" "$out/modules.tmp"
         cp "$cache/modules.sha256" "$out/modules.tmp/.sha256"
         mv "$out/modules.tmp" "$out/modules"
     fi
-    echo "$key" > "$out/key"
-    # Marks the build as used: other recipes' builds are removed once unused for a week.
-    touch "$cache"
 }
 
 recipe_cached "$check_only"

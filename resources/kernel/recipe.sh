@@ -8,7 +8,8 @@
 #   recipe_version  bumped when its build steps change
 #   artifacts       the files a valid cached build holds (checked against its SHA256SUMS)
 #   cache_root      where its builds are cached
-# and defines say and die (messages prefixed with its name).
+# and defines say and die (messages prefixed with its name), and install_more where it installs
+# more than its artifacts (see install_out).
 
 # recipe_packages: installs the source package and the build tools that are missing; sets
 # src_version and tarball.
@@ -45,9 +46,25 @@ cache_valid() {
     for f in "${artifacts[@]}"; do grep -q " $f\$" "$cache/SHA256SUMS" || return 1; done
 }
 
+# install_out: the cached build's artifacts into out (each replaced only where it differs),
+# then what the recipe's install_more adds, then out/key; marks the build as used (other
+# recipes' builds are removed once unused for a week, see recipe_store).
+install_out() {
+    mkdir -p "$out"
+    local f
+    for f in "${artifacts[@]}"; do
+        cmp -s "$cache/$f" "$out/$f" 2>/dev/null && continue
+        cp "$cache/$f" "$out/$f.tmp"
+        mv -f "$out/$f.tmp" "$out/$f"
+    done
+    if declare -F install_more >/dev/null; then install_more; fi
+    echo "$key" > "$out/key"
+    touch "$cache"
+}
+
 # recipe_cached CHECK_ONLY: with CHECK_ONLY 1 (`--check`), exits 0 if the cached build is valid
-# and 1 if it would be built. Otherwise a valid cached build is installed (install_out, the
-# recipe's own) and the recipe ends there; else this returns and the recipe builds.
+# and 1 if it would be built. Otherwise a valid cached build is installed (install_out) and
+# the recipe ends there; else this returns and the recipe builds.
 recipe_cached() {
     if [ "$1" = 1 ]; then
         if cache_valid; then say "cached build $key is valid: $cache"; exit 0; fi

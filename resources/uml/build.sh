@@ -37,19 +37,6 @@ recipe_version=1
 recipe_key
 artifacts=(linux config)
 
-install_out() {
-    mkdir -p "$out"
-    local f
-    for f in "${artifacts[@]}"; do
-        cmp -s "$cache/$f" "$out/$f" 2>/dev/null && continue
-        cp -p "$cache/$f" "$out/$f.tmp"
-        mv -f "$out/$f.tmp" "$out/$f"
-    done
-    echo "$key" > "$out/key"
-    # Marks the build as used: other recipes' builds are removed once unused for a week.
-    touch "$cache"
-}
-
 recipe_cached "$check_only"
 recipe_workdir
 say "building $key from $src_pkg $src_version (cold build: about 2.5 minutes; log: $work/build.log)"
