@@ -2,7 +2,8 @@
 //! Driven as a guest driver drives the device ([`Rig`]) over the `fd` transport: the driver
 //! kicks for one frame, sees it used, then, a moment later, adds a second chain without a
 //! kick. With `busy_poll=1000` the worker, still looking, sends the second frame byte-exact;
-//! without it, the second frame waits for its kick.
+//! without it, the second frame waits for its kick. `busy_poll=auto` looks after a stream of
+//! chains, and not after a lull.
 
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
@@ -24,7 +25,7 @@ const DELAY: Duration = Duration::from_micros(300);
 
 /// A device over `fd` with `busy_poll` µs, serving a rig that holds the transport's far end;
 /// and its control handle.
-fn serve(busy_poll: u16) -> (Rig, NetControl) {
+fn serve(busy_poll: &str) -> (Rig, NetControl) {
     let (fd, theirs) = transport_pair();
     let spec = format!(
         "vec0:transport=fd,fd={},busy_poll={busy_poll}",
@@ -97,24 +98,64 @@ fn sent(rig: &Rig) -> Vec<u8> {
     out
 }
 
-/// Of `ATTEMPTS` unkicked chains, how many the device sent without their kick; and its
+/// What the driver does before each attempt: `lead` chains, each kicked `pause` after the
+/// one before was used (a stream when the pause is none, a lull when it is milliseconds).
+struct Lead {
+    chains: u16,
+    pause: Duration,
+}
+
+/// None: the measured pair alone, after the worker slept.
+const NO_LEAD: Lead = Lead {
+    chains: 0,
+    pause: Duration::ZERO,
+};
+
+/// A stream: chains back to back.
+const STREAM: Lead = Lead {
+    chains: 8,
+    pause: Duration::ZERO,
+};
+
+/// Waits `d`: sleeping where it is long (the worker then sleeps too), spinning where it is
+/// short (the driver must act right after).
+fn wait(d: Duration) {
+    if d >= Duration::from_millis(1) {
+        std::thread::sleep(d);
+    } else {
+        let start = Instant::now();
+        while start.elapsed() < d {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Of `ATTEMPTS` unkicked chains, how many the device sent without their kick, each added
+/// `delay` after a kicked chain was used, itself after `lead`; and the device's
 /// `busy_poll_finds` counter.
-fn unkicked_chains_sent(busy_poll: u16) -> (u16, u64) {
+fn unkicked_chains_sent(busy_poll: &str, lead: Lead, delay: Duration) -> (u16, u64) {
     pin(Core::Driver);
     let (mut rig, ctl) = serve(busy_poll);
     let mut without_kick = 0;
+    let mut idx = 0u16;
     for a in 0..ATTEMPTS {
         // The worker asleep again (a spell lasts 1 ms at most): the kick below starts one.
         std::thread::sleep(Duration::from_millis(5));
-        let idx = 2 * a;
+        for _ in 0..lead.chains {
+            wait(lead.pause);
+            let frame = test_frame(80, GUEST_MAC, HOST_MAC, idx as u8);
+            let len = stage(&rig, &frame);
+            rig.offer(1, idx, TX_BUF, len, 0);
+            spin_until_used(&rig, idx + 1);
+            assert_eq!(sent(&rig), frame, "attempt {a}: a lead frame");
+            idx += 1;
+        }
+        wait(lead.pause);
         let first = test_frame(100, GUEST_MAC, HOST_MAC, idx as u8);
         let len = stage(&rig, &first);
         rig.offer(1, idx, TX_BUF, len, 0);
         spin_until_used(&rig, idx + 1);
-        let start = Instant::now();
-        while start.elapsed() < DELAY {
-            std::hint::spin_loop();
-        }
+        wait(delay);
         let second = test_frame(200, GUEST_MAC, HOST_MAC, idx as u8 + 1);
         let len = stage(&rig, &second);
         rig.publish(1, idx + 1, TX_BUF, len, 0);
@@ -130,6 +171,7 @@ fn unkicked_chains_sent(busy_poll: u16) -> (u16, u64) {
             rig.wait_used(1, idx + 2);
         }
         assert_eq!(sent(&rig), second, "attempt {a}: the unkicked frame");
+        idx += 2;
     }
     // The last spell adds its finds as it ends, within 1 ms.
     std::thread::sleep(Duration::from_millis(10));
@@ -146,8 +188,8 @@ fn unkicked_chains_sent(busy_poll: u16) -> (u16, u64) {
 /// find one in its last look before it sleeps.
 #[test]
 fn a_busy_polling_worker_takes_chains_it_was_not_kicked_for() {
-    let (without, no_finds) = unkicked_chains_sent(0);
-    let (with, finds) = unkicked_chains_sent(1000);
+    let (without, no_finds) = unkicked_chains_sent("0", NO_LEAD, DELAY);
+    let (with, finds) = unkicked_chains_sent("1000", NO_LEAD, DELAY);
     let said = format!(
         "left without a kick: {without} of {ATTEMPTS} without busy polling, {with} with it; \
          busy_poll_finds {no_finds} and {finds}"
@@ -156,4 +198,26 @@ fn a_busy_polling_worker_takes_chains_it_was_not_kicked_for() {
     assert!(without <= 2 && with >= ATTEMPTS / 2, "{said}");
     // Each chain sent unkicked was a find; nothing looks with busy polling off.
     assert!(no_finds == 0 && finds >= u64::from(with), "{said}");
+}
+
+/// `busy_poll=auto`: after a stream of chains the worker looks (each chain woke it within
+/// 50 µs of its last work, so its window grew) and sends a chain added as soon as the one
+/// before was used without its kick; after a lull (chains 5 ms apart) its window is none, and
+/// the same chain waits for its kick. Not exact counts, for the reasons above.
+#[test]
+fn an_auto_worker_looks_after_a_stream_not_after_a_lull() {
+    let soon = Duration::ZERO;
+    let (with, finds) = unkicked_chains_sent("auto", STREAM, soon);
+    let lull = Lead {
+        chains: 4,
+        pause: Duration::from_millis(5),
+    };
+    let (without, lull_finds) = unkicked_chains_sent("auto", lull, soon);
+    let said = format!(
+        "left without a kick: {with} of {ATTEMPTS} after a stream, {without} after a lull; \
+         busy_poll_finds {finds} and {lull_finds}"
+    );
+    eprintln!("{said}");
+    assert!(with >= ATTEMPTS / 2 && without <= 2, "{said}");
+    assert!(finds >= u64::from(with), "{said}");
 }

@@ -400,16 +400,16 @@ impl NetControl {
             });
         }
         // Given in the spec, each must be what the device runs with (omitted: kept).
-        if let Some(us) = spec
+        if let Some(want) = spec
             .common
             .busy_poll
-            .filter(|&us| BusyPoll::from_micros(us) != s.workers.busy)
+            .filter(|&want| BusyPoll::from_opt(Some(want)) != s.workers.busy)
         {
             return Err(SwapError::Workers {
                 device: device(),
                 what: "busy_poll",
-                have: format!("busy_poll={}", s.workers.busy.micros()),
-                want: us.to_string(),
+                have: format!("busy_poll={}", s.workers.busy),
+                want: want.to_string(),
             });
         }
         if let Some(set) = spec

@@ -33,7 +33,7 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::affinity;
-use super::busy::BusyPoll;
+use super::busy::{BusyPoll, Pace};
 use super::datapath::{Datapath, Step};
 use super::features::{self, Negotiated};
 use super::guard;
@@ -75,6 +75,8 @@ pub struct NetDevice {
     config: [u8; 12],
     /// How the workers run (busy polling, CPUs).
     workers: Workers,
+    /// Each worker's busy-polling window (`busy_poll=auto` adapts it), by pair.
+    paces: Vec<Mutex<Pace>>,
     exit: (EventConsumer, EventNotifier),
     /// The exit-event consumers handed to the crate, by number (see `close_leaked_exit_fds`).
     handed_out: Mutex<Vec<RawFd>>,
@@ -115,6 +117,7 @@ impl NetDevice {
         workers: Workers,
     ) -> io::Result<NetDevice> {
         Ok(NetDevice {
+            paces: (0..dps.len()).map(|_| Mutex::default()).collect(),
             dps,
             steerer,
             memory: RwLock::new(Mapped::default()),
@@ -169,10 +172,10 @@ fn same_file(a: RawFd, b: RawFd) -> bool {
     rc == 0
 }
 
-/// Locks the datapath; a panic elsewhere while it was held leaves counters at worst, so the
-/// lock is taken over rather than propagated.
-pub fn lock(dp: &Mutex<Datapath>) -> MutexGuard<'_, Datapath> {
-    dp.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Locks the datapath (or a worker's pace); a panic elsewhere while it was held leaves
+/// counters at worst, so the lock is taken over rather than propagated.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs one queue; returns whether the guest is to be signalled (after the datapath lock is
@@ -407,6 +410,8 @@ impl VhostUserBackend for NetDevice {
             return Ok(());
         };
         log::trace!("pair {thread_id}: event {device_event} {evset:?}");
+        let mut pace = lock(&self.paces[thread_id]);
+        let window = pace.wake(self.workers.busy);
         let (transport_rx, transport_tx) = transport_events(self.dps.len());
         let (signal_rx, signal_tx) = {
             let mut dp = lock(dp);
@@ -451,13 +456,15 @@ impl VhostUserBackend for NetDevice {
         if signal_tx {
             signal(tx);
         }
-        if !self.workers.busy.is_off() {
+        if window.is_zero() {
+            pace.spin(window, || false);
+        } else {
             let stats = {
                 let mut dp = lock(dp);
                 dp.hold_tx_kicks(true);
                 dp.stats()
             };
-            let finds = self.workers.busy.spin(|| look(dp, rx, tx, mem));
+            let finds = pace.spin(window, || look(dp, rx, tx, mem));
             stats.busy_poll_finds.fetch_add(finds, Ordering::Relaxed);
             // Kicks back on before the worker sleeps (on a ring the guest disabled meanwhile
             // too); a round only if chains raced in, which takes them and re-arms again.
@@ -516,7 +523,7 @@ mod tests {
             [0; 12],
             Workers {
                 name: "vec0".into(),
-                busy: BusyPoll::from_micros(0),
+                busy: BusyPoll::Off,
                 affinity: None,
             },
         )

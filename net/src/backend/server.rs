@@ -90,7 +90,7 @@ impl NetBackend {
             shared: Arc::new(Shared::new(
                 Workers {
                     name: spec.name.clone(),
-                    busy: BusyPoll::from_micros(spec.common.busy_poll.unwrap_or(0)),
+                    busy: BusyPoll::from_opt(spec.common.busy_poll),
                     affinity: spec.common.affinity.clone(),
                 },
                 dps.clone(),

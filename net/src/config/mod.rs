@@ -151,11 +151,12 @@ pub struct CommonOpts {
     /// socket on the NIC's queue of the pair's number) and its own worker thread, so a guest
     /// with several vCPUs moves frames on several host CPUs.
     pub queues: u16,
-    /// Microseconds a worker keeps looking for work after an event before it sleeps again
-    /// (`busy_poll`, 0..=1000; `None`, not given, is off like 0), as Linux's `SO_BUSY_POLL`:
-    /// lower latency and more throughput for a streaming guest, for a core's time spent
-    /// looking. Kept as given so a `net swap` spec can tell `busy_poll=0` from none.
-    pub busy_poll: Option<u16>,
+    /// How long a worker keeps looking for work after an event before it sleeps again
+    /// (`busy_poll`: microseconds, 0..=1000, or `auto`; `None`, not given, is off like 0), as
+    /// Linux's `SO_BUSY_POLL`: lower latency and more throughput for a streaming guest, for
+    /// a core's time spent looking. Kept as given so a `net swap` spec can tell `busy_poll=0`
+    /// from none.
+    pub busy_poll: Option<BusyPollOpt>,
     /// The host CPUs the device's worker threads (one per queue pair) run on (`affinity`,
     /// default: wherever the process may run), as `taskset`/`sched_setaffinity` would set
     /// them (see `backend::affinity` for what it trades). Checked against the process's own
@@ -209,6 +210,26 @@ impl fmt::Display for CpuSet {
             i += 1;
         }
         Ok(())
+    }
+}
+
+/// `busy_poll=`'s value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusyPollOpt {
+    /// A fixed window, in microseconds (0 is off).
+    Micros(u16),
+    /// A window sized by the worker from how soon events follow its work
+    /// (`backend::busy`), up to 50 µs.
+    Auto,
+}
+
+/// As the option takes it.
+impl fmt::Display for BusyPollOpt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BusyPollOpt::Micros(us) => write!(f, "{us}"),
+            BusyPollOpt::Auto => f.write_str("auto"),
+        }
     }
 }
 

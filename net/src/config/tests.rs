@@ -50,38 +50,54 @@ fn common_options() {
             bpffile: Some("/f.bpf".into()),
             bpfflash: true,
             queues: 1,
-            busy_poll: Some(50),
+            busy_poll: Some(BusyPollOpt::Micros(50)),
             affinity: None,
         }
     );
 }
 
 #[test]
-fn busy_poll_on_every_vector_transport_and_in_range() {
+fn busy_poll_on_every_vector_transport_in_range_or_auto() {
+    use BusyPollOpt::{Auto, Micros};
     assert_eq!(ok("vec0:transport=tap").common.busy_poll, None);
     assert_eq!(
         ok("vec0:transport=tap,busy_poll=0").common.busy_poll,
-        Some(0)
+        Some(Micros(0))
     );
     assert_eq!(
         ok("vec0:transport=tap,busy_poll=1000").common.busy_poll,
-        Some(1000)
+        Some(Micros(1000))
     );
     assert_eq!(
         ok("vec0:transport=gre,src=192.0.2.1,dst=192.0.2.2,busy_poll=20")
             .common
             .busy_poll,
-        Some(20)
+        Some(Micros(20))
     );
-    assert_eq!(ok("user,busy_poll=30").common.busy_poll, Some(30));
+    assert_eq!(ok("user,busy_poll=30").common.busy_poll, Some(Micros(30)));
+    assert_eq!(
+        ok("vec0:transport=raw,ifname=eth0,busy_poll=auto")
+            .common
+            .busy_poll,
+        Some(Auto)
+    );
     err(
         "vec0:transport=tap,busy_poll=1001",
-        &["busy_poll=1001", "0..=1000"],
+        &["busy_poll=1001", "0..=1000", "or auto"],
     );
-    err("vec0:transport=tap,busy_poll=-1", &["busy_poll=-1"]);
+    err(
+        "vec0:transport=tap,busy_poll=-1",
+        &["busy_poll=-1", "or auto"],
+    );
+    err(
+        "vec0:transport=tap,busy_poll=Auto",
+        &["busy_poll=Auto", "or auto"],
+    );
     // Each pair's worker looks for its own pair only, under its own lock.
     let c = ok("vec0:transport=tap,queues=2,busy_poll=50").common;
-    assert_eq!((c.queues, c.busy_poll), (2, Some(50)));
+    assert_eq!((c.queues, c.busy_poll), (2, Some(Micros(50))));
+    assert_eq!(Auto.to_string(), "auto");
+    assert_eq!(Micros(7).to_string(), "7");
 }
 
 #[test]

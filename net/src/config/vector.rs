@@ -292,9 +292,12 @@ fn common(opts: &Opts) -> Result<CommonOpts, ConfigError> {
         queues: opts
             .ranged("queues", 1, u64::from(MAX_QUEUE_PAIRS))?
             .map_or(d.queues, |n| n as u16),
-        busy_poll: opts
-            .ranged("busy_poll", 0, u64::from(MAX_BUSY_POLL_US))?
-            .map(|n| n as u16),
+        busy_poll: opts.parse("busy_poll", |v| match v {
+            "auto" => Ok(BusyPollOpt::Auto),
+            _ => value::ranged(v, 0, u64::from(MAX_BUSY_POLL_US))
+                .map(|n| BusyPollOpt::Micros(n as u16))
+                .map_err(|e| format!("{e}, or auto")),
+        })?,
         affinity: affinity(opts)?,
     };
     Ok(common)
