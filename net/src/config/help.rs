@@ -62,12 +62,14 @@ Options of every vector transport:
   headroom=N    bytes reserved before each frame                           default 2, 0..=256
   vec=0|1       multi-packet I/O; vec=0 moves one packet per call          default 1
   mac=MAC       the device's MAC (unicast)                      default: random, locally administered
-  busy_poll=US  microseconds the worker keeps looking for work after each event
-                before it sleeps (Linux's SO_BUSY_POLL, vhost-net's busyloop_timeout):
-                a streaming guest's chains are taken as they come, not a wake-up later,
-                for the time of a core spent looking: try 50 where a core is spare for
-                each busy queue pair (with fewer, the looking takes time the guests
-                need)                                                default 0 (off), 0..=1000
+  busy_poll=US|auto
+                how long the worker keeps looking for work after each event before
+                it sleeps (Linux's SO_BUSY_POLL, vhost-net's busyloop_timeout): a
+                streaming guest's chains are taken as they come, not a wake-up later,
+                for the time of a core spent looking. auto: a window of up to 50 us
+                that grows while events come close and shrinks to none when they do
+                not (an idle NIC never looks); US: always that long; 0: never
+                                                                     default auto, 0..=1000
   affinity=CPUS the host CPUs the device's workers (one per queue pair) run on, as taskset
                 sets them: a CPU N or a range N-M, the option repeated for more
                 (affinity=2-3,affinity=6); each must be one the process may run on, or

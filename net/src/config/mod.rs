@@ -152,7 +152,7 @@ pub struct CommonOpts {
     /// with several vCPUs moves frames on several host CPUs.
     pub queues: u16,
     /// How long a worker keeps looking for work after an event before it sleeps again
-    /// (`busy_poll`: microseconds, 0..=1000, or `auto`; `None`, not given, is off like 0), as
+    /// (`busy_poll`: microseconds, 0..=1000, or `auto`; `None`, not given, is `auto`), as
     /// Linux's `SO_BUSY_POLL`: lower latency and more throughput for a streaming guest, for
     /// a core's time spent looking. Kept as given so a `net swap` spec can tell `busy_poll=0`
     /// from none.
