@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # What busy polling costs and what it buys: our backend's own CPU time (the whole process, all
-# its threads, from /proc/PID/stat once the guest is gone) through three loads of the same UML
+# its threads, from /proc/PID/stat once the guest is gone) through four loads of the same UML
 # guest (virtio_uml, our backend over one transport), for each `busy_poll` setting:
 #   idle    the guest boots, sleeps IDLE seconds and powers off: no traffic but the boot's
 #   ping    the guest pings the host PINGS times, 10 ms apart: sparse request and reply
+#   trickle iperf3 guest->host for SECONDS at TRICKLE (default 20M, iperf3's -b): a steady
+#           stream of frames too far apart for looking to catch the next
 #   stream  iperf3 guest->host for SECONDS, then host->guest for SECONDS
 #   resources/bench/busy-poll-cost.sh [SECONDS]   (default 10; needs root and resources/setup.sh)
 # Env: SETTINGS="0 auto 50" (busy_poll values, each a column), TRANSPORT=tap (raw, tap or
-# hybrid), OPTS=",gro=1" (appended to the spec), IDLE=10, PINGS=200, ROUNDS=N (default 1: the
-# settings alternate within a round, and each cell is the median of the rounds), VMM.
+# hybrid), OPTS=",gro=1" (appended to the spec), IDLE=10, PINGS=200, TRICKLE=20M, ROUNDS=N
+# (default 1: the settings alternate within a round, and each cell is the median of the
+# rounds), VMM.
 # Prints, per load and setting: the backend's CPU time in ms (the kernel counts it in clock
-# ticks, 10 ms on Debian), and what the load measured (the round trip in ms; Gbit/s each way).
+# ticks, 10 ms on Debian), and what the load measured (the round trip in ms; the trickle's
+# Mbit/s; the stream's Gbit/s each way).
 set -euo pipefail
 secs="${1:-10}"
 case "$secs" in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
@@ -65,11 +69,17 @@ esac
 ip netns exec "$ns" iperf3 -s -B $peer >/dev/null 2>&1 &
 sleep 0.3
 
-# The guest's three loads, each printing "BENCH KEY VALUE".
+# The guest's four loads, each printing "BENCH KEY VALUE".
 echo "sleep $idle" > "$work/idle.sh"
 cat > "$work/ping.sh" <<SCRIPT
 rtt=\$(ping -q -c $pings -i 0.01 $peer | sed -n 's|.* = [0-9.]*/\([0-9.]*\)/.*|\1|p')
 echo "BENCH rtt \${rtt:-0}"
+SCRIPT
+trickle="${TRICKLE:-20M}"
+case "$trickle" in '' | *[!0-9KMG]*) echo "TRICKLE=$trickle: a rate as iperf3 -b takes it (20M)" >&2; exit 2 ;; esac
+cat > "$work/trickle.sh" <<SCRIPT
+rate=\$(iperf3 -c $peer -t $secs -f m -b $trickle | sed -n 's/.* \([0-9.]*\) Mbits\/sec.*receiver.*/\1/p')
+echo "BENCH tx \${rate:-0}"
 SCRIPT
 cat > "$work/stream.sh" <<SCRIPT
 for dir in tx rx; do
@@ -79,7 +89,7 @@ for dir in tx rx; do
 done
 SCRIPT
 
-loads="idle ping stream"
+loads="idle ping trickle stream"
 for r in $(seq "$rounds"); do
     for load in $loads; do
         for s in $settings; do
@@ -120,6 +130,7 @@ for load in $loads; do
     echo
     case "$load" in
         ping) keys="rtt:1:rtt-ms" ;;
+        trickle) keys="tx:1:guest-host-Mb/s" ;;
         stream) keys="tx:1000:guest-host-Gb/s rx:1000:host-guest-Gb/s" ;;
         *) keys="" ;;
     esac

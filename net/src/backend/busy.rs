@@ -12,9 +12,11 @@
 //! `busy_poll=US` looks for a fixed window. `busy_poll=auto` sizes the window from how long
 //! the worker has been sleeping, as QEMU's event loop sizes its polling (`poll-max-ns`): when
 //! the next event came soon enough that looking [`AUTO_MAX`] would have caught it, the window
-//! doubles; when it came later, looking would have been wasted, and the window halves, down to
-//! none. A stream's events come microseconds apart and keep the window at its top; a NIC
-//! that carries a ping a second, or nothing, looks for nothing.
+//! doubles; when it came later and the spell before it found nothing, the looking was wasted,
+//! and the window halves, down to none. A spell that found work keeps the window across the
+//! gap after it: a burst it followed has ended, and the next will want it again. A stream's
+//! events come microseconds apart and keep the window at its top; a NIC that carries a frame
+//! now and then, or nothing, looks for nothing.
 //!
 //! `auto` is the default, as adaptive polling is QEMU's for its I/O threads: measured with
 //! the UML guest (`resources/bench/busy-poll-cost.sh`), it costs an idle or pinged NIC no CPU
@@ -58,6 +60,9 @@ pub struct Pace {
     /// When the worker's last event's work ended, or its last look that found work: an
     /// event that comes within the window of it is one looking would have caught.
     last_work: Option<Instant>,
+    /// The last spell found work: the window was worth its looks, whenever the next event
+    /// comes.
+    paid: bool,
 }
 
 impl BusyPoll {
@@ -86,20 +91,26 @@ impl Pace {
             BusyPoll::Fixed(window) => window,
             BusyPoll::Auto => {
                 if let Some(last) = self.last_work.take() {
-                    self.adapt(last.elapsed());
+                    self.adapt(last.elapsed(), self.paid);
                 }
                 self.window
             }
         }
     }
 
-    /// The auto window after an event `idle` past the last work.
-    fn adapt(&mut self, idle: Duration) {
+    /// The auto window after an event `idle` past the last work, the spell before it having
+    /// found work (`paid`) or not.
+    fn adapt(&mut self, idle: Duration, paid: bool) {
         self.window = if idle <= AUTO_MAX {
             // Looking long enough would have found this event without sleeping.
             (self.window * 2).clamp(AUTO_MIN, AUTO_MAX)
+        } else if paid {
+            // A burst the spell followed has ended: the window served it, and the next
+            // burst will want it again.
+            self.window
         } else if self.window / 2 >= AUTO_MIN {
-            // Looking as long as allowed would not have: look less.
+            // Looking as long as allowed would not have found this event, nor did the
+            // looking before it find anything: look less.
             self.window / 2
         } else {
             Duration::ZERO
@@ -130,6 +141,7 @@ impl Pace {
             }
         }
         self.last_work = Some(last_find);
+        self.paid = found > 0;
         found
     }
 
@@ -212,7 +224,7 @@ mod tests {
         assert_eq!(pace.wake(BusyPoll::Auto), Duration::ZERO);
         let mut windows = Vec::new();
         for idle in [0, 3, 10, 50, 20, 1] {
-            pace.adapt(Duration::from_micros(idle));
+            pace.adapt(Duration::from_micros(idle), false);
             windows.push(pace.window().as_micros());
         }
         assert_eq!(windows, [4, 8, 16, 32, 50, 50]);
@@ -224,16 +236,42 @@ mod tests {
     fn an_auto_window_shrinks_to_none_when_events_come_far_apart() {
         let mut pace = Pace::default();
         for _ in 0..8 {
-            pace.adapt(Duration::ZERO);
+            pace.adapt(Duration::ZERO, false);
         }
         let mut windows = Vec::new();
         for idle in [51, 1000, 60, 10_000_000, 51, 51] {
-            pace.adapt(Duration::from_micros(idle));
+            pace.adapt(Duration::from_micros(idle), false);
             windows.push(pace.window().as_micros());
         }
         assert_eq!(windows, [25, 12, 6, 0, 0, 0]);
-        pace.adapt(Duration::from_micros(2));
+        pace.adapt(Duration::from_micros(2), false);
         assert_eq!(pace.window(), AUTO_MIN);
+    }
+
+    /// A far event after a spell that found work (a burst's end) leaves the window as it
+    /// was: it served the burst. The next spell that finds nothing lets it shrink again.
+    #[test]
+    fn an_auto_window_that_paid_is_kept_across_a_gap() {
+        let mut pace = Pace::default();
+        for _ in 0..8 {
+            pace.adapt(Duration::ZERO, false);
+        }
+        pace.adapt(Duration::from_millis(5), true);
+        assert_eq!(pace.window(), AUTO_MAX);
+        pace.adapt(Duration::from_millis(5), false);
+        assert_eq!(pace.window(), AUTO_MAX / 2);
+
+        // Through the clock: a spell that finds work, then a long sleep.
+        let mut left = 1;
+        pace.spin(AUTO_MIN, || {
+            left -= 1;
+            left >= 0
+        });
+        std::thread::sleep(AUTO_MAX * 20);
+        assert_eq!(pace.wake(BusyPoll::Auto), AUTO_MAX / 2);
+        pace.spin(AUTO_MIN, || false);
+        std::thread::sleep(AUTO_MAX * 20);
+        assert_eq!(pace.wake(BusyPoll::Auto), AUTO_MAX / 4);
     }
 
     /// The clock through `wake` and `spin`: an event long after the work shrinks the window,
@@ -241,8 +279,8 @@ mod tests {
     #[test]
     fn an_auto_window_follows_the_time_since_the_last_work() {
         let mut pace = Pace::default();
-        pace.adapt(Duration::ZERO);
-        pace.adapt(Duration::ZERO);
+        pace.adapt(Duration::ZERO, false);
+        pace.adapt(Duration::ZERO, false);
         assert_eq!(pace.window(), AUTO_MIN * 2);
         pace.spin(Duration::ZERO, || false);
         std::thread::sleep(AUTO_MAX * 20);
