@@ -78,7 +78,7 @@ SCRIPT
 trickle="${TRICKLE:-20M}"
 case "$trickle" in '' | *[!0-9KMG]*) echo "TRICKLE=$trickle: a rate as iperf3 -b takes it (20M)" >&2; exit 2 ;; esac
 cat > "$work/trickle.sh" <<SCRIPT
-rate=\$(iperf3 -c $peer -t $secs -f m -b $trickle | sed -n 's/.* \([0-9.]*\) Mbits\/sec.*receiver.*/\1/p')
+rate=\$(iperf3 -c $peer -t $secs -f m -u -l 1400 -b $trickle | sed -n 's/.* \([0-9.]*\) Mbits\/sec.* ([0-9.]*%).*receiver.*/\1/p')
 echo "BENCH tx \${rate:-0}"
 SCRIPT
 cat > "$work/stream.sh" <<SCRIPT
