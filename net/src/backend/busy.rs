@@ -68,7 +68,7 @@ pub enum BusyPoll {
 pub struct Pace {
     window: Duration,
     /// When the worker's last event's work ended, or its last look that found work: an
-    /// event that comes within the window of it is one looking would have caught.
+    /// event that wakes it within [`GROW_WITHIN`] of this grows the window.
     last_work: Option<Instant>,
 }
 
