@@ -144,11 +144,6 @@ impl Pace {
         self.last_work = Some(last_find);
         found
     }
-
-    /// The window the next spell looks for (`busy_poll=auto`; a fixed one is the policy's).
-    pub fn window(&self) -> Duration {
-        self.window
-    }
 }
 
 /// As `busy_poll=` takes it.
@@ -225,7 +220,7 @@ mod tests {
         let mut windows = Vec::new();
         for idle in [0, 3, 200, 50, 120, 1] {
             pace.adapt(Duration::from_micros(idle));
-            windows.push(pace.window().as_micros());
+            windows.push(pace.window.as_micros());
         }
         assert_eq!(windows, [4, 8, 16, 32, 50, 50]);
     }
@@ -241,11 +236,11 @@ mod tests {
         let mut windows = Vec::new();
         for idle in [201, 1000, 260, 10_000_000, 201, 201] {
             pace.adapt(Duration::from_micros(idle));
-            windows.push(pace.window().as_micros());
+            windows.push(pace.window.as_micros());
         }
         assert_eq!(windows, [25, 12, 6, 0, 0, 0]);
         pace.adapt(Duration::from_micros(2));
-        assert_eq!(pace.window(), AUTO_MIN);
+        assert_eq!(pace.window, AUTO_MIN);
     }
 
     /// The clock through `wake` and `spin`: an event long after the work shrinks the window,
@@ -255,7 +250,7 @@ mod tests {
         let mut pace = Pace::default();
         pace.adapt(Duration::ZERO);
         pace.adapt(Duration::ZERO);
-        assert_eq!(pace.window(), AUTO_MIN * 2);
+        assert_eq!(pace.window, AUTO_MIN * 2);
         pace.spin(Duration::ZERO, || false);
         std::thread::sleep(AUTO_MAX * 20);
         assert_eq!(pace.wake(BusyPoll::Auto), AUTO_MIN);
