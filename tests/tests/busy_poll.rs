@@ -201,7 +201,7 @@ fn a_busy_polling_worker_takes_chains_it_was_not_kicked_for() {
 }
 
 /// `busy_poll=auto`: after a stream of chains the worker looks (each chain woke it within
-/// 50 µs of its last work, so its window grew) and sends a chain added as soon as the one
+/// 200 µs of its last work, so its window grew) and sends a chain added as soon as the one
 /// before was used without its kick; after a lull (chains 5 ms apart) its window is none, and
 /// the same chain waits for its kick. Not exact counts, for the reasons above.
 #[test]
