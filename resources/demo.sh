@@ -18,17 +18,9 @@ extra="${1:+,$1}"
 bash "$root/resources/setup.sh"
 (cd "$root" && cargo build --release --quiet -p vmm-cli -p vmm-test-guest)
 
-ns="vmmdemo$$"
-work="$(mktemp -d)"
-cleanup() {
-    [ -n "${backend:-}" ] && kill "$backend" 2>/dev/null && wait "$backend" 2>/dev/null
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
+# shellcheck source=resources/bench/scratch.sh
+. "$root/resources/bench/scratch.sh"
+scratch_ns vmmdemo
 ip -n "$ns" link add host0 type veth peer name guest0
 ip -n "$ns" addr add 10.0.2.1/24 dev host0
 ip -n "$ns" link set host0 up
@@ -80,7 +72,7 @@ fi
 echo "demo: UML guest on vmm net-backend $spec"
 RUST_LOG=info ip netns exec "$ns" "$root/target/release/vmm" net-backend \
     --socket "$work/vec0.sock" "$spec" 2> "$work/backend.log" &
-backend=$!
+backend_pid=$!
 for _ in $(seq 100); do [ -S "$work/vec0.sock" ] && break; sleep 0.05; done
 [ -S "$work/vec0.sock" ] || { cat "$work/backend.log"; exit 1; }
 

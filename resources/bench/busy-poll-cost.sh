@@ -41,17 +41,9 @@ for s in $settings; do
 done
 hz="$(getconf CLK_TCK)"
 
-ns="vcost$$"
-work="$(mktemp -d)"
-cleanup() {
-    [ -n "${backend_pid:-}" ] && kill "$backend_pid" 2>/dev/null || true
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
+# shellcheck source=resources/bench/scratch.sh
+. "$root/resources/bench/scratch.sh"
+scratch_ns vcost
 peer=10.78.0.1
 guest=10.78.0.2
 case "$transport" in

@@ -25,17 +25,11 @@ vmm="${VMM:-$root/target/release/vmm}"
 [ "$(id -u)" = 0 ] || { echo "run as root (a namespace, a veth pair)" >&2; exit 2; }
 command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing: apt-get install dpdk-dev" >&2; exit 2; }
 
-ns="vtpmd$$"
-work="$(mktemp -d)"
-cleanup() {
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-    [ -n "${backend:-}" ] && kill "$backend" 2>/dev/null || true
-    pkill -f "file-prefix=$ns" 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
+# testpmd's own processes (outside the namespace): by the file prefix each run gives them.
+scratch_also() { pkill -f "file-prefix=$ns" 2>/dev/null || true; }
+# shellcheck source=resources/bench/scratch.sh
+. "$root/resources/bench/scratch.sh"
+scratch_ns vtpmd
 ip -n "$ns" link add va type veth peer name vb
 ip -n "$ns" link set va up
 ip -n "$ns" link set vb up
@@ -91,13 +85,13 @@ ours_on() {
     [ "$queues" = 1 ] && qs=1
     ip netns exec "$ns" "$vmm" net-backend --socket "$sock" "vec0:transport=$transport,ifname=va$q" \
         >"$work/backend-$transport.log" 2>&1 &
-    backend=$!
+    backend_pid=$!
     for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
     [ -S "$sock" ] || { cat "$work/backend-$transport.log" >&2; echo "the backend did not start" >&2; exit 1; }
     testpmd_rate host "net_virtio_user0,path=$sock,queues=$qs,queue_size=256" "ours-$transport"
-    kill "$backend"
-    wait "$backend" 2>/dev/null || true
-    backend=""
+    kill "$backend_pid"
+    wait "$backend_pid" 2>/dev/null || true
+    backend_pid=""
 }
 
 ours=$(ours_on raw)

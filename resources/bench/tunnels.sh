@@ -43,16 +43,9 @@ vmm="${VMM:-$root/target/release/vmm}"
 run="$root/resources/uml/run.sh"
 [ -x "$vmm" ] || { echo "build first: cargo build --release ($vmm missing)" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 2; }
-ns="vtun$$"
-work="$(mktemp -d)"
-cleanup() {
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-    [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
+# shellcheck source=resources/bench/scratch.sh
+. "$root/resources/bench/scratch.sh"
+scratch_ns vtun
 ip -n "$ns" addr add 127.0.0.2/8 dev lo 2>/dev/null || true
 
 # Guest A (UML's own transport, 10.9.0.1) serves; guest B (10.9.0.2) measures both ways.

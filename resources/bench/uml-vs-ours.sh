@@ -48,17 +48,9 @@ run="$root/resources/uml/run.sh"
 [ -x "$vmm" ] || { echo "build first: cargo build --release ($vmm missing)" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces, taps)" >&2; exit 2; }
 
-ns="vbench$$"
-work="$(mktemp -d)"
-cleanup() {
-    [ -n "${backend_pid:-}" ] && kill "$backend_pid" 2>/dev/null || true
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
+# shellcheck source=resources/bench/scratch.sh
+. "$root/resources/bench/scratch.sh"
+scratch_ns vbench
 peer=10.77.0.1
 guest=10.77.0.2
 
