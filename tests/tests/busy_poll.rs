@@ -130,10 +130,18 @@ fn wait(d: Duration) {
     }
 }
 
+/// The device's busy-polling counters after a run.
+#[derive(Debug)]
+struct Looked {
+    finds: u64,
+    spells: u64,
+    us: u64,
+}
+
 /// Of `ATTEMPTS` unkicked chains, how many the device sent without their kick, each added
 /// `delay` after a kicked chain was used, itself after `lead`; and the device's
-/// `busy_poll_finds` counter.
-fn unkicked_chains_sent(busy_poll: &str, lead: Lead, delay: Duration) -> (u16, u64) {
+/// busy-polling counters.
+fn unkicked_chains_sent(busy_poll: &str, lead: Lead, delay: Duration) -> (u16, Looked) {
     pin(Core::Driver);
     let (mut rig, ctl) = serve(busy_poll);
     let mut without_kick = 0;
@@ -175,8 +183,14 @@ fn unkicked_chains_sent(busy_poll: &str, lead: Lead, delay: Duration) -> (u16, u
     }
     // The last spell adds its finds as it ends, within 1 ms.
     std::thread::sleep(Duration::from_millis(10));
-    let finds = ctl.stats().get("busy_poll_finds").expect("the counter");
-    (without_kick, finds)
+    let stats = ctl.stats();
+    let counter = |name| stats.get(name).expect(name);
+    let looked = Looked {
+        finds: counter("busy_poll_finds"),
+        spells: counter("busy_poll_spells"),
+        us: counter("busy_poll_us"),
+    };
+    (without_kick, looked)
 }
 
 /// With `busy_poll=1000` the worker still looks when the chain comes, and sends it unkicked
@@ -188,36 +202,44 @@ fn unkicked_chains_sent(busy_poll: &str, lead: Lead, delay: Duration) -> (u16, u
 /// find one in its last look before it sleeps.
 #[test]
 fn a_busy_polling_worker_takes_chains_it_was_not_kicked_for() {
-    let (without, no_finds) = unkicked_chains_sent("0", NO_LEAD, DELAY);
-    let (with, finds) = unkicked_chains_sent("1000", NO_LEAD, DELAY);
+    let (without, off) = unkicked_chains_sent("0", NO_LEAD, DELAY);
+    let (with, on) = unkicked_chains_sent("1000", NO_LEAD, DELAY);
     let said = format!(
         "left without a kick: {without} of {ATTEMPTS} without busy polling, {with} with it; \
-         busy_poll_finds {no_finds} and {finds}"
+         {off:?} and {on:?}"
     );
     eprintln!("{said}");
     assert!(without <= 2 && with >= ATTEMPTS / 2, "{said}");
     // Each chain sent unkicked was a find; nothing looks with busy polling off.
-    assert!(no_finds == 0 && finds >= u64::from(with), "{said}");
+    assert!(off.finds == 0 && on.finds >= u64::from(with), "{said}");
+    assert!(off.spells == 0 && off.us == 0, "{said}");
+    // A spell after each kicked chain at least, each lasting its window or more.
+    assert!(on.spells >= u64::from(ATTEMPTS), "{said}");
+    assert!(on.us >= on.spells * 1000, "{said}");
 }
 
 /// `busy_poll=auto`: after a stream of chains the worker looks (each chain woke it within
 /// 200 µs of its last work, so its window grew) and sends a chain added as soon as the one
 /// before was used without its kick; after a lull (chains 5 ms apart) its window is none, and
-/// the same chain waits for its kick. Not exact counts, for the reasons above.
+/// the same chain waits for its kick, and the worker does not look at all
+/// (`busy_poll_spells`). Not exact counts, for the reasons above.
 #[test]
 fn an_auto_worker_looks_after_a_stream_not_after_a_lull() {
     let soon = Duration::ZERO;
-    let (with, finds) = unkicked_chains_sent("auto", STREAM, soon);
+    let (with, stream) = unkicked_chains_sent("auto", STREAM, soon);
     let lull = Lead {
         chains: 4,
         pause: Duration::from_millis(5),
     };
-    let (without, lull_finds) = unkicked_chains_sent("auto", lull, soon);
+    let (without, lulls) = unkicked_chains_sent("auto", lull, soon);
     let said = format!(
         "left without a kick: {with} of {ATTEMPTS} after a stream, {without} after a lull; \
-         busy_poll_finds {finds} and {lull_finds}"
+         {stream:?} and {lulls:?}"
     );
     eprintln!("{said}");
     assert!(with >= ATTEMPTS / 2 && without <= 2, "{said}");
-    assert!(finds >= u64::from(with), "{said}");
+    assert!(stream.finds >= u64::from(with), "{said}");
+    assert!(stream.spells > 0 && stream.us > 0, "{said}");
+    // A lull never opens the window (0 spells here); as above, not exact.
+    assert!(lulls.spells <= 2, "{said}");
 }

@@ -710,6 +710,8 @@ fn device_counters(c: &NetCounters) -> Vec<(&'static str, u64)> {
         ("dropped_at_swap", g(&c.dropped_at_swap)),
         ("rx_dropped_unserved", g(&c.rx_dropped_unserved)),
         ("busy_poll_finds", g(&c.busy_poll_finds)),
+        ("busy_poll_spells", g(&c.busy_poll_spells)),
+        ("busy_poll_us", g(&c.busy_poll_us)),
         ("bad_chain_bad_address", g(&b.bad_address)),
         ("bad_chain_wrong_direction", g(&b.wrong_direction)),
         ("bad_chain_unterminated", g(&b.unterminated)),

@@ -159,6 +159,12 @@ pub struct NetCounters {
     /// Looks of a busy-polling worker (`busy_poll`, see [`super::busy`]) that found work:
     /// chains taken or frames delivered without waiting for a wake-up.
     pub busy_poll_finds: AtomicU64,
+    /// Spells of looking: events after which a worker looked for more work before it slept
+    /// (with `busy_poll=auto`, those that found its window open).
+    pub busy_poll_spells: AtomicU64,
+    /// Microseconds the workers spent in those spells, the work they found included: what
+    /// looking cost in CPU time, at most, without reading the process's own.
+    pub busy_poll_us: AtomicU64,
 }
 
 impl NetCounters {
@@ -171,7 +177,7 @@ impl NetCounters {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let b = &self.bad_chains;
         format!(
-            "rx {} pkts {} bytes ({} merged, {} direct), tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx runt {} over-mtu {} gso {} bad-offload {}, at disconnect {}, unserved pair {}; bad chains {} (bad-address {} wrong-direction {} unterminated {} too-long {} empty {}); csum completed {}",
+            "rx {} pkts {} bytes ({} merged, {} direct), tx {} pkts {} bytes; dropped: rx too-big {} gso {} bad-header {}, tx runt {} over-mtu {} gso {} bad-offload {}, at disconnect {}, unserved pair {}; bad chains {} (bad-address {} wrong-direction {} unterminated {} too-long {} empty {}); csum completed {}; busy polling {} spells {} us {} finds",
             g(&self.rx_packets),
             g(&self.rx_bytes),
             g(&self.rx_coalesced),
@@ -194,6 +200,9 @@ impl NetCounters {
             g(&b.too_long),
             g(&b.empty),
             g(&self.rx_csum_completed),
+            g(&self.busy_poll_spells),
+            g(&self.busy_poll_us),
+            g(&self.busy_poll_finds),
         )
     }
 }
