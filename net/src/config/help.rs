@@ -67,8 +67,10 @@ Options of every vector transport:
                 it sleeps (Linux's SO_BUSY_POLL, vhost-net's busyloop_timeout): a
                 streaming guest's chains are taken as they come, not a wake-up later,
                 for the time of a core spent looking. auto: a window of up to 50 us
-                that grows while events come close and shrinks to none when they do
-                not (an idle NIC never looks); US: always that long; 0: never
+                that opens at the second close event in a row (not at a ping's echo),
+                grows while they come close and shrinks to none when they do not (an
+                idle NIC never looks); US: always that long; 0: never. What it cost:
+                busy_poll_spells and busy_poll_us in the device's counters
                                                                      default auto, 0..=1000
   affinity=CPUS the host CPUs the device's workers (one per queue pair) run on, as taskset
                 sets them: a CPU N or a range N-M, the option repeated for more
