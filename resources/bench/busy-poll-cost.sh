@@ -13,8 +13,10 @@
 # (default 1: the settings alternate within a round, and each cell is the median of the
 # rounds), VMM.
 # Prints, per load and setting: the backend's CPU time in ms (the kernel counts it in clock
-# ticks, 10 ms on Debian), and what the load measured (the round trip in ms; the trickle's
-# Mbit/s; the stream's Gbit/s each way).
+# ticks, 10 ms on Debian); the ms its workers spent in spells of looking, by the clock
+# (busy_poll_us, from the line the backend logs as the guest goes; a look that finds nothing
+# yields the core, so their CPU time is less); and what the load measured (the round trip in
+# ms; the trickle's Mbit/s; the stream's Gbit/s each way).
 set -euo pipefail
 secs="${1:-10}"
 case "$secs" in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
@@ -88,7 +90,8 @@ for r in $(seq "$rounds"); do
             out="$work/$load.$s.$r"
             sock="$work/sock"
             rm -f "$sock"
-            ip netns exec "$ns" "$vmm" net-backend --socket "$sock" \
+            # RUST_LOG=info: the line it logs as the guest goes carries the busy-poll counters.
+            ip netns exec "$ns" env RUST_LOG=info "$vmm" net-backend --socket "$sock" \
                 "vec0:transport=$transport,ifname=$ifname$opts,busy_poll=$s" 2> "$out.backend" &
             backend_pid=$!
             for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
@@ -98,6 +101,11 @@ for r in $(seq "$rounds"); do
                 "/proc/$backend_pid/stat" >> "$out" 2>/dev/null || true
             kill "$backend_pid" 2>/dev/null; wait "$backend_pid" 2>/dev/null || true
             backend_pid=""
+            # busy_poll_us, in ms, summed over the queue pairs' lines as the guest went (the
+            # line logged as the backend stops repeats them).
+            sed '/ stopped; /,$d' "$out.backend" |
+                sed -n 's/.* busy polling [0-9]* spells \([0-9]*\) us .*/\1/p' |
+                awk '{ us += $1 } END { if (NR) print "BENCH looked " us / 1000 }' >> "$out"
         done
     done
 done
@@ -119,6 +127,9 @@ echo
 for load in $loads; do
     printf '%-8s %-14s' "$load" "backend CPU ms"
     for s in $settings; do printf ' %12s' "$(cell "$load" "$s" cpu 1)"; done
+    echo
+    printf '%-8s %-14s' "" "spells, ms"
+    for s in $settings; do printf ' %12s' "$(cell "$load" "$s" looked 1)"; done
     echo
     case "$load" in
         ping) keys="rtt:1:rtt-ms" ;;

@@ -162,8 +162,9 @@ pub struct NetCounters {
     /// Spells of looking: events after which a worker looked for more work before it slept
     /// (with `busy_poll=auto`, those that found its window open).
     pub busy_poll_spells: AtomicU64,
-    /// Microseconds the workers spent in those spells, the work they found included: what
-    /// looking cost in CPU time, at most, without reading the process's own.
+    /// Microseconds the workers spent in those spells, by the clock, the work they found
+    /// included. Their CPU time in them is less: a look that finds nothing yields the core
+    /// to any thread waiting for it.
     pub busy_poll_us: AtomicU64,
 }
 

@@ -69,8 +69,8 @@ Options of every vector transport:
                 for the time of a core spent looking. auto: a window of up to 50 us
                 that opens at the second close event in a row (not at a ping's echo),
                 grows while they come close and shrinks to none when they do not (an
-                idle NIC never looks); US: always that long; 0: never. What it cost:
-                busy_poll_spells and busy_poll_us in the device's counters
+                idle NIC never looks); US: always that long; 0: never. How often and how
+                long it looked: busy_poll_spells and busy_poll_us in the counters
                                                                      default auto, 0..=1000
   affinity=CPUS the host CPUs the device's workers (one per queue pair) run on, as taskset
                 sets them: a CPU N or a range N-M, the option repeated for more
