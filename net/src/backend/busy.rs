@@ -21,8 +21,8 @@
 //! `auto` is the default, as adaptive polling is QEMU's for its I/O threads. Measured with
 //! the UML guest over tap (`resources/bench/busy-poll-cost.sh`, README): an idle or pinged NIC
 //! costs no CPU time the kernel can count; a stream 1.8–2.0 times the backend's CPU of no
-//! looking for 1.3–1.9 times the throughput, as a fixed 50 µs does; a trickle of datagrams a
-//! few hundred microseconds apart, 1.1–1.2 times, where a fixed 50 µs costs 2.7–3. A ping's
+//! looking for 1.1–2.0 times the throughput, as a fixed 50 µs does; a trickle of datagrams a
+//! few hundred microseconds apart, 1.0–1.2 times, where a fixed 50 µs costs 2.2–3. A ping's
 //! round trip took 1.2–1.4 times as long as with no looking on the 2-core VM measured, where
 //! the looking worker and the guest share the cores, until its echo stopped starting a
 //! window ([`Pace::last_close`]): since, a ping's events find the window at none.
