@@ -137,19 +137,21 @@ impl Pace {
 
     /// Calls `look` (which does what work it finds and says whether it found any) until it
     /// has found none for `window`, each find starting the window again, and for
-    /// [`MAX_SPELL`] at most; returns how many looks found work. Call it with the window
-    /// [`Pace::wake`] gave, zero included, as the event's work is done: it marks when.
-    pub fn spin(&mut self, window: Duration, mut look: impl FnMut() -> bool) -> u64 {
+    /// [`MAX_SPELL`] at most; says how many looks found work and how long it looked. Call it
+    /// with the window [`Pace::wake`] gave, zero included, as the event's work is done: it
+    /// marks when.
+    pub fn spin(&mut self, window: Duration, mut look: impl FnMut() -> bool) -> Spell {
         let start = Instant::now();
         let mut last_find = start;
-        let mut found = 0;
+        let mut spell = Spell::default();
         while !window.is_zero() {
             let now = Instant::now();
-            if now.duration_since(last_find) >= window || now.duration_since(start) >= MAX_SPELL {
+            spell.took = now.duration_since(start);
+            if now.duration_since(last_find) >= window || spell.took >= MAX_SPELL {
                 break;
             }
             if look() {
-                found += 1;
+                spell.finds += 1;
                 last_find = Instant::now();
             } else {
                 // Gives the core to any thread waiting for it here (the guest's, just woken by
@@ -159,8 +161,18 @@ impl Pace {
             }
         }
         self.last_work = Some(last_find);
-        found
+        spell
     }
+}
+
+/// What one spell of looking did ([`Pace::spin`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spell {
+    /// Looks that found work.
+    pub finds: u64,
+    /// From the spell's start to its last look at the clock, by the clock: the work found
+    /// included, and any time the core was yielded to another thread.
+    pub took: Duration,
 }
 
 /// As `busy_poll=` takes it.
@@ -189,7 +201,7 @@ mod tests {
                 looks += 1;
                 true
             }),
-            0
+            Spell::default()
         );
         assert_eq!(looks, 0);
     }
@@ -201,20 +213,27 @@ mod tests {
         let window = pace.wake(BusyPoll::from_micros(200));
         assert_eq!(window, Duration::from_micros(200));
         let start = Instant::now();
-        assert_eq!(pace.spin(window, || false), 0);
+        let spell = pace.spin(window, || false);
         let idle = start.elapsed();
+        assert_eq!(spell.finds, 0);
         assert!(idle >= Duration::from_micros(200), "{idle:?}");
+        // The spell's own count of its time: the window at least, no more than it took.
+        assert!(
+            spell.took >= window && spell.took <= idle,
+            "{spell:?} {idle:?}"
+        );
 
         // Work found at the first three looks: the window runs from the third.
         let mut left = 3;
         let start = Instant::now();
-        let found = pace.spin(window, || {
+        let spell = pace.spin(window, || {
             let work = left > 0;
             left -= i32::from(work);
             work
         });
-        assert_eq!(found, 3);
+        assert_eq!(spell.finds, 3);
         assert!(start.elapsed() >= Duration::from_micros(200));
+        assert!(spell.took >= window, "{spell:?}");
     }
 
     /// Work that never stops still ends the spell, so the worker gets back to its epoll.
@@ -223,9 +242,10 @@ mod tests {
         let start = Instant::now();
         let found = Pace::default().spin(Duration::from_micros(500), || true);
         let spell = start.elapsed();
-        assert!(found > 0);
+        assert!(found.finds > 0);
         assert!(spell >= MAX_SPELL, "{spell:?}");
         assert!(spell < Duration::from_secs(1), "{spell:?}");
+        assert!(found.took >= MAX_SPELL && found.took <= spell, "{found:?}");
     }
 
     /// `busy_poll=auto` starts with no window; from the second event in a row that comes

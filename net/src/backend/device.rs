@@ -18,7 +18,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
@@ -465,12 +464,13 @@ impl VhostUserBackend for NetDevice {
                 dp.hold_tx_kicks(true);
                 dp.stats()
             };
-            let start = Instant::now();
-            let finds = pace.spin(window, || look(dp, rx, tx, mem));
-            let spell = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-            stats.busy_poll_finds.fetch_add(finds, Ordering::Relaxed);
+            let spell = pace.spin(window, || look(dp, rx, tx, mem));
+            let us = u64::try_from(spell.took.as_micros()).unwrap_or(u64::MAX);
+            stats
+                .busy_poll_finds
+                .fetch_add(spell.finds, Ordering::Relaxed);
             stats.busy_poll_spells.fetch_add(1, Ordering::Relaxed);
-            stats.busy_poll_us.fetch_add(spell, Ordering::Relaxed);
+            stats.busy_poll_us.fetch_add(us, Ordering::Relaxed);
             // Kicks back on before the worker sleeps (on a ring the guest disabled meanwhile
             // too); a round only if chains raced in, which takes them and re-arms again.
             let signal_tx = {
