@@ -103,9 +103,8 @@ for r in $(seq "$rounds"); do
             backend_pid=""
             # busy_poll_us, in ms, summed over the queue pairs' lines as the guest went (the
             # line logged as the backend stops repeats them).
-            sed '/ stopped; /,$d' "$out.backend" |
-                sed -n 's/.* busy polling [0-9]* spells \([0-9]*\) us .*/\1/p' |
-                awk '{ us += $1 } END { if (NR) print "BENCH looked " us / 1000 }' >> "$out"
+            sed -n -e '/ stopped; /q' -e 's/.* busy polling [0-9]* spells \([0-9]*\) us .*/\1/p' \
+                "$out.backend" | awk '{ us += $1 } END { if (NR) print "BENCH looked " us / 1000 }' >> "$out"
         done
     done
 done
