@@ -34,15 +34,26 @@ pub fn recv_kept(
     capacity: usize,
     keep: impl Fn(&[u8]) -> bool,
 ) -> Vec<Vec<u8>> {
-    let mut batch = PacketBatch::new(64, capacity);
+    recv_kept_in(t, count, timeout, &mut PacketBatch::new(64, capacity), keep)
+}
+
+/// [`recv_kept`] through `batch`, of any depth. It waits for the descriptor only once the
+/// transport holds nothing more ([`Transport::rx_pending`]), as the datapath does.
+pub fn recv_kept_in(
+    t: &mut dyn Transport,
+    count: usize,
+    timeout: Duration,
+    batch: &mut PacketBatch,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
     while out.len() < count {
         let left = deadline.saturating_duration_since(Instant::now());
-        if !wait_readable(t.rx_fd(), left) {
+        if !t.rx_pending() && !wait_readable(t.rx_fd(), left) {
             break;
         }
-        t.recv(&mut batch).expect("recv");
+        t.recv(batch).expect("recv");
         out.extend(
             batch
                 .packets()

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use vmm_net::config::parse_spec;
 use vmm_net::transport::{self, PacketBatch, Transport};
-use vmm_tests::batch::{recv_kept, send_at_once};
+use vmm_tests::batch::{recv_kept, recv_kept_in, send_at_once};
 use vmm_tests::guest::{Guest, GuestConfig, GuestNet};
 use vmm_tests::netns::NetNs;
 use vmm_tests::peer::{is_test_frame, test_frame, wait_readable};
@@ -640,6 +640,109 @@ fn l2tpv3_udp_runs(ns: &NetNs) -> u64 {
     let stats = t[0].stats();
     assert_eq!(stats.tx_dropped, 0, "{stats:?}");
     stats.tx_udp_gso_datagrams
+}
+
+/// The runs one l2tpv3 `udp=1` tunnel sends as UDP GSO arrive at another as UDP GRO
+/// messages of 41 and 11 datagrams, each split back into its frames byte-exact and in order,
+/// through a batch of 8 frames: what does not fit one batch waits in the transport for the
+/// next (`rx_pending`), none lost.
+#[test]
+fn udp_gso_runs_arrive_through_udp_gro_split_byte_exact_across_batches() {
+    let ns = tunnel_ns();
+    let mut t = open_in(
+        &ns,
+        &[
+            "vec0:transport=l2tpv3,udp=1,src=127.0.0.1,srcport=1701,dst=127.0.0.2,dstport=1702,rx_session=5,tx_session=6,tx_cookie=0x11121314,rx_cookie=0x01020304,counter=1",
+            "vec1:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1702,dst=127.0.0.1,dstport=1701,rx_session=6,tx_session=5,rx_cookie=0x11121314,tx_cookie=0x01020304,counter=1",
+        ],
+    );
+    let mut sent = Vec::new();
+    for (count, len) in [(40, 1514), (1, 700), (10, 1000), (1, 60)] {
+        for _ in 0..count {
+            sent.push(test_frame(len, A_MAC, B_MAC, sent.len() as u8));
+        }
+    }
+    send(t[0].as_mut(), &sent);
+    assert_eq!(t[0].stats().tx_udp_gso_datagrams, 52, "{:?}", t[0].stats());
+    let mut batch = PacketBatch::new(8, BUF);
+    let got = recv_kept_in(
+        t[1].as_mut(),
+        sent.len(),
+        Duration::from_secs(3),
+        &mut batch,
+        |d| is_test_frame(d, 0),
+    );
+    assert_eq!(got.len(), sent.len(), "frames lost: {:?}", t[1].stats());
+    for (i, (g, s)) in got.iter().zip(&sent).enumerate() {
+        assert!(g == s, "frame {i} ({} bytes) changed on the way", s.len());
+    }
+    let stats = t[1].stats();
+    assert_eq!(stats.rx_udp_gro_datagrams, 52, "{stats:?}");
+    assert!(!t[1].rx_pending());
+    assert_eq!(t[1].buffer_bytes(), 4 * 65_536, "the GRO slots are counted");
+    // Frames for the guest are only what the batch holds: the GRO slots are the transport's.
+    assert_eq!(t[0].buffer_bytes(), 4 * 65_536);
+}
+
+/// A run merged by UDP GRO is judged datagram by datagram: one with a wrong session in the
+/// middle of a run is dropped and counted, the others arrive; a run from another port than the
+/// peer's is dropped whole, each datagram counted.
+#[test]
+fn a_bad_datagram_in_a_udp_gro_run_is_dropped_alone_and_a_foreign_run_whole() {
+    let ns = tunnel_ns();
+    let mut t = open_in(
+        &ns,
+        &["vec1:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1702,dst=127.0.0.1,dstport=1701,rx_session=6,tx_session=5"],
+    );
+    let run = |session_of: &dyn Fn(usize) -> u32| -> (Vec<u8>, Vec<Vec<u8>>) {
+        let (mut bytes, mut frames) = (Vec::new(), Vec::new());
+        for i in 0..5 {
+            let frame = test_frame(1000, A_MAC, B_MAC, 50 + i as u8);
+            bytes.extend_from_slice(&[0, 3, 0, 0]);
+            bytes.extend_from_slice(&session_of(i).to_be_bytes());
+            bytes.extend_from_slice(&frame);
+            frames.push(frame);
+        }
+        (bytes, frames)
+    };
+    let peer = |port: u16| {
+        let s = ns.enter(|| std::net::UdpSocket::bind(("127.0.0.1", port)).expect("bind"));
+        s.connect("127.0.0.2:1702").unwrap();
+        // SAFETY: a live int option value with its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&1008i32 as *const i32).cast(),
+                4,
+            )
+        };
+        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        s
+    };
+    let (bytes, frames) = run(&|i| if i == 2 { 7 } else { 6 });
+    peer(1701).send(&bytes).expect("send the run");
+    let got = recv(t[0].as_mut(), 4, Duration::from_secs(3));
+    let want: Vec<_> = frames
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, f)| f.clone())
+        .collect();
+    assert_eq!(got, want);
+    let stats = t[0].stats();
+    assert_eq!(stats.rx_dropped_header.wrong_session, 1, "{stats:?}");
+    assert_eq!(
+        stats.rx_udp_gro_datagrams, 5,
+        "the run came merged: {stats:?}"
+    );
+    let (bytes, _) = run(&|_| 6);
+    peer(1703).send(&bytes).expect("send the foreign run");
+    assert!(recv(t[0].as_mut(), 1, Duration::from_millis(500)).is_empty());
+    let stats = t[0].stats();
+    assert_eq!(stats.rx_dropped_foreign, 5, "{stats:?}");
+    assert_eq!(stats.rx_udp_gro_datagrams, 10, "{stats:?}");
 }
 
 #[test]

@@ -734,6 +734,7 @@ fn transport_counters(t: &TransportStats) -> Vec<(&'static str, u64)> {
         tx_dropped_peer_gone,
         rx_dropped_backlog,
         tx_udp_gso_datagrams,
+        rx_udp_gro_datagrams,
     } = *t;
     let HeaderDrops {
         truncated,
@@ -774,6 +775,7 @@ fn transport_counters(t: &TransportStats) -> Vec<(&'static str, u64)> {
         ("transport_tx_dropped_peer_gone", tx_dropped_peer_gone),
         ("transport_rx_dropped_backlog", rx_dropped_backlog),
         ("transport_tx_udp_gso_datagrams", tx_udp_gso_datagrams),
+        ("transport_rx_udp_gro_datagrams", rx_udp_gro_datagrams),
     ]
 }
 

@@ -648,9 +648,10 @@ impl Datapath {
         self.tx_kicks_held = hold;
     }
 
-    /// Received frames wait here for the guest's buffers.
+    /// Received frames wait here for the guest's buffers, or in the transport for the next
+    /// batch ([`Transport::rx_pending`]).
     pub fn rx_waiting(&self) -> bool {
-        self.rx_next < self.rx.count()
+        self.rx_next < self.rx.count() || self.transport.rx_pending()
     }
 
     /// The batches' shape now.

@@ -27,6 +27,7 @@ pub(crate) mod tap;
 mod tapdev;
 mod tunnel;
 pub(crate) mod udp;
+mod udp_gro;
 pub(crate) mod user;
 pub(crate) mod vde;
 pub mod vnet;
@@ -213,6 +214,9 @@ pub struct TransportStats {
     /// UDP tunnels: datagrams that left in UDP GSO runs (not a drop: how many went the
     /// cheaper way; see `tunnel.rs`).
     pub tx_udp_gso_datagrams: u64,
+    /// UDP tunnels: datagrams that arrived merged in UDP GRO messages (not a drop: how many
+    /// came the cheaper way; see `udp_gro.rs`).
+    pub rx_udp_gro_datagrams: u64,
 }
 
 impl std::fmt::Display for TransportStats {
@@ -421,6 +425,13 @@ pub trait Transport: Send {
     /// datapath sizes receive buffers by the frame plus this.
     fn rx_overhead(&self) -> usize {
         0
+    }
+
+    /// Whether frames already read from [`Transport::rx_fd`] wait in the transport for the
+    /// next [`Transport::recv`] (a UDP GRO message split over several batches), which the
+    /// descriptor no longer shows. [`Transport::recv`] returns 0 only when none does.
+    fn rx_pending(&self) -> bool {
+        false
     }
 
     /// Whether the transport opens sockets as it runs (libslirp's connections on the guest's

@@ -17,7 +17,10 @@
 //! `EMSGSIZE`, `EIO`: datagrams over the path's MTU, a device without checksum offload) turns
 //! it off for the transport, once, with a warning, and the run goes datagram by datagram.
 //!
-//! Receive lands each datagram at the start of its buffer, decodes it in place and moves the
+//! On a UDP socket receive goes through UDP GRO where the kernel has it ([`super::udp_gro`]):
+//! a run a peer sent with GSO arrives as one message, split here, each datagram decoded and
+//! its frame copied into the batch. Otherwise:
+//! receive lands each datagram at the start of its buffer, decodes it in place and moves the
 //! inner frame to the buffer start (`copy_within`; at most 64 bytes of headers are skipped, so
 //! the move is a short overlapping copy of the frame, cheaper than a second buffer).
 //! Datagrams are dropped, and counted by reason, when the kernel truncated them, when they come
@@ -31,6 +34,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use super::gather::MAX_FRAME_PIECES;
 use super::ipsock::{SockAddr, SourceMatch};
 use super::sys::{self, prepare_msghdr, recvmmsg_nonblocking, sendmmsg_nonblocking};
+use super::udp_gro::{GroRx, Verdict};
 use super::wire::{GreCodec, L2tpv3Codec, WireError, ETH_HLEN};
 use super::{
     Frames, GatherBatch, Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats,
@@ -554,6 +558,8 @@ pub struct Tunnel<E: Encap> {
     scratch: [u8; MAX_HEADER],
     /// Runs of equal datagrams go as one UDP GSO message (a UDP socket, until refused).
     udp_gso: bool,
+    /// Runs of datagrams arrive as one UDP GRO message (a UDP socket whose kernel has it).
+    udp_gro: Option<Box<GroRx>>,
     stats: TransportStats,
 }
 
@@ -590,9 +596,11 @@ impl<E: Encap> Tunnel<E> {
             io: MsgVec::new(depth),
             scratch: [0; MAX_HEADER],
             udp_gso: false,
+            udp_gro: None,
             stats: TransportStats::default(),
         }
         .with_udp_gso()
+        .with_udp_gro()
     }
 
     /// Turns UDP GSO on for a UDP send socket.
@@ -604,12 +612,31 @@ impl<E: Encap> Tunnel<E> {
         self
     }
 
+    /// Turns UDP GRO on for a UDP receive socket, where the kernel has it.
+    fn with_udp_gro(mut self) -> Self {
+        let fd = self.rx.as_raw_fd();
+        let is = |name, want| sys::getsockopt_int(fd, libc::SOL_SOCKET, name).ok() == Some(want);
+        if is(libc::SO_TYPE, libc::SOCK_DGRAM) && is(libc::SO_PROTOCOL, libc::IPPROTO_UDP) {
+            match GroRx::enable(fd) {
+                Ok(gro) => self.udp_gro = Some(gro),
+                Err(e) => log::info!(
+                    "{}: no UDP GRO ({e}): a peer's GSO runs arrive datagram by datagram",
+                    self.name
+                ),
+            }
+        }
+        self
+    }
+
     fn tx_raw(&self) -> RawFd {
         self.tx.as_ref().unwrap_or(&self.rx).as_raw_fd()
     }
 
     /// Receives one batch and keeps the good frames at the front. Returns (received, kept).
     fn recv_once(&mut self, batch: &mut PacketBatch) -> Result<(usize, usize), TransportError> {
+        if self.udp_gro.is_some() {
+            return self.recv_gro(batch);
+        }
         let got = loop {
             match self.io.recv(self.rx.as_raw_fd(), batch) {
                 Ok(got) => break got,
@@ -679,6 +706,78 @@ impl<E: Encap> Tunnel<E> {
 }
 
 impl<E: Encap> Tunnel<E> {
+    /// [`Tunnel::recv_once`] through UDP GRO: splits the messages waiting in the slots, then
+    /// receives more, until the batch is full or nothing waits; what does not fit waits in
+    /// the slots for the next call. Each datagram's frame is copied into the next batch
+    /// buffer. Returns (datagrams split, frames kept).
+    fn recv_gro(&mut self, batch: &mut PacketBatch) -> Result<(usize, usize), TransportError> {
+        let Some(gro) = self.udp_gro.as_deref_mut() else {
+            return Ok((0, 0));
+        };
+        let (accept_from, own) = (&self.accept_from, &self.own);
+        let judge = |name: &libc::sockaddr_storage, len| {
+            if accept_from.as_ref().is_some_and(|p| !p.matches(name, len)) {
+                Verdict::Foreign
+            } else if own.as_ref().is_some_and(|o| o.matches(name, len)) {
+                Verdict::Own
+            } else {
+                Verdict::Keep
+            }
+        };
+        let depth = batch.depth();
+        let (mut split, mut kept) = (0, 0);
+        while kept < depth {
+            let Some(d) = gro.next_datagram() else {
+                match gro.fill(self.rx.as_raw_fd(), judge) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if transient_on_recv(&e) => continue,
+                    Err(source) => {
+                        batch.set_count(kept);
+                        return Err(TransportError::Io {
+                            transport: self.name,
+                            op: "recvmmsg",
+                            source,
+                        });
+                    }
+                }
+            };
+            split += 1;
+            self.stats.rx_udp_gro_datagrams += u64::from(d.merged);
+            match d.verdict {
+                Verdict::Keep => {}
+                Verdict::Foreign => {
+                    self.stats.rx_dropped_foreign += 1;
+                    continue;
+                }
+                Verdict::Own => {
+                    self.stats.rx_dropped_own += 1;
+                    continue;
+                }
+                Verdict::Truncated => {
+                    self.stats.rx_dropped_truncated += 1;
+                    continue;
+                }
+            }
+            let buf = &mut batch.bufs_mut()[kept];
+            // As a datagram received into the buffer itself would have been cut short.
+            if d.bytes.len() > buf.capacity() {
+                self.stats.rx_dropped_truncated += 1;
+                continue;
+            }
+            match self.encap.decode(d.bytes) {
+                Ok(frame) => {
+                    buf.space()[..frame.len()].copy_from_slice(frame);
+                    buf.set_len(frame.len());
+                    kept += 1;
+                }
+                Err(e) => self.stats.rx_dropped_header.count(&e),
+            }
+        }
+        batch.set_count(kept);
+        Ok((split, kept))
+    }
+
     /// Sends frames (a batch, or gather lists) behind the tunnel's header: every message the
     /// kernel takes or refuses outright counts as sent; fewer than all means it would block.
     fn send_frames<F: Frames + ?Sized>(&mut self, batch: &F) -> Result<usize, TransportError> {
@@ -804,6 +903,15 @@ impl<E: Encap> Transport for Tunnel<E> {
 
     fn set_offloads(&mut self, _offloads: Offloads) -> Result<(), TransportError> {
         Ok(())
+    }
+
+    /// UDP GRO's slots.
+    fn buffer_bytes(&self) -> usize {
+        self.udp_gro.as_ref().map_or(0, |g| g.bytes())
+    }
+
+    fn rx_pending(&self) -> bool {
+        self.udp_gro.as_ref().is_some_and(|g| g.pending())
     }
 
     fn stats(&self) -> TransportStats {
