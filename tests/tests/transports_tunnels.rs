@@ -745,6 +745,47 @@ fn a_bad_datagram_in_a_udp_gro_run_is_dropped_alone_and_a_foreign_run_whole() {
     assert_eq!(stats.rx_udp_gro_datagrams, 10, "{stats:?}");
 }
 
+/// A flood of datagrams that are all dropped cannot keep the worker in one receive: through
+/// UDP GRO a call returns after a bounded number of them, holding none back
+/// (`rx_pending`), and the calls after it go on where it stopped, every datagram counted.
+#[test]
+fn a_flood_of_foreign_datagrams_returns_from_a_udp_gro_receive_bounded() {
+    let ns = tunnel_ns();
+    let mut t = open_in(
+        &ns,
+        &["vec1:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1702,dst=127.0.0.1,dstport=1701,rx_session=6,tx_session=5"],
+    );
+    let foreign = ns.enter(|| std::net::UdpSocket::bind("127.0.0.1:1703").expect("bind"));
+    const FLOOD: u64 = 2000;
+    let mut datagram = vec![0, 3, 0, 0, 0, 0, 0, 6];
+    datagram.extend_from_slice(&test_frame(60, A_MAC, B_MAC, 1));
+    for _ in 0..FLOOD {
+        foreign.send_to(&datagram, "127.0.0.2:1702").expect("send");
+    }
+    let mut batch = PacketBatch::new(1, BUF);
+    assert_eq!(t[0].recv(&mut batch).expect("recv"), 0);
+    let first = t[0].stats();
+    assert!(
+        first.rx_dropped_foreign > 0 && first.rx_dropped_foreign < FLOOD,
+        "one call read {} of {FLOOD}",
+        first.rx_dropped_foreign
+    );
+    assert!(!t[0].rx_pending(), "a short call held datagrams back");
+    let mut calls = 1;
+    while t[0].stats().rx_dropped_foreign < FLOOD {
+        assert_eq!(t[0].recv(&mut batch).expect("recv"), 0);
+        assert!(!t[0].rx_pending());
+        calls += 1;
+        assert!(calls < 100, "{:?}", t[0].stats());
+    }
+    assert_eq!(t[0].stats().rx_dropped_foreign, FLOOD);
+    assert_eq!(
+        t[0].stats().rx_dropped_kernel,
+        0,
+        "the socket's buffer holds the flood"
+    );
+}
+
 #[test]
 fn bess_frames_cross_a_seqpacket_switch_port_byte_exact() {
     let dir = TempDir::new("bess");

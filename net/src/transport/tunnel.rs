@@ -34,7 +34,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use super::gather::MAX_FRAME_PIECES;
 use super::ipsock::{SockAddr, SourceMatch};
 use super::sys::{self, prepare_msghdr, recvmmsg_nonblocking, sendmmsg_nonblocking};
-use super::udp_gro::{GroRx, Verdict};
+use super::udp_gro::{self, GroRx, Verdict};
 use super::wire::{GreCodec, L2tpv3Codec, WireError, ETH_HLEN};
 use super::{
     Frames, GatherBatch, Offloads, PacketBatch, Peer, Transport, TransportError, TransportStats,
@@ -710,6 +710,12 @@ impl<E: Encap> Tunnel<E> {
     /// receives more, until the batch is full or nothing waits; what does not fit waits in
     /// the slots for the next call. Each datagram's frame is copied into the next batch
     /// buffer. Returns (datagrams split, frames kept).
+    ///
+    /// Bounded like one `recvmmsg` of the batch path: at most a batch's depth of messages is
+    /// received per call, so a flood of datagrams that are all dropped returns here (and
+    /// [`Transport::recv`] bounds the calls). What was received is split before returning,
+    /// so a call that leaves the batch short leaves nothing in the slots: the worker never
+    /// sleeps on a drained descriptor with frames held here.
     fn recv_gro(&mut self, batch: &mut PacketBatch) -> Result<(usize, usize), TransportError> {
         let Some(gro) = self.udp_gro.as_deref_mut() else {
             return Ok((0, 0));
@@ -725,9 +731,14 @@ impl<E: Encap> Tunnel<E> {
             }
         };
         let depth = batch.depth();
+        let mut fills = depth.div_ceil(udp_gro::SLOTS);
         let (mut split, mut kept) = (0, 0);
         while kept < depth {
             let Some(d) = gro.next_datagram() else {
+                if fills == 0 {
+                    break;
+                }
+                fills -= 1;
                 match gro.fill(self.rx.as_raw_fd(), judge) {
                     Ok(0) => break,
                     Ok(_) => continue,
