@@ -786,6 +786,50 @@ fn a_flood_of_foreign_datagrams_returns_from_a_udp_gro_receive_bounded() {
     );
 }
 
+/// A receive that stops at its bound in a flood of dropped datagrams leaves the rest in the
+/// socket, which an edge-triggered watch would not announce again: the backend re-arms its
+/// watch and comes back for them, so a good frame behind 5,000 foreign datagrams reaches the
+/// guest although nothing arrives after it. (`depth=8`: a receive gives up after 512
+/// dropped messages.)
+#[test]
+fn a_good_frame_behind_a_flood_of_dropped_datagrams_reaches_the_guest() {
+    use vmm_tests::rig::{frontend, guest_receives};
+    let ns = tunnel_ns();
+    let dir = TempDir::new("flood");
+    let sock = dir.path().join("b.sock");
+    let mut backend = net_backend(
+        Some(ns.name()),
+        &sock,
+        "vec0:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1702,dst=127.0.0.1,dstport=1701,rx_session=6,tx_session=5,depth=8",
+        dir.path().join("b.log"),
+    );
+    let datagram = |frame: &[u8]| {
+        let mut d = vec![0, 3, 0, 0, 0, 0, 0, 6];
+        d.extend_from_slice(frame);
+        d
+    };
+    let foreign = ns.enter(|| std::net::UdpSocket::bind("127.0.0.1:1703").expect("bind"));
+    let flood = datagram(&test_frame(60, A_MAC, B_MAC, 1));
+    for _ in 0..5000 {
+        foreign.send_to(&flood, "127.0.0.2:1702").expect("send");
+    }
+    let good = test_frame(200, A_MAC, B_MAC, 2);
+    let peer = ns.enter(|| std::net::UdpSocket::bind("127.0.0.1:1701").expect("bind"));
+    peer.send_to(&datagram(&good), "127.0.0.2:1702")
+        .expect("send");
+    // Everything waits in the backend's socket before its worker reads any.
+    let mut rig = frontend(&sock);
+    let mut idx = 0;
+    guest_receives(&mut rig, &mut idx, &good);
+    drop(rig);
+    // The summary at the disconnect: every foreign datagram read and counted.
+    assert!(
+        backend.wait_for_log("rx foreign source 5000", Duration::from_secs(5)),
+        "{}",
+        backend.log()
+    );
+}
+
 #[test]
 fn bess_frames_cross_a_seqpacket_switch_port_byte_exact() {
     let dir = TempDir::new("bess");

@@ -726,8 +726,10 @@ impl Datapath {
     }
 
     /// Asks the worker's epoll for the transport's writability exactly while frames wait
-    /// for the host (refused chains back in the ring, or a batch not yet taken). The worker
-    /// calls this after every event; it costs a system call only when that changes.
+    /// for the host (refused chains back in the ring, or a batch not yet taken), and re-arms
+    /// its receive watch after a receive that stopped at its bound
+    /// ([`Transport::take_rx_cut_short`]). The worker calls this after every event; it costs a
+    /// system call only when either is so.
     pub fn sync_watch(&mut self) {
         let waiting = self.tx_pending();
         if let Some(w) = &mut self.watch {
@@ -738,6 +740,15 @@ impl Datapath {
                     self.transport.name(),
                     if waiting { "asking for" } else { "dropping" }
                 );
+            }
+            // A receive that stopped at its bound: come back for the rest.
+            if self.transport.take_rx_cut_short() {
+                if let Err(e) = w.rearm_rx() {
+                    log::warn!(
+                        "{}: re-arming the receive watch: {e}",
+                        self.transport.name()
+                    );
+                }
             }
         }
     }

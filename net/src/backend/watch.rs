@@ -125,6 +125,25 @@ impl Watch {
         Ok(())
     }
 
+    /// Has the epoll look at the receive descriptor again, as if it had just been added: if
+    /// it is readable (a receive stopped at its bound with more waiting), an event is queued
+    /// at once, and the worker comes back to it after what else is ready. `EPOLL_CTL_MOD`
+    /// with the interest unchanged is how an edge-triggered watch is re-armed.
+    pub fn rearm_rx(&self) -> io::Result<()> {
+        let Some(epoll) = self.poller.epoll.upgrade() else {
+            return Ok(());
+        };
+        let (rx, tx) = self.fds;
+        let (rx_event, _) = self.poller.events;
+        ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_MOD,
+            rx,
+            interest(true, tx == rx && self.out),
+            rx_event,
+        )
+    }
+
     /// Whether `EPOLLOUT` is in the interest now.
     pub fn wants_out(&self) -> bool {
         self.out

@@ -434,6 +434,15 @@ pub trait Transport: Send {
         false
     }
 
+    /// Whether a [`Transport::recv`] returned 0 at a bound of its own (a flood of frames it
+    /// dropped) with more perhaps waiting, since this was last asked: the worker's watch is
+    /// edge-triggered, so the descriptor would not announce them again until something new
+    /// arrives, and the datapath re-arms it once per such receive (once: a re-armed event
+    /// that finds the ring unserved and receives nothing must not re-arm again).
+    fn take_rx_cut_short(&mut self) -> bool {
+        false
+    }
+
     /// Whether the transport opens sockets as it runs (libslirp's connections on the guest's
     /// behalf), which the datapath's seccomp filter then allows
     /// ([`crate::seccomp::ThreadKind::Worker`]).

@@ -560,6 +560,9 @@ pub struct Tunnel<E: Encap> {
     udp_gso: bool,
     /// Runs of datagrams arrive as one UDP GRO message (a UDP socket whose kernel has it).
     udp_gro: Option<Box<GroRx>>,
+    /// A [`Transport::recv`] stopped at its bound with datagrams still waiting, and the
+    /// datapath has not re-armed its watch for them yet.
+    cut_short: bool,
     stats: TransportStats,
 }
 
@@ -597,6 +600,7 @@ impl<E: Encap> Tunnel<E> {
             scratch: [0; MAX_HEADER],
             udp_gso: false,
             udp_gro: None,
+            cut_short: false,
             stats: TransportStats::default(),
         }
         .with_udp_gso()
@@ -884,8 +888,9 @@ impl<E: Encap> Transport for Tunnel<E> {
 
     /// Receives until at least one good frame is in the batch or nothing is waiting, so a
     /// burst of dropped datagrams never looks like an empty socket to the caller.
-    /// (Bounded: after many rounds of nothing but drops it returns 0 and lets the caller's
-    /// level-triggered wait come back, so a flood cannot starve the transmit side.)
+    /// (Bounded: after many rounds of nothing but drops it returns 0, so a flood cannot
+    /// starve the transmit side, and says so through [`Transport::take_rx_cut_short`]: the
+    /// worker's edge-triggered watch would not announce what is left.)
     fn recv(&mut self, batch: &mut PacketBatch) -> Result<usize, TransportError> {
         for _ in 0..64 {
             if self.peer.rx_gone() {
@@ -897,6 +902,7 @@ impl<E: Encap> Transport for Tunnel<E> {
                 return Ok(kept);
             }
         }
+        self.cut_short = true;
         Ok(0)
     }
 
@@ -923,6 +929,10 @@ impl<E: Encap> Transport for Tunnel<E> {
 
     fn rx_pending(&self) -> bool {
         self.udp_gro.as_ref().is_some_and(|g| g.pending())
+    }
+
+    fn take_rx_cut_short(&mut self) -> bool {
+        std::mem::take(&mut self.cut_short)
     }
 
     fn stats(&self) -> TransportStats {
