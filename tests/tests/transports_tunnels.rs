@@ -239,6 +239,16 @@ fn l2tpv3_udp_v6_and_ip_v6_both_ways() {
     let (a, rest) = t.split_at_mut(1);
     let (b, rest) = rest.split_at_mut(1);
     both_ways(a[0].as_mut(), b[0].as_mut());
+    // Each way the 1514- and 60-byte frames left as one UDP GSO message over IPv6 and
+    // arrived as one UDP GRO message.
+    for t in [&a[0], &b[0]] {
+        let stats = t.stats();
+        assert_eq!(
+            (stats.tx_udp_gso_datagrams, stats.rx_udp_gro_datagrams),
+            (2, 2),
+            "{stats:?}"
+        );
+    }
     let (c, d) = rest.split_at_mut(1);
     both_ways(c[0].as_mut(), d[0].as_mut());
 }
