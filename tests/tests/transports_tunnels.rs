@@ -690,7 +690,7 @@ fn udp_gso_runs_arrive_through_udp_gro_split_byte_exact_across_batches() {
     assert_eq!(stats.rx_udp_gro_datagrams, 52, "{stats:?}");
     assert!(!t[1].rx_pending());
     assert_eq!(t[1].buffer_bytes(), 4 * 65_536, "the GRO slots are counted");
-    // Frames for the guest are only what the batch holds: the GRO slots are the transport's.
+    // The sending end has its slots too: every UDP tunnel receives through them.
     assert_eq!(t[0].buffer_bytes(), 4 * 65_536);
 }
 
