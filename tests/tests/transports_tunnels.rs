@@ -652,6 +652,16 @@ fn l2tpv3_udp_runs(ns: &NetNs) -> u64 {
     stats.tx_udp_gso_datagrams
 }
 
+/// An L2TPv3-over-UDP data message (RFC 3931: T 0, version 3) for `session`, without cookie
+/// or counter, carrying `frame`: what a peer, ours or a hostile one, sends a tunnel configured
+/// without them.
+fn l2tpv3_udp_datagram(session: u32, frame: &[u8]) -> Vec<u8> {
+    let mut d = vec![0, 3, 0, 0];
+    d.extend_from_slice(&session.to_be_bytes());
+    d.extend_from_slice(frame);
+    d
+}
+
 /// The runs one l2tpv3 `udp=1` tunnel sends as UDP GSO arrive at another as UDP GRO
 /// messages of 41 and 11 datagrams, each split back into its frames byte-exact and in order,
 /// through a batch of 8 frames: what does not fit one batch waits in the transport for the
@@ -708,9 +718,7 @@ fn a_bad_datagram_in_a_udp_gro_run_is_dropped_alone_and_a_foreign_run_whole() {
         let (mut bytes, mut frames) = (Vec::new(), Vec::new());
         for i in 0..5 {
             let frame = test_frame(1000, A_MAC, B_MAC, 50 + i as u8);
-            bytes.extend_from_slice(&[0, 3, 0, 0]);
-            bytes.extend_from_slice(&session_of(i).to_be_bytes());
-            bytes.extend_from_slice(&frame);
+            bytes.extend_from_slice(&l2tpv3_udp_datagram(session_of(i), &frame));
             frames.push(frame);
         }
         (bytes, frames)
@@ -767,8 +775,7 @@ fn a_flood_of_foreign_datagrams_returns_from_a_udp_gro_receive_bounded() {
     );
     let foreign = ns.enter(|| std::net::UdpSocket::bind("127.0.0.1:1703").expect("bind"));
     const FLOOD: u64 = 2000;
-    let mut datagram = vec![0, 3, 0, 0, 0, 0, 0, 6];
-    datagram.extend_from_slice(&test_frame(60, A_MAC, B_MAC, 1));
+    let datagram = l2tpv3_udp_datagram(6, &test_frame(60, A_MAC, B_MAC, 1));
     for _ in 0..FLOOD {
         foreign.send_to(&datagram, "127.0.0.2:1702").expect("send");
     }
@@ -813,19 +820,14 @@ fn a_good_frame_behind_a_flood_of_dropped_datagrams_reaches_the_guest() {
         "vec0:transport=l2tpv3,udp=1,src=127.0.0.2,srcport=1702,dst=127.0.0.1,dstport=1701,rx_session=6,tx_session=5,depth=8",
         dir.path().join("b.log"),
     );
-    let datagram = |frame: &[u8]| {
-        let mut d = vec![0, 3, 0, 0, 0, 0, 0, 6];
-        d.extend_from_slice(frame);
-        d
-    };
     let foreign = ns.enter(|| std::net::UdpSocket::bind("127.0.0.1:1703").expect("bind"));
-    let flood = datagram(&test_frame(60, A_MAC, B_MAC, 1));
+    let flood = l2tpv3_udp_datagram(6, &test_frame(60, A_MAC, B_MAC, 1));
     for _ in 0..5000 {
         foreign.send_to(&flood, "127.0.0.2:1702").expect("send");
     }
     let good = test_frame(200, A_MAC, B_MAC, 2);
     let peer = ns.enter(|| std::net::UdpSocket::bind("127.0.0.1:1701").expect("bind"));
-    peer.send_to(&datagram(&good), "127.0.0.2:1702")
+    peer.send_to(&l2tpv3_udp_datagram(6, &good), "127.0.0.2:1702")
         .expect("send");
     // Everything waits in the backend's socket before its worker reads any.
     let mut rig = frontend(&sock);

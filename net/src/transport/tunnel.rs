@@ -493,6 +493,33 @@ unsafe fn put_cmsg<T: Copy>(at: *mut u8, level: i32, ty: i32, value: T) -> usize
     }
 }
 
+/// Whether `fd` is a UDP socket: what UDP GSO (sending) and UDP GRO (receiving) need.
+fn is_udp_socket(fd: RawFd) -> bool {
+    let is = |name, want| sys::getsockopt_int(fd, libc::SOL_SOCKET, name).ok() == Some(want);
+    is(libc::SO_TYPE, libc::SOCK_DGRAM) && is(libc::SO_PROTOCOL, libc::IPPROTO_UDP)
+}
+
+/// What becomes of a datagram from `source` (as `recvmmsg` filled it): dropped when it is not
+/// the tunnel's peer (`accept_from`) or is our own multicast echo (`own`), else kept. One
+/// rule for both receive paths, datagram by datagram and through UDP GRO.
+fn source_verdict(
+    accept_from: &Option<SourceMatch>,
+    own: &Option<SourceMatch>,
+    source: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Verdict {
+    if accept_from
+        .as_ref()
+        .is_some_and(|p| !p.matches(source, len))
+    {
+        Verdict::Foreign
+    } else if own.as_ref().is_some_and(|o| o.matches(source, len)) {
+        Verdict::Own
+    } else {
+        Verdict::Keep
+    }
+}
+
 /// Errors with which a kernel or route refuses a UDP GSO message where the same datagrams one
 /// by one may pass: no GSO in the kernel, a device without checksum offload (`EIO`), datagrams
 /// longer than the path's MTU, which only IP fragmentation can carry (`EINVAL` or `EMSGSIZE`).
@@ -609,18 +636,14 @@ impl<E: Encap> Tunnel<E> {
 
     /// Turns UDP GSO on for a UDP send socket.
     fn with_udp_gso(mut self) -> Self {
-        let fd = self.tx_raw();
-        let is = |name, want| sys::getsockopt_int(fd, libc::SOL_SOCKET, name).ok() == Some(want);
-        self.udp_gso =
-            is(libc::SO_TYPE, libc::SOCK_DGRAM) && is(libc::SO_PROTOCOL, libc::IPPROTO_UDP);
+        self.udp_gso = is_udp_socket(self.tx_raw());
         self
     }
 
     /// Turns UDP GRO on for a UDP receive socket, where the kernel has it.
     fn with_udp_gro(mut self) -> Self {
         let fd = self.rx.as_raw_fd();
-        let is = |name, want| sys::getsockopt_int(fd, libc::SOL_SOCKET, name).ok() == Some(want);
-        if is(libc::SO_TYPE, libc::SOCK_DGRAM) && is(libc::SO_PROTOCOL, libc::IPPROTO_UDP) {
+        if is_udp_socket(fd) {
             match GroRx::enable(fd) {
                 Ok(gro) => self.udp_gro = Some(gro),
                 Err(e) => log::info!(
@@ -661,17 +684,16 @@ impl<E: Encap> Tunnel<E> {
                 continue;
             }
             let (name, namelen) = self.io.source(i);
-            if let Some(peer) = &self.accept_from {
-                if !peer.matches(name, namelen) {
+            match source_verdict(&self.accept_from, &self.own, name, namelen) {
+                Verdict::Foreign => {
                     self.stats.rx_dropped_foreign += 1;
                     continue;
                 }
-            }
-            if let Some(own) = &self.own {
-                if own.matches(name, namelen) {
+                Verdict::Own => {
                     self.stats.rx_dropped_own += 1;
                     continue;
                 }
+                Verdict::Keep | Verdict::Truncated => {}
             }
             let buf = &mut batch.bufs_mut()[i];
             if buf.is_empty() && self.hangup_check && sys::peer_hung_up(self.rx.as_raw_fd()) {
@@ -725,15 +747,8 @@ impl<E: Encap> Tunnel<E> {
             return Ok((0, 0));
         };
         let (accept_from, own) = (&self.accept_from, &self.own);
-        let judge = |name: &libc::sockaddr_storage, len| {
-            if accept_from.as_ref().is_some_and(|p| !p.matches(name, len)) {
-                Verdict::Foreign
-            } else if own.as_ref().is_some_and(|o| o.matches(name, len)) {
-                Verdict::Own
-            } else {
-                Verdict::Keep
-            }
-        };
+        let judge =
+            |name: &libc::sockaddr_storage, len| source_verdict(accept_from, own, name, len);
         let depth = batch.depth();
         let mut fills = depth.div_ceil(udp_gro::SLOTS);
         let (mut split, mut kept) = (0, 0);
